@@ -1,0 +1,686 @@
+//! Configuration: the TOML file is read once, checked completely, and turned
+//! into validated types (`SocketAddr`, `Duration`, enums). The running proxy
+//! only ever sees a [`Config`]; an invalid file yields every problem at once,
+//! each naming the file, the key path and, where known, the line and column.
+
+mod raw;
+pub mod units;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use raw::RawConfig;
+
+/// A fully validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from; relative certificate paths resolve
+    /// against the working directory, as nginx and HAProxy do.
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub pools: Vec<PoolConfig>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Tokio worker threads; 0 = one per core.
+    pub workers: usize,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// The first pair is the default when SNI matches nothing.
+    pub certs: Vec<CertPair>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Lower-cased host patterns: exact names or `*.suffix`. Empty = any host.
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub pool: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    RoundRobin,
+    Weighted,
+    LeastConn,
+    IpHash,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round_robin",
+            Policy::Weighted => "weighted",
+            Policy::LeastConn => "least_conn",
+            Policy::IpHash => "ip_hash",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub policy: Policy,
+    pub servers: Vec<ServerEntry>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle_per_server: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerEntry {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    /// TOML key path such as `pool.app.servers[1].addr`; empty for the whole file.
+    pub key: String,
+    /// 1-based line and column, when the TOML document locates the key.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file.display())?;
+            if let Some((line, col)) = e.position {
+                write!(f, ":{line}:{col}")?;
+            }
+            if e.key.is_empty() {
+                write!(f, ": {}", e.message)?;
+            } else {
+                write!(f, ": {}: {}", e.key, e.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`. TLS certificate and key files are loaded
+    /// too, so a config that passes here will start.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: path.to_path_buf(),
+            errors: vec![ConfigError {
+                key: String::new(),
+                position: None,
+                message: format!("cannot read file: {e}"),
+            }],
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        let fail = |errors| ConfigErrors {
+            file: path.to_path_buf(),
+            errors,
+        };
+        let raw: RawConfig =
+            match serde_path_to_error::deserialize(toml::Deserializer::new(text)) {
+                Ok(raw) => raw,
+                Err(e) => return Err(fail(vec![serde_error(text, e)])),
+            };
+        let mut v = Validator {
+            text,
+            doc: text.parse::<toml_edit::ImDocument<String>>().ok(),
+            errors: Vec::new(),
+        };
+        let config = v.validate(path, raw);
+        if v.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(v.errors))
+        }
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+fn serde_error(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let key = path_string(e.path());
+    let inner = e.into_inner();
+    let position = inner.span().map(|s| line_col(text, s.start));
+    ConfigError {
+        key,
+        position,
+        message: inner.message().trim().to_string(),
+    }
+}
+
+fn path_string(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    if out == "?" {
+        out.clear();
+    }
+    out
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+/// One step of a key path.
+#[derive(Clone)]
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+struct Validator<'t> {
+    text: &'t str,
+    doc: Option<toml_edit::ImDocument<String>>,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, path: &[Seg], message: impl Into<String>) {
+        let mut key = String::new();
+        for seg in path {
+            match seg {
+                Seg::Key(k) => {
+                    if !key.is_empty() {
+                        key.push('.');
+                    }
+                    key.push_str(k);
+                }
+                Seg::Index(i) => key.push_str(&format!("[{i}]")),
+            }
+        }
+        let position = self
+            .locate(path)
+            .map(|offset| line_col(self.text, offset));
+        self.errors.push(ConfigError {
+            key,
+            position,
+            message: message.into(),
+        });
+    }
+
+    /// Byte offset of the value at `path` in the document, if it is there.
+    fn locate(&self, path: &[Seg]) -> Option<usize> {
+        let doc = self.doc.as_ref()?;
+        let mut item: &toml_edit::Item = doc.as_item();
+        let mut last_span = None;
+        for seg in path {
+            item = match seg {
+                Seg::Key(k) => item.get(k)?,
+                Seg::Index(i) => item.get(*i)?,
+            };
+            if let Some(span) = item.span() {
+                last_span = Some(span.start);
+            } else if let Some(v) = item.as_value() {
+                last_span = v.span().map(|s| s.start).or(last_span);
+            }
+        }
+        last_span
+    }
+
+    fn validate(&mut self, path: &Path, raw: RawConfig) -> Config {
+        let listeners = self.listeners(&raw);
+        let pools = self.pools(&raw);
+        let routes = self.routes(&raw, &pools);
+        let l = &raw.limits;
+        if l.max_header_bytes < 1024 {
+            self.error(
+                &[Seg::Key("limits"), Seg::Key("max_header_bytes")],
+                "must be at least 1024 bytes",
+            );
+        }
+        if l.max_uri_bytes == 0 {
+            self.error(
+                &[Seg::Key("limits"), Seg::Key("max_uri_bytes")],
+                "must be greater than zero",
+            );
+        }
+        if l.max_connections == 0 {
+            self.error(
+                &[Seg::Key("limits"), Seg::Key("max_connections")],
+                "must be greater than zero",
+            );
+        }
+        if l.header_read_timeout.is_zero() {
+            self.error(
+                &[Seg::Key("limits"), Seg::Key("header_read_timeout")],
+                "must be greater than zero",
+            );
+        }
+        if raw.server.workers > 1024 {
+            self.error(
+                &[Seg::Key("server"), Seg::Key("workers")],
+                "must be between 0 (one per core) and 1024",
+            );
+        }
+        Config {
+            source: path.to_path_buf(),
+            server: ServerConfig {
+                workers: raw.server.workers,
+                drain_timeout: raw.server.drain_timeout,
+            },
+            listeners,
+            routes,
+            pools,
+            limits: Limits {
+                max_header_bytes: usize::try_from(l.max_header_bytes).unwrap_or(usize::MAX),
+                max_uri_bytes: usize::try_from(l.max_uri_bytes).unwrap_or(usize::MAX),
+                max_body_bytes: l.max_body_bytes,
+                header_read_timeout: l.header_read_timeout,
+                max_connections: l.max_connections,
+            },
+        }
+    }
+
+    fn listeners(&mut self, raw: &RawConfig) -> Vec<ListenerConfig> {
+        if raw.listener.is_empty() {
+            self.error(
+                &[],
+                "no [[listener]] is configured; add one with name and listen, e.g. listen = \"127.0.0.1:8080\"",
+            );
+        }
+        let mut names = HashSet::new();
+        let mut addrs = HashSet::new();
+        let mut out = Vec::new();
+        for (i, l) in raw.listener.iter().enumerate() {
+            let at = |k| [Seg::Key("listener"), Seg::Index(i), Seg::Key(k)];
+            if l.name.is_empty() {
+                self.error(&at("name"), "must not be empty");
+            } else if !names.insert(l.name.as_str()) {
+                self.error(&at("name"), format!("duplicate listener name \"{}\"", l.name));
+            }
+            let listen = match l.listen.parse::<SocketAddr>() {
+                Ok(a) => {
+                    if a.port() != 0 && !addrs.insert(a) {
+                        self.error(&at("listen"), format!("{a} is used by another listener"));
+                    }
+                    a
+                }
+                Err(_) => {
+                    self.error(
+                        &at("listen"),
+                        format!(
+                            "\"{}\" is not an IP:port address such as \"127.0.0.1:8080\" or \"[::]:443\"",
+                            l.listen
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let tls = l.tls.as_ref().map(|t| {
+                if t.certs.is_empty() {
+                    self.error(
+                        &[Seg::Key("listener"), Seg::Index(i), Seg::Key("tls"), Seg::Key("certs")],
+                        "a TLS listener needs at least one { cert, key } pair",
+                    );
+                }
+                let mut certs = Vec::new();
+                for (j, pair) in t.certs.iter().enumerate() {
+                    let pair = CertPair {
+                        cert: PathBuf::from(&pair.cert),
+                        key: PathBuf::from(&pair.key),
+                    };
+                    if let Err(e) = crate::tls::load_pair(&pair) {
+                        let field = match e.part() {
+                            crate::tls::Part::Cert => "cert",
+                            crate::tls::Part::Key => "key",
+                        };
+                        self.error(
+                            &[
+                                Seg::Key("listener"),
+                                Seg::Index(i),
+                                Seg::Key("tls"),
+                                Seg::Key("certs"),
+                                Seg::Index(j),
+                                Seg::Key(field),
+                            ],
+                            e.to_string(),
+                        );
+                    }
+                    certs.push(pair);
+                }
+                TlsConfig { certs }
+            });
+            out.push(ListenerConfig {
+                name: l.name.clone(),
+                listen,
+                tls,
+            });
+        }
+        out
+    }
+
+    fn pools(&mut self, raw: &RawConfig) -> Vec<PoolConfig> {
+        let mut out = Vec::new();
+        for (name, p) in &raw.pool {
+            let at = |k| [Seg::Key("pool"), Seg::Key(name), Seg::Key(k)];
+            let policy = match p.policy.as_str() {
+                "round_robin" => Policy::RoundRobin,
+                "weighted" => Policy::Weighted,
+                "least_conn" => Policy::LeastConn,
+                "ip_hash" => Policy::IpHash,
+                other => {
+                    self.error(
+                        &at("policy"),
+                        format!(
+                            "unknown policy \"{other}\"; use round_robin, weighted, least_conn or ip_hash"
+                        ),
+                    );
+                    Policy::RoundRobin
+                }
+            };
+            let mut servers = Vec::new();
+            let mut seen = HashSet::new();
+            for (i, s) in p.servers.iter().enumerate() {
+                let at = |k| {
+                    [
+                        Seg::Key("pool"),
+                        Seg::Key(name),
+                        Seg::Key("servers"),
+                        Seg::Index(i),
+                        Seg::Key(k),
+                    ]
+                };
+                match s.addr.parse::<SocketAddr>() {
+                    Ok(addr) if addr.port() == 0 => {
+                        self.error(&at("addr"), format!("\"{}\" needs a port other than 0", s.addr))
+                    }
+                    Ok(addr) => {
+                        if !seen.insert(addr) {
+                            self.error(&at("addr"), format!("{addr} is listed twice in this pool"));
+                        }
+                        if s.weight == 0 || s.weight > 10_000 {
+                            self.error(&at("weight"), "must be between 1 and 10000");
+                        }
+                        servers.push(ServerEntry {
+                            addr,
+                            weight: s.weight.clamp(1, 10_000),
+                        });
+                    }
+                    Err(_) => self.error(
+                        &at("addr"),
+                        format!(
+                            "\"{}\" is not an IP:port address such as \"127.0.0.1:9001\"",
+                            s.addr
+                        ),
+                    ),
+                }
+            }
+            if p.connect_timeout.is_zero() {
+                self.error(&at("connect_timeout"), "must be greater than zero");
+            }
+            if p.response_timeout.is_zero() {
+                self.error(&at("response_timeout"), "must be greater than zero");
+            }
+            out.push(PoolConfig {
+                name: name.clone(),
+                policy,
+                servers,
+                connect_timeout: p.connect_timeout,
+                response_timeout: p.response_timeout,
+                idle_timeout: p.idle_timeout,
+                max_idle_per_server: p.max_idle_per_server,
+            });
+        }
+        out
+    }
+
+    fn routes(&mut self, raw: &RawConfig, pools: &[PoolConfig]) -> Vec<RouteConfig> {
+        if raw.route.is_empty() {
+            self.error(
+                &[],
+                "no [[route]] is configured; add one with pool = \"<name of a [pool.NAME] table>\"",
+            );
+        }
+        let mut out = Vec::new();
+        let mut names = HashSet::new();
+        for (i, r) in raw.route.iter().enumerate() {
+            let at = |k| [Seg::Key("route"), Seg::Index(i), Seg::Key(k)];
+            let name = r.name.clone().unwrap_or_else(|| i.to_string());
+            if !names.insert(name.clone()) {
+                self.error(&at("name"), format!("duplicate route name \"{name}\""));
+            }
+            match pools.iter().find(|p| p.name == r.pool) {
+                None => self.error(
+                    &at("pool"),
+                    format!("no pool named \"{}\"; define it as [pool.{}]", r.pool, r.pool),
+                ),
+                Some(p) if p.servers.is_empty() && raw.pool[&r.pool].servers.is_empty() => self
+                    .error(
+                        &[Seg::Key("pool"), Seg::Key(&r.pool)],
+                        format!("pool \"{}\" is used by a route but has no servers", r.pool),
+                    ),
+                Some(_) => {}
+            }
+            if !r.path_prefix.starts_with('/') {
+                self.error(&at("path_prefix"), "must start with \"/\"");
+            }
+            let mut hosts = Vec::new();
+            if let Some(list) = &r.hosts {
+                if list.is_empty() {
+                    self.error(&at("hosts"), "an empty list matches nothing; remove the key to match any host");
+                }
+                for (j, h) in list.iter().enumerate() {
+                    let h = h.to_ascii_lowercase();
+                    if let Err(why) = check_host_pattern(&h) {
+                        self.error(
+                            &[Seg::Key("route"), Seg::Index(i), Seg::Key("hosts"), Seg::Index(j)],
+                            why,
+                        );
+                    }
+                    hosts.push(h);
+                }
+            }
+            out.push(RouteConfig {
+                name,
+                hosts,
+                path_prefix: r.path_prefix.clone(),
+                pool: r.pool.clone(),
+            });
+        }
+        out
+    }
+}
+
+/// A host pattern is a DNS name (no port) or `*.` followed by one.
+fn check_host_pattern(h: &str) -> Result<(), String> {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{h}\" is not a host name or \"*.suffix\" pattern (no port, no scheme)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    const MINIMAL: &str = r#"
+[[listener]]
+name = "http"
+listen = "127.0.0.1:8080"
+
+[[route]]
+pool = "app"
+
+[pool.app]
+servers = [ { addr = "127.0.0.1:9001" } ]
+"#;
+
+    #[test]
+    fn minimal_config_gets_contract_defaults() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(c.server.workers, 0);
+        assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
+        let p = &c.pools[0];
+        assert_eq!(p.policy, Policy::RoundRobin);
+        assert_eq!(p.connect_timeout, Duration::from_secs(2));
+        assert_eq!(p.response_timeout, Duration::from_secs(30));
+        assert_eq!(p.idle_timeout, Duration::from_secs(90));
+        assert_eq!(p.max_idle_per_server, 64);
+        assert_eq!(p.servers[0].weight, 1);
+        assert_eq!(c.routes[0].name, "0");
+        assert_eq!(c.routes[0].path_prefix, "/");
+        assert_eq!(c.limits.max_header_bytes, 65536);
+        assert_eq!(c.limits.max_uri_bytes, 8192);
+        assert_eq!(c.limits.max_body_bytes, 100 << 20);
+        assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.max_connections, 10_000);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_path_and_position() {
+        let text = MINIMAL.replace("policy", "x").replace(
+            "servers = [",
+            "polcy = \"weighted\"\nservers = [",
+        );
+        let e = parse(&text).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("test.toml:"), "{msg}");
+        assert!(msg.contains("polcy"), "{msg}");
+        assert!(e.errors[0].key.starts_with("pool.app"), "{msg}");
+        assert!(e.errors[0].position.is_some(), "{msg}");
+    }
+
+    #[test]
+    fn bad_server_addr_names_the_index() {
+        let text = MINIMAL.replace(
+            "{ addr = \"127.0.0.1:9001\" }",
+            "{ addr = \"127.0.0.1:9001\" }, { addr = \"nonsense\" }",
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert_eq!(e.errors[0].key, "pool.app.servers[1].addr");
+        let (line, _) = e.errors[0].position.expect("position");
+        assert_eq!(line, 10);
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported() {
+        let text = r#"
+[[listener]]
+name = "a"
+listen = "nowhere"
+
+[[route]]
+pool = "missing"
+path_prefix = "api"
+
+[pool.app]
+policy = "fastest"
+servers = [ { addr = "127.0.0.1:9001", weight = 0 } ]
+"#;
+        let e = parse(text).unwrap_err();
+        let keys: Vec<&str> = e.errors.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"listener[0].listen"), "{keys:?}");
+        assert!(keys.contains(&"route[0].pool"), "{keys:?}");
+        assert!(keys.contains(&"route[0].path_prefix"), "{keys:?}");
+        assert!(keys.contains(&"pool.app.policy"), "{keys:?}");
+        assert!(keys.contains(&"pool.app.servers[0].weight"), "{keys:?}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let text = MINIMAL.replace(
+            "servers = [",
+            "connect_timeout = \"2 fortnights\"\nservers = [",
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.errors[0].key, "pool.app.connect_timeout");
+        assert!(e.errors[0].message.contains("unknown unit"), "{e}");
+    }
+
+    #[test]
+    fn empty_file_explains_what_is_missing() {
+        let e = parse("").unwrap_err();
+        assert_eq!(e.errors.len(), 2);
+        assert!(e.to_string().contains("[[listener]]"));
+        assert!(e.to_string().contains("[[route]]"));
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert!(check_host_pattern("example.com").is_ok());
+        assert!(check_host_pattern("*.example.com").is_ok());
+        assert!(check_host_pattern("example.com:80").is_err());
+        assert!(check_host_pattern("*").is_err());
+        assert!(check_host_pattern("a..b").is_err());
+    }
+}

@@ -1,0 +1,38 @@
+//! sluice: a caching reverse proxy and load balancer.
+//!
+//! The binary (`main.rs`) parses the command line and calls [`run`]; the
+//! modules below each own one concern:
+//!
+//! - [`config`]: the TOML file, parsed once into validated types
+//! - [`listener`] and [`tls`]: accept loops, TLS termination, HTTP/1.1 + HTTP/2
+//! - [`router`]: host and path to route
+//! - [`proxy`]: the request path that ties the others together
+//! - [`upstream`]: pools, members and balancing policies
+//! - [`snapshot`]: the immutable runtime state swapped on reload
+//! - [`lifecycle`]: signals, reload and graceful drain
+
+pub mod body;
+pub mod config;
+pub mod lifecycle;
+pub mod listener;
+pub mod proxy;
+pub mod router;
+pub mod snapshot;
+pub mod tls;
+pub mod upstream;
+
+pub use config::Config;
+pub use lifecycle::run;
+
+/// Sets up `tracing` output on stderr; the level comes from `RUST_LOG`
+/// (default `info`).
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}

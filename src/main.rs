@@ -1,0 +1,43 @@
+//! The `sluice` command: parse the command line, load the config, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// A caching reverse proxy and load balancer.
+#[derive(Parser)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    /// Config file to load.
+    #[arg(long, short, default_value = "config/sluice.toml")]
+    config: PathBuf,
+    /// Validate the config (including TLS certificates and keys) and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match sluice::Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("config invalid: {} error(s)", errors.errors.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.check {
+        println!("config OK");
+        return ExitCode::SUCCESS;
+    }
+    sluice::init_logging();
+    match sluice::run(cli.config, config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("sluice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

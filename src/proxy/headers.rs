@@ -1,0 +1,374 @@
+//! Header rules of an HTTP intermediary (RFC 9110 §7.6): hop-by-hop fields
+//! removed in both directions, `X-Forwarded-*` and `Via` added, and the
+//! request's authority extracted and normalised for routing.
+//!
+//! Pure functions of a header map, tested below one rule at a time.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Uri, Version};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1).
+fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+    ]
+}
+
+/// The protocol token named by `Upgrade` when the request asks to switch
+/// protocols (`Connection: upgrade` plus `Upgrade: <token>`), HTTP/1.1 only.
+pub fn upgrade_request(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let wants = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
+    if !wants {
+        return None;
+    }
+    headers.get(header::UPGRADE).cloned()
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes `Connection`, every field it names, and the fixed hop-by-hop set.
+/// When `upgrade` is given, `Connection: upgrade` and `Upgrade` are put back
+/// so the switch reaches the other side.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in fixed_hop_by_hop() {
+        headers.remove(name);
+    }
+    if let Some(token) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, token.clone());
+    }
+}
+
+/// Appends the client to `X-Forwarded-For`, sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`, and appends this hop to `Via`.
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    https: bool,
+    authority: &str,
+    version: Version,
+) {
+    let client = client.to_canonical().to_string();
+    let mut xff = String::new();
+    for v in headers.get_all(&X_FORWARDED_FOR).iter() {
+        if let Ok(v) = v.to_str() {
+            let v = v.trim();
+            if !v.is_empty() {
+                xff.push_str(v);
+                xff.push_str(", ");
+            }
+        }
+    }
+    xff.push_str(&client);
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
+    if let Ok(v) = HeaderValue::from_str(authority) {
+        headers.insert(X_FORWARDED_HOST.clone(), v);
+    }
+    headers.append(header::VIA, via(version));
+}
+
+/// This hop's `Via` entry: the protocol version received, then our name.
+pub fn via(version: Version) -> HeaderValue {
+    HeaderValue::from_static(match version {
+        Version::HTTP_10 => "1.0 sluice",
+        Version::HTTP_2 => "2 sluice",
+        Version::HTTP_3 => "3 sluice",
+        _ => "1.1 sluice",
+    })
+}
+
+/// Why a request's authority was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorityError {
+    #[error("HTTP/1.1 request without Host")]
+    MissingHost,
+    #[error("more than one Host field")]
+    DuplicateHost,
+    #[error("invalid Host")]
+    InvalidHost,
+    #[error("request target and Host name different hosts")]
+    Mismatch,
+}
+
+/// The request's authority: `host` lower-cased without port for routing,
+/// and `authority` (host plus any non-default port) to forward as `Host`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Authority {
+    pub host: String,
+    pub authority: String,
+}
+
+/// Extracts the authority from the target URI and the Host field (RFC 9112
+/// §3.2, RFC 9113 §8.3.1). HTTP/1.1 requires Host; when the target is in
+/// absolute form (or HTTP/2 sends `:authority`), the two must agree.
+pub fn authority(
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+    https: bool,
+) -> Result<Authority, AuthorityError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host_field = hosts.next();
+    if hosts.next().is_some() {
+        return Err(AuthorityError::DuplicateHost);
+    }
+    let from_field = match host_field {
+        Some(v) => Some(normalise(v.as_bytes(), https)?),
+        None => None,
+    };
+    let from_uri = match uri.authority() {
+        Some(a) => Some(normalise(a.as_str().as_bytes(), https)?),
+        None => None,
+    };
+    match (from_uri, from_field) {
+        (Some(u), Some(f)) if u != f => Err(AuthorityError::Mismatch),
+        (Some(a), _) | (None, Some(a)) => Ok(a),
+        (None, None) if version == Version::HTTP_10 || version == Version::HTTP_09 => {
+            Ok(Authority {
+                host: String::new(),
+                authority: String::new(),
+            })
+        }
+        (None, None) => Err(AuthorityError::MissingHost),
+    }
+}
+
+fn normalise(raw: &[u8], https: bool) -> Result<Authority, AuthorityError> {
+    let text = std::str::from_utf8(raw).map_err(|_| AuthorityError::InvalidHost)?;
+    if text.is_empty() || text.contains('@') {
+        return Err(AuthorityError::InvalidHost);
+    }
+    let lower = text.to_ascii_lowercase();
+    let (host, port) = if let Some(rest) = lower.strip_prefix('[') {
+        // IPv6 literal: "[::1]" or "[::1]:8080".
+        let end = rest.find(']').ok_or(AuthorityError::InvalidHost)?;
+        let literal = &rest[..end];
+        literal
+            .parse::<std::net::Ipv6Addr>()
+            .map_err(|_| AuthorityError::InvalidHost)?;
+        let after = &rest[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(AuthorityError::InvalidHost),
+        };
+        (&lower[..end + 2], port)
+    } else {
+        match lower.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (lower.as_str(), None),
+        }
+    };
+    if !host.starts_with('[') {
+        let ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !ok {
+            return Err(AuthorityError::InvalidHost);
+        }
+    }
+    let port = match port {
+        None => None,
+        Some(p) => {
+            let n: u16 = if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(AuthorityError::InvalidHost);
+            } else {
+                p.parse().map_err(|_| AuthorityError::InvalidHost)?
+            };
+            let default = if https { 443 } else { 80 };
+            (n != default).then_some(n)
+        }
+    };
+    let host = host.trim_end_matches('.').to_string();
+    let authority = match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host.clone(),
+    };
+    Ok(Authority { host, authority })
+}
+
+/// Methods whose repetition has the same effect as one call (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn rfc9110_7_6_1_connection_and_named_fields_are_removed() {
+        let mut h = map(&[
+            ("connection", "close, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "h2c"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, None);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn rfc9110_7_8_upgrade_survives_when_tunnelling() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let token = upgrade_request(Version::HTTP_11, &h).expect("upgrade");
+        strip_hop_by_hop(&mut h, Some(&token));
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn upgrade_needs_connection_token_and_http11() {
+        let h = map(&[("upgrade", "websocket")]);
+        assert!(upgrade_request(Version::HTTP_11, &h).is_none());
+        let h = map(&[("connection", "keep-alive, upgrade"), ("upgrade", "websocket")]);
+        assert!(upgrade_request(Version::HTTP_11, &h).is_some());
+        assert!(upgrade_request(Version::HTTP_2, &h).is_none());
+    }
+
+    #[test]
+    fn forwarding_headers_append_and_set() {
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("x-forwarded-proto", "https"),
+            ("via", "1.0 fred"),
+        ]);
+        add_forwarding(
+            &mut h,
+            "::ffff:127.0.0.9".parse().unwrap(),
+            false,
+            "example.com",
+            Version::HTTP_11,
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        let via: Vec<_> = h.get_all("via").iter().collect();
+        assert_eq!(via, ["1.0 fred", "1.1 sluice"]);
+    }
+
+    fn auth(version: Version, uri: &str, host: &[&str]) -> Result<Authority, AuthorityError> {
+        let pairs: Vec<(&str, &str)> = host.iter().map(|h| ("host", *h)).collect();
+        authority(version, &uri.parse().unwrap(), &map(&pairs), false)
+    }
+
+    #[test]
+    fn rfc9112_3_2_http11_requires_host() {
+        assert_eq!(
+            auth(Version::HTTP_11, "/", &[]),
+            Err(AuthorityError::MissingHost)
+        );
+        assert!(auth(Version::HTTP_10, "/", &[]).is_ok());
+    }
+
+    #[test]
+    fn rfc9112_3_2_duplicate_or_invalid_host_rejected() {
+        assert_eq!(
+            auth(Version::HTTP_11, "/", &["a.com", "b.com"]),
+            Err(AuthorityError::DuplicateHost)
+        );
+        for bad in ["a b.com", "a.com:80x", "a.com:", "user@a.com", "a/b", "[::1", "[zz]:80", "a.com:99999"] {
+            assert_eq!(
+                auth(Version::HTTP_11, "/", &[bad]),
+                Err(AuthorityError::InvalidHost),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn authority_is_normalised() {
+        let a = auth(Version::HTTP_11, "/", &["Example.COM:80"]).unwrap();
+        assert_eq!(a.host, "example.com");
+        assert_eq!(a.authority, "example.com");
+        let a = auth(Version::HTTP_11, "/", &["example.com:8080"]).unwrap();
+        assert_eq!(a.host, "example.com");
+        assert_eq!(a.authority, "example.com:8080");
+        let a = auth(Version::HTTP_11, "/", &["[::1]:80"]).unwrap();
+        assert_eq!(a.host, "[::1]");
+    }
+
+    #[test]
+    fn absolute_form_must_agree_with_host() {
+        assert!(auth(Version::HTTP_11, "http://a.com/x", &["A.com:80"]).is_ok());
+        assert_eq!(
+            auth(Version::HTTP_11, "http://a.com/x", &["b.com"]),
+            Err(AuthorityError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn rfc9113_8_3_1_authority_without_host_is_enough() {
+        let a = auth(Version::HTTP_2, "https://a.com/x", &[]).unwrap();
+        assert_eq!(a.host, "a.com");
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        assert!(is_idempotent(&http::Method::GET));
+        assert!(is_idempotent(&http::Method::PUT));
+        assert!(!is_idempotent(&http::Method::POST));
+        assert!(!is_idempotent(&http::Method::PATCH));
+    }
+}

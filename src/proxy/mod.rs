@@ -1,0 +1,239 @@
+//! The request path, top to bottom: check limits and authority, route, pick
+//! members in the pool's order, forward (retrying idempotent requests that
+//! never reached a member), and stream the response back.
+//!
+//! Every failure maps to one status here: 400/404/405/413/414 for the
+//! client's request, 502/503/504 for the upstream's side.
+
+pub mod headers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+
+use crate::body::{self, DownloadBody, ProxyBody, UploadBody};
+use crate::snapshot::Snapshot;
+use crate::upstream::balance::PickContext;
+use crate::upstream::pool::{Pool, UpstreamError};
+
+/// What the proxy knows about the client connection a request came on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    pub listener: Arc<str>,
+    pub https: bool,
+}
+
+/// Shared, swappable runtime state.
+pub type State = Arc<ArcSwap<Snapshot>>;
+
+/// Handles one client request. Never fails: every error becomes a response.
+pub async fn handle(
+    state: State,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let snap = state.load_full();
+    Ok(proxy(&snap, &conn, req).await)
+}
+
+async fn proxy(snap: &Snapshot, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let limits = &snap.config.limits;
+    let target_len = req
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if target_len > limits.max_uri_bytes {
+        return local(StatusCode::URI_TOO_LONG, "request target too long");
+    }
+    if req.method() == Method::CONNECT {
+        return local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
+    }
+    let authority = match headers::authority(req.version(), req.uri(), req.headers(), conn.https) {
+        Ok(a) => a,
+        Err(e) => return bad_request(&e.to_string()),
+    };
+    if req.body().size_hint().lower() > limits.max_body_bytes {
+        return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    }
+    let Some(route) = snap.router.lookup(&authority.host, req.uri().path()) else {
+        return local(StatusCode::NOT_FOUND, "no route for this host and path");
+    };
+    let Some(pool) = snap.pools.get(route.pool) else {
+        return local(StatusCode::NOT_FOUND, "no route for this host and path");
+    };
+
+    let upgrade = headers::upgrade_request(req.version(), req.headers());
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (parts, incoming) = req.into_parts();
+    let received = parts.version;
+    let method = parts.method;
+    let mut head = parts.headers;
+    headers::strip_hop_by_hop(&mut head, upgrade.as_ref());
+    headers::add_forwarding(
+        &mut head,
+        conn.client.ip(),
+        conn.https,
+        &authority.authority,
+        received,
+    );
+    if !authority.authority.is_empty() && !head.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&authority.authority) {
+            head.insert(header::HOST, v);
+        }
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_string();
+
+    let has_body = !incoming.is_end_stream();
+    let retryable = headers::is_idempotent(&method) && !has_body && upgrade.is_none();
+    let candidates = pool.candidates(&PickContext {
+        client_ip: conn.client.ip().to_canonical(),
+    });
+    if candidates.is_empty() {
+        return local(StatusCode::SERVICE_UNAVAILABLE, "no upstream servers");
+    }
+    let attempts = if retryable { candidates.len() } else { 1 };
+    let too_large = Arc::new(AtomicBool::new(false));
+    let mut incoming = Some(incoming);
+    let mut last_error = None;
+
+    for (attempt, &index) in candidates.iter().take(attempts).enumerate() {
+        let Some(member) = pool.members.get(index) else {
+            continue;
+        };
+        let (sent_tx, sent_rx) = oneshot::channel();
+        let body = match incoming.take() {
+            Some(b) if has_body => {
+                UploadBody::new(b, limits.max_body_bytes, too_large.clone(), sent_tx).boxed()
+            }
+            _ => {
+                let _ = sent_tx.send(());
+                body::empty()
+            }
+        };
+        let uri = match Uri::try_from(format!("http://{}{}", member.addr, path_and_query)) {
+            Ok(u) => u,
+            Err(_) => return bad_request("invalid request target"),
+        };
+        let mut up = Request::new(body);
+        *up.method_mut() = method.clone();
+        *up.uri_mut() = uri;
+        *up.version_mut() = Version::HTTP_11;
+        *up.headers_mut() = if attempt + 1 < attempts {
+            head.clone()
+        } else {
+            std::mem::take(&mut head)
+        };
+
+        let in_flight = member.begin();
+        match pool.send(member.addr, up, sent_rx).await {
+            Ok(mut resp) => {
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let (Some(client_side), Some(token)) = (client_upgrade, upgrade) {
+                        let upstream_side = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(tunnel(client_side, upstream_side, in_flight));
+                        return switching_protocols(resp, token);
+                    }
+                }
+                return respond(resp, in_flight);
+            }
+            Err(e) => {
+                drop(in_flight);
+                if too_large.load(Ordering::Relaxed) {
+                    return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+                }
+                let retry = attempt + 1 < attempts && !matches!(e, UpstreamError::ResponseTimeout { .. });
+                tracing::warn!(
+                    route = %route.name,
+                    pool = %pool.name,
+                    member = %member.addr,
+                    error = %e,
+                    retry,
+                    "upstream attempt failed"
+                );
+                last_error = Some(e);
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    upstream_failure(pool, last_error)
+}
+
+fn upstream_failure(pool: &Pool, error: Option<UpstreamError>) -> Response<ProxyBody> {
+    match error {
+        Some(e) if e.is_timeout() => local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
+        Some(_) => local(StatusCode::BAD_GATEWAY, "upstream failed"),
+        None => {
+            tracing::warn!(pool = %pool.name, "no usable upstream member");
+            local(StatusCode::SERVICE_UNAVAILABLE, "no upstream servers")
+        }
+    }
+}
+
+/// Passes an upstream response to the client with hop-by-hop fields removed.
+fn respond(resp: Response<Incoming>, in_flight: crate::upstream::member::InFlight) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, None);
+    parts.headers.append(header::VIA, headers::via(parts.version));
+    Response::from_parts(parts, DownloadBody::new(body, in_flight).boxed())
+}
+
+fn switching_protocols(resp: Response<Incoming>, token: HeaderValue) -> Response<ProxyBody> {
+    let (mut parts, _) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, Some(&token));
+    parts.headers.append(header::VIA, headers::via(parts.version));
+    Response::from_parts(parts, body::empty())
+}
+
+/// Copies bytes both ways between an upgraded client and member connection.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _in_flight: crate::upstream::member::InFlight,
+) {
+    match tokio::try_join!(client, upstream) {
+        Ok((c, u)) => {
+            let mut c = TokioIo::new(c);
+            let mut u = TokioIo::new(u);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}
+
+/// A short plain-text response generated by sluice itself.
+pub fn local(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(format!("{message}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// A 400 that also closes an HTTP/1.1 connection: after a malformed request
+/// the framing of whatever follows cannot be trusted.
+fn bad_request(message: &str) -> Response<ProxyBody> {
+    let mut resp = local(StatusCode::BAD_REQUEST, message);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}

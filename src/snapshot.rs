@@ -1,0 +1,58 @@
+//! The immutable runtime view of one config: compiled routes, live pools and
+//! TLS settings. Requests load the current snapshot from an `ArcSwap` (no
+//! lock); a reload builds a new one and swaps it in, so in-flight requests
+//! finish on the snapshot they started with.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::router::Router;
+use crate::tls::{self, TlsError};
+use crate::upstream::pool::Pool;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub pools: Vec<Arc<Pool>>,
+    /// rustls settings per TLS listener name.
+    pub tls: HashMap<String, Arc<rustls::ServerConfig>>,
+}
+
+impl Snapshot {
+    /// Builds the runtime state for `config`. Pools whose settings did not
+    /// change are carried over from `previous`, keeping their idle upstream
+    /// connections and balancing position.
+    pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, TlsError> {
+        let pools: Vec<Arc<Pool>> = config
+            .pools
+            .iter()
+            .map(|pc| {
+                previous
+                    .and_then(|prev| {
+                        prev.pools
+                            .iter()
+                            .find(|p| p.name == pc.name && p.config == *pc)
+                            .cloned()
+                    })
+                    .unwrap_or_else(|| Arc::new(Pool::new(pc)))
+            })
+            .collect();
+        let router = Router::new(&config.routes, |name| {
+            pools.iter().position(|p| p.name == name)
+        });
+        let mut tls = HashMap::new();
+        for l in &config.listeners {
+            if let Some(t) = &l.tls {
+                tls.insert(l.name.clone(), tls::server_config(t)?);
+            }
+        }
+        Ok(Snapshot {
+            config: Arc::new(config),
+            router,
+            pools,
+            tls,
+        })
+    }
+}
