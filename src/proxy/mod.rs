@@ -137,6 +137,12 @@ async fn proxy(snap: &Snapshot, conn: &ConnInfo, mut req: Request<Incoming>) -> 
         } else {
             std::mem::take(&mut head)
         };
+        if !up.headers().contains_key(header::HOST) {
+            // An HTTP/1.0 client without Host: HTTP/1.1 upstreams need one.
+            if let Ok(v) = HeaderValue::from_str(&member.addr.to_string()) {
+                up.headers_mut().insert(header::HOST, v);
+            }
+        }
 
         let in_flight = member.begin();
         match pool.send(member.addr, up, sent_rx).await {
