@@ -180,7 +180,10 @@ mod tests {
         assert_eq!(name(&r, "other.org", "/api/x"), Some("api-late"));
         assert_eq!(name(&r, "other.org", "/"), Some("fallback"));
         // A broad route before a narrow one shadows it.
-        let r = Router::new(&[rc("all", &[], "/", "a"), rc("api", &[], "/api/", "b")], pools);
+        let r = Router::new(
+            &[rc("all", &[], "/", "a"), rc("api", &[], "/api/", "b")],
+            pools,
+        );
         assert_eq!(name(&r, "h", "/api/x"), Some("all"));
     }
 
@@ -194,7 +197,10 @@ mod tests {
 
     #[test]
     fn routes_with_unknown_pools_are_skipped() {
-        let r = Router::new(&[rc("ghost", &[], "/", "nope"), rc("real", &[], "/", "c")], pools);
+        let r = Router::new(
+            &[rc("ghost", &[], "/", "nope"), rc("real", &[], "/", "c")],
+            pools,
+        );
         assert_eq!(r.routes().len(), 1);
         let hit = r.lookup("h", "/").map(|r| (r.name.as_str(), r.pool));
         assert_eq!(hit, Some(("real", 2)));
@@ -205,6 +211,9 @@ mod tests {
         let r = Router::new(&[rc("r", &["Example.COM", "*.Foo.Org"], "/", "a")], pools);
         assert_eq!(name(&r, "example.com", "/"), Some("r"));
         assert_eq!(name(&r, "x.foo.org", "/"), Some("r"));
-        assert_eq!(r.lookup("example.com", "/").map(Route::path_prefix), Some("/"));
+        assert_eq!(
+            r.lookup("example.com", "/").map(Route::path_prefix),
+            Some("/")
+        );
     }
 }

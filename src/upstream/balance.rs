@@ -99,7 +99,10 @@ struct Weighted {
 
 enum Schedule {
     /// One full period of picks.
-    Table { picks: Box<[u32]>, next: AtomicUsize },
+    Table {
+        picks: Box<[u32]>,
+        next: AtomicUsize,
+    },
     /// The live algorithm, for periods longer than `SCHEDULE_LIMIT`.
     Live(Mutex<Swrr>),
 }
@@ -177,7 +180,9 @@ impl Weighted {
                 picks.get(k).map(|&i| i as usize)
             }
             Schedule::Live(state) => {
-                let mut state = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut state = state
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
                 state.next()
             }
         }
@@ -199,14 +204,12 @@ impl fmt::Debug for Weighted {
 impl Balancer for Weighted {
     fn candidates(&self, members: &[Arc<Member>], _ctx: &PickContext) -> Candidates {
         let n = members.len();
-        let Some(first) = self.first() else {
-            return Candidates::new();
+        let first = match self.first() {
+            Some(first) if n == self.by_weight.len() => first,
+            // Used with a member list it was not built for: still return
+            // every index once, rotating so the load spreads.
+            other => return rotated(n, other.unwrap_or(0)),
         };
-        if n != self.by_weight.len() {
-            // Used with a member list it was not built for: still return every
-            // index once, rotating so the load spreads.
-            return rotated(n, first);
-        }
         let mut out = Candidates::with_capacity(n);
         out.push(first);
         out.extend(self.by_weight.iter().copied().filter(|&i| i != first));
@@ -347,6 +350,432 @@ impl Balancer for IpHash {
                 .collect();
             ranked.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             ranked.iter().map(|r| r.1).collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    fn pool(weights: &[u32]) -> Vec<Arc<Member>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let addr = SocketAddr::from(([10, 0, 0, i as u8 + 1], 8080));
+                Arc::new(Member::new(addr, w))
+            })
+            .collect()
+    }
+
+    fn ctx() -> PickContext {
+        PickContext {
+            client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        }
+    }
+
+    fn ctx_for(ip: IpAddr) -> PickContext {
+        PickContext { client_ip: ip }
+    }
+
+    /// The first choices of `calls` consecutive picks, as letters.
+    fn firsts(b: &dyn Balancer, members: &[Arc<Member>], calls: usize) -> String {
+        (0..calls)
+            .map(|_| {
+                let c = b.candidates(members, &ctx());
+                char::from(b'a' + c[0] as u8)
+            })
+            .collect()
+    }
+
+    fn assert_permutation(c: &[usize], n: usize) {
+        let mut seen = vec![false; n];
+        assert_eq!(c.len(), n, "{c:?}");
+        for &i in c {
+            assert!(i < n && !seen[i], "{c:?} is not a permutation of 0..{n}");
+            seen[i] = true;
+        }
+    }
+
+    /// Client addresses 10.x.y.z for `0..count`, in order.
+    fn v4_clients(count: u32) -> impl Iterator<Item = IpAddr> {
+        (0..count).map(|i| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)))
+    }
+
+    #[test]
+    fn round_robin_cycles_in_order() {
+        let m = pool(&[1, 1, 1]);
+        let b = balancer_for(Policy::RoundRobin, &m);
+        assert_eq!(firsts(&*b, &m, 6), "abcabc");
+        assert_eq!(b.candidates(&m, &ctx()).as_slice(), &[0, 1, 2]);
+        assert_eq!(b.candidates(&m, &ctx()).as_slice(), &[1, 2, 0]);
+        assert_eq!(b.candidates(&m, &ctx()).as_slice(), &[2, 0, 1]);
+    }
+
+    #[test]
+    fn round_robin_ignores_weights() {
+        let m = pool(&[5, 1, 1]);
+        let b = balancer_for(Policy::RoundRobin, &m);
+        assert_eq!(firsts(&*b, &m, 6), "abcabc");
+    }
+
+    #[test]
+    fn weighted_5_1_1_is_smooth() {
+        let m = pool(&[5, 1, 1]);
+        let b = balancer_for(Policy::Weighted, &m);
+        assert_eq!(firsts(&*b, &m, 14), "aabacaaaabacaa");
+    }
+
+    #[test]
+    fn weighted_3_2_matches_nginx() {
+        let m = pool(&[3, 2]);
+        let b = balancer_for(Policy::Weighted, &m);
+        assert_eq!(firsts(&*b, &m, 10), "ababaababa");
+    }
+
+    #[test]
+    fn weighted_equal_weights_is_round_robin() {
+        let m = pool(&[2, 2, 2]);
+        let b = balancer_for(Policy::Weighted, &m);
+        assert_eq!(firsts(&*b, &m, 12), "abcabcabcabc");
+    }
+
+    #[test]
+    fn weighted_rest_follow_by_descending_weight() {
+        let m = pool(&[1, 5, 3, 3]);
+        let b = balancer_for(Policy::Weighted, &m);
+        // Scores after the first pick: 1,5,3,3 -> b.
+        assert_eq!(b.candidates(&m, &ctx()).as_slice(), &[1, 2, 3, 0]);
+        // 2,-2,6,6 -> c, the first of the tie.
+        assert_eq!(b.candidates(&m, &ctx()).as_slice(), &[2, 1, 3, 0]);
+    }
+
+    #[test]
+    fn weighted_live_state_matches_the_table() {
+        for weights in [
+            &[5, 1, 1][..],
+            &[3, 2],
+            &[1, 5, 3, 3],
+            &[7],
+            &[4, 9, 2, 9, 1, 6],
+        ] {
+            let table = Weighted::with_limit(weights, SCHEDULE_LIMIT);
+            let live = Weighted::with_limit(weights, 0);
+            assert!(matches!(table.mode, Schedule::Table { .. }));
+            assert!(matches!(live.mode, Schedule::Live(_)));
+            let m = pool(weights);
+            let period: u32 = weights.iter().sum();
+            for _ in 0..3 * period {
+                assert_eq!(
+                    table.candidates(&m, &ctx()),
+                    live.candidates(&m, &ctx()),
+                    "{weights:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_long_period_uses_the_live_state() {
+        let weights = [
+            10_000, 10_000, 10_000, 9_000, 7_000, 6_000, 5_000, 4_000, 3_000, 2_000, 1_000, 1,
+        ];
+        let period: u32 = weights.iter().sum();
+        assert!(u64::from(period) > SCHEDULE_LIMIT);
+        let m = pool(&weights);
+        let w = Weighted::new(&m);
+        assert!(matches!(w.mode, Schedule::Live(_)));
+        let mut counts = vec![0u32; weights.len()];
+        for _ in 0..period {
+            let c = w.candidates(&m, &ctx());
+            assert_eq!(c.len(), weights.len());
+            counts[c[0]] += 1;
+        }
+        assert_eq!(counts, weights);
+        // Smooth: the weight-1 member is not starved to the very end, and the
+        // heavy members never run in long bursts.
+        let firsts: Vec<usize> = (0..100).map(|_| w.candidates(&m, &ctx())[0]).collect();
+        assert!(
+            firsts.windows(3).all(|r| !(r[0] == r[1] && r[1] == r[2])),
+            "{firsts:?}"
+        );
+    }
+
+    #[test]
+    fn weighted_first_picks_are_exact_across_threads() {
+        let m = pool(&[5, 1, 1]);
+        for limit in [SCHEDULE_LIMIT, 0] {
+            let w = Weighted::with_limit(&[5, 1, 1], limit);
+            let counts: Vec<[u32; 3]> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..7)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let mut counts = [0u32; 3];
+                            for _ in 0..1000 {
+                                let c = w.candidates(&m, &ctx());
+                                assert_permutation(&c, 3);
+                                counts[c[0]] += 1;
+                            }
+                            counts
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("thread panicked"))
+                    .collect()
+            });
+            let mut total = [0u32; 3];
+            for c in counts {
+                for (t, x) in total.iter_mut().zip(c) {
+                    *t += x;
+                }
+            }
+            assert_eq!(total, [5000, 1000, 1000], "limit {limit}");
+        }
+    }
+
+    #[test]
+    fn least_conn_picks_the_least_loaded() {
+        let m = pool(&[1, 1, 1]);
+        let b = balancer_for(Policy::LeastConn, &m);
+        let _a = [m[0].begin(), m[0].begin()];
+        let _c = m[2].begin();
+        for _ in 0..4 {
+            assert_eq!(b.candidates(&m, &ctx()).as_slice(), &[1, 2, 0]);
+        }
+    }
+
+    #[test]
+    fn least_conn_alternates_ties() {
+        let m = pool(&[1, 1]);
+        let b = balancer_for(Policy::LeastConn, &m);
+        assert_eq!(firsts(&*b, &m, 6), "ababab");
+        // Three members, the middle one busy: the idle two alternate and the
+        // busy one stays last.
+        let m = pool(&[1, 1, 1]);
+        let b = balancer_for(Policy::LeastConn, &m);
+        let _busy = m[1].begin();
+        let got: Vec<Candidates> = (0..4).map(|_| b.candidates(&m, &ctx())).collect();
+        assert_eq!(got[0].as_slice(), &[0, 2, 1]);
+        assert_eq!(got[1].as_slice(), &[2, 0, 1]);
+        assert_eq!(got[2].as_slice(), &[2, 0, 1]);
+        assert_eq!(got[3].as_slice(), &[0, 2, 1]);
+    }
+
+    #[test]
+    fn least_conn_respects_weights() {
+        let m = pool(&[3, 1]);
+        let b = balancer_for(Policy::LeastConn, &m);
+        // a: 2/3 < b: 1/1.
+        let _a = [m[0].begin(), m[0].begin()];
+        let _b = m[1].begin();
+        assert_eq!(b.candidates(&m, &ctx()).as_slice(), &[0, 1]);
+        assert_eq!(b.candidates(&m, &ctx()).as_slice(), &[0, 1]);
+        // a: 3/3 ties b: 1/1, so they alternate.
+        let _a3 = m[0].begin();
+        assert_eq!(firsts(&*b, &m, 4), "abab");
+        // a: 4/3 > b: 1/1.
+        let _a4 = m[0].begin();
+        assert_eq!(b.candidates(&m, &ctx()).as_slice(), &[1, 0]);
+    }
+
+    #[test]
+    fn least_conn_ranks_everyone_by_load() {
+        let m = pool(&[1, 2, 1, 4]);
+        let b = balancer_for(Policy::LeastConn, &m);
+        let mut guards = Vec::new();
+        for (i, n) in [3, 2, 0, 6].into_iter().enumerate() {
+            guards.extend((0..n).map(|_| m[i].begin()));
+        }
+        // Loads 3, 1, 0, 1.5.
+        assert_eq!(b.candidates(&m, &ctx()).as_slice(), &[2, 1, 3, 0]);
+        drop(guards);
+        assert_eq!(m.iter().map(|m| m.in_flight()).sum::<usize>(), 0);
+    }
+
+    #[test]
+    fn ip_hash_is_stable_for_one_client() {
+        let m = pool(&[1, 1, 1, 1]);
+        let b = balancer_for(Policy::IpHash, &m);
+        for ip in [
+            IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x42)),
+        ] {
+            let first = b.candidates(&m, &ctx_for(ip));
+            assert_permutation(&first, 4);
+            for _ in 0..10 {
+                assert_eq!(b.candidates(&m, &ctx_for(ip)), first);
+            }
+            // A fresh balancer (another process, another restart) agrees.
+            assert_eq!(
+                balancer_for(Policy::IpHash, &m).candidates(&m, &ctx_for(ip)),
+                first
+            );
+        }
+    }
+
+    #[test]
+    fn ip_hash_treats_v4_and_v4_mapped_v6_alike() {
+        let m = pool(&[1, 2, 3]);
+        let b = balancer_for(Policy::IpHash, &m);
+        for v4 in v4_clients(50).filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        }) {
+            let a = b.candidates(&m, &ctx_for(IpAddr::V4(v4)));
+            let mapped = b.candidates(&m, &ctx_for(IpAddr::V6(v4.to_ipv6_mapped())));
+            assert_eq!(a, mapped);
+        }
+    }
+
+    #[test]
+    fn ip_hash_values_are_pinned() {
+        // The hash must not change between builds, or every client moves on
+        // upgrade.
+        assert_eq!(mix64(0), 0);
+        assert_eq!(mix64(1), 0x5692_161d_100b_05e5);
+        let m = pool(&[1, 1, 1, 1, 1]);
+        let b = balancer_for(Policy::IpHash, &m);
+        let got = b.candidates(&m, &ctx()); // 192.0.2.1
+        assert_eq!(got.as_slice(), PINNED_EQUAL);
+        let m = pool(&[1, 2, 3, 4, 5]);
+        let got = b.candidates(&m, &ctx());
+        assert_eq!(got.as_slice(), PINNED_WEIGHTED);
+        let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x1234, 0, 0, 0, 0, 1));
+        let got = b.candidates(&m, &ctx_for(v6));
+        assert_eq!(got.as_slice(), PINNED_V6);
+    }
+
+    const PINNED_EQUAL: &[usize] = &[0, 2, 1, 4, 3];
+    const PINNED_WEIGHTED: &[usize] = &[2, 0, 1, 4, 3];
+    const PINNED_V6: &[usize] = &[2, 4, 3, 1, 0];
+
+    #[test]
+    fn ip_hash_spreads_by_weight() {
+        let weights = [1, 2, 3, 4];
+        let m = pool(&weights);
+        let b = balancer_for(Policy::IpHash, &m);
+        let mut counts = [0u32; 4];
+        for ip in v4_clients(10_000) {
+            counts[b.candidates(&m, &ctx_for(ip))[0]] += 1;
+        }
+        for (c, w) in counts.iter().zip(weights) {
+            let expected = 1000 * w;
+            assert!(c.abs_diff(expected) <= expected / 10, "{counts:?}");
+        }
+        // Equal weights, IPv6 clients.
+        let m = pool(&[1, 1, 1, 1, 1]);
+        let mut counts = [0u32; 5];
+        for i in 0..10_000u128 {
+            let ip = IpAddr::V6(Ipv6Addr::from((0x2001_0db8u128 << 96) | i << 16));
+            counts[b.candidates(&m, &ctx_for(ip))[0]] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| c.abs_diff(2000) <= 200),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn ip_hash_removing_a_member_moves_only_its_clients() {
+        for weights in [[1, 1, 1, 1, 1], [2, 1, 3, 1, 3]] {
+            let all = pool(&weights);
+            let b = balancer_for(Policy::IpHash, &all);
+            let removed = 2;
+            let fewer: Vec<Arc<Member>> = all
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != removed)
+                .map(|(_, m)| m.clone())
+                .collect();
+            let b_fewer = balancer_for(Policy::IpHash, &fewer);
+            let mut moved = 0;
+            let mut on_removed = 0;
+            let total = 10_000;
+            for ip in v4_clients(total) {
+                let before = all[b.candidates(&all, &ctx_for(ip))[0]].addr;
+                let after = fewer[b_fewer.candidates(&fewer, &ctx_for(ip))[0]].addr;
+                if before == all[removed].addr {
+                    on_removed += 1;
+                }
+                if before != after {
+                    moved += 1;
+                    assert_eq!(
+                        before, all[removed].addr,
+                        "{ip} moved off a member that stayed"
+                    );
+                }
+            }
+            assert_eq!(moved, on_removed);
+            let share = f64::from(weights[removed]) / f64::from(weights.iter().sum::<u32>());
+            let limit = (share * f64::from(total) * 1.1) as u32;
+            assert!(moved <= limit, "{moved} of {total} moved, limit {limit}");
+        }
+    }
+
+    #[test]
+    fn ip_hash_ranking_is_stable_when_a_member_leaves() {
+        // The fallback order survives too: dropping a member keeps the
+        // relative order of the others.
+        let all = pool(&[1, 2, 3, 4, 5, 6]);
+        let b = balancer_for(Policy::IpHash, &all);
+        let fewer: Vec<Arc<Member>> = all.iter().skip(1).cloned().collect();
+        for ip in v4_clients(200) {
+            let before: Vec<SocketAddr> = b
+                .candidates(&all, &ctx_for(ip))
+                .iter()
+                .map(|&i| all[i].addr)
+                .filter(|a| *a != all[0].addr)
+                .collect();
+            let after: Vec<SocketAddr> = b
+                .candidates(&fewer, &ctx_for(ip))
+                .iter()
+                .map(|&i| fewer[i].addr)
+                .collect();
+            assert_eq!(before, after);
+        }
+    }
+
+    #[test]
+    fn every_policy_returns_each_index_exactly_once() {
+        let policies = [
+            Policy::RoundRobin,
+            Policy::Weighted,
+            Policy::LeastConn,
+            Policy::IpHash,
+        ];
+        for n in 0..=12 {
+            let weights: Vec<u32> = (0..n).map(|i| (i * 7 % 5 + 1) as u32).collect();
+            let m = pool(&weights);
+            let _guards: Vec<_> = m
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 3 == 1)
+                .map(|(_, m)| m.begin())
+                .collect();
+            for policy in policies {
+                let b = balancer_for(policy, &m);
+                for ip in v4_clients(40) {
+                    let c = b.candidates(&m, &ctx_for(ip));
+                    assert_permutation(&c, n);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_balancer_used_with_another_member_list_still_returns_a_permutation() {
+        for built_for in [pool(&[5, 1, 1]), pool(&[])] {
+            let b = balancer_for(Policy::Weighted, &built_for);
+            for n in [0, 1, 2, 4, 9] {
+                let m = pool(&vec![1; n]);
+                for _ in 0..10 {
+                    assert_permutation(&b.candidates(&m, &ctx()), n);
+                }
+            }
         }
     }
 }
