@@ -165,21 +165,30 @@ impl Config {
             file: path.to_path_buf(),
             errors,
         };
-        let raw: RawConfig =
-            match serde_path_to_error::deserialize(toml::Deserializer::new(text)) {
-                Ok(raw) => raw,
-                Err(e) => return Err(fail(vec![serde_error(text, e)])),
-            };
+        let (raw, mut errors) = deserialize(text);
+        let Some(raw) = raw else {
+            return Err(fail(errors));
+        };
         let mut v = Validator {
             text,
             doc: text.parse::<toml_edit::ImDocument<String>>().ok(),
             errors: Vec::new(),
         };
         let config = v.validate(path, raw);
-        if v.errors.is_empty() {
+        // Keys already reported as malformed were dropped before validation;
+        // do not report their stand-in defaults a second time.
+        let reported: Vec<String> = errors.iter().map(|e| e.key.clone()).collect();
+        errors.extend(v.errors.into_iter().filter(|e| {
+            !reported
+                .iter()
+                .any(|r| !r.is_empty() && (e.key == *r || e.key.starts_with(&format!("{r}."))))
+        }));
+        if errors.is_empty() {
             Ok(config)
         } else {
-            Err(fail(v.errors))
+            // In file order; errors without a position (whole-file ones) last.
+            errors.sort_by_key(|e| e.position.unwrap_or((usize::MAX, 0)));
+            Err(fail(errors))
         }
     }
 
@@ -188,15 +197,135 @@ impl Config {
     }
 }
 
-fn serde_error(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
-    let key = path_string(e.path());
-    let inner = e.into_inner();
-    let position = inner.span().map(|s| line_col(text, s.start));
-    ConfigError {
-        key,
-        position,
-        message: inner.message().trim().to_string(),
+/// Deserializes the raw config, collecting every key-level error rather than
+/// stopping at the first: a key that fails (a typo, a bad duration, a wrong
+/// type) is reported, removed from a working copy of the document, and the
+/// rest is read again. Returns the raw config when the remainder reads
+/// cleanly, and the errors found on the way.
+fn deserialize(text: &str) -> (Option<RawConfig>, Vec<ConfigError>) {
+    let mut errors = Vec::new();
+    let mut doc = match text.parse::<toml_edit::DocumentMut>() {
+        Ok(doc) => doc,
+        Err(e) => {
+            errors.push(ConfigError {
+                key: String::new(),
+                position: e.span().map(|s| line_col(text, s.start)),
+                message: e.message().trim().to_string(),
+            });
+            return (None, errors);
+        }
+    };
+    let original = text.parse::<toml_edit::ImDocument<String>>().ok();
+    let mut current = text.to_string();
+    for _ in 0..64 {
+        let e = match serde_path_to_error::deserialize(toml::Deserializer::new(&current)) {
+            Ok(raw) => return (Some(raw), errors),
+            Err(e) => e,
+        };
+        let segs = owned_segments(e.path());
+        let key = path_string(e.path());
+        let inner = e.into_inner();
+        let message = inner.message().trim().to_string();
+        // A required key that is missing because an earlier error removed
+        // it: already reported, and nothing more can be read safely.
+        let cascade = message.starts_with("missing field")
+            && errors.iter().any(|r: &ConfigError| r.key.starts_with(&key));
+        if !cascade {
+            let unknown_key = message.starts_with("unknown field");
+            let position = original
+                .as_ref()
+                .and_then(|d| locate(d, &segs, unknown_key))
+                .map(|offset| line_col(text, offset))
+                .or_else(|| {
+                    // Only the first pass reads the original text.
+                    (errors.is_empty())
+                        .then(|| inner.span().map(|s| line_col(text, s.start)))
+                        .flatten()
+                });
+            errors.push(ConfigError {
+                key,
+                position,
+                message,
+            });
+        }
+        if cascade || !remove(&mut doc, &segs) {
+            return (None, errors);
+        }
+        current = doc.to_string();
     }
+    (None, errors)
+}
+
+fn owned_segments(path: &serde_path_to_error::Path) -> Vec<OwnedSeg> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|seg| match seg {
+            Segment::Seq { index } => Some(OwnedSeg::Index(*index)),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                Some(OwnedSeg::Key(key.clone()))
+            }
+            Segment::Unknown => None,
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+enum OwnedSeg {
+    Key(String),
+    Index(usize),
+}
+
+/// Removes the key at `segs` (never an array element, whose removal would
+/// renumber its siblings). Returns whether something was removed.
+fn remove(doc: &mut toml_edit::DocumentMut, segs: &[OwnedSeg]) -> bool {
+    let Some((OwnedSeg::Key(last), parents)) = segs.split_last() else {
+        return false;
+    };
+    let mut item: &mut toml_edit::Item = doc.as_item_mut();
+    for seg in parents {
+        let next = match seg {
+            OwnedSeg::Key(k) => item.get_mut(k.as_str()),
+            OwnedSeg::Index(i) => item.get_mut(*i),
+        };
+        match next {
+            Some(n) => item = n,
+            None => return false,
+        }
+    }
+    if let Some(t) = item.as_table_like_mut() {
+        t.remove(last).is_some()
+    } else {
+        false
+    }
+}
+
+/// Byte offset of the key or value at `segs` in `doc`.
+/// With `at_key`, the position of the last key itself (for unknown keys);
+/// otherwise that of its value.
+fn locate(doc: &toml_edit::ImDocument<String>, segs: &[OwnedSeg], at_key: bool) -> Option<usize> {
+    let mut item: &toml_edit::Item = doc.as_item();
+    let mut found = None;
+    for (i, seg) in segs.iter().enumerate() {
+        if let (OwnedSeg::Key(k), true) = (seg, at_key && i + 1 == segs.len()) {
+            if let Some(t) = item.as_table_like() {
+                if let Some((key, _)) = t.get_key_value(k) {
+                    if let Some(span) = key.span() {
+                        return Some(span.start);
+                    }
+                }
+            }
+        }
+        item = match seg {
+            OwnedSeg::Key(k) => item.get(k.as_str())?,
+            OwnedSeg::Index(i) => item.get(*i)?,
+        };
+        found = item
+            .span()
+            .or_else(|| item.as_value().and_then(|v| v.span()))
+            .map(|s| s.start)
+            .or(found);
+    }
+    found
 }
 
 fn path_string(path: &serde_path_to_error::Path) -> String {
@@ -254,33 +383,23 @@ impl Validator<'_> {
                 Seg::Index(i) => key.push_str(&format!("[{i}]")),
             }
         }
+        let segs: Vec<OwnedSeg> = path
+            .iter()
+            .map(|seg| match seg {
+                Seg::Key(k) => OwnedSeg::Key((*k).to_string()),
+                Seg::Index(i) => OwnedSeg::Index(*i),
+            })
+            .collect();
         let position = self
-            .locate(path)
+            .doc
+            .as_ref()
+            .and_then(|d| locate(d, &segs, false))
             .map(|offset| line_col(self.text, offset));
         self.errors.push(ConfigError {
             key,
             position,
             message: message.into(),
         });
-    }
-
-    /// Byte offset of the value at `path` in the document, if it is there.
-    fn locate(&self, path: &[Seg]) -> Option<usize> {
-        let doc = self.doc.as_ref()?;
-        let mut item: &toml_edit::Item = doc.as_item();
-        let mut last_span = None;
-        for seg in path {
-            item = match seg {
-                Seg::Key(k) => item.get(k)?,
-                Seg::Index(i) => item.get(*i)?,
-            };
-            if let Some(span) = item.span() {
-                last_span = Some(span.start);
-            } else if let Some(v) = item.as_value() {
-                last_span = v.span().map(|s| s.start).or(last_span);
-            }
-        }
-        last_span
     }
 
     fn validate(&mut self, path: &Path, raw: RawConfig) -> Config {
@@ -352,7 +471,10 @@ impl Validator<'_> {
             if l.name.is_empty() {
                 self.error(&at("name"), "must not be empty");
             } else if !names.insert(l.name.as_str()) {
-                self.error(&at("name"), format!("duplicate listener name \"{}\"", l.name));
+                self.error(
+                    &at("name"),
+                    format!("duplicate listener name \"{}\"", l.name),
+                );
             }
             let listen = match l.listen.parse::<SocketAddr>() {
                 Ok(a) => {
@@ -375,7 +497,12 @@ impl Validator<'_> {
             let tls = l.tls.as_ref().map(|t| {
                 if t.certs.is_empty() {
                     self.error(
-                        &[Seg::Key("listener"), Seg::Index(i), Seg::Key("tls"), Seg::Key("certs")],
+                        &[
+                            Seg::Key("listener"),
+                            Seg::Index(i),
+                            Seg::Key("tls"),
+                            Seg::Key("certs"),
+                        ],
                         "a TLS listener needs at least one { cert, key } pair",
                     );
                 }
@@ -447,9 +574,10 @@ impl Validator<'_> {
                     ]
                 };
                 match s.addr.parse::<SocketAddr>() {
-                    Ok(addr) if addr.port() == 0 => {
-                        self.error(&at("addr"), format!("\"{}\" needs a port other than 0", s.addr))
-                    }
+                    Ok(addr) if addr.port() == 0 => self.error(
+                        &at("addr"),
+                        format!("\"{}\" needs a port other than 0", s.addr),
+                    ),
                     Ok(addr) => {
                         if !seen.insert(addr) {
                             self.error(&at("addr"), format!("{addr} is listed twice in this pool"));
@@ -508,7 +636,10 @@ impl Validator<'_> {
             match pools.iter().find(|p| p.name == r.pool) {
                 None => self.error(
                     &at("pool"),
-                    format!("no pool named \"{}\"; define it as [pool.{}]", r.pool, r.pool),
+                    format!(
+                        "no pool named \"{}\"; define it as [pool.{}]",
+                        r.pool, r.pool
+                    ),
                 ),
                 Some(p) if p.servers.is_empty() && raw.pool[&r.pool].servers.is_empty() => self
                     .error(
@@ -523,13 +654,21 @@ impl Validator<'_> {
             let mut hosts = Vec::new();
             if let Some(list) = &r.hosts {
                 if list.is_empty() {
-                    self.error(&at("hosts"), "an empty list matches nothing; remove the key to match any host");
+                    self.error(
+                        &at("hosts"),
+                        "an empty list matches nothing; remove the key to match any host",
+                    );
                 }
                 for (j, h) in list.iter().enumerate() {
                     let h = h.to_ascii_lowercase();
                     if let Err(why) = check_host_pattern(&h) {
                         self.error(
-                            &[Seg::Key("route"), Seg::Index(i), Seg::Key("hosts"), Seg::Index(j)],
+                            &[
+                                Seg::Key("route"),
+                                Seg::Index(i),
+                                Seg::Key("hosts"),
+                                Seg::Index(j),
+                            ],
                             why,
                         );
                     }
@@ -552,9 +691,12 @@ fn check_host_pattern(h: &str) -> Result<(), String> {
     let name = h.strip_prefix("*.").unwrap_or(h);
     let valid = !name.is_empty()
         && name.len() <= 253
-        && name
-            .split('.')
-            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
     if valid {
         Ok(())
     } else {
@@ -607,10 +749,9 @@ servers = [ { addr = "127.0.0.1:9001" } ]
 
     #[test]
     fn unknown_key_is_an_error_with_path_and_position() {
-        let text = MINIMAL.replace("policy", "x").replace(
-            "servers = [",
-            "polcy = \"weighted\"\nservers = [",
-        );
+        let text = MINIMAL
+            .replace("policy", "x")
+            .replace("servers = [", "polcy = \"weighted\"\nservers = [");
         let e = parse(&text).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("test.toml:"), "{msg}");

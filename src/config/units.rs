@@ -11,12 +11,15 @@ use serde::de::{self, Deserializer, Visitor};
 /// Parses `"<integer><unit>"` with unit one of `ms`, `s`, `m`, `h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("duration \"{text}\" has no unit; write e.g. \"{text}s\" or \"{text}ms\""))?;
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+        format!("duration \"{text}\" has no unit; write e.g. \"{text}s\" or \"{text}ms\"")
+    })?;
     let (digits, unit) = text.split_at(split);
+    let unit = unit.trim_start();
     if digits.is_empty() {
-        return Err(format!("duration \"{text}\" must start with a number, e.g. \"2s\""));
+        return Err(format!(
+            "duration \"{text}\" must start with a number, e.g. \"2s\""
+        ));
     }
     let n: u64 = digits
         .parse()
@@ -45,13 +48,16 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
+    let unit = unit.trim_start();
     if digits.is_empty() {
-        return Err(format!("size \"{text}\" must start with a number, e.g. \"64KiB\""));
+        return Err(format!(
+            "size \"{text}\" must start with a number, e.g. \"64KiB\""
+        ));
     }
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("size \"{text}\" is too large"))?;
-    let mult: u64 = match unit.trim() {
+    let mult: u64 = match unit {
         "" | "B" => 1,
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
@@ -119,6 +125,7 @@ mod tests {
         assert!(parse_duration("2").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("2 fortnights").is_err());
+        assert_eq!(parse_duration("2 s"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("99999999999999999999s").is_err());
         assert!(parse_duration("18446744073709551615h").is_err());

@@ -1,0 +1,591 @@
+//! The command line: `--version`, `--check` on good and broken configs, the
+//! default config path, and start-up failures.
+
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+const VALID: &str = r#"
+[[listener]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[[route]]
+name = "main"
+pool = "app"
+
+[pool.app]
+servers = [ { addr = "127.0.0.1:9001" } ]
+"#;
+
+/// 1-based line and column of the first occurrence of `needle` in `text`.
+fn pos(text: &str, needle: &str) -> (usize, usize) {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in config"));
+    line_col(text, at)
+}
+
+/// 1-based line and column of the last occurrence of `needle` in `text`.
+fn pos_last(text: &str, needle: &str) -> (usize, usize) {
+    let at = text
+        .rfind(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in config"));
+    line_col(text, at)
+}
+
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = at - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+/// Writes `text` to `dir/name` and runs `sluice --check --config <it>`.
+fn check(dir: &Path, name: &str, text: &str) -> (PathBuf, i32, String, String) {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    let (code, out, err) = run_cli(&["--check", "--config", path.to_str().unwrap()], dir);
+    (path, code, out, err)
+}
+
+/// Runs `--check` on a config that must be rejected, returning its path and
+/// stderr after checking the exit code and that nothing claims success.
+fn check_fails(dir: &Path, name: &str, text: &str) -> (PathBuf, String) {
+    let (path, code, out, err) = check(dir, name, text);
+    assert_eq!(code, 1, "exit code; stdout:\n{out}\nstderr:\n{err}");
+    assert!(!out.contains("config OK"), "stdout:\n{out}");
+    assert!(err.contains("config invalid"), "stderr:\n{err}");
+    (path, err)
+}
+
+/// Asserts that `stderr` has a line `<file>:<line>:<col>: <key>: ...` that
+/// contains `message`.
+fn assert_error(stderr: &str, file: &Path, at: Option<(usize, usize)>, key: &str, message: &str) {
+    let mut prefix = file.display().to_string();
+    if let Some((line, col)) = at {
+        prefix.push_str(&format!(":{line}:{col}"));
+    }
+    prefix.push_str(": ");
+    if !key.is_empty() {
+        prefix.push_str(key);
+        prefix.push_str(": ");
+    }
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&prefix) && l.contains(message)),
+        "expected a line starting {prefix:?} containing {message:?} in stderr:\n{stderr}"
+    );
+}
+
+fn error_count(stderr: &str) -> usize {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("config invalid: "))
+        .unwrap_or_else(|| panic!("no summary line in:\n{stderr}"));
+    line["config invalid: ".len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("bad summary line {line:?}"))
+}
+
+/// A TLS listener config with one `{ cert, key }` pair.
+fn tls_config(cert: &Path, key: &Path) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "https"
+listen = "127.0.0.1:0"
+[listener.tls]
+certs = [ {{ cert = '{}', key = '{}' }} ]
+
+[[route]]
+pool = "app"
+
+[pool.app]
+servers = [ {{ addr = "127.0.0.1:9001" }} ]
+"#,
+        cert.display(),
+        key.display()
+    )
+}
+
+// ------------------------------------------------------------ version --
+
+#[test]
+fn version_prints_name_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    for flag in ["--version", "-V"] {
+        let (code, out, err) = run_cli(&[flag], dir.path());
+        assert_eq!(code, 0, "{flag}: {err}");
+        assert_eq!(
+            out.trim_end(),
+            format!("sluice {}", env!("CARGO_PKG_VERSION"))
+        );
+        let version = out.trim_end().strip_prefix("sluice ").unwrap();
+        let parts: Vec<&str> = version.split('.').collect();
+        assert_eq!(parts.len(), 3, "{out:?}");
+        assert!(parts.iter().all(|p| p.parse::<u32>().is_ok()), "{out:?}");
+    }
+}
+
+#[test]
+fn help_lists_config_and_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, _) = run_cli(&["--help"], dir.path());
+    assert_eq!(code, 0);
+    assert!(out.contains("--config"), "{out}");
+    assert!(out.contains("--check"), "{out}");
+    assert!(
+        out.contains("config/sluice.toml"),
+        "default path not shown:\n{out}"
+    );
+}
+
+// ---------------------------------------------------------- check: OK --
+
+#[test]
+fn check_accepts_valid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, code, out, err) = check(dir.path(), "ok.toml", VALID);
+    assert_eq!(code, 0, "stderr:\n{err}");
+    assert_eq!(out.trim(), "config OK");
+    assert!(!err.contains("invalid"), "{err}");
+}
+
+#[test]
+fn check_accepts_valid_tls_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let (cert, key) = pki.issue(dir.path(), "site", &["localhost"]);
+    let (_, code, out, err) = check(dir.path(), "tls.toml", &tls_config(&cert, &key));
+    assert_eq!(code, 0, "stderr:\n{err}");
+    assert_eq!(out.trim(), "config OK");
+}
+
+#[test]
+fn check_accepts_shipped_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for args in [
+        &["--check"][..],
+        &["--check", "--config", "config/sluice.toml"],
+    ] {
+        let (code, out, err) = run_cli(args, root);
+        assert_eq!(code, 0, "{args:?}: stderr:\n{err}");
+        assert_eq!(out.trim(), "config OK", "{args:?}");
+    }
+}
+
+#[test]
+fn default_config_path_is_config_sluice_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    std::fs::write(dir.path().join("config/sluice.toml"), VALID).unwrap();
+    let (code, out, err) = run_cli(&["--check"], dir.path());
+    assert_eq!(code, 0, "stderr:\n{err}");
+    assert_eq!(out.trim(), "config OK");
+
+    // Without that file, the error names the default path.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, out, err) = run_cli(&["--check"], empty.path());
+    assert_eq!(code, 1, "stdout:\n{out}");
+    assert!(err.contains("config/sluice.toml"), "{err}");
+}
+
+#[test]
+fn missing_config_file_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("does-not-exist.toml");
+    for args in [
+        vec!["--check", "--config", path.to_str().unwrap()],
+        vec!["--config", path.to_str().unwrap()],
+    ] {
+        let (code, out, err) = run_cli(&args, dir.path());
+        assert_eq!(code, 1, "{args:?}: stdout:\n{out}\nstderr:\n{err}");
+        assert!(!out.contains("config OK"));
+        assert_error(&err, &path, None, "", "cannot read file");
+        assert!(err.contains("No such file"), "{err}");
+    }
+}
+
+// ------------------------------------------------------ check: errors --
+
+#[test]
+fn check_reports_unknown_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = VALID.replace("servers = [", "polcy = \"weighted\"\nservers = [");
+    let (path, err) = check_fails(dir.path(), "typo.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "polcy")),
+        "pool.app.polcy",
+        "unknown field `polcy`",
+    );
+    assert!(
+        err.contains("`policy`"),
+        "should list the valid keys:\n{err}"
+    );
+    assert_eq!(error_count(&err), 1);
+}
+
+#[test]
+fn check_reports_bad_server_addr() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = VALID.replace(
+        "{ addr = \"127.0.0.1:9001\" }",
+        "{ addr = \"127.0.0.1:9001\" }, { addr = \"nonsense\" }",
+    );
+    let (path, err) = check_fails(dir.path(), "addr.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"nonsense\"")),
+        "pool.app.servers[1].addr",
+        "\"nonsense\" is not an IP:port address",
+    );
+    assert_eq!(error_count(&err), 1);
+}
+
+#[test]
+fn check_reports_bad_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = VALID.replace(
+        "servers = [",
+        "connect_timeout = \"2 fortnights\"\nservers = [",
+    );
+    let (path, err) = check_fails(dir.path(), "duration.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"2 fortnights\"")),
+        "pool.app.connect_timeout",
+        "duration \"2 fortnights\"",
+    );
+    assert!(err.contains("ms, s, m or h"), "{err}");
+}
+
+#[test]
+fn check_reports_bad_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{VALID}\n[limits]\nmax_body_bytes = \"10 parsecs\"\n");
+    let (path, err) = check_fails(dir.path(), "size.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"10 parsecs\"")),
+        "limits.max_body_bytes",
+        "size \"10 parsecs\" has unknown unit \"parsecs\"",
+    );
+}
+
+#[test]
+fn check_reports_unknown_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = VALID.replace("servers = [", "policy = \"fastest\"\nservers = [");
+    let (path, err) = check_fails(dir.path(), "policy.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"fastest\"")),
+        "pool.app.policy",
+        "unknown policy \"fastest\"",
+    );
+    assert!(
+        err.contains("round_robin, weighted, least_conn or ip_hash"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_reports_route_to_missing_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = VALID.replace("pool = \"app\"", "pool = \"nope\"");
+    let (path, err) = check_fails(dir.path(), "route.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"nope\"")),
+        "route[0].pool",
+        "no pool named \"nope\"",
+    );
+    assert_eq!(error_count(&err), 1);
+}
+
+#[test]
+fn check_reports_missing_listener_and_route_sections() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[pool.app]\nservers = [ { addr = \"127.0.0.1:9001\" } ]\n";
+    let (path, err) = check_fails(dir.path(), "sections.toml", text);
+    assert_error(&err, &path, None, "", "no [[listener]] is configured");
+    assert_error(&err, &path, None, "", "no [[route]] is configured");
+    assert_eq!(error_count(&err), 2);
+
+    // Only the route missing.
+    let text = "[[listener]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\n";
+    let (path, err) = check_fails(dir.path(), "noroute.toml", text);
+    assert_error(&err, &path, None, "", "no [[route]] is configured");
+    assert!(!err.contains("[[listener]] is configured"), "{err}");
+    assert_eq!(error_count(&err), 1);
+}
+
+#[test]
+fn check_reports_toml_syntax_error_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = VALID.replace("name = \"main\"", "name = \"main");
+    let (path, err) = check_fails(dir.path(), "syntax.toml", &text);
+    let (line, _) = pos(&text, "name = \"main");
+    let prefix = format!("{}:{line}:", path.display());
+    assert!(
+        err.lines().any(|l| l.starts_with(&prefix)),
+        "expected an error at line {line} ({prefix}) in:\n{err}"
+    );
+    assert_eq!(error_count(&err), 1);
+
+    // A missing value: the column points past `listen = `.
+    let text = VALID.replace("listen = \"127.0.0.1:0\"", "listen = ");
+    let (path, err) = check_fails(dir.path(), "syntax2.toml", &text);
+    let (line, col) = pos(&text, "listen = ");
+    assert_error(&err, &path, Some((line, col + "listen = ".len())), "", "");
+}
+
+#[test]
+fn check_reports_duplicate_listener_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = VALID.replace(
+        "[[route]]",
+        "[[listener]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]",
+    );
+    let (path, err) = check_fails(dir.path(), "dup.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos_last(&text, "\"http\"")),
+        "listener[1].name",
+        "duplicate listener name \"http\"",
+    );
+    assert_eq!(error_count(&err), 1);
+}
+
+#[test]
+fn check_reports_missing_cert_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let (_, key) = pki.issue(dir.path(), "site", &["localhost"]);
+    let missing = dir.path().join("missing.pem");
+    let text = tls_config(&missing, &key);
+    let (path, err) = check_fails(dir.path(), "cert.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, &format!("'{}'", missing.display()))),
+        "listener[0].tls.certs[0].cert",
+        &missing.display().to_string(),
+    );
+    assert_eq!(error_count(&err), 1);
+}
+
+#[test]
+fn check_reports_key_file_that_is_not_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let (cert, _) = pki.issue(dir.path(), "site", &["localhost"]);
+    // The certificate file itself in place of the key.
+    let text = tls_config(&cert, &cert);
+    let (path, err) = check_fails(dir.path(), "notkey.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos_last(&text, &format!("'{}'", cert.display()))),
+        "listener[0].tls.certs[0].key",
+        &cert.display().to_string(),
+    );
+    assert!(!err.contains("certs[0].cert"), "the cert is fine:\n{err}");
+    assert_eq!(error_count(&err), 1);
+}
+
+#[test]
+fn check_reports_key_not_matching_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let (cert, _) = pki.issue(dir.path(), "one", &["localhost"]);
+    let (_, other_key) = pki.issue(dir.path(), "two", &["localhost"]);
+    let text = tls_config(&cert, &other_key);
+    let (path, err) = check_fails(dir.path(), "mismatch.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, &format!("'{}'", other_key.display()))),
+        "listener[0].tls.certs[0].key",
+        "does not match certificate",
+    );
+    assert_eq!(error_count(&err), 1);
+}
+
+#[test]
+fn check_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere.pem");
+    let text = format!(
+        r#"
+[[listener]]
+name = "web"
+listen = "localhost:80"
+
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+[listener.tls]
+certs = [ {{ cert = '{m}', key = '{m}' }} ]
+
+[[route]]
+pool = "nope"
+
+[pool.app]
+policy = "fastest"
+servers = [ {{ addr = "127.0.0.1:9001" }}, {{ addr = "bogus" }} ]
+"#,
+        m = missing.display()
+    );
+    let (path, err) = check_fails(dir.path(), "many.toml", &text);
+    let cases = [
+        (
+            pos(&text, "\"localhost:80\""),
+            "listener[0].listen",
+            "is not an IP:port",
+        ),
+        (
+            pos_last(&text, "\"web\""),
+            "listener[1].name",
+            "duplicate listener name",
+        ),
+        (
+            pos(&text, &format!("'{}'", missing.display())),
+            "listener[1].tls.certs[0].cert",
+            "cannot read certificate file",
+        ),
+        (
+            pos(&text, "\"nope\""),
+            "route[0].pool",
+            "no pool named \"nope\"",
+        ),
+        (
+            pos(&text, "\"fastest\""),
+            "pool.app.policy",
+            "unknown policy",
+        ),
+        (
+            pos(&text, "\"bogus\""),
+            "pool.app.servers[1].addr",
+            "\"bogus\"",
+        ),
+    ];
+    for (at, key, message) in cases {
+        assert_error(&err, &path, Some(at), key, message);
+    }
+    assert_eq!(error_count(&err), cases.len(), "{err}");
+}
+
+/// Errors found while deserialising (unknown keys, bad durations) do not
+/// hide the semantic errors in the same file.
+#[test]
+fn check_lists_unknown_key_together_with_other_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = VALID.replace("pool = \"app\"", "pool = \"nope\"").replace(
+        "servers = [",
+        "polcy = \"x\"\nconnect_timeout = \"2 fortnights\"\nservers = [",
+    );
+    let (path, err) = check_fails(dir.path(), "mixed.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "polcy")),
+        "pool.app.polcy",
+        "unknown field",
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"2 fortnights\"")),
+        "pool.app.connect_timeout",
+        "fortnights",
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"nope\"")),
+        "route[0].pool",
+        "no pool named",
+    );
+    assert_eq!(error_count(&err), 3, "{err}");
+}
+
+// ------------------------------------------------------------ start-up --
+
+/// Runs the daemon with `config` and waits (up to [`PATIENCE`]) for it to
+/// exit; a daemon that keeps running fails the test.
+fn run_daemon_until_exit(dir: &Path, config: &str) -> (i32, String) {
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--config")
+        .arg(&path)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(PATIENCE) {
+        Ok(out) => out.expect("wait for sluice"),
+        Err(_) => {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            panic!("sluice kept running instead of failing to start");
+        }
+    };
+    let status = out.status;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (status.code().unwrap_or(-1), err)
+}
+
+#[test]
+fn address_in_use_fails_naming_the_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr: SocketAddr = taken.local_addr().unwrap();
+    let config = format!(
+        r#"
+[[listener]]
+name = "first"
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "second"
+listen = "{addr}"
+
+[[route]]
+pool = "app"
+
+[pool.app]
+servers = [ {{ addr = "127.0.0.1:9001" }} ]
+"#
+    );
+    let (code, err) = run_daemon_until_exit(dir.path(), &config);
+    assert_ne!(code, 0, "stderr:\n{err}");
+    assert!(err.contains("listener \"second\""), "{err}");
+    assert!(err.contains(&addr.to_string()), "{err}");
+    assert!(err.contains("in use"), "{err}");
+    assert!(!err.contains("listener \"first\""), "{err}");
+    assert!(!err.contains(" ready "), "{err}");
+    drop(taken);
+}
