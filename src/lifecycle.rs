@@ -24,7 +24,10 @@ pub fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     if config.server.workers > 0 {
         rt.worker_threads(config.server.workers);
     }
-    let rt = rt.enable_all().build().context("cannot start the async runtime")?;
+    let rt = rt
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     rt.block_on(serve(path, config))
 }
 
@@ -44,6 +47,12 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let snapshot = Snapshot::build(config, None).context("cannot load TLS certificates")?;
     let state: State = Arc::new(ArcSwap::from_pointee(snapshot));
 
+    // Handlers go in before anything is served or "ready" is logged: until
+    // then SIGHUP, SIGTERM and SIGINT would kill the process outright.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_loops = Vec::new();
@@ -60,9 +69,6 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(config = %path.display(), "ready");
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = hup.recv() => reload(&path, &state),

@@ -1,0 +1,394 @@
+//! Load balancing through the real daemon: every test counts what real
+//! origins on 127.0.0.1 receive, and which origin answered each request
+//! (`x-origin`, set by the origin itself).
+
+mod common;
+use common::*;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpSocket;
+use tokio::sync::oneshot;
+
+/// A config with one listener, one route and pool `app` with `policy` over
+/// `servers` (address, weight); `top` is TOML placed before everything else
+/// (a `[server]` table, say).
+fn pool_config(policy: &str, servers: &[(SocketAddr, u32)], top: &str) -> String {
+    let list: Vec<String> = servers
+        .iter()
+        .map(|(a, w)| format!("{{ addr = \"{a}\", weight = {w} }}"))
+        .collect();
+    format!(
+        r#"{top}
+
+[[listener]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[[route]]
+name = "main"
+pool = "app"
+
+[pool.app]
+policy = "{policy}"
+servers = [ {} ]
+"#,
+        list.join(", ")
+    )
+}
+
+fn unweighted(origins: &[&Origin]) -> Vec<(SocketAddr, u32)> {
+    origins.iter().map(|o| (o.addr, 1)).collect()
+}
+
+async fn into_reply(resp: Response<Incoming>) -> Reply {
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("response body").to_bytes();
+    Reply {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// One keep-alive HTTP/1.1 client connection, used for sequential requests.
+struct Conn(hyper::client::conn::http1::SendRequest<TestBody>);
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Conn {
+        Conn(h1_conn(addr).await)
+    }
+
+    async fn get(&mut self, path: &str) -> Reply {
+        self.0.ready().await.expect("client connection usable");
+        let req = request(Method::GET, path, "localhost", empty());
+        let resp = tokio::time::timeout(PATIENCE, self.0.send_request(req))
+            .await
+            .expect("response in time")
+            .expect("response");
+        into_reply(resp).await
+    }
+}
+
+/// `GET /` over a fresh connection whose source address is `ip`.
+async fn get_from(ip: Ipv4Addr, addr: SocketAddr) -> Reply {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(ip.into(), 0))
+        .unwrap_or_else(|e| panic!("bind {ip}: {e}"));
+    let stream = socket.connect(addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn);
+    let req = request(Method::GET, "/", "localhost", empty());
+    let resp = tokio::time::timeout(PATIENCE, send.send_request(req))
+        .await
+        .expect("response in time")
+        .expect("response");
+    into_reply(resp).await
+}
+
+/// Index in `origins` of the origin that answered `r` (which must be a 200).
+fn which(origins: &[&Origin], r: &Reply) -> usize {
+    assert_eq!(r.status, 200, "unexpected reply: {r:?}");
+    let o = r.header("x-origin").expect("x-origin header");
+    origins
+        .iter()
+        .position(|x| x.addr.to_string() == o)
+        .unwrap_or_else(|| panic!("reply from unknown origin {o}"))
+}
+
+/// Asserts that `seq` repeats with period `n` and that each period visits
+/// every one of the `n` members once.
+fn assert_cycles(seq: &[usize], n: usize) {
+    let first: BTreeSet<usize> = seq[..n].iter().copied().collect();
+    assert_eq!(
+        first.len(),
+        n,
+        "first {n} picks are not all different: {seq:?}"
+    );
+    for i in n..seq.len() {
+        assert_eq!(seq[i], seq[i - n], "pick {i} breaks the cycle: {seq:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_sequential_requests_exactly_evenly() {
+    let (a, b, c) = (
+        Origin::hello().await,
+        Origin::hello().await,
+        Origin::hello().await,
+    );
+    let origins = [&a, &b, &c];
+    let d = Daemon::start(&pool_config("round_robin", &unweighted(&origins), ""));
+    let mut conn = Conn::open(d.addr("http")).await;
+    let mut seq = Vec::new();
+    for _ in 0..300 {
+        seq.push(which(&origins, &conn.get("/").await));
+    }
+    assert_eq!([a.hits(), b.hits(), c.hits()], [100, 100, 100]);
+    assert_cycles(&seq, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_follows_smooth_weighted_round_robin() {
+    let (a, b, c) = (
+        Origin::hello().await,
+        Origin::hello().await,
+        Origin::hello().await,
+    );
+    let origins = [&a, &b, &c];
+    let servers = [(a.addr, 5), (b.addr, 1), (c.addr, 1)];
+    let d = Daemon::start(&pool_config("weighted", &servers, ""));
+    let mut conn = Conn::open(d.addr("http")).await;
+
+    let mut first = Vec::new();
+    for _ in 0..7 {
+        first.push(which(&origins, &conn.get("/").await));
+    }
+    // nginx's smooth weighted round-robin for 5,1,1: a,a,b,a,c,a,a.
+    assert_eq!(first, [0, 0, 1, 0, 2, 0, 0]);
+
+    let mut counts = [0usize; 3];
+    for _ in 0..700 {
+        counts[which(&origins, &conn.get("/").await)] += 1;
+    }
+    assert_eq!(counts, [500, 100, 100]);
+    assert_eq!([a.hits(), b.hits(), c.hits()], [505, 101, 101]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_counts_are_exact_across_workers_and_concurrent_clients() {
+    let (a, b, c) = (
+        Origin::hello().await,
+        Origin::hello().await,
+        Origin::hello().await,
+    );
+    let servers = [(a.addr, 5), (b.addr, 1), (c.addr, 1)];
+    let d = Daemon::start(&pool_config("weighted", &servers, "[server]\nworkers = 2"));
+    let addr = d.addr("http");
+
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..7 {
+        clients.spawn(async move {
+            let mut conn = Conn::open(addr).await;
+            for _ in 0..100 {
+                let r = conn.get("/").await;
+                assert_eq!(r.status, 200, "{r:?}");
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.expect("client task");
+    }
+    assert_eq!([a.hits(), b.hits(), c.hits()], [500, 100, 100]);
+}
+
+/// The first `/hold` request an origin of the pair receives reports the
+/// origin's address and waits for the test to release it.
+struct Hold {
+    entered: Option<oneshot::Sender<SocketAddr>>,
+    release: Option<oneshot::Receiver<()>>,
+}
+
+async fn holding_origin(hold: Arc<Mutex<Hold>>) -> Origin {
+    Origin::serve(move |req, addr| {
+        let hold = hold.clone();
+        async move {
+            let _ = req.into_body().collect().await;
+            let held = {
+                let mut h = hold.lock().unwrap();
+                (h.entered.take(), h.release.take())
+            };
+            if let (Some(entered), Some(release)) = held {
+                let _ = entered.send(addr);
+                let _ = release.await;
+            }
+            Response::builder()
+                .header("x-origin", addr.to_string())
+                .body(full("ok"))
+                .unwrap()
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_conn_avoids_the_busy_member_and_alternates_when_idle() {
+    let (entered_tx, entered_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel();
+    let hold = Arc::new(Mutex::new(Hold {
+        entered: Some(entered_tx),
+        release: Some(release_rx),
+    }));
+    let a = holding_origin(hold.clone()).await;
+    let b = holding_origin(hold).await;
+    let origins = [&a, &b];
+    let d = Daemon::start(&pool_config("least_conn", &unweighted(&origins), ""));
+    let addr = d.addr("http");
+
+    let held = tokio::spawn(async move { get(addr, "/hold").await });
+    let busy_addr = tokio::time::timeout(PATIENCE, entered_rx)
+        .await
+        .expect("held request reached an origin in time")
+        .expect("entered");
+    let busy = origins.iter().position(|o| o.addr == busy_addr).unwrap();
+    let idle = 1 - busy;
+
+    // While one member holds a request, every new one goes to the other.
+    let mut conn = Conn::open(addr).await;
+    for i in 0..10 {
+        let r = conn.get("/").await;
+        assert_eq!(
+            which(&origins, &r),
+            idle,
+            "request {i} went to the busy member"
+        );
+    }
+    assert_eq!(origins[busy].hits(), 1);
+    assert_eq!(origins[idle].hits(), 10);
+
+    release_tx.send(()).expect("release");
+    let r = held.await.expect("held request task");
+    assert_eq!(which(&origins, &r), busy);
+
+    // Both idle: equal loads alternate.
+    let mut seq = Vec::new();
+    for _ in 0..8 {
+        seq.push(which(&origins, &conn.get("/").await));
+    }
+    for w in seq.windows(2) {
+        assert_ne!(w[0], w[1], "idle members did not alternate: {seq:?}");
+    }
+    assert_eq!(origins[busy].hits(), 5);
+    assert_eq!(origins[idle].hits(), 14);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_hash_sticks_per_client_ip_and_moves_only_the_removed_members_clients() {
+    let mut owned = Vec::new();
+    for _ in 0..4 {
+        owned.push(Origin::hello().await);
+    }
+    let origins: Vec<&Origin> = owned.iter().collect();
+    let d = Daemon::start(&pool_config("ip_hash", &unweighted(&origins), ""));
+    let addr = d.addr("http");
+    let ips: Vec<Ipv4Addr> = (2..=33).map(|k| Ipv4Addr::new(127, 0, 0, k)).collect();
+
+    // Each IP sticks to one member over several connections.
+    let mut home: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+    for &ip in &ips {
+        let first = which(&origins, &get_from(ip, addr).await);
+        for _ in 0..3 {
+            let again = which(&origins, &get_from(ip, addr).await);
+            assert_eq!(
+                again, first,
+                "client {ip} moved from member {first} to {again}"
+            );
+        }
+        home.insert(ip, first);
+    }
+    // The daemon saw the addresses the clients bound to.
+    let seen_ips: BTreeSet<String> = origins
+        .iter()
+        .flat_map(|o| o.seen())
+        .filter_map(|s| {
+            s.headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .collect();
+    let want: BTreeSet<String> = ips.iter().map(|ip| ip.to_string()).collect();
+    assert_eq!(seen_ips, want);
+
+    // Several IPs spread over the members.
+    let mut per_member: HashMap<usize, usize> = HashMap::new();
+    for &m in home.values() {
+        *per_member.entry(m).or_default() += 1;
+    }
+    assert!(
+        per_member.len() >= 3,
+        "32 client IPs landed on only {per_member:?}"
+    );
+
+    // Remove the member with the most clients; only its clients move.
+    let removed = *per_member.iter().max_by_key(|(_, n)| **n).unwrap().0;
+    let remaining: Vec<&Origin> = origins
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != removed)
+        .map(|(_, o)| *o)
+        .collect();
+    d.write_config(&pool_config("ip_hash", &unweighted(&remaining), ""));
+    d.signal("HUP");
+    d.log_count("config reloaded", 1).await;
+
+    let mut moved = 0;
+    for &ip in &ips {
+        let now = which(&origins, &get_from(ip, addr).await);
+        let again = which(&origins, &get_from(ip, addr).await);
+        assert_eq!(now, again, "client {ip} is not sticky after the reload");
+        if home[&ip] == removed {
+            assert_ne!(now, removed, "client {ip} still reaches the removed member");
+            moved += 1;
+        } else {
+            assert_eq!(
+                now, home[&ip],
+                "client {ip} moved although its member stayed"
+            );
+        }
+    }
+    assert_eq!(moved, per_member[&removed]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_on_one_connection_are_balanced() {
+    let (a, b, c) = (
+        Origin::hello().await,
+        Origin::hello().await,
+        Origin::hello().await,
+    );
+    let origins = [&a, &b, &c];
+    let d = Daemon::start(&pool_config("round_robin", &unweighted(&origins), ""));
+    let mut h2 = h2c_conn(d.addr("http")).await;
+
+    let mut seq = Vec::new();
+    for _ in 0..9 {
+        let r = h2_send(
+            &mut h2,
+            h2_request(Method::GET, "http://localhost/", empty()),
+        )
+        .await;
+        assert_eq!(r.version, http::Version::HTTP_2);
+        seq.push(which(&origins, &r));
+    }
+    assert_cycles(&seq, 3);
+    assert_eq!([a.hits(), b.hits(), c.hits()], [3, 3, 3]);
+
+    // Concurrent streams on the same connection are balanced too.
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let mut send = h2.clone();
+        streams.spawn(async move {
+            let r = h2_send(
+                &mut send,
+                h2_request(Method::GET, "http://localhost/", empty()),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{r:?}");
+        });
+    }
+    while let Some(done) = streams.join_next().await {
+        done.expect("stream task");
+    }
+    assert_eq!([a.hits(), b.hits(), c.hits()], [13, 13, 13]);
+}
