@@ -65,7 +65,10 @@ async fn origin(addr: SocketAddr) -> std::io::Result<()> {
 
 fn start_origins(addrs: Vec<SocketAddr>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("demo origin: {e}");

@@ -51,12 +51,7 @@ pub struct UploadBody<B> {
 }
 
 impl<B> UploadBody<B> {
-    pub fn new(
-        inner: B,
-        limit: u64,
-        exceeded: Arc<AtomicBool>,
-        sent: oneshot::Sender<()>,
-    ) -> Self {
+    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>, sent: oneshot::Sender<()>) -> Self {
         UploadBody {
             inner,
             limit,

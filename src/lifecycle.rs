@@ -82,6 +82,7 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     for task in accept_loops {
         let _ = task.await;
     }
+    tracing::info!("listeners closed");
     // Every accept loop has returned, so this is the last reference.
     let drain = async move {
         match Arc::try_unwrap(graceful) {

@@ -51,7 +51,9 @@ async fn counting_origin() -> CountingOrigin {
 }
 
 fn threads_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +72,10 @@ async fn workers_sets_the_runtime_thread_count() {
     let (t1, t6) = (threads_of(one.pid()), threads_of(six.pid()));
     // Main thread plus workers (blocking-pool threads only appear on demand).
     assert!(t6 >= 7, "workers = 6 gave {t6} threads");
-    assert!(t6 >= t1 + 5, "workers = 1 gave {t1} threads, workers = 6 gave {t6}");
+    assert!(
+        t6 >= t1 + 5,
+        "workers = 1 gave {t1} threads, workers = 6 gave {t6}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,14 +85,22 @@ async fn upstream_connections_are_reused_then_closed_after_idle_timeout() {
     for _ in 0..5 {
         assert_eq!(get(d.addr("http"), "/").await.status, 200);
     }
-    assert_eq!(origin.accepted.load(Ordering::SeqCst), 1, "one pooled connection");
+    assert_eq!(
+        origin.accepted.load(Ordering::SeqCst),
+        1,
+        "one pooled connection"
+    );
     // The idle pooled connection is closed by sluice: the origin sees EOF.
     tokio::time::timeout(PATIENCE, origin.closed.recv())
         .await
         .expect("idle upstream connection closed")
         .unwrap();
     assert_eq!(get(d.addr("http"), "/").await.status, 200);
-    assert_eq!(origin.accepted.load(Ordering::SeqCst), 2, "a new connection after idle close");
+    assert_eq!(
+        origin.accepted.load(Ordering::SeqCst),
+        2,
+        "a new connection after idle close"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +138,10 @@ async fn max_connections_holds_further_clients_until_one_leaves() {
         .unwrap();
     let mut buf = [0u8; 1];
     let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await;
-    assert!(early.is_err(), "second connection served while the first was open");
+    assert!(
+        early.is_err(),
+        "second connection served while the first was open"
+    );
     assert_eq!(origin.hits(), 1);
 
     drop(first);

@@ -9,7 +9,11 @@ async fn smoke() {
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), format!("origin {}", origin.addr.port()));
     let mut h2 = h2c_conn(d.addr("http")).await;
-    let r = h2_send(&mut h2, h2_request(http::Method::GET, "http://localhost/x", empty())).await;
+    let r = h2_send(
+        &mut h2,
+        h2_request(http::Method::GET, "http://localhost/x", empty()),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(origin.hits(), 2);
 }

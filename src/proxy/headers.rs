@@ -99,8 +99,13 @@ pub fn add_forwarding(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if https { "https" } else { "http" }),
     );
-    if let Ok(v) = HeaderValue::from_str(authority) {
-        headers.insert(X_FORWARDED_HOST.clone(), v);
+    // Without an authority (HTTP/1.0 with no Host) there is nothing to
+    // report; never pass on a value the client made up.
+    headers.remove(&X_FORWARDED_HOST);
+    if !authority.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(authority) {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
     }
     headers.append(header::VIA, via(version));
 }
@@ -281,7 +286,10 @@ mod tests {
     fn upgrade_needs_connection_token_and_http11() {
         let h = map(&[("upgrade", "websocket")]);
         assert!(upgrade_request(Version::HTTP_11, &h).is_none());
-        let h = map(&[("connection", "keep-alive, upgrade"), ("upgrade", "websocket")]);
+        let h = map(&[
+            ("connection", "keep-alive, upgrade"),
+            ("upgrade", "websocket"),
+        ]);
         assert!(upgrade_request(Version::HTTP_11, &h).is_some());
         assert!(upgrade_request(Version::HTTP_2, &h).is_none());
     }
@@ -328,7 +336,16 @@ mod tests {
             auth(Version::HTTP_11, "/", &["a.com", "b.com"]),
             Err(AuthorityError::DuplicateHost)
         );
-        for bad in ["a b.com", "a.com:80x", "a.com:", "user@a.com", "a/b", "[::1", "[zz]:80", "a.com:99999"] {
+        for bad in [
+            "a b.com",
+            "a.com:80x",
+            "a.com:",
+            "user@a.com",
+            "a/b",
+            "[::1",
+            "[zz]:80",
+            "a.com:99999",
+        ] {
             assert_eq!(
                 auth(Version::HTTP_11, "/", &[bad]),
                 Err(AuthorityError::InvalidHost),

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use super::balance::{balancer_for, Balancer, Candidates, PickContext};
 use super::member::Member;
 use crate::body::ProxyBody;
-use crate::config::{PoolConfig, Policy};
+use crate::config::{Policy, PoolConfig};
 
 /// Why one attempt against a member failed.
 #[derive(Debug, thiserror::Error)]

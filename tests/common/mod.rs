@@ -33,7 +33,9 @@ pub type TestBody = BoxBody<Bytes, BoxError>;
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
 pub fn full(data: impl Into<Bytes>) -> TestBody {
-    Full::new(data.into()).map_err(|never| match never {}).boxed()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn empty() -> TestBody {
@@ -195,7 +197,11 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "sluice did not exit:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "sluice did not exit:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -456,9 +462,10 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
 /// One HTTP/2 prior-knowledge (h2c) connection to `addr`.
 pub async fn h2c_conn(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<TestBody> {
     let stream = TcpStream::connect(addr).await.expect("connect");
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .expect("h2 handshake");
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
     tokio::spawn(conn);
     send
 }
