@@ -1,0 +1,413 @@
+#!/usr/bin/env bash
+# Load benchmark: sluice against nginx and HAProxy on the same machine, in the
+# same run, in front of the same origin (the demo origin, `demo --origin-only`).
+#
+#   bash benches/load.sh                          # defaults below
+#   DURATION=5s REPEATS=5 WORKERS=2 bash benches/load.sh
+#   SCENARIOS="small big" bash benches/load.sh    # add the ~6 KiB request/response scenario
+#
+# Each round drives, in this order, the origin directly, sluice, nginx and
+# HAProxy with the same wrk command, and the rounds repeat REPEATS times, so
+# that noise on a shared machine falls on all targets alike. The report gives
+# per target the median over rounds of requests/s and of p99 latency, and the
+# ratios of sluice to the others. Paste the markdown table into the README.
+#
+# All three proxies get the same worker count, keep-alive to the client and to
+# the origin (a pool of up to 64 idle upstream connections), no access log,
+# and the same header work: X-Forwarded-For/-Proto/-Host and Via added to the
+# request, Via to the response (sluice always does that; nginx and HAProxy are
+# configured to do it too).
+#
+# Environment (defaults in brackets):
+#   WORKERS [2]          worker processes/threads of every proxy
+#   DURATION [10s]       wrk duration per measurement
+#   REPEATS [3]          rounds
+#   WARMUP [2s]          one unmeasured wrk run per target before the rounds ("0" skips)
+#   WRK_THREADS [2]      wrk -t
+#   WRK_CONNS [64]       wrk -c
+#   SCENARIOS [small]    "small" (GET /, ~150-byte answer), "big" (~6 KiB URI echoed back), or both
+#   PORT_BASE [19000]    origin PORT_BASE+1, sluice +81, nginx +82, haproxy +83 (all 127.0.0.1)
+#   SKIP_INSTALL [0]     1: never call apt-get
+#   SKIP_BUILD [0]       1: use the existing release binaries
+#   KEEP_TMP [0]         1: keep the temp dir (configs, server logs, raw wrk output)
+
+set -euo pipefail
+
+WORKERS=${WORKERS:-2}
+DURATION=${DURATION:-10s}
+REPEATS=${REPEATS:-3}
+WARMUP=${WARMUP:-2s}
+WRK_THREADS=${WRK_THREADS:-2}
+WRK_CONNS=${WRK_CONNS:-64}
+SCENARIOS=${SCENARIOS:-small}
+PORT_BASE=${PORT_BASE:-19000}
+SKIP_INSTALL=${SKIP_INSTALL:-0}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP_TMP=${KEEP_TMP:-0}
+
+ORIGIN_PORT=$((PORT_BASE + 1))
+SLUICE_PORT=$((PORT_BASE + 81))
+NGINX_PORT=$((PORT_BASE + 82))
+HAPROXY_PORT=$((PORT_BASE + 83))
+TARGETS=(direct sluice nginx haproxy)
+
+export PATH="$PATH:/usr/sbin:/sbin"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=$(pwd)
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'load.sh: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- install ---
+install_missing() {
+    local missing=()
+    command -v nginx >/dev/null || missing+=(nginx)
+    command -v haproxy >/dev/null || missing+=(haproxy)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v curl >/dev/null || missing+=(curl)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    [ "$SKIP_INSTALL" = 1 ] && die "missing: ${missing[*]} (and SKIP_INSTALL=1)"
+    command -v apt-get >/dev/null || die "missing: ${missing[*]}; install them (no apt-get here)"
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    log "installing: ${missing[*]}"
+    "${sudo[@]}" apt-get update -qq
+    local pkgs=() m
+    for m in "${missing[@]}"; do
+        if [ "$m" = nginx ]; then
+            # nginx-light where it exists (smaller), else nginx.
+            if apt-cache show nginx-light >/dev/null 2>&1; then pkgs+=(nginx-light); else pkgs+=(nginx); fi
+        else
+            pkgs+=("$m")
+        fi
+    done
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${pkgs[@]}" >&2
+    # Debian starts the packaged services; they listen on :80, not on our ports,
+    # so they do not interfere, but do not leave them running on our account.
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        "${sudo[@]}" systemctl stop nginx haproxy 2>/dev/null || true
+    fi
+}
+install_missing
+
+# ------------------------------------------------------------------ build ---
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+if [ "$SKIP_BUILD" != 1 ]; then
+    log "cargo build --release --bin sluice --example demo"
+    cargo build --release --bin sluice --example demo >&2
+fi
+SLUICE_BIN=$TARGET_DIR/release/sluice
+DEMO_BIN=$TARGET_DIR/release/examples/demo
+[ -x "$SLUICE_BIN" ] || die "no $SLUICE_BIN"
+[ -x "$DEMO_BIN" ] || die "no $DEMO_BIN"
+
+# ---------------------------------------------------------------- cleanup ---
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/sluice-load.XXXXXX")
+chmod 755 "$TMP" # nginx workers drop to an unprivileged user when run as root
+PIDS=()
+WRK_PID=
+cleanup() {
+    local pid
+    [ -z "$WRK_PID" ] || kill -TERM "$WRK_PID" 2>/dev/null || true
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        # Give each a few seconds to stop, then force it.
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ "$KEEP_TMP" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- servers ---
+answers() { curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/" 2>/dev/null; }
+
+# wait_ready NAME PORT PID LOGFILE: poll until the port answers HTTP 200.
+wait_ready() {
+    local name=$1 port=$2 pid=$3 logf=$4 code
+    for _ in $(seq 300); do
+        kill -0 "$pid" 2>/dev/null || { cat "$logf" >&2; die "$name exited during start-up (log above)"; }
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null || true)
+        [ "$code" = 200 ] && { log "$name ready on 127.0.0.1:$port"; return 0; }
+        sleep 0.1
+    done
+    cat "$logf" >&2
+    die "$name not answering 200 on 127.0.0.1:$port after 30s (last status: ${code:-none})"
+}
+
+for port in $ORIGIN_PORT $SLUICE_PORT $NGINX_PORT $HAPROXY_PORT; do
+    answers "$port" && die "something already answers on 127.0.0.1:$port; set PORT_BASE"
+done
+
+"$DEMO_BIN" --origin-only "127.0.0.1:$ORIGIN_PORT" >"$TMP/origin.log" 2>&1 &
+PIDS+=($!)
+wait_ready origin "$ORIGIN_PORT" $! "$TMP/origin.log"
+
+cat >"$TMP/sluice.toml" <<EOF
+[server]
+workers = $WORKERS
+drain_timeout = "1s"
+
+[[listener]]
+name = "bench"
+listen = "127.0.0.1:$SLUICE_PORT"
+
+[[route]]
+name = "all"
+path_prefix = "/"
+pool = "origin"
+
+[pool.origin]
+servers = [ { addr = "127.0.0.1:$ORIGIN_PORT" } ]
+max_idle_per_server = 64
+EOF
+RUST_LOG=warn "$SLUICE_BIN" --config "$TMP/sluice.toml" >"$TMP/sluice.log" 2>&1 &
+PIDS+=($!)
+wait_ready sluice "$SLUICE_PORT" $! "$TMP/sluice.log"
+
+mkdir -p "$TMP/nginx"
+cat >"$TMP/nginx/nginx.conf" <<EOF
+worker_processes $WORKERS;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+
+events {
+    worker_connections 4096;
+}
+
+http {
+    access_log off;
+    server_tokens off;
+    keepalive_requests 1000000;
+    keepalive_timeout 90s;
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+
+    upstream origin {
+        server 127.0.0.1:$ORIGIN_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 90s;
+    }
+
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
+            proxy_set_header Via "1.1 nginx";
+            add_header Via "1.1 nginx" always;
+        }
+    }
+}
+EOF
+# -e: the start-up error log too goes to the temp dir, not /var/log/nginx.
+nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" -g 'daemon off;' \
+    >"$TMP/nginx.log" 2>&1 &
+PIDS+=($!)
+wait_ready nginx "$NGINX_PORT" $! "$TMP/nginx/error.log"
+
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread $WORKERS
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout http-request 10s
+    timeout http-keep-alive 90s
+    http-reuse always
+
+frontend bench
+    bind 127.0.0.1:$HAPROXY_PORT
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request add-header Via "1.1 haproxy"
+    http-response add-header Via "1.1 haproxy"
+    default_backend origin
+
+backend origin
+    server o1 127.0.0.1:$ORIGIN_PORT
+EOF
+haproxy -c -q -f "$TMP/haproxy.cfg" >&2 || die "haproxy config invalid: $TMP/haproxy.cfg"
+haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
+PIDS+=($!)
+wait_ready haproxy "$HAPROXY_PORT" $! "$TMP/haproxy.log"
+
+port_of() {
+    case $1 in
+        direct) echo "$ORIGIN_PORT" ;; sluice) echo "$SLUICE_PORT" ;;
+        nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;;
+    esac
+}
+
+path_of() {
+    case $1 in
+        small) echo "/" ;;
+        # The origin echoes the request target, so a ~6 KiB path makes a
+        # ~6 KiB request line and a ~6 KiB response body.
+        big) printf '/big/%s' "$(head -c 6000 /dev/zero | tr '\0' 'x')" ;;
+        *) die "unknown scenario $1 (small | big)" ;;
+    esac
+}
+
+# Sanity: every proxy passes the request to the origin and the answer back.
+for scen in $SCENARIOS; do
+    path=$(path_of "$scen")
+    for t in "${TARGETS[@]}"; do
+        body=$(curl -sS --max-time 5 -D "$TMP/check.headers" "http://127.0.0.1:$(port_of "$t")$path") \
+            || die "$t: request for scenario $scen failed"
+        grep -q "^HTTP/1.1 200" "$TMP/check.headers" || die "$t: scenario $scen: $(head -1 "$TMP/check.headers")"
+        grep -q "hello from origin 127.0.0.1:$ORIGIN_PORT" <<<"$body" || die "$t: answer not from the origin: $body"
+        printf '%s\t%s\t%s\n' "$scen" "$t" "${#body}" >>"$TMP/bodies.tsv"
+    done
+done
+
+# ---------------------------------------------------------------- measure ---
+# run_wrk TARGET SCENARIO DURATION OUTFILE
+run_wrk() {
+    # In the background and waited for, so that a signal stops it at once.
+    wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$3" --latency \
+        "http://127.0.0.1:$(port_of "$1")$(path_of "$2")" >"$4" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || { cat "$4" >&2; die "wrk against $1 failed"; }
+    WRK_PID=
+}
+
+# parse_wrk FILE -> "rps p99_ms errors non2xx"
+parse_wrk() {
+    awk '
+        function ms(v,  n) {
+            n = v + 0
+            if (v ~ /us$/) return n / 1000
+            if (v ~ /ms$/) return n
+            if (v ~ /m$/)  return n * 60000
+            if (v ~ /s$/)  return n * 1000
+            return n
+        }
+        /^Requests\/sec:/               { rps = $2 }
+        /^ +99%/                         { p99 = ms($2) }
+        /Socket errors:/                 { gsub(/,/, ""); err = $4 + $6 + $8 + $10 }
+        /Non-2xx or 3xx responses:/      { non2xx = $NF }
+        END {
+            if (rps == "" || p99 == "") exit 1
+            printf "%s %.3f %d %d\n", rps, p99, err, non2xx
+        }' "$1"
+}
+
+echo -e "scenario\ttarget\tround\trps\tp99_ms\terrors\tnon2xx" >"$TMP/results.tsv"
+for scen in $SCENARIOS; do
+    if [ "$WARMUP" != 0 ]; then
+        for t in "${TARGETS[@]}"; do
+            log "warm-up $scen $t ($WARMUP)"
+            run_wrk "$t" "$scen" "$WARMUP" "$TMP/warmup.$scen.$t.txt"
+        done
+    fi
+    for round in $(seq "$REPEATS"); do
+        for t in "${TARGETS[@]}"; do
+            out="$TMP/wrk.$scen.$t.$round.txt"
+            run_wrk "$t" "$scen" "$DURATION" "$out"
+            read -r rps p99 err non2xx < <(parse_wrk "$out") || { cat "$out" >&2; die "cannot parse wrk output"; }
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scen" "$t" "$round" "$rps" "$p99" "$err" "$non2xx" >>"$TMP/results.tsv"
+            log "$(printf 'round %d/%d %-5s %-8s %10.0f req/s  p99 %8.2f ms  errors %d  non-2xx %d' \
+                "$round" "$REPEATS" "$scen" "$t" "$rps" "$p99" "$err" "$non2xx")"
+        done
+    done
+done
+
+# ----------------------------------------------------------------- report ---
+# median SCENARIO TARGET COLUMN(4=rps 5=p99)
+median() {
+    awk -F'\t' -v s="$1" -v t="$2" -v c="$3" 'NR > 1 && $1 == s && $2 == t { print $c }' "$TMP/results.tsv" \
+        | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+column_sum() {
+    awk -F'\t' -v s="$1" -v t="$2" -v c="$3" 'NR > 1 && $1 == s && $2 == t { n += $c } END { print n + 0 }' "$TMP/results.tsv"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+
+label() {
+    case $1 in
+        direct) echo "origin direct (no proxy)" ;; sluice) echo "sluice" ;;
+        nginx) echo "nginx" ;; haproxy) echo "HAProxy" ;;
+    esac
+}
+
+cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+nginx_v=$(nginx -v 2>&1 | sed 's/^nginx version: //' || true)
+haproxy_v=$(haproxy -v 2>&1 | sed -n '1{s/^HAProxy version //; s/ - https.*//; p}' || true)
+wrk_v=$(wrk -v 2>&1 | sed -n '1{s/^wrk //; s/ Copyright.*//; p}' || true)
+rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=""
+[ -z "$(git -C "$REPO" status --porcelain 2>/dev/null || true)" ] || dirty=" (uncommitted changes)"
+
+echo
+echo "## Load benchmark: sluice vs nginx vs HAProxy"
+echo
+echo "- machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, $(uname -sr); load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "- sluice $rev$dirty ($(rustc --version 2>/dev/null || echo rustc ?)), release build"
+echo "- nginx: $nginx_v; HAProxy: $haproxy_v; wrk: $wrk_v"
+echo "- settings: WORKERS=$WORKERS (sluice \`[server] workers\`, nginx \`worker_processes\`, HAProxy \`nbthread\`),"
+echo "  \`wrk -t$WRK_THREADS -c$WRK_CONNS -d$DURATION --latency\`, REPEATS=$REPEATS interleaved rounds (direct, sluice, nginx, haproxy), warm-up $WARMUP;"
+echo "  origin: \`demo --origin-only\` (hyper, tokio default threads), everything on 127.0.0.1 on this one machine, wrk included"
+for scen in $SCENARIOS; do
+    sizes=$(awk -F'\t' -v s="$scen" '$1 == s { printf "%s%s %d B", sep, $2, $3; sep = ", " }' "$TMP/bodies.tsv")
+    case $scen in
+        small) desc="GET / (response body: $sizes)" ;;
+        big) desc="GET of a ~6 KiB path that the origin echoes (response body: $sizes)" ;;
+    esac
+    s_rps=$(median "$scen" sluice 4)
+    s_p99=$(median "$scen" sluice 5)
+    echo
+    echo "### Scenario \`$scen\`: $desc"
+    echo
+    echo "| target | req/s median | p99 median | req/s vs sluice |"
+    echo "|---|---:|---:|---:|"
+    for t in "${TARGETS[@]}"; do
+        rps=$(median "$scen" "$t" 4)
+        p99=$(median "$scen" "$t" 5)
+        printf '| %s | %.0f | %.2f ms | %s× |\n' "$(label "$t")" "$rps" "$p99" "$(ratio "$rps" "$s_rps")"
+    done
+    echo
+    echo "Medians of $REPEATS rounds; \"req/s vs sluice\" is the target's req/s divided by sluice's."
+    echo
+    echo "| sluice ÷ | req/s | p99 |"
+    echo "|---|---:|---:|"
+    for t in nginx haproxy direct; do
+        printf '| %s | %s | %s |\n' "$(label "$t")" \
+            "$(ratio "$s_rps" "$(median "$scen" "$t" 4)")" "$(ratio "$s_p99" "$(median "$scen" "$t" 5)")"
+    done
+    echo
+    echo "(req/s ratio above 1: sluice serves more; p99 ratio below 1: sluice's tail is shorter.)"
+    bad=""
+    for t in "${TARGETS[@]}"; do
+        e=$(column_sum "$scen" "$t" 6)
+        n=$(column_sum "$scen" "$t" 7)
+        [ "$e" = 0 ] && [ "$n" = 0 ] || bad="$bad $t: $e socket errors, $n non-2xx;"
+    done
+    [ -z "$bad" ] || echo "**WARNING** errors during the runs:$bad"
+done
+echo
+echo "<details><summary>all rounds</summary>"
+echo
+echo '```'
+column -t -s $'\t' "$TMP/results.tsv" 2>/dev/null || cat "$TMP/results.tsv"
+echo '```'
+echo
+echo "</details>"
