@@ -18,6 +18,7 @@ fn route(name: &str, hosts: &[&str], prefix: &str, pool: &str) -> RouteConfig {
         hosts: hosts.iter().map(|h| h.to_string()).collect(),
         path_prefix: prefix.to_string(),
         pool: pool.to_string(),
+        rate_limit: None,
     }
 }
 

@@ -41,13 +41,16 @@ pub struct BodyTooLarge {
 
 /// Streams a client's request body upstream, failing once more than `limit`
 /// bytes have passed and signalling `sent` when the last frame went out (the
-/// upstream response timeout starts then).
+/// upstream response timeout starts then). With [`UploadBody::client_failed`]
+/// it also records when the client's own body stream fails (broken chunked
+/// framing, a body cut short), so the proxy answers 400 rather than 502.
 pub struct UploadBody<B> {
     inner: B,
     limit: u64,
     seen: u64,
     exceeded: Arc<AtomicBool>,
     sent: Option<oneshot::Sender<()>>,
+    client_failed: Option<Arc<AtomicBool>>,
 }
 
 impl<B> UploadBody<B> {
@@ -58,7 +61,14 @@ impl<B> UploadBody<B> {
             seen: 0,
             exceeded,
             sent: Some(sent),
+            client_failed: None,
         }
+    }
+
+    /// Sets `flag` when reading the client's body fails.
+    pub fn client_failed(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.client_failed = Some(flag);
+        self
     }
 
     fn finish(&mut self) {
@@ -97,7 +107,12 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(flag) = &this.client_failed {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Err(e.into())))
+            }
             Poll::Ready(None) => {
                 this.finish();
                 Poll::Ready(None)
@@ -157,5 +172,218 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The request body arrived slower than `[limits] min_body_rate`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body slower than {rate} bytes per second")]
+pub struct BodyTooSlow {
+    pub rate: u64,
+}
+
+/// Cuts off a request body that arrives slower than `rate` bytes per second
+/// on average, once `grace` has passed.
+///
+/// Only time spent waiting on the client counts: from a poll that found no
+/// data to the next frame. Time the upstream side spends not asking for more
+/// (backpressure, a slow member) is not the client's, so a fast client is
+/// never cut off because the member reads slowly. With `seen` bytes received
+/// and `waited` spent waiting, the body fails once
+/// `waited > max(grace, seen / rate)`; `too_slow` is set so the proxy can
+/// answer 408.
+pub struct MinRateBody<B> {
+    inner: B,
+    rate: u64,
+    grace: std::time::Duration,
+    seen: u64,
+    waited: std::time::Duration,
+    waiting_since: Option<tokio::time::Instant>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    too_slow: Arc<AtomicBool>,
+}
+
+impl<B> MinRateBody<B> {
+    /// `rate` 0 disables the check.
+    pub fn new(inner: B, rate: u64, grace: std::time::Duration, too_slow: Arc<AtomicBool>) -> Self {
+        MinRateBody {
+            inner,
+            rate,
+            grace,
+            seen: 0,
+            waited: std::time::Duration::ZERO,
+            waiting_since: None,
+            timer: None,
+            too_slow,
+        }
+    }
+
+    /// How long the client may have kept us waiting in total so far.
+    fn allowed_wait(&self) -> std::time::Duration {
+        let earned = std::time::Duration::try_from_secs_f64(self.seen as f64 / self.rate as f64)
+            .unwrap_or(std::time::Duration::MAX);
+        self.grace.max(earned)
+    }
+}
+
+impl<B> Body for MinRateBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if this.rate == 0 {
+            return polled.map_err(Into::into);
+        }
+        let now = tokio::time::Instant::now();
+        match polled {
+            Poll::Pending => {
+                let since = *this.waiting_since.get_or_insert(now);
+                let left = this
+                    .allowed_wait()
+                    .saturating_sub(this.waited + (now - since));
+                let deadline = now + left;
+                let fired = !left.is_zero() && {
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    std::future::Future::poll(timer.as_mut(), cx).is_ready()
+                };
+                if left.is_zero() || fired {
+                    this.too_slow.store(true, Ordering::Relaxed);
+                    this.rate_failed();
+                    return Poll::Ready(Some(Err(Box::new(BodyTooSlow { rate: this.rate }))));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(item) => {
+                if let Some(since) = this.waiting_since.take() {
+                    this.waited += now - since;
+                }
+                if let Some(Ok(frame)) = &item {
+                    if let Some(data) = frame.data_ref() {
+                        this.seen = this.seen.saturating_add(data.len() as u64);
+                    }
+                }
+                Poll::Ready(item.map(|r| r.map_err(Into::into)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> MinRateBody<B> {
+    fn rate_failed(&mut self) {
+        self.timer = None;
+        tracing::debug!(
+            rate = self.rate,
+            received = self.seen,
+            waited = ?self.waited,
+            "min_body_rate: request body too slow; cutting it off"
+        );
+    }
+}
+
+#[cfg(test)]
+mod min_rate_tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+
+    struct Chan(mpsc::Receiver<Bytes>);
+
+    impl Body for Chan {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|d| d.map(|d| Ok(Frame::data(d))))
+        }
+    }
+
+    fn body(
+        rate: u64,
+        grace: Duration,
+    ) -> (mpsc::Sender<Bytes>, MinRateBody<Chan>, Arc<AtomicBool>) {
+        let (tx, rx) = mpsc::channel(16);
+        let flag = Arc::new(AtomicBool::new(false));
+        (
+            tx,
+            MinRateBody::new(Chan(rx), rate, grace, flag.clone()),
+            flag,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_stalled_client_is_cut_off_after_the_grace_period() {
+        let (tx, mut b, flag) = body(1024, Duration::from_millis(50));
+        tx.send(Bytes::from_static(b"a few bytes")).await.unwrap();
+        assert!(b.frame().await.unwrap().is_ok());
+        let e = tokio::time::timeout(Duration::from_secs(20), b.frame())
+            .await
+            .expect("cut off")
+            .unwrap()
+            .unwrap_err();
+        assert!(e.is::<BodyTooSlow>(), "{e}");
+        assert!(flag.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn time_the_upstream_side_does_not_poll_is_not_counted() {
+        let (tx, mut b, flag) = body(1024, Duration::from_millis(20));
+        tx.send(Bytes::from_static(b"one")).await.unwrap();
+        tx.send(Bytes::from_static(b"two")).await.unwrap();
+        drop(tx);
+        // Nobody polls for far longer than the grace period (a slow member),
+        // while the client's data sits ready.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(b.frame().await.unwrap().is_ok());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(b.frame().await.unwrap().is_ok());
+        assert!(b.frame().await.is_none());
+        assert!(!flag.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn bytes_received_earn_waiting_time() {
+        // 10 KiB at 1 KiB/s earns 10s of waiting: a short stall is fine.
+        let (tx, mut b, flag) = body(1024, Duration::from_millis(10));
+        tx.send(Bytes::from(vec![0u8; 10 << 10])).await.unwrap();
+        assert!(b.frame().await.unwrap().is_ok());
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send(Bytes::from_static(b"more")).await.unwrap();
+        });
+        assert!(b.frame().await.unwrap().is_ok());
+        sender.await.unwrap();
+        assert!(!flag.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn rate_zero_is_off() {
+        let (tx, mut b, _) = body(0, Duration::from_millis(1));
+        let stalled = tokio::time::timeout(Duration::from_millis(100), b.frame()).await;
+        assert!(stalled.is_err(), "still waiting, not cut off");
+        drop(tx);
     }
 }

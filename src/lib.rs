@@ -5,17 +5,23 @@
 //!
 //! - [`config`]: the TOML file, parsed once into validated types
 //! - [`listener`] and [`tls`]: accept loops, TLS termination, HTTP/1.1 + HTTP/2
+//! - [`client_limits`]: per-client connection caps, head and keep-alive timers
+//! - [`framing`]: HTTP/1.1 request framing rules, applied before hyper parses
 //! - [`router`]: host and path to route
 //! - [`proxy`]: the request path that ties the others together
+//! - [`ratelimit`]: per-route request limits and per-listener connection rates
 //! - [`upstream`]: pools, members and balancing policies
 //! - [`snapshot`]: the immutable runtime state swapped on reload
 //! - [`lifecycle`]: signals, reload and graceful drain
 
 pub mod body;
+pub mod client_limits;
 pub mod config;
+pub mod framing;
 pub mod lifecycle;
 pub mod listener;
 pub mod proxy;
+pub mod ratelimit;
 pub mod router;
 pub mod snapshot;
 pub mod tls;

@@ -32,7 +32,6 @@ pub fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
 }
 
 async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
-    let limits = config.limits.clone();
     let drain_timeout = config.server.drain_timeout;
     let mut bound = Vec::new();
     for l in &config.listeners {
@@ -59,10 +58,11 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     for l in bound {
         let addr = l.local_addr()?;
         tracing::info!(listener = %l.name, addr = %addr, tls = l.tls, "listening");
+        let limits = state.load().config.limits_for(&l.name).clone();
         accept_loops.push(tokio::spawn(listener::serve(
             l,
             state.clone(),
-            limits.clone(),
+            limits,
             graceful.clone(),
             stop_rx.clone(),
         )));

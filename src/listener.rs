@@ -1,6 +1,8 @@
 //! Accept loops: one task per listener accepts TCP connections (bounded by
 //! `max_connections`), terminates TLS where configured, and serves HTTP/1.1
 //! and HTTP/2 (ALPN over TLS, prior knowledge on plain TCP) with hyper.
+//! HTTP/1.1 bytes pass through the framing guard ([`crate::framing`]) on
+//! their way to hyper.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,11 +15,21 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::client_limits::{Activity, ClientIo, PerClient};
 use crate::config::Limits;
+use crate::framing::{FramingGuard, GuardLimits, Verdicts};
 use crate::proxy::{self, ConnInfo, State};
 
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/2 receive windows (hyper's defaults, set explicitly): per stream and
+/// per connection, the most a client can send before sluice reads it.
+const H2_STREAM_WINDOW: u32 = 1 << 20;
+const H2_CONNECTION_WINDOW: u32 = 1 << 20;
+/// HTTP/2 response bytes buffered per stream while the client does not read
+/// (the h2 crate's default, set explicitly).
+const H2_SEND_BUFFER: usize = 400 << 10;
 
 /// One bound listener and what it needs to serve.
 pub struct Listener {
@@ -45,22 +57,49 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// hyper settings for one connection. `header_read_timeout` and
+/// `keepalive_timeout` are not hyper's: [`ClientIo`] enforces them.
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .header_read_timeout(None)
+        .max_buf_size(h1_max_buf(limits))
+        .max_headers(limits.max_header_count)
         .keep_alive(true);
+    // The h2 crate's own defaults differ (unlimited pending resets in hyper,
+    // 1024 local error resets, 200 streams); every abuse bound is set here.
+    // A CONTINUATION flood is cut off by h2 once a header block spans more
+    // frames than max_header_list_size / max_frame_size (+25%, at least 5)
+    // could need: GOAWAY ENHANCE_YOUR_CALM.
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
-        .max_pending_accept_reset_streams(64)
-        .max_local_error_reset_streams(256);
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_frame_size(limits.h2_max_frame_size)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_send_buf_size(H2_SEND_BUFFER);
     builder
+}
+
+/// hyper's HTTP/1.1 read buffer limit (at least its 8 KiB minimum), which
+/// bounds a request head.
+fn h1_max_buf(limits: &Limits) -> usize {
+    limits.max_header_bytes.max(8192)
+}
+
+/// The framing guard buffers at most a head hyper could still parse: hyper's
+/// buffer limit plus one initial read (8 KiB) it may overshoot it by.
+fn guard_limits(limits: &Limits) -> GuardLimits {
+    GuardLimits {
+        max_head_bytes: h1_max_buf(limits) + 8192,
+        max_headers: limits.max_header_count,
+    }
 }
 
 /// Accepts connections until `stop` flips, handing each to its own task.
@@ -73,7 +112,7 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let builder = Arc::new(http_builder(&limits));
+    let per_client = PerClient::new();
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
@@ -94,32 +133,58 @@ pub async fn serve(
             },
             _ = stop.changed() => return,
         };
+        if let Some(rate) = state.load().connection_rates.get(&*listener.name) {
+            if !rate.allow() {
+                // Dropping the stream closes it before anything is read.
+                tracing::debug!(listener = %listener.name, client = %client, "new-connection rate exceeded; closing");
+                continue;
+            }
+        }
+        // The rest of the connection-level limits follow reloads: a new
+        // connection gets the current ones.
+        let limits = state.load().config.limits_for(&listener.name).clone();
+        let Some(slot) = per_client.try_acquire(client.ip(), limits.max_connections_per_client)
+        else {
+            // Closed before anything is read; counted per listener.
+            tracing::debug!(listener = %listener.name, client = %client, "max_connections_per_client reached; closing");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let activity = Activity::new(limits.header_read_timeout, limits.keepalive_timeout);
+        let stream = ClientIo::new(stream, activity.clone());
         let conn = Arc::new(ConnInfo {
             client,
             listener: listener.name.clone(),
             https: listener.tls,
+            framing: Verdicts::new(),
         });
         let state = state.clone();
-        let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
+            let _slot = slot;
+            let builder = http_builder(&limits);
+            let guard = guard_limits(&limits);
             if conn.https {
-                serve_tls(stream, conn, state, &builder, watcher).await;
+                serve_tls(stream, conn, state, &builder, watcher, activity, guard).await;
             } else {
-                serve_http(TokioIo::new(stream), conn, state, &builder, watcher).await;
+                // Plain TCP: HTTP/1.1 or h2c prior knowledge; the guard
+                // steps aside after the HTTP/2 preface.
+                let io = TokioIo::new(FramingGuard::new(stream, conn.framing.clone(), guard));
+                serve_http(io, conn, state, &builder, watcher, activity).await;
             }
         });
     }
 }
 
 async fn serve_tls(
-    stream: TcpStream,
+    stream: ClientIo<TcpStream>,
     conn: Arc<ConnInfo>,
     state: State,
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
+    activity: Arc<Activity>,
+    guard: GuardLimits,
 ) {
     let Some(config) = state.load().tls.get(&*conn.listener).cloned() else {
         tracing::error!(listener = %conn.listener, "no TLS settings for listener");
@@ -137,7 +202,13 @@ async fn serve_tls(
             return;
         }
     };
-    serve_http(TokioIo::new(tls), conn, state, builder, watcher).await;
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        serve_http(TokioIo::new(tls), conn, state, builder, watcher, activity).await;
+    } else {
+        // HTTP/1.1 (or no ALPN): the framing guard reads the plaintext.
+        let io = TokioIo::new(FramingGuard::new(tls, conn.framing.clone(), guard));
+        serve_http(io, conn, state, builder, watcher, activity).await;
+    }
 }
 
 async fn serve_http<I>(
@@ -146,11 +217,17 @@ async fn serve_http<I>(
     state: State,
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
+    activity: Arc<Activity>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let client = conn.client;
-    let service = service_fn(move |req| proxy::handle(state.clone(), conn.clone(), req));
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        // In flight from here until the response body has been sent.
+        let in_flight = activity.begin(req.version());
+        let handled = proxy::handle(state.clone(), conn.clone(), req);
+        async move { Ok::<_, std::convert::Infallible>(in_flight.attach(handled.await?)) }
+    });
     let connection = builder.serve_connection_with_upgrades(io, service);
     if let Err(e) = watcher.watch(connection.into_owned()).await {
         tracing::debug!(client = %client, error = %e, "client connection ended with an error");

@@ -106,6 +106,7 @@ mod tests {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             path_prefix: prefix.to_string(),
             pool: pool.to_string(),
+            rate_limit: None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::ratelimit::{self, ConnectionLimiter, RouteLimiter};
 use crate::router::Router;
 use crate::tls::{self, TlsError};
 use crate::upstream::pool::Pool;
@@ -18,6 +19,11 @@ pub struct Snapshot {
     pub pools: Vec<Arc<Pool>>,
     /// rustls settings per TLS listener name.
     pub tls: HashMap<String, Arc<rustls::ServerConfig>>,
+    /// Request limiters by route name, for routes with a `rate_limit`.
+    pub rate_limits: HashMap<String, Arc<RouteLimiter>>,
+    /// New-connection limiters by listener name, for listeners with a
+    /// `max_connection_rate`.
+    pub connection_rates: HashMap<String, Arc<ConnectionLimiter>>,
 }
 
 impl Snapshot {
@@ -48,11 +54,20 @@ impl Snapshot {
                 tls.insert(l.name.clone(), tls::server_config(t)?);
             }
         }
+        // Unchanged limits keep their buckets across a reload.
+        let rate_limits =
+            ratelimit::route_limiters(&config.routes, previous.map(|p| &p.rate_limits));
+        let connection_rates = ratelimit::connection_limiters(
+            &config.listeners,
+            previous.map(|p| &p.connection_rates),
+        );
         Ok(Snapshot {
             config: Arc::new(config),
             router,
             pools,
             tls,
+            rate_limits,
+            connection_rates,
         })
     }
 }

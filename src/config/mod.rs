@@ -39,6 +39,10 @@ pub struct ListenerConfig {
     pub name: String,
     pub listen: SocketAddr,
     pub tls: Option<TlsConfig>,
+    /// `[limits]` with this listener's `[listener.limits]` applied.
+    pub limits: Limits,
+    /// New connections accepted per unit of time; `None` = unlimited.
+    pub max_connection_rate: Option<Rate>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +64,30 @@ pub struct RouteConfig {
     pub hosts: Vec<String>,
     pub path_prefix: String,
     pub pool: String,
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// `count` events per `per`, in bursts of up to `burst`: a token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+/// What a route's request rate is counted by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    ClientIp,
+    /// The value of this request header; the client IP when it is absent.
+    Header(http::HeaderName),
+}
+
+/// A route's `rate_limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    pub rate: Rate,
+    pub key: RateKey,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,13 +126,54 @@ pub struct ServerEntry {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone)]
+/// Client limits: `[limits]`, and per listener with `[listener.limits]`
+/// overriding single keys (see [`Config::limits_for`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
     pub max_body_bytes: u64,
+    /// Header fields in one request; more gets 431.
+    pub max_header_count: usize,
+    /// A request head must arrive completely within this, counted from the
+    /// connection's accept (first request) or from the first byte of the
+    /// head (later HTTP/1.1 requests).
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this.
+    pub keepalive_timeout: Duration,
+    /// Bytes per second a request body must average once `body_rate_grace`
+    /// of waiting has passed; 0 = off.
+    pub min_body_rate: u64,
+    pub body_rate_grace: Duration,
+    /// Open connections per listener.
     pub max_connections: usize,
+    /// Open connections per client IP per listener; 0 = unlimited.
+    pub max_connections_per_client: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_frame_size: u32,
+    pub h2_max_pending_accept_reset_streams: usize,
+    pub h2_max_local_error_reset_streams: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 << 10,
+            max_uri_bytes: 8 << 10,
+            max_body_bytes: 100 << 20,
+            max_header_count: 100,
+            header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(75),
+            min_body_rate: 1 << 10,
+            body_rate_grace: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_connections_per_client: 4096,
+            h2_max_concurrent_streams: 128,
+            h2_max_frame_size: 16 << 10,
+            h2_max_pending_accept_reset_streams: 20,
+            h2_max_local_error_reset_streams: 256,
+        }
+    }
 }
 
 /// One problem in a config file.
@@ -194,6 +263,15 @@ impl Config {
 
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
         self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The limits that apply on listener `name`: its own `[listener.limits]`
+    /// over `[limits]`.
+    pub fn limits_for(&self, name: &str) -> &Limits {
+        self.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map_or(&self.limits, |l| &l.limits)
     }
 }
 
@@ -403,34 +481,10 @@ impl Validator<'_> {
     }
 
     fn validate(&mut self, path: &Path, raw: RawConfig) -> Config {
-        let listeners = self.listeners(&raw);
+        let limits = self.limits(&Limits::default(), &raw.limits, &[Seg::Key("limits")]);
+        let listeners = self.listeners(&raw, &limits);
         let pools = self.pools(&raw);
         let routes = self.routes(&raw, &pools);
-        let l = &raw.limits;
-        if l.max_header_bytes < 1024 {
-            self.error(
-                &[Seg::Key("limits"), Seg::Key("max_header_bytes")],
-                "must be at least 1024 bytes",
-            );
-        }
-        if l.max_uri_bytes == 0 {
-            self.error(
-                &[Seg::Key("limits"), Seg::Key("max_uri_bytes")],
-                "must be greater than zero",
-            );
-        }
-        if l.max_connections == 0 {
-            self.error(
-                &[Seg::Key("limits"), Seg::Key("max_connections")],
-                "must be greater than zero",
-            );
-        }
-        if l.header_read_timeout.is_zero() {
-            self.error(
-                &[Seg::Key("limits"), Seg::Key("header_read_timeout")],
-                "must be greater than zero",
-            );
-        }
         if raw.server.workers > 1024 {
             self.error(
                 &[Seg::Key("server"), Seg::Key("workers")],
@@ -446,17 +500,11 @@ impl Validator<'_> {
             listeners,
             routes,
             pools,
-            limits: Limits {
-                max_header_bytes: usize::try_from(l.max_header_bytes).unwrap_or(usize::MAX),
-                max_uri_bytes: usize::try_from(l.max_uri_bytes).unwrap_or(usize::MAX),
-                max_body_bytes: l.max_body_bytes,
-                header_read_timeout: l.header_read_timeout,
-                max_connections: l.max_connections,
-            },
+            limits,
         }
     }
 
-    fn listeners(&mut self, raw: &RawConfig) -> Vec<ListenerConfig> {
+    fn listeners(&mut self, raw: &RawConfig, base: &Limits) -> Vec<ListenerConfig> {
         if raw.listener.is_empty() {
             self.error(
                 &[],
@@ -533,10 +581,28 @@ impl Validator<'_> {
                 }
                 TlsConfig { certs }
             });
+            let max_connection_rate = l.max_connection_rate.as_ref().map(|r| {
+                let at = [
+                    Seg::Key("listener"),
+                    Seg::Index(i),
+                    Seg::Key("max_connection_rate"),
+                ];
+                self.rate(&at, "connections", r.connections, r.per, r.burst)
+            });
+            let limits = match &l.limits {
+                Some(own) => self.limits(
+                    base,
+                    own,
+                    &[Seg::Key("listener"), Seg::Index(i), Seg::Key("limits")],
+                ),
+                None => base.clone(),
+            };
             out.push(ListenerConfig {
                 name: l.name.clone(),
                 listen,
                 tls,
+                limits,
+                max_connection_rate,
             });
         }
         out
@@ -675,14 +741,75 @@ impl Validator<'_> {
                     hosts.push(h);
                 }
             }
+            let rate_limit = r.rate_limit.as_ref().map(|rl| {
+                let at = [Seg::Key("route"), Seg::Index(i), Seg::Key("rate_limit")];
+                let rate = self.rate(&at, "requests", rl.requests, rl.per, rl.burst);
+                let key = parse_rate_key(&rl.key).unwrap_or_else(|why| {
+                    let mut path = at.to_vec();
+                    path.push(Seg::Key("key"));
+                    self.error(&path, why);
+                    RateKey::ClientIp
+                });
+                RateLimitConfig { rate, key }
+            });
             out.push(RouteConfig {
                 name,
                 hosts,
                 path_prefix: r.path_prefix.clone(),
                 pool: r.pool.clone(),
+                rate_limit,
             });
         }
         out
+    }
+}
+
+impl Validator<'_> {
+    /// Checks a token-bucket rate found at `at` (a `rate_limit` or
+    /// `max_connection_rate` table) whose count is called `count_key`.
+    /// `burst` defaults to twice the count (the sample: 100 per
+    /// second with bursts of 200).
+    fn rate(
+        &mut self,
+        at: &[Seg],
+        count_key: &'static str,
+        count: u32,
+        per: Duration,
+        burst: Option<u32>,
+    ) -> Rate {
+        let key = |k: &'static str| {
+            let mut path = at.to_vec();
+            path.push(Seg::Key(k));
+            path
+        };
+        if count == 0 {
+            self.error(&key(count_key), "must be at least 1");
+        }
+        if per.is_zero() {
+            self.error(&key("per"), "must be greater than zero");
+        }
+        if burst == Some(0) {
+            self.error(&key("burst"), "must be at least 1");
+        }
+        Rate {
+            count: count.max(1),
+            per: per.max(Duration::from_millis(1)),
+            burst: burst.unwrap_or(count.saturating_mul(2)).max(1),
+        }
+    }
+}
+
+/// `client_ip`, or `header:` followed by a valid header field name.
+fn parse_rate_key(key: &str) -> Result<RateKey, String> {
+    if key == "client_ip" {
+        return Ok(RateKey::ClientIp);
+    }
+    let usage = "use \"client_ip\" or \"header:<name>\" such as \"header:x-api-key\"";
+    match key.strip_prefix("header:") {
+        Some(name) => http::HeaderName::from_bytes(name.as_bytes())
+            .map(RateKey::Header)
+            .map_err(|_| format!("\"{name}\" is not a valid header name; {usage}")),
+        None => Err(format!("unknown key \"{key}\"; {usage}")),
     }
 }
 
@@ -703,6 +830,99 @@ fn check_host_pattern(h: &str) -> Result<(), String> {
         Err(format!(
             "\"{h}\" is not a host name or \"*.suffix\" pattern (no port, no scheme)"
         ))
+    }
+}
+
+impl Validator<'_> {
+    /// `base` with the keys set in `raw` applied, each checked; problems are
+    /// reported under `prefix` (`limits` or `listener[i].limits`).
+    fn limits(&mut self, base: &Limits, raw: &raw::RawLimits, prefix: &[Seg]) -> Limits {
+        let at = |k: &'static str| {
+            let mut path = prefix.to_vec();
+            path.push(Seg::Key(k));
+            path
+        };
+        let mut out = base.clone();
+        if let Some(v) = raw.max_header_bytes {
+            if v < 1024 {
+                self.error(&at("max_header_bytes"), "must be at least 1024 bytes");
+            }
+            out.max_header_bytes = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = raw.max_uri_bytes {
+            if v == 0 {
+                self.error(&at("max_uri_bytes"), "must be greater than zero");
+            }
+            out.max_uri_bytes = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = raw.max_body_bytes {
+            out.max_body_bytes = v;
+        }
+        if let Some(v) = raw.max_header_count {
+            if !(1..=10_000).contains(&v) {
+                self.error(&at("max_header_count"), "must be between 1 and 10000");
+            }
+            out.max_header_count = v.clamp(1, 10_000);
+        }
+        let mut positive = |v: Option<Duration>, k: &'static str, field: &mut Duration| {
+            if let Some(v) = v {
+                if v.is_zero() {
+                    self.error(&at(k), "must be greater than zero");
+                }
+                *field = v;
+            }
+        };
+        positive(
+            raw.header_read_timeout,
+            "header_read_timeout",
+            &mut out.header_read_timeout,
+        );
+        positive(
+            raw.keepalive_timeout,
+            "keepalive_timeout",
+            &mut out.keepalive_timeout,
+        );
+        positive(
+            raw.body_rate_grace,
+            "body_rate_grace",
+            &mut out.body_rate_grace,
+        );
+        if let Some(v) = raw.min_body_rate {
+            out.min_body_rate = v;
+        }
+        if let Some(v) = raw.max_connections {
+            if v == 0 {
+                self.error(&at("max_connections"), "must be greater than zero");
+            }
+            out.max_connections = v.max(1);
+        }
+        if let Some(v) = raw.max_connections_per_client {
+            out.max_connections_per_client = v;
+        }
+        if let Some(v) = raw.h2_max_concurrent_streams {
+            if v == 0 {
+                self.error(&at("h2_max_concurrent_streams"), "must be at least 1");
+            }
+            out.h2_max_concurrent_streams = v.max(1);
+        }
+        if let Some(v) = raw.h2_max_frame_size {
+            // RFC 9113 section 6.5.2: from 2^14 to 2^24 - 1.
+            let range = 16_384..=16_777_215;
+            if !range.contains(&v) {
+                self.error(
+                    &at("h2_max_frame_size"),
+                    "must be between 16KiB and 16777215 bytes (16MiB - 1), as HTTP/2 requires",
+                );
+            }
+            out.h2_max_frame_size = u32::try_from(v.clamp(16_384, 16_777_215)).unwrap_or(16_384);
+        }
+        if let Some(v) = raw.h2_max_pending_accept_reset_streams {
+            out.h2_max_pending_accept_reset_streams = v;
+        }
+        if let Some(v) = raw.h2_max_local_error_reset_streams {
+            out.h2_max_local_error_reset_streams = v;
+        }
+        out
     }
 }
 
@@ -745,6 +965,60 @@ servers = [ { addr = "127.0.0.1:9001" } ]
         assert_eq!(c.limits.max_body_bytes, 100 << 20);
         assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.limits.max_connections, 10_000);
+        assert_eq!(c.limits.max_connections_per_client, 4096);
+        assert_eq!(c.limits.max_header_count, 100);
+        assert_eq!(c.limits.keepalive_timeout, Duration::from_secs(75));
+        assert_eq!(c.limits.min_body_rate, 1024);
+        assert_eq!(c.limits.body_rate_grace, Duration::from_secs(10));
+        assert_eq!(c.limits.h2_max_concurrent_streams, 128);
+        assert_eq!(c.limits.h2_max_frame_size, 16384);
+        assert_eq!(c.limits.h2_max_pending_accept_reset_streams, 20);
+        assert_eq!(c.limits.h2_max_local_error_reset_streams, 256);
+        assert_eq!(c.listeners[0].limits, c.limits);
+    }
+
+    #[test]
+    fn listener_limits_override_single_keys() {
+        let text = MINIMAL.replace(
+            "listen = \"127.0.0.1:8080\"\n",
+            "listen = \"127.0.0.1:8080\"\n\n[listener.limits]\nmax_header_count = 10\nmin_body_rate = \"2KiB/s\"\n\n[[listener]]\nname = \"other\"\nlisten = \"127.0.0.1:8081\"\n",
+        ) + "\n[limits]\nmax_header_count = 50\nkeepalive_timeout = \"5s\"\n";
+        let c = parse(&text).expect("valid");
+        let own = c.limits_for("http");
+        assert_eq!(own.max_header_count, 10);
+        assert_eq!(own.min_body_rate, 2048);
+        assert_eq!(own.keepalive_timeout, Duration::from_secs(5), "inherited");
+        let other = c.limits_for("other");
+        assert_eq!(other.max_header_count, 50);
+        assert_eq!(other.min_body_rate, 1024);
+        assert_eq!(c.limits.max_header_count, 50);
+    }
+
+    #[test]
+    fn bad_limits_name_their_key_once() {
+        let text = MINIMAL.replace(
+            "listen = \"127.0.0.1:8080\"\n",
+            "listen = \"127.0.0.1:8080\"\n\n[listener.limits]\nh2_max_frame_size = \"1KiB\"\nkeepalive_timeout = \"0s\"\n",
+        ) + "\n[limits]\nmax_header_count = 0\nbody_rate_grace = \"0s\"\n";
+        let e = parse(&text).unwrap_err();
+        let keys: Vec<&str> = e.errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "listener[0].limits.h2_max_frame_size",
+                "listener[0].limits.keepalive_timeout",
+                "limits.max_header_count",
+                "limits.body_rate_grace",
+            ],
+            "{e}"
+        );
+        assert!(e.errors.iter().all(|e| e.position.is_some()), "{e}");
+        let e = parse(&(MINIMAL.to_string() + "\n[limits]\nmax_header_cont = 5\n")).unwrap_err();
+        assert!(e.errors[0].key.starts_with("limits"), "{e}");
+        assert!(e.errors[0].message.contains("max_header_cont"), "{e}");
+        let e =
+            parse(&(MINIMAL.to_string() + "\n[limits]\nmin_body_rate = \"fast\"\n")).unwrap_err();
+        assert_eq!(e.errors[0].key, "limits.min_body_rate", "{e}");
     }
 
     #[test]

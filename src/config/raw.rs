@@ -50,6 +50,21 @@ pub struct RawListener {
     pub name: String,
     pub listen: String,
     pub tls: Option<RawTls>,
+    /// `[listener.limits]`: overrides of `[limits]` keys for this listener.
+    pub limits: Option<RawLimits>,
+    pub max_connection_rate: Option<RawConnectionRate>,
+}
+
+/// `[[listener]] max_connection_rate = { connections, per, burst }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnectionRate {
+    #[serde(default = "hundred")]
+    pub connections: u32,
+    #[serde(default = "d_1s", deserialize_with = "de_duration")]
+    pub per: Duration,
+    /// Defaults to `connections`.
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +88,21 @@ pub struct RawRoute {
     #[serde(default = "slash")]
     pub path_prefix: String,
     pub pool: String,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// `[[route]] rate_limit = { requests, per, burst, key }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    #[serde(default = "hundred")]
+    pub requests: u32,
+    #[serde(default = "d_1s", deserialize_with = "de_duration")]
+    pub per: Duration,
+    /// Defaults to `requests`.
+    pub burst: Option<u32>,
+    #[serde(default = "client_ip")]
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,38 +130,79 @@ pub struct RawServerEntry {
     pub weight: u32,
 }
 
-#[derive(Debug, Deserialize)]
+/// `[limits]`, and the same keys in a listener's `[listener.limits]`
+/// sub-table. Every key is optional here: validation starts from the
+/// built-in defaults, applies `[limits]`, then a listener's own table.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
-    #[serde(default = "header_bytes", deserialize_with = "de_size")]
-    pub max_header_bytes: u64,
-    #[serde(default = "uri_bytes", deserialize_with = "de_size")]
-    pub max_uri_bytes: u64,
-    #[serde(default = "body_bytes", deserialize_with = "de_size")]
-    pub max_body_bytes: u64,
-    #[serde(default = "d_10s", deserialize_with = "de_duration")]
-    pub header_read_timeout: Duration,
-    #[serde(default = "max_connections")]
-    pub max_connections: usize,
+    #[serde(default, deserialize_with = "opt_size")]
+    pub max_header_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "opt_size")]
+    pub max_uri_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "opt_size")]
+    pub max_body_bytes: Option<u64>,
+    pub max_header_count: Option<usize>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub header_read_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub keepalive_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_rate")]
+    pub min_body_rate: Option<u64>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub body_rate_grace: Option<Duration>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    pub h2_max_concurrent_streams: Option<u32>,
+    #[serde(default, deserialize_with = "opt_size")]
+    pub h2_max_frame_size: Option<u64>,
+    pub h2_max_pending_accept_reset_streams: Option<usize>,
+    pub h2_max_local_error_reset_streams: Option<usize>,
 }
 
-impl Default for RawLimits {
-    fn default() -> Self {
-        RawLimits {
-            max_header_bytes: header_bytes(),
-            max_uri_bytes: uri_bytes(),
-            max_body_bytes: body_bytes(),
-            header_read_timeout: d_10s(),
-            max_connections: max_connections(),
+fn opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_size(d).map(Some)
+}
+
+fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+/// A byte rate: a size per second, written `"1KiB"` or `"1KiB/s"` (or a
+/// plain integer of bytes).
+fn opt_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::{self, Visitor};
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("bytes per second such as 1024, \"1KiB\" or \"1KiB/s\"")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom("a rate cannot be negative"))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+            let size = v.trim().strip_suffix("/s").unwrap_or(v);
+            super::units::parse_size(size).map_err(E::custom)
         }
     }
+    d.deserialize_any(V).map(Some)
 }
 
+fn d_1s() -> Duration {
+    Duration::from_secs(1)
+}
+fn hundred() -> u32 {
+    100
+}
+fn client_ip() -> String {
+    "client_ip".to_string()
+}
 fn d_2s() -> Duration {
     Duration::from_secs(2)
-}
-fn d_10s() -> Duration {
-    Duration::from_secs(10)
 }
 fn d_30s() -> Duration {
     Duration::from_secs(30)
@@ -150,16 +221,4 @@ fn sixty_four() -> usize {
 }
 fn one() -> u32 {
     1
-}
-fn header_bytes() -> u64 {
-    65536
-}
-fn uri_bytes() -> u64 {
-    8 * 1024
-}
-fn body_bytes() -> u64 {
-    100 << 20
-}
-fn max_connections() -> usize {
-    10_000
 }

@@ -20,7 +20,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
-use crate::body::{self, DownloadBody, ProxyBody, UploadBody};
+use crate::body::{self, DownloadBody, MinRateBody, ProxyBody, UploadBody};
+use crate::framing::{Verdict, Verdicts};
+use crate::ratelimit;
 use crate::snapshot::Snapshot;
 use crate::upstream::balance::PickContext;
 use crate::upstream::pool::{Pool, UpstreamError};
@@ -31,6 +33,8 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     pub listener: Arc<str>,
     pub https: bool,
+    /// The framing guard's verdicts on this connection's HTTP/1.x requests.
+    pub framing: Verdicts,
 }
 
 /// Shared, swappable runtime state.
@@ -42,21 +46,49 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    // One verdict per HTTP/1.x request, taken before anything else looks at
+    // it: a request whose framing is in doubt is never routed.
+    let verdict = match req.version() {
+        Version::HTTP_09 | Version::HTTP_10 | Version::HTTP_11 => conn.framing.next(),
+        _ => Verdict::Accept,
+    };
+    if let Verdict::Reject(violation) = verdict {
+        tracing::debug!(client = %conn.client, %violation, "request framing refused");
+        return Ok(bad_request(violation.message()));
+    }
     let snap = state.load_full();
-    Ok(proxy(&snap, &conn, req).await)
+    let mut quota = None;
+    let mut resp = proxy(&snap, &conn, req, &mut quota).await;
+    if let Some(quota) = quota {
+        quota.apply(resp.headers_mut());
+    }
+    // An upgrade request answered without switching: the connection stays
+    // HTTP/1.1 only if the guard can pick it up again.
+    if verdict == Verdict::AcceptUpgrade
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        && !conn.framing.resume()
+    {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
 }
 
+/// `quota` is set when the route has a rate limit that allowed the request,
+/// so that whatever answers it carries the `RateLimit-*` fields.
 async fn proxy(
     snap: &Snapshot,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
+    quota: &mut Option<ratelimit::Decision>,
 ) -> Response<ProxyBody> {
-    let limits = &snap.config.limits;
+    let limits = snap.config.limits_for(&conn.listener);
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > limits.max_uri_bytes {
         return local(StatusCode::URI_TOO_LONG, "request target too long");
     }
-    if head_bytes(&req) > limits.max_header_bytes {
+    // hyper enforces the count for HTTP/1.1; HTTP/2 field lists end up here.
+    if head_bytes(&req) > limits.max_header_bytes || req.headers().len() > limits.max_header_count {
         return local(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "request header fields too large",
@@ -78,6 +110,16 @@ async fn proxy(
     let Some(pool) = snap.pools.get(route.pool) else {
         return local(StatusCode::NOT_FOUND, "no route for this host and path");
     };
+    if let Some(limiter) = snap.rate_limits.get(&route.name) {
+        let decision = limiter.check(conn.client.ip().to_canonical(), req.headers());
+        if !decision.allowed {
+            tracing::debug!(route = %route.name, client = %conn.client, "rate limited");
+            let mut resp = local(StatusCode::TOO_MANY_REQUESTS, "too many requests");
+            decision.apply(resp.headers_mut());
+            return resp;
+        }
+        *quota = Some(decision);
+    }
 
     let upgrade = headers::upgrade_request(req.version(), req.headers());
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -114,6 +156,8 @@ async fn proxy(
     }
     let attempts = if retryable { candidates.len() } else { 1 };
     let too_large = Arc::new(AtomicBool::new(false));
+    let too_slow = Arc::new(AtomicBool::new(false));
+    let client_failed = Arc::new(AtomicBool::new(false));
     let mut incoming = Some(incoming);
     let mut last_error = None;
 
@@ -124,7 +168,15 @@ async fn proxy(
         let (sent_tx, sent_rx) = oneshot::channel();
         let body = match incoming.take() {
             Some(b) if has_body => {
-                UploadBody::new(b, limits.max_body_bytes, too_large.clone(), sent_tx).boxed()
+                let b = MinRateBody::new(
+                    b,
+                    limits.min_body_rate,
+                    limits.body_rate_grace,
+                    too_slow.clone(),
+                );
+                UploadBody::new(b, limits.max_body_bytes, too_large.clone(), sent_tx)
+                    .client_failed(client_failed.clone())
+                    .boxed()
             }
             _ => {
                 let _ = sent_tx.send(());
@@ -167,6 +219,20 @@ async fn proxy(
                 drop(in_flight);
                 if too_large.load(Ordering::Relaxed) {
                     return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+                }
+                if too_slow.load(Ordering::Relaxed) {
+                    let mut resp = local(StatusCode::REQUEST_TIMEOUT, "request body too slow");
+                    if received < Version::HTTP_2 {
+                        // The rest of the body will not be read: close after this.
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    return resp;
+                }
+                if client_failed.load(Ordering::Relaxed) {
+                    // The client's body broke (bad chunked framing, or it
+                    // ended early): the client's fault, not the member's.
+                    return bad_request("malformed or incomplete request body");
                 }
                 let retry =
                     attempt + 1 < attempts && !matches!(e, UpstreamError::ResponseTimeout { .. });

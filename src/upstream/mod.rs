@@ -2,5 +2,6 @@
 //! and how a request is sent to it.
 
 pub mod balance;
+pub mod connect;
 pub mod member;
 pub mod pool;

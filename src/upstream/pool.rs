@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::oneshot;
 
 use super::balance::{balancer_for, Balancer, Candidates, PickContext};
+use super::connect::{ClosableConnector, CloseHandle};
 use super::member::Member;
 use crate::body::ProxyBody;
 use crate::config::{Policy, PoolConfig};
@@ -36,6 +37,11 @@ pub enum UpstreamError {
     /// not HTTP, before a response head arrived.
     #[error("{addr} failed before responding: {reason}")]
     BeforeResponse { addr: SocketAddr, reason: String },
+    /// The member's response head parsed, but its framing is ambiguous or
+    /// not relayable (both Content-Length and Transfer-Encoding, a coding
+    /// other than chunked): the connection was closed, nothing relayed.
+    #[error("{addr} sent a response with invalid framing: {reason}")]
+    BadResponse { addr: SocketAddr, reason: String },
 }
 
 impl UpstreamError {
@@ -60,7 +66,7 @@ pub struct Pool {
     pub policy: Policy,
     pub members: Vec<Arc<Member>>,
     balancer: Box<dyn Balancer>,
-    client: Client<HttpConnector, ProxyBody>,
+    client: Client<ClosableConnector, ProxyBody>,
     response_timeout: Duration,
     /// The config this pool was built from, to keep it across reloads when
     /// unchanged (idle connections and balancer position survive).
@@ -93,7 +99,7 @@ impl Pool {
             .pool_idle_timeout(config.idle_timeout)
             .pool_max_idle_per_host(config.max_idle_per_server)
             .set_host(false)
-            .build(connector);
+            .build(ClosableConnector::new(connector));
         Pool {
             name: config.name.clone(),
             policy: config.policy,
@@ -126,8 +132,28 @@ impl Pool {
             tokio::time::sleep(self.response_timeout).await;
         };
         tokio::select! {
-            r = response => r.map_err(|e| classify(addr, e)),
+            r = response => r.map_err(|e| classify(addr, e)).and_then(|resp| checked(addr, resp)),
             () = deadline => Err(UpstreamError::ResponseTimeout { addr, after: self.response_timeout }),
+        }
+    }
+}
+
+/// Refuses a response head with ambiguous framing, closing its connection
+/// so that neither this message nor anything after it is read as a response.
+fn checked(
+    addr: SocketAddr,
+    resp: http::Response<Incoming>,
+) -> Result<http::Response<Incoming>, UpstreamError> {
+    match crate::framing::check_response_head(resp.headers()) {
+        Ok(()) => Ok(resp),
+        Err(violation) => {
+            if let Some(handle) = resp.extensions().get::<CloseHandle>() {
+                handle.close();
+            }
+            Err(UpstreamError::BadResponse {
+                addr,
+                reason: violation.to_string(),
+            })
         }
     }
 }

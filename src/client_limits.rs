@@ -1,0 +1,504 @@
+//! Per-connection client limits that hyper does not provide in the form the
+//! config promises:
+//!
+//! - [`PerClient`]: `max_connections_per_client`, open connections per
+//!   client IP on one listener. Entries exist only while a client has a
+//!   connection open, so memory follows the number of open connections,
+//!   never the number of clients ever seen.
+//! - [`Activity`] and [`ClientIo`]: `header_read_timeout` and
+//!   `keepalive_timeout`. hyper's own header timer also runs while an
+//!   HTTP/1.1 connection waits for its next request, which would make the
+//!   idle limit the smaller of the two keys; instead the connection's socket
+//!   is wrapped and one deadline is kept, chosen by what the connection is
+//!   doing:
+//!   - before its first request: accept time + `header_read_timeout`;
+//!   - a request in flight (head received, response not yet fully sent):
+//!     none (body and upstream limits apply instead);
+//!   - HTTP/1.1, idle, and the first byte of the next head has arrived:
+//!     that byte's arrival + `header_read_timeout`;
+//!   - otherwise idle: end of the last response + `keepalive_timeout`.
+//!
+//!   At the deadline the socket reads as closed (an error while a head was
+//!   being received), so hyper ends the connection.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::body::{BoxError, ProxyBody};
+
+// ------------------------------------------------------------ per client --
+
+/// Open connections per client IP, for one listener.
+#[derive(Debug, Default)]
+pub struct PerClient {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerClient {
+    pub fn new() -> Arc<PerClient> {
+        Arc::new(PerClient::default())
+    }
+
+    /// Takes one of `ip`'s `max` slots (`max` 0 = unlimited, not tracked);
+    /// `None` when all are taken.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        if max == 0 {
+            return Some(ClientSlot { owner: None });
+        }
+        let ip = ip.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            owner: Some((self.clone(), ip)),
+        })
+    }
+
+    /// Clients with at least one tracked connection open.
+    pub fn clients(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// One connection's slot; released on drop.
+#[derive(Debug)]
+pub struct ClientSlot {
+    owner: Option<(Arc<PerClient>, IpAddr)>,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        if let Some((owner, ip)) = self.owner.take() {
+            let mut open = owner.open.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = open.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+// -------------------------------------------------------------- activity --
+
+/// Why a connection was closed by its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// A request head did not arrive in `header_read_timeout`.
+    Head,
+    /// No request for `keepalive_timeout`.
+    Idle,
+}
+
+/// What one client connection is doing, shared between its socket wrapper
+/// ([`ClientIo`]) and its request handlers ([`Activity::begin`]).
+#[derive(Debug)]
+pub struct Activity {
+    header_read_timeout: Duration,
+    keepalive_timeout: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Requests whose response has not been sent completely.
+    in_flight: usize,
+    /// Requests received so far.
+    requests: u64,
+    /// Accept time, then the end of the latest response.
+    idle_since: Instant,
+    /// HTTP/1.1 only: when the first byte after `idle_since` arrived.
+    head_since: Option<Instant>,
+    h2: bool,
+    /// After a protocol switch the socket belongs to the tunnel.
+    upgraded: bool,
+    /// The task reading the socket, woken when the deadline moves earlier.
+    reader: Option<Waker>,
+}
+
+impl Activity {
+    pub fn new(header_read_timeout: Duration, keepalive_timeout: Duration) -> Arc<Activity> {
+        Arc::new(Activity {
+            header_read_timeout,
+            keepalive_timeout,
+            state: Mutex::new(State {
+                in_flight: 0,
+                requests: 0,
+                idle_since: Instant::now(),
+                head_since: None,
+                h2: false,
+                upgraded: false,
+                reader: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A request head arrived; the connection is busy until the returned
+    /// guard is dropped (see [`InFlight::attach`]).
+    pub fn begin(self: &Arc<Self>, version: Version) -> InFlight {
+        let mut s = self.lock();
+        s.in_flight += 1;
+        s.requests += 1;
+        s.head_since = None;
+        s.h2 = version == Version::HTTP_2;
+        InFlight {
+            activity: Some(self.clone()),
+        }
+    }
+
+    fn end(&self) {
+        let waker = {
+            let mut s = self.lock();
+            s.in_flight = s.in_flight.saturating_sub(1);
+            if s.in_flight > 0 {
+                return;
+            }
+            s.idle_since = Instant::now();
+            s.head_since = None;
+            s.reader.take()
+        };
+        // The reader may be parked with no deadline; let it arm one.
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn upgraded(&self) {
+        self.lock().upgraded = true;
+    }
+
+    fn bytes_arrived(&self) {
+        let mut s = self.lock();
+        if s.in_flight == 0 && s.requests > 0 && !s.h2 && s.head_since.is_none() {
+            s.head_since = Some(Instant::now());
+        }
+    }
+
+    /// The current deadline, remembering `waker` as the reader to wake.
+    fn deadline(&self, waker: &Waker) -> Option<(Instant, Expiry)> {
+        let mut s = self.lock();
+        if !s.reader.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            s.reader = Some(waker.clone());
+        }
+        if s.upgraded || s.in_flight > 0 {
+            None
+        } else if s.requests == 0 {
+            Some((s.idle_since + self.header_read_timeout, Expiry::Head))
+        } else if let Some(t) = s.head_since {
+            Some((t + self.header_read_timeout, Expiry::Head))
+        } else {
+            Some((s.idle_since + self.keepalive_timeout, Expiry::Idle))
+        }
+    }
+}
+
+/// Marks one request as in flight until dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    activity: Option<Arc<Activity>>,
+}
+
+impl InFlight {
+    /// Keeps the request in flight until `resp`'s body has been sent (or
+    /// dropped). A protocol switch hands the connection to the tunnel,
+    /// which these timers no longer govern.
+    pub fn attach(mut self, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(a) = &self.activity {
+                a.upgraded();
+            }
+            return resp;
+        }
+        if resp.body().is_end_stream() {
+            self.release();
+            return resp;
+        }
+        resp.map(|inner| TrackedBody { inner, guard: self }.boxed())
+    }
+
+    fn release(&mut self) {
+        if let Some(a) = self.activity.take() {
+            a.end();
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A response body that ends its request's [`InFlight`] when it ends.
+struct TrackedBody {
+    inner: ProxyBody,
+    guard: InFlight,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.guard.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.guard.release(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// -------------------------------------------------------------------- io --
+
+/// A client socket that reads as closed once its [`Activity`] deadline
+/// passes without a byte arriving.
+pub struct ClientIo<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    timer: Option<(Instant, Pin<Box<Sleep>>)>,
+}
+
+impl<S> ClientIo<S> {
+    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
+        ClientIo {
+            inner,
+            activity,
+            timer: None,
+        }
+    }
+
+    /// Whether `deadline` has passed; otherwise arms the timer to wake `cx`.
+    fn expired(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
+        if Instant::now() >= deadline {
+            return true;
+        }
+        match &mut self.timer {
+            Some((at, sleep)) => {
+                if *at != deadline {
+                    sleep.as_mut().reset(deadline);
+                    *at = deadline;
+                }
+            }
+            None => self.timer = Some((deadline, Box::pin(tokio::time::sleep_until(deadline)))),
+        }
+        let (_, sleep) = self.timer.as_mut().expect("armed above");
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.activity.bytes_arrived();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let Some((deadline, why)) = this.activity.deadline(cx.waker()) else {
+                    return Poll::Pending;
+                };
+                if !this.expired(deadline, cx) {
+                    return Poll::Pending;
+                }
+                match why {
+                    Expiry::Idle => {
+                        tracing::debug!("keepalive_timeout: closing idle client connection");
+                        // End of stream: hyper closes an idle connection quietly.
+                        Poll::Ready(Ok(()))
+                    }
+                    Expiry::Head => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "header_read_timeout: request head not received in time",
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn per_client_slots_are_capped_and_forgotten_at_zero() {
+        let map = PerClient::new();
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        let s1 = map.try_acquire(a, 2).expect("first");
+        let s2 = map.try_acquire(a, 2).expect("second");
+        assert!(map.try_acquire(a, 2).is_none(), "third over the cap");
+        let other = map.try_acquire(b, 2).expect("another client");
+        assert_eq!(map.clients(), 2);
+        drop(s1);
+        let s3 = map.try_acquire(a, 2).expect("a slot came free");
+        drop((s2, s3, other));
+        assert_eq!(map.clients(), 0, "no entry outlives its connections");
+        // Unlimited: nothing is tracked.
+        let free: Vec<_> = (0..1000).map(|_| map.try_acquire(a, 0).unwrap()).collect();
+        assert_eq!(map.clients(), 0);
+        drop(free);
+        // An IPv4-mapped IPv6 address is the same client.
+        let mapped = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
+        let _x = map.try_acquire(a, 1).unwrap();
+        assert!(map.try_acquire(mapped, 1).is_none());
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    const SHORT: Duration = Duration::from_millis(50);
+
+    /// Reads once, failing the test instead of hanging.
+    async fn read_once(io: &mut ClientIo<tokio::io::DuplexStream>) -> io::Result<usize> {
+        let mut buf = [0u8; 8];
+        tokio::time::timeout(Duration::from_secs(20), io.read(&mut buf))
+            .await
+            .expect("the deadline fired")
+    }
+
+    fn noop_waker() -> Waker {
+        struct Noop;
+        impl std::task::Wake for Noop {
+            fn wake(self: Arc<Self>) {}
+        }
+        Waker::from(Arc::new(Noop))
+    }
+
+    #[tokio::test]
+    async fn idle_connection_reads_eof_after_keepalive_timeout() {
+        let activity = Activity::new(HOUR, SHORT);
+        let (_client, server) = tokio::io::duplex(64);
+        let mut io = ClientIo::new(server, activity.clone());
+        drop(activity.begin(Version::HTTP_11));
+        assert_eq!(read_once(&mut io).await.expect("a clean end"), 0);
+    }
+
+    #[tokio::test]
+    async fn first_head_and_later_heads_get_header_read_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let activity = Activity::new(SHORT, HOUR);
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = ClientIo::new(server, activity.clone());
+        let e = read_once(&mut io).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+
+        // A request in flight has no deadline.
+        let guard = activity.begin(Version::HTTP_11);
+        assert!(activity.deadline(&noop_waker()).is_none());
+        drop(guard);
+        assert_eq!(activity.deadline(&noop_waker()).unwrap().1, Expiry::Idle);
+        // The first byte of the next head starts the header timer.
+        client.write_all(b"G").await.unwrap();
+        assert_eq!(read_once(&mut io).await.unwrap(), 1);
+        assert_eq!(activity.deadline(&noop_waker()).unwrap().1, Expiry::Head);
+        let e = read_once(&mut io).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn http2_bytes_while_idle_do_not_start_the_header_timer() {
+        use tokio::io::AsyncWriteExt;
+        let activity = Activity::new(HOUR, SHORT);
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = ClientIo::new(server, activity.clone());
+        drop(activity.begin(Version::HTTP_2));
+        client.write_all(b"ping").await.unwrap();
+        assert_eq!(read_once(&mut io).await.unwrap(), 4);
+        assert_eq!(
+            read_once(&mut io)
+                .await
+                .expect("idle end, not a head timeout"),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn ending_a_request_wakes_a_parked_reader() {
+        let activity = Activity::new(HOUR, SHORT);
+        let (_client, server) = tokio::io::duplex(64);
+        let mut io = ClientIo::new(server, activity.clone());
+        let guard = activity.begin(Version::HTTP_2);
+        let reader = tokio::spawn(async move { read_once(&mut io).await });
+        // Let the reader park with no deadline, then end the request.
+        while activity.lock().reader.is_none() {
+            tokio::task::yield_now().await;
+        }
+        drop(guard);
+        assert_eq!(reader.await.unwrap().unwrap(), 0);
+    }
+}
