@@ -1,5 +1,6 @@
 //! Hot-path benchmark: route lookup followed by a balancer ranking on a
-//! four-member pool, once per balancing policy.
+//! four-member pool, once per balancing policy; and what observability
+//! adds per request (metrics, request id, access log line).
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -123,5 +124,106 @@ fn hot_path(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, hot_path);
+/// The per-request cost of observability, each part alone and together:
+/// request counter and duration histogram, upstream counter and histogram,
+/// a request id, and an access log entry handed to the writer thread.
+fn observability(c: &mut Criterion) {
+    use std::time::{Duration, Instant, SystemTime};
+
+    use http::{HeaderValue, Method, Version};
+    use sluice::access_log::{self, Entry};
+    use sluice::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget, Config};
+    use sluice::metrics::{class_index, method_index, SnapshotMetrics};
+    use sluice::upstream::pool::Pool;
+
+    let config = Config::parse(
+        std::path::Path::new("bench.toml"),
+        "[[listener]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[route]]\nname = \"main\"\npool = \"app\"\n\n\
+         [pool.app]\nservers = [ { addr = \"10.0.0.1:80\" }, { addr = \"10.0.0.2:80\" } ]\n",
+    )
+    .expect("bench config");
+    let pools = vec![Arc::new(Pool::new(&config.pools[0]))];
+    let metrics = SnapshotMetrics::build(&config, &pools);
+    let member: SocketAddr = "10.0.0.2:80".parse().unwrap();
+    let get = method_index(&Method::GET);
+    let ok = class_index(200);
+    let elapsed = Duration::from_micros(420);
+
+    let mut group = c.benchmark_group("observe");
+    group.bench_function("metrics", |b| {
+        b.iter(|| {
+            let m = metrics.requests(0, Some(0)).expect("slot");
+            m.record(black_box(get), black_box(ok), black_box(elapsed));
+            metrics.upstream(0, "app", black_box(member), 200, black_box(elapsed));
+        })
+    });
+    group.bench_function("request_id", |b| {
+        b.iter(|| black_box(sluice::request_id::generate()))
+    });
+    let entry = || {
+        Box::new(Entry {
+            ts: SystemTime::now(),
+            client: "192.0.2.1:50000".parse().unwrap(),
+            method: Method::GET,
+            host: "example.com".to_string(),
+            path: "/assets/app.js?v=3".to_string(),
+            version: Version::HTTP_11,
+            status: 200,
+            bytes: 5120,
+            duration: Duration::from_micros(420),
+            upstream: Some("10.0.0.2:80".parse().unwrap()),
+            upstream_time: Some(Duration::from_micros(300)),
+            cache: None,
+            request_id: HeaderValue::from_static("7f0c1b7e-3a57-4c0e-9d7e-4f7c2c1d2e3f"),
+            referer: None,
+            user_agent: Some(HeaderValue::from_static("bench/1.0")),
+        })
+    };
+    access_log::configure(Some(&AccessLogConfig {
+        format: AccessLogFormat::Json,
+        target: AccessLogTarget::File("/dev/null".into()),
+    }))
+    .expect("access log to /dev/null");
+    // Paced so the writer keeps up and lines are written, not dropped.
+    group.bench_function("access_log_line", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for i in 0..iters {
+                let start = Instant::now();
+                access_log::send(black_box(entry()));
+                spent += start.elapsed();
+                if i % 1024 == 1023 {
+                    access_log::flush();
+                }
+            }
+            spent
+        })
+    });
+    group.bench_function("all", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for i in 0..iters {
+                let start = Instant::now();
+                let id = sluice::request_id::generate();
+                let m = metrics.requests(0, Some(0)).expect("slot");
+                m.record(get, ok, elapsed);
+                metrics.upstream(0, "app", member, 200, elapsed);
+                let mut e = entry();
+                e.request_id = id;
+                access_log::send(e);
+                spent += start.elapsed();
+                if i % 1024 == 1023 {
+                    access_log::flush();
+                }
+            }
+            spent
+        })
+    });
+    group.finish();
+    let dropped = sluice::metrics::get().access_log_dropped.get();
+    eprintln!("access log lines dropped during the benchmark: {dropped}");
+}
+
+criterion_group!(benches, hot_path, observability);
 criterion_main!(benches);

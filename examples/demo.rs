@@ -110,7 +110,8 @@ fn main() -> std::process::ExitCode {
     let addrs = config
         .pools
         .iter()
-        .flat_map(|p| p.servers.iter().map(|s| s.addr))
+        .flat_map(|p| p.servers.iter())
+        .flat_map(|s| s.addr.resolve_blocking().unwrap_or_default())
         .collect();
     sluice::init_logging();
     start_origins(addrs);

@@ -13,15 +13,21 @@
 //! - [`upstream`]: pools, members and balancing policies
 //! - [`snapshot`]: the immutable runtime state swapped on reload
 //! - [`lifecycle`]: signals, reload and graceful drain
+//! - [`metrics`], [`admin`], [`access_log`], [`request_id`]: what operators
+//!   watch: Prometheus metrics, the admin API, one log line per request
 
+pub mod access_log;
+pub mod admin;
 pub mod body;
 pub mod client_limits;
 pub mod config;
 pub mod framing;
 pub mod lifecycle;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
+pub mod request_id;
 pub mod router;
 pub mod snapshot;
 pub mod tls;
@@ -30,15 +36,29 @@ pub mod upstream;
 pub use config::Config;
 pub use lifecycle::run;
 
-/// Sets up `tracing` output on stderr; the level comes from `RUST_LOG`
-/// (default `info`).
+/// Sets up `tracing` output on stderr at level `info` in the pretty
+/// format (`RUST_LOG` overrides the level).
 pub fn init_logging() {
+    init_logging_with(&config::LogConfig::default());
+}
+
+/// Sets up `tracing` output on stderr as `[log]` says; `RUST_LOG`, when
+/// set, wins over `[log] level`.
+pub fn init_logging_with(log: &config::LogConfig) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        config::LogFormat::Pretty => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        config::LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }

@@ -1,7 +1,8 @@
 //! Process lifecycle: start the runtime, bind listeners, then react to
 //! signals. SIGHUP reloads the config file (an invalid one is refused and the
 //! old config keeps serving); SIGTERM and SIGINT stop accepting and drain
-//! in-flight requests for up to `drain_timeout`.
+//! in-flight requests for up to `drain_timeout` (the admin `/readyz` turns
+//! 503 at once). SIGUSR1 reopens the access log file.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use crate::admin::{Admin, Health};
 use crate::config::Config;
 use crate::listener::{self, Listener};
 use crate::proxy::State;
@@ -43,14 +45,25 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
             tls: l.tls.is_some(),
         });
     }
+    let admin_socket = match &config.admin {
+        Some(a) => Some(
+            listener::bind(a.listen)
+                .with_context(|| format!("admin listener: cannot bind {}", a.listen))?,
+        ),
+        None => None,
+    };
+    crate::access_log::configure(config.access_log.as_ref())?;
     let snapshot = Snapshot::build(config, None).context("cannot load TLS certificates")?;
     let state: State = Arc::new(ArcSwap::from_pointee(snapshot));
+    crate::metrics::get().watch_upstreams(state.clone());
+    let health = Arc::new(Health::default());
 
     // Handlers go in before anything is served or "ready" is logged: until
     // then SIGHUP, SIGTERM and SIGINT would kill the process outright.
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
 
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -67,15 +80,31 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
             stop_rx.clone(),
         )));
     }
+    if let Some(socket) = admin_socket {
+        let addr = socket.local_addr()?;
+        tracing::info!(listener = %"admin", addr = %addr, tls = false, "listening");
+        let admin = Arc::new(Admin {
+            state: state.clone(),
+            health: health.clone(),
+            config_path: path.clone(),
+        });
+        tokio::spawn(crate::admin::serve(socket, admin));
+    }
+    health.set_ready();
     tracing::info!(config = %path.display(), "ready");
 
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&path, &state),
+            _ = hup.recv() => {
+                let (path, state) = (path.clone(), state.clone());
+                let _ = tokio::task::spawn_blocking(move || reload(&path, &state)).await;
+            }
+            _ = usr1.recv() => crate::access_log::reopen(),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    health.set_draining();
 
     tracing::info!(timeout = ?drain_timeout, "stopping: no new connections, draining in-flight requests");
     let _ = stop_tx.send(true);
@@ -94,16 +123,27 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
         Ok(()) => tracing::info!("drained; exiting"),
         Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
+    crate::access_log::shutdown();
     Ok(())
 }
 
-/// Loads the config file again and swaps it in, or keeps the old one.
-fn reload(path: &Path, state: &State) {
+/// Loads the config file again and swaps it in, or keeps the old one and
+/// returns why. SIGHUP and the admin API's `POST /reload` both come here.
+pub(crate) fn reload(path: &Path, state: &State) -> Result<(), String> {
+    // One reload at a time, whichever way it was asked for.
+    static RELOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = RELOADING.lock().unwrap_or_else(|e| e.into_inner());
+    let result = try_reload(path, state);
+    crate::metrics::get().reload(result.is_ok());
+    result
+}
+
+fn try_reload(path: &Path, state: &State) -> Result<(), String> {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(errors) => {
             tracing::error!("reload refused, keeping the running config:\n{errors}");
-            return;
+            return Err(errors.to_string());
         }
     };
     let current = state.load();
@@ -114,17 +154,33 @@ fn reload(path: &Path, state: &State) {
             .collect()
     };
     if shape(&config) != shape(&current.config) {
-        tracing::error!(
-            "reload refused, keeping the running config: listener names, addresses or TLS on/off \
-             differ from the running ones; restart sluice to change listeners"
-        );
-        return;
+        let why = "listener names, addresses or TLS on/off differ from the running ones; \
+                   restart sluice to change listeners";
+        tracing::error!("reload refused, keeping the running config: {why}");
+        return Err(why.to_string());
+    }
+    let admin_listen = |c: &Config| c.admin.as_ref().map(|a| a.listen);
+    if admin_listen(&config) != admin_listen(&current.config) {
+        let why = "[admin] listen differs from the running one (or [admin] was added or \
+                   removed); restart sluice to change the admin listener";
+        tracing::error!("reload refused, keeping the running config: {why}");
+        return Err(why.to_string());
+    }
+    if config.access_log != current.config.access_log {
+        if let Err(e) = crate::access_log::configure(config.access_log.as_ref()) {
+            tracing::error!(error = %e, "reload refused, keeping the running config");
+            return Err(e.to_string());
+        }
     }
     match Snapshot::build(config, Some(&current)) {
         Ok(next) => {
             state.store(Arc::new(next));
             tracing::info!(config = %path.display(), "config reloaded");
+            Ok(())
         }
-        Err(e) => tracing::error!(error = %e, "reload refused, keeping the running config"),
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused, keeping the running config");
+            Err(e.to_string())
+        }
     }
 }

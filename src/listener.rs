@@ -18,6 +18,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::client_limits::{Activity, ClientIo, PerClient};
 use crate::config::Limits;
 use crate::framing::{FramingGuard, GuardLimits, Verdicts};
+use crate::metrics::ListenerMetrics;
 use crate::proxy::{self, ConnInfo, State};
 
 /// How long a client may take to complete the TLS handshake.
@@ -113,6 +114,15 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let per_client = PerClient::new();
+    // Listener names and order never change on reload.
+    let index = state
+        .load()
+        .config
+        .listeners
+        .iter()
+        .position(|l| *l.name == *listener.name)
+        .unwrap_or(0);
+    let metrics = Arc::new(ListenerMetrics::new(&listener.name, index));
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
@@ -157,6 +167,8 @@ pub async fn serve(
             listener: listener.name.clone(),
             https: listener.tls,
             framing: Verdicts::new(),
+            metrics: metrics.clone(),
+            protocol: Default::default(),
         });
         let state = state.clone();
         let watcher = graceful.watcher();
@@ -194,15 +206,27 @@ async fn serve_tls(
     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
+            conn.metrics.tls_handshake(false);
+            conn.protocol.closed(&conn.metrics);
             tracing::debug!(listener = %conn.listener, client = %conn.client, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            conn.metrics.tls_handshake(false);
+            conn.protocol.closed(&conn.metrics);
             tracing::debug!(listener = %conn.listener, client = %conn.client, "TLS handshake timed out");
             return;
         }
     };
-    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+    conn.metrics.tls_handshake(true);
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let version = if h2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    conn.protocol.learn(version, &conn.metrics);
+    if h2 {
         serve_http(TokioIo::new(tls), conn, state, builder, watcher, activity).await;
     } else {
         // HTTP/1.1 (or no ALPN): the framing guard reads the plaintext.
@@ -222,6 +246,7 @@ async fn serve_http<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let client = conn.client;
+    let counted = conn.clone();
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         // In flight from here until the response body has been sent.
         let in_flight = activity.begin(req.version());
@@ -232,4 +257,5 @@ async fn serve_http<I>(
     if let Err(e) = watcher.watch(connection.into_owned()).await {
         tracing::debug!(client = %client, error = %e, "client connection ended with an error");
     }
+    counted.protocol.closed(&counted.metrics);
 }

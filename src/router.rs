@@ -14,6 +14,8 @@ use crate::config::RouteConfig;
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
+    /// Position in the config's route list (metric handles are kept by it).
+    pub index: usize,
     /// Index into the snapshot's pool list.
     pub pool: usize,
     hosts: Box<[HostPattern]>,
@@ -71,10 +73,12 @@ impl Router {
     pub fn new(routes: &[RouteConfig], pool_index: impl Fn(&str) -> Option<usize>) -> Router {
         let routes = routes
             .iter()
-            .filter_map(|r| {
+            .enumerate()
+            .filter_map(|(index, r)| {
                 let pool = pool_index(&r.pool)?;
                 Some(Route {
                     name: r.name.clone(),
+                    index,
                     pool,
                     hosts: r.hosts.iter().map(|h| HostPattern::parse(h)).collect(),
                     prefix: r.path_prefix.as_str().into(),

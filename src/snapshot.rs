@@ -24,6 +24,8 @@ pub struct Snapshot {
     /// New-connection limiters by listener name, for listeners with a
     /// `max_connection_rate`.
     pub connection_rates: HashMap<String, Arc<ConnectionLimiter>>,
+    /// Pre-resolved metric handles for the request path.
+    pub metrics: crate::metrics::SnapshotMetrics,
 }
 
 impl Snapshot {
@@ -42,7 +44,7 @@ impl Snapshot {
                             .find(|p| p.name == pc.name && p.config == *pc)
                             .cloned()
                     })
-                    .unwrap_or_else(|| Arc::new(Pool::new(pc)))
+                    .unwrap_or_else(|| Pool::start(pc))
             })
             .collect();
         let router = Router::new(&config.routes, |name| {
@@ -61,7 +63,9 @@ impl Snapshot {
             &config.listeners,
             previous.map(|p| &p.connection_rates),
         );
+        let metrics = crate::metrics::SnapshotMetrics::build(&config, &pools);
         Ok(Snapshot {
+            metrics,
             config: Arc::new(config),
             router,
             pools,

@@ -247,7 +247,7 @@ fn check_reports_bad_server_addr() {
         &path,
         Some(pos(&text, "\"nonsense\"")),
         "pool.app.servers[1].addr",
-        "\"nonsense\" is not an IP:port address",
+        "\"nonsense\" is not an address such as \"127.0.0.1:9001\" or \"app.internal:8080\"",
     );
     assert_eq!(error_count(&err), 1);
 }

@@ -24,6 +24,10 @@ pub struct RawConfig {
     pub pool: BTreeMap<String, RawPool>,
     #[serde(default)]
     pub limits: RawLimits,
+    pub admin: Option<super::observe::RawAdmin>,
+    pub access_log: Option<super::observe::RawAccessLog>,
+    #[serde(default)]
+    pub log: super::observe::RawLog,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +124,75 @@ pub struct RawPool {
     pub idle_timeout: Duration,
     #[serde(default = "sixty_four")]
     pub max_idle_per_server: usize,
+    #[serde(default = "two")]
+    pub retries: u32,
+    #[serde(default = "retry_on")]
+    pub retry_on: Vec<String>,
+    #[serde(default = "d_10ms", deserialize_with = "de_duration")]
+    pub retry_backoff: Duration,
+    #[serde(default = "point_two")]
+    pub retry_budget: f64,
+    #[serde(default = "ten")]
+    pub min_retries_per_second: u32,
+    #[serde(default = "thousand")]
+    pub max_pending: usize,
+    #[serde(default)]
+    pub panic_threshold: f64,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub slow_start: Duration,
+    #[serde(default = "d_30s", deserialize_with = "de_duration")]
+    pub resolve_interval: Duration,
+    /// `[pool.NAME.health]`: active checks; absent = none.
+    pub health: Option<RawHealth>,
+    /// `[pool.NAME.outlier]`: passive ejection, on by default.
+    #[serde(default)]
+    pub outlier: RawOutlier,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    #[serde(default = "http")]
+    pub kind: String,
+    #[serde(default = "healthz")]
+    pub path: String,
+    #[serde(default = "status_200_399")]
+    pub expect_status: String,
+    #[serde(default = "d_2s", deserialize_with = "de_duration")]
+    pub interval: Duration,
+    #[serde(default = "d_1s", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    #[serde(default = "two")]
+    pub rise: u32,
+    #[serde(default = "three")]
+    pub fall: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    #[serde(default = "five")]
+    pub consecutive_failures: u32,
+    #[serde(default = "connect")]
+    pub failures: Vec<String>,
+    #[serde(default = "d_10s", deserialize_with = "de_duration")]
+    pub eject_for: Duration,
+    #[serde(default = "d_300s", deserialize_with = "de_duration")]
+    pub max_eject_for: Duration,
+    #[serde(default = "fifty")]
+    pub max_ejected_percent: u32,
+}
+
+impl Default for RawOutlier {
+    fn default() -> Self {
+        RawOutlier {
+            consecutive_failures: five(),
+            failures: connect(),
+            eject_for: d_10s(),
+            max_eject_for: d_300s(),
+            max_ejected_percent: fifty(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +201,9 @@ pub struct RawServerEntry {
     pub addr: String,
     #[serde(default = "one")]
     pub weight: u32,
+    /// 0 = unlimited.
+    #[serde(default)]
+    pub max_connections: usize,
 }
 
 /// `[limits]`, and the same keys in a listener's `[listener.limits]`
@@ -221,4 +297,49 @@ fn sixty_four() -> usize {
 }
 fn one() -> u32 {
     1
+}
+fn two() -> u32 {
+    2
+}
+fn three() -> u32 {
+    3
+}
+fn five() -> u32 {
+    5
+}
+fn ten() -> u32 {
+    10
+}
+fn fifty() -> u32 {
+    50
+}
+fn thousand() -> usize {
+    1000
+}
+fn point_two() -> f64 {
+    0.2
+}
+fn d_10ms() -> Duration {
+    Duration::from_millis(10)
+}
+fn d_10s() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_300s() -> Duration {
+    Duration::from_secs(300)
+}
+fn retry_on() -> Vec<String> {
+    vec!["connect".to_string(), "reset".to_string()]
+}
+fn connect() -> Vec<String> {
+    vec!["connect".to_string()]
+}
+fn http() -> String {
+    "http".to_string()
+}
+fn healthz() -> String {
+    "/healthz".to_string()
+}
+fn status_200_399() -> String {
+    "200-399".to_string()
 }

@@ -224,6 +224,10 @@ fn normalise(raw: &[u8], https: bool) -> Result<Authority, AuthorityError> {
         }
     };
     let host = host.trim_end_matches('.').to_string();
+    if host.is_empty() {
+        // Only dots: nothing left to route on.
+        return Err(AuthorityError::InvalidHost);
+    }
     let authority = match port {
         Some(p) => format!("{host}:{p}"),
         None => host.clone(),
@@ -364,6 +368,24 @@ mod tests {
         assert_eq!(a.authority, "example.com:8080");
         let a = auth(Version::HTTP_11, "/", &["[::1]:80"]).unwrap();
         assert_eq!(a.host, "[::1]");
+    }
+
+    #[test]
+    fn fuzz_regression_host_of_only_dots_is_invalid() {
+        // Found by fuzz/authority: ".:8464" normalised to the empty host
+        // with authority ":8464", which itself did not normalise.
+        for bad in [".", "..", ".:8464", "...:80"] {
+            assert_eq!(
+                auth(Version::HTTP_11, "/", &[bad]),
+                Err(AuthorityError::InvalidHost),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            auth(Version::HTTP_2, "http://.:8080/", &[]),
+            Err(AuthorityError::InvalidHost)
+        );
+        assert_eq!(auth(Version::HTTP_11, "/", &["a.."]).unwrap().host, "a");
     }
 
     #[test]

@@ -6,11 +6,13 @@
 //! client's request, 502/503/504 for the upstream's side.
 
 pub mod headers;
+pub mod observe;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -19,13 +21,17 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 use crate::body::{self, DownloadBody, MinRateBody, ProxyBody, UploadBody};
 use crate::framing::{Verdict, Verdicts};
+use crate::metrics::ListenerMetrics;
 use crate::ratelimit;
 use crate::snapshot::Snapshot;
 use crate::upstream::balance::PickContext;
-use crate::upstream::pool::{Pool, UpstreamError};
+use crate::upstream::outlier::Outcome;
+use crate::upstream::pool::{Acquired, Pool, UpstreamError};
+use crate::upstream::retry;
 
 /// What the proxy knows about the client connection a request came on.
 #[derive(Debug)]
@@ -35,17 +41,62 @@ pub struct ConnInfo {
     pub https: bool,
     /// The framing guard's verdicts on this connection's HTTP/1.x requests.
     pub framing: Verdicts,
+    /// This listener's connection metrics (and its index in the config).
+    pub metrics: Arc<ListenerMetrics>,
+    /// HTTP/1.x or HTTP/2, once known.
+    pub protocol: observe::ConnProtocol,
 }
 
 /// Shared, swappable runtime state.
 pub type State = Arc<ArcSwap<Snapshot>>;
 
 /// Handles one client request. Never fails: every error becomes a response.
+///
+/// Every request gets an id ([`crate::request_id`]) and a tracing span, and
+/// is counted in the metrics and the access log once its response ends.
 pub async fn handle(
     state: State,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    conn.protocol.learn(req.version(), &conn.metrics);
+    let snap = state.load_full();
+    let request_id = crate::request_id::of(req.headers());
+    let record = observe::Start::new(
+        &req,
+        started,
+        conn.client,
+        conn.metrics.index,
+        &request_id,
+        snap.config.access_log.is_some(),
+    );
+    let span = tracing::info_span!(
+        "request",
+        id = %request_id.to_str().unwrap_or_default(),
+        route = tracing::field::Empty,
+        pool = tracing::field::Empty,
+        member = tracing::field::Empty,
+        cache = tracing::field::Empty,
+    );
+    let mut outcome = observe::Outcome {
+        request_id: Some(request_id.clone()),
+        ..Default::default()
+    };
+    let mut resp = respond_to(&snap, &conn, req, &mut outcome)
+        .instrument(span)
+        .await;
+    resp.headers_mut()
+        .insert(crate::request_id::X_REQUEST_ID.clone(), request_id);
+    Ok(record.finish(snap, outcome, resp))
+}
+
+async fn respond_to(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    outcome: &mut observe::Outcome,
+) -> Response<ProxyBody> {
     // One verdict per HTTP/1.x request, taken before anything else looks at
     // it: a request whose framing is in doubt is never routed.
     let verdict = match req.version() {
@@ -54,11 +105,10 @@ pub async fn handle(
     };
     if let Verdict::Reject(violation) = verdict {
         tracing::debug!(client = %conn.client, %violation, "request framing refused");
-        return Ok(bad_request(violation.message()));
+        return bad_request(violation.message());
     }
-    let snap = state.load_full();
     let mut quota = None;
-    let mut resp = proxy(&snap, &conn, req, &mut quota).await;
+    let mut resp = proxy(snap, conn, req, &mut quota, outcome).await;
     if let Some(quota) = quota {
         quota.apply(resp.headers_mut());
     }
@@ -71,7 +121,7 @@ pub async fn handle(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    Ok(resp)
+    resp
 }
 
 /// `quota` is set when the route has a rate limit that allowed the request,
@@ -81,6 +131,7 @@ async fn proxy(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     quota: &mut Option<ratelimit::Decision>,
+    outcome: &mut observe::Outcome,
 ) -> Response<ProxyBody> {
     let limits = snap.config.limits_for(&conn.listener);
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -110,6 +161,10 @@ async fn proxy(
     let Some(pool) = snap.pools.get(route.pool) else {
         return local(StatusCode::NOT_FOUND, "no route for this host and path");
     };
+    outcome.route = Some(route.index);
+    let span = tracing::Span::current();
+    span.record("route", tracing::field::display(&route.name));
+    span.record("pool", tracing::field::display(&pool.name));
     if let Some(limiter) = snap.rate_limits.get(&route.name) {
         let decision = limiter.check(conn.client.ip().to_canonical(), req.headers());
         if !decision.allowed {
@@ -135,6 +190,9 @@ async fn proxy(
         &authority.authority,
         received,
     );
+    if let Some(id) = &outcome.request_id {
+        head.insert(crate::request_id::X_REQUEST_ID.clone(), id.clone());
+    }
     if !authority.authority.is_empty() && !head.contains_key(header::HOST) {
         if let Ok(v) = HeaderValue::from_str(&authority.authority) {
             head.insert(header::HOST, v);
@@ -148,23 +206,43 @@ async fn proxy(
 
     let has_body = !incoming.is_end_stream();
     let retryable = headers::is_idempotent(&method) && !has_body && upgrade.is_none();
-    let candidates = pool.candidates(&PickContext {
+    let plan = match pool.plan(&PickContext {
         client_ip: conn.client.ip().to_canonical(),
-    });
-    if candidates.is_empty() {
-        return local(StatusCode::SERVICE_UNAVAILABLE, "no upstream servers");
-    }
-    let attempts = if retryable { candidates.len() } else { 1 };
+    }) {
+        Ok(plan) => plan,
+        Err(unavailable) => return no_member(pool, unavailable.retry_after),
+    };
+    let retry_on = pool.config.retry_on;
+    let attempts = if retryable {
+        1 + pool.config.retries as usize
+    } else {
+        1
+    };
     let too_large = Arc::new(AtomicBool::new(false));
     let too_slow = Arc::new(AtomicBool::new(false));
     let client_failed = Arc::new(AtomicBool::new(false));
     let mut incoming = Some(incoming);
     let mut last_error = None;
+    let mut last_status = None;
+    let mut next = 0;
 
-    for (attempt, &index) in candidates.iter().take(attempts).enumerate() {
-        let Some(member) = pool.members.get(index) else {
-            continue;
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            let pause = retry::backoff(
+                pool.config.retry_backoff,
+                attempt as u32,
+                &mut fastrand::Rng::new(),
+            );
+            tokio::time::sleep(pause).await;
+        }
+        // The first attempt may wait for a member below its
+        // max_connections; retries only take a free one.
+        let (member, in_flight) = match pool.acquire(&plan, &mut next, attempt == 0).await {
+            Acquired::Member(member, in_flight) => (member, in_flight),
+            Acquired::Overloaded => return at_capacity(pool),
+            Acquired::Exhausted => break,
         };
+        let more = attempt + 1 < attempts && next < plan.len();
         let (sent_tx, sent_rx) = oneshot::channel();
         let body = match incoming.take() {
             Some(b) if has_body => {
@@ -203,10 +281,28 @@ async fn proxy(
             }
         }
 
-        let in_flight = member.begin();
-        match pool.send(member.addr, up, sent_rx).await {
+        let sent = pool.send(member.addr, up, sent_rx);
+        match outcome
+            .attempt(snap, route.pool, &pool.name, member.addr, sent)
+            .await
+        {
             Ok(mut resp) => {
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let status = resp.status();
+                pool.report(&member, Outcome::Response(status.as_u16()));
+                if more && retry_on.status(status.as_u16()) && pool.take_retry() {
+                    tracing::warn!(
+                        route = %route.name,
+                        pool = %pool.name,
+                        member = %member.addr,
+                        error = %format_args!("answered {status}"),
+                        retry = true,
+                        "upstream attempt failed"
+                    );
+                    last_error = None;
+                    last_status = Some(status);
+                    continue;
+                }
+                if status == StatusCode::SWITCHING_PROTOCOLS {
                     if let (Some(client_side), Some(token)) = (client_upgrade, upgrade) {
                         let upstream_side = hyper::upgrade::on(&mut resp);
                         tokio::spawn(tunnel(client_side, upstream_side, in_flight));
@@ -234,8 +330,20 @@ async fn proxy(
                     // ended early): the client's fault, not the member's.
                     return bad_request("malformed or incomplete request body");
                 }
-                let retry =
-                    attempt + 1 < attempts && !matches!(e, UpstreamError::ResponseTimeout { .. });
+                let (kind, may_retry) = match e {
+                    UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
+                        (Outcome::ConnectFailure, retry_on.connect)
+                    }
+                    UpstreamError::BeforeResponse { .. } => {
+                        (Outcome::ConnectFailure, retry_on.reset)
+                    }
+                    UpstreamError::ResponseTimeout { .. } => {
+                        (Outcome::ConnectFailure, retry_on.timeout)
+                    }
+                    UpstreamError::BadResponse { .. } => (Outcome::Neutral, false),
+                };
+                pool.report(&member, kind);
+                let retry = more && may_retry && pool.take_retry();
                 tracing::warn!(
                     route = %route.name,
                     pool = %pool.name,
@@ -245,13 +353,40 @@ async fn proxy(
                     "upstream attempt failed"
                 );
                 last_error = Some(e);
+                last_status = None;
                 if !retry {
                     break;
                 }
             }
         }
     }
-    upstream_failure(pool, last_error)
+    match (last_error, last_status) {
+        (None, Some(status)) => local(status, "upstream failed"),
+        (error, _) => upstream_failure(pool, error),
+    }
+}
+
+/// 503 at once when no member is usable (all down, ejected or draining),
+/// with `Retry-After` when one may be back.
+fn no_member(pool: &Pool, retry_after: u64) -> Response<ProxyBody> {
+    tracing::debug!(pool = %pool.name, "no usable upstream member");
+    let mut resp = local(StatusCode::SERVICE_UNAVAILABLE, "no usable upstream server");
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    resp
+}
+
+/// 503 at once when every member is at `max_connections` and `max_pending`
+/// requests already wait (circuit breaking).
+fn at_capacity(pool: &Pool) -> Response<ProxyBody> {
+    tracing::warn!(pool = %pool.name, "upstream pool at capacity");
+    let mut resp = local(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream servers at capacity",
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 fn upstream_failure(pool: &Pool, error: Option<UpstreamError>) -> Response<ProxyBody> {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use smallvec::SmallVec;
 
-use super::member::Member;
+use super::member::{now_ms, Member};
 use crate::config::Policy;
 
 /// What a policy may look at when ranking members for one request.
@@ -95,6 +95,9 @@ struct Weighted {
     /// Member indices by descending weight, ties by index.
     by_weight: Box<[usize]>,
     mode: Schedule,
+    /// The live algorithm over effective weights, used instead of `mode`
+    /// while a member ramps up in slow start.
+    ramp: Mutex<Option<Swrr>>,
 }
 
 enum Schedule {
@@ -167,7 +170,33 @@ impl Weighted {
         Weighted {
             by_weight: by_weight.into(),
             mode,
+            ramp: Mutex::new(None),
         }
+    }
+
+    /// The first pick over the members' effective weights (slow start).
+    /// The precomputed schedule is left where it was, so the exact
+    /// sequence resumes once nobody ramps any more.
+    fn first_ramping(&self, members: &[Arc<Member>], now: u64) -> Option<usize> {
+        let weights: Vec<i64> = members
+            .iter()
+            .map(|m| i64::try_from(m.effective_weight_milli(now)).unwrap_or(i64::MAX / 2))
+            .collect();
+        let mut ramp = self
+            .ramp
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = ramp.get_or_insert_with(|| Swrr {
+            weights: Vec::new(),
+            current: Vec::new(),
+            total: 0,
+        });
+        if state.current.len() != weights.len() {
+            state.current = vec![0; weights.len()];
+        }
+        state.total = weights.iter().sum();
+        state.weights = weights;
+        state.next()
     }
 
     fn first(&self) -> Option<usize> {
@@ -204,7 +233,16 @@ impl fmt::Debug for Weighted {
 impl Balancer for Weighted {
     fn candidates(&self, members: &[Arc<Member>], _ctx: &PickContext) -> Candidates {
         let n = members.len();
-        let first = match self.first() {
+        let ramping = members.iter().any(|m| m.slow_start_enabled()) && {
+            let now = now_ms();
+            members.iter().any(|m| m.ramping(now))
+        };
+        let first = if ramping && n == self.by_weight.len() {
+            self.first_ramping(members, now_ms())
+        } else {
+            self.first()
+        };
+        let first = match first {
             Some(first) if n == self.by_weight.len() => first,
             // Used with a member list it was not built for: still return
             // every index once, rotating so the load spreads.
@@ -235,6 +273,13 @@ impl Balancer for LeastConn {
             return Candidates::new();
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        // Slow start lowers a returning member's effective weight; without
+        // it every weight is the configured one, in the same units.
+        let now = if members[0].slow_start_enabled() {
+            now_ms()
+        } else {
+            0
+        };
         // Read each count once: the counts move while we sort, and the sort
         // needs a consistent order. The position in the rotated order breaks
         // ties, which makes the unstable (non-allocating) sort stable.
@@ -244,7 +289,7 @@ impl Balancer for LeastConn {
                 let m = &members[i];
                 Load {
                     in_flight: m.in_flight() as u64,
-                    weight: u64::from(m.weight.max(1)),
+                    weight: m.effective_weight_milli(now),
                     pos,
                     index: i,
                 }
@@ -534,6 +579,66 @@ mod tests {
                 }
             }
             assert_eq!(total, [5000, 1000, 1000], "limit {limit}");
+        }
+    }
+
+    /// Members of `weights` with slow start over an hour; the first one
+    /// has just come back up and ramps from a tenth of its weight.
+    fn ramping_pool(weights: &[u32]) -> Vec<Arc<Member>> {
+        let m: Vec<Arc<Member>> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                let addr = SocketAddr::from(([10, 0, 0, i as u8 + 1], 8080));
+                Arc::new(Member::new(addr, w).with_slow_start(std::time::Duration::from_secs(3600)))
+            })
+            .collect();
+        let check = |ok| crate::upstream::member::CheckResult {
+            ok,
+            status: None,
+            error: None,
+            at: std::time::SystemTime::now(),
+        };
+        m[0].record_check(check(false), 1, 1);
+        m[0].record_check(check(true), 1, 1);
+        m
+    }
+
+    #[test]
+    fn weighted_slow_start_gives_a_returning_member_a_small_share() {
+        let m = ramping_pool(&[1, 1]);
+        let b = balancer_for(Policy::Weighted, &m);
+        let picks = firsts(&*b, &m, 110);
+        // About 0.1 : 1 while ramping, instead of alternating.
+        let a = picks.matches('a').count();
+        assert!((8..=12).contains(&a), "{picks}");
+    }
+
+    #[test]
+    fn weighted_sequence_is_exact_with_slow_start_configured_but_idle() {
+        let m: Vec<Arc<Member>> = pool(&[5, 1, 1])
+            .iter()
+            .map(|x| {
+                Arc::new(
+                    Member::new(x.addr, x.weight)
+                        .with_slow_start(std::time::Duration::from_secs(30)),
+                )
+            })
+            .collect();
+        let b = balancer_for(Policy::Weighted, &m);
+        assert_eq!(firsts(&*b, &m, 14), "aabacaaaabacaa");
+    }
+
+    #[test]
+    fn least_conn_slow_start_counts_the_ramped_weight() {
+        let m = ramping_pool(&[1, 1]);
+        let b = balancer_for(Policy::LeastConn, &m);
+        // b has 1 in flight at weight 1 (load 1), a has 1 at a tenth of its
+        // weight (load 10): b first, where without slow start they tie.
+        let _a = m[0].begin();
+        let _b = m[1].begin();
+        for _ in 0..4 {
+            assert_eq!(b.candidates(&m, &ctx()).as_slice(), &[1, 0]);
         }
     }
 

@@ -1,13 +1,22 @@
 //! An upstream pool: its members, its balancing policy, and one pooled
 //! keep-alive HTTP/1.1 client shared by every request to the pool.
 //!
-//! [`Pool::send`] makes one attempt against one member and classifies the
-//! failure so the proxy can decide between retrying, 502 and 504.
+//! [`Pool::plan`] ranks the usable members for one request (the balancer's
+//! order without members that are down, ejected or draining),
+//! [`Pool::acquire`] takes a connection slot on the next one (circuit
+//! breaking), [`Pool::send`] makes one attempt against one member and
+//! classifies the failure so the proxy can decide between retrying, 502 and
+//! 504, and [`Pool::report`] feeds the outcome to passive ejection.
 
 use std::error::Error as _;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use smallvec::SmallVec;
+use tokio::sync::Notify;
 
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -15,11 +24,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::oneshot;
 
-use super::balance::{balancer_for, Balancer, Candidates, PickContext};
+use super::balance::{balancer_for, Balancer, PickContext};
 use super::connect::{ClosableConnector, CloseHandle};
-use super::member::Member;
+use super::member::{now_ms, InFlight, Member, MemberState};
+use super::outlier::{self, Outcome};
+use super::retry::RetryBudget;
 use crate::body::ProxyBody;
-use crate::config::{Policy, PoolConfig};
+use crate::config::{Policy, PoolConfig, ServerAddr, ServerEntry};
 
 /// Why one attempt against a member failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,34 +72,97 @@ impl UpstreamError {
     }
 }
 
+/// A pool's members at one moment, with the balancer built for them. DNS
+/// re-resolution swaps in a new set; a request keeps the one it loaded.
+#[derive(Debug)]
+pub struct MemberSet {
+    /// Members in rotation (whatever their health), in config order.
+    pub active: Vec<Arc<Member>>,
+    /// Members gone from DNS whose in-flight requests are finishing.
+    pub draining: Vec<Arc<Member>>,
+    balancer: Box<dyn Balancer>,
+}
+
+impl MemberSet {
+    pub fn new(policy: Policy, active: Vec<Arc<Member>>, draining: Vec<Arc<Member>>) -> MemberSet {
+        MemberSet {
+            balancer: balancer_for(policy, &active),
+            active,
+            draining,
+        }
+    }
+}
+
+/// The members one request may use, most preferred first.
+pub type Plan = SmallVec<[Arc<Member>; 8]>;
+
+/// No member of the pool can take a request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable {
+    /// Seconds until a member may be back (for `Retry-After`).
+    pub retry_after: u64,
+}
+
+/// The result of looking for a member with a free connection slot.
+#[derive(Debug)]
+pub enum Acquired {
+    /// The member, with its connection slot.
+    Member(Arc<Member>, InFlight),
+    /// Every remaining member of the plan was tried.
+    Exhausted,
+    /// Members are at `max_connections` and `max_pending` requests already
+    /// wait (or this one waited `connect_timeout` in vain).
+    Overloaded,
+}
+
 pub struct Pool {
     pub name: String,
     pub policy: Policy,
-    pub members: Vec<Arc<Member>>,
-    balancer: Box<dyn Balancer>,
+    members: ArcSwap<MemberSet>,
     client: Client<ClosableConnector, ProxyBody>,
     response_timeout: Duration,
     /// The config this pool was built from, to keep it across reloads when
     /// unchanged (idle connections and balancer position survive).
     pub config: PoolConfig,
+    budget: RetryBudget,
+    retries_total: AtomicU64,
+    pending: AtomicUsize,
+    slot_freed: Arc<Notify>,
+    panicking: AtomicBool,
 }
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("name", &self.name)
-            .field("members", &self.members)
+            .field("members", &self.members.load().active)
             .finish()
     }
 }
 
 impl Pool {
+    /// A pool with its members resolved (names with the blocking system
+    /// resolver) and no background tasks; see [`Pool::start`].
     pub fn new(config: &PoolConfig) -> Pool {
-        let members: Vec<Arc<Member>> = config
-            .servers
-            .iter()
-            .map(|s| Arc::new(Member::new(s.addr, s.weight)))
-            .collect();
+        let slot_freed = Arc::new(Notify::new());
+        let name: Arc<str> = Arc::from(config.name.as_str());
+        let mut active = Vec::new();
+        for server in &config.servers {
+            let addrs = server.addr.resolve_blocking().unwrap_or_else(|e| {
+                tracing::warn!(pool = %config.name, server = %server.addr, error = %e, "cannot resolve server");
+                Vec::new()
+            });
+            for addr in addrs {
+                if active.iter().all(|m: &Arc<Member>| m.addr != addr) {
+                    active.push(Arc::new(new_member(
+                        config,
+                        &name,
+                        &slot_freed,
+                        &Wanted::of(server, addr),
+                    )));
+                }
+            }
+        }
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -103,17 +177,180 @@ impl Pool {
         Pool {
             name: config.name.clone(),
             policy: config.policy,
-            balancer: balancer_for(config.policy, &members),
-            members,
+            members: ArcSwap::from_pointee(MemberSet::new(config.policy, active, Vec::new())),
             client,
             response_timeout: config.response_timeout,
             config: config.clone(),
+            budget: RetryBudget::new(config.retry_budget, config.min_retries_per_second),
+            retries_total: AtomicU64::new(0),
+            pending: AtomicUsize::new(0),
+            slot_freed,
+            panicking: AtomicBool::new(false),
         }
     }
 
-    /// Members in the order this request should try them.
-    pub fn candidates(&self, ctx: &PickContext) -> Candidates {
-        self.balancer.candidates(&self.members, ctx)
+    /// [`Pool::new`], plus the pool's background tasks when called inside a
+    /// Tokio runtime: active health checks (with `[pool.NAME.health]`) and
+    /// DNS re-resolution (when a server is a name). The tasks hold only a
+    /// weak reference and end once the pool is dropped (a reload removed or
+    /// replaced it and its last request finished).
+    pub fn start(config: &PoolConfig) -> Arc<Pool> {
+        let pool = Arc::new(Pool::new(config));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            if let Some(health) = &config.health {
+                tokio::spawn(super::health::run(Arc::downgrade(&pool), health.clone()));
+            }
+            if config
+                .servers
+                .iter()
+                .any(|s| matches!(s.addr, ServerAddr::Name { .. }))
+            {
+                tokio::spawn(super::dns::run(Arc::downgrade(&pool)));
+            }
+        }
+        pool
+    }
+
+    /// The current members (for status pages and metrics).
+    pub fn members(&self) -> Arc<MemberSet> {
+        self.members.load_full()
+    }
+
+    /// Swaps in a new member set, with a balancer built for it.
+    pub(crate) fn set_members(&self, active: Vec<Arc<Member>>, draining: Vec<Arc<Member>>) {
+        self.members
+            .store(Arc::new(MemberSet::new(self.policy, active, draining)));
+    }
+
+    /// A member for a resolved address of `server`.
+    pub(crate) fn member_for(&self, wanted: &Wanted) -> Arc<Member> {
+        let name: Arc<str> = Arc::from(self.name.as_str());
+        Arc::new(new_member(&self.config, &name, &self.slot_freed, wanted))
+    }
+
+    /// Retries made for requests to this pool.
+    pub fn retries_total(&self) -> u64 {
+        self.retries_total.load(Ordering::Relaxed)
+    }
+
+    /// The members this request may use, most preferred first: the
+    /// balancer's ranking without members that are down, ejected or
+    /// draining. Below `panic_threshold` healthy, every member is used.
+    pub fn plan(&self, ctx: &PickContext) -> Result<Plan, Unavailable> {
+        let set = self.members.load();
+        let now = now_ms();
+        self.budget.request(now);
+        let ranked = set.balancer.candidates(&set.active, ctx);
+        let mut plan = Plan::new();
+        let mut all = Plan::new();
+        for &i in &ranked {
+            if let Some(m) = set.active.get(i) {
+                if m.state_at(now) == MemberState::Up {
+                    plan.push(m.clone());
+                }
+                all.push(m.clone());
+            }
+        }
+        let threshold = self.config.panic_threshold;
+        let panic = threshold > 0.0 && (plan.len() as f64) < threshold * all.len() as f64;
+        if self.panicking.swap(panic, Ordering::Relaxed) != panic {
+            if panic {
+                tracing::warn!(pool = %self.name, healthy = plan.len(), total = all.len(), "pool below panic_threshold: balancing over all members");
+            } else {
+                tracing::info!(pool = %self.name, healthy = plan.len(), total = all.len(), "pool back above panic_threshold");
+            }
+        }
+        if panic {
+            return Ok(all);
+        }
+        if plan.is_empty() {
+            return Err(Unavailable {
+                retry_after: self.retry_after(&set.active, now),
+            });
+        }
+        Ok(plan)
+    }
+
+    /// Seconds until the first member may be usable again: the end of the
+    /// shortest ejection, or `rise` check intervals for a member that is down.
+    fn retry_after(&self, members: &[Arc<Member>], now: u64) -> u64 {
+        let rise = self
+            .config
+            .health
+            .as_ref()
+            .map(|h| h.interval.as_millis() as u64 * u64::from(h.rise));
+        members
+            .iter()
+            .filter_map(|m| match m.state_at(now) {
+                MemberState::Ejected => Some(m.ejected_for(now)),
+                MemberState::Down => rise,
+                _ => None,
+            })
+            .min()
+            .map_or(1, |ms| ms.div_ceil(1000).max(1))
+    }
+
+    /// Takes a connection slot on the first member of `plan[*next..]` below
+    /// its `max_connections`, moving `*next` past it. On the first attempt
+    /// (`may_wait`), when every member is full, the request waits as one of
+    /// at most `max_pending` for a slot to free up, up to `connect_timeout`.
+    pub async fn acquire(&self, plan: &Plan, next: &mut usize, may_wait: bool) -> Acquired {
+        let start = *next;
+        let mut pending: Option<Pending<'_>> = None;
+        let deadline = tokio::time::Instant::now() + self.config.connect_timeout;
+        loop {
+            let notified = self.slot_freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            for (pos, m) in plan.iter().enumerate().skip(start) {
+                if let Some(guard) = m.try_begin() {
+                    *next = pos + 1;
+                    return Acquired::Member(m.clone(), guard);
+                }
+            }
+            *next = plan.len();
+            if !may_wait || start >= plan.len() {
+                return Acquired::Exhausted;
+            }
+            if pending.is_none() {
+                pending = Pending::enter(&self.pending, self.config.max_pending);
+                if pending.is_none() {
+                    return Acquired::Overloaded;
+                }
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => return Acquired::Overloaded,
+            }
+        }
+    }
+
+    /// Whether a failed attempt may be followed by another on the next
+    /// member: takes one retry from the budget and counts it.
+    pub fn take_retry(&self) -> bool {
+        let ok = self.budget.try_retry(now_ms());
+        if ok {
+            self.retries_total.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Reports what one attempt against `member` came to, for passive
+    /// ejection.
+    pub fn report(&self, member: &Member, outcome: Outcome) {
+        let set = self.members.load();
+        if let Some(time) =
+            outlier::record(&self.config.outlier, &set.active, member, outcome, now_ms())
+        {
+            tracing::warn!(
+                pool = %self.name,
+                member = %member.addr,
+                from = %MemberState::Up,
+                to = %MemberState::Ejected,
+                eject_for = ?time,
+                "upstream member state changed"
+            );
+        }
     }
 
     /// Sends `req` (whose URI must already be absolute and point at the
@@ -135,6 +372,54 @@ impl Pool {
             r = response => r.map_err(|e| classify(addr, e)).and_then(|resp| checked(addr, resp)),
             () = deadline => Err(UpstreamError::ResponseTimeout { addr, after: self.response_timeout }),
         }
+    }
+}
+
+/// A resolved address of one configured server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Wanted {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub max_connections: usize,
+    /// The server's address as configured (a name, or the IP itself).
+    pub server: Arc<str>,
+}
+
+impl Wanted {
+    pub fn of(server: &ServerEntry, addr: SocketAddr) -> Wanted {
+        Wanted {
+            addr,
+            weight: server.weight,
+            max_connections: server.max_connections,
+            server: Arc::from(server.addr.to_string()),
+        }
+    }
+}
+
+fn new_member(config: &PoolConfig, pool: &Arc<str>, freed: &Arc<Notify>, w: &Wanted) -> Member {
+    Member::new(w.addr, w.weight)
+        .with_max_connections(w.max_connections, freed.clone())
+        .with_slow_start(config.slow_start)
+        .with_origin(pool.clone(), w.server.clone())
+}
+
+/// One request counted as waiting for a connection slot.
+struct Pending<'a>(&'a AtomicUsize);
+
+impl<'a> Pending<'a> {
+    fn enter(count: &'a AtomicUsize, max: usize) -> Option<Pending<'a>> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Pending(count))
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -1,0 +1,474 @@
+//! The admin listener (`[admin]`): a small HTTP/1.1 API for operators and
+//! their scripts, separate from the proxy listeners and never counted in
+//! the request metrics.
+//!
+//! | endpoint | method | answer |
+//! |---|---|---|
+//! | `/metrics` | GET | Prometheus text format |
+//! | `/healthz` | GET | 200 while the process runs |
+//! | `/readyz` | GET | 200 once every listener is bound, 503 while draining |
+//! | `/upstreams` | GET | pools and member states as JSON |
+//! | `/config` | GET | the effective config as TOML, secrets redacted |
+//! | `/reload` | POST | reloads the config file, as SIGHUP does |
+//!
+//! Clients outside `allow` get 403; with a `token`, requests without
+//! `Authorization: Bearer <token>` get 401 (except `/healthz` and
+//! `/readyz`, which probes use and which reveal nothing); unknown paths get
+//! 404 and a wrong method 405. Cache purge endpoints come with the cache.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::config::{AdminConfig, Config, Limits, PoolConfig};
+use crate::proxy::State;
+
+/// Readiness as `/readyz` reports it, flipped by the lifecycle.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Health {
+    /// Every listener is bound and serving.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// A stop signal arrived: no longer ready.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// What the admin endpoints need from the running daemon.
+pub struct Admin {
+    pub state: State,
+    pub health: Arc<Health>,
+    /// The config file, for `POST /reload`.
+    pub config_path: PathBuf,
+}
+
+type AdminBody = Full<Bytes>;
+
+/// Serves the admin API on `socket` for as long as the process runs: it
+/// keeps answering during a drain (so `/readyz` can say 503), and its
+/// connections are not waited for.
+pub async fn serve(socket: TcpListener, admin: Arc<Admin>) {
+    loop {
+        let (stream, client) = match socket.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(listener = %"admin", error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(handle(&admin, client, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(client = %client, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<AdminBody> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn typed(body: String, content_type: &'static str) -> Response<AdminBody> {
+    let mut resp = text(StatusCode::OK, body);
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// Compares without stopping at the first differing byte.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(config: &AdminConfig, req: &Request<Incoming>) -> bool {
+    let Some(token) = &config.token else {
+        return true;
+    };
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes()))
+}
+
+/// The endpoints and the one method each accepts.
+const ENDPOINTS: [(&str, Method); 6] = [
+    ("/metrics", Method::GET),
+    ("/healthz", Method::GET),
+    ("/readyz", Method::GET),
+    ("/upstreams", Method::GET),
+    ("/config", Method::GET),
+    ("/reload", Method::POST),
+];
+
+async fn handle(admin: &Admin, client: SocketAddr, req: Request<Incoming>) -> Response<AdminBody> {
+    let snap = admin.state.load_full();
+    let Some(config) = snap.config.admin.as_ref() else {
+        return text(StatusCode::NOT_FOUND, "admin API disabled\n");
+    };
+    if !config.allow.is_empty() && !config.allow.iter().any(|c| c.contains(client.ip())) {
+        return text(StatusCode::FORBIDDEN, "forbidden\n");
+    }
+    let path = req.uri().path();
+    let open = matches!(path, "/healthz" | "/readyz");
+    if !open && !authorized(config, &req) {
+        let mut resp = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"sluice admin\""),
+        );
+        return resp;
+    }
+    let Some((_, allowed)) = ENDPOINTS.iter().find(|(p, _)| *p == path) else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let method = req.method();
+    let head_ok = *allowed == Method::GET && method == Method::HEAD;
+    if method != allowed && !head_ok {
+        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        let allow = if *allowed == Method::GET {
+            "GET, HEAD"
+        } else {
+            allowed.as_str()
+        };
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        return resp;
+    }
+    match path {
+        "/metrics" => typed(
+            crate::metrics::get().render(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if admin.health.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/upstreams" => typed(upstreams_json(&snap.pools), "application/json"),
+        "/config" => typed(effective_toml(&snap.config), "application/toml"),
+        "/reload" => {
+            // Drain the (ignored) body so the connection stays usable.
+            let _ = req.into_body().collect().await;
+            let state = admin.state.clone();
+            let path = admin.config_path.clone();
+            let result =
+                tokio::task::spawn_blocking(move || crate::lifecycle::reload(&path, &state)).await;
+            match result {
+                Ok(Ok(())) => text(StatusCode::OK, "config reloaded\n"),
+                Ok(Err(errors)) => text(StatusCode::UNPROCESSABLE_ENTITY, errors + "\n"),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("reload failed: {e}\n"),
+                ),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `GET /upstreams`: the contract's JSON, pretty-printed.
+fn upstreams_json(pools: &[Arc<crate::upstream::pool::Pool>]) -> String {
+    let value = crate::upstream::status::upstreams_json(pools);
+    let mut out = serde_json::to_string_pretty(&value).unwrap_or_default();
+    out.push('\n');
+    out
+}
+
+// ----------------------------------------------------------------- /config --
+
+const REDACTED: &str = "<redacted>";
+
+/// A duration the config parser reads back: whole seconds or milliseconds.
+fn duration(d: Duration) -> toml::Value {
+    let ms = d.as_millis();
+    let text = if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    };
+    toml::Value::String(text)
+}
+
+fn int(n: impl TryInto<i64>) -> toml::Value {
+    toml::Value::Integer(n.try_into().unwrap_or(i64::MAX))
+}
+
+fn string(s: impl Into<String>) -> toml::Value {
+    toml::Value::String(s.into())
+}
+
+fn table<const N: usize>(entries: [(&str, toml::Value); N]) -> toml::Table {
+    entries
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+fn limits_table(l: &Limits) -> toml::Table {
+    table([
+        ("max_header_bytes", int(l.max_header_bytes)),
+        ("max_uri_bytes", int(l.max_uri_bytes)),
+        ("max_body_bytes", int(l.max_body_bytes)),
+        ("max_header_count", int(l.max_header_count)),
+        ("header_read_timeout", duration(l.header_read_timeout)),
+        ("keepalive_timeout", duration(l.keepalive_timeout)),
+        ("min_body_rate", int(l.min_body_rate)),
+        ("body_rate_grace", duration(l.body_rate_grace)),
+        ("max_connections", int(l.max_connections)),
+        (
+            "max_connections_per_client",
+            int(l.max_connections_per_client),
+        ),
+        (
+            "h2_max_concurrent_streams",
+            int(l.h2_max_concurrent_streams),
+        ),
+        ("h2_max_frame_size", int(l.h2_max_frame_size)),
+        (
+            "h2_max_pending_accept_reset_streams",
+            int(l.h2_max_pending_accept_reset_streams),
+        ),
+        (
+            "h2_max_local_error_reset_streams",
+            int(l.h2_max_local_error_reset_streams),
+        ),
+    ])
+}
+
+fn pool_table(p: &PoolConfig) -> toml::Table {
+    let servers = p
+        .servers
+        .iter()
+        .map(|s| {
+            toml::Value::Table(table([
+                ("addr", string(s.addr.to_string())),
+                ("weight", int(s.weight)),
+            ]))
+        })
+        .collect();
+    table([
+        ("policy", string(p.policy.as_str())),
+        ("servers", toml::Value::Array(servers)),
+        ("connect_timeout", duration(p.connect_timeout)),
+        ("response_timeout", duration(p.response_timeout)),
+        ("idle_timeout", duration(p.idle_timeout)),
+        ("max_idle_per_server", int(p.max_idle_per_server)),
+    ])
+}
+
+/// The running config with every default filled in, as TOML. Private key
+/// paths and the admin token are replaced by `<redacted>`.
+pub fn effective_toml(c: &Config) -> String {
+    use toml::Value;
+    let mut root = toml::Table::new();
+    root.insert(
+        "server".into(),
+        Value::Table(table([
+            ("workers", int(c.server.workers)),
+            ("drain_timeout", duration(c.server.drain_timeout)),
+        ])),
+    );
+    let listeners = c
+        .listeners
+        .iter()
+        .map(|l| {
+            let mut t = table([
+                ("name", string(&l.name)),
+                ("listen", string(l.listen.to_string())),
+            ]);
+            if let Some(tls) = &l.tls {
+                let certs = tls
+                    .certs
+                    .iter()
+                    .map(|p| {
+                        Value::Table(table([
+                            ("cert", string(p.cert.display().to_string())),
+                            ("key", string(REDACTED)),
+                        ]))
+                    })
+                    .collect();
+                t.insert(
+                    "tls".into(),
+                    Value::Table(table([("certs", Value::Array(certs))])),
+                );
+            }
+            if let Some(r) = &l.max_connection_rate {
+                t.insert(
+                    "max_connection_rate".into(),
+                    Value::Table(table([
+                        ("connections", int(r.count)),
+                        ("per", duration(r.per)),
+                        ("burst", int(r.burst)),
+                    ])),
+                );
+            }
+            t.insert("limits".into(), Value::Table(limits_table(&l.limits)));
+            Value::Table(t)
+        })
+        .collect();
+    root.insert("listener".into(), Value::Array(listeners));
+    let routes = c
+        .routes
+        .iter()
+        .map(|r| {
+            let mut t = table([("name", string(&r.name))]);
+            if !r.hosts.is_empty() {
+                t.insert(
+                    "hosts".into(),
+                    Value::Array(r.hosts.iter().map(string).collect()),
+                );
+            }
+            t.insert("path_prefix".into(), string(&r.path_prefix));
+            t.insert("pool".into(), string(&r.pool));
+            if let Some(rl) = &r.rate_limit {
+                let key = match &rl.key {
+                    crate::config::RateKey::ClientIp => "client_ip".to_string(),
+                    crate::config::RateKey::Header(h) => format!("header:{h}"),
+                };
+                t.insert(
+                    "rate_limit".into(),
+                    Value::Table(table([
+                        ("requests", int(rl.rate.count)),
+                        ("per", duration(rl.rate.per)),
+                        ("burst", int(rl.rate.burst)),
+                        ("key", string(key)),
+                    ])),
+                );
+            }
+            Value::Table(t)
+        })
+        .collect();
+    root.insert("route".into(), Value::Array(routes));
+    let pools = c
+        .pools
+        .iter()
+        .map(|p| (p.name.clone(), Value::Table(pool_table(p))))
+        .collect();
+    root.insert("pool".into(), Value::Table(pools));
+    root.insert("limits".into(), Value::Table(limits_table(&c.limits)));
+    if let Some(a) = &c.admin {
+        let mut t = table([("listen", string(a.listen.to_string()))]);
+        if a.token.is_some() {
+            t.insert("token".into(), string(REDACTED));
+        }
+        t.insert(
+            "allow".into(),
+            Value::Array(a.allow.iter().map(|n| string(n.to_string())).collect()),
+        );
+        root.insert("admin".into(), Value::Table(t));
+    }
+    if let Some(al) = &c.access_log {
+        let path = match &al.target {
+            crate::config::AccessLogTarget::Stdout => "stdout".to_string(),
+            crate::config::AccessLogTarget::File(p) => p.display().to_string(),
+        };
+        root.insert(
+            "access_log".into(),
+            Value::Table(table([
+                ("format", string(al.format.as_str())),
+                ("path", string(path)),
+            ])),
+        );
+    }
+    let log_format = match c.log.format {
+        crate::config::LogFormat::Pretty => "pretty",
+        crate::config::LogFormat::Json => "json",
+    };
+    root.insert(
+        "log".into(),
+        Value::Table(table([
+            ("level", string(&c.log.level)),
+            ("format", string(log_format)),
+        ])),
+    );
+    toml::to_string(&root).unwrap_or_else(|e| format!("# cannot render the config: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_config_reads_back_and_hides_secrets() {
+        let text = r#"
+[[listener]]
+name = "http"
+listen = "127.0.0.1:8080"
+
+[[route]]
+pool = "app"
+rate_limit = { requests = 5 }
+
+[pool.app]
+servers = [ { addr = "127.0.0.1:9001" } ]
+connect_timeout = "250ms"
+
+[admin]
+token = "s3cret"
+allow = ["10.0.0.0/8"]
+"#;
+        let c = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let out = effective_toml(&c);
+        assert!(!out.contains("s3cret"), "{out}");
+        assert!(out.contains(REDACTED), "{out}");
+        assert!(out.contains("connect_timeout = \"250ms\""), "{out}");
+        let again = Config::parse(std::path::Path::new("t.toml"), &out)
+            .unwrap_or_else(|e| panic!("{e}\n{out}"));
+        assert_eq!(again.pools, c.pools);
+        assert_eq!(again.listeners, c.listeners);
+        assert_eq!(again.limits, c.limits);
+    }
+
+    #[test]
+    fn secrets_compare() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,677 @@
+//! Prometheus metrics: every `sluice_*` metric declared once, in one
+//! registry, and the pre-resolved handles the request path records into.
+//!
+//! Recording must not lock or allocate. A labelled child (`with_label_values`)
+//! costs a lock and a hash lookup, so the request path never asks for one:
+//! - per listener and route, [`RequestMetrics`] holds a fixed
+//!   `[method][status class]` array of counters, each resolved the first time
+//!   it is used and then read with one atomic load;
+//! - per pool member, [`MemberMetrics`] does the same for upstream attempts;
+//! - per listener, [`ListenerMetrics`] holds the connection and TLS handles.
+//!
+//! Member state (up, in flight, ejections, health checks) and pool retries
+//! live in the pools themselves; [`UpstreamCollector`] reads them from the
+//! current snapshot at scrape time, so they cost nothing per request.
+//!
+//! Not recorded yet: the cache (`sluice_cache_*`) and compression
+//! (`sluice_compression_*`) metrics are registered and exported at 0 until
+//! those features exist.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::Method;
+use prometheus::core::{Collector, Desc};
+use prometheus::{
+    proto, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::config::Config;
+use crate::upstream::pool::Pool;
+
+/// Histogram buckets in seconds, from 100 µs to 30 s in 1-2.5-5 steps: fine
+/// enough for p50/p95/p99 from microsecond cache hits to slow origins.
+pub const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// `status_class` label values; index with [`class_index`].
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// `method` label values; index with [`method_index`].
+pub const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "other",
+];
+
+/// Cache lookup results (`sluice_cache_lookups_total{result}`).
+pub const CACHE_RESULTS: [&str; 6] = ["hit", "miss", "stale", "revalidated", "bypass", "coalesced"];
+
+/// Compression algorithms (`sluice_compression_bytes_*_total{algorithm}`).
+pub const ALGORITHMS: [&str; 3] = ["br", "zstd", "gzip"];
+
+/// Connection protocols (`sluice_connections_*{protocol}`).
+pub const PROTOCOLS: [&str; 2] = ["h1", "h2"];
+
+pub fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::CONNECT => 5,
+        Method::OPTIONS => 6,
+        Method::TRACE => 7,
+        Method::PATCH => 8,
+        _ => 9,
+    }
+}
+
+/// 1xx..5xx as 0..4; anything above 599 counts as 5xx.
+pub fn class_index(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+/// The process-wide metrics. Created on first use.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_response: HistogramVec,
+    pub connections_active: IntGaugeVec,
+    pub connections_total: IntCounterVec,
+    pub tls_handshakes: IntCounterVec,
+    pub tls_handshake_errors: IntCounterVec,
+    pub cache_lookups: IntCounterVec,
+    pub cache_entries: IntGauge,
+    pub cache_bytes: IntGauge,
+    pub cache_evictions: IntCounter,
+    pub compression_in: IntCounterVec,
+    pub compression_out: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub access_log_dropped: IntCounter,
+    pub build_info: IntGaugeVec,
+    upstreams: Arc<OnceLock<crate::proxy::State>>,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The process-wide metrics.
+pub fn get() -> &'static Metrics {
+    METRICS.get_or_init(Metrics::new)
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("valid metric")
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let m = Metrics {
+            registry: Registry::new(),
+            requests: counter_vec(
+                "sluice_requests_total",
+                "Requests answered on proxy listeners, by listener, route, method and status class.",
+                &["listener", "route", "method", "status_class"],
+            ),
+            request_duration: histogram_vec(
+                "sluice_request_duration_seconds",
+                "Time from request head to the end of the response body, by listener and route.",
+                &["listener", "route"],
+            ),
+            upstream_requests: counter_vec(
+                "sluice_upstream_requests_total",
+                "Upstream attempts that received a response head, by pool, member and status class.",
+                &["pool", "member", "status_class"],
+            ),
+            upstream_response: histogram_vec(
+                "sluice_upstream_response_seconds",
+                "Time from sending a request to a member to its response head.",
+                &["pool", "member"],
+            ),
+            connections_active: gauge_vec(
+                "sluice_connections_active",
+                "Open client connections, by listener and protocol.",
+                &["listener", "protocol"],
+            ),
+            connections_total: counter_vec(
+                "sluice_connections_total",
+                "Client connections accepted, by listener and protocol.",
+                &["listener", "protocol"],
+            ),
+            tls_handshakes: counter_vec(
+                "sluice_tls_handshakes_total",
+                "Completed TLS handshakes, by listener.",
+                &["listener"],
+            ),
+            tls_handshake_errors: counter_vec(
+                "sluice_tls_handshake_errors_total",
+                "TLS handshakes that failed or timed out, by listener.",
+                &["listener"],
+            ),
+            cache_lookups: counter_vec(
+                "sluice_cache_lookups_total",
+                "Cache lookups by route and result.",
+                &["route", "result"],
+            ),
+            cache_entries: IntGauge::new("sluice_cache_entries", "Entries in the cache.")
+                .expect("valid metric"),
+            cache_bytes: IntGauge::new("sluice_cache_bytes", "Bytes held by the cache.")
+                .expect("valid metric"),
+            cache_evictions: IntCounter::new(
+                "sluice_cache_evictions_total",
+                "Entries evicted from the cache.",
+            )
+            .expect("valid metric"),
+            compression_in: counter_vec(
+                "sluice_compression_bytes_in_total",
+                "Bytes fed to the compressor, by algorithm.",
+                &["algorithm"],
+            ),
+            compression_out: counter_vec(
+                "sluice_compression_bytes_out_total",
+                "Bytes produced by the compressor, by algorithm.",
+                &["algorithm"],
+            ),
+            config_reloads: counter_vec(
+                "sluice_config_reloads_total",
+                "Config reloads (SIGHUP or POST /reload), by result.",
+                &["result"],
+            ),
+            access_log_dropped: IntCounter::new(
+                "sluice_access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind.",
+            )
+            .expect("valid metric"),
+            build_info: gauge_vec(
+                "sluice_build_info",
+                "Always 1; the version label names the running build.",
+                &["version"],
+            ),
+            upstreams: Arc::new(OnceLock::new()),
+        };
+        let collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(m.requests.clone()),
+            Box::new(m.request_duration.clone()),
+            Box::new(m.upstream_requests.clone()),
+            Box::new(m.upstream_response.clone()),
+            Box::new(m.connections_active.clone()),
+            Box::new(m.connections_total.clone()),
+            Box::new(m.tls_handshakes.clone()),
+            Box::new(m.tls_handshake_errors.clone()),
+            Box::new(m.cache_lookups.clone()),
+            Box::new(m.cache_entries.clone()),
+            Box::new(m.cache_bytes.clone()),
+            Box::new(m.cache_evictions.clone()),
+            Box::new(m.compression_in.clone()),
+            Box::new(m.compression_out.clone()),
+            Box::new(m.config_reloads.clone()),
+            Box::new(m.access_log_dropped.clone()),
+            Box::new(m.build_info.clone()),
+            Box::new(UpstreamCollector::new(m.upstreams.clone())),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("metric registered once");
+        }
+        // Series that exist from the start, at 0, so that dashboards and
+        // rate() see them before the first event.
+        for a in ALGORITHMS {
+            m.compression_in.with_label_values(&[a]);
+            m.compression_out.with_label_values(&[a]);
+        }
+        for r in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[r]);
+        }
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m
+    }
+
+    /// Lets the scrape-time upstream collector read pools from `state`.
+    pub fn watch_upstreams(&self, state: crate::proxy::State) {
+        let _ = self.upstreams.set(state);
+    }
+
+    /// The registry in Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Counts one config reload.
+    pub fn reload(&self, ok: bool) {
+        self.config_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+}
+
+// ------------------------------------------------------------ per request --
+
+/// Request counters and the duration histogram of one listener and route,
+/// each resolved on first use.
+pub struct RequestMetrics {
+    listener: Box<str>,
+    /// Empty for requests that matched no route.
+    route: Box<str>,
+    total: [[OnceLock<IntCounter>; CLASSES.len()]; METHODS.len()],
+    duration: OnceLock<Histogram>,
+}
+
+impl std::fmt::Debug for RequestMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestMetrics")
+            .field("listener", &self.listener)
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestMetrics {
+    fn new(listener: &str, route: &str) -> RequestMetrics {
+        RequestMetrics {
+            listener: listener.into(),
+            route: route.into(),
+            total: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            duration: OnceLock::new(),
+        }
+    }
+
+    /// Counts one answered request. `method` and `class` come from
+    /// [`method_index`] and [`class_index`].
+    pub fn record(&self, method: usize, class: usize, elapsed: Duration) {
+        let method = method.min(METHODS.len() - 1);
+        let class = class.min(CLASSES.len() - 1);
+        self.total[method][class]
+            .get_or_init(|| {
+                get().requests.with_label_values(&[
+                    &self.listener,
+                    &self.route,
+                    METHODS[method],
+                    CLASSES[class],
+                ])
+            })
+            .inc();
+        self.duration
+            .get_or_init(|| {
+                get()
+                    .request_duration
+                    .with_label_values(&[&self.listener, &self.route])
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Upstream attempt counters and response-time histogram of one member.
+pub struct MemberMetrics {
+    pool: Box<str>,
+    addr: SocketAddr,
+    member: Box<str>,
+    total: [OnceLock<IntCounter>; CLASSES.len()],
+    response: OnceLock<Histogram>,
+}
+
+impl std::fmt::Debug for MemberMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberMetrics")
+            .field("pool", &self.pool)
+            .field("member", &self.member)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemberMetrics {
+    fn new(pool: &str, addr: SocketAddr) -> MemberMetrics {
+        MemberMetrics {
+            pool: pool.into(),
+            addr,
+            member: addr.to_string().into(),
+            total: std::array::from_fn(|_| OnceLock::new()),
+            response: OnceLock::new(),
+        }
+    }
+
+    /// Counts one attempt that got a response head with `status` after
+    /// `elapsed`.
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let class = class_index(status);
+        self.total[class]
+            .get_or_init(|| {
+                get().upstream_requests.with_label_values(&[
+                    &self.pool,
+                    &self.member,
+                    CLASSES[class],
+                ])
+            })
+            .inc();
+        self.response
+            .get_or_init(|| {
+                get()
+                    .upstream_response
+                    .with_label_values(&[&self.pool, &self.member])
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The handles of one snapshot: `[listener][route]` request metrics and
+/// `[pool][member]` upstream metrics, built with the snapshot.
+#[derive(Debug, Default)]
+pub struct SnapshotMetrics {
+    /// Routes plus one slot (the last) for requests no route answered.
+    slots: usize,
+    requests: Box<[RequestMetrics]>,
+    members: Box<[Box<[MemberMetrics]>]>,
+}
+
+impl SnapshotMetrics {
+    pub fn build(config: &Config, pools: &[Arc<Pool>]) -> SnapshotMetrics {
+        let slots = config.routes.len() + 1;
+        let mut requests = Vec::with_capacity(config.listeners.len() * slots);
+        for l in &config.listeners {
+            for r in &config.routes {
+                requests.push(RequestMetrics::new(&l.name, &r.name));
+            }
+            requests.push(RequestMetrics::new(&l.name, ""));
+        }
+        // Cache lookup series exist at 0 for every route from the start.
+        let m = get();
+        for r in &config.routes {
+            for result in CACHE_RESULTS {
+                m.cache_lookups.with_label_values(&[&r.name, result]);
+            }
+        }
+        let members = pools
+            .iter()
+            .map(|p| {
+                let set = p.members();
+                set.active
+                    .iter()
+                    .chain(&set.draining)
+                    .map(|mem| MemberMetrics::new(&p.name, mem.addr))
+                    .collect()
+            })
+            .collect();
+        SnapshotMetrics {
+            slots,
+            requests: requests.into(),
+            members,
+        }
+    }
+
+    /// The request metrics of listener `listener` (its index in the config)
+    /// and route `route` (its index; `None` when no route answered).
+    pub fn requests(&self, listener: usize, route: Option<usize>) -> Option<&RequestMetrics> {
+        let slot = route.unwrap_or(self.slots - 1).min(self.slots - 1);
+        self.requests.get(listener * self.slots + slot)
+    }
+
+    /// Records one upstream attempt on member `addr` of pool `pool` (its
+    /// index). A member the snapshot does not know (DNS changed the pool's
+    /// members since it was built) takes the slow path, which locks.
+    pub fn upstream(
+        &self,
+        pool: usize,
+        pool_name: &str,
+        addr: SocketAddr,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let known = self
+            .members
+            .get(pool)
+            .and_then(|p| p.iter().find(|m| m.addr == addr));
+        match known {
+            Some(m) => m.record(status, elapsed),
+            None => MemberMetrics::new(pool_name, addr).record(status, elapsed),
+        }
+    }
+}
+
+/// Connection and TLS handles of one listener.
+#[derive(Debug)]
+pub struct ListenerMetrics {
+    /// The listener's position in the config (stable across reloads).
+    pub index: usize,
+    active: [IntGauge; 2],
+    total: [IntCounter; 2],
+    tls_ok: IntCounter,
+    tls_failed: IntCounter,
+}
+
+impl ListenerMetrics {
+    pub fn new(name: &str, index: usize) -> ListenerMetrics {
+        let m = get();
+        ListenerMetrics {
+            index,
+            active: PROTOCOLS.map(|p| m.connections_active.with_label_values(&[name, p])),
+            total: PROTOCOLS.map(|p| m.connections_total.with_label_values(&[name, p])),
+            tls_ok: m.tls_handshakes.with_label_values(&[name]),
+            tls_failed: m.tls_handshake_errors.with_label_values(&[name]),
+        }
+    }
+
+    /// A connection speaking `h2` (or HTTP/1.x) opened.
+    pub fn opened(&self, h2: bool) {
+        self.total[usize::from(h2)].inc();
+        self.active[usize::from(h2)].inc();
+    }
+
+    /// A connection counted by [`ListenerMetrics::opened`] closed.
+    pub fn closed(&self, h2: bool) {
+        self.active[usize::from(h2)].dec();
+    }
+
+    /// A connection that closed before its protocol was known: counted
+    /// as HTTP/1.x, never active.
+    pub fn closed_unknown(&self) {
+        self.total[0].inc();
+    }
+
+    pub fn tls_handshake(&self, ok: bool) {
+        if ok {
+            self.tls_ok.inc();
+        } else {
+            self.tls_failed.inc();
+        }
+    }
+}
+
+// ------------------------------------------------------------- upstreams --
+
+/// Reads member and pool state from the current snapshot at scrape time.
+struct UpstreamCollector {
+    state: Arc<OnceLock<crate::proxy::State>>,
+    templates: Vec<Box<dyn Collector>>,
+    descs: Vec<Desc>,
+}
+
+const MEMBER_UP: (&str, &str) = (
+    "sluice_upstream_member_up",
+    "1 when the member takes traffic (state up), else 0.",
+);
+const IN_FLIGHT: (&str, &str) = (
+    "sluice_upstream_in_flight",
+    "Requests being proxied to the member now.",
+);
+const EJECTIONS: (&str, &str) = (
+    "sluice_upstream_ejections_total",
+    "Times the member was ejected by passive outlier detection.",
+);
+const HEALTH_CHECKS: (&str, &str) = (
+    "sluice_health_checks_total",
+    "Active health checks of the member, by result.",
+);
+const RETRIES: (&str, &str) = (
+    "sluice_upstream_retries_total",
+    "Retries (attempts after the first) made in the pool.",
+);
+
+/// Fresh, unregistered vectors with the upstream metric names.
+struct UpstreamVecs {
+    up: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    ejections: IntCounterVec,
+    checks: IntCounterVec,
+    retries: IntCounterVec,
+}
+
+impl UpstreamVecs {
+    fn new() -> UpstreamVecs {
+        UpstreamVecs {
+            up: gauge_vec(MEMBER_UP.0, MEMBER_UP.1, &["pool", "member"]),
+            in_flight: gauge_vec(IN_FLIGHT.0, IN_FLIGHT.1, &["pool", "member"]),
+            ejections: counter_vec(EJECTIONS.0, EJECTIONS.1, &["pool", "member"]),
+            checks: counter_vec(
+                HEALTH_CHECKS.0,
+                HEALTH_CHECKS.1,
+                &["pool", "member", "result"],
+            ),
+            retries: counter_vec(RETRIES.0, RETRIES.1, &["pool"]),
+        }
+    }
+
+    fn into_collectors(self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.up),
+            Box::new(self.in_flight),
+            Box::new(self.ejections),
+            Box::new(self.checks),
+            Box::new(self.retries),
+        ]
+    }
+}
+
+impl UpstreamCollector {
+    fn new(state: Arc<OnceLock<crate::proxy::State>>) -> UpstreamCollector {
+        let templates = UpstreamVecs::new().into_collectors();
+        let descs = templates
+            .iter()
+            .flat_map(|c| c.desc().into_iter().cloned())
+            .collect();
+        UpstreamCollector {
+            state,
+            templates,
+            descs,
+        }
+    }
+}
+
+/// What the pools expose about one member, read at scrape time.
+struct MemberSeen {
+    up: bool,
+    ejections: u64,
+    checks_ok: u64,
+    checks_failed: u64,
+}
+
+impl MemberSeen {
+    fn of(m: &crate::upstream::member::Member) -> MemberSeen {
+        MemberSeen {
+            up: m.state() == crate::upstream::member::MemberState::Up,
+            ejections: m.ejections_total(),
+            checks_ok: m.health_checks_ok(),
+            checks_failed: m.health_checks_fail(),
+        }
+    }
+}
+
+fn pool_retries(pool: &Pool) -> u64 {
+    pool.retries_total()
+}
+
+impl Collector for UpstreamCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        let _ = &self.templates;
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<proto::MetricFamily> {
+        let v = UpstreamVecs::new();
+        if let Some(state) = self.state.get() {
+            let snap = state.load();
+            for pool in &snap.pools {
+                let set = pool.members();
+                for m in set.active.iter().chain(&set.draining) {
+                    let addr = m.addr.to_string();
+                    let labels = [pool.name.as_str(), addr.as_str()];
+                    let seen = MemberSeen::of(m);
+                    v.up.with_label_values(&labels).set(i64::from(seen.up));
+                    v.in_flight
+                        .with_label_values(&labels)
+                        .set(i64::try_from(m.in_flight()).unwrap_or(i64::MAX));
+                    v.ejections
+                        .with_label_values(&labels)
+                        .inc_by(seen.ejections);
+                    for (result, n) in [("ok", seen.checks_ok), ("fail", seen.checks_failed)] {
+                        v.checks
+                            .with_label_values(&[labels[0], labels[1], result])
+                            .inc_by(n);
+                    }
+                }
+                v.retries
+                    .with_label_values(&[&pool.name])
+                    .inc_by(pool_retries(pool));
+            }
+        }
+        v.into_collectors()
+            .iter()
+            .flat_map(|c| c.collect())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_and_methods() {
+        assert_eq!(class_index(101), 0);
+        assert_eq!(class_index(204), 1);
+        assert_eq!(class_index(304), 2);
+        assert_eq!(class_index(404), 3);
+        assert_eq!(class_index(502), 4);
+        assert_eq!(class_index(999), 4);
+        assert_eq!(METHODS[method_index(&Method::PATCH)], "PATCH");
+        let odd = Method::from_bytes(b"PURGE").unwrap();
+        assert_eq!(METHODS[method_index(&odd)], "other");
+    }
+
+    #[test]
+    fn exposition_has_every_family() {
+        let text = get().render();
+        for name in [
+            "sluice_build_info",
+            "sluice_config_reloads_total",
+            "sluice_compression_bytes_in_total",
+            "sluice_cache_entries",
+            "sluice_cache_bytes",
+            "sluice_cache_evictions_total",
+            "sluice_access_log_dropped_total",
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}:\n{text}");
+        }
+    }
+}

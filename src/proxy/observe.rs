@@ -1,0 +1,274 @@
+//! What the request path records about each request once it is answered:
+//! `sluice_requests_total` and `sluice_request_duration_seconds`, the
+//! access log line, and each connection's protocol for the connection
+//! metrics. Recording happens when the response body ends (or is dropped),
+//! so the duration and byte count cover the whole response.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+
+use crate::access_log::{self, Entry};
+use crate::body::{BoxError, ProxyBody};
+use crate::metrics::{self, ListenerMetrics};
+use crate::snapshot::Snapshot;
+
+/// What the proxy found out while answering: filled in as it goes.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The request's id, for the upstream request (set before routing).
+    pub request_id: Option<HeaderValue>,
+    /// The route's index in the config, once routed.
+    pub route: Option<usize>,
+    /// The member that answered (the last attempted one).
+    pub upstream: Option<SocketAddr>,
+    pub upstream_time: Option<Duration>,
+    /// The cache lookup result (none until the cache exists).
+    pub cache: Option<&'static str>,
+}
+
+impl Outcome {
+    /// Times one upstream attempt and records it: the member's
+    /// `sluice_upstream_*` metrics when a response head arrived, and the
+    /// member and time for the access log either way.
+    pub async fn attempt<T, E, F>(
+        &mut self,
+        snap: &Snapshot,
+        pool: usize,
+        pool_name: &str,
+        addr: SocketAddr,
+        send: F,
+    ) -> Result<Response<T>, E>
+    where
+        F: std::future::Future<Output = Result<Response<T>, E>>,
+    {
+        tracing::Span::current().record("member", tracing::field::display(addr));
+        let started = Instant::now();
+        let result = send.await;
+        let elapsed = started.elapsed();
+        self.upstream = Some(addr);
+        self.upstream_time = Some(elapsed);
+        if let Ok(resp) = &result {
+            snap.metrics
+                .upstream(pool, pool_name, addr, resp.status().as_u16(), elapsed);
+        }
+        result
+    }
+}
+
+/// A connection's protocol, learnt from its TLS ALPN or its first request.
+#[derive(Debug, Default)]
+pub struct ConnProtocol(AtomicU8);
+
+const UNKNOWN: u8 = 0;
+const H1: u8 = 1;
+const H2: u8 = 2;
+
+impl ConnProtocol {
+    /// Counts the connection as opened with `version` unless it already is.
+    pub fn learn(&self, version: Version, metrics: &ListenerMetrics) {
+        if self.0.load(Ordering::Relaxed) != UNKNOWN {
+            return;
+        }
+        let h2 = version == Version::HTTP_2;
+        let code = if h2 { H2 } else { H1 };
+        if self
+            .0
+            .compare_exchange(UNKNOWN, code, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            metrics.opened(h2);
+        }
+    }
+
+    /// The connection closed.
+    pub fn closed(&self, metrics: &ListenerMetrics) {
+        match self.0.swap(UNKNOWN, Ordering::Relaxed) {
+            H1 => metrics.closed(false),
+            H2 => metrics.closed(true),
+            _ => metrics.closed_unknown(),
+        }
+    }
+}
+
+/// The start of one request's record, taken before the proxy consumes it.
+pub struct Start {
+    started: Instant,
+    method: Method,
+    listener: usize,
+    /// Present when the access log is on.
+    entry: Option<Box<Entry>>,
+}
+
+impl Start {
+    pub fn new<B>(
+        req: &Request<B>,
+        started: Instant,
+        client: SocketAddr,
+        listener: usize,
+        request_id: &HeaderValue,
+        access_log: bool,
+    ) -> Start {
+        let entry = access_log.then(|| {
+            let h = req.headers();
+            let host = req
+                .uri()
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| h.get(header::HOST).and_then(|v| v.to_str().ok()))
+                .unwrap_or("")
+                .to_string();
+            Box::new(Entry {
+                ts: SystemTime::now(),
+                client,
+                method: req.method().clone(),
+                host,
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |pq| pq.as_str())
+                    .to_string(),
+                version: req.version(),
+                status: 0,
+                bytes: 0,
+                duration: Duration::ZERO,
+                upstream: None,
+                upstream_time: None,
+                cache: None,
+                request_id: request_id.clone(),
+                referer: h.get(header::REFERER).cloned(),
+                user_agent: h.get(header::USER_AGENT).cloned(),
+            })
+        });
+        Start {
+            started,
+            method: req.method().clone(),
+            listener,
+            entry,
+        }
+    }
+
+    /// Attaches the recording to `resp`: done now for an empty body, else
+    /// when its body ends or is dropped.
+    pub fn finish(
+        self,
+        snap: Arc<Snapshot>,
+        outcome: Outcome,
+        resp: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        let mut done = Done {
+            snap,
+            listener: self.listener,
+            route: outcome.route,
+            method: metrics::method_index(&self.method),
+            status: resp.status().as_u16(),
+            started: self.started,
+            bytes: 0,
+            entry: self.entry,
+        };
+        if let Some(e) = &mut done.entry {
+            e.upstream = outcome.upstream;
+            e.upstream_time = outcome.upstream_time;
+            e.cache = outcome.cache;
+        }
+        if resp.body().is_end_stream() {
+            done.record();
+            return resp;
+        }
+        resp.map(|inner| {
+            ObservedBody {
+                inner,
+                done: Some(done),
+            }
+            .boxed()
+        })
+    }
+}
+
+struct Done {
+    snap: Arc<Snapshot>,
+    listener: usize,
+    route: Option<usize>,
+    method: usize,
+    status: u16,
+    started: Instant,
+    bytes: u64,
+    entry: Option<Box<Entry>>,
+}
+
+impl Done {
+    fn record(self) {
+        let elapsed = self.started.elapsed();
+        if let Some(m) = self.snap.metrics.requests(self.listener, self.route) {
+            m.record(self.method, metrics::class_index(self.status), elapsed);
+        }
+        if let Some(mut e) = self.entry {
+            e.status = self.status;
+            e.bytes = self.bytes;
+            e.duration = elapsed;
+            access_log::send(e);
+        }
+    }
+}
+
+/// A response body that records its request when it ends or is dropped.
+struct ObservedBody {
+    inner: ProxyBody,
+    done: Option<Done>,
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(d), Some(data)) = (&mut this.done, frame.data_ref()) {
+                    d.bytes += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    if let Some(d) = this.done.take() {
+                        d.record();
+                    }
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                if let Some(d) = this.done.take() {
+                    d.record();
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        if let Some(d) = self.done.take() {
+            d.record();
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Retry policy pieces that are not about which member comes next: the
+//! backoff between attempts and the per-pool retry budget.
+//!
+//! The budget compares two decaying rates, requests and retries over about
+//! the last second, kept in atomics: a retry is allowed while retries stay
+//! under `retry_budget` of the request rate, or under
+//! `min_retries_per_second`, whichever is more. In a full outage this caps
+//! upstream traffic at (1 + budget) times the client traffic instead of
+//! (1 + retries) times.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Exponential backoff with full jitter before attempt `attempt` (1 for the
+/// first retry): uniform in `0..=min(base * 2^(attempt-1), 10 * base)`.
+pub fn backoff(base: Duration, attempt: u32, rng: &mut fastrand::Rng) -> Duration {
+    if base.is_zero() || attempt == 0 {
+        return Duration::ZERO;
+    }
+    let base_us = u64::try_from(base.as_micros()).unwrap_or(u64::MAX / 16);
+    let cap = base_us
+        .saturating_mul(1 << (attempt - 1).min(16))
+        .min(base_us.saturating_mul(10));
+    Duration::from_micros(rng.u64(0..=cap))
+}
+
+/// Events per second over a sliding one-second window: the current
+/// second's count plus the previous second's, weighted by how much of it
+/// still overlaps the window.
+#[derive(Debug, Default)]
+struct Rate {
+    /// The second `current` counts.
+    second: AtomicU64,
+    current: AtomicU64,
+    previous: AtomicU64,
+}
+
+impl Rate {
+    fn roll(&self, now_ms: u64) {
+        let second = now_ms / 1000;
+        let seen = self.second.load(Ordering::Acquire);
+        if second != seen
+            && self
+                .second
+                .compare_exchange(seen, second, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let last = self.current.swap(0, Ordering::AcqRel);
+            let previous = if second == seen + 1 { last } else { 0 };
+            self.previous.store(previous, Ordering::Release);
+        }
+    }
+
+    fn add(&self, now_ms: u64) {
+        self.roll(now_ms);
+        self.current.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn per_second(&self, now_ms: u64) -> f64 {
+        self.roll(now_ms);
+        let into = (now_ms % 1000) as f64 / 1000.0;
+        self.previous.load(Ordering::Acquire) as f64 * (1.0 - into)
+            + self.current.load(Ordering::Acquire) as f64
+    }
+}
+
+/// One pool's retry budget.
+#[derive(Debug)]
+pub struct RetryBudget {
+    ratio: f64,
+    min_per_second: f64,
+    requests: Rate,
+    retries: Rate,
+}
+
+impl RetryBudget {
+    pub fn new(ratio: f64, min_per_second: u32) -> RetryBudget {
+        RetryBudget {
+            ratio,
+            min_per_second: f64::from(min_per_second),
+            requests: Rate::default(),
+            retries: Rate::default(),
+        }
+    }
+
+    /// Counts one client request to the pool.
+    pub fn request(&self, now_ms: u64) {
+        self.requests.add(now_ms);
+    }
+
+    /// Takes one retry from the budget, if there is room.
+    pub fn try_retry(&self, now_ms: u64) -> bool {
+        let allowed = (self.requests.per_second(now_ms) * self.ratio).max(self.min_per_second);
+        if self.retries.per_second(now_ms) + 1.0 <= allowed {
+            self.retries.add(now_ms);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_and_capped_at_ten_times_the_base() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let base = Duration::from_millis(10);
+        assert_eq!(backoff(Duration::ZERO, 3, &mut rng), Duration::ZERO);
+        for attempt in 1..=8u32 {
+            let cap = Duration::from_millis(10 * (1u64 << (attempt - 1)).min(10));
+            let samples: Vec<Duration> =
+                (0..200).map(|_| backoff(base, attempt, &mut rng)).collect();
+            assert!(samples.iter().all(|d| *d <= cap), "attempt {attempt}");
+            // Full jitter: spread over the whole range, not clustered at the cap.
+            assert!(samples.iter().any(|d| *d < cap / 4), "attempt {attempt}");
+            assert!(
+                samples.iter().any(|d| *d > cap * 3 / 4),
+                "attempt {attempt}"
+            );
+        }
+    }
+
+    #[test]
+    fn budget_allows_its_share_of_the_request_rate() {
+        let b = RetryBudget::new(0.2, 0);
+        let t = 10_000;
+        for _ in 0..100 {
+            b.request(t);
+        }
+        let granted = (0..100).filter(|_| b.try_retry(t)).count();
+        assert_eq!(granted, 20);
+    }
+
+    #[test]
+    fn budget_always_allows_the_minimum_per_second() {
+        let b = RetryBudget::new(0.2, 3);
+        let t = 5_000;
+        b.request(t);
+        assert_eq!((0..10).filter(|_| b.try_retry(t)).count(), 3);
+        // A second later the window has moved on: three more.
+        assert_eq!((0..10).filter(|_| b.try_retry(t + 2_000)).count(), 3);
+    }
+
+    #[test]
+    fn the_window_slides() {
+        let r = Rate::default();
+        for _ in 0..10 {
+            r.add(1_000);
+        }
+        assert_eq!(r.per_second(1_999), 10.0);
+        // Half-way through the next second, half of the last one counts.
+        assert!((r.per_second(2_500) - 5.0).abs() < 1e-9);
+        assert_eq!(r.per_second(4_000), 0.0);
+    }
+}

@@ -1,0 +1,395 @@
+//! The access log of the real daemon: JSON and combined lines matched one
+//! to one with the requests sent, the file reopened on SIGUSR1 after log
+//! rotation renamed it, and request ids kept or generated as the contract
+//! says (and the same id upstream, in the response and in the log).
+
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use http::{Method, Request};
+
+fn config(app: SocketAddr, format: &str, path: &Path) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[[route]]
+name = "main"
+hosts = ["app.test"]
+pool = "app"
+
+[pool.app]
+servers = [ {{ addr = "{app}" }} ]
+
+[access_log]
+format = "{format}"
+path = "{}"
+"#,
+        path.display()
+    )
+}
+
+/// Waits until `path` holds at least `n` lines and returns them.
+fn lines(path: &Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= n {
+            // Nothing more should follow.
+            std::thread::sleep(Duration::from_millis(100));
+            let again = std::fs::read_to_string(path).unwrap_or_default();
+            return again.lines().map(str::to_string).collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} lines in {path:?}:\n{text}",
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn with_id(method: Method, path: &str, host: &str, id: Option<&str>) -> Request<TestBody> {
+    let mut req = request(method, path, host, empty());
+    if let Some(id) = id {
+        req.headers_mut()
+            .insert("x-request-id", id.parse().unwrap());
+    }
+    req
+}
+
+fn is_uuid_v4(s: &str) -> bool {
+    let b = s.as_bytes();
+    s.len() == 36
+        && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
+        && b[14] == b'4'
+        && s.bytes()
+            .enumerate()
+            .all(|(i, c)| [8, 13, 18, 23].contains(&i) || c.is_ascii_hexdigit())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_match_requests_one_to_one() {
+    let app = Origin::hello().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let d = Daemon::start(&config(app.addr, "json", &log));
+    let http = d.addr("http");
+
+    // (method, path, host, status, id sent)
+    let sent: Vec<(Method, String, &str, u16, Option<&str>)> = vec![
+        (
+            Method::GET,
+            "/a?x=1".into(),
+            "app.test",
+            200,
+            Some("client-id-1"),
+        ),
+        (Method::POST, "/b".into(), "app.test", 200, None),
+        (Method::GET, "/c".into(), "nowhere.test", 404, None),
+        (Method::HEAD, "/d".into(), "app.test", 200, Some("bad id")),
+    ];
+    let mut replies = Vec::new();
+    for (m, p, h, _, id) in &sent {
+        replies.push(h1(http, with_id(m.clone(), p, h, *id)).await);
+    }
+    let mut h2 = h2c_conn(http).await;
+    let h2_reply = h2_send(
+        &mut h2,
+        h2_request(Method::GET, "http://app.test/e", empty()),
+    )
+    .await;
+
+    let lines = lines(&log, sent.len() + 1);
+    assert_eq!(lines.len(), sent.len() + 1, "{lines:#?}");
+    let entries: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for ((method, path, host, status, id), reply) in sent.iter().zip(&replies) {
+        assert_eq!(reply.status, *status);
+        let matching: Vec<&serde_json::Value> = entries
+            .iter()
+            .filter(|e| e["path"] == path.as_str())
+            .collect();
+        assert_eq!(matching.len(), 1, "{path}: {lines:#?}");
+        let e = matching[0];
+        assert_eq!(e["method"], method.as_str());
+        assert_eq!(e["host"], *host);
+        assert_eq!(e["status"], *status);
+        assert_eq!(e["proto"], "HTTP/1.1");
+        assert_eq!(e["client"], "127.0.0.1");
+        assert_eq!(e["bytes"], reply.body.len() as u64, "{e}");
+        assert!(e["duration_ms"].as_f64().unwrap() >= 0.0);
+        assert!(
+            humantime::parse_rfc3339(e["ts"].as_str().unwrap()).is_ok(),
+            "{e}"
+        );
+        assert!(e["cache"].is_null());
+        let rid = e["request_id"].as_str().unwrap();
+        assert_eq!(Some(rid), reply.header("x-request-id"), "{e}");
+        match id {
+            Some(kept) if !kept.contains(' ') => assert_eq!(rid, *kept),
+            _ => assert!(is_uuid_v4(rid), "{rid}"),
+        }
+        if *status == 404 {
+            assert!(e["upstream"].is_null());
+            assert!(e["upstream_ms"].is_null());
+        } else {
+            assert_eq!(e["upstream"], app.addr.to_string());
+            assert!(e["upstream_ms"].as_f64().unwrap() >= 0.0);
+        }
+    }
+    let e = entries.iter().find(|e| e["path"] == "/e").unwrap();
+    assert_eq!(e["proto"], "HTTP/2");
+    assert_eq!(e["host"], "app.test");
+    assert_eq!(e["request_id"].as_str(), h2_reply.header("x-request-id"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn combined_lines_match_requests() {
+    let app = Origin::hello().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let d = Daemon::start(&config(app.addr, "combined", &log));
+    let http = d.addr("http");
+    let mut req = with_id(Method::GET, "/x?q=1", "app.test", Some("rid-7"));
+    req.headers_mut()
+        .insert("user-agent", "tester/1.0".parse().unwrap());
+    req.headers_mut()
+        .insert("referer", "http://ref.test/".parse().unwrap());
+    let r = h1(http, req).await;
+    assert_eq!(r.status, 200);
+    let r404 = h1(http, with_id(Method::GET, "/y", "nowhere.test", None)).await;
+
+    let lines = lines(&log, 2);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let first = &lines[0];
+    assert!(first.starts_with("127.0.0.1 - - ["), "{first}");
+    assert!(
+        first.contains(" +0000] \"GET /x?q=1 HTTP/1.1\" 200 "),
+        "{first}"
+    );
+    assert!(
+        first.contains(&format!(" 200 {} ", r.body.len())),
+        "{first}"
+    );
+    assert!(
+        first.contains("\"http://ref.test/\" \"tester/1.0\""),
+        "{first}"
+    );
+    assert!(first.contains(" host=\"app.test\" "), "{first}");
+    assert!(
+        first.contains(&format!(" upstream={} ", app.addr)),
+        "{first}"
+    );
+    assert!(first.contains(" cache=- "), "{first}");
+    assert!(first.ends_with(" request_id=rid-7"), "{first}");
+    let second = &lines[1];
+    assert!(second.contains("\"GET /y HTTP/1.1\" 404 "), "{second}");
+    assert!(second.contains(" upstream=- upstream_ms=- "), "{second}");
+    let rid = r404.header("x-request-id").unwrap();
+    assert!(second.ends_with(&format!(" request_id={rid}")), "{second}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_the_file_after_rotation() {
+    let app = Origin::hello().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let rotated = dir.path().join("access.log.1");
+    let d = Daemon::start(&config(app.addr, "json", &log));
+    let http = d.addr("http");
+
+    for i in 0..3 {
+        h1(
+            http,
+            request(Method::GET, &format!("/before/{i}"), "app.test", empty()),
+        )
+        .await;
+    }
+    assert_eq!(lines(&log, 3).len(), 3);
+    std::fs::rename(&log, &rotated).unwrap();
+    d.signal("USR1");
+    d.wait_for_log("access log reopened");
+    for i in 0..2 {
+        h1(
+            http,
+            request(Method::GET, &format!("/after/{i}"), "app.test", empty()),
+        )
+        .await;
+    }
+    let fresh = lines(&log, 2);
+    assert_eq!(fresh.len(), 2, "{fresh:#?}");
+    assert!(fresh.iter().all(|l| l.contains("/after/")), "{fresh:#?}");
+    let old = lines(&rotated, 3);
+    assert_eq!(old.len(), 3, "{old:#?}");
+    assert!(old.iter().all(|l| l.contains("/before/")), "{old:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_kept_or_generated_and_sent_upstream() {
+    let app = Origin::hello().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&config(app.addr, "json", &dir.path().join("a.log")));
+    let http = d.addr("http");
+    let long_ok = "a".repeat(128);
+    let too_long = "a".repeat(129);
+    let cases: Vec<(Option<&str>, bool)> = vec![
+        (Some("abc.DEF_123:-"), true),
+        (Some(long_ok.as_str()), true),
+        (Some(too_long.as_str()), false),
+        (Some("semi;colon"), false),
+        (Some("has space"), false),
+        (None, false),
+    ];
+    for (i, (id, kept)) in cases.iter().enumerate() {
+        let r = h1(http, with_id(Method::GET, "/", "app.test", *id)).await;
+        assert_eq!(r.status, 200);
+        let returned = r.header("x-request-id").expect("id returned").to_string();
+        let seen = app.seen();
+        let upstream: Vec<_> = seen[i].headers.get_all("x-request-id").iter().collect();
+        assert_eq!(upstream.len(), 1, "{upstream:?}");
+        assert_eq!(upstream[0].to_str().unwrap(), returned);
+        if *kept {
+            assert_eq!(Some(returned.as_str()), *id);
+        } else {
+            assert!(is_uuid_v4(&returned), "{returned}");
+        }
+    }
+    // Generated ids differ.
+    let a = get(http, "/").await;
+    let b = get(http, "/").await;
+    assert_ne!(a.header("x-request-id"), b.header("x-request-id"));
+    // Locally generated answers carry one too.
+    let r = h1(
+        http,
+        with_id(Method::GET, "/", "nowhere.test", Some("mine")),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("x-request-id"), Some("mine"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_carry_the_request_span() {
+    let dead = dead_addr();
+    let config = format!(
+        r#"
+[[listener]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[[route]]
+name = "main"
+pool = "app"
+
+[pool.app]
+servers = [ {{ addr = "{dead}" }} ]
+
+[log]
+level = "info"
+"#
+    );
+    let d = Daemon::start(&config);
+    let r = h1(
+        d.addr("http"),
+        with_id(Method::GET, "/", "localhost", Some("trace-me")),
+    )
+    .await;
+    assert_eq!(r.status, 502);
+    let log = d.wait_for_log("upstream attempt failed");
+    let line = log
+        .lines()
+        .find(|l| l.contains("upstream attempt failed"))
+        .unwrap();
+    assert!(line.contains("request{id=trace-me"), "{line}");
+    assert!(line.contains("route=main"), "{line}");
+    assert!(line.contains("pool=app"), "{line}");
+    assert!(line.contains(&format!("member={dead}")), "{line}");
+}
+
+/// `[log] format = "json"` and `[access_log] path = "stdout"`: the daemon
+/// started by hand to read both of its output streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_format_and_stdout_access_log() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let app = Origin::hello().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    let text = config(app.addr, "json", Path::new("stdout"))
+        + "\n[log]\nformat = \"json\"\nlevel = \"info\"\n";
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let _guard = Kill(child);
+
+    let mut addr = None;
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        let fields = &v["fields"];
+        if fields["message"] == "listening" {
+            assert_eq!(fields["listener"], "http", "{line}");
+            addr = Some(
+                fields["addr"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<SocketAddr>()
+                    .unwrap(),
+            );
+        }
+        if fields["message"] == "ready" {
+            break;
+        }
+    }
+    let addr = addr.expect("a listening line");
+    let r = h1(
+        addr,
+        with_id(Method::GET, "/json", "app.test", Some("json-1")),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["path"], "/json");
+    assert_eq!(v["request_id"], "json-1");
+    assert_eq!(v["status"], 200);
+}
