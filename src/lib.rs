@@ -32,6 +32,7 @@ pub mod router;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;
+pub mod workers;
 
 pub use config::Config;
 pub use lifecycle::run;

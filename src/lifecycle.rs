@@ -18,15 +18,15 @@ use crate::config::Config;
 use crate::listener::{self, Listener};
 use crate::proxy::State;
 use crate::snapshot::Snapshot;
+use crate::workers;
 
 /// Runs the daemon with `config` (loaded from `path`, re-read on SIGHUP)
-/// until a stop signal, then drains. Blocks the calling thread.
+/// until a stop signal, then drains. Blocks the calling thread, which
+/// becomes the control thread; requests are served by the worker threads
+/// ([`crate::workers`]).
 pub fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if config.server.workers > 0 {
-        rt.worker_threads(config.server.workers);
-    }
-    let rt = rt
+    workers::set_count(workers::resolve(config.server.workers));
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -67,19 +67,59 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut accept_loops = Vec::new();
+    let (done_tx, done_rx) = watch::channel(false);
+    // Every worker accepts from every listener: the sockets are shared (one
+    // kernel accept queue each), as are the limits on what they accept.
+    let mut sockets = Vec::new();
     for l in bound {
         let addr = l.local_addr()?;
         tracing::info!(listener = %l.name, addr = %addr, tls = l.tls, "listening");
         let limits = state.load().config.limits_for(&l.name).clone();
-        accept_loops.push(tokio::spawn(listener::serve(
-            l,
+        let shared = listener::Shared::new(&l.name, &state, &limits);
+        sockets.push((l.name, l.tls, l.socket.into_std()?, shared));
+    }
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut threads = Vec::new();
+    for index in 0..workers::count() {
+        let mut mine = Vec::new();
+        for (name, tls, socket, shared) in &sockets {
+            mine.push((name.clone(), *tls, socket.try_clone()?, shared.clone()));
+        }
+        let (state, graceful, stop_rx, mut done_rx, closed_tx) = (
             state.clone(),
-            limits,
             graceful.clone(),
             stop_rx.clone(),
-        )));
+            done_rx.clone(),
+            closed_tx.clone(),
+        );
+        threads.push(workers::spawn(index, move || async move {
+            let mut loops = Vec::new();
+            for (name, tls, socket, shared) in mine {
+                match tokio::net::TcpListener::from_std(socket) {
+                    Ok(socket) => loops.push(tokio::spawn(listener::serve(
+                        Listener { name, socket, tls },
+                        state.clone(),
+                        shared,
+                        graceful.clone(),
+                        stop_rx.clone(),
+                    ))),
+                    Err(e) => {
+                        tracing::error!(listener = %name, error = %e, "worker cannot use listener")
+                    }
+                }
+            }
+            for task in loops {
+                let _ = task.await;
+            }
+            drop(graceful);
+            drop(closed_tx);
+            // Keep serving this worker's in-flight connections until the
+            // control thread has drained (or given up on) them.
+            let _ = done_rx.wait_for(|done| *done).await;
+        })?);
     }
+    drop(closed_tx);
+    drop(sockets);
     if let Some(socket) = admin_socket {
         let addr = socket.local_addr()?;
         tracing::info!(listener = %"admin", addr = %addr, tls = false, "listening");
@@ -108,9 +148,8 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     tracing::info!(timeout = ?drain_timeout, "stopping: no new connections, draining in-flight requests");
     let _ = stop_tx.send(true);
-    for task in accept_loops {
-        let _ = task.await;
-    }
+    // Every worker drops its sender once its accept loops have returned.
+    let _ = closed_rx.recv().await;
     tracing::info!("listeners closed");
     // Every accept loop has returned, so this is the last reference.
     let drain = async move {
@@ -122,6 +161,10 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     match tokio::time::timeout(drain_timeout, drain).await {
         Ok(()) => tracing::info!("drained; exiting"),
         Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
+    }
+    let _ = done_tx.send(true);
+    for t in threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     crate::access_log::shutdown();
     Ok(())

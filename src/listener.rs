@@ -1,6 +1,8 @@
-//! Accept loops: one task per listener accepts TCP connections (bounded by
-//! `max_connections`), terminates TLS where configured, and serves HTTP/1.1
-//! and HTTP/2 (ALPN over TLS, prior knowledge on plain TCP) with hyper.
+//! Accept loops: every worker thread runs one task per listener, all
+//! accepting from the same listening socket (bounded together by
+//! `max_connections`); each connection then lives on the worker that
+//! accepted it. TLS is terminated where configured, and HTTP/1.1 and HTTP/2
+//! (ALPN over TLS, prior knowledge on plain TCP) are served with hyper.
 //! HTTP/1.1 bytes pass through the framing guard ([`crate::framing`]) on
 //! their way to hyper.
 
@@ -103,26 +105,48 @@ fn guard_limits(limits: &Limits) -> GuardLimits {
     }
 }
 
-/// Accepts connections until `stop` flips, handing each to its own task.
-/// Connections are registered with `graceful` so shutdown can drain them.
+/// What the accept loops of one listener share across worker threads: the
+/// connection slots, the per-client counts and the metrics handles.
+#[derive(Clone)]
+pub struct Shared {
+    permits: Arc<Semaphore>,
+    per_client: Arc<PerClient>,
+    metrics: Arc<ListenerMetrics>,
+}
+
+impl Shared {
+    pub fn new(name: &str, state: &State, limits: &Limits) -> Shared {
+        // Listener names and order never change on reload.
+        let index = state
+            .load()
+            .config
+            .listeners
+            .iter()
+            .position(|l| *l.name == *name)
+            .unwrap_or(0);
+        Shared {
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            per_client: PerClient::new(),
+            metrics: Arc::new(ListenerMetrics::new(name, index)),
+        }
+    }
+}
+
+/// Accepts connections until `stop` flips, handing each to its own task on
+/// the calling worker. Connections are registered with `graceful` so
+/// shutdown can drain them.
 pub async fn serve(
     listener: Listener,
     state: State,
-    limits: Limits,
+    shared: Shared,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let per_client = PerClient::new();
-    // Listener names and order never change on reload.
-    let index = state
-        .load()
-        .config
-        .listeners
-        .iter()
-        .position(|l| *l.name == *listener.name)
-        .unwrap_or(0);
-    let metrics = Arc::new(ListenerMetrics::new(&listener.name, index));
+    let Shared {
+        permits,
+        per_client,
+        metrics,
+    } = shared;
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {

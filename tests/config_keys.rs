@@ -81,7 +81,12 @@ async fn workers_sets_the_runtime_thread_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_reused_then_closed_after_idle_timeout() {
     let mut origin = counting_origin().await;
-    let d = Daemon::start(&simple_config(&[origin.addr], "idle_timeout = \"200ms\""));
+    // Idle connections are pooled per worker thread: one worker makes the
+    // count exact.
+    let d = Daemon::start(&format!(
+        "[server]\nworkers = 1\n{}",
+        simple_config(&[origin.addr], "idle_timeout = \"200ms\"")
+    ));
     for _ in 0..5 {
         assert_eq!(get(d.addr("http"), "/").await.status, 200);
     }

@@ -119,7 +119,9 @@ pub struct Pool {
     pub name: String,
     pub policy: Policy,
     members: ArcSwap<MemberSet>,
-    client: Client<ClosableConnector, ProxyBody>,
+    /// One client (and so one idle-connection pool) per worker thread, so a
+    /// request and its upstream connection live on the same thread.
+    clients: Box<[Client<ClosableConnector, ProxyBody>]>,
     response_timeout: Duration,
     /// The config this pool was built from, to keep it across reloads when
     /// unchanged (idle connections and balancer position survive).
@@ -167,18 +169,22 @@ impl Pool {
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(config.idle_timeout)
-            .pool_max_idle_per_host(config.max_idle_per_server)
-            .set_host(false)
-            .build(ClosableConnector::new(connector));
+        let clients = (0..crate::workers::count())
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .pool_idle_timeout(config.idle_timeout)
+                    .pool_max_idle_per_host(config.max_idle_per_server)
+                    .set_host(false)
+                    .build(ClosableConnector::new(connector.clone()))
+            })
+            .collect();
         Pool {
             name: config.name.clone(),
             policy: config.policy,
             members: ArcSwap::from_pointee(MemberSet::new(config.policy, active, Vec::new())),
-            client,
+            clients,
             response_timeout: config.response_timeout,
             config: config.clone(),
             budget: RetryBudget::new(config.retry_budget, config.min_retries_per_second),
@@ -362,7 +368,8 @@ impl Pool {
         req: http::Request<ProxyBody>,
         sent: oneshot::Receiver<()>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let response = self.client.request(req);
+        let client = &self.clients[crate::workers::index() % self.clients.len()];
+        let response = client.request(req);
         let deadline = async {
             // If the body is dropped unsent the request fails on its own.
             let _ = sent.await;
