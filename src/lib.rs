@@ -22,6 +22,7 @@ pub mod body;
 pub mod client_limits;
 pub mod config;
 pub mod framing;
+mod io;
 pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
