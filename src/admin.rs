@@ -282,24 +282,98 @@ fn limits_table(l: &Limits) -> toml::Table {
 }
 
 fn pool_table(p: &PoolConfig) -> toml::Table {
+    use toml::Value;
     let servers = p
         .servers
         .iter()
         .map(|s| {
-            toml::Value::Table(table([
+            Value::Table(table([
                 ("addr", string(s.addr.to_string())),
                 ("weight", int(s.weight)),
+                ("max_connections", int(s.max_connections)),
             ]))
         })
         .collect();
-    table([
+    let flags = |list: &[(bool, &str)]| {
+        Value::Array(
+            list.iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, name)| string(*name))
+                .collect(),
+        )
+    };
+    let r = &p.retry_on;
+    let mut t = table([
         ("policy", string(p.policy.as_str())),
-        ("servers", toml::Value::Array(servers)),
+        ("servers", Value::Array(servers)),
         ("connect_timeout", duration(p.connect_timeout)),
         ("response_timeout", duration(p.response_timeout)),
         ("idle_timeout", duration(p.idle_timeout)),
         ("max_idle_per_server", int(p.max_idle_per_server)),
-    ])
+        ("retries", int(p.retries)),
+        (
+            "retry_on",
+            flags(&[
+                (r.connect, "connect"),
+                (r.reset, "reset"),
+                (r.timeout, "timeout"),
+                (r.status_502, "502"),
+                (r.status_503, "503"),
+                (r.status_504, "504"),
+            ]),
+        ),
+        ("retry_backoff", duration(p.retry_backoff)),
+        ("retry_budget", Value::Float(p.retry_budget)),
+        ("min_retries_per_second", int(p.min_retries_per_second)),
+        ("max_pending", int(p.max_pending)),
+        ("panic_threshold", Value::Float(p.panic_threshold)),
+        ("slow_start", duration(p.slow_start)),
+        ("resolve_interval", duration(p.resolve_interval)),
+    ]);
+    if let Some(h) = &p.health {
+        let ranges: Vec<String> = h
+            .expect_status
+            .iter()
+            .map(|(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
+            .collect();
+        let kind = match h.kind {
+            crate::config::HealthKind::Http => "http",
+            crate::config::HealthKind::Tcp => "tcp",
+        };
+        t.insert(
+            "health".into(),
+            Value::Table(table([
+                ("kind", string(kind)),
+                ("path", string(&h.path)),
+                ("expect_status", string(ranges.join(","))),
+                ("interval", duration(h.interval)),
+                ("timeout", duration(h.timeout)),
+                ("rise", int(h.rise)),
+                ("fall", int(h.fall)),
+            ])),
+        );
+    }
+    let o = &p.outlier;
+    t.insert(
+        "outlier".into(),
+        Value::Table(table([
+            ("consecutive_failures", int(o.consecutive_failures)),
+            (
+                "failures",
+                flags(&[(o.count_connect, "connect"), (o.count_5xx, "5xx")]),
+            ),
+            ("eject_for", duration(o.eject_for)),
+            ("max_eject_for", duration(o.max_eject_for)),
+            ("max_ejected_percent", int(o.max_ejected_percent)),
+        ])),
+    );
+    t
 }
 
 /// The running config with every default filled in, as TOML. Private key

@@ -83,10 +83,10 @@ async fn upstream_connections_are_reused_then_closed_after_idle_timeout() {
     let mut origin = counting_origin().await;
     // Idle connections are pooled per worker thread: one worker makes the
     // count exact.
-    let d = Daemon::start(&format!(
-        "[server]\nworkers = 1\n{}",
-        simple_config(&[origin.addr], "idle_timeout = \"200ms\"")
-    ));
+    let d = Daemon::start(&one_worker(&simple_config(
+        &[origin.addr],
+        "idle_timeout = \"200ms\"",
+    )));
     for _ in 0..5 {
         assert_eq!(get(d.addr("http"), "/").await.status, 200);
     }

@@ -771,7 +771,9 @@ async fn malformed_or_ambiguous_upstream_responses_get_502_and_a_closed_connecti
     ];
     for (what, first) in cases {
         let origin = raw_origin(first).await;
-        let d = Daemon::start(&simple_config(&[origin.addr], ""));
+        // Upstream connections are pooled per worker thread: one worker
+        // makes the connection counts exact.
+        let d = Daemon::start(&one_worker(&simple_config(&[origin.addr], "")));
         let r = get(d.addr("http"), "/bad").await;
         assert_eq!(r.status, 502, "{what}: {}", r.text());
         assert!(!r.text().contains("smuggled"), "{what}");
@@ -791,7 +793,9 @@ async fn good_upstream_connections_are_still_reused() {
     // Control for the test above: without a bad response, one connection
     // serves every request.
     let origin = raw_origin(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst").await;
-    let d = Daemon::start(&simple_config(&[origin.addr], ""));
+    // Upstream connections are pooled per worker thread: one worker
+    // makes the connection counts exact.
+    let d = Daemon::start(&one_worker(&simple_config(&[origin.addr], "")));
     assert_eq!(get(d.addr("http"), "/1").await.text(), "first");
     assert_eq!(get(d.addr("http"), "/2").await.text(), "ok 1");
     assert_eq!(get(d.addr("http"), "/3").await.text(), "ok 1");
@@ -804,7 +808,9 @@ async fn upstream_body_with_broken_chunks_is_not_relayed_as_complete() {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n",
     )
     .await;
-    let d = Daemon::start(&simple_config(&[origin.addr], ""));
+    // Upstream connections are pooled per worker thread: one worker
+    // makes the connection counts exact.
+    let d = Daemon::start(&one_worker(&simple_config(&[origin.addr], "")));
     let mut stream = TcpStream::connect(d.addr("http")).await.unwrap();
     stream
         .write_all(b"GET /bad HTTP/1.1\r\nHost: a\r\n\r\n")

@@ -391,6 +391,12 @@ servers = [ {} ]
     )
 }
 
+/// `config` with `[server] workers = 1`: upstream connections are pooled per
+/// worker thread, so tests that count them need a single worker.
+pub fn one_worker(config: &str) -> String {
+    format!("[server]\nworkers = 1\n{config}")
+}
+
 // ---------------------------------------------------------------- clients --
 
 /// A collected response.
