@@ -105,11 +105,16 @@ async fn at_most_max_ejected_percent_of_the_pool_is_ejected() {
     for _ in 0..6 {
         assert_eq!(get(d.addr("http"), "/").await.status, 502);
     }
-    let log = d.log();
+    // Log lines may trail the responses: wait for them rather than race.
+    let log = d.wait_for_log("to=ejected");
+    let kept = if log.contains(&ejected(a)) { b } else { a };
+    // The member that stayed in is still tried by every request.
+    let log = d.wait_for_log_count(
+        &format!("upstream attempt failed route=main pool=app member={kept}"),
+        6,
+    );
     let ejections = log.matches("to=ejected").count();
     assert_eq!(ejections, 1, "{log}");
-    // The member that stayed in is still tried by every request.
-    let kept = if log.contains(&ejected(a)) { b } else { a };
     assert!(attempts_on(&log, kept) >= 6, "{log}");
 }
 
