@@ -23,6 +23,11 @@ use crate::framing::{FramingGuard, GuardLimits, Verdicts};
 use crate::metrics::ListenerMetrics;
 use crate::proxy::{self, ConnInfo, State};
 
+/// A busier worker waits up to this many rounds of [`ACCEPT_DEFER`] before
+/// accepting anyway.
+const ACCEPT_DEFER_ROUNDS: usize = 2;
+const ACCEPT_DEFER: Duration = Duration::from_millis(1);
+
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -155,6 +160,14 @@ pub async fn serve(
             },
             _ = stop.changed() => return,
         };
+        // Leave new connections to a less loaded worker for a moment, but
+        // never for long: that worker may be stuck or gone.
+        for _ in 0..ACCEPT_DEFER_ROUNDS {
+            if !crate::workers::busier_than_others() {
+                break;
+            }
+            tokio::time::sleep(ACCEPT_DEFER).await;
+        }
         let (stream, client) = tokio::select! {
             r = listener.socket.accept() => match r {
                 Ok(pair) => pair,
@@ -196,7 +209,9 @@ pub async fn serve(
         });
         let state = state.clone();
         let watcher = graceful.watcher();
+        let open = crate::workers::OpenConnection::new();
         tokio::spawn(async move {
+            let _open = open;
             let _permit = permit;
             let _slot = slot;
             let builder = http_builder(&limits);

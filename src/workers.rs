@@ -10,9 +10,15 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 static COUNT: OnceLock<usize> = OnceLock::new();
+/// Open client connections per worker, to spread new ones evenly.
+static OPEN: OnceLock<Box<[AtomicUsize]>> = OnceLock::new();
+/// How many more connections than the least loaded worker a worker may hold
+/// before it leaves new ones to the others for a moment.
+const SLACK: usize = 2;
 
 thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
@@ -29,7 +35,9 @@ pub fn resolve(workers: usize) -> usize {
 
 /// Records the worker count for the process (first call wins).
 pub fn set_count(n: usize) {
-    let _ = COUNT.set(n.max(1));
+    let n = n.max(1);
+    let _ = COUNT.set(n);
+    let _ = OPEN.set((0..n).map(|_| AtomicUsize::new(0)).collect());
 }
 
 /// The worker count, 1 until [`set_count`] runs.
@@ -40,6 +48,53 @@ pub fn count() -> usize {
 /// The calling thread's worker index (0 on any non-worker thread).
 pub fn index() -> usize {
     INDEX.with(Cell::get)
+}
+
+/// Counts an open client connection on the calling worker until dropped.
+pub struct OpenConnection(usize);
+
+impl OpenConnection {
+    pub fn new() -> OpenConnection {
+        let me = index();
+        if let Some(slot) = OPEN.get().and_then(|o| o.get(me)) {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+        OpenConnection(me)
+    }
+}
+
+impl Default for OpenConnection {
+    fn default() -> Self {
+        OpenConnection::new()
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(slot) = OPEN.get().and_then(|o| o.get(self.0)) {
+            slot.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether the calling worker holds clearly more open connections than the
+/// least loaded one. All workers accept from the same sockets and whichever
+/// wakes first wins, so a burst of new connections can land on one worker
+/// while another idles; a busier worker briefly leaves the accept to the
+/// others (as nginx's accept_disabled does).
+pub fn busier_than_others() -> bool {
+    let Some(open) = OPEN.get() else {
+        return false;
+    };
+    let me = index();
+    let mine = open.get(me).map_or(0, |c| c.load(Ordering::Relaxed));
+    let least = open
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != me)
+        .map(|(_, c)| c.load(Ordering::Relaxed))
+        .min();
+    least.is_some_and(|least| mine > least + SLACK)
 }
 
 /// Starts worker `index`: a thread with its own current-thread runtime that
