@@ -127,27 +127,7 @@ async fn tls_key_paths_are_redacted() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = pki.issue(dir.path(), "site", &["localhost"]);
     let app = Origin::hello().await;
-    let config = format!(
-        r#"
-[[listener]]
-name = "tls"
-listen = "127.0.0.1:0"
-[listener.tls]
-certs = [ {{ cert = "{}", key = "{}" }} ]
-
-[[route]]
-pool = "app"
-
-[pool.app]
-servers = [ {{ addr = "{}" }} ]
-
-[admin]
-listen = "127.0.0.1:0"
-"#,
-        cert.display(),
-        key.display(),
-        app.addr
-    );
+    let config = tls_admin_config(&cert, &key, app.addr);
     let d = Daemon::start_in(dir, &config);
     let r = call(d.addr("admin"), Method::GET, "/config", None).await;
     assert_eq!(r.status, 200);

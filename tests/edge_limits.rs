@@ -11,7 +11,7 @@ mod common;
 use common::*;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -312,26 +312,6 @@ async fn header_read_timeout_does_not_end_an_idle_keepalive_connection() {
 }
 
 // -------------------------------------------------------- min body rate --
-
-/// An origin that counts request bodies it received completely.
-async fn body_counting_origin() -> (Origin, Arc<AtomicUsize>) {
-    let complete = Arc::new(AtomicUsize::new(0));
-    let c = complete.clone();
-    let origin = Origin::serve(move |req: Request<Incoming>, _| {
-        let c = c.clone();
-        async move {
-            match req.into_body().collect().await {
-                Ok(body) => {
-                    c.fetch_add(1, Ordering::SeqCst);
-                    Response::new(full(format!("got {}", body.to_bytes().len())))
-                }
-                Err(e) => Response::new(full(format!("body error {e}"))),
-            }
-        }
-    })
-    .await;
-    (origin, complete)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_slower_than_min_body_rate_gets_408() {

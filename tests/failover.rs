@@ -5,8 +5,6 @@ mod common;
 use common::*;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode};
@@ -44,54 +42,6 @@ async fn echo() -> Origin {
             .unwrap()
     })
     .await
-}
-
-/// An origin that reads the request and never answers.
-async fn silent() -> Origin {
-    Origin::serve(|req, _addr| async move {
-        let _ = req.into_body().collect().await;
-        std::future::pending::<Response<TestBody>>().await
-    })
-    .await
-}
-
-/// A raw TCP listener that accepts connections and resets them at once
-/// (`SO_LINGER` 0, so the close is an RST), counting them.
-struct Resetter {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Resetter {
-    async fn start() -> Resetter {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                if let Ok((stream, _)) = listener.accept().await {
-                    count.fetch_add(1, Ordering::SeqCst);
-                    // Linger 0 never blocks: the close is an immediate RST.
-                    #[allow(deprecated)]
-                    let _ = stream.set_linger(Some(Duration::ZERO));
-                    drop(stream);
-                }
-            }
-        });
-        Resetter {
-            addr,
-            accepted,
-            task,
-        }
-    }
-}
-
-impl Drop for Resetter {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// An HTTP/1.1 origin that can be killed the way a crashed process goes
@@ -422,7 +372,7 @@ async fn reset_before_response_is_retried_for_get() {
         assert_eq!(r.header("x-origin"), Some(live.addr.to_string().as_str()));
     }
     assert_eq!(live.hits(), 4);
-    assert!(resetter.accepted.load(Ordering::SeqCst) >= 2);
+    assert!(resetter.accepted() >= 2);
     let log = d.log_count("upstream attempt failed", 2).await;
     let line = failure_for(&log, resetter.addr);
     assert!(line.contains("retry=true"), "{line}");
@@ -442,5 +392,5 @@ async fn reset_before_response_gives_502_for_post() {
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 502]);
     assert_eq!(live.hits(), 1);
-    assert_eq!(resetter.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(resetter.accepted(), 1);
 }

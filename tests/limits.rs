@@ -5,13 +5,9 @@ mod common;
 use common::*;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use http::{Request, Response};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -277,26 +273,6 @@ async fn overlong_target_gets_414() {
 }
 
 // ----------------------------------------------------------- body limits --
-
-/// An origin that counts request bodies it received completely.
-async fn body_counting_origin() -> (Origin, Arc<AtomicUsize>) {
-    let complete = Arc::new(AtomicUsize::new(0));
-    let c = complete.clone();
-    let origin = Origin::serve(move |req: Request<Incoming>, _| {
-        let c = c.clone();
-        async move {
-            match req.into_body().collect().await {
-                Ok(body) => {
-                    c.fetch_add(1, Ordering::SeqCst);
-                    Response::new(full(format!("got {}", body.to_bytes().len())))
-                }
-                Err(e) => Response::new(full(format!("body error {e}"))),
-            }
-        }
-    })
-    .await;
-    (origin, complete)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_limit_with_content_length_gets_413_without_the_origin() {

@@ -525,27 +525,7 @@ async fn tls_handshakes_and_failures_are_counted() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = pki.issue(dir.path(), "site", &["localhost"]);
     let app = origin().await;
-    let config = format!(
-        r#"
-[[listener]]
-name = "tls"
-listen = "127.0.0.1:0"
-[listener.tls]
-certs = [ {{ cert = "{}", key = "{}" }} ]
-
-[[route]]
-pool = "app"
-
-[pool.app]
-servers = [ {{ addr = "{}" }} ]
-
-[admin]
-listen = "127.0.0.1:0"
-"#,
-        cert.display(),
-        key.display(),
-        app.addr
-    );
+    let config = tls_admin_config(&cert, &key, app.addr);
     let d = Daemon::start_in(dir, &config);
     let (tls, admin) = (d.addr("tls"), d.addr("admin"));
     let client = pki.client_config(&[b"h2"], &[&rustls::version::TLS13]);

@@ -176,20 +176,12 @@ async fn answering(status: u16) -> Origin {
     .await
 }
 
-/// An origin that reads requests and never answers.
-async fn hanging() -> Origin {
-    Origin::serve(|_req, _addr: SocketAddr| async move {
-        std::future::pending::<Response<TestBody>>().await
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_killed_erroring_hanging_get_sees_no_errors() {
     let killed = dead_addr();
     let healthy = answering(200).await;
     let erroring = answering(503).await;
-    let hangs = hanging().await;
+    let hangs = silent().await;
     // Round-robin order: dead, healthy, erroring, hanging. Whatever member
     // a request starts on, at most two bad members come before the healthy
     // one once earlier failures have ejected their member, so `retries = 2`

@@ -8,13 +8,10 @@ mod common;
 use common::*;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// An origin answering every request with `status`.
@@ -28,48 +25,6 @@ async fn answering(status: u16) -> Origin {
             .unwrap()
     })
     .await
-}
-
-/// Accepts connections and resets them at once, counting them: every
-/// connection is one attempt that reached the member.
-struct Resetter {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Resetter {
-    async fn start() -> Resetter {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                if let Ok((stream, _)) = listener.accept().await {
-                    count.fetch_add(1, Ordering::SeqCst);
-                    #[allow(deprecated)]
-                    let _ = stream.set_linger(Some(Duration::ZERO));
-                    drop(stream);
-                }
-            }
-        });
-        Resetter {
-            addr,
-            accepted,
-            task,
-        }
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Resetter {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// An origin that holds every request until the gate opens.

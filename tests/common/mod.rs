@@ -358,6 +358,81 @@ impl Drop for Origin {
     }
 }
 
+/// An origin that reads each request and never answers.
+pub async fn silent() -> Origin {
+    Origin::serve(|req, _addr| async move {
+        let _ = req.into_body().collect().await;
+        std::future::pending::<Response<TestBody>>().await
+    })
+    .await
+}
+
+/// An origin that counts the request bodies it received completely and
+/// answers `got <len>` (or `body error ...`).
+pub async fn body_counting_origin() -> (Origin, Arc<AtomicUsize>) {
+    let complete = Arc::new(AtomicUsize::new(0));
+    let c = complete.clone();
+    let origin = Origin::serve(move |req: Request<Incoming>, _| {
+        let c = c.clone();
+        async move {
+            match req.into_body().collect().await {
+                Ok(body) => {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    Response::new(full(format!("got {}", body.to_bytes().len())))
+                }
+                Err(e) => Response::new(full(format!("body error {e}"))),
+            }
+        }
+    })
+    .await;
+    (origin, complete)
+}
+
+/// A raw TCP listener that accepts connections and resets them at once
+/// (`SO_LINGER` 0, so the close is an RST), counting them: every connection
+/// is one attempt that reached the member.
+pub struct Resetter {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Resetter {
+    pub async fn start() -> Resetter {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok((stream, _)) = listener.accept().await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    // Linger 0 never blocks: the close is an immediate RST.
+                    #[allow(deprecated)]
+                    let _ = stream.set_linger(Some(Duration::ZERO));
+                    drop(stream);
+                }
+            }
+        });
+        Resetter {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    /// Connections accepted (and reset) so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Resetter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// An address on 127.0.0.1 where nothing listens (connections are refused).
 pub fn dead_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -388,6 +463,31 @@ servers = [ {} ]
 {pool_extra}
 "#,
         list.join(", ")
+    )
+}
+
+/// A TLS listener `tls` (one certificate pair) routing to `origin`, plus an
+/// admin listener, both on ephemeral ports.
+pub fn tls_admin_config(cert: &Path, key: &Path, origin: SocketAddr) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "tls"
+listen = "127.0.0.1:0"
+[listener.tls]
+certs = [ {{ cert = "{}", key = "{}" }} ]
+
+[[route]]
+pool = "app"
+
+[pool.app]
+servers = [ {{ addr = "{origin}" }} ]
+
+[admin]
+listen = "127.0.0.1:0"
+"#,
+        cert.display(),
+        key.display(),
     )
 }
 
