@@ -113,7 +113,7 @@ fn main() -> std::process::ExitCode {
         .flat_map(|p| p.servers.iter())
         .flat_map(|s| s.addr.resolve_blocking().unwrap_or_default())
         .collect();
-    sluice::init_logging();
+    sluice::init_logging(&config.log);
     start_origins(addrs);
     eprintln!("try: curl -i http://127.0.0.1:8080/   or   curl -ik https://localhost:8443/");
     match sluice::run(path, config) {

@@ -38,15 +38,9 @@ pub mod workers;
 pub use config::Config;
 pub use lifecycle::run;
 
-/// Sets up `tracing` output on stderr at level `info` in the pretty
-/// format (`RUST_LOG` overrides the level).
-pub fn init_logging() {
-    init_logging_with(&config::LogConfig::default());
-}
-
 /// Sets up `tracing` output on stderr as `[log]` says; `RUST_LOG`, when
 /// set, wins over `[log] level`.
-pub fn init_logging_with(log: &config::LogConfig) {
+pub fn init_logging(log: &config::LogConfig) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         println!("config OK");
         return ExitCode::SUCCESS;
     }
-    sluice::init_logging_with(&config.log);
+    sluice::init_logging(&config.log);
     match sluice::run(cli.config, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -399,10 +399,6 @@ impl Config {
         }
     }
 
-    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
-        self.pools.iter().find(|p| p.name == name)
-    }
-
     /// The limits that apply on listener `name`: its own `[listener.limits]`
     /// over `[limits]`.
     pub fn limits_for(&self, name: &str) -> &Limits {
