@@ -20,6 +20,8 @@ fn route(name: &str, hosts: &[&str], prefix: &str, pool: &str) -> RouteConfig {
         path_prefix: prefix.to_string(),
         pool: pool.to_string(),
         rate_limit: None,
+        cache: None,
+        compress: false,
     }
 }
 

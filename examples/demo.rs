@@ -40,10 +40,18 @@ async fn answer(
         header("x-forwarded-for"),
         header("via"),
     );
+    // Under /static/ the demo says its answers may be cached for a minute
+    // (the shipped config caches that route).
+    let cache_control = if req.uri().path().starts_with("/static/") {
+        "public, max-age=60"
+    } else {
+        "no-store"
+    };
     // Drain any request body so the connection can be reused.
     let _ = req.into_body().collect().await?;
     Ok(Response::builder()
         .header("content-type", "text/plain; charset=utf-8")
+        .header("cache-control", cache_control)
         .header("x-origin", origin.to_string())
         .body(Full::new(Bytes::from(text)))
         .unwrap_or_default())

@@ -10,11 +10,17 @@
 //! | `/upstreams` | GET | pools and member states as JSON |
 //! | `/config` | GET | the effective config as TOML, secrets redacted |
 //! | `/reload` | POST | reloads the config file, as SIGHUP does |
+//! | `/cache/purge?url=U` | POST | removes every cached response of URL `U` |
+//! | `/cache/purge?prefix=P` | POST | ... of every URL starting with `P` |
+//! | `/cache/purge?tag=T` | POST | ... tagged `T` (`Surrogate-Key` / `Cache-Tag`) |
+//! | `/cache/purge?all=true` | POST | ... everything |
+//!
+//! A purge answers `{"purged": N}`, the number of responses removed.
 //!
 //! Clients outside `allow` get 403; with a `token`, requests without
 //! `Authorization: Bearer <token>` get 401 (except `/healthz` and
 //! `/readyz`, which probes use and which reveal nothing); unknown paths get
-//! 404 and a wrong method 405. Cache purge endpoints come with the cache.
+//! 404 and a wrong method 405.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -134,13 +140,14 @@ fn authorized(config: &AdminConfig, req: &Request<Incoming>) -> bool {
 }
 
 /// The endpoints and the one method each accepts.
-const ENDPOINTS: [(&str, Method); 6] = [
+const ENDPOINTS: [(&str, Method); 7] = [
     ("/metrics", Method::GET),
     ("/healthz", Method::GET),
     ("/readyz", Method::GET),
     ("/upstreams", Method::GET),
     ("/config", Method::GET),
     ("/reload", Method::POST),
+    ("/cache/purge", Method::POST),
 ];
 
 async fn handle(admin: &Admin, client: SocketAddr, req: Request<Incoming>) -> Response<AdminBody> {
@@ -178,10 +185,25 @@ async fn handle(admin: &Admin, client: SocketAddr, req: Request<Incoming>) -> Re
         return resp;
     }
     match path {
-        "/metrics" => typed(
-            crate::metrics::get().render(),
-            "text/plain; version=0.0.4; charset=utf-8",
-        ),
+        "/metrics" => {
+            snap.cache.refresh_gauges();
+            typed(
+                crate::metrics::get().render(),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        }
+        "/cache/purge" => {
+            let target = purge_target(req.uri().query().unwrap_or(""));
+            let _ = req.into_body().collect().await;
+            match target {
+                Ok(target) => {
+                    let purged = crate::cache::purge::purge(snap.cache.store.as_ref(), &target);
+                    tracing::info!(?target, purged, "cache purge");
+                    typed(format!("{{\"purged\":{purged}}}\n"), "application/json")
+                }
+                Err(why) => text(StatusCode::BAD_REQUEST, why + "\n"),
+            }
+        }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if admin.health.is_ready() {
@@ -210,6 +232,53 @@ async fn handle(admin: &Admin, client: SocketAddr, req: Request<Incoming>) -> Re
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The purge a `/cache/purge` query names: exactly one of `url`, `prefix`,
+/// `tag` or `all=true`, percent-encoded.
+fn purge_target(query: &str) -> Result<crate::cache::purge::Target, String> {
+    use crate::cache::purge::{canonical_url, Target};
+    let mut found = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).ok_or_else(|| format!("{name}: bad percent-encoding"))?;
+        let target = match name {
+            "url" => Target::Url(canonical_url(&value)?),
+            "prefix" if value.is_empty() => return Err("prefix: must not be empty".into()),
+            "prefix" => Target::Prefix(value),
+            "tag" if value.is_empty() => return Err("tag: must not be empty".into()),
+            "tag" => Target::Tag(value),
+            "all" if value == "true" || value == "1" => Target::All,
+            "all" => return Err("all: use all=true".into()),
+            other => {
+                return Err(format!(
+                    "unknown parameter \"{other}\"; use url, prefix, tag or all"
+                ))
+            }
+        };
+        if found.replace(target).is_some() {
+            return Err("give exactly one of url, prefix, tag or all".into());
+        }
+    }
+    found.ok_or_else(|| "give one of url=, prefix=, tag= or all=true".into())
+}
+
+/// `%XX` escapes decoded; `None` for a broken escape or non-UTF-8 result.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// `GET /upstreams`: the contract's JSON, pretty-printed.
@@ -455,6 +524,24 @@ pub fn effective_toml(c: &Config) -> String {
                     ])),
                 );
             }
+            if r.compress {
+                t.insert("compress".into(), Value::Boolean(true));
+            }
+            if let Some(spec) = &r.cache {
+                t.insert("cache".into(), Value::Boolean(true));
+                let strings = |v: Vec<String>| Value::Array(v.into_iter().map(string).collect());
+                t.insert(
+                    "cache_key_headers".into(),
+                    strings(spec.headers.iter().map(|h| h.to_string()).collect()),
+                );
+                t.insert("cache_key_cookies".into(), strings(spec.cookies.clone()));
+                let ignored = match &spec.ignore_params {
+                    crate::config::IgnoreParams::None => Vec::new(),
+                    crate::config::IgnoreParams::Named(n) => n.clone(),
+                    crate::config::IgnoreParams::All => vec!["*".to_string()],
+                };
+                t.insert("cache_key_ignore_params".into(), strings(ignored));
+            }
             Value::Table(t)
         })
         .collect();
@@ -490,6 +577,41 @@ pub fn effective_toml(c: &Config) -> String {
             ])),
         );
     }
+    let cache = &c.cache;
+    root.insert(
+        "cache".into(),
+        Value::Table(table([
+            ("max_size", int(cache.max_size)),
+            ("max_object_size", int(cache.max_object_size)),
+            ("status_header", Value::Boolean(cache.status_header)),
+            ("lock_timeout", duration(cache.lock_timeout)),
+            ("serve_stale_on_error", duration(cache.serve_stale_on_error)),
+            ("store_set_cookie", Value::Boolean(cache.store_set_cookie)),
+            (
+                "purge_allow",
+                Value::Array(
+                    cache
+                        .purge_allow
+                        .iter()
+                        .map(|n| string(n.to_string()))
+                        .collect(),
+                ),
+            ),
+        ])),
+    );
+    let z = &c.compression;
+    root.insert(
+        "compression".into(),
+        Value::Table(table([
+            (
+                "algorithms",
+                Value::Array(z.algorithms.iter().map(|a| string(a.as_str())).collect()),
+            ),
+            ("min_size", int(z.min_size)),
+            ("types", Value::Array(z.types.iter().map(string).collect())),
+            ("level", string(z.level.as_str())),
+        ])),
+    );
     let log_format = match c.log.format {
         crate::config::LogFormat::Pretty => "pretty",
         crate::config::LogFormat::Json => "json",

@@ -19,7 +19,9 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod cache;
 pub mod client_limits;
+pub mod compress;
 pub mod config;
 pub mod framing;
 mod io;

@@ -13,9 +13,8 @@
 //! live in the pools themselves; [`UpstreamCollector`] reads them from the
 //! current snapshot at scrape time, so they cost nothing per request.
 //!
-//! Not recorded yet: the cache (`sluice_cache_*`) and compression
-//! (`sluice_compression_*`) metrics are registered and exported at 0 until
-//! those features exist.
+//! Not recorded yet: the compression (`sluice_compression_*`) metrics are
+//! registered and exported at 0 until compression exists.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -383,6 +382,8 @@ pub struct SnapshotMetrics {
     slots: usize,
     requests: Box<[RequestMetrics]>,
     members: Box<[Box<[MemberMetrics]>]>,
+    /// `sluice_cache_lookups_total` per route, by [`CACHE_RESULTS`] index.
+    cache: Box<[[IntCounter; CACHE_RESULTS.len()]]>,
 }
 
 impl SnapshotMetrics {
@@ -397,11 +398,13 @@ impl SnapshotMetrics {
         }
         // Cache lookup series exist at 0 for every route from the start.
         let m = get();
-        for r in &config.routes {
-            for result in CACHE_RESULTS {
-                m.cache_lookups.with_label_values(&[&r.name, result]);
-            }
-        }
+        let cache = config
+            .routes
+            .iter()
+            .map(|r| {
+                CACHE_RESULTS.map(|result| m.cache_lookups.with_label_values(&[&r.name, result]))
+            })
+            .collect();
         let members = pools
             .iter()
             .map(|p| {
@@ -417,6 +420,7 @@ impl SnapshotMetrics {
             slots,
             requests: requests.into(),
             members,
+            cache,
         }
     }
 
@@ -425,6 +429,17 @@ impl SnapshotMetrics {
     pub fn requests(&self, listener: usize, route: Option<usize>) -> Option<&RequestMetrics> {
         let slot = route.unwrap_or(self.slots - 1).min(self.slots - 1);
         self.requests.get(listener * self.slots + slot)
+    }
+
+    /// Counts one cache lookup of route `route` with `result` (one of
+    /// [`CACHE_RESULTS`]).
+    pub fn cache_lookup(&self, route: usize, result: &str) {
+        if let (Some(counters), Some(i)) = (
+            self.cache.get(route),
+            CACHE_RESULTS.iter().position(|r| *r == result),
+        ) {
+            counters[i].inc();
+        }
     }
 
     /// Records one upstream attempt on member `addr` of pool `pool` (its

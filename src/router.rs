@@ -111,6 +111,8 @@ mod tests {
             path_prefix: prefix.to_string(),
             pool: pool.to_string(),
             rate_limit: None,
+            cache: None,
+            compress: false,
         }
     }
 

@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub connection_rates: HashMap<String, Arc<ConnectionLimiter>>,
     /// Pre-resolved metric handles for the request path.
     pub metrics: crate::metrics::SnapshotMetrics,
+    /// The response cache; carried over by reloads that keep its size.
+    pub cache: Arc<crate::cache::Cache>,
 }
 
 impl Snapshot {
@@ -64,7 +66,9 @@ impl Snapshot {
             previous.map(|p| &p.connection_rates),
         );
         let metrics = crate::metrics::SnapshotMetrics::build(&config, &pools);
+        let cache = crate::cache::Cache::carry_over(previous.map(|p| &p.cache), &config.cache);
         Ok(Snapshot {
+            cache,
             metrics,
             config: Arc::new(config),
             router,

@@ -589,3 +589,31 @@ servers = [ {{ addr = "127.0.0.1:9001" }} ]
     assert!(!err.contains(" ready "), "{err}");
     drop(taken);
 }
+
+#[test]
+fn check_reports_bad_cache_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = VALID.replace(
+        "pool = \"app\"",
+        "pool = \"app\"\ncache_key_headers = [\"x-tenant\"]",
+    ) + "\n[cache]\nmax_size = \"1MiB\"\nmax_object_size = \"2MiB\"\nlock_timeout = \"0s\"\npurge_allow = [\"10.0.0.0/40\"]\n";
+    let (path, err) = check_fails(dir.path(), "cache.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "[\"x-tenant\"]")),
+        "route[0].cache_key_headers",
+        "has no effect without cache = true",
+    );
+    assert_error(&err, &path, Some(pos(&text, "\"2MiB\"")), "cache.max_object_size", "more than max_size");
+    assert_error(&err, &path, Some(pos(&text, "\"0s\"")), "cache.lock_timeout", "must be more than 0s");
+    assert_error(&err, &path, Some(pos(&text, "\"10.0.0.0/40\"")), "cache.purge_allow[0]", "prefix length");
+    assert_eq!(error_count(&err), 4, "{err}");
+
+    let bad_header = VALID.replace(
+        "pool = \"app\"",
+        "pool = \"app\"\ncache = true\ncache_key_headers = [\"bad header\"]",
+    );
+    let (path, err) = check_fails(dir.path(), "header.toml", &bad_header);
+    assert_error(&err, &path, Some(pos(&bad_header, "\"bad header\"")), "route[0].cache_key_headers[0]", "not a valid header name");
+}

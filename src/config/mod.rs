@@ -3,10 +3,14 @@
 //! only ever sees a [`Config`]; an invalid file yields every problem at once,
 //! each naming the file, the key path and, where known, the line and column.
 
+mod cache;
+mod compress;
 mod observe;
 mod raw;
 pub mod units;
 
+pub use cache::{CacheConfig, IgnoreParams, KeySpec};
+pub use compress::{Coding, CompressionConfig, Level};
 pub use observe::{
     AccessLogConfig, AccessLogFormat, AccessLogTarget, AdminConfig, Cidr, LogConfig, LogFormat,
 };
@@ -36,6 +40,10 @@ pub struct Config {
     pub access_log: Option<AccessLogConfig>,
     /// `[log]`: level and format of the daemon's own log.
     pub log: LogConfig,
+    /// `[cache]`: the shared response cache (used by routes with `cache = true`).
+    pub cache: CacheConfig,
+    /// `[compression]`: used by routes with `compress = true`.
+    pub compression: CompressionConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +84,10 @@ pub struct RouteConfig {
     pub path_prefix: String,
     pub pool: String,
     pub rate_limit: Option<RateLimitConfig>,
+    /// `cache = true`: what goes into this route's cache keys.
+    pub cache: Option<KeySpec>,
+    /// `compress = true`: responses are compressed per `[compression]`.
+    pub compress: bool,
 }
 
 /// `count` events per `per`, in bursts of up to `burst`: a token bucket.
@@ -622,6 +634,8 @@ impl Validator<'_> {
         let admin = self.admin(raw.admin.as_ref());
         let access_log = self.access_log(raw.access_log.as_ref());
         let log = self.log(&raw.log);
+        let cache = self.cache(raw.cache.as_ref());
+        let compression = self.compression(raw.compression.as_ref());
         if raw.server.workers > 1024 {
             self.error(
                 &[Seg::Key("server"), Seg::Key("workers")],
@@ -641,6 +655,8 @@ impl Validator<'_> {
             admin,
             access_log,
             log,
+            cache,
+            compression,
         }
     }
 
@@ -949,12 +965,23 @@ impl Validator<'_> {
                 });
                 RateLimitConfig { rate, key }
             });
+            let cache = self.route_cache(
+                i,
+                &cache::RawRouteCache {
+                    cache: r.cache,
+                    key_headers: r.cache_key_headers.as_deref(),
+                    key_cookies: r.cache_key_cookies.as_deref(),
+                    key_ignore_params: r.cache_key_ignore_params.as_deref(),
+                },
+            );
             out.push(RouteConfig {
                 name,
                 hosts,
                 path_prefix: r.path_prefix.clone(),
                 pool: r.pool.clone(),
                 rate_limit,
+                cache,
+                compress: r.compress,
             });
         }
         out

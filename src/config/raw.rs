@@ -28,6 +28,8 @@ pub struct RawConfig {
     pub access_log: Option<super::observe::RawAccessLog>,
     #[serde(default)]
     pub log: super::observe::RawLog,
+    pub cache: Option<super::cache::RawCache>,
+    pub compression: Option<super::compress::RawCompression>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +95,13 @@ pub struct RawRoute {
     pub path_prefix: String,
     pub pool: String,
     pub rate_limit: Option<RawRateLimit>,
+    #[serde(default)]
+    pub cache: bool,
+    pub cache_key_headers: Option<Vec<String>>,
+    pub cache_key_cookies: Option<Vec<String>>,
+    pub cache_key_ignore_params: Option<Vec<String>>,
+    #[serde(default)]
+    pub compress: bool,
 }
 
 /// `[[route]] rate_limit = { requests, per, burst, key }`.

@@ -24,9 +24,11 @@ use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
 use crate::body::{self, DownloadBody, MinRateBody, ProxyBody, UploadBody};
+use crate::config::Limits;
 use crate::framing::{Verdict, Verdicts};
 use crate::metrics::ListenerMetrics;
 use crate::ratelimit;
+use crate::router::Route;
 use crate::snapshot::Snapshot;
 use crate::upstream::balance::PickContext;
 use crate::upstream::outlier::Outcome;
@@ -92,7 +94,7 @@ pub async fn handle(
 }
 
 async fn respond_to(
-    snap: &Snapshot,
+    snap: &Arc<Snapshot>,
     conn: &ConnInfo,
     req: Request<Incoming>,
     outcome: &mut observe::Outcome,
@@ -127,7 +129,7 @@ async fn respond_to(
 /// `quota` is set when the route has a rate limit that allowed the request,
 /// so that whatever answers it carries the `RateLimit-*` fields.
 async fn proxy(
-    snap: &Snapshot,
+    snap: &Arc<Snapshot>,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     quota: &mut Option<ratelimit::Decision>,
@@ -180,7 +182,6 @@ async fn proxy(
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
     let received = parts.version;
-    let method = parts.method;
     let mut head = parts.headers;
     headers::strip_hop_by_hop(&mut head, upgrade.as_ref());
     headers::add_forwarding(
@@ -198,17 +199,95 @@ async fn proxy(
             head.insert(header::HOST, v);
         }
     }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_string();
-
-    let has_body = !incoming.is_end_stream();
-    let retryable = headers::is_idempotent(&method) && !has_body && upgrade.is_none();
-    let plan = match pool.plan(&PickContext {
+    let fwd = Forward {
+        method: parts.method,
+        head,
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string(),
+        received,
         client_ip: conn.client.ip().to_canonical(),
-    }) {
+    };
+    let upgrade = match (client_upgrade, upgrade) {
+        (Some(client), Some(token)) => Some(Upgrade { client, token }),
+        _ => None,
+    };
+    let route_config = snap.config.routes.get(route.index);
+    // With `compress = true` the response is compressed (or decoded) for
+    // this client on its way out, whoever produced it.
+    let compression = route_config
+        .filter(|r| r.compress)
+        .map(|_| (fwd.method.clone(), crate::compress::Accepted::parse(&fwd.head)));
+    let resp = match (route_config.and_then(|r| r.cache.as_ref()), &upgrade) {
+        (Some(spec), None) => {
+            let key = crate::cache::key::primary(
+                conn.https,
+                &authority.authority,
+                &fwd.path_and_query,
+                &fwd.head,
+                spec,
+            );
+            let peer = conn.client.ip();
+            crate::cache::respond(snap, route, key, peer, fwd, incoming, limits, outcome).await
+        }
+        _ => forward(snap, route, fwd, Some(incoming), upgrade, limits, outcome).await,
+    };
+    match compression {
+        Some((method, accepted)) => {
+            crate::compress::apply(&snap.config.compression, &method, &accepted, resp)
+        }
+        None => resp,
+    }
+}
+
+/// A request ready to go upstream: the client's head with hop-by-hop fields
+/// removed and forwarding fields added. Owned, so that the cache can send it
+/// again (a revalidation) or from a background task.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub method: Method,
+    pub head: http::HeaderMap,
+    pub path_and_query: String,
+    /// The client's HTTP version.
+    pub received: Version,
+    /// For `ip_hash` balancing.
+    pub client_ip: std::net::IpAddr,
+}
+
+/// A client's upgrade request (WebSocket and the like).
+pub struct Upgrade {
+    client: hyper::upgrade::OnUpgrade,
+    token: HeaderValue,
+}
+
+/// Sends `req` to the route's pool: picks members in the pool's order,
+/// retries idempotent requests whose attempt never reached a member, and
+/// maps every failure to a status. The response's hop-by-hop fields are
+/// already removed.
+pub(crate) async fn forward(
+    snap: &Snapshot,
+    route: &Route,
+    req: Forward,
+    incoming: Option<Incoming>,
+    upgrade: Option<Upgrade>,
+    limits: &Limits,
+    outcome: &mut observe::Outcome,
+) -> Response<ProxyBody> {
+    let Some(pool) = snap.pools.get(route.pool) else {
+        return local(StatusCode::NOT_FOUND, "no route for this host and path");
+    };
+    let Forward {
+        method,
+        mut head,
+        path_and_query,
+        received,
+        client_ip,
+    } = req;
+    let has_body = incoming.as_ref().is_some_and(|b| !b.is_end_stream());
+    let retryable = headers::is_idempotent(&method) && !has_body && upgrade.is_none();
+    let plan = match pool.plan(&PickContext { client_ip }) {
         Ok(plan) => plan,
         Err(unavailable) => return no_member(pool, unavailable.retry_after),
     };
@@ -221,11 +300,11 @@ async fn proxy(
     let too_large = Arc::new(AtomicBool::new(false));
     let too_slow = Arc::new(AtomicBool::new(false));
     let client_failed = Arc::new(AtomicBool::new(false));
-    let mut incoming = Some(incoming);
+    let mut incoming = incoming;
+    let mut upgrade = upgrade;
     let mut last_error = None;
     let mut last_status = None;
     let mut next = 0;
-
     for attempt in 0..attempts {
         if attempt > 0 {
             let pause = retry::backoff(
@@ -303,9 +382,9 @@ async fn proxy(
                     continue;
                 }
                 if status == StatusCode::SWITCHING_PROTOCOLS {
-                    if let (Some(client_side), Some(token)) = (client_upgrade, upgrade) {
+                    if let Some(Upgrade { client, token }) = upgrade.take() {
                         let upstream_side = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(client_side, upstream_side, in_flight));
+                        tokio::spawn(tunnel(client, upstream_side, in_flight));
                         return switching_protocols(resp, token);
                     }
                 }
@@ -451,10 +530,16 @@ fn head_bytes(req: &Request<Incoming>) -> usize {
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
+/// Marks a response sluice generated itself (an error page, not the
+/// upstream's answer), so that the cache never stores it.
+#[derive(Debug, Clone, Copy)]
+pub struct Generated;
+
 /// A short plain-text response generated by sluice itself.
 pub fn local(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let mut resp = Response::new(body::full(format!("{message}\n")));
     *resp.status_mut() = status;
+    resp.extensions_mut().insert(Generated);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

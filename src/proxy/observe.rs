@@ -31,7 +31,7 @@ pub struct Outcome {
     /// The member that answered (the last attempted one).
     pub upstream: Option<SocketAddr>,
     pub upstream_time: Option<Duration>,
-    /// The cache lookup result (none until the cache exists).
+    /// The cache lookup result, on caching routes.
     pub cache: Option<&'static str>,
 }
 
@@ -174,6 +174,9 @@ impl Start {
             bytes: 0,
             entry: self.entry,
         };
+        if let (Some(route), Some(result)) = (outcome.route, outcome.cache) {
+            done.snap.metrics.cache_lookup(route, result);
+        }
         if let Some(e) = &mut done.entry {
             e.upstream = outcome.upstream;
             e.upstream_time = outcome.upstream_time;

@@ -1,0 +1,1644 @@
+//! The decisions of a *shared* HTTP cache (RFC 9111), kept free of I/O and
+//! clocks: callers pass the headers and the times, so every rule can be
+//! tested on its own and the store and request flow only ask questions.
+//!
+//! - [`storable`]: may this response be stored at all (§3)?
+//! - [`freshness_lifetime`], [`corrected_initial_age`], [`current_age`]:
+//!   how long it stays fresh and how old it is (§4.2)
+//! - [`usable`], [`stale_if_error`]: may a stored response answer this
+//!   request, fresh or stale (§4.2.4, §5.2, RFC 5861)?
+//! - [`update_headers`]: refresh a stored head from a 304 (§3.2, §4.3.4)
+//! - [`none_match`], [`not_modified_since`], [`weaken_etag`]: conditional
+//!   requests answered from the cache (RFC 9110 §13, §8.8.1)
+//!
+//! Every header value comes from the network: nothing here panics on any
+//! input, and freshness information that does not parse errs towards
+//! "stale", never towards serving longer.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+/// RFC 9111 §1.2.2: larger delta-seconds values are taken as this.
+const DELTA_SECONDS_MAX: u64 = 2_147_483_648;
+
+/// The largest heuristic lifetime (§4.2.2 leaves the cap to the cache).
+pub const MAX_HEURISTIC: Duration = Duration::from_secs(86_400);
+
+/// Cache-Control directives (request or response), parsed from every
+/// Cache-Control field line (RFC 9111 §5.2).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CacheControl {
+    pub no_store: bool,
+    /// A qualified `no-cache="x"` is taken as unqualified: revalidating the
+    /// whole response is always allowed (§5.2.2.4).
+    pub no_cache: bool,
+    /// Qualified or not: a shared cache never stores it (§5.2.2.7).
+    pub private: bool,
+    pub public: bool,
+    /// Seconds; an invalid value is `Some(0)` (stale, §4.2.1).
+    pub max_age: Option<u64>,
+    /// Seconds; an invalid value is `Some(0)` (stale, §4.2.1).
+    pub s_maxage: Option<u64>,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    pub no_transform: bool,
+    pub must_understand: bool,
+    /// RFC 8246; parsed for callers, no effect on a shared cache's decisions.
+    pub immutable: bool,
+    /// RFC 5861 §3, seconds.
+    pub stale_while_revalidate: Option<u64>,
+    /// RFC 5861 §4, seconds (response or request).
+    pub stale_if_error: Option<u64>,
+    /// Request only; a bare `max-stale` is `u64::MAX` (any staleness).
+    pub max_stale: Option<u64>,
+    /// Request only, seconds.
+    pub min_fresh: Option<u64>,
+    /// Request only.
+    pub only_if_cached: bool,
+}
+
+impl CacheControl {
+    /// RFC 9111 §5.2: all Cache-Control lines form one comma-separated
+    /// list; names are case-insensitive, arguments a token or a
+    /// quoted-string; unknown directives are ignored and the first
+    /// occurrence of a directive wins (§4.2.1).
+    pub fn parse(headers: &HeaderMap) -> CacheControl {
+        let mut cc = CacheControl::default();
+        for line in headers.get_all(header::CACHE_CONTROL) {
+            for member in Members::new(line.as_bytes()) {
+                if let Some((name, arg)) = directive(member) {
+                    cc.apply(name, arg);
+                }
+            }
+        }
+        cc
+    }
+
+    fn apply(&mut self, name: &[u8], arg: Arg<'_>) {
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        if is("no-store") {
+            self.no_store = true;
+        } else if is("no-cache") {
+            self.no_cache = true;
+        } else if is("private") {
+            self.private = true;
+        } else if is("public") {
+            self.public = true;
+        } else if is("max-age") {
+            // §4.2.1: invalid freshness information is best taken as stale.
+            first(&mut self.max_age, Some(arg.delta_seconds().unwrap_or(0)));
+        } else if is("s-maxage") {
+            first(&mut self.s_maxage, Some(arg.delta_seconds().unwrap_or(0)));
+        } else if is("must-revalidate") {
+            self.must_revalidate = true;
+        } else if is("proxy-revalidate") {
+            self.proxy_revalidate = true;
+        } else if is("no-transform") {
+            self.no_transform = true;
+        } else if is("must-understand") {
+            self.must_understand = true;
+        } else if is("immutable") {
+            self.immutable = true;
+        } else if is("stale-while-revalidate") {
+            // These only widen what may be served, so an invalid one is dropped.
+            first(&mut self.stale_while_revalidate, arg.delta_seconds());
+        } else if is("stale-if-error") {
+            first(&mut self.stale_if_error, arg.delta_seconds());
+        } else if is("max-stale") {
+            let value = match arg {
+                Arg::Absent => Some(u64::MAX),
+                _ => arg.delta_seconds(),
+            };
+            first(&mut self.max_stale, value);
+        } else if is("min-fresh") {
+            first(&mut self.min_fresh, arg.delta_seconds());
+        } else if is("only-if-cached") {
+            self.only_if_cached = true;
+        }
+    }
+}
+
+/// Keeps the first valid occurrence of a valued directive.
+fn first(slot: &mut Option<u64>, value: Option<u64>) {
+    if slot.is_none() {
+        *slot = value;
+    }
+}
+
+/// Why a response may not be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStorable {
+    Method,
+    Status,
+    Partial,
+    NoStore,
+    Private,
+    Authorization,
+    SetCookie,
+    NoFreshness,
+    VaryStar,
+    MustUnderstand,
+}
+
+impl fmt::Display for NotStorable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NotStorable::Method => "method",
+            NotStorable::Status => "status",
+            NotStorable::Partial => "partial",
+            NotStorable::NoStore => "no-store",
+            NotStorable::Private => "private",
+            NotStorable::Authorization => "authorization",
+            NotStorable::SetCookie => "set-cookie",
+            NotStorable::NoFreshness => "no-freshness",
+            NotStorable::VaryStar => "vary-star",
+            NotStorable::MustUnderstand => "must-understand",
+        })
+    }
+}
+
+/// Operator choices that RFC 9111 leaves to the cache.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoreRules {
+    /// Set-Cookie is usually per user: stored only when the operator says so.
+    pub store_set_cookie: bool,
+}
+
+/// RFC 9111 §3 (+ §3.5 Authorization): may this response be stored by a
+/// shared cache? `method` is the method of the request sent upstream (only
+/// GET is stored; the caller turns HEAD misses into GET).
+pub fn storable(
+    method: &Method,
+    req: &HeaderMap,
+    status: StatusCode,
+    resp: &HeaderMap,
+    rules: &StoreRules,
+) -> Result<(), NotStorable> {
+    if *method != Method::GET {
+        return Err(NotStorable::Method);
+    }
+    match status.as_u16() {
+        // §3.3: ranges are not stored or combined.
+        206 => return Err(NotStorable::Partial),
+        // A 304 only updates a stored response (§4.3.4); 1xx are not final.
+        304 | 0..=199 => return Err(NotStorable::Status),
+        _ => {}
+    }
+    let req_cc = CacheControl::parse(req);
+    let resp_cc = CacheControl::parse(resp);
+    // §5.2.2.3: must-understand limits storage to caches that know the status
+    // and, for them, overrides no-store.
+    if resp_cc.must_understand && !understood(status) {
+        return Err(NotStorable::MustUnderstand);
+    }
+    // §5.2.1.5 (request) and §5.2.2.5 (response).
+    if req_cc.no_store || (resp_cc.no_store && !resp_cc.must_understand) {
+        return Err(NotStorable::NoStore);
+    }
+    if resp_cc.private {
+        return Err(NotStorable::Private);
+    }
+    // §3.5: only these directives let a shared cache reuse an authenticated answer.
+    if req.contains_key(header::AUTHORIZATION)
+        && !(resp_cc.public || resp_cc.s_maxage.is_some() || resp_cc.must_revalidate)
+    {
+        return Err(NotStorable::Authorization);
+    }
+    if resp.contains_key(header::SET_COOKIE) && !rules.store_set_cookie {
+        return Err(NotStorable::SetCookie);
+    }
+    // RFC 9110 §12.5.5: `Vary: *` never matches a later request.
+    if list_members(resp, header::VARY).any(|member| member == b"*") {
+        return Err(NotStorable::VaryStar);
+    }
+    let explicit = resp_cc.public
+        || resp_cc.max_age.is_some()
+        || resp_cc.s_maxage.is_some()
+        || resp.contains_key(header::EXPIRES);
+    if !(explicit || heuristically_cacheable(status)) {
+        return Err(NotStorable::NoFreshness);
+    }
+    Ok(())
+}
+
+/// §5.2.2.3: the statuses whose caching rules this cache implements.
+fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// RFC 9110 §15.1: statuses that may be given a heuristic lifetime (§4.2.2).
+fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// RFC 9111 §4.2.1 freshness lifetime: s-maxage, then max-age, then Expires
+/// minus Date, then the heuristic (§4.2.2: a tenth of Date minus
+/// Last-Modified, capped at [`MAX_HEURISTIC`], only for heuristically
+/// cacheable statuses or when `public` is set). `response_time` stands in
+/// for a missing or invalid Date (RFC 9110 §6.6.1). An invalid or repeated
+/// Expires means already expired (§5.3).
+pub fn freshness_lifetime(
+    status: StatusCode,
+    resp: &HeaderMap,
+    cc: &CacheControl,
+    response_time: SystemTime,
+) -> Duration {
+    // A shared cache lets s-maxage win, and either one hides Expires (§5.3).
+    if let Some(seconds) = cc.s_maxage.or(cc.max_age) {
+        return Duration::from_secs(seconds);
+    }
+    let date = date_or(resp, response_time);
+    match http_date(resp, header::EXPIRES) {
+        Date::At(expires) => return expires.duration_since(date).unwrap_or(Duration::ZERO),
+        Date::Invalid => return Duration::ZERO,
+        Date::Absent => {}
+    }
+    if !(heuristically_cacheable(status) || cc.public) {
+        return Duration::ZERO;
+    }
+    match http_date(resp, header::LAST_MODIFIED) {
+        Date::At(modified) => {
+            let since = date.duration_since(modified).unwrap_or(Duration::ZERO);
+            (since / 10).min(MAX_HEURISTIC)
+        }
+        Date::Invalid | Date::Absent => Duration::ZERO,
+    }
+}
+
+/// RFC 9111 §4.2.3 corrected_initial_age from the response's Date and Age
+/// and the request/response times. Invalid Age is ignored (0, §5.1); Age
+/// above 2147483648 clamps (§1.2.2).
+pub fn corrected_initial_age(
+    resp: &HeaderMap,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Duration {
+    let date = date_or(resp, response_time);
+    let apparent_age = response_time.duration_since(date).unwrap_or(Duration::ZERO);
+    let response_delay = response_time
+        .duration_since(request_time)
+        .unwrap_or(Duration::ZERO);
+    let corrected_age_value = Duration::from_secs(age_value(resp)).saturating_add(response_delay);
+    apparent_age.max(corrected_age_value)
+}
+
+/// §4.2.3 current_age = corrected_initial_age + resident time (now minus
+/// response_time, 0 if the clock went back).
+pub fn current_age(
+    corrected_initial_age: Duration,
+    response_time: SystemTime,
+    now: SystemTime,
+) -> Duration {
+    let resident_time = now.duration_since(response_time).unwrap_or(Duration::ZERO);
+    corrected_initial_age.saturating_add(resident_time)
+}
+
+/// §5.1: the first member of the Age list; anything but delta-seconds is
+/// ignored.
+fn age_value(resp: &HeaderMap) -> u64 {
+    list_members(resp, header::AGE)
+        .next()
+        .and_then(|member| delta_seconds(member.iter().copied()))
+        .unwrap_or(0)
+}
+
+/// What a cache may do with a stored response for this request (§4.2.4,
+/// §5.2.1, RFC 5861 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Fresh enough for this request: serve it.
+    Fresh,
+    /// Stale but the request's max-stale allows it: serve it (the caller
+    /// should not revalidate).
+    StaleAllowed,
+    /// Stale within the response's stale-while-revalidate window: serve it
+    /// and refresh in the background.
+    StaleWhileRevalidate,
+    /// Must be validated with the origin before use.
+    Revalidate,
+}
+
+/// `req_cc` parsed from the request; `pragma_no_cache` is true when the
+/// request has `Pragma: no-cache` AND no Cache-Control field (§5.4: HTTP/1.0
+/// clients); `resp_cc` from the stored response. `lifetime` and `age` come
+/// from [`freshness_lifetime`] and [`current_age`].
+pub fn usable(
+    req_cc: &CacheControl,
+    pragma_no_cache: bool,
+    resp_cc: &CacheControl,
+    lifetime: Duration,
+    age: Duration,
+) -> Use {
+    // §5.2.1.4, §5.4, §5.2.2.4: validation asked for by either side.
+    if req_cc.no_cache || pragma_no_cache || resp_cc.no_cache {
+        return Use::Revalidate;
+    }
+    // §5.2.1.1: the client accepts nothing older, whatever max-stale says.
+    if req_cc
+        .max_age
+        .is_some_and(|max| age > Duration::from_secs(max))
+    {
+        return Use::Revalidate;
+    }
+    // §5.2.1.3: it must stay fresh for min-fresh more; a stale one never does.
+    if let Some(min) = req_cc.min_fresh {
+        match lifetime.checked_sub(age) {
+            Some(left) if left >= Duration::from_secs(min) => {}
+            _ => return Use::Revalidate,
+        }
+    }
+    // §4.2: fresh while age < lifetime, so a zero lifetime is never fresh.
+    if age < lifetime {
+        return Use::Fresh;
+    }
+    // §5.2.2.2, §5.2.2.8, and §5.2.2.10 (s-maxage implies proxy-revalidate).
+    if resp_cc.must_revalidate || resp_cc.proxy_revalidate || resp_cc.s_maxage.is_some() {
+        return Use::Revalidate;
+    }
+    let staleness = age.saturating_sub(lifetime);
+    if within(staleness, req_cc.max_stale) {
+        return Use::StaleAllowed;
+    }
+    if within(staleness, resp_cc.stale_while_revalidate) {
+        return Use::StaleWhileRevalidate;
+    }
+    Use::Revalidate
+}
+
+/// Is `staleness` inside a window of `seconds` (inclusive)?
+fn within(staleness: Duration, seconds: Option<u64>) -> bool {
+    seconds.is_some_and(|s| staleness <= Duration::from_secs(s))
+}
+
+/// RFC 5861 §4 stale-if-error, plus the operator's grace
+/// (`serve_stale_on_error`, ZERO = off): may a stale response be served
+/// because the origin failed or answered 5xx? Never when the stored response
+/// has must-revalidate, proxy-revalidate, s-maxage or no-cache (§5.2.2.2:
+/// such a response gets an error instead), or the request has no-cache /
+/// pragma. A request's stale-if-error also counts.
+pub fn stale_if_error(
+    req_cc: &CacheControl,
+    pragma_no_cache: bool,
+    resp_cc: &CacheControl,
+    staleness: Duration,
+    grace: Duration,
+) -> bool {
+    if resp_cc.must_revalidate
+        || resp_cc.proxy_revalidate
+        || resp_cc.s_maxage.is_some()
+        || resp_cc.no_cache
+        || req_cc.no_cache
+        || pragma_no_cache
+    {
+        return false;
+    }
+    within(staleness, resp_cc.stale_if_error)
+        || within(staleness, req_cc.stale_if_error)
+        || (!grace.is_zero() && staleness <= grace)
+}
+
+/// RFC 9111 §3.2 / §4.3.4: update a stored head with the fields of a 304
+/// (or HEAD) response: every field in `fresh` replaces all stored lines of
+/// that name, except the fields §3.2 exempts: those not stored (§3.1:
+/// hop-by-hop, those named in Connection, Proxy-Authenticate and the other
+/// proxy credentials), the ones the stored body depends on
+/// (Content-Encoding, Content-Length, and Transfer-Encoding), and the ones
+/// consumed on receipt (Content-Range). An ETag replacing a weak one is
+/// weakened, as a weak tag may mean the stored body was transformed.
+pub fn update_headers(stored: &mut HeaderMap, fresh: &HeaderMap) {
+    let connection_listed: Vec<&[u8]> = list_members(fresh, header::CONNECTION).collect();
+    let stored_weak = stored
+        .get(header::ETAG)
+        .is_some_and(|etag| trim_ows(etag.as_bytes()).starts_with(b"W/"));
+    for name in fresh.keys() {
+        if never_updated(name)
+            || connection_listed
+                .iter()
+                .any(|listed| listed.eq_ignore_ascii_case(name.as_str().as_bytes()))
+        {
+            continue;
+        }
+        let weaken = stored_weak && *name == header::ETAG;
+        stored.remove(name);
+        for value in fresh.get_all(name) {
+            let value = if weaken {
+                weaken_etag(value)
+            } else {
+                value.clone()
+            };
+            // Only fails past http's 32768-field limit: dropping is all we can do.
+            let _ = stored.try_append(name.clone(), value);
+        }
+    }
+}
+
+/// The fields §3.2 keeps from the stored response (names are lower case).
+fn never_updated(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        // Framing and coding of the stored body.
+        "content-length"
+            | "content-encoding"
+            | "content-range"
+            | "transfer-encoding"
+            // Hop-by-hop (RFC 9110 §7.6.1).
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "upgrade"
+            // Specific to a proxy (§3.1).
+            | "proxy-authenticate"
+            | "proxy-authentication-info"
+            | "proxy-authorization"
+    )
+}
+
+/// RFC 9110 §13.1.2 If-None-Match with weak comparison: does the field (all
+/// lines, lists, `*`, W/ prefixes) match `etag`? `*` matches whenever a
+/// stored response exists, with or without an ETag. Malformed members never
+/// match.
+pub fn none_match(if_none_match: &HeaderMap, etag: Option<&HeaderValue>) -> bool {
+    let target = etag.and_then(|etag| single_entity_tag(trim_ows(etag.as_bytes())));
+    if_none_match
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .any(|line| {
+            let line = trim_ows(line.as_bytes());
+            line == b"*" || target.is_some_and(|target| list_has_tag(line, target))
+        })
+}
+
+/// RFC 9110 §13.1.3 If-Modified-Since: true when the stored Last-Modified
+/// (or, lacking it, Date, per RFC 9111 §4.3.2) is not later than the
+/// field's date. Unparseable dates give false: the full response is sent.
+pub fn not_modified_since(if_modified_since: &HeaderValue, stored: &HeaderMap) -> bool {
+    let Some(since) = parse_date(if_modified_since) else {
+        return false;
+    };
+    let modified = match http_date(stored, header::LAST_MODIFIED) {
+        Date::At(modified) => modified,
+        Date::Invalid => return false,
+        Date::Absent => match http_date(stored, header::DATE) {
+            Date::At(date) => date,
+            Date::Invalid | Date::Absent => return false,
+        },
+    };
+    modified <= since
+}
+
+/// RFC 9110 §8.8.1: turn a strong ETag into a weak one (used when content is
+/// transformed, e.g. compressed). Already weak values are returned
+/// unchanged.
+pub fn weaken_etag(etag: &HeaderValue) -> HeaderValue {
+    let tag = trim_ows(etag.as_bytes());
+    if tag.starts_with(b"W/") {
+        return etag.clone();
+    }
+    let mut weak = Vec::with_capacity(tag.len() + 2);
+    weak.extend_from_slice(b"W/");
+    weak.extend_from_slice(tag);
+    // Cannot fail for bytes that were a valid value already.
+    match HeaderValue::from_bytes(&weak) {
+        Ok(mut value) => {
+            value.set_sensitive(etag.is_sensitive());
+            value
+        }
+        Err(_) => etag.clone(),
+    }
+}
+
+/// Does a comma-separated list of entity-tags hold one whose opaque-tag is
+/// `target` (weak comparison)? Malformed members are skipped.
+fn list_has_tag(list: &[u8], target: &[u8]) -> bool {
+    let mut rest = list;
+    loop {
+        rest = trim_start(rest, |b| is_ows(b) || b == b',');
+        if rest.is_empty() {
+            return false;
+        }
+        match entity_tag(rest) {
+            Some((opaque, after)) => {
+                let after = trim_start(after, is_ows);
+                match after.first() {
+                    None | Some(b',') => {
+                        if opaque == target {
+                            return true;
+                        }
+                        rest = after;
+                    }
+                    Some(_) => rest = past_comma(after),
+                }
+            }
+            None => rest = past_comma(rest),
+        }
+    }
+}
+
+/// A value that is exactly one entity-tag: its opaque-tag.
+fn single_entity_tag(value: &[u8]) -> Option<&[u8]> {
+    match entity_tag(value) {
+        Some((opaque, rest)) if rest.is_empty() => Some(opaque),
+        _ => None,
+    }
+}
+
+/// RFC 9110 §8.8.3 `entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE` at the start
+/// of `s`: the characters between the quotes, and what follows.
+fn entity_tag(s: &[u8]) -> Option<(&[u8], &[u8])> {
+    let s = s.strip_prefix(b"W/").unwrap_or(s);
+    let body = s.strip_prefix(b"\"")?;
+    let end = body.iter().position(|&b| b == b'"')?;
+    let (opaque, after) = body.split_at(end);
+    if !opaque.iter().all(|&b| is_etagc(b)) {
+        return None;
+    }
+    Some((opaque, after.get(1..).unwrap_or_default()))
+}
+
+fn is_etagc(b: u8) -> bool {
+    b == 0x21 || (0x23..=0x7e).contains(&b) || b >= 0x80
+}
+
+/// What follows the next comma, or nothing.
+fn past_comma(s: &[u8]) -> &[u8] {
+    match s.iter().position(|&b| b == b',') {
+        Some(comma) => s.get(comma + 1..).unwrap_or_default(),
+        None => &[],
+    }
+}
+
+/// A date field as RFC 9111 reads it: absent, unusable (unparseable or
+/// repeated), or a time.
+enum Date {
+    Absent,
+    Invalid,
+    At(SystemTime),
+}
+
+fn http_date(headers: &HeaderMap, name: HeaderName) -> Date {
+    let mut lines = headers.get_all(name).iter();
+    match (lines.next(), lines.next()) {
+        (None, _) => Date::Absent,
+        (Some(value), None) => parse_date(value).map_or(Date::Invalid, Date::At),
+        (Some(_), Some(_)) => Date::Invalid,
+    }
+}
+
+fn parse_date(value: &HeaderValue) -> Option<SystemTime> {
+    let text = value.to_str().ok()?;
+    httpdate::parse_http_date(text).ok()
+}
+
+/// The response's Date, or `fallback` when it is missing or invalid
+/// (RFC 9110 §6.6.1).
+fn date_or(resp: &HeaderMap, fallback: SystemTime) -> SystemTime {
+    match http_date(resp, header::DATE) {
+        Date::At(date) => date,
+        Date::Invalid | Date::Absent => fallback,
+    }
+}
+
+/// RFC 9110 §5.6.1: the non-empty, trimmed members of every line of a list
+/// field, in order.
+fn list_members(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|line| Members::new(line.as_bytes()))
+        .map(trim_ows)
+        .filter(|member| !member.is_empty())
+}
+
+/// Splits one field line at the commas outside quoted-strings (which may
+/// contain commas, e.g. `no-cache="a, b"`). Members are untrimmed and may be
+/// empty.
+struct Members<'a> {
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Members<'a> {
+    fn new(line: &'a [u8]) -> Self {
+        Members { rest: Some(line) }
+    }
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let line = self.rest?;
+        let mut quoted = false;
+        let mut escaped = false;
+        for (i, &b) in line.iter().enumerate() {
+            if quoted {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    quoted = false;
+                }
+            } else if b == b'"' {
+                quoted = true;
+            } else if b == b',' {
+                let (member, rest) = line.split_at(i);
+                self.rest = Some(rest.get(1..).unwrap_or_default());
+                return Some(member);
+            }
+        }
+        // An unterminated quoted-string runs to the end of the line.
+        self.rest = None;
+        Some(line)
+    }
+}
+
+/// A directive's argument, as written.
+#[derive(Clone, Copy)]
+enum Arg<'a> {
+    Absent,
+    Token(&'a [u8]),
+    /// Between the quotes, escapes not yet removed.
+    Quoted(&'a [u8]),
+    Malformed,
+}
+
+impl Arg<'_> {
+    /// RFC 9111 §1.2.2 delta-seconds, in either form (§5.2 asks recipients
+    /// to accept a quoted one).
+    fn delta_seconds(self) -> Option<u64> {
+        match self {
+            Arg::Token(token) => delta_seconds(token.iter().copied()),
+            Arg::Quoted(body) => {
+                let mut escaped = false;
+                delta_seconds(body.iter().copied().filter(move |&b| {
+                    let keep = escaped || b != b'\\';
+                    escaped = !escaped && b == b'\\';
+                    keep
+                }))
+            }
+            Arg::Absent | Arg::Malformed => None,
+        }
+    }
+}
+
+/// `1*DIGIT`, clamped to 2147483648 (§1.2.2); anything else is None.
+fn delta_seconds(digits: impl Iterator<Item = u8>) -> Option<u64> {
+    let mut value: u64 = 0;
+    let mut any = false;
+    for b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        any = true;
+        value = (value * 10 + u64::from(b - b'0')).min(DELTA_SECONDS_MAX);
+    }
+    any.then_some(value)
+}
+
+/// One list member as `name [ "=" argument ]`, tolerating whitespace around
+/// the `=`. A recognisable name followed by junk keeps the name with a
+/// malformed argument, so `max-age 60` still makes a response stale.
+fn directive(member: &[u8]) -> Option<(&[u8], Arg<'_>)> {
+    let member = trim_ows(member);
+    let name_len = member
+        .iter()
+        .position(|&b| !is_tchar(b))
+        .unwrap_or(member.len());
+    if name_len == 0 {
+        return None;
+    }
+    let (name, rest) = member.split_at(name_len);
+    let arg = match trim_ows(rest).split_first() {
+        None => Arg::Absent,
+        Some((b'=', value)) => argument(trim_ows(value)),
+        Some(_) => Arg::Malformed,
+    };
+    Some((name, arg))
+}
+
+fn argument(value: &[u8]) -> Arg<'_> {
+    if let Some(body) = value.strip_prefix(b"\"") {
+        return match closing_quote(body) {
+            Some(end) if end + 1 == body.len() => Arg::Quoted(body.get(..end).unwrap_or_default()),
+            _ => Arg::Malformed,
+        };
+    }
+    if !value.is_empty() && value.iter().all(|&b| is_tchar(b)) {
+        Arg::Token(value)
+    } else {
+        Arg::Malformed
+    }
+}
+
+/// Index of the unescaped `"` that ends a quoted-string body.
+fn closing_quote(body: &[u8]) -> Option<usize> {
+    let mut escaped = false;
+    for (i, &b) in body.iter().enumerate() {
+        if escaped {
+            escaped = false;
+        } else if b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// RFC 9110 §5.6.2 tchar.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+fn trim_start(s: &[u8], skip: impl Fn(u8) -> bool) -> &[u8] {
+    let start = s.iter().position(|&b| !skip(b)).unwrap_or(s.len());
+    s.get(start..).unwrap_or_default()
+}
+
+fn trim_ows(s: &[u8]) -> &[u8] {
+    let s = trim_start(s, is_ows);
+    let end = s
+        .iter()
+        .rposition(|&b| !is_ows(b))
+        .map_or(0, |last| last + 1);
+    s.get(..end).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+
+    /// An arbitrary "now" for the tests, in whole seconds like HTTP dates.
+    const T0: u64 = 1_700_000_000;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn date(secs: u64) -> String {
+        httpdate::fmt_http_date(at(secs))
+    }
+
+    fn s(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+
+    fn headers(fields: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in fields {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("test field name"),
+                HeaderValue::from_str(value).expect("test field value"),
+            );
+        }
+        map
+    }
+
+    fn cc(value: &str) -> CacheControl {
+        CacheControl::parse(&headers(&[("cache-control", value)]))
+    }
+
+    fn store(status: u16, req: &[(&str, &str)], resp: &[(&str, &str)]) -> Result<(), NotStorable> {
+        storable(
+            &Method::GET,
+            &headers(req),
+            StatusCode::from_u16(status).expect("test status"),
+            &headers(resp),
+            &StoreRules::default(),
+        )
+    }
+
+    fn lifetime(status: u16, resp: &[(&str, &str)]) -> Duration {
+        let resp = headers(resp);
+        let status = StatusCode::from_u16(status).expect("test status");
+        freshness_lifetime(status, &resp, &CacheControl::parse(&resp), at(T0))
+    }
+
+    fn use_of(req: &str, resp: &str, lifetime: u64, age: u64) -> Use {
+        usable(&cc(req), false, &cc(resp), s(lifetime), s(age))
+    }
+
+    // --- §5.2 parsing ---
+
+    #[test]
+    fn s5_2_directive_names_are_case_insensitive() {
+        let parsed = cc("No-Store, MAX-AGE=5, Public, S-MaxAge=7");
+        assert!(parsed.no_store && parsed.public);
+        assert_eq!((parsed.max_age, parsed.s_maxage), (Some(5), Some(7)));
+    }
+
+    #[test]
+    fn s5_2_one_list_across_field_lines() {
+        let map = headers(&[
+            ("cache-control", "public"),
+            ("cache-control", "max-age=60, must-revalidate"),
+        ]);
+        let parsed = CacheControl::parse(&map);
+        assert!(parsed.public && parsed.must_revalidate);
+        assert_eq!(parsed.max_age, Some(60));
+        assert_eq!(
+            CacheControl::parse(&HeaderMap::new()),
+            CacheControl::default()
+        );
+    }
+
+    #[test]
+    fn s5_2_quoted_string_arguments() {
+        // A comma inside quotes does not end the member; quoted delta-seconds count.
+        let parsed = cc(r#"no-cache="set-cookie, x-a", max-age="60", s-maxage="1\2""#);
+        assert!(parsed.no_cache);
+        assert!(!parsed.public);
+        assert_eq!(parsed.max_age, Some(60));
+        assert_eq!(parsed.s_maxage, Some(12));
+        assert!(cc(r#"private="x, y", max-age=3"#).private);
+        assert_eq!(cc(r#"private="x, y", max-age=3"#).max_age, Some(3));
+    }
+
+    #[test]
+    fn s5_2_whitespace_tolerant() {
+        let parsed = cc(" max-age = 60 ,\tpublic\t,, , no-transform ");
+        assert_eq!(parsed.max_age, Some(60));
+        assert!(parsed.public && parsed.no_transform);
+    }
+
+    #[test]
+    fn s5_2_3_unknown_directives_ignored() {
+        let parsed = cc(r#"foo, bar="a,b", community="UCI", max-age=5"#);
+        assert_eq!(
+            parsed,
+            CacheControl {
+                max_age: Some(5),
+                ..CacheControl::default()
+            }
+        );
+    }
+
+    #[test]
+    fn s4_2_1_first_occurrence_of_a_directive_wins() {
+        assert_eq!(cc("max-age=10, max-age=20").max_age, Some(10));
+        let map = headers(&[
+            ("cache-control", "s-maxage=1"),
+            ("cache-control", "s-maxage=2"),
+        ]);
+        assert_eq!(CacheControl::parse(&map).s_maxage, Some(1));
+        // An invalid first max-age already made it stale; a later one does not undo that.
+        assert_eq!(cc("max-age=x, max-age=20").max_age, Some(0));
+    }
+
+    #[test]
+    fn s1_2_2_delta_seconds_clamped_to_2_pow_31() {
+        let parsed = cc("max-age=99999999999999999999999, stale-if-error=2147483649");
+        assert_eq!(parsed.max_age, Some(DELTA_SECONDS_MAX));
+        assert_eq!(parsed.stale_if_error, Some(DELTA_SECONDS_MAX));
+        assert_eq!(cc("max-age=2147483647").max_age, Some(2_147_483_647));
+        assert_eq!(cc("max-age=000060").max_age, Some(60));
+    }
+
+    #[test]
+    fn s4_2_1_invalid_max_age_is_stale() {
+        for bad in [
+            "max-age=abc",
+            "max-age=",
+            "max-age=-1",
+            "max-age",
+            "max-age=1.5",
+            "max-age 60",
+            r#"max-age="60"#,
+        ] {
+            assert_eq!(cc(bad).max_age, Some(0), "{bad}");
+        }
+        assert_eq!(cc("s-maxage=soon").s_maxage, Some(0));
+    }
+
+    #[test]
+    fn rfc5861_invalid_extension_values_ignored() {
+        let parsed = cc("stale-while-revalidate=x, stale-if-error, min-fresh=-1, max-stale=1h");
+        assert_eq!(parsed, CacheControl::default());
+        // The directive counts as absent, so a later valid one applies.
+        assert_eq!(
+            cc("stale-while-revalidate=, stale-while-revalidate=30").stale_while_revalidate,
+            Some(30)
+        );
+    }
+
+    #[test]
+    fn s5_2_1_2_bare_max_stale_accepts_any_staleness() {
+        assert_eq!(cc("max-stale").max_stale, Some(u64::MAX));
+        assert_eq!(cc("max-stale=30").max_stale, Some(30));
+        assert_eq!(cc("max-stale=thirty").max_stale, None);
+    }
+
+    #[test]
+    fn s5_2_2_boolean_directives() {
+        let parsed = cc("no-store, must-revalidate, proxy-revalidate, no-transform, must-understand, immutable, only-if-cached");
+        assert!(parsed.no_store && parsed.must_revalidate && parsed.proxy_revalidate);
+        assert!(parsed.no_transform && parsed.must_understand && parsed.immutable);
+        assert!(parsed.only_if_cached);
+        assert!(!parsed.no_cache && !parsed.private && !parsed.public);
+    }
+
+    #[test]
+    fn s5_2_garbage_never_panics() {
+        let junk = [
+            "",
+            ",",
+            "=",
+            "==",
+            "\"",
+            "\"\\",
+            "max-age=\"",
+            "max-age=\"\\\"",
+            "no-cache=\"a,b",
+            "\\,\\",
+            "=max-age=5",
+            "max-age==5",
+            "\t",
+            "W/",
+            "max-age=5\"",
+            "\"max-age=5\"",
+        ];
+        for value in junk {
+            let map = headers(&[
+                ("cache-control", value),
+                ("expires", value),
+                ("date", value),
+                ("age", value),
+                ("last-modified", value),
+                ("if-none-match", value),
+                ("etag", value),
+            ]);
+            let parsed = CacheControl::parse(&map);
+            assert_eq!(parsed, CacheControl::parse(&map));
+            let _ = freshness_lifetime(StatusCode::OK, &map, &parsed, at(T0));
+            let _ = corrected_initial_age(&map, at(T0), at(T0));
+            let _ = none_match(&map, map.get("etag"));
+            let _ = store(
+                200,
+                &[("cache-control", value)],
+                &[("cache-control", value)],
+            );
+        }
+        // Bytes beyond ASCII are allowed in values (obs-text).
+        let mut map = HeaderMap::new();
+        let odd = HeaderValue::from_bytes(b"max-age=\xff, \"\xfe\", public").expect("obs-text");
+        map.insert(header::CACHE_CONTROL, odd);
+        assert!(CacheControl::parse(&map).public);
+    }
+
+    // --- §3 storing ---
+
+    #[test]
+    fn s3_only_get_is_stored() {
+        let resp = headers(&[("cache-control", "max-age=60")]);
+        for method in [Method::POST, Method::HEAD, Method::PUT, Method::OPTIONS] {
+            let verdict = storable(
+                &method,
+                &HeaderMap::new(),
+                StatusCode::OK,
+                &resp,
+                &StoreRules::default(),
+            );
+            assert_eq!(verdict, Err(NotStorable::Method), "{method}");
+        }
+        assert_eq!(store(200, &[], &[("cache-control", "max-age=60")]), Ok(()));
+    }
+
+    #[test]
+    fn s3_status_must_be_final() {
+        assert_eq!(
+            store(103, &[], &[("cache-control", "max-age=60")]),
+            Err(NotStorable::Status)
+        );
+        assert_eq!(
+            store(304, &[], &[("cache-control", "max-age=60")]),
+            Err(NotStorable::Status)
+        );
+    }
+
+    #[test]
+    fn s3_3_partial_content_not_stored() {
+        assert_eq!(
+            store(206, &[], &[("cache-control", "max-age=60")]),
+            Err(NotStorable::Partial)
+        );
+    }
+
+    #[test]
+    fn s5_2_2_5_response_no_store() {
+        assert_eq!(
+            store(200, &[], &[("cache-control", "max-age=60, no-store")]),
+            Err(NotStorable::NoStore)
+        );
+    }
+
+    #[test]
+    fn s5_2_1_5_request_no_store() {
+        let verdict = store(
+            200,
+            &[("cache-control", "no-store")],
+            &[("cache-control", "max-age=60")],
+        );
+        assert_eq!(verdict, Err(NotStorable::NoStore));
+    }
+
+    #[test]
+    fn s5_2_2_7_private_never_stored_by_a_shared_cache() {
+        assert_eq!(
+            store(200, &[], &[("cache-control", "private, max-age=60")]),
+            Err(NotStorable::Private)
+        );
+        assert_eq!(
+            store(
+                200,
+                &[],
+                &[("cache-control", "private=\"x-user\", max-age=60")]
+            ),
+            Err(NotStorable::Private)
+        );
+    }
+
+    #[test]
+    fn s3_5_authorization_needs_public() {
+        let auth = [("authorization", "Bearer abc")];
+        assert_eq!(
+            store(200, &auth, &[("cache-control", "max-age=60")]),
+            Err(NotStorable::Authorization)
+        );
+        assert_eq!(
+            store(
+                200,
+                &auth,
+                &[("cache-control", "max-age=60, proxy-revalidate")]
+            ),
+            Err(NotStorable::Authorization)
+        );
+        assert_eq!(store(200, &auth, &[]), Err(NotStorable::Authorization));
+        for allows in ["public", "s-maxage=60", "max-age=60, must-revalidate"] {
+            assert_eq!(
+                store(200, &auth, &[("cache-control", allows)]),
+                Ok(()),
+                "{allows}"
+            );
+        }
+    }
+
+    #[test]
+    fn s3_set_cookie_needs_the_operator() {
+        let resp = headers(&[("cache-control", "max-age=60"), ("set-cookie", "id=1")]);
+        let refuse = StoreRules::default();
+        let allow = StoreRules {
+            store_set_cookie: true,
+        };
+        let get = |rules: &StoreRules| {
+            storable(
+                &Method::GET,
+                &HeaderMap::new(),
+                StatusCode::OK,
+                &resp,
+                rules,
+            )
+        };
+        assert_eq!(get(&refuse), Err(NotStorable::SetCookie));
+        assert_eq!(get(&allow), Ok(()));
+    }
+
+    #[test]
+    fn rfc9110_s12_5_5_vary_star_not_stored() {
+        let vary_star = [
+            ("cache-control", "max-age=60"),
+            ("vary", "accept"),
+            ("vary", "accept-encoding, *"),
+        ];
+        assert_eq!(store(200, &[], &vary_star), Err(NotStorable::VaryStar));
+        assert_eq!(store(200, &[], &[("vary", "accept-encoding")]), Ok(()));
+    }
+
+    #[test]
+    fn s5_2_2_3_must_understand_needs_a_known_status() {
+        let resp = [("cache-control", "must-understand, no-store, max-age=60")];
+        assert_eq!(store(500, &[], &resp), Err(NotStorable::MustUnderstand));
+        assert_eq!(store(418, &[], &resp), Err(NotStorable::MustUnderstand));
+    }
+
+    #[test]
+    fn s5_2_2_3_must_understand_overrides_no_store() {
+        let resp = [("cache-control", "must-understand, no-store, max-age=60")];
+        assert_eq!(store(200, &[], &resp), Ok(()));
+        assert_eq!(store(404, &[], &resp), Ok(()));
+        // Not the request's no-store, though.
+        assert_eq!(
+            store(200, &[("cache-control", "no-store")], &resp),
+            Err(NotStorable::NoStore)
+        );
+    }
+
+    #[test]
+    fn s3_needs_explicit_or_heuristic_freshness() {
+        assert_eq!(store(302, &[], &[]), Err(NotStorable::NoFreshness));
+        assert_eq!(store(500, &[], &[]), Err(NotStorable::NoFreshness));
+        assert_eq!(store(302, &[], &[("expires", "0")]), Ok(()));
+        assert_eq!(store(500, &[], &[("cache-control", "public")]), Ok(()));
+        assert_eq!(store(503, &[], &[("cache-control", "max-age=5")]), Ok(()));
+        for heuristic in [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501] {
+            assert_eq!(store(heuristic, &[], &[]), Ok(()), "{heuristic}");
+        }
+    }
+
+    #[test]
+    fn s5_2_2_4_no_cache_response_is_storable() {
+        assert_eq!(store(200, &[], &[("cache-control", "no-cache")]), Ok(()));
+    }
+
+    #[test]
+    fn s3_not_storable_reasons_read_as_labels() {
+        assert_eq!(NotStorable::NoStore.to_string(), "no-store");
+        assert_eq!(NotStorable::VaryStar.to_string(), "vary-star");
+        assert_eq!(NotStorable::NoFreshness.to_string(), "no-freshness");
+    }
+
+    // --- §4.2.1, §4.2.2, §5.3 freshness lifetime ---
+
+    #[test]
+    fn s4_2_1_s_maxage_wins_over_max_age() {
+        let resp = [
+            ("cache-control", "max-age=60, s-maxage=600"),
+            ("expires", "0"),
+        ];
+        assert_eq!(lifetime(200, &resp), s(600));
+    }
+
+    #[test]
+    fn s5_3_max_age_wins_over_expires() {
+        let expires = date(T0 + 3600);
+        let resp = [
+            ("cache-control", "max-age=60"),
+            ("date", &date(T0)),
+            ("expires", &expires),
+        ];
+        assert_eq!(lifetime(200, &resp), s(60));
+    }
+
+    #[test]
+    fn s4_2_1_expires_minus_date() {
+        let resp = [("date", &*date(T0 - 100)), ("expires", &date(T0 + 200))];
+        assert_eq!(lifetime(200, &resp), s(300));
+        let past = [("date", &*date(T0)), ("expires", &date(T0 - 5))];
+        assert_eq!(lifetime(200, &past), Duration::ZERO);
+    }
+
+    #[test]
+    fn s4_2_1_missing_or_invalid_date_uses_response_time() {
+        assert_eq!(lifetime(200, &[("expires", &date(T0 + 50))]), s(50));
+        assert_eq!(
+            lifetime(200, &[("date", "yesterday"), ("expires", &date(T0 + 50))]),
+            s(50)
+        );
+    }
+
+    #[test]
+    fn s5_3_invalid_or_repeated_expires_is_expired() {
+        assert_eq!(lifetime(200, &[("expires", "0")]), Duration::ZERO);
+        assert_eq!(lifetime(200, &[("expires", "-1")]), Duration::ZERO);
+        let twice = [("expires", &*date(T0 + 50)), ("expires", &date(T0 + 50))];
+        assert_eq!(lifetime(200, &twice), Duration::ZERO);
+        // An invalid Expires also blocks the heuristic.
+        let with_lm = [("expires", "never"), ("last-modified", &*date(T0 - 1000))];
+        assert_eq!(lifetime(200, &with_lm), Duration::ZERO);
+    }
+
+    #[test]
+    fn s4_2_2_heuristic_is_a_tenth_since_last_modified() {
+        let resp = [("date", &*date(T0)), ("last-modified", &date(T0 - 1000))];
+        assert_eq!(lifetime(200, &resp), s(100));
+        // RFC 850 and asctime dates are accepted too (RFC 9110 §5.6.7).
+        let old = [
+            ("date", "Sunday, 06-Nov-94 08:49:37 GMT"),
+            ("last-modified", "Sun Nov  6 08:32:57 1994"),
+        ];
+        assert_eq!(lifetime(200, &old), s(100));
+    }
+
+    #[test]
+    fn s4_2_2_heuristic_is_capped() {
+        let resp = [
+            ("date", &*date(T0)),
+            ("last-modified", &date(T0 - 365 * 86_400)),
+        ];
+        assert_eq!(lifetime(200, &resp), MAX_HEURISTIC);
+    }
+
+    #[test]
+    fn s4_2_2_heuristic_only_for_cacheable_status_or_public() {
+        let lm = date(T0 - 1000);
+        assert_eq!(lifetime(302, &[("last-modified", &lm)]), Duration::ZERO);
+        assert_eq!(
+            lifetime(302, &[("last-modified", &lm), ("cache-control", "public")]),
+            s(100)
+        );
+    }
+
+    #[test]
+    fn s4_2_2_no_heuristic_without_a_usable_last_modified() {
+        assert_eq!(lifetime(200, &[]), Duration::ZERO);
+        assert_eq!(
+            lifetime(200, &[("last-modified", "last week")]),
+            Duration::ZERO
+        );
+        assert_eq!(
+            lifetime(
+                200,
+                &[("date", &*date(T0)), ("last-modified", &date(T0 + 60))]
+            ),
+            Duration::ZERO
+        );
+    }
+
+    // --- §4.2.3 age ---
+
+    #[test]
+    fn s4_2_3_apparent_age_from_date() {
+        let resp = headers(&[("date", &date(T0 - 30))]);
+        assert_eq!(corrected_initial_age(&resp, at(T0 - 1), at(T0)), s(30));
+        // A Date in the future gives no negative age.
+        let ahead = headers(&[("date", &date(T0 + 30))]);
+        assert_eq!(
+            corrected_initial_age(&ahead, at(T0), at(T0)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn s4_2_3_age_plus_response_delay() {
+        let resp = headers(&[("date", &date(T0)), ("age", "100")]);
+        assert_eq!(corrected_initial_age(&resp, at(T0 - 2), at(T0)), s(102));
+        // The clock going back between request and response adds nothing.
+        assert_eq!(corrected_initial_age(&resp, at(T0 + 5), at(T0)), s(100));
+    }
+
+    #[test]
+    fn s5_1_invalid_age_ignored_and_a_list_uses_its_first_member() {
+        let at_t0 = |age: &str| {
+            corrected_initial_age(
+                &headers(&[("date", &date(T0)), ("age", age)]),
+                at(T0),
+                at(T0),
+            )
+        };
+        assert_eq!(at_t0("-5"), Duration::ZERO);
+        assert_eq!(at_t0("ten"), Duration::ZERO);
+        assert_eq!(at_t0("7, 9"), s(7));
+        assert_eq!(at_t0("99999999999999999999"), s(DELTA_SECONDS_MAX));
+        let two_lines = headers(&[("age", "4"), ("age", "8")]);
+        assert_eq!(corrected_initial_age(&two_lines, at(T0), at(T0)), s(4));
+    }
+
+    #[test]
+    fn s4_2_3_current_age_adds_resident_time() {
+        assert_eq!(current_age(s(10), at(T0), at(T0 + 5)), s(15));
+        assert_eq!(current_age(s(10), at(T0), at(T0 - 5)), s(10));
+        assert_eq!(
+            current_age(Duration::MAX, at(T0), at(T0 + 5)),
+            Duration::MAX
+        );
+    }
+
+    // --- §4.2.4, §5.2.1 reuse ---
+
+    #[test]
+    fn s4_2_fresh_strictly_before_lifetime() {
+        assert_eq!(use_of("", "", 60, 59), Use::Fresh);
+        assert_eq!(use_of("", "", 60, 60), Use::Revalidate);
+        assert_eq!(use_of("", "", 0, 0), Use::Revalidate);
+    }
+
+    #[test]
+    fn s5_2_1_4_request_no_cache_revalidates() {
+        assert_eq!(use_of("no-cache", "", 60, 1), Use::Revalidate);
+        assert_eq!(use_of("no-cache, max-stale", "", 60, 1), Use::Revalidate);
+    }
+
+    #[test]
+    fn s5_4_pragma_no_cache_revalidates() {
+        assert_eq!(
+            usable(&CacheControl::default(), true, &cc(""), s(60), s(1)),
+            Use::Revalidate
+        );
+    }
+
+    #[test]
+    fn s5_2_2_4_response_no_cache_revalidates() {
+        assert_eq!(use_of("", "no-cache, max-age=60", 60, 1), Use::Revalidate);
+        assert_eq!(
+            use_of(
+                "max-stale",
+                "no-cache=\"x\", stale-while-revalidate=60",
+                60,
+                61
+            ),
+            Use::Revalidate
+        );
+    }
+
+    #[test]
+    fn s5_2_1_1_request_max_age() {
+        assert_eq!(use_of("max-age=10", "", 60, 10), Use::Fresh);
+        assert_eq!(use_of("max-age=10", "", 60, 11), Use::Revalidate);
+        assert_eq!(use_of("max-age=10, max-stale", "", 5, 11), Use::Revalidate);
+        assert_eq!(use_of("max-age=0", "", 60, 0), Use::Fresh);
+    }
+
+    #[test]
+    fn s5_2_1_3_min_fresh() {
+        assert_eq!(use_of("min-fresh=10", "", 60, 50), Use::Fresh);
+        assert_eq!(use_of("min-fresh=10", "", 60, 51), Use::Revalidate);
+        assert_eq!(
+            use_of("min-fresh=0, max-stale", "", 60, 61),
+            Use::Revalidate
+        );
+    }
+
+    #[test]
+    fn s5_2_1_2_max_stale_allows_stale() {
+        assert_eq!(use_of("max-stale=10", "", 60, 70), Use::StaleAllowed);
+        assert_eq!(use_of("max-stale=10", "", 60, 71), Use::Revalidate);
+        assert_eq!(use_of("max-stale", "", 60, 1_000_000), Use::StaleAllowed);
+    }
+
+    #[test]
+    fn s5_2_2_2_must_revalidate_forbids_stale_use() {
+        for resp in ["must-revalidate", "proxy-revalidate", "s-maxage=60"] {
+            let resp = format!("{resp}, stale-while-revalidate=600");
+            assert_eq!(
+                use_of("max-stale", &resp, 60, 61),
+                Use::Revalidate,
+                "{resp}"
+            );
+            assert_eq!(use_of("", &resp, 60, 59), Use::Fresh, "{resp}");
+        }
+    }
+
+    #[test]
+    fn rfc5861_s3_stale_while_revalidate_window() {
+        let resp = "max-age=60, stale-while-revalidate=30";
+        assert_eq!(use_of("", resp, 60, 90), Use::StaleWhileRevalidate);
+        assert_eq!(use_of("", resp, 60, 91), Use::Revalidate);
+        // The client's own max-stale is preferred: no background refresh needed.
+        assert_eq!(use_of("max-stale=60", resp, 60, 70), Use::StaleAllowed);
+    }
+
+    #[test]
+    fn s4_2_4_stale_is_revalidated_by_default() {
+        assert_eq!(use_of("", "max-age=60", 60, 61), Use::Revalidate);
+    }
+
+    // --- RFC 5861 §4 stale-if-error ---
+
+    #[test]
+    fn rfc5861_s4_stale_if_error_window() {
+        let resp = cc("max-age=60, stale-if-error=300");
+        let none = CacheControl::default();
+        assert!(stale_if_error(&none, false, &resp, s(300), Duration::ZERO));
+        assert!(!stale_if_error(&none, false, &resp, s(301), Duration::ZERO));
+        assert!(!stale_if_error(
+            &none,
+            false,
+            &cc("max-age=60"),
+            s(1),
+            Duration::ZERO
+        ));
+    }
+
+    #[test]
+    fn rfc5861_s4_request_stale_if_error_counts() {
+        let req = cc("stale-if-error=100");
+        assert!(stale_if_error(
+            &req,
+            false,
+            &cc("max-age=60"),
+            s(100),
+            Duration::ZERO
+        ));
+        assert!(!stale_if_error(
+            &req,
+            false,
+            &cc("max-age=60"),
+            s(101),
+            Duration::ZERO
+        ));
+    }
+
+    #[test]
+    fn rfc5861_s4_operator_grace() {
+        let none = CacheControl::default();
+        assert!(stale_if_error(&none, false, &none, s(30), s(60)));
+        assert!(!stale_if_error(&none, false, &none, s(61), s(60)));
+        assert!(!stale_if_error(
+            &none,
+            false,
+            &none,
+            Duration::ZERO,
+            Duration::ZERO
+        ));
+    }
+
+    #[test]
+    fn s5_2_2_2_no_stale_on_error_when_forbidden() {
+        let none = CacheControl::default();
+        for resp in [
+            "must-revalidate",
+            "proxy-revalidate",
+            "s-maxage=60",
+            "no-cache",
+        ] {
+            let resp = cc(&format!("{resp}, stale-if-error=600"));
+            assert!(
+                !stale_if_error(&none, false, &resp, s(1), s(600)),
+                "{resp:?}"
+            );
+        }
+        let resp = cc("stale-if-error=600");
+        assert!(!stale_if_error(&cc("no-cache"), false, &resp, s(1), s(600)));
+        assert!(!stale_if_error(&none, true, &resp, s(1), s(600)));
+    }
+
+    // --- §3.2, §4.3.4 updating a stored head ---
+
+    #[test]
+    fn s3_2_update_replaces_every_line_of_a_field() {
+        let mut stored = headers(&[
+            ("cache-control", "max-age=60"),
+            ("cache-control", "public"),
+            ("x-kept", "1"),
+            ("date", &date(T0 - 600)),
+        ]);
+        let fresh = headers(&[
+            ("cache-control", "max-age=120"),
+            ("date", &date(T0)),
+            ("x-new", "2"),
+        ]);
+        update_headers(&mut stored, &fresh);
+        let lines: Vec<_> = stored.get_all(header::CACHE_CONTROL).iter().collect();
+        assert_eq!(lines, ["max-age=120"]);
+        assert_eq!(
+            stored.get(header::DATE).map(|v| v.to_str().ok()),
+            Some(Some(&*date(T0)))
+        );
+        assert_eq!(
+            stored.get("x-kept").map(HeaderValue::as_bytes),
+            Some(&b"1"[..])
+        );
+        assert_eq!(
+            stored.get("x-new").map(HeaderValue::as_bytes),
+            Some(&b"2"[..])
+        );
+    }
+
+    #[test]
+    fn s3_2_update_skips_exempt_fields() {
+        let mut stored = headers(&[
+            ("content-length", "10"),
+            ("content-encoding", "gzip"),
+            ("x-session", "stored"),
+        ]);
+        let fresh = headers(&[
+            ("content-length", "0"),
+            ("content-encoding", "br"),
+            ("content-range", "bytes 0-1/2"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "x-session, keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("upgrade", "h2c"),
+            ("x-session", "hop"),
+            ("proxy-authenticate", "Basic"),
+            ("etag", "\"v2\""),
+        ]);
+        update_headers(&mut stored, &fresh);
+        let expected = headers(&[
+            ("content-length", "10"),
+            ("content-encoding", "gzip"),
+            ("x-session", "stored"),
+            ("etag", "\"v2\""),
+        ]);
+        assert_eq!(stored, expected);
+    }
+
+    #[test]
+    fn s3_2_update_keeps_a_weakened_etag_weak() {
+        let mut stored = headers(&[("etag", "W/\"v1\"")]);
+        update_headers(&mut stored, &headers(&[("etag", "\"v1\"")]));
+        assert_eq!(
+            stored.get(header::ETAG).map(HeaderValue::as_bytes),
+            Some(&b"W/\"v1\""[..])
+        );
+    }
+
+    // --- RFC 9110 §13.1 conditional requests, §8.8.1 weak validators ---
+
+    fn inm(lines: &[&str], etag: &str) -> bool {
+        let fields: Vec<(&str, &str)> = lines.iter().map(|line| ("if-none-match", *line)).collect();
+        none_match(
+            &headers(&fields),
+            Some(&HeaderValue::from_str(etag).expect("test etag")),
+        )
+    }
+
+    #[test]
+    fn rfc9110_s13_1_2_weak_comparison() {
+        assert!(inm(&["\"a\""], "\"a\""));
+        assert!(inm(&["W/\"a\""], "\"a\""));
+        assert!(inm(&["\"a\""], "W/\"a\""));
+        assert!(!inm(&["\"a\""], "\"b\""));
+        assert!(!inm(&[], "\"a\""));
+    }
+
+    #[test]
+    fn rfc9110_s13_1_2_star_matches_any_stored_response() {
+        assert!(inm(&["*"], "\"anything\""));
+        assert!(none_match(&headers(&[("if-none-match", " * ")]), None));
+        assert!(!none_match(&headers(&[("if-none-match", "\"a\"")]), None));
+    }
+
+    #[test]
+    fn rfc9110_s13_1_2_lists_across_lines() {
+        assert!(inm(&["\"x\", W/\"y\""], "\"y\""));
+        assert!(inm(&["\"x\"", "\"z\" , \"y\""], "W/\"y\""));
+        // A comma is a valid etagc, so it can sit inside a tag.
+        assert!(inm(&["\"a,b\""], "\"a,b\""));
+        assert!(!inm(&["\"a,b\""], "\"a\""));
+    }
+
+    #[test]
+    fn rfc9110_s13_1_2_malformed_members_never_match() {
+        assert!(!inm(&["a"], "a"));
+        assert!(!inm(&["w/\"a\""], "\"a\""));
+        assert!(!inm(&["\"a\"x"], "\"a\""));
+        assert!(!inm(&["\"a"], "\"a\""));
+        assert!(!inm(&["\"a b\""], "\"a b\""));
+        assert!(!inm(&["*, \"a\""], "\"b\""));
+        // Malformed members are skipped, not the whole list.
+        assert!(inm(&["junk, \"a\""], "\"a\""));
+        // A malformed stored tag matches nothing but `*`.
+        assert!(!inm(&["a"], "a"));
+        assert!(inm(&["*"], "a"));
+    }
+
+    #[test]
+    fn rfc9110_s13_1_3_not_modified_when_not_later() {
+        let stored = headers(&[("last-modified", &date(T0))]);
+        let since = |secs| HeaderValue::from_str(&date(secs)).expect("test date");
+        assert!(not_modified_since(&since(T0), &stored));
+        assert!(not_modified_since(&since(T0 + 1), &stored));
+        assert!(!not_modified_since(&since(T0 - 1), &stored));
+    }
+
+    #[test]
+    fn rfc9111_s4_3_2_if_modified_since_falls_back_to_date() {
+        let since = HeaderValue::from_str(&date(T0)).expect("test date");
+        assert!(not_modified_since(
+            &since,
+            &headers(&[("date", &date(T0 - 10))])
+        ));
+        assert!(!not_modified_since(
+            &since,
+            &headers(&[("date", &date(T0 + 10))])
+        ));
+        assert!(!not_modified_since(&since, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn rfc9110_s13_1_3_unparseable_dates_are_false() {
+        let stored = headers(&[("last-modified", &date(T0))]);
+        assert!(!not_modified_since(
+            &HeaderValue::from_static("yesterday"),
+            &stored
+        ));
+        let since = HeaderValue::from_str(&date(T0)).expect("test date");
+        let broken = headers(&[("last-modified", "soon"), ("date", &date(T0 - 10))]);
+        assert!(!not_modified_since(&since, &broken));
+    }
+
+    #[test]
+    fn rfc9110_s8_8_1_weaken_etag() {
+        let strong = HeaderValue::from_static("\"v1\"");
+        assert_eq!(weaken_etag(&strong), HeaderValue::from_static("W/\"v1\""));
+        let weak = HeaderValue::from_static("W/\"v1\"");
+        assert_eq!(weaken_etag(&weak), weak);
+        assert_eq!(weaken_etag(&weaken_etag(&strong)), weaken_etag(&strong));
+    }
+}

@@ -1,0 +1,173 @@
+//! Removing entries: invalidation after an unsafe method (RFC 9111 §4.4),
+//! the `PURGE` method on public listeners, and the admin purges by URL,
+//! prefix, surrogate key or everything. Each purge answers how many stored
+//! responses went.
+
+use std::net::IpAddr;
+
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode, Uri};
+
+use super::key::{self, ENCODED, EXTRA, VARIANT};
+use super::store::{Object, Store};
+use super::Cache;
+use crate::body::{self, ProxyBody};
+use crate::config::CacheConfig;
+
+/// What to purge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every entry of one URL (all variants and route key extras).
+    Url(String),
+    /// Every entry whose URL starts with this.
+    Prefix(String),
+    /// Every entry tagged with this surrogate key.
+    Tag(String),
+    All,
+}
+
+/// Removes the entries `target` names; returns how many responses went.
+pub fn purge(store: &dyn Store, target: &Target) -> u64 {
+    match target {
+        Target::Url(url) => store.remove_where(&mut |k, _| same_url(k, url)),
+        Target::Prefix(prefix) => {
+            store.remove_where(&mut |k, _| key::url_of(k).starts_with(prefix.as_str()))
+        }
+        Target::Tag(tag) => store.remove_where(&mut |_, o| match o {
+            Object::Response(e) => e.tags.iter().any(|t| **t == **tag),
+            Object::Vary { .. } | Object::Encoded(_) => false,
+        }),
+        Target::All => store.remove_where(&mut |_, _| true),
+    }
+}
+
+fn same_url(key: &str, url: &str) -> bool {
+    key.strip_prefix(url)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([EXTRA, VARIANT, ENCODED]))
+}
+
+/// Canonical form of a URL given to purge, matching how keys are written:
+/// scheme and host lower-cased, default port dropped, `/` for no path.
+pub fn canonical_url(text: &str) -> Result<String, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a URL such as http://example.com/path"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(format!(
+            "\"{text}\" needs a scheme and a host, e.g. http://example.com/path"
+        ));
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let default = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return Err(format!("\"{text}\": the scheme must be http or https")),
+    };
+    let host = authority.host().to_ascii_lowercase();
+    let host = host.trim_end_matches('.');
+    let authority = match authority.port_u16() {
+        Some(p) if p != default => format!("{host}:{p}"),
+        _ => host.to_string(),
+    };
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    Ok(format!("{scheme}://{authority}{path}"))
+}
+
+/// RFC 9111 §4.4: after a non-error response to an unsafe method, the
+/// target URI and the `Location` / `Content-Location` URIs on the same
+/// host are invalidated.
+pub fn invalidate(store: &dyn Store, primary: &str, resp: &HeaderMap) {
+    let url = key::url_of(primary);
+    let extras = &primary[url.len()..];
+    let purge_one = |u: &str| {
+        if extras.is_empty() {
+            store.remove(u);
+        } else {
+            store.remove(&format!("{u}{extras}"));
+        }
+    };
+    purge_one(url);
+    let origin = origin_of(url);
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        for v in resp.get_all(&name) {
+            let Ok(text) = v.to_str() else { continue };
+            let target = if text.starts_with('/') && !text.starts_with("//") {
+                Some(format!("{origin}{text}"))
+            } else {
+                canonical_url(text).ok().filter(|u| origin_of(u) == origin)
+            };
+            if let Some(t) = target {
+                purge_one(&t);
+            }
+        }
+    }
+}
+
+/// `scheme://authority` of a canonical URL.
+fn origin_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let end = url[after_scheme..]
+        .find('/')
+        .map_or(url.len(), |i| after_scheme + i);
+    &url[..end]
+}
+
+/// `PURGE` on a caching route: allowed from `[cache] purge_allow` only.
+pub fn purge_request(
+    cache: &Cache,
+    cfg: &CacheConfig,
+    peer: IpAddr,
+    primary: &str,
+) -> Response<ProxyBody> {
+    if !cfg.purge_allow.iter().any(|c| c.contains(peer)) {
+        return json(
+            StatusCode::FORBIDDEN,
+            "{\"error\":\"PURGE not allowed from this address\"}",
+        );
+    }
+    let url = key::url_of(primary).to_string();
+    let purged = purge(cache.store.as_ref(), &Target::Url(url.clone()));
+    tracing::info!(%url, purged, "cache purge");
+    json(StatusCode::OK, &format!("{{\"purged\":{purged}}}"))
+}
+
+fn json(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(format!("{text}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.extensions_mut().insert(crate::proxy::Generated);
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_canonical() {
+        assert_eq!(
+            canonical_url("HTTP://Example.COM:80/a?b").unwrap(),
+            "http://example.com/a?b"
+        );
+        assert_eq!(canonical_url("https://h:8443").unwrap(), "https://h:8443/");
+        assert!(canonical_url("/relative").is_err());
+        assert!(canonical_url("ftp://h/").is_err());
+    }
+
+    #[test]
+    fn same_url_covers_variants_and_extras_only() {
+        assert!(same_url("http://h/a", "http://h/a"));
+        assert!(same_url("http://h/a\u{1}1\u{1}accept:x", "http://h/a"));
+        assert!(same_url("http://h/a\nx-tenant:1", "http://h/a"));
+        assert!(!same_url("http://h/ab", "http://h/a"));
+        assert!(!same_url("http://h/a?x", "http://h/a"));
+    }
+
+    #[test]
+    fn origin_is_scheme_and_authority() {
+        assert_eq!(origin_of("http://h:81/a/b"), "http://h:81");
+        assert_eq!(origin_of("https://h"), "https://h");
+    }
+}

@@ -1,0 +1,299 @@
+//! Answers built from a stored entry: the full response, HEAD, a 304 for a
+//! matching client conditional (RFC 9110 §13), a single byte range (RFC 9110
+//! §14), with `Age` (RFC 9111 §5.1) and RFC 9211 `Cache-Status`.
+
+use std::time::Duration;
+
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+
+use bytes::Bytes;
+
+use super::policy;
+use super::store::Entry;
+use crate::config::Coding;
+use crate::body::{self, ProxyBody};
+
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// How the request was answered, for `Cache-Status` (RFC 9211 §2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Served from the cache; `ttl` is the remaining freshness in seconds
+    /// (negative when served stale); `detail` says why a stale one was used.
+    Hit {
+        ttl: i64,
+        detail: Option<&'static str>,
+    },
+    /// Went upstream: `fwd` is RFC 9211's reason (`miss`, `uri-miss`,
+    /// `vary-miss`, `request`, `stale`, `method`, `bypass`), `fwd_status`
+    /// the upstream's status when it differs from ours, `stored` whether
+    /// the response was stored.
+    Forward {
+        fwd: &'static str,
+        fwd_status: Option<u16>,
+        stored: bool,
+        collapsed: bool,
+    },
+}
+
+impl Status {
+    pub fn header_value(&self) -> HeaderValue {
+        let text = match self {
+            Status::Hit { ttl, detail } => match detail {
+                Some(d) => format!("sluice; hit; ttl={ttl}; detail={d}"),
+                None => format!("sluice; hit; ttl={ttl}"),
+            },
+            Status::Forward {
+                fwd,
+                fwd_status,
+                stored,
+                collapsed,
+            } => {
+                let mut t = format!("sluice; fwd={fwd}");
+                if let Some(s) = fwd_status {
+                    t.push_str(&format!("; fwd-status={s}"));
+                }
+                if *stored {
+                    t.push_str("; stored");
+                }
+                if *collapsed {
+                    t.push_str("; collapsed");
+                }
+                t
+            }
+        };
+        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("sluice"))
+    }
+}
+
+/// Seconds of freshness left (negative once stale).
+pub fn ttl(entry: &Entry, age: Duration) -> i64 {
+    let life = i64::try_from(entry.lifetime.as_secs()).unwrap_or(i64::MAX);
+    let age = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
+    life.saturating_sub(age)
+}
+
+/// The response for `method` with request head `req` from `entry`, whose
+/// current age is `age`; `encoded` is a compressed copy of its body to send
+/// instead.
+pub fn from_entry(
+    entry: &Entry,
+    method: &Method,
+    req: &HeaderMap,
+    age: Duration,
+    encoded: Option<(Coding, Bytes)>,
+) -> Response<ProxyBody> {
+    let mut headers = entry.headers.clone();
+    headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+    let body_bytes = match encoded {
+        Some((coding, bytes)) => {
+            crate::compress::transformed_head(&mut headers, Some(coding), Some(bytes.len()));
+            Some(bytes)
+        }
+        None => None,
+    };
+    if entry.status == StatusCode::OK || entry.status.is_success() {
+        if let Some(resp) = not_modified(entry, req, &headers) {
+            return resp;
+        }
+    }
+    let head_only = method == Method::HEAD;
+    if entry.status == StatusCode::OK && !head_only && body_bytes.is_none() {
+        if let Some(resp) = range(entry, req, &headers) {
+            return resp;
+        }
+    }
+    let bytes = body_bytes.unwrap_or_else(|| entry.body.clone());
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    let body = if head_only {
+        body::empty()
+    } else {
+        body::full(bytes)
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = entry.status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// Fields a 304 carries (RFC 9110 §15.4.5): those a 200 would have sent
+/// that describe the stored representation's metadata.
+const NOT_MODIFIED_FIELDS: [HeaderName; 8] = [
+    header::CACHE_CONTROL,
+    header::CONTENT_LOCATION,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::VARY,
+    header::LAST_MODIFIED,
+    header::AGE,
+];
+
+/// 304 when the client's If-None-Match (or, without it, If-Modified-Since)
+/// says it already has this representation (RFC 9110 §13.2.2).
+fn not_modified(
+    entry: &Entry,
+    req: &HeaderMap,
+    headers: &HeaderMap,
+) -> Option<Response<ProxyBody>> {
+    let matched = if req.contains_key(header::IF_NONE_MATCH) {
+        policy::none_match(req, entry.headers.get(header::ETAG))
+    } else {
+        let ims = req.get(header::IF_MODIFIED_SINCE)?;
+        policy::not_modified_since(ims, &entry.headers)
+    };
+    if !matched {
+        return None;
+    }
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    for name in &NOT_MODIFIED_FIELDS {
+        for v in headers.get_all(name) {
+            resp.headers_mut().append(name.clone(), v.clone());
+        }
+    }
+    Some(resp)
+}
+
+/// 206 for one satisfiable byte range, 416 when none is; `None` to send the
+/// whole body (no Range, several ranges, another unit, or an If-Range that
+/// does not match: all allowed by RFC 9110 §14.2).
+fn range(entry: &Entry, req: &HeaderMap, headers: &HeaderMap) -> Option<Response<ProxyBody>> {
+    let spec = req.get(header::RANGE)?.to_str().ok()?;
+    if let Some(if_range) = req.get(header::IF_RANGE) {
+        if !if_range_matches(if_range, &entry.headers) {
+            return None;
+        }
+    }
+    let len = entry.body.len() as u64;
+    let mut resp = Response::new(body::empty());
+    *resp.headers_mut() = headers.clone();
+    match parse_range(spec, len)? {
+        Some((first, last)) => {
+            let slice = entry.body.slice(first as usize..=last as usize);
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(slice.len()));
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{len}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            *resp.body_mut() = body::full(slice);
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        }
+        None => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+        }
+    }
+    Some(resp)
+}
+
+/// RFC 9110 §13.1.5: an entity-tag If-Range matches only a strong, equal
+/// ETag; a date matches only an equal Last-Modified.
+fn if_range_matches(if_range: &HeaderValue, stored: &HeaderMap) -> bool {
+    let given = if_range.as_bytes();
+    if given.starts_with(b"\"") {
+        stored
+            .get(header::ETAG)
+            .is_some_and(|etag| etag.as_bytes() == given)
+    } else if given.starts_with(b"W/") {
+        false
+    } else {
+        stored
+            .get(header::LAST_MODIFIED)
+            .is_some_and(|lm| lm.as_bytes() == given)
+    }
+}
+
+/// One `bytes=` range resolved against `len`: `None` = ignore the field
+/// (not bytes, several ranges, malformed), `Some(None)` = unsatisfiable,
+/// `Some(Some((first, last)))` = the inclusive byte positions.
+pub fn parse_range(spec: &str, len: u64) -> Option<Option<(u64, u64)>> {
+    let (unit, set) = spec.split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") || set.contains(',') {
+        return None;
+    }
+    let (first, last) = set.trim().split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (first, last) = (first.trim(), last.trim());
+    if first.is_empty() {
+        // Suffix range: the last N bytes.
+        if !digits(last) {
+            return None;
+        }
+        let n: u64 = last.parse().unwrap_or(u64::MAX);
+        if n == 0 || len == 0 {
+            return Some(None);
+        }
+        return Some(Some((len.saturating_sub(n), len - 1)));
+    }
+    if !digits(first) || !(last.is_empty() || digits(last)) {
+        return None;
+    }
+    let first: u64 = first.parse().unwrap_or(u64::MAX);
+    let last: u64 = if last.is_empty() {
+        u64::MAX
+    } else {
+        last.parse().unwrap_or(u64::MAX)
+    };
+    if last < first {
+        return None;
+    }
+    if first >= len {
+        return Some(None);
+    }
+    Some(Some((first, last.min(len - 1))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc9110_s14_1_2_byte_ranges() {
+        assert_eq!(parse_range("bytes=0-4", 10), Some(Some((0, 4))));
+        assert_eq!(parse_range("bytes=5-", 10), Some(Some((5, 9))));
+        assert_eq!(parse_range("bytes=-3", 10), Some(Some((7, 9))));
+        assert_eq!(parse_range("bytes=-30", 10), Some(Some((0, 9))));
+        assert_eq!(parse_range("bytes=8-100", 10), Some(Some((8, 9))));
+        assert_eq!(parse_range("bytes=10-", 10), Some(None));
+        assert_eq!(parse_range("bytes=-0", 10), Some(None));
+        assert_eq!(parse_range("bytes=0-1,3-4", 10), None);
+        assert_eq!(parse_range("items=0-1", 10), None);
+        assert_eq!(parse_range("bytes=4-1", 10), None);
+        assert_eq!(parse_range("bytes=a-b", 10), None);
+        assert_eq!(
+            parse_range("bytes=99999999999999999999999-", 10),
+            Some(None)
+        );
+    }
+
+    #[test]
+    fn rfc9211_cache_status_values() {
+        let hit = Status::Hit {
+            ttl: 30,
+            detail: None,
+        };
+        assert_eq!(hit.header_value(), "sluice; hit; ttl=30");
+        let stored = Status::Forward {
+            fwd: "miss",
+            fwd_status: None,
+            stored: true,
+            collapsed: false,
+        };
+        assert_eq!(stored.header_value(), "sluice; fwd=miss; stored");
+        let revalidated = Status::Forward {
+            fwd: "stale",
+            fwd_status: Some(304),
+            stored: false,
+            collapsed: false,
+        };
+        assert_eq!(
+            revalidated.header_value(),
+            "sluice; fwd=stale; fwd-status=304"
+        );
+    }
+}

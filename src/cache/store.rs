@@ -1,0 +1,226 @@
+//! Where cached responses live. The [`Store`] trait is all the request path
+//! needs (get, insert, remove, purge by predicate), so another tier (disk,
+//! Redis) can sit behind it later; [`MemoryStore`] is moka, bounded by bytes.
+//!
+//! moka admits with TinyLFU and evicts by LRU: a one-hit wonder does not
+//! push out a popular page, which is the "hybrid LRU/LFU" behaviour
+//! operators ask for.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, StatusCode};
+
+use super::policy::CacheControl;
+
+/// One stored response: its head, its whole body and what freshness needs.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub status: StatusCode,
+    /// The head as clients get it: hop-by-hop fields, `Set-Cookie` and
+    /// surrogate keys removed.
+    pub headers: HeaderMap,
+    /// Shared: a hit clones a pointer, never the bytes.
+    pub body: Bytes,
+    pub request_time: SystemTime,
+    pub response_time: SystemTime,
+    /// RFC 9111 §4.2.3 `corrected_initial_age`.
+    pub initial_age: Duration,
+    /// RFC 9111 §4.2.1 freshness lifetime.
+    pub lifetime: Duration,
+    /// The stored response's Cache-Control.
+    pub cc: CacheControl,
+    /// Surrogate keys (`Surrogate-Key` / `Cache-Tag`) for purge by tag.
+    pub tags: Box<[Box<str>]>,
+    /// Random per stored response: compressed copies are keyed by it, so a
+    /// refreshed or replaced entry never serves an older copy's bytes.
+    pub id: u64,
+}
+
+impl Entry {
+    /// The entry's current age (RFC 9111 §4.2.3).
+    pub fn age(&self, now: SystemTime) -> Duration {
+        super::policy::current_age(self.initial_age, self.response_time, now)
+    }
+
+    fn weight(&self) -> usize {
+        let head: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        let tags: usize = self.tags.iter().map(|t| t.len() + 16).sum();
+        head + tags + self.body.len() + std::mem::size_of::<Entry>()
+    }
+}
+
+/// What a key maps to.
+// Always behind an `Arc`: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Object {
+    /// A response.
+    Response(Entry),
+    /// Under a primary key whose response varies: the (sorted) request
+    /// headers it varies on; the responses live under variant keys that
+    /// include `id`, so a new `Vary` (or an invalidation) leaves the old
+    /// variants unreachable instead of serving them again.
+    Vary { names: Box<[HeaderName]>, id: u64 },
+    /// A compressed copy of a response's body (one per coding), stored
+    /// beside it so that a hit never compresses again.
+    Encoded(Bytes),
+}
+
+impl Object {
+    fn weight(&self) -> usize {
+        match self {
+            Object::Response(e) => e.weight(),
+            Object::Encoded(b) => b.len() + 64,
+            Object::Vary { names, .. } => {
+                names.iter().map(|n| n.as_str().len() + 16).sum::<usize>() + 64
+            }
+        }
+    }
+}
+
+/// A cache tier.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    fn get(&self, key: &str) -> Option<Arc<Object>>;
+    fn insert(&self, key: String, object: Arc<Object>);
+    /// Whether the key was there.
+    fn remove(&self, key: &str) -> bool;
+    /// Removes every entry for which `matches` holds; returns how many
+    /// responses went (the `Vary` markers beside them are not counted).
+    fn remove_where(&self, matches: &mut dyn FnMut(&str, &Object) -> bool) -> u64;
+    /// Entries held (settles pending bookkeeping first).
+    fn entries(&self) -> u64;
+    /// Bytes held, as weighed.
+    fn bytes(&self) -> u64;
+}
+
+/// The in-memory tier.
+pub struct MemoryStore {
+    cache: moka::sync::Cache<String, Arc<Object>>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.cache.entry_count())
+            .field("bytes", &self.cache.weighted_size())
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// A store holding at most `max_bytes`; `on_evict` runs once per entry
+    /// pushed out for room (not for purges or replacements).
+    pub fn new(max_bytes: u64, on_evict: impl Fn() + Send + Sync + 'static) -> MemoryStore {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &String, object: &Arc<Object>| {
+                u32::try_from(key.len() + object.weight()).unwrap_or(u32::MAX)
+            })
+            .eviction_listener(move |_key, _value, cause| {
+                if cause.was_evicted() {
+                    on_evict();
+                }
+            })
+            .build();
+        MemoryStore { cache }
+    }
+}
+
+impl Store for MemoryStore {
+    fn get(&self, key: &str) -> Option<Arc<Object>> {
+        self.cache.get(key)
+    }
+
+    fn insert(&self, key: String, object: Arc<Object>) {
+        self.cache.insert(key, object);
+    }
+
+    fn remove(&self, key: &str) -> bool {
+        self.cache.remove(key).is_some()
+    }
+
+    fn remove_where(&self, matches: &mut dyn FnMut(&str, &Object) -> bool) -> u64 {
+        let doomed: Vec<Arc<String>> = self
+            .cache
+            .iter()
+            .filter(|(k, v)| matches(k, v))
+            .map(|(k, _)| k)
+            .collect();
+        doomed
+            .iter()
+            .filter(|k| {
+                self.cache
+                    .remove(k.as_str())
+                    .is_some_and(|o| matches!(*o, Object::Response(_)))
+            })
+            .count() as u64
+    }
+
+    fn entries(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
+    fn bytes(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn entry(body: usize) -> Arc<Object> {
+        Arc::new(Object::Response(Entry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from(vec![b'x'; body]),
+            request_time: SystemTime::UNIX_EPOCH,
+            response_time: SystemTime::UNIX_EPOCH,
+            initial_age: Duration::ZERO,
+            lifetime: Duration::from_secs(60),
+            cc: CacheControl::default(),
+            tags: Box::new([]),
+            id: 0,
+        }))
+    }
+
+    #[test]
+    fn stays_within_its_byte_budget() {
+        let evicted = Arc::new(AtomicU64::new(0));
+        let counter = evicted.clone();
+        let store = MemoryStore::new(1 << 20, move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        for i in 0..200 {
+            store.insert(format!("k{i}"), entry(50_000));
+        }
+        assert!(store.bytes() <= 1 << 20, "{} bytes", store.bytes());
+        assert!(store.entries() < 200);
+        assert!(evicted.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn removes_by_predicate_and_counts() {
+        let store = MemoryStore::new(1 << 20, || {});
+        for i in 0..10 {
+            store.insert(format!("http://h/a/{i}"), entry(10));
+            store.insert(format!("http://h/b/{i}"), entry(10));
+        }
+        assert_eq!(
+            store.remove_where(&mut |k, _| k.starts_with("http://h/a/")),
+            10
+        );
+        assert_eq!(store.entries(), 10);
+        assert!(store.remove("http://h/b/1"));
+        assert!(!store.remove("http://h/b/1"));
+    }
+}

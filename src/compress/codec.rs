@@ -1,0 +1,249 @@
+//! Encoders and decoders (async-compression over an in-memory buffer) and
+//! the body wrappers that run them as a response streams.
+//!
+//! The encoders write into a `Vec<u8>`, which never blocks, so they are
+//! driven by polling them once with the body's own task context. Each input
+//! chunk is flushed through, so a server-sent event or any slow stream
+//! reaches the client as it was sent, never held back for a full buffer.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use async_compression::tokio::write::{
+    BrotliDecoder, BrotliEncoder, GzipDecoder, GzipEncoder, ZstdDecoder, ZstdEncoder,
+};
+use async_compression::Level as Quality;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use prometheus::IntCounter;
+use tokio::io::AsyncWrite;
+
+use crate::body::{BoxError, ProxyBody};
+use crate::config::{Coding, Level};
+
+/// A compressor or decompressor writing into memory.
+enum Codec {
+    GzipEnc(GzipEncoder<Vec<u8>>),
+    BrEnc(BrotliEncoder<Vec<u8>>),
+    ZstdEnc(ZstdEncoder<Vec<u8>>),
+    GzipDec(GzipDecoder<Vec<u8>>),
+    BrDec(BrotliDecoder<Vec<u8>>),
+    ZstdDec(ZstdDecoder<Vec<u8>>),
+}
+
+macro_rules! each {
+    ($codec:expr, $w:ident => $body:expr) => {
+        match $codec {
+            Codec::GzipEnc($w) => $body,
+            Codec::BrEnc($w) => $body,
+            Codec::ZstdEnc($w) => $body,
+            Codec::GzipDec($w) => $body,
+            Codec::BrDec($w) => $body,
+            Codec::ZstdDec($w) => $body,
+        }
+    };
+}
+
+/// Per-algorithm quality for a level.
+fn quality(coding: Coding, level: Level) -> Quality {
+    let q = match (coding, level) {
+        (_, Level::Fast) => 1,
+        (Coding::Gzip, Level::Default) => 6,
+        (Coding::Br, Level::Default) => 5,
+        (Coding::Zstd, Level::Default) => 3,
+        (Coding::Gzip, Level::Best) => 9,
+        (Coding::Br, Level::Best) => 11,
+        (Coding::Zstd, Level::Best) => 19,
+    };
+    Quality::Precise(q)
+}
+
+/// Turns a would-block (impossible with an in-memory sink) into an error
+/// rather than a hang.
+fn ready<T>(p: Poll<io::Result<T>>) -> io::Result<T> {
+    match p {
+        Poll::Ready(r) => r,
+        Poll::Pending => Err(io::Error::other("in-memory codec would block")),
+    }
+}
+
+impl Codec {
+    fn encoder(coding: Coding, level: Level) -> Codec {
+        let q = quality(coding, level);
+        match coding {
+            Coding::Gzip => Codec::GzipEnc(GzipEncoder::with_quality(Vec::new(), q)),
+            Coding::Br => Codec::BrEnc(BrotliEncoder::with_quality(Vec::new(), q)),
+            Coding::Zstd => Codec::ZstdEnc(ZstdEncoder::with_quality(Vec::new(), q)),
+        }
+    }
+
+    fn decoder(coding: Coding) -> Codec {
+        match coding {
+            Coding::Gzip => Codec::GzipDec(GzipDecoder::new(Vec::new())),
+            Coding::Br => Codec::BrDec(BrotliDecoder::new(Vec::new())),
+            Coding::Zstd => Codec::ZstdDec(ZstdDecoder::new(Vec::new())),
+        }
+    }
+
+    /// Feeds `data` and flushes; returns the output produced so far.
+    fn feed(&mut self, cx: &mut Context<'_>, mut data: &[u8]) -> io::Result<Bytes> {
+        each!(self, w => {
+            while !data.is_empty() {
+                let n = ready(Pin::new(&mut *w).poll_write(cx, data))?;
+                if n == 0 {
+                    return Err(io::Error::new(io::ErrorKind::WriteZero, "codec took no input"));
+                }
+                data = &data[n..];
+            }
+            ready(Pin::new(&mut *w).poll_flush(cx))?;
+            Ok(Bytes::from(std::mem::take(w.get_mut())))
+        })
+    }
+
+    /// Ends the stream; returns the last output.
+    fn finish(&mut self, cx: &mut Context<'_>) -> io::Result<Bytes> {
+        each!(self, w => {
+            ready(Pin::new(&mut *w).poll_shutdown(cx))?;
+            Ok(Bytes::from(std::mem::take(w.get_mut())))
+        })
+    }
+}
+
+/// Compresses a whole body at once (for cached variants).
+pub fn compress_all(data: &[u8], coding: Coding, level: Level) -> io::Result<Bytes> {
+    let mut codec = Codec::encoder(coding, level);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut out = codec.feed(&mut cx, data)?.to_vec();
+    out.extend_from_slice(&codec.finish(&mut cx)?);
+    Ok(Bytes::from(out))
+}
+
+/// Decompresses a whole body at once (tests and tools).
+pub fn decompress_all(data: &[u8], coding: Coding) -> io::Result<Bytes> {
+    let mut codec = Codec::decoder(coding);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut out = codec.feed(&mut cx, data)?.to_vec();
+    out.extend_from_slice(&codec.finish(&mut cx)?);
+    Ok(Bytes::from(out))
+}
+
+/// Counters for bytes into and out of the compressor.
+#[derive(Clone)]
+pub struct Counted {
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+}
+
+/// A response body run through an encoder or decoder as it streams.
+pub struct CodecBody {
+    inner: ProxyBody,
+    codec: Codec,
+    done: bool,
+    counted: Option<Counted>,
+}
+
+impl CodecBody {
+    /// Compresses `inner` with `coding`, counting bytes in `counted`.
+    pub fn encode(inner: ProxyBody, coding: Coding, level: Level, counted: Counted) -> CodecBody {
+        CodecBody {
+            inner,
+            codec: Codec::encoder(coding, level),
+            done: false,
+            counted: Some(counted),
+        }
+    }
+
+    /// Decompresses `inner`, which is encoded with `coding`.
+    pub fn decode(inner: ProxyBody, coding: Coding) -> CodecBody {
+        CodecBody {
+            inner,
+            codec: Codec::decoder(coding),
+            done: false,
+            counted: None,
+        }
+    }
+}
+
+impl Body for CodecBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            let out = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers cannot follow a transformed body reliably:
+                    // they are dropped.
+                    let Ok(data) = frame.into_data() else { continue };
+                    if let Some(c) = &this.counted {
+                        c.bytes_in.inc_by(data.len() as u64);
+                    }
+                    this.codec.feed(cx, &data)
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    this.codec.finish(cx)
+                }
+            };
+            match out {
+                Ok(bytes) if bytes.is_empty() => continue,
+                Ok(bytes) => {
+                    if let Some(c) = &this.counted {
+                        c.bytes_out.inc_by(bytes.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                Err(e) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_coding_and_level() {
+        let text = "sluice compresses once and serves many times. ".repeat(200);
+        for coding in Coding::ALL {
+            for level in [Level::Fast, Level::Default, Level::Best] {
+                let packed = compress_all(text.as_bytes(), coding, level).unwrap();
+                assert!(packed.len() < text.len() / 4, "{coding:?} {level:?}");
+                let back = decompress_all(&packed, coding).unwrap();
+                assert_eq!(back, text.as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_fails_to_decode_without_panicking() {
+        for coding in Coding::ALL {
+            assert!(decompress_all(b"definitely not compressed", coding).is_err());
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The cache keys: `[cache]` (the shared store and its rules) and each
+//! route's `cache` / `cache_key_*` keys, from raw TOML to validated types.
+//!
+//! The store exists whether or not a route uses it; nothing is cached
+//! unless a route sets `cache = true`.
+
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::Deserialize;
+
+use super::observe::Cidr;
+use super::units::{de_duration, de_size};
+use super::{Seg, Validator};
+
+/// `[cache]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    #[serde(default = "d_max_size", deserialize_with = "de_size")]
+    pub max_size: u64,
+    #[serde(default = "d_max_object_size", deserialize_with = "de_size")]
+    pub max_object_size: u64,
+    #[serde(default = "yes")]
+    pub status_header: bool,
+    #[serde(default = "d_5s", deserialize_with = "de_duration")]
+    pub lock_timeout: Duration,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub serve_stale_on_error: Duration,
+    #[serde(default)]
+    pub store_set_cookie: bool,
+    #[serde(default)]
+    pub purge_allow: Vec<String>,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            max_size: d_max_size(),
+            max_object_size: d_max_object_size(),
+            status_header: true,
+            lock_timeout: d_5s(),
+            serve_stale_on_error: Duration::ZERO,
+            store_set_cookie: false,
+            purge_allow: Vec::new(),
+        }
+    }
+}
+
+fn d_max_size() -> u64 {
+    256 << 20
+}
+fn d_max_object_size() -> u64 {
+    8 << 20
+}
+fn d_5s() -> Duration {
+    Duration::from_secs(5)
+}
+fn yes() -> bool {
+    true
+}
+
+/// The validated `[cache]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Bytes the store may hold (heads, bodies and keys).
+    pub max_size: u64,
+    /// Larger responses stream through without being stored.
+    pub max_object_size: u64,
+    /// Send RFC 9211 `Cache-Status` on responses of caching routes.
+    pub status_header: bool,
+    /// How long a request waits for a concurrent identical miss before
+    /// going upstream on its own.
+    pub lock_timeout: Duration,
+    /// Serve a stale entry this long past its freshness when the upstream
+    /// fails, even without `stale-if-error`; zero = off.
+    pub serve_stale_on_error: Duration,
+    /// Store responses carrying `Set-Cookie` (the cookie itself is never
+    /// stored or replayed).
+    pub store_set_cookie: bool,
+    /// Clients allowed to send `PURGE` on the public listeners.
+    pub purge_allow: Vec<Cidr>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        let raw = RawCache::default();
+        CacheConfig {
+            max_size: raw.max_size,
+            max_object_size: raw.max_object_size,
+            status_header: raw.status_header,
+            lock_timeout: raw.lock_timeout,
+            serve_stale_on_error: raw.serve_stale_on_error,
+            store_set_cookie: raw.store_set_cookie,
+            purge_allow: Vec::new(),
+        }
+    }
+}
+
+/// What goes into a route's cache key besides scheme, host, path and query.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeySpec {
+    /// Request headers whose values are part of the key.
+    pub headers: Vec<HeaderName>,
+    /// Cookies (by name) whose values are part of the key.
+    pub cookies: Vec<String>,
+    /// Query parameters left out of the key.
+    pub ignore_params: IgnoreParams,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum IgnoreParams {
+    /// The whole query is part of the key.
+    #[default]
+    None,
+    /// These parameters are dropped from it.
+    Named(Vec<String>),
+    /// `["*"]`: the query is not part of the key at all.
+    All,
+}
+
+/// The route keys of the cache, as written in `[[route]]`.
+#[derive(Debug, Default)]
+pub struct RawRouteCache<'a> {
+    pub cache: bool,
+    pub key_headers: Option<&'a [String]>,
+    pub key_cookies: Option<&'a [String]>,
+    pub key_ignore_params: Option<&'a [String]>,
+}
+
+/// Limits that keep one object's weight within what the store can count.
+const MAX_OBJECT_LIMIT: u64 = 1 << 30;
+
+impl Validator<'_> {
+    pub(super) fn cache(&mut self, raw: Option<&RawCache>) -> CacheConfig {
+        let default = RawCache::default();
+        let raw = raw.unwrap_or(&default);
+        let at = |k| [Seg::Key("cache"), Seg::Key(k)];
+        if raw.max_size == 0 {
+            self.error(&at("max_size"), "must be more than 0 bytes");
+        }
+        if raw.max_object_size == 0 || raw.max_object_size > MAX_OBJECT_LIMIT {
+            self.error(&at("max_object_size"), "must be between 1 byte and 1GiB");
+        } else if raw.max_object_size > raw.max_size {
+            self.error(
+                &at("max_object_size"),
+                format!(
+                    "{} bytes is more than max_size ({} bytes)",
+                    raw.max_object_size, raw.max_size
+                ),
+            );
+        }
+        if raw.lock_timeout.is_zero() {
+            self.error(
+                &at("lock_timeout"),
+                "must be more than 0s (coalesced requests wait this long)",
+            );
+        }
+        let mut purge_allow = Vec::new();
+        for (i, a) in raw.purge_allow.iter().enumerate() {
+            match Cidr::parse(a) {
+                Ok(c) => purge_allow.push(c),
+                Err(why) => self.error(
+                    &[Seg::Key("cache"), Seg::Key("purge_allow"), Seg::Index(i)],
+                    why,
+                ),
+            }
+        }
+        CacheConfig {
+            max_size: raw.max_size,
+            max_object_size: raw.max_object_size,
+            status_header: raw.status_header,
+            lock_timeout: raw.lock_timeout,
+            serve_stale_on_error: raw.serve_stale_on_error,
+            store_set_cookie: raw.store_set_cookie,
+            purge_allow,
+        }
+    }
+
+    /// A route's cache settings: `None` unless it sets `cache = true`.
+    pub(super) fn route_cache(&mut self, route: usize, raw: &RawRouteCache) -> Option<KeySpec> {
+        let at = |k| [Seg::Key("route"), Seg::Index(route), Seg::Key(k)];
+        if !raw.cache {
+            for (key, set) in [
+                ("cache_key_headers", raw.key_headers.is_some()),
+                ("cache_key_cookies", raw.key_cookies.is_some()),
+                ("cache_key_ignore_params", raw.key_ignore_params.is_some()),
+            ] {
+                if set {
+                    self.error(&at(key), "has no effect without cache = true on this route");
+                }
+            }
+            return None;
+        }
+        let mut spec = KeySpec::default();
+        for (j, h) in raw.key_headers.unwrap_or_default().iter().enumerate() {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) => spec.headers.push(name),
+                Err(_) => self.error(
+                    &[
+                        Seg::Key("route"),
+                        Seg::Index(route),
+                        Seg::Key("cache_key_headers"),
+                        Seg::Index(j),
+                    ],
+                    format!("\"{h}\" is not a valid header name"),
+                ),
+            }
+        }
+        for (j, c) in raw.key_cookies.unwrap_or_default().iter().enumerate() {
+            let ok = !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+            if ok {
+                spec.cookies.push(c.clone());
+            } else {
+                self.error(
+                    &[
+                        Seg::Key("route"),
+                        Seg::Index(route),
+                        Seg::Key("cache_key_cookies"),
+                        Seg::Index(j),
+                    ],
+                    format!("\"{c}\" is not a valid cookie name"),
+                );
+            }
+        }
+        if let Some(params) = raw.key_ignore_params {
+            spec.ignore_params = if params.iter().any(|p| p == "*") {
+                IgnoreParams::All
+            } else if params.iter().any(String::is_empty) {
+                self.error(
+                    &at("cache_key_ignore_params"),
+                    "parameter names must not be empty",
+                );
+                IgnoreParams::None
+            } else {
+                IgnoreParams::Named(params.to_vec())
+            };
+        }
+        Some(spec)
+    }
+}
