@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
+use http::HeaderValue;
 use sluice::config::{Policy, RouteConfig};
 use sluice::router::Router;
 use sluice::upstream::balance::{balancer_for, PickContext};
@@ -227,5 +228,87 @@ fn observability(c: &mut Criterion) {
     eprintln!("access log lines dropped during the benchmark: {dropped}");
 }
 
-criterion_group!(benches, hot_path, observability);
+/// The cache's per-request work on a hit: key, lookup, freshness check and
+/// the response head built from the entry; and choosing a coding.
+fn cache(c: &mut Criterion) {
+    use std::time::{Duration, SystemTime};
+
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+    use sluice::cache::policy::{self, CacheControl};
+    use sluice::cache::store::{Entry, MemoryStore, Object, Store};
+    use sluice::cache::{key, serve};
+    use sluice::config::{Coding, KeySpec};
+
+    let mut req = HeaderMap::new();
+    req.insert("host", HeaderValue::from_static("example.com"));
+    req.insert(
+        "accept-encoding",
+        HeaderValue::from_static("gzip, deflate, br, zstd"),
+    );
+    req.insert("user-agent", HeaderValue::from_static("bench/1.0"));
+    let mut head = HeaderMap::new();
+    head.insert(
+        "cache-control",
+        HeaderValue::from_static("public, max-age=600"),
+    );
+    head.insert("content-type", HeaderValue::from_static("text/html"));
+    head.insert("etag", HeaderValue::from_static("\"v1\""));
+    let store = MemoryStore::new(64 << 20, || {});
+    let spec = KeySpec::default();
+    let primary = key::primary(false, "example.com", "/static/page?x=1", &req, &spec);
+    store.insert(
+        primary.clone(),
+        Arc::new(Object::Response(Entry {
+            status: StatusCode::OK,
+            cc: CacheControl::parse(&head),
+            headers: head,
+            body: Bytes::from(vec![b'x'; 20 * 1024]),
+            request_time: SystemTime::now(),
+            response_time: SystemTime::now(),
+            initial_age: Duration::ZERO,
+            lifetime: Duration::from_secs(600),
+            tags: Box::new([]),
+            id: 1,
+        })),
+    );
+    let mut group = c.benchmark_group("cache");
+    group.bench_function("key", |b| {
+        b.iter(|| {
+            key::primary(
+                false,
+                "example.com",
+                black_box("/static/page?x=1"),
+                &req,
+                &spec,
+            )
+        })
+    });
+    group.bench_function("hit", |b| {
+        b.iter(|| {
+            let k = key::primary(
+                false,
+                "example.com",
+                black_box("/static/page?x=1"),
+                &req,
+                &spec,
+            );
+            let object = store.get(&k).expect("stored");
+            let Object::Response(entry) = &*object else {
+                panic!("not a response")
+            };
+            let req_cc = CacheControl::parse(&req);
+            let age = entry.age(SystemTime::now());
+            let usable = policy::usable(&req_cc, false, &entry.cc, entry.lifetime, age);
+            let resp = serve::from_entry(entry, &http::Method::GET, &req, age, None);
+            black_box((usable, resp))
+        })
+    });
+    group.bench_function("negotiate", |b| {
+        b.iter(|| sluice::compress::Accepted::parse(black_box(&req)).choose(&Coding::ALL))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, hot_path, observability, cache);
 criterion_main!(benches);

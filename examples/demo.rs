@@ -8,10 +8,14 @@
 //! ```
 //!
 //! Each origin answers every request with a short text naming itself and
-//! echoing the method, path and forwarding headers it received.
+//! echoing the method, path and forwarding headers it received, except
+//! `/static/page20k` and `/nostore/page20k`: a fixed ~20 KiB HTML page,
+//! cacheable for a minute and `no-store` respectively (for
+//! `benches/cache-load.sh`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -20,10 +24,64 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
+/// A fixed HTML page of about 20 KiB: a product table whose rows vary
+/// (pseudo-random words and numbers), so it compresses like real markup
+/// rather than like a run of one repeated line.
+fn page20k() -> Bytes {
+    static PAGE: OnceLock<Bytes> = OnceLock::new();
+    PAGE.get_or_init(|| {
+        const WORDS: [&str; 16] = [
+            "copper", "kettle", "linen", "harbor", "maple", "signal", "velvet", "orbit", "granite",
+            "meadow", "lantern", "cobalt", "saffron", "thistle", "ember", "quartz",
+        ];
+        let mut seed: u32 = 0x2545_f491;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            seed >> 8
+        };
+        let mut html = String::from(
+            "<!doctype html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
+             <title>Catalogue</title></head>\n<body>\n<h1>Catalogue</h1>\n<table>\n",
+        );
+        let mut row = 0;
+        while html.len() < 20 * 1024 - 40 {
+            row += 1;
+            let (a, b, c) = (next(), next(), next());
+            html.push_str(&format!(
+                "<tr class=\"r{}\"><td>{row}</td><td><a href=\"/item/{}\">{} {}</a></td>\
+                 <td>{}.{:02}</td></tr>\n",
+                row % 2,
+                a % 100_000,
+                WORDS[(a % 16) as usize],
+                WORDS[(b % 16) as usize],
+                b % 500,
+                c % 100,
+            ));
+        }
+        html.push_str("</table>\n</body>\n</html>\n");
+        Bytes::from(html)
+    })
+    .clone()
+}
+
 async fn answer(
     origin: SocketAddr,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let page = match req.uri().path() {
+        "/static/page20k" => Some("public, max-age=60"),
+        "/nostore/page20k" => Some("no-store"),
+        _ => None,
+    };
+    if let Some(cache_control) = page {
+        let _ = req.into_body().collect().await?;
+        return Ok(Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .header("cache-control", cache_control)
+            .header("x-origin", origin.to_string())
+            .body(Full::new(page20k()))
+            .unwrap_or_default());
+    }
     let header = |name: &str| {
         req.headers()
             .get(name)

@@ -1252,7 +1252,7 @@ mod tests {
             );
         }
         let mut long = b"0\r\nX: ".to_vec();
-        long.extend(std::iter::repeat(b'a').take(MAX_TRAILER_BYTES));
+        long.extend(std::iter::repeat_n(b'a', MAX_TRAILER_BYTES));
         assert!(matches!(
             chunked(&long).broken,
             Some((_, Violation::BadTrailer))

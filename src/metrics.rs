@@ -13,8 +13,9 @@
 //! live in the pools themselves; [`UpstreamCollector`] reads them from the
 //! current snapshot at scrape time, so they cost nothing per request.
 //!
-//! Not recorded yet: the compression (`sluice_compression_*`) metrics are
-//! registered and exported at 0 until compression exists.
+//! The cache and compression record their own counters: cache lookups
+//! through [`SnapshotMetrics::cache_lookup`], compressed bytes through
+//! handles resolved once in [`crate::compress::counters`].
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};

@@ -1289,3 +1289,23 @@ async fn hits_over_http2_and_tls() {
     assert_eq!(first.text(), "over h2");
     assert!(is_hit(&second), "{:?}", second.headers);
 }
+
+#[tokio::test]
+async fn s3_empty_bodies_are_stored_too() {
+    let o = Scripted::start(Answer::ok("", &[("cache-control", "max-age=600")]).status(204)).await;
+    let d = start(&o).await;
+    let (_, r) = stored_then_hit(&d, &o, "/empty").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(is_hit(&r), "{:?}", r.headers);
+    o.set(Answer::ok(
+        "",
+        &[("cache-control", "max-age=600"), ("content-length", "0")],
+    ));
+    let (_, r) = {
+        let first = fetch(&d, "/zero").await;
+        let second = fetch(&d, "/zero").await;
+        (first, second)
+    };
+    assert!(is_hit(&r));
+    assert_eq!(o.hits(), 2);
+}

@@ -605,9 +605,27 @@ fn check_reports_bad_cache_keys() {
         "route[0].cache_key_headers",
         "has no effect without cache = true",
     );
-    assert_error(&err, &path, Some(pos(&text, "\"2MiB\"")), "cache.max_object_size", "more than max_size");
-    assert_error(&err, &path, Some(pos(&text, "\"0s\"")), "cache.lock_timeout", "must be more than 0s");
-    assert_error(&err, &path, Some(pos(&text, "\"10.0.0.0/40\"")), "cache.purge_allow[0]", "prefix length");
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"2MiB\"")),
+        "cache.max_object_size",
+        "more than max_size",
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"0s\"")),
+        "cache.lock_timeout",
+        "must be more than 0s",
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"10.0.0.0/40\"")),
+        "cache.purge_allow[0]",
+        "prefix length",
+    );
     assert_eq!(error_count(&err), 4, "{err}");
 
     let bad_header = VALID.replace(
@@ -615,5 +633,11 @@ fn check_reports_bad_cache_keys() {
         "pool = \"app\"\ncache = true\ncache_key_headers = [\"bad header\"]",
     );
     let (path, err) = check_fails(dir.path(), "header.toml", &bad_header);
-    assert_error(&err, &path, Some(pos(&bad_header, "\"bad header\"")), "route[0].cache_key_headers[0]", "not a valid header name");
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&bad_header, "\"bad header\"")),
+        "route[0].cache_key_headers[0]",
+        "not a valid header name",
+    );
 }

@@ -197,6 +197,8 @@ pub struct FillBody {
     pending: Option<Pending>,
     guard: Option<FillGuard>,
     stored: Option<Arc<Mutex<Option<Arc<Object>>>>>,
+    /// The stored object when the body completed before `report_to`.
+    done: Option<Arc<Object>>,
 }
 
 impl FillBody {
@@ -211,7 +213,7 @@ impl FillBody {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        FillBody {
+        let mut body = FillBody {
             inner,
             buf: BytesMut::new(),
             limit,
@@ -219,11 +221,20 @@ impl FillBody {
             pending: Some(pending),
             guard,
             stored: None,
+            done: None,
+        };
+        // An empty body (204, Content-Length: 0) is never polled: store now.
+        if body.inner.is_end_stream() {
+            body.complete();
         }
+        body
     }
 
     /// Where the stored object is put once the body completes.
     pub fn report_to(mut self, slot: Arc<Mutex<Option<Arc<Object>>>>) -> FillBody {
+        if let Some(object) = self.done.take() {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(object);
+        }
         self.stored = Some(slot);
         self
     }
@@ -233,11 +244,12 @@ impl FillBody {
             return;
         };
         let body = std::mem::take(&mut self.buf).freeze();
-        let whole = self.expected.map_or(true, |n| n == body.len() as u64);
+        let whole = self.expected.is_none_or(|n| n == body.len() as u64);
         if whole {
             let object = pending.store(body);
-            if let Some(slot) = &self.stored {
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(object);
+            match &self.stored {
+                Some(slot) => *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(object),
+                None => self.done = Some(object),
             }
         }
         self.guard = None;

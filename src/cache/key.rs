@@ -133,7 +133,10 @@ fn push_joined(key: &mut String, headers: &HeaderMap, name: &HeaderName) {
                 key.push(',');
             }
             // The separators must not come from a client.
-            key.extend(item.chars().filter(|c| ![EXTRA, VARIANT, ENCODED].contains(c)));
+            key.extend(
+                item.chars()
+                    .filter(|c| ![EXTRA, VARIANT, ENCODED].contains(c)),
+            );
             first = false;
         }
     }

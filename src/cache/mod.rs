@@ -317,7 +317,12 @@ fn encoded_copy(
     if ask.method != Method::GET
         || ask.head.contains_key(header::RANGE)
         || compress::content_coding(&entry.headers) != Some(None)
-        || !compress::compressible(cfg, entry.status, &entry.headers, Some(entry.body.len() as u64))
+        || !compress::compressible(
+            cfg,
+            entry.status,
+            &entry.headers,
+            Some(entry.body.len() as u64),
+        )
     {
         return None;
     }

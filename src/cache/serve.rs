@@ -10,8 +10,8 @@ use bytes::Bytes;
 
 use super::policy;
 use super::store::Entry;
-use crate::config::Coding;
 use crate::body::{self, ProxyBody};
+use crate::config::Coding;
 
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 

@@ -22,7 +22,9 @@ use tokio::io::AsyncWrite;
 use crate::body::{BoxError, ProxyBody};
 use crate::config::{Coding, Level};
 
-/// A compressor or decompressor writing into memory.
+/// A compressor or decompressor writing into memory. The body that owns it
+/// is boxed anyway, so the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Codec {
     GzipEnc(GzipEncoder<Vec<u8>>),
     BrEnc(BrotliEncoder<Vec<u8>>),
@@ -187,7 +189,9 @@ impl Body for CodecBody {
                 Poll::Ready(Some(Ok(frame))) => {
                     // Trailers cannot follow a transformed body reliably:
                     // they are dropped.
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     if let Some(c) = &this.counted {
                         c.bytes_in.inc_by(data.len() as u64);
                     }

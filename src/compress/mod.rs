@@ -66,7 +66,12 @@ fn type_listed(cfg: &CompressionConfig, headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let Some((top, _)) = essence.split_once('/') else {
         return false;
     };
@@ -111,7 +116,10 @@ pub fn vary_accept_encoding(headers: &mut HeaderMap) {
 pub fn transformed_head(headers: &mut HeaderMap, coding: Option<Coding>, len: Option<usize>) {
     match coding {
         Some(c) => {
-            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(c.as_str()));
+            headers.insert(
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static(c.as_str()),
+            );
         }
         None => {
             headers.remove(header::CONTENT_ENCODING);
@@ -154,7 +162,10 @@ pub fn apply(
         // for one that does not.
         Some(Some(coding)) => {
             if accepted.accepts(coding)
-                || matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+                || matches!(
+                    parts.status,
+                    StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+                )
                 || parts.headers.contains_key(header::CONTENT_RANGE)
                 || CacheControl::parse(&parts.headers).no_transform
             {
@@ -200,7 +211,8 @@ mod tests {
     #[test]
     fn types_match_exactly_or_by_top_level() {
         let cfg = CompressionConfig::default();
-        let ok = |ct: &str| compressible(&cfg, StatusCode::OK, &head(&[("content-type", ct)]), None);
+        let ok =
+            |ct: &str| compressible(&cfg, StatusCode::OK, &head(&[("content-type", ct)]), None);
         assert!(ok("text/html; charset=utf-8"));
         assert!(ok("TEXT/CSS"));
         assert!(ok("application/json"));
@@ -216,16 +228,28 @@ mod tests {
         let html = head(&[("content-type", "text/html")]);
         assert!(!compressible(&cfg, StatusCode::OK, &html, Some(100)));
         assert!(compressible(&cfg, StatusCode::OK, &html, Some(5000)));
-        assert!(!compressible(&cfg, StatusCode::PARTIAL_CONTENT, &html, None));
+        assert!(!compressible(
+            &cfg,
+            StatusCode::PARTIAL_CONTENT,
+            &html,
+            None
+        ));
         assert!(!compressible(&cfg, StatusCode::NO_CONTENT, &html, None));
         assert!(!compressible(&cfg, StatusCode::NOT_MODIFIED, &html, None));
-        let nt = head(&[("content-type", "text/html"), ("cache-control", "public, no-transform")]);
+        let nt = head(&[
+            ("content-type", "text/html"),
+            ("cache-control", "public, no-transform"),
+        ]);
         assert!(!compressible(&cfg, StatusCode::OK, &nt, None));
     }
 
     #[test]
     fn vary_is_merged_and_etag_weakened() {
-        let mut h = head(&[("vary", "Accept-Language"), ("etag", "\"x\""), ("content-length", "9")]);
+        let mut h = head(&[
+            ("vary", "Accept-Language"),
+            ("etag", "\"x\""),
+            ("content-length", "9"),
+        ]);
         transformed_head(&mut h, Some(Coding::Br), None);
         let vary: Vec<_> = h.get_all(header::VARY).iter().collect();
         assert_eq!(vary, ["Accept-Language", "Accept-Encoding"]);
@@ -240,9 +264,21 @@ mod tests {
     #[test]
     fn content_coding_recognises_one_known_coding() {
         assert_eq!(content_coding(&HeaderMap::new()), Some(None));
-        assert_eq!(content_coding(&head(&[("content-encoding", "identity")])), Some(None));
-        assert_eq!(content_coding(&head(&[("content-encoding", "GZIP")])), Some(Some(Coding::Gzip)));
-        assert_eq!(content_coding(&head(&[("content-encoding", "deflate")])), None);
-        assert_eq!(content_coding(&head(&[("content-encoding", "gzip, br")])), None);
+        assert_eq!(
+            content_coding(&head(&[("content-encoding", "identity")])),
+            Some(None)
+        );
+        assert_eq!(
+            content_coding(&head(&[("content-encoding", "GZIP")])),
+            Some(Some(Coding::Gzip))
+        );
+        assert_eq!(
+            content_coding(&head(&[("content-encoding", "deflate")])),
+            None
+        );
+        assert_eq!(
+            content_coding(&head(&[("content-encoding", "gzip, br")])),
+            None
+        );
     }
 }

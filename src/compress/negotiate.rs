@@ -102,7 +102,7 @@ impl Accepted {
         let mut best: Option<(Coding, u16)> = None;
         for &c in preference {
             let q = self.q(c);
-            if q > 0 && best.map_or(true, |(_, b)| q > b) {
+            if q > 0 && best.is_none_or(|(_, b)| q > b) {
                 best = Some((c, q));
             }
         }
@@ -138,9 +138,15 @@ mod tests {
 
     #[test]
     fn s12_5_3_preference_breaks_ties() {
-        assert_eq!(ae("gzip, deflate, br, zstd").choose(&PREF), Some(Coding::Br));
+        assert_eq!(
+            ae("gzip, deflate, br, zstd").choose(&PREF),
+            Some(Coding::Br)
+        );
         assert_eq!(ae("gzip, deflate").choose(&PREF), Some(Coding::Gzip));
-        assert_eq!(ae("gzip, br").choose(&[Coding::Gzip, Coding::Br]), Some(Coding::Gzip));
+        assert_eq!(
+            ae("gzip, br").choose(&[Coding::Gzip, Coding::Br]),
+            Some(Coding::Gzip)
+        );
     }
 
     #[test]
@@ -149,7 +155,11 @@ mod tests {
         assert_eq!(ae("br;q=0, gzip").choose(&PREF), Some(Coding::Gzip));
         assert_eq!(ae("br;q=0.001").choose(&PREF), Some(Coding::Br));
         assert_eq!(ae("br;q=0").choose(&PREF), None);
-        assert_eq!(ae("gzip;q=1.5").choose(&PREF), None, "invalid q ignores the item");
+        assert_eq!(
+            ae("gzip;q=1.5").choose(&PREF),
+            None,
+            "invalid q ignores the item"
+        );
     }
 
     #[test]
@@ -166,7 +176,10 @@ mod tests {
 
     #[test]
     fn case_and_whitespace_do_not_matter() {
-        assert_eq!(ae(" GZIP ; Q=0.9 ,BR;q=0.1").choose(&PREF), Some(Coding::Gzip));
+        assert_eq!(
+            ae(" GZIP ; Q=0.9 ,BR;q=0.1").choose(&PREF),
+            Some(Coding::Gzip)
+        );
         assert!(ae("x-gzip").accepts(Coding::Gzip));
         assert!(!ae("gzip").accepts(Coding::Br));
     }

@@ -134,11 +134,19 @@ impl Validator<'_> {
             match Coding::parse(a) {
                 Some(c) if !algorithms.contains(&c) => algorithms.push(c),
                 Some(_) => self.error(
-                    &[Seg::Key("compression"), Seg::Key("algorithms"), Seg::Index(i)],
+                    &[
+                        Seg::Key("compression"),
+                        Seg::Key("algorithms"),
+                        Seg::Index(i),
+                    ],
                     format!("\"{a}\" is listed twice"),
                 ),
                 None => self.error(
-                    &[Seg::Key("compression"), Seg::Key("algorithms"), Seg::Index(i)],
+                    &[
+                        Seg::Key("compression"),
+                        Seg::Key("algorithms"),
+                        Seg::Index(i),
+                    ],
                     format!("unknown algorithm \"{a}\"; use br, zstd or gzip"),
                 ),
             }

@@ -217,9 +217,12 @@ async fn proxy(
     let route_config = snap.config.routes.get(route.index);
     // With `compress = true` the response is compressed (or decoded) for
     // this client on its way out, whoever produced it.
-    let compression = route_config
-        .filter(|r| r.compress)
-        .map(|_| (fwd.method.clone(), crate::compress::Accepted::parse(&fwd.head)));
+    let compression = route_config.filter(|r| r.compress).map(|_| {
+        (
+            fwd.method.clone(),
+            crate::compress::Accepted::parse(&fwd.head),
+        )
+    });
     let resp = match (route_config.and_then(|r| r.cache.as_ref()), &upgrade) {
         (Some(spec), None) => {
             let key = crate::cache::key::primary(

@@ -133,7 +133,7 @@ impl Swrr {
         let mut best: Option<(usize, i64)> = None;
         for (i, (cur, &w)) in self.current.iter_mut().zip(&self.weights).enumerate() {
             *cur += w;
-            if best.map_or(true, |(_, top)| *cur > top) {
+            if best.is_none_or(|(_, top)| *cur > top) {
                 best = Some((i, *cur));
             }
         }

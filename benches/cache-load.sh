@@ -1,0 +1,743 @@
+#!/usr/bin/env bash
+# Cache and compression benchmark: sluice against nginx and Varnish on the same
+# machine, in the same run, in front of the same origin (the demo origin,
+# `demo --origin-only`, which serves a fixed ~20 KiB text/html page as
+# /static/page20k with `Cache-Control: public, max-age=60` and as
+# /nostore/page20k with `Cache-Control: no-store`).
+#
+#   bash benches/cache-load.sh                           # defaults below
+#   DURATION=5s REPEATS=3 bash benches/cache-load.sh
+#   SCENARIOS="hit hit-br" bash benches/cache-load.sh    # a subset
+#
+# Scenarios (each one's targets run with the same wrk command, interleaved
+# over REPEATS rounds, so that noise on a shared machine falls on all alike):
+#   hit            cached hit of /static/page20k, identity (no Accept-Encoding):
+#                  sluice (cache = true) vs nginx (proxy_cache) vs Varnish (malloc)
+#   hit-br         the same hit with `Accept-Encoding: br` through sluice
+#                  (cache = true, compress = true), against sluice's identity
+#                  hit (same rounds); the target is br >= 0.9x identity
+#   hit-gzip       the same hit with `Accept-Encoding: gzip`: sluice (stores one
+#                  gzip copy) vs nginx (gzips the cached page on every request)
+#                  vs Varnish (stores gzip: beresp.do_gzip)
+#   gzip-uncached  /nostore/page20k with `Accept-Encoding: gzip` (compressed on
+#                  every request, gzip level 1 on both): sluice vs nginx, with
+#                  the proxy's CPU time per request; the target is sluice below nginx
+#   observe-cost   sluice identity hits with `[admin]` + `[access_log]` (JSON to
+#                  a file in the temp dir) vs without both; the bar is a cost
+#                  under 5% of requests/s
+#
+# CPU time per request: utime + stime from /proc/<pid>/stat of the proxy's
+# processes (sluice: its one process; nginx: master and every child; Varnish:
+# manager and child), read right before and right after each wrk run and
+# divided by the requests wrk counted. It is reported for every run.
+#
+# Fairness: the same worker count (sluice `[server] workers`, nginx
+# `worker_processes`; Varnish serves each client connection on a thread of its
+# own, so it gets one thread pool, `thread_pools=1`, with enough threads for
+# every wrk connection instead), keep-alive to the client and to the origin
+# (pools of up to 64 idle connections), no access log (but for observe-cost's
+# "with" sluice), gzip level 1 everywhere, min size 1 KiB for compression.
+#
+# Environment (defaults in brackets):
+#   WORKERS [2]             worker processes/threads of sluice and nginx
+#   VARNISH_THREADS [100]   Varnish thread_pool_min (thread_pool_max is 5x)
+#   DURATION [10s]          wrk duration per measurement
+#   REPEATS [3]             rounds
+#   WARMUP [2s]             one unmeasured wrk run per target before the rounds ("0" skips)
+#   WRK_THREADS [2]         wrk -t
+#   WRK_CONNS [64]          wrk -c
+#   SCENARIOS [hit hit-br hit-gzip gzip-uncached observe-cost]
+#   PORT_BASE [19100]       origin PORT_BASE+1; sluice +81 (cache), +82 (cache +
+#                           compress), +83 (cache + admin + access log; admin on +84);
+#                           nginx +85; Varnish +86 (identity), +87 (gzip) (all 127.0.0.1)
+#   SKIP_INSTALL [0]        1: never call apt-get
+#   SKIP_BUILD [0]          1: use the existing release binaries
+#   KEEP_TMP [0]            1: keep the temp dir (configs, server logs, raw wrk output)
+
+set -euo pipefail
+
+WORKERS=${WORKERS:-2}
+VARNISH_THREADS=${VARNISH_THREADS:-100}
+DURATION=${DURATION:-10s}
+REPEATS=${REPEATS:-3}
+WARMUP=${WARMUP:-2s}
+WRK_THREADS=${WRK_THREADS:-2}
+WRK_CONNS=${WRK_CONNS:-64}
+SCENARIOS=${SCENARIOS:-hit hit-br hit-gzip gzip-uncached observe-cost}
+PORT_BASE=${PORT_BASE:-19100}
+SKIP_INSTALL=${SKIP_INSTALL:-0}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP_TMP=${KEEP_TMP:-0}
+
+ORIGIN_PORT=$((PORT_BASE + 1))
+SLUICE_PORT=$((PORT_BASE + 81))
+SLUICE_Z_PORT=$((PORT_BASE + 82))
+SLUICE_OBS_PORT=$((PORT_BASE + 83))
+SLUICE_OBS_ADMIN_PORT=$((PORT_BASE + 84))
+NGINX_PORT=$((PORT_BASE + 85))
+VARNISH_PORT=$((PORT_BASE + 86))
+VARNISH_GZ_PORT=$((PORT_BASE + 87))
+PAGE=/static/page20k
+NOSTORE_PAGE=/nostore/page20k
+
+export PATH="$PATH:/usr/sbin:/sbin"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=$(pwd)
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'cache-load.sh: %s\n' "$*" >&2; exit 1; }
+
+for scen in $SCENARIOS; do
+    case $scen in
+        hit | hit-br | hit-gzip | gzip-uncached | observe-cost) ;;
+        *) die "unknown scenario $scen (hit | hit-br | hit-gzip | gzip-uncached | observe-cost)" ;;
+    esac
+done
+
+# ---------------------------------------------------------------- install ---
+install_missing() {
+    local missing=()
+    command -v nginx >/dev/null || missing+=(nginx)
+    command -v varnishd >/dev/null || missing+=(varnish)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v gzip >/dev/null || missing+=(gzip)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    [ "$SKIP_INSTALL" = 1 ] && die "missing: ${missing[*]} (and SKIP_INSTALL=1)"
+    command -v apt-get >/dev/null || die "missing: ${missing[*]}; install them (no apt-get here)"
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    log "installing: ${missing[*]}"
+    "${sudo[@]}" apt-get update -qq
+    local pkgs=() m
+    for m in "${missing[@]}"; do
+        if [ "$m" = nginx ]; then
+            # nginx-light where it exists (smaller; it has gzip and proxy_cache), else nginx.
+            if apt-cache show nginx-light >/dev/null 2>&1; then pkgs+=(nginx-light); else pkgs+=(nginx); fi
+        else
+            pkgs+=("$m")
+        fi
+    done
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${pkgs[@]}" >&2
+    # Debian starts the packaged services; they listen on :80 and :6081, not on
+    # our ports, so they do not interfere, but do not leave them running on our account.
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        "${sudo[@]}" systemctl stop nginx varnish 2>/dev/null || true
+    fi
+}
+install_missing
+# Varnish compiles its VCL with the system C compiler.
+command -v cc >/dev/null || die "varnishd needs a C compiler (cc) to compile VCL; install gcc"
+
+# ------------------------------------------------------------------ build ---
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+if [ "$SKIP_BUILD" != 1 ]; then
+    log "cargo build --release --bin sluice --example demo"
+    cargo build --release --bin sluice --example demo >&2
+fi
+SLUICE_BIN=$TARGET_DIR/release/sluice
+DEMO_BIN=$TARGET_DIR/release/examples/demo
+[ -x "$SLUICE_BIN" ] || die "no $SLUICE_BIN"
+[ -x "$DEMO_BIN" ] || die "no $DEMO_BIN"
+
+# ---------------------------------------------------------------- cleanup ---
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/sluice-cache-load.XXXXXX")
+chmod 755 "$TMP" # nginx workers and the Varnish child drop to unprivileged users when run as root
+PIDS=()
+WRK_PID=
+cleanup() {
+    local pid
+    [ -z "$WRK_PID" ] || kill -TERM "$WRK_PID" 2>/dev/null || true
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        # Give each a few seconds to stop, then force it.
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ "$KEEP_TMP" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- servers ---
+answers() { curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/" 2>/dev/null; }
+
+# wait_ready NAME PORT PID LOGFILE: poll until the port answers HTTP 200.
+wait_ready() {
+    local name=$1 port=$2 pid=$3 logf=$4 code
+    for _ in $(seq 300); do
+        kill -0 "$pid" 2>/dev/null || { cat "$logf" >&2; die "$name exited during start-up (log above)"; }
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null || true)
+        [ "$code" = 200 ] && { log "$name ready on 127.0.0.1:$port"; return 0; }
+        sleep 0.1
+    done
+    cat "$logf" >&2
+    die "$name not answering 200 on 127.0.0.1:$port after 30s (last status: ${code:-none})"
+}
+
+for port in $ORIGIN_PORT $SLUICE_PORT $SLUICE_Z_PORT $SLUICE_OBS_PORT $SLUICE_OBS_ADMIN_PORT \
+    $NGINX_PORT $VARNISH_PORT $VARNISH_GZ_PORT; do
+    answers "$port" && die "something already answers on 127.0.0.1:$port; set PORT_BASE"
+done
+
+"$DEMO_BIN" --origin-only "127.0.0.1:$ORIGIN_PORT" >"$TMP/origin.log" 2>&1 &
+PIDS+=($!)
+wait_ready origin "$ORIGIN_PORT" $! "$TMP/origin.log"
+
+# --- sluice: three processes of the same binary, one per configuration.
+# sluice_config NAME EXTRA_TOP EXTRA_ROUTES: the common parts plus the variant's own.
+sluice_config() {
+    local port=$1 top=$2 routes=$3
+    cat <<EOF
+[server]
+workers = $WORKERS
+drain_timeout = "1s"
+
+[[listener]]
+name = "bench"
+listen = "127.0.0.1:$port"
+
+[cache]
+max_size = "256MiB"
+$top
+$routes
+
+[pool.origin]
+servers = [ { addr = "127.0.0.1:$ORIGIN_PORT" } ]
+max_idle_per_server = 64
+EOF
+}
+
+# (1) cache only.
+sluice_config "$SLUICE_PORT" "" '
+[[route]]
+name = "all"
+path_prefix = "/"
+pool = "origin"
+cache = true' >"$TMP/sluice.toml"
+
+# (2) cache + compression; /nostore/ compresses without the cache, as nginx's
+# /nostore/ location has no proxy_cache.
+sluice_config "$SLUICE_Z_PORT" '
+[compression]
+algorithms = ["br", "zstd", "gzip"]
+min_size = 1024
+types = ["text/*", "application/json", "application/javascript", "application/xml", "image/svg+xml"]
+level = "fast"' '
+[[route]]
+name = "nostore"
+path_prefix = "/nostore/"
+pool = "origin"
+compress = true
+
+[[route]]
+name = "all"
+path_prefix = "/"
+pool = "origin"
+cache = true
+compress = true' >"$TMP/sluice-z.toml"
+
+# (3) as (1) plus the admin listener and the access log (observe-cost "with").
+ACCESS_LOG=$TMP/access.log
+sluice_config "$SLUICE_OBS_PORT" "
+[admin]
+listen = \"127.0.0.1:$SLUICE_OBS_ADMIN_PORT\"
+
+[access_log]
+format = \"json\"
+path = \"$ACCESS_LOG\"" '
+[[route]]
+name = "all"
+path_prefix = "/"
+pool = "origin"
+cache = true' >"$TMP/sluice-obs.toml"
+
+declare -A PID_OF
+for v in sluice sluice-z sluice-obs; do
+    "$SLUICE_BIN" --check --config "$TMP/$v.toml" >"$TMP/$v.check" 2>&1 \
+        || { cat "$TMP/$v.check" >&2; die "$v config invalid: $TMP/$v.toml"; }
+done
+for v in sluice sluice-z sluice-obs; do
+    RUST_LOG=warn "$SLUICE_BIN" --config "$TMP/$v.toml" >"$TMP/$v.log" 2>&1 &
+    PIDS+=($!)
+    PID_OF[$v]=$!
+done
+wait_ready sluice "$SLUICE_PORT" "${PID_OF[sluice]}" "$TMP/sluice.log"
+wait_ready sluice-z "$SLUICE_Z_PORT" "${PID_OF[sluice-z]}" "$TMP/sluice-z.log"
+wait_ready sluice-obs "$SLUICE_OBS_PORT" "${PID_OF[sluice-obs]}" "$TMP/sluice-obs.log"
+curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$SLUICE_OBS_ADMIN_PORT/healthz" \
+    || die "sluice-obs: admin listener not answering on 127.0.0.1:$SLUICE_OBS_ADMIN_PORT"
+
+# --- nginx: one instance; /static/ (everything but /nostore/) through
+# proxy_cache, gzip on for all (it only acts on requests with Accept-Encoding).
+mkdir -p "$TMP/nginx"
+cat >"$TMP/nginx/nginx.conf" <<EOF
+worker_processes $WORKERS;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+
+events {
+    worker_connections 4096;
+}
+
+http {
+    access_log off;
+    server_tokens off;
+    keepalive_requests 1000000;
+    keepalive_timeout 90s;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+
+    # On disk (the page cache in practice): nginx's only cache store.
+    proxy_cache_path $TMP/nginx/cache levels=1:2 keys_zone=bench:10m max_size=256m
+                     inactive=10m use_temp_path=off;
+
+    # text/html is always in gzip_types; the rest mirrors sluice's default types.
+    gzip on;
+    gzip_comp_level 1;
+    gzip_min_length 1024;
+    gzip_vary on;
+    gzip_types text/plain text/css text/javascript application/json application/javascript
+               application/xml image/svg+xml;
+
+    upstream origin {
+        server 127.0.0.1:$ORIGIN_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 90s;
+    }
+
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host \$http_host;
+        proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto \$scheme;
+        proxy_set_header X-Forwarded-Host \$http_host;
+        proxy_set_header Via "1.1 nginx";
+        add_header Via "1.1 nginx" always;
+
+        location /nostore/ {
+            proxy_pass http://origin;
+        }
+
+        location / {
+            proxy_pass http://origin;
+            proxy_cache bench;
+            # The origin says max-age=60, which nginx honours anyway; this
+            # says the same for responses without Cache-Control.
+            proxy_cache_valid 200 60s;
+            # One request upstream per expired key, like sluice's coalescing.
+            proxy_cache_lock on;
+            add_header Via "1.1 nginx" always;
+            add_header X-Cache-Status \$upstream_cache_status always;
+        }
+    }
+}
+EOF
+# -e: the start-up error log too goes to the temp dir, not /var/log/nginx.
+nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" -t -q >&2 \
+    || die "nginx config invalid: $TMP/nginx/nginx.conf"
+nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" -g 'daemon off;' \
+    >"$TMP/nginx.log" 2>&1 &
+PIDS+=($!)
+PID_OF[nginx]=$!
+wait_ready nginx "$NGINX_PORT" $! "$TMP/nginx/error.log"
+
+# --- Varnish: two instances, malloc storage. "varnish" keeps what the origin
+# sends (identity); "varnish-gz" gzips text on the way in (beresp.do_gzip) and
+# so stores gzip, served as is to gzip clients (http_gzip_support is on by
+# default). One instance for both would store gzip only and gunzip every
+# identity hit.
+start_varnish() {
+    local name=$1 port=$2 vcl=$3
+    shift 3
+    cat >"$TMP/$name.vcl" <<EOF
+vcl 4.1;
+
+backend origin {
+    .host = "127.0.0.1";
+    .port = "$ORIGIN_PORT";
+}
+$vcl
+EOF
+    varnishd -F -n "$TMP/$name" -f "$TMP/$name.vcl" -a "127.0.0.1:$port" -T none \
+        -s malloc,256m \
+        -p thread_pools=1 -p thread_pool_min="$VARNISH_THREADS" -p thread_pool_max=$((VARNISH_THREADS * 5)) \
+        "$@" >"$TMP/$name.log" 2>&1 &
+    PIDS+=($!)
+    PID_OF[$name]=$!
+    wait_ready "$name" "$port" $! "$TMP/$name.log"
+}
+start_varnish varnish "$VARNISH_PORT" ""
+start_varnish varnish-gz "$VARNISH_GZ_PORT" '
+sub vcl_backend_response {
+    if (beresp.http.Content-Type ~ "^text/") {
+        set beresp.do_gzip = true;
+    }
+}' -p gzip_level=1
+
+# ---------------------------------------------------------------- targets ---
+# A target is SERVER/ENCODING: which proxy, and what the request's
+# Accept-Encoding asks for ("identity": no Accept-Encoding header at all).
+targets_of() {
+    case $1 in
+        hit) echo "sluice/identity nginx/identity varnish/identity" ;;
+        hit-br) echo "sluice/identity sluice-z/identity sluice-z/br" ;;
+        hit-gzip) echo "sluice-z/gzip nginx/gzip varnish-gz/gzip" ;;
+        gzip-uncached) echo "sluice-z/gzip nginx/gzip" ;;
+        observe-cost) echo "sluice/identity sluice-obs/identity" ;;
+    esac
+}
+path_of() { if [ "$1" = gzip-uncached ]; then echo "$NOSTORE_PAGE"; else echo "$PAGE"; fi; }
+server_of() { echo "${1%/*}"; }
+encoding_of() { echo "${1#*/}"; }
+port_of() {
+    case $(server_of "$1") in
+        sluice) echo "$SLUICE_PORT" ;; sluice-z) echo "$SLUICE_Z_PORT" ;;
+        sluice-obs) echo "$SLUICE_OBS_PORT" ;; nginx) echo "$NGINX_PORT" ;;
+        varnish) echo "$VARNISH_PORT" ;; varnish-gz) echo "$VARNISH_GZ_PORT" ;;
+    esac
+}
+
+label() {
+    local scen=$1 server enc what
+    server=$(server_of "$2")
+    enc=$(encoding_of "$2")
+    case $server in
+        sluice) what="sluice (cache)" ;;
+        sluice-z)
+            if [ "$scen" = gzip-uncached ]; then what="sluice (compress, level fast)"
+            else what="sluice (cache + compress)"; fi ;;
+        sluice-obs) what="sluice (cache + admin + access log)" ;;
+        nginx)
+            if [ "$scen" = gzip-uncached ]; then what="nginx (gzip level 1)"
+            elif [ "$enc" = gzip ]; then what="nginx (proxy_cache + gzip level 1)"
+            else what="nginx (proxy_cache)"; fi ;;
+        varnish) what="Varnish (malloc)" ;;
+        varnish-gz) what="Varnish (malloc, do_gzip)" ;;
+    esac
+    echo "$what, $enc"
+}
+
+# enc_args ENCODING -> curl/wrk header arguments, one per line.
+enc_header() { [ "$1" = identity ] || printf 'Accept-Encoding: %s' "$1"; }
+
+# Whether the response whose headers are in FILE came from SERVER's cache.
+is_hit() {
+    local server=$1 f=$2
+    case $server in
+        sluice*) grep -qi '^cache-status: *sluice; *hit' "$f" ;;
+        nginx) grep -qi '^x-cache-status: *hit' "$f" ;;
+        # Two transaction ids in X-Varnish: this request's and the one that
+        # fetched the object.
+        varnish*) grep -Eqi '^x-varnish: *[0-9]+ +[0-9]+' "$f" ;;
+    esac
+}
+
+# ------------------------------------------------------------ sanity checks ---
+# The reference page, straight from the origin.
+curl -sSf --max-time 5 -o "$TMP/page.ref" "http://127.0.0.1:$ORIGIN_PORT$PAGE" || die "origin: no $PAGE"
+curl -sSf --max-time 5 -o "$TMP/nostore.ref" "http://127.0.0.1:$ORIGIN_PORT$NOSTORE_PAGE" || die "origin: no $NOSTORE_PAGE"
+cmp -s "$TMP/page.ref" "$TMP/nostore.ref" || die "origin: $PAGE and $NOSTORE_PAGE differ"
+PAGE_BYTES=$(wc -c <"$TMP/page.ref")
+[ "$PAGE_BYTES" -gt 16000 ] || die "origin: $PAGE is only $PAGE_BYTES bytes; rebuild the demo example"
+
+# check SCENARIO TARGET: two requests; the second must be 200, carry the right
+# Content-Encoding, decode to the origin's page, and be a cache hit (hit
+# scenarios) or not (gzip-uncached). Records the wire size of the body.
+check() {
+    local scen=$1 t=$2 server enc url hdr i code ce size
+    server=$(server_of "$t")
+    enc=$(encoding_of "$t")
+    url="http://127.0.0.1:$(port_of "$t")$(path_of "$scen")"
+    hdr=$(enc_header "$enc")
+    for i in 1 2; do
+        # --compressed decodes what the server sent; -H keeps our Accept-Encoding
+        # (without one, curl would send its own).
+        read -r code size < <(curl -sS --max-time 5 ${hdr:+--compressed -H "$hdr"} \
+            -D "$TMP/check.headers" -o "$TMP/check.body" -w '%{http_code} %{size_download}\n' "$url") \
+            || die "$t: request $i for scenario $scen failed"
+    done
+    [ "$code" = 200 ] || die "$scen $t: status $code (headers: $(tr -d '\r' <"$TMP/check.headers"))"
+    ce=$(awk -F': *' 'tolower($1) == "content-encoding" { gsub(/\r/, "", $2); print tolower($2) }' "$TMP/check.headers")
+    if [ "$enc" = identity ]; then
+        [ -z "$ce" ] || die "$scen $t: Content-Encoding $ce on a request without Accept-Encoding"
+    else
+        [ "$ce" = "$enc" ] || die "$scen $t: Content-Encoding '${ce:-none}', wanted $enc (headers: $(tr -d '\r' <"$TMP/check.headers"))"
+    fi
+    cmp -s "$TMP/check.body" "$TMP/page.ref" || die "$scen $t: decoded body differs from the origin's page"
+    if [ "$scen" = gzip-uncached ]; then
+        is_hit "$server" "$TMP/check.headers" && die "$scen $t: answered from a cache: $(tr -d '\r' <"$TMP/check.headers")"
+    else
+        is_hit "$server" "$TMP/check.headers" || die "$scen $t: second request is not a cache hit: $(tr -d '\r' <"$TMP/check.headers")"
+    fi
+    printf '%s\t%s\t%s\n' "$scen" "$t" "$size" >>"$TMP/bodies.tsv"
+}
+
+for scen in $SCENARIOS; do
+    for t in $(targets_of "$scen"); do check "$scen" "$t"; done
+done
+# The "with" sluice really logs.
+[ ! -e "$ACCESS_LOG" ] || for _ in $(seq 20); do [ -s "$ACCESS_LOG" ] && break; sleep 0.1; done
+if [[ " $SCENARIOS " == *" observe-cost "* ]]; then
+    [ -s "$ACCESS_LOG" ] || die "sluice-obs: nothing in the access log $ACCESS_LOG"
+fi
+log "sanity checks passed"
+
+# ---------------------------------------------------------------- measure ---
+# cpu_ticks SERVER: utime + stime (clock ticks) of the server's process and of
+# its children (nginx workers and cache processes, the Varnish child).
+cpu_ticks() {
+    local root=${PID_OF[$1]}
+    awk -v root="$root" '
+        FNR == 1 {
+            line = $0
+            sub(/^[0-9]+ \(.*\) /, "", line)   # the command name may hold spaces
+            split(line, f, " ")
+            pid = FILENAME; sub(/^\/proc\//, "", pid); sub(/\/stat$/, "", pid)
+            # f[2] is the parent pid; f[12], f[13] utime, stime
+            if (pid == root || f[2] == root) t += f[12] + f[13]
+        }
+        END { print t + 0 }' /proc/[0-9]*/stat 2>/dev/null
+}
+
+# run_wrk SCENARIO TARGET DURATION OUTFILE -> "cpu_ticks" on stdout
+run_wrk() {
+    local scen=$1 t=$2 server hdr before after
+    server=$(server_of "$t")
+    hdr=$(enc_header "$(encoding_of "$t")")
+    [ "$server" != sluice-obs ] || : >"$ACCESS_LOG" # opened O_APPEND: truncating is safe
+    before=$(cpu_ticks "$server")
+    # In the background and waited for, so that a signal stops it at once.
+    wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$3" --latency ${hdr:+-H "$hdr"} \
+        "http://127.0.0.1:$(port_of "$t")$(path_of "$scen")" >"$4" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || { cat "$4" >&2; die "wrk against $t failed"; }
+    WRK_PID=
+    after=$(cpu_ticks "$server")
+    echo $((after - before))
+}
+
+# parse_wrk FILE -> "rps p99_ms errors non2xx requests"
+parse_wrk() {
+    awk '
+        function ms(v,  n) {
+            n = v + 0
+            if (v ~ /us$/) return n / 1000
+            if (v ~ /ms$/) return n
+            if (v ~ /m$/)  return n * 60000
+            if (v ~ /s$/)  return n * 1000
+            return n
+        }
+        / requests in /                  { reqs = $1 }
+        /^Requests\/sec:/               { rps = $2 }
+        /^ +99%/                         { p99 = ms($2) }
+        /Socket errors:/                 { gsub(/,/, ""); err = $4 + $6 + $8 + $10 }
+        /Non-2xx or 3xx responses:/      { non2xx = $NF }
+        END {
+            if (rps == "" || p99 == "" || reqs == "") exit 1
+            printf "%s %.3f %d %d %d\n", rps, p99, err, non2xx, reqs
+        }' "$1"
+}
+
+START=$(date +%s)
+echo -e "scenario\ttarget\tround\trps\tp99_ms\terrors\tnon2xx\trequests\tcpu_ticks\tcpu_us_per_req" >"$TMP/results.tsv"
+LOG_LINES=
+LOG_REQS=
+for scen in $SCENARIOS; do
+    if [ "$WARMUP" != 0 ]; then
+        for t in $(targets_of "$scen"); do
+            log "warm-up $scen $t ($WARMUP)"
+            run_wrk "$scen" "$t" "$WARMUP" "$TMP/warmup.$scen.${t//\//_}.txt" >/dev/null
+        done
+    fi
+    for round in $(seq "$REPEATS"); do
+        for t in $(targets_of "$scen"); do
+            out="$TMP/wrk.$scen.${t//\//_}.$round.txt"
+            ticks=$(run_wrk "$scen" "$t" "$DURATION" "$out")
+            read -r rps p99 err non2xx reqs < <(parse_wrk "$out") || { cat "$out" >&2; die "cannot parse wrk output"; }
+            cpu=$(awk -v t="$ticks" -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", n ? t * 1e6 / hz / n : 0 }')
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scen" "$t" "$round" "$rps" "$p99" "$err" \
+                "$non2xx" "$reqs" "$ticks" "$cpu" >>"$TMP/results.tsv"
+            if [ "$(server_of "$t")" = sluice-obs ]; then
+                sleep 0.5 # the log writer thread catches up
+                LOG_LINES=$(wc -l <"$ACCESS_LOG")
+                LOG_REQS=$reqs
+            fi
+            log "$(printf 'round %d/%d %-13s %-18s %9.0f req/s  p99 %7.2f ms  cpu %6.2f us/req  errors %d  non-2xx %d' \
+                "$round" "$REPEATS" "$scen" "$t" "$rps" "$p99" "$cpu" "$err" "$non2xx")"
+        done
+    done
+done
+ELAPSED=$(($(date +%s) - START))
+
+# ----------------------------------------------------------------- report ---
+# median SCENARIO TARGET COLUMN(4=rps 5=p99 10=cpu_us_per_req)
+median() {
+    awk -F'\t' -v s="$1" -v t="$2" -v c="$3" 'NR > 1 && $1 == s && $2 == t { print $c }' "$TMP/results.tsv" \
+        | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# round_ratios SCENARIO TARGET_A TARGET_B COLUMN -> "r1, r2, ..." (A / B per round)
+round_ratios() {
+    awk -F'\t' -v s="$1" -v a="$2" -v b="$3" -v c="$4" '
+        NR > 1 && $1 == s && $2 == a { va[$3] = $c }
+        NR > 1 && $1 == s && $2 == b { vb[$3] = $c }
+        END {
+            for (r = 1; r in va; r++) {
+                printf "%s%s", sep, (vb[r] ? sprintf("%.2f", va[r] / vb[r]) : "n/a"); sep = ", "
+            }
+        }' "$TMP/results.tsv"
+}
+column_sum() {
+    awk -F'\t' -v s="$1" -v t="$2" -v c="$3" 'NR > 1 && $1 == s && $2 == t { n += $c } END { print n + 0 }' "$TMP/results.tsv"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+# verdict OK_CONDITION_AS_AWK_EXPR VALUE
+verdict() { awk -v x="$2" "BEGIN { if ($1) print \"**met**\"; else print \"**missed**\" }"; }
+wire_bytes() { awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t { print $3 }' "$TMP/bodies.tsv"; }
+
+# table SCENARIO REF_TARGET: one row per target, ratios to REF_TARGET.
+table() {
+    local scen=$1 ref=$2 t rps p99 cpu
+    local r_rps r_p99 r_cpu
+    r_rps=$(median "$scen" "$ref" 4)
+    r_p99=$(median "$scen" "$ref" 5)
+    r_cpu=$(median "$scen" "$ref" 10)
+    echo "| target | body on the wire | req/s median | p99 median | proxy CPU per request | req/s ÷ ref | p99 ÷ ref | CPU/req ÷ ref |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for t in $(targets_of "$scen"); do
+        rps=$(median "$scen" "$t" 4)
+        p99=$(median "$scen" "$t" 5)
+        cpu=$(median "$scen" "$t" 10)
+        printf '| %s%s | %s B | %.0f | %.2f ms | %.1f µs | %s× | %s× | %s× |\n' "$(label "$scen" "$t")" \
+            "$([ "$t" = "$ref" ] && echo " (ref)")" "$(wire_bytes "$scen" "$t")" "$rps" "$p99" "$cpu" \
+            "$(ratio "$rps" "$r_rps")" "$(ratio "$p99" "$r_p99")" "$(ratio "$cpu" "$r_cpu")"
+    done
+    echo
+    echo "Medians of $REPEATS rounds; \"÷ ref\" divides a target's median by the reference row's."
+    local bad="" e n
+    for t in $(targets_of "$scen"); do
+        e=$(column_sum "$scen" "$t" 6)
+        n=$(column_sum "$scen" "$t" 7)
+        [ "$e" = 0 ] && [ "$n" = 0 ] || bad="$bad $t: $e socket errors, $n non-2xx;"
+    done
+    [ -z "$bad" ] || { echo; echo "**WARNING** errors during the runs:$bad"; }
+    return 0
+}
+
+# sluice_vs SCENARIO SLUICE_TARGET OTHER...: sluice ÷ each other target.
+sluice_vs() {
+    local scen=$1 s=$2 o
+    shift 2
+    echo
+    echo "| sluice ÷ | req/s | p99 | CPU/req | req/s per round |"
+    echo "|---|---:|---:|---:|---|"
+    for o in "$@"; do
+        printf '| %s | %s | %s | %s | %s |\n' "$(label "$scen" "$o")" \
+            "$(ratio "$(median "$scen" "$s" 4)" "$(median "$scen" "$o" 4)")" \
+            "$(ratio "$(median "$scen" "$s" 5)" "$(median "$scen" "$o" 5)")" \
+            "$(ratio "$(median "$scen" "$s" 10)" "$(median "$scen" "$o" 10)")" \
+            "$(round_ratios "$scen" "$s" "$o" 4)"
+    done
+    echo
+    echo "(req/s above 1: sluice serves more; p99 and CPU/req below 1: sluice's tail is shorter, it spends less CPU per request.)"
+}
+
+cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+nginx_v=$(nginx -v 2>&1 | sed 's/^nginx version: //' || true)
+varnish_v=$(varnishd -V 2>&1 | sed -n '1{s/^varnishd (//; s/ revision.*//; p}' || true)
+wrk_v=$(wrk -v 2>&1 | sed -n '1{s/^wrk //; s/ Copyright.*//; p}' || true)
+rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=""
+[ -z "$(git -C "$REPO" status --porcelain 2>/dev/null || true)" ] || dirty=" (uncommitted changes)"
+
+echo
+echo "## Cache and compression benchmark: sluice vs nginx vs Varnish"
+echo
+echo "- machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, $(uname -sr); load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "- sluice $rev$dirty ($(rustc --version 2>/dev/null || echo rustc ?)), release build"
+echo "- nginx: $nginx_v; Varnish: $varnish_v; wrk: $wrk_v"
+echo "- settings: WORKERS=$WORKERS (sluice \`[server] workers\`, nginx \`worker_processes\`; Varnish: \`thread_pools=1\`,"
+echo "  \`thread_pool_min=$VARNISH_THREADS\`, \`thread_pool_max=$((VARNISH_THREADS * 5))\`, as it serves each connection on a thread of its own),"
+echo "  \`wrk -t$WRK_THREADS -c$WRK_CONNS -d$DURATION --latency\`, REPEATS=$REPEATS interleaved rounds per scenario, warm-up $WARMUP; measuring took ${ELAPSED}s"
+echo "- origin: \`demo --origin-only\`, a $PAGE_BYTES-byte text/html page ($PAGE: \`public, max-age=60\`; $NOSTORE_PAGE: \`no-store\`);"
+echo "  everything on 127.0.0.1 on this one machine, wrk included; gzip level 1 everywhere (sluice \`level = \"fast\"\`,"
+echo "  nginx \`gzip_comp_level 1\`, Varnish \`gzip_level=1\`); nginx's cache is on disk (page cache), Varnish's and sluice's in memory"
+echo "- proxy CPU per request: utime+stime of the proxy's processes (nginx master + workers, Varnish manager + child)"
+echo "  over a wrk run ÷ the requests wrk counted (clock tick $((1000 / CLK_TCK)) ms)"
+
+for scen in $SCENARIOS; do
+    echo
+    case $scen in
+        hit)
+            echo "### \`hit\`: cached $PAGE, identity (no Accept-Encoding)"
+            echo
+            table hit sluice/identity
+            sluice_vs hit sluice/identity nginx/identity varnish/identity
+            ;;
+        hit-br)
+            echo "### \`hit-br\`: cached $PAGE with \`Accept-Encoding: br\` (sluice's stored br copy)"
+            echo
+            table hit-br sluice/identity
+            br=$(median hit-br sluice-z/br 4)
+            id=$(median hit-br sluice/identity 4)
+            idz=$(median hit-br sluice-z/identity 4)
+            r=$(ratio "$br" "$id")
+            echo
+            echo "- br hit ÷ identity hit (sluice \`cache\`): **${r}×** (per round: $(round_ratios hit-br sluice-z/br sluice/identity 4));" \
+                "target ≥ 0.9×: $(verdict 'x >= 0.9' "$r")"
+            echo "- br hit ÷ identity hit on the same \`cache + compress\` sluice: $(ratio "$br" "$idz")×" \
+                "(per round: $(round_ratios hit-br sluice-z/br sluice-z/identity 4))"
+            ;;
+        hit-gzip)
+            echo "### \`hit-gzip\`: cached $PAGE with \`Accept-Encoding: gzip\`"
+            echo
+            echo "sluice and Varnish send a stored gzip copy; nginx gzips the cached page on every request."
+            echo
+            table hit-gzip sluice-z/gzip
+            sluice_vs hit-gzip sluice-z/gzip nginx/gzip varnish-gz/gzip
+            ;;
+        gzip-uncached)
+            echo "### \`gzip-uncached\`: $NOSTORE_PAGE (\`no-store\`) with \`Accept-Encoding: gzip\`, compressed on every request"
+            echo
+            table gzip-uncached sluice-z/gzip
+            sluice_vs gzip-uncached sluice-z/gzip nginx/gzip
+            r=$(ratio "$(median gzip-uncached sluice-z/gzip 10)" "$(median gzip-uncached nginx/gzip 10)")
+            echo
+            echo "- CPU per request, sluice ÷ nginx: **${r}×** (per round: $(round_ratios gzip-uncached sluice-z/gzip nginx/gzip 10));" \
+                "target < 1×: $(verdict 'x < 1' "$r")"
+            ;;
+        observe-cost)
+            echo "### \`observe-cost\`: sluice identity hits with \`[admin]\` + \`[access_log]\` (JSON, file) vs without"
+            echo
+            table observe-cost sluice/identity
+            r=$(ratio "$(median observe-cost sluice-obs/identity 4)" "$(median observe-cost sluice/identity 4)")
+            cost=$(awk -v r="$r" 'BEGIN { printf "%.1f", (1 - r) * 100 }')
+            echo
+            echo "- req/s with ÷ without: **${r}×** (per round: $(round_ratios observe-cost sluice-obs/identity sluice/identity 4)), a cost of ${cost}%;" \
+                "bar < 5%: $(verdict 'x < 5' "$cost")"
+            echo "- metrics are recorded in both (they do not depend on \`[admin]\`); the access log had $LOG_LINES lines after the last"
+            dropped=$(curl -s --max-time 2 "http://127.0.0.1:$SLUICE_OBS_ADMIN_PORT/metrics" \
+                | awk '/^sluice_access_log_dropped_total/ { print $2 }')
+            echo "  \"with\" run of $LOG_REQS requests; \`sluice_access_log_dropped_total\` at the end: ${dropped:-?}"
+            ;;
+    esac
+done
+echo
+echo "<details><summary>all rounds</summary>"
+echo
+echo '```'
+column -t -s $'\t' "$TMP/results.tsv" 2>/dev/null || cat "$TMP/results.tsv"
+echo '```'
+echo
+echo "</details>"
