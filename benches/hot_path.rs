@@ -304,6 +304,19 @@ fn cache(c: &mut Criterion) {
             black_box((usable, resp))
         })
     });
+    let row = b"<tr><td>sluice row</td><td>value</td></tr>\n";
+    let page: Vec<u8> = (0..20_000usize)
+        .map(|i| row[i % row.len()] ^ ((i / 997) as u8 & 1))
+        .collect();
+    group.bench_function("gzip_fast_20k", |b| {
+        b.iter(|| {
+            sluice::compress::codec::compress_all(
+                black_box(&page),
+                Coding::Gzip,
+                sluice::config::Level::Fast,
+            )
+        })
+    });
     group.bench_function("negotiate", |b| {
         b.iter(|| sluice::compress::Accepted::parse(black_box(&req)).choose(&Coding::ALL))
     });

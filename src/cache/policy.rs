@@ -275,8 +275,10 @@ pub fn freshness_lifetime(
 }
 
 /// RFC 9111 §4.2.3 corrected_initial_age from the response's Date and Age
-/// and the request/response times. Invalid Age is ignored (0, §5.1); Age
-/// above 2147483648 clamps (§1.2.2).
+/// and the request/response times. An invalid Age makes the response stale
+/// (§5.1), and so does a list or repeated Age: §5.1 would take the first
+/// member, but a doubled singleton is a confused intermediary, and
+/// revalidating is the safe reading. Age above 2147483648 clamps (§1.2.2).
 pub fn corrected_initial_age(
     resp: &HeaderMap,
     request_time: SystemTime,
@@ -287,7 +289,8 @@ pub fn corrected_initial_age(
     let response_delay = response_time
         .duration_since(request_time)
         .unwrap_or(Duration::ZERO);
-    let corrected_age_value = Duration::from_secs(age_value(resp)).saturating_add(response_delay);
+    let age = age_value(resp).unwrap_or(DELTA_SECONDS_MAX);
+    let corrected_age_value = Duration::from_secs(age).saturating_add(response_delay);
     apparent_age.max(corrected_age_value)
 }
 
@@ -302,13 +305,15 @@ pub fn current_age(
     corrected_initial_age.saturating_add(resident_time)
 }
 
-/// §5.1: the first member of the Age list; anything but delta-seconds is
-/// ignored.
-fn age_value(resp: &HeaderMap) -> u64 {
-    list_members(resp, header::AGE)
-        .next()
-        .and_then(|member| delta_seconds(member.iter().copied()))
-        .unwrap_or(0)
+/// §5.1: the Age in seconds, 0 when absent; `None` when it is anything but
+/// one delta-seconds value.
+fn age_value(resp: &HeaderMap) -> Option<u64> {
+    let mut members = list_members(resp, header::AGE);
+    match (members.next(), members.next()) {
+        (None, _) => Some(0),
+        (Some(member), None) => delta_seconds(member.iter().copied()),
+        (Some(_), Some(_)) => None,
+    }
 }
 
 /// What a cache may do with a stored response for this request (§4.2.4,
@@ -413,13 +418,10 @@ pub fn stale_if_error(
 /// hop-by-hop fields such as Transfer-Encoding, and the proxy's own
 /// Proxy-Authenticate, Proxy-Authentication-Info, Proxy-Authorization);
 /// Content-Encoding, which the stored body depends on; and Content-Range,
-/// consumed on receipt. An ETag replacing a weak one is weakened too: the
-/// stored body may be a transformed (compressed) one (RFC 9110 §8.8.1).
+/// consumed on receipt; and the stored body's ETag and Content-MD5, which
+/// the 304 confirmed.
 pub fn update_headers(stored: &mut HeaderMap, fresh: &HeaderMap) {
     let connection_listed: Vec<&[u8]> = list_members(fresh, header::CONNECTION).collect();
-    let stored_weak = stored
-        .get(header::ETAG)
-        .is_some_and(|etag| trim_ows(etag.as_bytes()).starts_with(b"W/"));
     for name in fresh.keys() {
         if never_updated(name)
             || connection_listed
@@ -428,16 +430,10 @@ pub fn update_headers(stored: &mut HeaderMap, fresh: &HeaderMap) {
         {
             continue;
         }
-        let weaken = stored_weak && *name == header::ETAG;
         stored.remove(name);
         for value in fresh.get_all(name) {
-            let value = if weaken {
-                weaken_etag(value)
-            } else {
-                value.clone()
-            };
             // Only fails past http's 32768-field limit: dropping is all we can do.
-            let _ = stored.try_append(name.clone(), value);
+            let _ = stored.try_append(name.clone(), value.clone());
         }
     }
 }
@@ -446,10 +442,14 @@ pub fn update_headers(stored: &mut HeaderMap, fresh: &HeaderMap) {
 fn never_updated(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        // Framing and coding of the stored body.
+        // Framing, coding and identity of the stored body: the 304 just
+        // confirmed the stored validator, so an ETag or digest it carries
+        // cannot describe other bytes.
         "content-length"
             | "content-encoding"
             | "content-range"
+            | "content-md5"
+            | "etag"
             | "transfer-encoding"
             // Hop-by-hop (RFC 9110 §7.6.1).
             | "connection"
@@ -1296,7 +1296,7 @@ mod tests {
     }
 
     #[test]
-    fn s5_1_invalid_age_ignored_and_a_list_uses_its_first_member() {
+    fn s5_1_invalid_or_repeated_age_means_stale() {
         let at_t0 = |age: &str| {
             corrected_initial_age(
                 &headers(&[("date", &date(T0)), ("age", age)]),
@@ -1304,12 +1304,17 @@ mod tests {
                 at(T0),
             )
         };
-        assert_eq!(at_t0("-5"), Duration::ZERO);
-        assert_eq!(at_t0("ten"), Duration::ZERO);
-        assert_eq!(at_t0("7, 9"), s(7));
+        let stale = s(DELTA_SECONDS_MAX);
+        assert_eq!(at_t0("7"), s(7));
+        assert_eq!(at_t0("-5"), stale);
+        assert_eq!(at_t0("ten"), stale);
+        assert_eq!(at_t0("7.0"), stale);
+        assert_eq!(at_t0("7;foo=1"), stale);
+        assert_eq!(at_t0("7, 9"), stale);
+        assert_eq!(at_t0("0, 0"), stale);
         assert_eq!(at_t0("99999999999999999999"), s(DELTA_SECONDS_MAX));
         let two_lines = headers(&[("age", "4"), ("age", "8")]);
-        assert_eq!(corrected_initial_age(&two_lines, at(T0), at(T0)), s(4));
+        assert_eq!(corrected_initial_age(&two_lines, at(T0), at(T0)), stale);
     }
 
     #[test]
@@ -1537,18 +1542,20 @@ mod tests {
             ("content-length", "10"),
             ("content-encoding", "gzip"),
             ("x-session", "stored"),
-            ("etag", "\"v2\""),
         ]);
         assert_eq!(stored, expected);
     }
 
     #[test]
-    fn s3_2_update_keeps_a_weakened_etag_weak() {
-        let mut stored = headers(&[("etag", "W/\"v1\"")]);
-        update_headers(&mut stored, &headers(&[("etag", "\"v1\"")]));
+    fn s3_2_update_keeps_the_confirmed_etag_and_digest() {
+        let mut stored = headers(&[("etag", "W/\"v1\""), ("content-md5", "a"), ("x-a", "1")]);
+        update_headers(
+            &mut stored,
+            &headers(&[("etag", "\"v2\""), ("content-md5", "b"), ("x-a", "2")]),
+        );
         assert_eq!(
-            stored.get(header::ETAG).map(HeaderValue::as_bytes),
-            Some(&b"W/\"v1\""[..])
+            stored,
+            headers(&[("etag", "W/\"v1\""), ("content-md5", "a"), ("x-a", "2")])
         );
     }
 

@@ -141,16 +141,15 @@ pub fn transformed_head(headers: &mut HeaderMap, coding: Option<Coding>, len: Op
 }
 
 /// Compresses (or decodes) a response on its way to the client, as the
-/// route's `compress = true` asks.
+/// route's `compress = true` asks. A HEAD answer gets the head a GET would
+/// get (RFC 9110 §9.3.2), without a body to transform.
 pub fn apply(
     cfg: &CompressionConfig,
     method: &Method,
     accepted: &Accepted,
     resp: Response<ProxyBody>,
 ) -> Response<ProxyBody> {
-    if method == Method::HEAD {
-        return resp;
-    }
+    let head_only = method == Method::HEAD;
     let (mut parts, body) = resp.into_parts();
     let len = parts
         .headers
@@ -161,17 +160,23 @@ pub fn apply(
         // Already encoded: pass it to a client that takes it, decode it
         // for one that does not.
         Some(Some(coding)) => {
-            if accepted.accepts(coding)
-                || matches!(
-                    parts.status,
-                    StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-                )
-                || parts.headers.contains_key(header::CONTENT_RANGE)
+            if matches!(
+                parts.status,
+                StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+            ) || parts.headers.contains_key(header::CONTENT_RANGE)
                 || CacheControl::parse(&parts.headers).no_transform
             {
                 return Response::from_parts(parts, body);
             }
+            // Which bytes go out depends on Accept-Encoding either way.
+            vary_accept_encoding(&mut parts.headers);
+            if accepted.accepts(coding) {
+                return Response::from_parts(parts, body);
+            }
             transformed_head(&mut parts.headers, None, None);
+            if head_only {
+                return Response::from_parts(parts, body);
+            }
             let body = http_body_util::BodyExt::boxed(CodecBody::decode(body, coding));
             Response::from_parts(parts, body)
         }
@@ -181,6 +186,9 @@ pub fn apply(
                 return Response::from_parts(parts, body);
             };
             transformed_head(&mut parts.headers, Some(coding), None);
+            if head_only {
+                return Response::from_parts(parts, body);
+            }
             let body = http_body_util::BodyExt::boxed(CodecBody::encode(
                 body,
                 coding,
