@@ -1309,3 +1309,58 @@ async fn s3_empty_bodies_are_stored_too() {
     assert!(is_hit(&r));
     assert_eq!(o.hits(), 2);
 }
+
+#[tokio::test]
+async fn surrogate_control_speaks_to_sluice_over_cache_control() {
+    let o = Scripted::start(Answer::ok(
+        "x",
+        &[
+            ("cache-control", "no-store"),
+            ("surrogate-control", "max-age=600;sluice"),
+        ],
+    ))
+    .await;
+    let d = start(&o).await;
+    let first = fetch(&d, "/sc").await;
+    assert!(
+        first.header("surrogate-control").is_none(),
+        "never sent to clients"
+    );
+    assert_eq!(
+        first.header("cache-control"),
+        Some("no-store"),
+        "browsers still get theirs"
+    );
+    let second = fetch(&d, "/sc").await;
+    assert!(is_hit(&second) && second.header("surrogate-control").is_none());
+    assert_eq!(o.hits(), 1);
+    assert_eq!(
+        o.origin.seen()[0]
+            .headers
+            .get("surrogate-capability")
+            .and_then(|v| v.to_str().ok()),
+        Some("sluice=\"Surrogate/1.0\"")
+    );
+
+    o.set(Answer::ok(
+        "x",
+        &[
+            ("cache-control", "max-age=600"),
+            ("surrogate-control", "no-store"),
+        ],
+    ));
+    fetch(&d, "/sc-no").await;
+    fetch(&d, "/sc-no").await;
+    assert_eq!(o.hits(), 3, "Surrogate-Control: no-store wins over max-age");
+
+    o.set(Answer::ok(
+        "x",
+        &[
+            ("cache-control", "no-store"),
+            ("surrogate-control", "max-age=600;other-cdn"),
+        ],
+    ));
+    fetch(&d, "/sc-other").await;
+    fetch(&d, "/sc-other").await;
+    assert_eq!(o.hits(), 5, "directives for another device are ignored");
+}

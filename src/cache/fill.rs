@@ -99,8 +99,7 @@ impl Pending {
     /// Builds the entry for `body` and stores it under its (variant) key.
     pub fn store(self, body: Bytes) -> Arc<Object> {
         let cc = CacheControl::parse(&self.headers);
-        let lifetime =
-            policy::freshness_lifetime(self.status, &self.headers, &cc, self.response_time);
+        let lifetime = super::lifetime(self.status, &self.headers, &cc, self.response_time);
         let initial_age =
             policy::corrected_initial_age(&self.age_source, self.request_time, self.response_time);
         let mut names = key::vary_names(&self.headers).unwrap_or_default();

@@ -22,6 +22,7 @@ pub mod policy;
 pub mod purge;
 pub mod serve;
 pub mod store;
+pub mod surrogate;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,7 @@ use fill::{FillBody, FillGuard, Fills, Join, Pending};
 use policy::{CacheControl, Use};
 use serve::Status;
 use store::{Entry, MemoryStore, Object, Store};
+use surrogate::SurrogateControl;
 
 /// The cache of one daemon: a store and the fills in flight. It outlives
 /// reloads as long as `max_size` stays the same.
@@ -461,6 +463,10 @@ impl Fetch {
         }
         // A HEAD miss is fetched as GET so that the entry can serve both.
         req.method = Method::GET;
+        req.head.insert(
+            surrogate::SURROGATE_CAPABILITY.clone(),
+            surrogate::capability(),
+        );
         if ask_compresses(&self.ask) {
             // One stored representation (identity); sluice makes and keeps
             // the compressed copies itself.
@@ -534,7 +540,15 @@ impl Fetch {
         let rules = policy::StoreRules {
             store_set_cookie: cfg.store_set_cookie,
         };
-        let verdict = policy::storable(&Method::GET, &ask.head, status, &parts.headers, &rules);
+        let verdict = match SurrogateControl::parse(&parts.headers) {
+            Some(sc) if sc.no_store => Err(policy::NotStorable::NoStore),
+            // Surrogate-Control max-age speaks for this cache: Cache-Control
+            // (meant for browsers) does not decide storing.
+            Some(SurrogateControl {
+                max_age: Some(_), ..
+            }) => surrogate_storable(status, &parts.headers),
+            _ => policy::storable(&Method::GET, &ask.head, status, &parts.headers, &rules),
+        };
         let storable = !generated
             && !ask.cc.no_store
             && verdict.is_ok()
@@ -550,6 +564,7 @@ impl Fetch {
         };
         if !storable {
             drop(self.guard);
+            parts.headers.remove(&surrogate::SURROGATE_CONTROL);
             let body = if ask.method == Method::HEAD {
                 body::empty()
             } else {
@@ -571,6 +586,7 @@ impl Fetch {
             response_time,
             age_source: parts.headers.clone(),
         };
+        parts.headers.remove(&surrogate::SURROGATE_CONTROL);
         let filling = FillBody::new(upstream_body, cfg.max_object_size, pending, self.guard);
         let answer_from_entry = ask.method == Method::HEAD
             || fill::CLIENT_CONDITIONALS
@@ -611,6 +627,35 @@ impl Fetch {
     }
 }
 
+/// The freshness lifetime of a stored head: Surrogate-Control's max-age
+/// when it speaks to sluice, else RFC 9111 §4.2.1.
+pub fn lifetime(
+    status: StatusCode,
+    head: &HeaderMap,
+    cc: &CacheControl,
+    response_time: SystemTime,
+) -> std::time::Duration {
+    match SurrogateControl::parse(head).and_then(|sc| sc.max_age) {
+        Some(secs) => std::time::Duration::from_secs(secs),
+        None => policy::freshness_lifetime(status, head, cc, response_time),
+    }
+}
+
+/// What remains of RFC 9111 §3 when Surrogate-Control gives a lifetime: a
+/// final, complete response that can be matched again.
+fn surrogate_storable(status: StatusCode, head: &HeaderMap) -> Result<(), policy::NotStorable> {
+    if status.is_informational() || status == StatusCode::NOT_MODIFIED {
+        return Err(policy::NotStorable::Status);
+    }
+    if status == StatusCode::PARTIAL_CONTENT {
+        return Err(policy::NotStorable::Partial);
+    }
+    if key::vary_names(head).is_none() {
+        return Err(policy::NotStorable::VaryStar);
+    }
+    Ok(())
+}
+
 fn ask_compresses(ask: &Ask) -> bool {
     ask.accepted.is_some()
 }
@@ -632,7 +677,7 @@ fn refreshed(
     let cc = CacheControl::parse(&head);
     Entry {
         status: entry.status,
-        lifetime: policy::freshness_lifetime(entry.status, &head, &cc, response_time),
+        lifetime: lifetime(entry.status, &head, &cc, response_time),
         initial_age: policy::corrected_initial_age(fresh, request_time, response_time),
         headers: head,
         body: entry.body.clone(),

@@ -85,6 +85,7 @@ pub fn from_entry(
 ) -> Response<ProxyBody> {
     let mut headers = entry.headers.clone();
     headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+    headers.remove(&super::surrogate::SURROGATE_CONTROL);
     let body_bytes = match encoded {
         Some((coding, bytes)) => {
             crate::compress::transformed_head(&mut headers, Some(coding), Some(bytes.len()));
