@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use async_compression::tokio::write::{
-    BrotliDecoder, BrotliEncoder, GzipDecoder, GzipEncoder, ZstdDecoder, ZstdEncoder,
+    BrotliDecoder, BrotliEncoder, GzipDecoder, ZstdDecoder, ZstdEncoder,
 };
 use async_compression::Level as Quality;
 use bytes::Bytes;
@@ -26,7 +26,7 @@ use crate::config::{Coding, Level};
 /// is boxed anyway, so the variants' size difference costs nothing.
 #[allow(clippy::large_enum_variant)]
 enum Codec {
-    GzipEnc(GzipEncoder<Vec<u8>>),
+    GzipEnc(gzip::Encoder),
     BrEnc(BrotliEncoder<Vec<u8>>),
     ZstdEnc(ZstdEncoder<Vec<u8>>),
     GzipDec(GzipDecoder<Vec<u8>>),
@@ -37,7 +37,7 @@ enum Codec {
 macro_rules! each {
     ($codec:expr, $w:ident => $body:expr) => {
         match $codec {
-            Codec::GzipEnc($w) => $body,
+            Codec::GzipEnc(_) => Err(io::Error::other("gzip is encoded by flate2 directly")),
             Codec::BrEnc($w) => $body,
             Codec::ZstdEnc($w) => $body,
             Codec::GzipDec($w) => $body,
@@ -61,6 +61,109 @@ fn quality(coding: Coding, level: Level) -> Quality {
     Quality::Precise(q)
 }
 
+/// zlib level for a [`Level`].
+fn gzip_level(level: Level) -> u32 {
+    match level {
+        Level::Fast => 1,
+        Level::Default => 6,
+        Level::Best => 9,
+    }
+}
+
+/// gzip through flate2 directly rather than async-compression, so that a
+/// worker thread can reuse its compressors: setting one up zeroes a few
+/// hundred KiB of window and hash tables, which costs about as much as
+/// compressing a 5 KiB page. A reset only clears the hash heads.
+mod gzip {
+    use std::cell::RefCell;
+    use std::io;
+
+    use bytes::Bytes;
+    use flate2::{Compress, Compression, FlushCompress, Status};
+
+    /// Compressors kept per worker thread for reuse, by level.
+    const POOL_MAX: usize = 32;
+
+    thread_local! {
+        static POOL: RefCell<Vec<(u32, Compress)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub struct Encoder {
+        level: u32,
+        inner: Option<Compress>,
+        finished: bool,
+    }
+
+    impl Encoder {
+        pub fn new(level: u32) -> Encoder {
+            let pooled = POOL.with(|p| {
+                let mut p = p.borrow_mut();
+                let i = p.iter().position(|(l, _)| *l == level)?;
+                Some(p.swap_remove(i).1)
+            });
+            let inner = pooled.unwrap_or_else(|| Compress::new_gzip(Compression::new(level), 15));
+            Encoder {
+                level,
+                inner: Some(inner),
+                finished: false,
+            }
+        }
+
+        /// Compresses `input` with `flush`; returns the output.
+        pub fn run(&mut self, mut input: &[u8], flush: FlushCompress) -> io::Result<Bytes> {
+            let Some(c) = self.inner.as_mut() else {
+                return Ok(Bytes::new());
+            };
+            if self.finished {
+                return Ok(Bytes::new());
+            }
+            let mut out = Vec::with_capacity((input.len() / 2).clamp(64, 64 << 10));
+            loop {
+                if out.capacity() - out.len() < 64 {
+                    out.reserve(out.capacity().max(1024));
+                }
+                let before = c.total_in();
+                let status = c
+                    .compress_vec(input, &mut out, flush)
+                    .map_err(io::Error::other)?;
+                let consumed = usize::try_from(c.total_in() - before).unwrap_or(input.len());
+                input = &input[consumed.min(input.len())..];
+                let room_left = out.len() < out.capacity();
+                match (flush, status) {
+                    (FlushCompress::Finish, Status::StreamEnd) => {
+                        self.finished = true;
+                        return Ok(Bytes::from(out));
+                    }
+                    (FlushCompress::Finish, _) => {}
+                    // All input taken and the output not full: done.
+                    _ if input.is_empty() && room_left => return Ok(Bytes::from(out)),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    impl Drop for Encoder {
+        fn drop(&mut self) {
+            // Only a compressor that finished its stream goes back: a reset
+            // in the middle of one does not leave it clean.
+            if !self.finished {
+                return;
+            }
+            if let Some(mut c) = self.inner.take() {
+                c.reset();
+                let level = self.level;
+                POOL.with(|p| {
+                    let mut p = p.borrow_mut();
+                    if p.len() < POOL_MAX {
+                        p.push((level, c));
+                    }
+                });
+            }
+        }
+    }
+}
+
 /// Turns a would-block (impossible with an in-memory sink) into an error
 /// rather than a hang.
 fn ready<T>(p: Poll<io::Result<T>>) -> io::Result<T> {
@@ -74,7 +177,7 @@ impl Codec {
     fn encoder(coding: Coding, level: Level) -> Codec {
         let q = quality(coding, level);
         match coding {
-            Coding::Gzip => Codec::GzipEnc(GzipEncoder::with_quality(Vec::new(), q)),
+            Coding::Gzip => Codec::GzipEnc(gzip::Encoder::new(gzip_level(level))),
             Coding::Br => Codec::BrEnc(BrotliEncoder::with_quality(Vec::new(), q)),
             Coding::Zstd => Codec::ZstdEnc(ZstdEncoder::with_quality(Vec::new(), q)),
         }
@@ -88,8 +191,11 @@ impl Codec {
         }
     }
 
-    /// Feeds `data` and flushes; returns the output produced so far.
-    fn feed(&mut self, cx: &mut Context<'_>, mut data: &[u8]) -> io::Result<Bytes> {
+    /// Feeds `data`; returns whatever output the codec produced so far.
+    fn write(&mut self, cx: &mut Context<'_>, mut data: &[u8]) -> io::Result<Bytes> {
+        if let Codec::GzipEnc(g) = self {
+            return g.run(data, flate2::FlushCompress::None);
+        }
         each!(self, w => {
             while !data.is_empty() {
                 let n = ready(Pin::new(&mut *w).poll_write(cx, data))?;
@@ -98,6 +204,16 @@ impl Codec {
                 }
                 data = &data[n..];
             }
+            Ok(Bytes::from(std::mem::take(w.get_mut())))
+        })
+    }
+
+    /// Pushes out everything fed so far (a sync flush for encoders).
+    fn flush(&mut self, cx: &mut Context<'_>) -> io::Result<Bytes> {
+        if let Codec::GzipEnc(g) = self {
+            return g.run(&[], flate2::FlushCompress::Sync);
+        }
+        each!(self, w => {
             ready(Pin::new(&mut *w).poll_flush(cx))?;
             Ok(Bytes::from(std::mem::take(w.get_mut())))
         })
@@ -105,6 +221,9 @@ impl Codec {
 
     /// Ends the stream; returns the last output.
     fn finish(&mut self, cx: &mut Context<'_>) -> io::Result<Bytes> {
+        if let Codec::GzipEnc(g) = self {
+            return g.run(&[], flate2::FlushCompress::Finish);
+        }
         each!(self, w => {
             ready(Pin::new(&mut *w).poll_shutdown(cx))?;
             Ok(Bytes::from(std::mem::take(w.get_mut())))
@@ -116,7 +235,7 @@ impl Codec {
 pub fn compress_all(data: &[u8], coding: Coding, level: Level) -> io::Result<Bytes> {
     let mut codec = Codec::encoder(coding, level);
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    let mut out = codec.feed(&mut cx, data)?.to_vec();
+    let mut out = codec.write(&mut cx, data)?.to_vec();
     out.extend_from_slice(&codec.finish(&mut cx)?);
     Ok(Bytes::from(out))
 }
@@ -125,7 +244,7 @@ pub fn compress_all(data: &[u8], coding: Coding, level: Level) -> io::Result<Byt
 pub fn decompress_all(data: &[u8], coding: Coding) -> io::Result<Bytes> {
     let mut codec = Codec::decoder(coding);
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    let mut out = codec.feed(&mut cx, data)?.to_vec();
+    let mut out = codec.write(&mut cx, data)?.to_vec();
     out.extend_from_slice(&codec.finish(&mut cx)?);
     Ok(Bytes::from(out))
 }
@@ -137,11 +256,17 @@ pub struct Counted {
     pub bytes_out: IntCounter,
 }
 
-/// A response body run through an encoder or decoder as it streams.
+/// A response body run through an encoder or decoder as it streams. Input
+/// that is ready is compressed together; whenever the upstream makes us
+/// wait, what was fed so far is flushed out first, so a slow stream (server-
+/// sent events) reaches the client as sent without costing a flush per chunk
+/// on a fast one.
 pub struct CodecBody {
     inner: ProxyBody,
     codec: Codec,
     done: bool,
+    /// Input fed since the last flush.
+    unflushed: bool,
     counted: Option<Counted>,
 }
 
@@ -152,6 +277,7 @@ impl CodecBody {
             inner,
             codec: Codec::encoder(coding, level),
             done: false,
+            unflushed: false,
             counted: Some(counted),
         }
     }
@@ -162,6 +288,7 @@ impl CodecBody {
             inner,
             codec: Codec::decoder(coding),
             done: false,
+            unflushed: false,
             counted: None,
         }
     }
@@ -181,6 +308,14 @@ impl Body for CodecBody {
                 return Poll::Ready(None);
             }
             let out = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending if this.unflushed => {
+                    this.unflushed = false;
+                    match this.codec.flush(cx) {
+                        // Nothing to send yet; the inner body's waker is set.
+                        Ok(bytes) if bytes.is_empty() => return Poll::Pending,
+                        other => other,
+                    }
+                }
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => {
                     this.done = true;
@@ -195,7 +330,8 @@ impl Body for CodecBody {
                     if let Some(c) = &this.counted {
                         c.bytes_in.inc_by(data.len() as u64);
                     }
-                    this.codec.feed(cx, &data)
+                    this.unflushed = true;
+                    this.codec.write(cx, &data)
                 }
                 Poll::Ready(None) => {
                     this.done = true;
@@ -241,6 +377,22 @@ mod tests {
                 let back = decompress_all(&packed, coding).unwrap();
                 assert_eq!(back, text.as_bytes());
             }
+        }
+    }
+
+    #[test]
+    fn reused_gzip_compressors_start_clean() {
+        // One abandoned mid-stream, then reused for other bodies.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut abandoned = Codec::encoder(Coding::Gzip, Level::Fast);
+        abandoned.write(&mut cx, &[b'z'; 50_000]).unwrap();
+        drop(abandoned);
+        for body in ["first body ".repeat(300), "second, other body ".repeat(500)] {
+            let packed = compress_all(body.as_bytes(), Coding::Gzip, Level::Fast).unwrap();
+            assert_eq!(
+                decompress_all(&packed, Coding::Gzip).unwrap(),
+                body.as_bytes()
+            );
         }
     }
 
