@@ -149,7 +149,8 @@ struct Ask {
     accepted: Option<Accepted>,
 }
 
-/// Answers a request on a caching route.
+/// Answers a request on a caching route. `accepted` is the client's
+/// `Accept-Encoding` when the route compresses.
 #[allow(clippy::too_many_arguments)]
 pub async fn respond(
     snap: &Arc<Snapshot>,
@@ -158,6 +159,7 @@ pub async fn respond(
     peer: IpAddr,
     req: Forward,
     incoming: Incoming,
+    accepted: Option<Accepted>,
     limits: &Limits,
     outcome: &mut Outcome,
 ) -> Response<ProxyBody> {
@@ -176,15 +178,10 @@ pub async fn respond(
             v.to_str()
                 .is_ok_and(|v| v.to_ascii_lowercase().contains("no-cache"))
         });
-    let compresses = snap
-        .config
-        .routes
-        .get(route.index)
-        .is_some_and(|r| r.compress);
     let ask = Ask {
         primary,
         method: req.method.clone(),
-        accepted: compresses.then(|| Accepted::parse(&req.head)),
+        accepted,
         head: req.head.clone(),
         cc,
         pragma,
@@ -319,7 +316,8 @@ fn encoded_copy(
     if ask.method != Method::GET
         || ask.head.contains_key(header::RANGE)
         || compress::content_coding(&entry.headers) != Some(None)
-        || !compress::compressible(
+        || entry.cc.no_transform
+        || !compress::compressible_kind(
             cfg,
             entry.status,
             &entry.headers,

@@ -86,6 +86,7 @@ pub fn from_entry(
     let mut headers = entry.headers.clone();
     headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
     headers.remove(&super::surrogate::SURROGATE_CONTROL);
+    let negotiated = encoded.is_some();
     let body_bytes = match encoded {
         Some((coding, bytes)) => {
             crate::compress::transformed_head(&mut headers, Some(coding), Some(bytes.len()));
@@ -113,6 +114,9 @@ pub fn from_entry(
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = entry.status;
+    if negotiated {
+        resp.extensions_mut().insert(crate::compress::Negotiated);
+    }
     *resp.headers_mut() = headers;
     resp
 }

@@ -17,6 +17,11 @@ use crate::config::{Coding, CompressionConfig};
 use codec::{CodecBody, Counted};
 pub use negotiate::Accepted;
 
+/// Marks a response already encoded for this client (a cached compressed
+/// copy): [`apply`] leaves it alone.
+#[derive(Debug, Clone, Copy)]
+pub struct Negotiated;
+
 /// The byte counters of one algorithm, resolved once (recording them on
 /// the request path takes no lock).
 pub fn counters(coding: Coding) -> Counted {
@@ -41,6 +46,17 @@ pub fn compressible(
     headers: &HeaderMap,
     len: Option<u64>,
 ) -> bool {
+    !CacheControl::parse(headers).no_transform && compressible_kind(cfg, status, headers, len)
+}
+
+/// [`compressible`] without the `no-transform` check, for callers that
+/// parsed Cache-Control already (a cache entry).
+pub fn compressible_kind(
+    cfg: &CompressionConfig,
+    status: StatusCode,
+    headers: &HeaderMap,
+    len: Option<u64>,
+) -> bool {
     if matches!(
         status,
         StatusCode::NO_CONTENT | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED
@@ -50,9 +66,6 @@ pub fn compressible(
         return false;
     }
     if len.is_some_and(|n| n < cfg.min_size) {
-        return false;
-    }
-    if CacheControl::parse(headers).no_transform {
         return false;
     }
     type_listed(cfg, headers)
@@ -149,6 +162,9 @@ pub fn apply(
     accepted: &Accepted,
     resp: Response<ProxyBody>,
 ) -> Response<ProxyBody> {
+    if resp.extensions().get::<Negotiated>().is_some() {
+        return resp;
+    }
     let head_only = method == Method::HEAD;
     let (mut parts, body) = resp.into_parts();
     let len = parts

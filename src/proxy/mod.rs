@@ -233,7 +233,11 @@ async fn proxy(
                 spec,
             );
             let peer = conn.client.ip();
-            crate::cache::respond(snap, route, key, peer, fwd, incoming, limits, outcome).await
+            let accepted = compression.as_ref().map(|(_, a)| a.clone());
+            crate::cache::respond(
+                snap, route, key, peer, fwd, incoming, accepted, limits, outcome,
+            )
+            .await
         }
         _ => forward(snap, route, fwd, Some(incoming), upgrade, limits, outcome).await,
     };
