@@ -1364,3 +1364,38 @@ async fn surrogate_control_speaks_to_sluice_over_cache_control() {
     fetch(&d, "/sc-other").await;
     assert_eq!(o.hits(), 5, "directives for another device are ignored");
 }
+
+#[tokio::test]
+async fn lock_timeout_bounds_the_wait_for_a_coalesced_miss() {
+    // The leader's answer is held at the origin; the second request gives
+    // up waiting after lock_timeout and goes upstream itself.
+    let o = Scripted::start_gated(
+        Answer::ok("late", &[("cache-control", "max-age=600")]),
+        true,
+    )
+    .await;
+    let d = Daemon::start(&config(o.addr(), "lock_timeout = \"100ms\"", ""));
+    let addr = d.addr("http");
+    let leader =
+        tokio::spawn(async move { h1(addr, request(Method::GET, "/slow", HOST, empty())).await });
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while o.held.load(Ordering::SeqCst) < 1 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::task::yield_now().await;
+    }
+    let follower =
+        tokio::spawn(async move { h1(addr, request(Method::GET, "/slow", HOST, empty())).await });
+    while o.held.load(Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower never went upstream"
+        );
+        tokio::task::yield_now().await;
+    }
+    o.gate.add_permits(1 << 20);
+    assert_eq!(leader.await.unwrap().text(), "late");
+    let f = follower.await.unwrap();
+    assert_eq!(f.text(), "late");
+    assert!(!status_of(&f).contains("collapsed"), "{}", status_of(&f));
+    assert_eq!(o.hits(), 2);
+}

@@ -641,3 +641,48 @@ fn check_reports_bad_cache_keys() {
         "not a valid header name",
     );
 }
+
+#[test]
+fn check_reports_bad_compression_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{VALID}\n[compression]\nalgorithms = [\"br\", \"lzma\", \"br\"]\ntypes = [\"text\"]\nlevel = \"max\"\nmin_size = \"1 furlong\"\n"
+    );
+    let (path, err) = check_fails(dir.path(), "compression.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"lzma\"")),
+        "compression.algorithms[1]",
+        "unknown algorithm \"lzma\"; use br, zstd or gzip",
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos_last(&text, "\"br\"")),
+        "compression.algorithms[2]",
+        "listed twice",
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"text\"")),
+        "compression.types[0]",
+        "not a media type",
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"max\"")),
+        "compression.level",
+        "use fast, default or best",
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"1 furlong\"")),
+        "compression.min_size",
+        "unknown unit",
+    );
+    assert_eq!(error_count(&err), 5, "{err}");
+}

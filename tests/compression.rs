@@ -1098,3 +1098,22 @@ async fn compress_false_leaves_responses_untouched() {
         0
     );
 }
+
+#[tokio::test]
+async fn level_trades_cpu_for_size() {
+    let site = Site::start().await;
+    let fast = Daemon::start(&config(site.addr(), "compress = true", "level = \"fast\""));
+    let best = Daemon::start(&config(site.addr(), "compress = true", "level = \"best\""));
+    for coding in ["gzip", "br", "zstd"] {
+        let f = fetch(&fast, "/page", Some(coding)).await;
+        let b = fetch(&best, "/page", Some(coding)).await;
+        assert_negotiated(&f, coding, Some(coding), &text());
+        assert_negotiated(&b, coding, Some(coding), &text());
+        assert!(
+            b.body.len() < f.body.len(),
+            "{coding}: best {} bytes, fast {} bytes",
+            b.body.len(),
+            f.body.len()
+        );
+    }
+}
