@@ -1399,3 +1399,55 @@ async fn lock_timeout_bounds_the_wait_for_a_coalesced_miss() {
     assert!(!status_of(&f).contains("collapsed"), "{}", status_of(&f));
     assert_eq!(o.hits(), 2);
 }
+
+/// A body of two frames with no length known: sent chunked.
+struct TwoChunks(Vec<bytes::Bytes>);
+
+impl http_body::Body for TwoChunks {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        let next = if self.0.is_empty() {
+            None
+        } else {
+            Some(self.0.remove(0))
+        };
+        std::task::Poll::Ready(next.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+#[tokio::test]
+async fn unknown_length_misses_stream_instead_of_buffering() {
+    let o = Origin::serve(|req: Request<Incoming>, _| async move {
+        let _ = req.into_body().collect().await;
+        let body = TwoChunks(vec!["01234".into(), "56789".into()]);
+        Response::builder()
+            .header("cache-control", "max-age=600")
+            .body(BodyExt::boxed(body))
+            .unwrap()
+    })
+    .await;
+    let d = Daemon::start(&config(o.addr, "", ""));
+    // HEAD: the head at once, nothing stored (the body was not read).
+    let head = send(&d, Method::HEAD, "/chunked-head", &[]).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty());
+    assert!(!status_of(&head).contains("stored"), "{}", status_of(&head));
+    // A Range miss gets the whole 200 as it streams, and fills the cache...
+    let r = get_with(&d, "/chunked", &[("range", "bytes=0-1")]).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::OK, "0123456789")
+    );
+    // ...so the next Range request is a 206 from the entry.
+    let r = get_with(&d, "/chunked", &[("range", "bytes=0-1")]).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::PARTIAL_CONTENT, "01")
+    );
+    assert!(is_hit(&r));
+    assert_eq!(o.hits(), 2);
+}

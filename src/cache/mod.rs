@@ -590,7 +590,24 @@ impl Fetch {
             || fill::CLIENT_CONDITIONALS
                 .iter()
                 .any(|h| ask.head.contains_key(h));
-        if !answer_from_entry {
+        // Reading the body first is bounded only when its length is known
+        // (and within max_object_size, checked above). Otherwise a GET gets
+        // the whole 200 as it streams (ignoring Range and conditionals is
+        // allowed), and a HEAD its head without waiting for the body.
+        let length_known = parts.headers.contains_key(header::CONTENT_LENGTH);
+        if answer_from_entry && !length_known && ask.method == Method::HEAD {
+            drop(filling);
+            let mut out = Response::from_parts(parts, body::empty());
+            let not_stored = Status::Forward {
+                fwd: self.fwd,
+                fwd_status: self.stale.is_some().then_some(status.as_u16()),
+                stored: false,
+                collapsed: false,
+            };
+            status_header(cfg, &mut out, &not_stored);
+            return out;
+        }
+        if !answer_from_entry || !length_known {
             let mut out = Response::from_parts(parts, filling.boxed());
             status_header(cfg, &mut out, &cache_status);
             return out;

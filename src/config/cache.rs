@@ -84,7 +84,13 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        let raw = RawCache::default();
+        CacheConfig::from_raw(&RawCache::default(), Vec::new())
+    }
+}
+
+impl CacheConfig {
+    /// `raw`'s values, with `purge_allow` already parsed.
+    fn from_raw(raw: &RawCache, purge_allow: Vec<Cidr>) -> CacheConfig {
         CacheConfig {
             max_size: raw.max_size,
             max_object_size: raw.max_object_size,
@@ -92,7 +98,7 @@ impl Default for CacheConfig {
             lock_timeout: raw.lock_timeout,
             serve_stale_on_error: raw.serve_stale_on_error,
             store_set_cookie: raw.store_set_cookie,
-            purge_allow: Vec::new(),
+            purge_allow,
         }
     }
 }
@@ -166,15 +172,7 @@ impl Validator<'_> {
                 ),
             }
         }
-        CacheConfig {
-            max_size: raw.max_size,
-            max_object_size: raw.max_object_size,
-            status_header: raw.status_header,
-            lock_timeout: raw.lock_timeout,
-            serve_stale_on_error: raw.serve_stale_on_error,
-            store_set_cookie: raw.store_set_cookie,
-            purge_allow,
-        }
+        CacheConfig::from_raw(raw, purge_allow)
     }
 
     /// A route's cache settings: `None` unless it sets `cache = true`.
