@@ -70,13 +70,11 @@ TEST_ID=${TEST_ID:-}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 VARNISH_ARGS=${VARNISH_ARGS:-}
 
-export PATH="$PATH:/usr/sbin:/sbin"
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-REPO=$(pwd)
+# log, die, install_missing, the cleanup on exit (PIDS), wait_http, ...;
+# changes to the repo root.
+# shellcheck source-path=SCRIPTDIR
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 CONF=$REPO/benches/conformance
-
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'cache-conformance.sh: %s\n' "$*" >&2; exit 1; }
 
 for t in $TARGETS; do
     case $t in direct | nginx | varnish | sluice) ;; *) die "unknown target '$t' (direct nginx varnish sluice)" ;; esac
@@ -89,28 +87,12 @@ has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- install ---
 install_packages() {
-    local missing=()
-    command -v node >/dev/null || missing+=(nodejs)
-    command -v npm >/dev/null || missing+=(npm)
-    command -v curl >/dev/null || missing+=(curl)
-    if has_target nginx; then command -v nginx >/dev/null || missing+=(nginx); fi
+    local need=(node:nodejs npm curl)
+    if has_target nginx; then need+=(nginx); fi
     if has_target varnish; then
-        command -v varnishd >/dev/null || missing+=(varnish)
-        command -v cc >/dev/null || missing+=(gcc) # varnishd compiles VCL with it
+        need+=(varnishd:varnish cc:gcc) # varnishd compiles VCL with cc
     fi
-    [ ${#missing[@]} -eq 0 ] && return 0
-    [ "$SKIP_INSTALL" = 1 ] && die "missing: ${missing[*]} (and SKIP_INSTALL=1)"
-    command -v apt-get >/dev/null || die "missing: ${missing[*]}; install them (no apt-get here)"
-    local sudo=()
-    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-    log "installing: ${missing[*]}"
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >&2
-    # Debian starts packaged services where systemd runs; ours use other ports
-    # and dirs, but do not leave them running on our account.
-    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-        "${sudo[@]}" systemctl stop nginx varnish 2>/dev/null || true
-    fi
+    install_missing "nginx varnish" "${need[@]}"
 }
 
 install_suite() {
@@ -146,43 +128,11 @@ mkdir -p "$RUN"
 # nginx workers and varnishd's worker drop to unprivileged users when started
 # as root: they need to reach their dirs under RUN.
 chmod 755 "$RESULTS_DIR" "$RUN"
-PIDS=()
-stop_pid() {
-    local pid=$1
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    PIDS=()
-}
-forget_pid() {
-    local keep=() pid
-    for pid in "${PIDS[@]}"; do [ "$pid" = "$1" ] || keep+=("$pid"); done
-    PIDS=("${keep[@]}")
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Every process started goes into PIDS (lib.sh), stopped on exit.
 
 # free_port: a port nothing listens on right now (the kernel picks it).
 free_port() {
     node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close() })'
-}
-
-# wait_http NAME PORT PID LOGFILE: poll until the port answers HTTP at all.
-wait_http() {
-    local name=$1 port=$2 pid=$3 logf=$4 code
-    for _ in $(seq 200); do
-        kill -0 "$pid" 2>/dev/null || { cat "$logf" >&2; die "$name exited during start-up (log above)"; }
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null || true)
-        [ -n "$code" ] && [ "$code" != 000 ] && { log "$name up on 127.0.0.1:$port"; return 0; }
-        sleep 0.1
-    done
-    cat "$logf" >&2
-    die "$name not answering on 127.0.0.1:$port after 20s"
 }
 
 # fill TEMPLATE OUT KEY=VALUE...: copy TEMPLATE to OUT with @KEY@ replaced.
@@ -218,7 +168,7 @@ start_nginx() {
     nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;' \
         >"$RESULTS_DIR/logs/nginx.log" 2>&1 &
     TARGET_PID=$!
-    VERSION[nginx]=$(nginx -v 2>&1 | sed 's/^nginx version: //')
+    VERSION[nginx]=$(version_of nginx)
     wait_http nginx "$TARGET_PORT" "$TARGET_PID" "$dir/error.log"
 }
 
@@ -235,7 +185,7 @@ start_varnish() {
     varnishd -F "${jail[@]}" -n "$dir/work" -a "127.0.0.1:$TARGET_PORT" -T none \
         -f "$dir/default.vcl" -s malloc,256m $VARNISH_ARGS >"$RESULTS_DIR/logs/varnish.log" 2>&1 &
     TARGET_PID=$!
-    VERSION[varnish]=$(varnishd -V 2>&1 | sed -n '1{s/^varnishd (//; s/ revision.*//; p}')
+    VERSION[varnish]=$(version_of varnishd)
     [ -z "$VARNISH_ARGS" ] || NOTE[varnish]="extra varnishd arguments: $VARNISH_ARGS"
     wait_http varnish "$TARGET_PORT" "$TARGET_PID" "$RESULTS_DIR/logs/varnish.log"
 }
@@ -257,10 +207,9 @@ start_sluice() {
     fi
     RUST_LOG=${RUST_LOG:-warn} "$SLUICE_BIN" --config "$dir/sluice.toml" >"$RESULTS_DIR/logs/sluice.log" 2>&1 &
     TARGET_PID=$!
-    local rev dirty=""
-    rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')
-    [ -z "$(git -C "$REPO" status --porcelain 2>/dev/null || true)" ] || dirty=", uncommitted changes"
-    VERSION[sluice]="$("$SLUICE_BIN" --version 2>/dev/null | head -1), $SLUICE_BIN (repo at $rev$dirty)"
+    local dirty=""
+    ! repo_dirty || dirty=", uncommitted changes"
+    VERSION[sluice]="$("$SLUICE_BIN" --version 2>/dev/null | head -1), $SLUICE_BIN (repo at $(repo_rev '?')$dirty)"
     wait_http sluice "$TARGET_PORT" "$TARGET_PID" "$RESULTS_DIR/logs/sluice.log"
 }
 
@@ -305,7 +254,7 @@ for target in $TARGETS; do
     run_suite "$target"
     if [ -n "$TARGET_PID" ]; then
         kill -0 "$TARGET_PID" 2>/dev/null || log "WARNING: $target died during the run (see $RESULTS_DIR/logs/)"
-        stop_pid "$TARGET_PID"
+        stop_pids "$TARGET_PID"
         forget_pid "$TARGET_PID"
     fi
 done

@@ -80,14 +80,12 @@ VARNISH_GZ_PORT=$((PORT_BASE + 87))
 PAGE=/static/page20k
 NOSTORE_PAGE=/nostore/page20k
 
-export PATH="$PATH:/usr/sbin:/sbin"
+# log, die, install_missing, the cleanup on exit, wait_ready, wrk_run,
+# parse_wrk, median, ...; changes to the repo root.
+# shellcheck source-path=SCRIPTDIR
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-REPO=$(pwd)
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
-
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'cache-load.sh: %s\n' "$*" >&2; exit 1; }
 
 for scen in $SCENARIOS; do
     case $scen in
@@ -97,95 +95,20 @@ for scen in $SCENARIOS; do
 done
 
 # ---------------------------------------------------------------- install ---
-install_missing() {
-    local missing=()
-    command -v nginx >/dev/null || missing+=(nginx)
-    command -v varnishd >/dev/null || missing+=(varnish)
-    command -v wrk >/dev/null || missing+=(wrk)
-    command -v curl >/dev/null || missing+=(curl)
-    command -v gzip >/dev/null || missing+=(gzip)
-    [ ${#missing[@]} -eq 0 ] && return 0
-    [ "$SKIP_INSTALL" = 1 ] && die "missing: ${missing[*]} (and SKIP_INSTALL=1)"
-    command -v apt-get >/dev/null || die "missing: ${missing[*]}; install them (no apt-get here)"
-    local sudo=()
-    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-    log "installing: ${missing[*]}"
-    "${sudo[@]}" apt-get update -qq
-    local pkgs=() m
-    for m in "${missing[@]}"; do
-        if [ "$m" = nginx ]; then
-            # nginx-light where it exists (smaller; it has gzip and proxy_cache), else nginx.
-            if apt-cache show nginx-light >/dev/null 2>&1; then pkgs+=(nginx-light); else pkgs+=(nginx); fi
-        else
-            pkgs+=("$m")
-        fi
-    done
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${pkgs[@]}" >&2
-    # Debian starts the packaged services; they listen on :80 and :6081, not on
-    # our ports, so they do not interfere, but do not leave them running on our account.
-    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-        "${sudo[@]}" systemctl stop nginx varnish 2>/dev/null || true
-    fi
-}
-install_missing
+install_missing --nginx-light "nginx varnish" nginx varnishd:varnish wrk curl gzip
 # Varnish compiles its VCL with the system C compiler.
 command -v cc >/dev/null || die "varnishd needs a C compiler (cc) to compile VCL; install gcc"
 
 # ------------------------------------------------------------------ build ---
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-if [ "$SKIP_BUILD" != 1 ]; then
-    log "cargo build --release --bin sluice --example demo"
-    cargo build --release --bin sluice --example demo >&2
-fi
-SLUICE_BIN=$TARGET_DIR/release/sluice
-DEMO_BIN=$TARGET_DIR/release/examples/demo
-[ -x "$SLUICE_BIN" ] || die "no $SLUICE_BIN"
-[ -x "$DEMO_BIN" ] || die "no $DEMO_BIN"
+build_bins
 
 # ---------------------------------------------------------------- cleanup ---
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/sluice-cache-load.XXXXXX")
-chmod 755 "$TMP" # nginx workers and the Varnish child drop to unprivileged users when run as root
-PIDS=()
-WRK_PID=
-cleanup() {
-    local pid
-    [ -z "$WRK_PID" ] || kill -TERM "$WRK_PID" 2>/dev/null || true
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        # Give each a few seconds to stop, then force it.
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ "$KEEP_TMP" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_tmp sluice-cache-load
 
 # ---------------------------------------------------------------- servers ---
-answers() { curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/" 2>/dev/null; }
-
-# wait_ready NAME PORT PID LOGFILE: poll until the port answers HTTP 200.
-wait_ready() {
-    local name=$1 port=$2 pid=$3 logf=$4 code
-    for _ in $(seq 300); do
-        kill -0 "$pid" 2>/dev/null || { cat "$logf" >&2; die "$name exited during start-up (log above)"; }
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null || true)
-        [ "$code" = 200 ] && { log "$name ready on 127.0.0.1:$port"; return 0; }
-        sleep 0.1
-    done
-    cat "$logf" >&2
-    die "$name not answering 200 on 127.0.0.1:$port after 30s (last status: ${code:-none})"
-}
-
-for port in $ORIGIN_PORT $SLUICE_PORT $SLUICE_Z_PORT $SLUICE_OBS_PORT $SLUICE_OBS_ADMIN_PORT \
-    $NGINX_PORT $VARNISH_PORT $VARNISH_GZ_PORT; do
-    answers "$port" && die "something already answers on 127.0.0.1:$port; set PORT_BASE"
-done
-
-"$DEMO_BIN" --origin-only "127.0.0.1:$ORIGIN_PORT" >"$TMP/origin.log" 2>&1 &
-PIDS+=($!)
-wait_ready origin "$ORIGIN_PORT" $! "$TMP/origin.log"
+ports_free "$ORIGIN_PORT" "$SLUICE_PORT" "$SLUICE_Z_PORT" "$SLUICE_OBS_PORT" "$SLUICE_OBS_ADMIN_PORT" \
+    "$NGINX_PORT" "$VARNISH_PORT" "$VARNISH_GZ_PORT"
+start_origin
 
 # --- sluice: three processes of the same binary, one per configuration.
 # sluice_config NAME EXTRA_TOP EXTRA_ROUTES: the common parts plus the variant's own.
@@ -518,36 +441,9 @@ run_wrk() {
     hdr=$(enc_header "$(encoding_of "$t")")
     [ "$server" != sluice-obs ] || : >"$ACCESS_LOG" # opened O_APPEND: truncating is safe
     before=$(cpu_ticks "$server")
-    # In the background and waited for, so that a signal stops it at once.
-    wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$3" --latency ${hdr:+-H "$hdr"} \
-        "http://127.0.0.1:$(port_of "$t")$(path_of "$scen")" >"$4" 2>&1 &
-    WRK_PID=$!
-    wait "$WRK_PID" || { cat "$4" >&2; die "wrk against $t failed"; }
-    WRK_PID=
+    wrk_run "$4" "$t" "$3" "http://127.0.0.1:$(port_of "$t")$(path_of "$scen")" ${hdr:+-H "$hdr"}
     after=$(cpu_ticks "$server")
     echo $((after - before))
-}
-
-# parse_wrk FILE -> "rps p99_ms errors non2xx requests"
-parse_wrk() {
-    awk '
-        function ms(v,  n) {
-            n = v + 0
-            if (v ~ /us$/) return n / 1000
-            if (v ~ /ms$/) return n
-            if (v ~ /m$/)  return n * 60000
-            if (v ~ /s$/)  return n * 1000
-            return n
-        }
-        / requests in /                  { reqs = $1 }
-        /^Requests\/sec:/               { rps = $2 }
-        /^ +99%/                         { p99 = ms($2) }
-        /Socket errors:/                 { gsub(/,/, ""); err = $4 + $6 + $8 + $10 }
-        /Non-2xx or 3xx responses:/      { non2xx = $NF }
-        END {
-            if (rps == "" || p99 == "" || reqs == "") exit 1
-            printf "%s %.3f %d %d %d\n", rps, p99, err, non2xx, reqs
-        }' "$1"
 }
 
 START=$(date +%s)
@@ -582,11 +478,8 @@ done
 ELAPSED=$(($(date +%s) - START))
 
 # ----------------------------------------------------------------- report ---
-# median SCENARIO TARGET COLUMN(4=rps 5=p99 10=cpu_us_per_req)
-median() {
-    awk -F'\t' -v s="$1" -v t="$2" -v c="$3" 'NR > 1 && $1 == s && $2 == t { print $c }' "$TMP/results.tsv" \
-        | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
+# results.tsv columns, for median and column_sum (lib.sh): 4=rps 5=p99
+# 10=cpu_us_per_req.
 # round_ratios SCENARIO TARGET_A TARGET_B COLUMN -> "r1, r2, ..." (A / B per round)
 round_ratios() {
     awk -F'\t' -v s="$1" -v a="$2" -v b="$3" -v c="$4" '
@@ -598,10 +491,6 @@ round_ratios() {
             }
         }' "$TMP/results.tsv"
 }
-column_sum() {
-    awk -F'\t' -v s="$1" -v t="$2" -v c="$3" 'NR > 1 && $1 == s && $2 == t { n += $c } END { print n + 0 }' "$TMP/results.tsv"
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 # verdict OK_CONDITION_AS_AWK_EXPR VALUE
 verdict() { awk -v x="$2" "BEGIN { if ($1) print \"**met**\"; else print \"**missed**\" }"; }
 wire_bytes() { awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t { print $3 }' "$TMP/bodies.tsv"; }
@@ -625,12 +514,9 @@ table() {
     done
     echo
     echo "Medians of $REPEATS rounds; \"÷ ref\" divides a target's median by the reference row's."
-    local bad="" e n
-    for t in $(targets_of "$scen"); do
-        e=$(column_sum "$scen" "$t" 6)
-        n=$(column_sum "$scen" "$t" 7)
-        [ "$e" = 0 ] && [ "$n" = 0 ] || bad="$bad $t: $e socket errors, $n non-2xx;"
-    done
+    local bad
+    # shellcheck disable=SC2046 # targets_of gives a word list
+    bad=$(run_errors "$scen" $(targets_of "$scen"))
     [ -z "$bad" ] || { echo; echo "**WARNING** errors during the runs:$bad"; }
     return 0
 }
@@ -653,20 +539,11 @@ sluice_vs() {
     echo "(req/s above 1: sluice serves more; p99 and CPU/req below 1: sluice's tail is shorter, it spends less CPU per request.)"
 }
 
-cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
-nginx_v=$(nginx -v 2>&1 | sed 's/^nginx version: //' || true)
-varnish_v=$(varnishd -V 2>&1 | sed -n '1{s/^varnishd (//; s/ revision.*//; p}' || true)
-wrk_v=$(wrk -v 2>&1 | sed -n '1{s/^wrk //; s/ Copyright.*//; p}' || true)
-rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-dirty=""
-[ -z "$(git -C "$REPO" status --porcelain 2>/dev/null || true)" ] || dirty=" (uncommitted changes)"
-
 echo
 echo "## Cache and compression benchmark: sluice vs nginx vs Varnish"
 echo
-echo "- machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, $(uname -sr); load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "- sluice $rev$dirty ($(rustc --version 2>/dev/null || echo rustc ?)), release build"
-echo "- nginx: $nginx_v; Varnish: $varnish_v; wrk: $wrk_v"
+machine_lines
+echo "- nginx: $(version_of nginx); Varnish: $(version_of varnishd); wrk: $(version_of wrk)"
 echo "- settings: WORKERS=$WORKERS (sluice \`[server] workers\`, nginx \`worker_processes\`; Varnish: \`thread_pools=1\`,"
 echo "  \`thread_pool_min=$VARNISH_THREADS\`, \`thread_pool_max=$((VARNISH_THREADS * 5))\`, as it serves each connection on a thread of its own),"
 echo "  \`wrk -t$WRK_THREADS -c$WRK_CONNS -d$DURATION --latency\`, REPEATS=$REPEATS interleaved rounds per scenario, warm-up $WARMUP; measuring took ${ELAPSED}s"
@@ -733,11 +610,4 @@ for scen in $SCENARIOS; do
             ;;
     esac
 done
-echo
-echo "<details><summary>all rounds</summary>"
-echo
-echo '```'
-column -t -s $'\t' "$TMP/results.tsv" 2>/dev/null || cat "$TMP/results.tsv"
-echo '```'
-echo
-echo "</details>"
+rounds_details

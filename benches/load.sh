@@ -51,100 +51,24 @@ NGINX_PORT=$((PORT_BASE + 82))
 HAPROXY_PORT=$((PORT_BASE + 83))
 TARGETS=(direct sluice nginx haproxy)
 
-export PATH="$PATH:/usr/sbin:/sbin"
+# log, die, install_missing, the cleanup on exit, wait_ready, wrk_run,
+# parse_wrk, median, ...; changes to the repo root.
+# shellcheck source-path=SCRIPTDIR
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-REPO=$(pwd)
-
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'load.sh: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- install ---
-install_missing() {
-    local missing=()
-    command -v nginx >/dev/null || missing+=(nginx)
-    command -v haproxy >/dev/null || missing+=(haproxy)
-    command -v wrk >/dev/null || missing+=(wrk)
-    command -v curl >/dev/null || missing+=(curl)
-    [ ${#missing[@]} -eq 0 ] && return 0
-    [ "$SKIP_INSTALL" = 1 ] && die "missing: ${missing[*]} (and SKIP_INSTALL=1)"
-    command -v apt-get >/dev/null || die "missing: ${missing[*]}; install them (no apt-get here)"
-    local sudo=()
-    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-    log "installing: ${missing[*]}"
-    "${sudo[@]}" apt-get update -qq
-    local pkgs=() m
-    for m in "${missing[@]}"; do
-        if [ "$m" = nginx ]; then
-            # nginx-light where it exists (smaller), else nginx.
-            if apt-cache show nginx-light >/dev/null 2>&1; then pkgs+=(nginx-light); else pkgs+=(nginx); fi
-        else
-            pkgs+=("$m")
-        fi
-    done
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${pkgs[@]}" >&2
-    # Debian starts the packaged services; they listen on :80, not on our ports,
-    # so they do not interfere, but do not leave them running on our account.
-    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-        "${sudo[@]}" systemctl stop nginx haproxy 2>/dev/null || true
-    fi
-}
-install_missing
+install_missing --nginx-light "nginx haproxy" nginx haproxy wrk curl
 
 # ------------------------------------------------------------------ build ---
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-if [ "$SKIP_BUILD" != 1 ]; then
-    log "cargo build --release --bin sluice --example demo"
-    cargo build --release --bin sluice --example demo >&2
-fi
-SLUICE_BIN=$TARGET_DIR/release/sluice
-DEMO_BIN=$TARGET_DIR/release/examples/demo
-[ -x "$SLUICE_BIN" ] || die "no $SLUICE_BIN"
-[ -x "$DEMO_BIN" ] || die "no $DEMO_BIN"
+build_bins
 
 # ---------------------------------------------------------------- cleanup ---
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/sluice-load.XXXXXX")
-chmod 755 "$TMP" # nginx workers drop to an unprivileged user when run as root
-PIDS=()
-WRK_PID=
-cleanup() {
-    local pid
-    [ -z "$WRK_PID" ] || kill -TERM "$WRK_PID" 2>/dev/null || true
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        # Give each a few seconds to stop, then force it.
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ "$KEEP_TMP" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_tmp sluice-load
 
 # ---------------------------------------------------------------- servers ---
-answers() { curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/" 2>/dev/null; }
-
-# wait_ready NAME PORT PID LOGFILE: poll until the port answers HTTP 200.
-wait_ready() {
-    local name=$1 port=$2 pid=$3 logf=$4 code
-    for _ in $(seq 300); do
-        kill -0 "$pid" 2>/dev/null || { cat "$logf" >&2; die "$name exited during start-up (log above)"; }
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null || true)
-        [ "$code" = 200 ] && { log "$name ready on 127.0.0.1:$port"; return 0; }
-        sleep 0.1
-    done
-    cat "$logf" >&2
-    die "$name not answering 200 on 127.0.0.1:$port after 30s (last status: ${code:-none})"
-}
-
-for port in $ORIGIN_PORT $SLUICE_PORT $NGINX_PORT $HAPROXY_PORT; do
-    answers "$port" && die "something already answers on 127.0.0.1:$port; set PORT_BASE"
-done
-
-"$DEMO_BIN" --origin-only "127.0.0.1:$ORIGIN_PORT" >"$TMP/origin.log" 2>&1 &
-PIDS+=($!)
-wait_ready origin "$ORIGIN_PORT" $! "$TMP/origin.log"
+ports_free "$ORIGIN_PORT" "$SLUICE_PORT" "$NGINX_PORT" "$HAPROXY_PORT"
+start_origin
 
 cat >"$TMP/sluice.toml" <<EOF
 [server]
@@ -281,35 +205,7 @@ done
 
 # ---------------------------------------------------------------- measure ---
 # run_wrk TARGET SCENARIO DURATION OUTFILE
-run_wrk() {
-    # In the background and waited for, so that a signal stops it at once.
-    wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$3" --latency \
-        "http://127.0.0.1:$(port_of "$1")$(path_of "$2")" >"$4" 2>&1 &
-    WRK_PID=$!
-    wait "$WRK_PID" || { cat "$4" >&2; die "wrk against $1 failed"; }
-    WRK_PID=
-}
-
-# parse_wrk FILE -> "rps p99_ms errors non2xx"
-parse_wrk() {
-    awk '
-        function ms(v,  n) {
-            n = v + 0
-            if (v ~ /us$/) return n / 1000
-            if (v ~ /ms$/) return n
-            if (v ~ /m$/)  return n * 60000
-            if (v ~ /s$/)  return n * 1000
-            return n
-        }
-        /^Requests\/sec:/               { rps = $2 }
-        /^ +99%/                         { p99 = ms($2) }
-        /Socket errors:/                 { gsub(/,/, ""); err = $4 + $6 + $8 + $10 }
-        /Non-2xx or 3xx responses:/      { non2xx = $NF }
-        END {
-            if (rps == "" || p99 == "") exit 1
-            printf "%s %.3f %d %d\n", rps, p99, err, non2xx
-        }' "$1"
-}
+run_wrk() { wrk_run "$4" "$1" "$3" "http://127.0.0.1:$(port_of "$1")$(path_of "$2")"; }
 
 echo -e "scenario\ttarget\tround\trps\tp99_ms\terrors\tnon2xx" >"$TMP/results.tsv"
 for scen in $SCENARIOS; do
@@ -323,7 +219,7 @@ for scen in $SCENARIOS; do
         for t in "${TARGETS[@]}"; do
             out="$TMP/wrk.$scen.$t.$round.txt"
             run_wrk "$t" "$scen" "$DURATION" "$out"
-            read -r rps p99 err non2xx < <(parse_wrk "$out") || { cat "$out" >&2; die "cannot parse wrk output"; }
+            read -r rps p99 err non2xx _ < <(parse_wrk "$out") || { cat "$out" >&2; die "cannot parse wrk output"; }
             printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scen" "$t" "$round" "$rps" "$p99" "$err" "$non2xx" >>"$TMP/results.tsv"
             log "$(printf 'round %d/%d %-5s %-8s %10.0f req/s  p99 %8.2f ms  errors %d  non-2xx %d' \
                 "$round" "$REPEATS" "$scen" "$t" "$rps" "$p99" "$err" "$non2xx")"
@@ -332,15 +228,7 @@ for scen in $SCENARIOS; do
 done
 
 # ----------------------------------------------------------------- report ---
-# median SCENARIO TARGET COLUMN(4=rps 5=p99)
-median() {
-    awk -F'\t' -v s="$1" -v t="$2" -v c="$3" 'NR > 1 && $1 == s && $2 == t { print $c }' "$TMP/results.tsv" \
-        | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-column_sum() {
-    awk -F'\t' -v s="$1" -v t="$2" -v c="$3" 'NR > 1 && $1 == s && $2 == t { n += $c } END { print n + 0 }' "$TMP/results.tsv"
-}
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+# results.tsv columns, for median and column_sum (lib.sh): 4=rps 5=p99.
 
 label() {
     case $1 in
@@ -349,20 +237,11 @@ label() {
     esac
 }
 
-cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
-nginx_v=$(nginx -v 2>&1 | sed 's/^nginx version: //' || true)
-haproxy_v=$(haproxy -v 2>&1 | sed -n '1{s/^HAProxy version //; s/ - https.*//; p}' || true)
-wrk_v=$(wrk -v 2>&1 | sed -n '1{s/^wrk //; s/ Copyright.*//; p}' || true)
-rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-dirty=""
-[ -z "$(git -C "$REPO" status --porcelain 2>/dev/null || true)" ] || dirty=" (uncommitted changes)"
-
 echo
 echo "## Load benchmark: sluice vs nginx vs HAProxy"
 echo
-echo "- machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, $(uname -sr); load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "- sluice $rev$dirty ($(rustc --version 2>/dev/null || echo rustc ?)), release build"
-echo "- nginx: $nginx_v; HAProxy: $haproxy_v; wrk: $wrk_v"
+machine_lines
+echo "- nginx: $(version_of nginx); HAProxy: $(version_of haproxy); wrk: $(version_of wrk)"
 echo "- settings: WORKERS=$WORKERS (sluice \`[server] workers\`, nginx \`worker_processes\`, HAProxy \`nbthread\`),"
 echo "  \`wrk -t$WRK_THREADS -c$WRK_CONNS -d$DURATION --latency\`, REPEATS=$REPEATS interleaved rounds (direct, sluice, nginx, haproxy), warm-up $WARMUP;"
 echo "  origin: \`demo --origin-only\` (hyper, tokio default threads), everything on 127.0.0.1 on this one machine, wrk included"
@@ -395,19 +274,7 @@ for scen in $SCENARIOS; do
     done
     echo
     echo "(req/s ratio above 1: sluice serves more; p99 ratio below 1: sluice's tail is shorter.)"
-    bad=""
-    for t in "${TARGETS[@]}"; do
-        e=$(column_sum "$scen" "$t" 6)
-        n=$(column_sum "$scen" "$t" 7)
-        [ "$e" = 0 ] && [ "$n" = 0 ] || bad="$bad $t: $e socket errors, $n non-2xx;"
-    done
+    bad=$(run_errors "$scen" "${TARGETS[@]}")
     [ -z "$bad" ] || echo "**WARNING** errors during the runs:$bad"
 done
-echo
-echo "<details><summary>all rounds</summary>"
-echo
-echo '```'
-column -t -s $'\t' "$TMP/results.tsv" 2>/dev/null || cat "$TMP/results.tsv"
-echo '```'
-echo
-echo "</details>"
+rounds_details

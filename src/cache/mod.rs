@@ -290,11 +290,21 @@ fn hit(
 ) -> Response<ProxyBody> {
     outcome.cache = Some(result);
     let age = entry.age(SystemTime::now());
-    let encoded = ask
-        .accepted
-        .as_ref()
-        .and_then(|accepted| encoded_copy(snap, entry, key, ask, accepted));
+    let copy = match &ask.accepted {
+        Some(accepted) => encoded_copy(snap, entry, key, ask, accepted),
+        None => Copy::Leave,
+    };
+    let (encoded, identity) = match copy {
+        Copy::Encoded(coding, bytes) => (Some((coding, bytes)), false),
+        Copy::Identity => (None, true),
+        Copy::Leave => (None, false),
+    };
     let mut resp = serve::from_entry(entry, &ask.method, &ask.head, age, encoded);
+    if identity {
+        // Negotiated already: identity, which depends on Accept-Encoding.
+        compress::vary_accept_encoding(resp.headers_mut());
+        resp.extensions_mut().insert(compress::Negotiated);
+    }
     let status = Status::Hit {
         ttl: serve::ttl(entry, age),
         detail,
@@ -303,15 +313,19 @@ fn hit(
     resp
 }
 
+/// What a hit on a compressing route sends.
+enum Copy {
+    /// Not a case for a stored copy (a range, a coded or incompressible
+    /// entry): [`compress::apply`] decides on the way out.
+    Leave,
+    /// Compressible, but the client takes no coding.
+    Identity,
+    Encoded(Coding, bytes::Bytes),
+}
+
 /// The compressed copy of `entry` in the coding the client prefers, from
 /// the store or made now (once) at a level of at least `default`.
-fn encoded_copy(
-    snap: &Snapshot,
-    entry: &Entry,
-    key: &str,
-    ask: &Ask,
-    accepted: &Accepted,
-) -> Option<(Coding, bytes::Bytes)> {
+fn encoded_copy(snap: &Snapshot, entry: &Entry, key: &str, ask: &Ask, accepted: &Accepted) -> Copy {
     let cfg = &snap.config.compression;
     if ask.method != Method::GET
         || ask.head.contains_key(header::RANGE)
@@ -324,12 +338,14 @@ fn encoded_copy(
             Some(entry.body.len() as u64),
         )
     {
-        return None;
+        return Copy::Leave;
     }
-    let coding = accepted.choose(&cfg.algorithms)?;
+    let Some(coding) = accepted.choose(&cfg.algorithms) else {
+        return Copy::Identity;
+    };
     let copy_key = key::encoded(key, entry.id, coding.as_str());
     if let Some(Object::Encoded(bytes)) = snap.cache.store.get(&copy_key).as_deref() {
-        return Some((coding, bytes.clone()));
+        return Copy::Encoded(coding, bytes.clone());
     }
     let level = match cfg.level {
         Level::Best => Level::Best,
@@ -343,11 +359,11 @@ fn encoded_copy(
             snap.cache
                 .store
                 .insert(copy_key, Arc::new(Object::Encoded(bytes.clone())));
-            Some((coding, bytes))
+            Copy::Encoded(coding, bytes)
         }
         Err(e) => {
             tracing::warn!(error = %e, "compressing a cached response failed");
-            None
+            Copy::Leave
         }
     }
 }

@@ -1,0 +1,265 @@
+# shellcheck shell=bash
+# Helpers shared by the benchmark scripts in benches/ (load.sh, cache-load.sh,
+# cache-conformance.sh). Not run on its own: each script sources it, after
+# `set -euo pipefail` and its environment defaults, with
+#
+#   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#
+# On sourcing it puts /usr/sbin and /sbin on PATH (nginx, haproxy and varnishd
+# live there), changes to the repo root (REPO), and sets the traps that stop
+# the servers in PIDS on exit (see cleanup). The load benchmarks' report
+# helpers (median, column_sum, ...) read the results table $TMP/results.tsv
+# (a header line, then scenario, target, round, values...).
+
+# The script that sourced this file, for die's messages.
+SCRIPT_NAME=${BASH_SOURCE[1]##*/}
+
+export PATH="$PATH:/usr/sbin:/sbin"
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+REPO=$(pwd)
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf '%s: %s\n' "$SCRIPT_NAME" "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- install ---
+# install_missing [--nginx-light] SERVICES COMMAND[:PACKAGE]...: install with
+# apt-get (as root, else through sudo) the PACKAGE of every COMMAND not on PATH
+# (PACKAGE defaults to COMMAND); with SKIP_INSTALL=1, or without apt-get, die
+# naming them instead. --nginx-light: the nginx package is nginx-light where
+# it exists (smaller; it has the proxy, proxy_cache and gzip these use), else
+# nginx. SERVICES is a word list of the services to stop afterwards.
+install_missing() {
+    local light=0
+    if [ "${1:-}" = --nginx-light ]; then light=1; shift; fi
+    local services=() missing=() pkgs=() sudo=() want m
+    read -ra services <<<"$1"
+    shift
+    for want in "$@"; do
+        command -v "${want%%:*}" >/dev/null || missing+=("${want#*:}")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    [ "$SKIP_INSTALL" = 1 ] && die "missing: ${missing[*]} (and SKIP_INSTALL=1)"
+    command -v apt-get >/dev/null || die "missing: ${missing[*]}; install them (no apt-get here)"
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    log "installing: ${missing[*]}"
+    "${sudo[@]}" apt-get update -qq
+    for m in "${missing[@]}"; do
+        if [ "$m" = nginx ] && [ "$light" = 1 ] && apt-cache show nginx-light >/dev/null 2>&1; then
+            pkgs+=(nginx-light)
+        else
+            pkgs+=("$m")
+        fi
+    done
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${pkgs[@]}" >&2
+    # Debian starts the packaged services where systemd runs; they listen on
+    # their usual ports (:80, :6081, ...) and use their own dirs, not ours, so
+    # they do not interfere, but do not leave them running on our account.
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        "${sudo[@]}" systemctl stop "${services[@]}" 2>/dev/null || true
+    fi
+}
+
+# ------------------------------------------------------------------ build ---
+# build_bins: cargo build --release of sluice and the demo example (unless
+# SKIP_BUILD=1); SLUICE_BIN and DEMO_BIN are the binaries, which must exist.
+build_bins() {
+    local target_dir=${CARGO_TARGET_DIR:-$REPO/target}
+    if [ "$SKIP_BUILD" != 1 ]; then
+        log "cargo build --release --bin sluice --example demo"
+        cargo build --release --bin sluice --example demo >&2
+    fi
+    SLUICE_BIN=$target_dir/release/sluice
+    DEMO_BIN=$target_dir/release/examples/demo
+    [ -x "$SLUICE_BIN" ] || die "no $SLUICE_BIN"
+    [ -x "$DEMO_BIN" ] || die "no $DEMO_BIN"
+}
+
+# ---------------------------------------------------------------- cleanup ---
+# PIDS: the servers started in the background, stopped by cleanup. WRK_PID:
+# the load generator while one runs. CLEANUP_DIR: the temp dir of make_tmp.
+PIDS=()
+WRK_PID=
+CLEANUP_DIR=
+
+# make_tmp NAME: a fresh temp dir TMP (removed by cleanup unless KEEP_TMP=1),
+# readable by all: nginx workers and the Varnish child drop to unprivileged
+# users when run as root.
+make_tmp() {
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+    chmod 755 "$TMP"
+    CLEANUP_DIR=$TMP
+}
+
+# stop_pids PID...: TERM them all, then give each a few seconds to stop
+# before forcing it, and reap it.
+stop_pids() {
+    local pid
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+}
+
+# forget_pid PID: take PID out of PIDS (it has been stopped or reaped).
+forget_pid() {
+    local keep=() pid
+    for pid in "${PIDS[@]}"; do [ "$pid" = "$1" ] || keep+=("$pid"); done
+    PIDS=("${keep[@]}")
+}
+
+# cleanup: stop wrk and every server in PIDS, remove the temp dir. Runs on
+# exit; calling it earlier is fine (what it stopped it forgets).
+cleanup() {
+    [ -z "$WRK_PID" ] || kill -TERM "$WRK_PID" 2>/dev/null || true
+    stop_pids "${PIDS[@]}"
+    PIDS=()
+    if [ -n "$CLEANUP_DIR" ]; then
+        if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $CLEANUP_DIR"; else rm -rf "$CLEANUP_DIR"; fi
+        CLEANUP_DIR=
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- servers ---
+answers() { curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/" 2>/dev/null; }
+
+# ports_free PORT...: die when anything answers HTTP on one of them already.
+ports_free() {
+    local port
+    for port in "$@"; do
+        answers "$port" && die "something already answers on 127.0.0.1:$port; set PORT_BASE"
+    done
+    return 0
+}
+
+# poll_http STATUS SECONDS NAME PORT PID LOGFILE: poll 127.0.0.1:PORT/ until it
+# answers HTTP STATUS (empty: any status at all); when PID exits first, or
+# after SECONDS, show LOGFILE and die.
+poll_http() {
+    local want=$1 secs=$2 name=$3 port=$4 pid=$5 logf=$6 code
+    for _ in $(seq $((secs * 10))); do
+        kill -0 "$pid" 2>/dev/null || { cat "$logf" >&2; die "$name exited during start-up (log above)"; }
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null || true)
+        if [ -n "$want" ]; then
+            [ "$code" = "$want" ] && { log "$name ready on 127.0.0.1:$port"; return 0; }
+        else
+            [ -n "$code" ] && [ "$code" != 000 ] && { log "$name up on 127.0.0.1:$port"; return 0; }
+        fi
+        sleep 0.1
+    done
+    cat "$logf" >&2
+    if [ -n "$want" ]; then
+        die "$name not answering $want on 127.0.0.1:$port after ${secs}s (last status: ${code:-none})"
+    fi
+    die "$name not answering on 127.0.0.1:$port after ${secs}s"
+}
+# wait_ready NAME PORT PID LOGFILE: poll until the port answers HTTP 200.
+wait_ready() { poll_http 200 30 "$@"; }
+# wait_http NAME PORT PID LOGFILE: poll until the port answers HTTP at all.
+wait_http() { poll_http "" 20 "$@"; }
+
+# start_origin: the demo origin (DEMO_BIN) on 127.0.0.1:ORIGIN_PORT.
+start_origin() {
+    "$DEMO_BIN" --origin-only "127.0.0.1:$ORIGIN_PORT" >"$TMP/origin.log" 2>&1 &
+    PIDS+=($!)
+    wait_ready origin "$ORIGIN_PORT" $! "$TMP/origin.log"
+}
+
+# ---------------------------------------------------------------- measure ---
+# wrk_run OUTFILE NAME DURATION URL [WRK_ARG...]: one wrk run against URL
+# (WRK_THREADS threads, WRK_CONNS connections, latency percentiles) into
+# OUTFILE; when wrk fails, show OUTFILE and die naming NAME.
+wrk_run() {
+    local out=$1 name=$2 duration=$3 url=$4
+    shift 4
+    # In the background and waited for, so that a signal stops it at once.
+    wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$duration" --latency "$@" "$url" >"$out" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || { cat "$out" >&2; die "wrk against $name failed"; }
+    WRK_PID=
+}
+
+# parse_wrk FILE -> "rps p99_ms errors non2xx requests"
+parse_wrk() {
+    awk '
+        function ms(v,  n) {
+            n = v + 0
+            if (v ~ /us$/) return n / 1000
+            if (v ~ /ms$/) return n
+            if (v ~ /m$/)  return n * 60000
+            if (v ~ /s$/)  return n * 1000
+            return n
+        }
+        / requests in /                  { reqs = $1 }
+        /^Requests\/sec:/               { rps = $2 }
+        /^ +99%/                         { p99 = ms($2) }
+        /Socket errors:/                 { gsub(/,/, ""); err = $4 + $6 + $8 + $10 }
+        /Non-2xx or 3xx responses:/      { non2xx = $NF }
+        END {
+            if (rps == "" || p99 == "" || reqs == "") exit 1
+            printf "%s %.3f %d %d %d\n", rps, p99, err, non2xx, reqs
+        }' "$1"
+}
+
+# ----------------------------------------------------------------- report ---
+# median SCENARIO TARGET COLUMN: the median of COLUMN over the rounds.
+median() {
+    awk -F'\t' -v s="$1" -v t="$2" -v c="$3" 'NR > 1 && $1 == s && $2 == t { print $c }' "$TMP/results.tsv" \
+        | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# column_sum SCENARIO TARGET COLUMN: the sum of COLUMN over the rounds.
+column_sum() {
+    awk -F'\t' -v s="$1" -v t="$2" -v c="$3" 'NR > 1 && $1 == s && $2 == t { n += $c } END { print n + 0 }' "$TMP/results.tsv"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+
+# run_errors SCENARIO TARGET...: " TARGET: E socket errors, N non-2xx;" for
+# every TARGET that had any (columns 6 and 7); nothing when all ran clean.
+run_errors() {
+    local scen=$1 t e n
+    shift
+    for t in "$@"; do
+        e=$(column_sum "$scen" "$t" 6)
+        n=$(column_sum "$scen" "$t" 7)
+        [ "$e" = 0 ] && [ "$n" = 0 ] || printf ' %s: %s socket errors, %s non-2xx;' "$t" "$e" "$n"
+    done
+}
+
+# version_of nginx|haproxy|varnishd|wrk: the program's version, as reported.
+version_of() {
+    case $1 in
+        nginx) nginx -v 2>&1 | sed 's/^nginx version: //' || true ;;
+        haproxy) haproxy -v 2>&1 | sed -n '1{s/^HAProxy version //; s/ - https.*//; p}' || true ;;
+        varnishd) varnishd -V 2>&1 | sed -n '1{s/^varnishd (//; s/ revision.*//; p}' || true ;;
+        wrk) wrk -v 2>&1 | sed -n '1{s/^wrk //; s/ Copyright.*//; p}' || true ;;
+    esac
+}
+
+# repo_rev FALLBACK: the repo's short HEAD, or FALLBACK. repo_dirty: whether
+# the working tree has uncommitted changes.
+repo_rev() { git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo "$1"; }
+repo_dirty() { [ -n "$(git -C "$REPO" status --porcelain 2>/dev/null || true)" ]; }
+
+# machine_lines: the report's lines on the machine and on the sluice build.
+machine_lines() {
+    local cpu_model dirty=""
+    cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+    ! repo_dirty || dirty=" (uncommitted changes)"
+    echo "- machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, $(uname -sr); load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- sluice $(repo_rev unknown)$dirty ($(rustc --version 2>/dev/null || echo rustc ?)), release build"
+}
+
+# rounds_details: every round of $TMP/results.tsv, folded away in the report.
+rounds_details() {
+    echo
+    echo "<details><summary>all rounds</summary>"
+    echo
+    echo '```'
+    column -t -s $'\t' "$TMP/results.tsv" 2>/dev/null || cat "$TMP/results.tsv"
+    echo '```'
+    echo
+    echo "</details>"
+}
