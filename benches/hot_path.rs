@@ -269,7 +269,7 @@ fn cache(c: &mut Criterion) {
             initial_age: Duration::ZERO,
             lifetime: Duration::from_secs(600),
             tags: Box::new([]),
-            id: 1,
+            copies: Default::default(),
         })),
     );
     let mut group = c.benchmark_group("cache");

@@ -116,7 +116,7 @@ impl Pending {
             lifetime,
             cc,
             tags: self.tags,
-            id: fastrand::u64(..),
+            copies: Default::default(),
         }));
         if names.is_empty() {
             self.store.insert(self.primary, entry.clone());

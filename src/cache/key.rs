@@ -15,8 +15,6 @@ use crate::config::{IgnoreParams, KeySpec};
 pub const EXTRA: char = '\n';
 /// Separates a primary key (with its extras) from a variant's Vary values.
 pub const VARIANT: char = '\u{1}';
-/// Separates a response's key from the key of one of its compressed copies.
-pub const ENCODED: char = '\u{2}';
 
 /// The primary key of a request.
 pub fn primary(
@@ -65,7 +63,7 @@ pub fn primary(
 
 /// The URL a primary key was made from (without the route's extras).
 pub fn url_of(key: &str) -> &str {
-    let end = key.find([EXTRA, VARIANT, ENCODED]).unwrap_or(key.len());
+    let end = key.find([EXTRA, VARIANT]).unwrap_or(key.len());
     &key[..end]
 }
 
@@ -112,12 +110,6 @@ pub fn vary_names(resp: &HeaderMap) -> Option<Vec<HeaderName>> {
     Some(names)
 }
 
-/// The key of the `coding` copy of the response stored under `key` with
-/// entry id `id`.
-pub fn encoded(key: &str, id: u64, coding: &str) -> String {
-    format!("{key}{ENCODED}{id:x}.{coding}")
-}
-
 /// Appends every line of field `name`, joined by ", " with the whitespace
 /// around list separators removed, so that `a,b` and `a, b` match (RFC 9111
 /// §4.1 allows this normalisation).
@@ -133,10 +125,7 @@ fn push_joined(key: &mut String, headers: &HeaderMap, name: &HeaderName) {
                 key.push(',');
             }
             // The separators must not come from a client.
-            key.extend(
-                item.chars()
-                    .filter(|c| ![EXTRA, VARIANT, ENCODED].contains(c)),
-            );
+            key.extend(item.chars().filter(|c| ![EXTRA, VARIANT].contains(c)));
             first = false;
         }
     }

@@ -90,11 +90,6 @@ impl Cache {
                 fwd: "miss",
             },
             Some(object) => match &*object {
-                Object::Encoded(_) => Lookup {
-                    entry: None,
-                    key: primary.to_string(),
-                    fwd: "miss",
-                },
                 Object::Response(_) => Lookup {
                     entry: Some(object.clone()),
                     key: primary.to_string(),
@@ -129,7 +124,7 @@ struct Lookup {
 fn entry_of(object: &Object) -> Option<&Entry> {
     match object {
         Object::Response(e) => Some(e),
-        Object::Vary { .. } | Object::Encoded(_) => None,
+        Object::Vary { .. } => None,
     }
 }
 
@@ -343,8 +338,7 @@ fn encoded_copy(snap: &Snapshot, entry: &Entry, key: &str, ask: &Ask, accepted: 
     let Some(coding) = accepted.choose(&cfg.algorithms) else {
         return Copy::Identity;
     };
-    let copy_key = key::encoded(key, entry.id, coding.as_str());
-    if let Some(Object::Encoded(bytes)) = snap.cache.store.get(&copy_key).as_deref() {
+    if let Some(bytes) = entry.copies.get(coding) {
         return Copy::Encoded(coding, bytes.clone());
     }
     let level = match cfg.level {
@@ -356,9 +350,19 @@ fn encoded_copy(snap: &Snapshot, entry: &Entry, key: &str, ask: &Ask, accepted: 
             let counted = compress::counters(coding);
             counted.bytes_in.inc_by(entry.body.len() as u64);
             counted.bytes_out.inc_by(bytes.len() as u64);
-            snap.cache
-                .store
-                .insert(copy_key, Arc::new(Object::Encoded(bytes.clone())));
+            entry.copies.set(coding, bytes.clone());
+            // Stored again so that the store weighs the copy too; unless the
+            // key has moved on to a newer response meanwhile.
+            let current = snap.cache.store.get(key);
+            if current
+                .as_deref()
+                .and_then(entry_of)
+                .is_some_and(|e| std::ptr::eq(e, entry))
+            {
+                snap.cache
+                    .store
+                    .insert(key.to_string(), Arc::new(Object::Response(entry.clone())));
+            }
             Copy::Encoded(coding, bytes)
         }
         Err(e) => {
@@ -720,6 +724,6 @@ fn refreshed(
         } else {
             tags
         },
-        id: fastrand::u64(..),
+        copies: Default::default(),
     }
 }

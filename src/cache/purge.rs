@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode, Uri};
 
-use super::key::{self, ENCODED, EXTRA, VARIANT};
+use super::key::{self, EXTRA, VARIANT};
 use super::store::{Object, Store};
 use super::Cache;
 use crate::body::{self, ProxyBody};
@@ -34,7 +34,7 @@ pub fn purge(store: &dyn Store, target: &Target) -> u64 {
         }
         Target::Tag(tag) => store.remove_where(&mut |_, o| match o {
             Object::Response(e) => e.tags.iter().any(|t| **t == **tag),
-            Object::Vary { .. } | Object::Encoded(_) => false,
+            Object::Vary { .. } => false,
         }),
         Target::All => store.remove_where(&mut |_, _| true),
     }
@@ -42,7 +42,7 @@ pub fn purge(store: &dyn Store, target: &Target) -> u64 {
 
 fn same_url(key: &str, url: &str) -> bool {
     key.strip_prefix(url)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with([EXTRA, VARIANT, ENCODED]))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([EXTRA, VARIANT]))
 }
 
 /// Canonical form of a URL given to purge, matching how keys are written:

@@ -6,13 +6,14 @@
 //! push out a popular page, which is the "hybrid LRU/LFU" behaviour
 //! operators ask for.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode};
 
 use super::policy::CacheControl;
+use crate::config::Coding;
 
 /// One stored response: its head, its whole body and what freshness needs.
 #[derive(Debug, Clone)]
@@ -33,9 +34,38 @@ pub struct Entry {
     pub cc: CacheControl,
     /// Surrogate keys (`Surrogate-Key` / `Cache-Tag`) for purge by tag.
     pub tags: Box<[Box<str>]>,
-    /// Random per stored response: compressed copies are keyed by it, so a
-    /// refreshed or replaced entry never serves an older copy's bytes.
-    pub id: u64,
+    /// Compressed copies of `body`, one per coding, made once on the first
+    /// hit that asks for it; they go with the entry (a refreshed or purged
+    /// entry takes its copies along).
+    pub copies: Copies,
+}
+
+/// One lazily made compressed body per [`Coding`].
+#[derive(Debug, Clone, Default)]
+pub struct Copies([OnceLock<Bytes>; 3]);
+
+impl Copies {
+    fn slot(&self, coding: Coding) -> &OnceLock<Bytes> {
+        let i = Coding::ALL.iter().position(|c| *c == coding).unwrap_or(0);
+        &self.0[i]
+    }
+
+    pub fn get(&self, coding: Coding) -> Option<&Bytes> {
+        self.slot(coding).get()
+    }
+
+    /// Keeps `bytes` as the `coding` copy unless one was made meanwhile.
+    pub fn set(&self, coding: Coding, bytes: Bytes) {
+        let _ = self.slot(coding).set(bytes);
+    }
+
+    fn bytes(&self) -> usize {
+        self.0
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(Bytes::len)
+            .sum()
+    }
 }
 
 impl Entry {
@@ -51,7 +81,7 @@ impl Entry {
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
         let tags: usize = self.tags.iter().map(|t| t.len() + 16).sum();
-        head + tags + self.body.len() + std::mem::size_of::<Entry>()
+        head + tags + self.body.len() + self.copies.bytes() + std::mem::size_of::<Entry>()
     }
 }
 
@@ -67,16 +97,12 @@ pub enum Object {
     /// include `id`, so a new `Vary` (or an invalidation) leaves the old
     /// variants unreachable instead of serving them again.
     Vary { names: Box<[HeaderName]>, id: u64 },
-    /// A compressed copy of a response's body (one per coding), stored
-    /// beside it so that a hit never compresses again.
-    Encoded(Bytes),
 }
 
 impl Object {
     fn weight(&self) -> usize {
         match self {
             Object::Response(e) => e.weight(),
-            Object::Encoded(b) => b.len() + 64,
             Object::Vary { names, .. } => {
                 names.iter().map(|n| n.as_str().len() + 16).sum::<usize>() + 64
             }
@@ -189,7 +215,7 @@ mod tests {
             lifetime: Duration::from_secs(60),
             cc: CacheControl::default(),
             tags: Box::new([]),
-            id: 0,
+            copies: Copies::default(),
         }))
     }
 
@@ -206,6 +232,21 @@ mod tests {
         assert!(store.bytes() <= 1 << 20, "{} bytes", store.bytes());
         assert!(store.entries() < 200);
         assert!(evicted.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn compressed_copies_are_weighed() {
+        let store = MemoryStore::new(1 << 20, || {});
+        let object = entry(10_000);
+        store.insert("k".into(), object.clone());
+        let before = store.bytes();
+        let Object::Response(e) = &*object else {
+            unreachable!()
+        };
+        e.copies.set(Coding::Br, Bytes::from(vec![b'b'; 3_000]));
+        assert_eq!(e.copies.get(Coding::Br).map(Bytes::len), Some(3_000));
+        store.insert("k".into(), Arc::new(Object::Response(e.clone())));
+        assert_eq!(store.bytes(), before + 3_000);
     }
 
     #[test]
