@@ -112,27 +112,10 @@ impl Scripted {
 const HOST: &str = "example.com";
 
 fn config(origin: SocketAddr, cache_extra: &str, route_extra: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "http"
-listen = "127.0.0.1:0"
-
-[[route]]
-name = "main"
-pool = "app"
-cache = true
-{route_extra}
-
-[pool.app]
-servers = [ {{ addr = "{origin}" }} ]
-
-[cache]
-{cache_extra}
-
-[admin]
-listen = "127.0.0.1:0"
-"#
+    admin_route_config(
+        origin,
+        &format!("cache = true\n{route_extra}"),
+        &format!("[cache]\n{cache_extra}"),
     )
 }
 

@@ -261,27 +261,7 @@ fn upstream_encoded(coding: Coding) -> Bytes {
 /// One listener, one route to the origin with `route` lines, the
 /// `[compression]` table with `compression` lines, and an admin listener.
 fn config(origin: SocketAddr, route: &str, compression: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "http"
-listen = "127.0.0.1:0"
-
-[[route]]
-name = "main"
-pool = "app"
-{route}
-
-[pool.app]
-servers = [ {{ addr = "{origin}" }} ]
-
-[compression]
-{compression}
-
-[admin]
-listen = "127.0.0.1:0"
-"#
-    )
+    admin_route_config(origin, route, &format!("[compression]\n{compression}"))
 }
 
 /// A route with `compress = true` and the default `[compression]`.

@@ -466,6 +466,32 @@ servers = [ {} ]
     )
 }
 
+/// A plain listener `http`, route `main` to pool `app` (one server,
+/// `origin`) with `route_extra` keys, then `tables` (e.g. `[cache]` keys),
+/// and an admin listener: all on ephemeral ports.
+pub fn admin_route_config(origin: SocketAddr, route_extra: &str, tables: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[[route]]
+name = "main"
+pool = "app"
+{route_extra}
+
+[pool.app]
+servers = [ {{ addr = "{origin}" }} ]
+
+{tables}
+
+[admin]
+listen = "127.0.0.1:0"
+"#
+    )
+}
+
 /// A TLS listener `tls` (one certificate pair) routing to `origin`, plus an
 /// admin listener, both on ephemeral ports.
 pub fn tls_admin_config(cert: &Path, key: &Path, origin: SocketAddr) -> String {
