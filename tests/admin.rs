@@ -237,3 +237,37 @@ async fn readyz_turns_503_while_draining() {
     assert_eq!(r.status, 200);
     assert!(d.wait_exit().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_shows_cache_and_compression_keys_and_reads_back() {
+    let app = Origin::hello().await;
+    let text = config(app.addr, "", "main").replace(
+        "pool = \"app\"",
+        "pool = \"app\"\ncache = true\ncompress = true\ncache_key_headers = [\"x-tenant\"]\ncache_key_ignore_params = [\"utm_source\"]",
+    ) + "\n[cache]\nmax_size = \"32MiB\"\nstore_set_cookie = true\npurge_allow = [\"127.0.0.1\"]\nserve_stale_on_error = \"90s\"\n\n[compression]\nalgorithms = [\"gzip\", \"br\"]\nlevel = \"best\"\nmin_size = 2048\n";
+    let d = Daemon::start(&text);
+    let shown = call(d.addr("admin"), Method::GET, "/config", None)
+        .await
+        .text();
+    for expected in [
+        "cache = true",
+        "compress = true",
+        "cache_key_headers = [\"x-tenant\"]",
+        "cache_key_ignore_params = [\"utm_source\"]",
+        "max_size = 33554432",
+        "store_set_cookie = true",
+        "purge_allow = [\"127.0.0.1/32\"]",
+        "serve_stale_on_error = \"90s\"",
+        "algorithms = [\"gzip\", \"br\"]",
+        "level = \"best\"",
+        "min_size = 2048",
+    ] {
+        assert!(shown.contains(expected), "{expected} in\n{shown}");
+    }
+    // What /config shows is itself a valid config.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shown.toml");
+    std::fs::write(&path, &shown).unwrap();
+    let (code, out, err) = run_cli(&["--check", "--config", path.to_str().unwrap()], dir.path());
+    assert_eq!(code, 0, "{out}{err}\n{shown}");
+}
