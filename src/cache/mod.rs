@@ -132,10 +132,10 @@ fn entry_of(object: &Object) -> Option<&Entry> {
 #[derive(Clone)]
 struct Ask {
     primary: String,
-    /// The client's method (GET or HEAD).
-    method: Method,
-    /// The client's head, with its conditionals, range and Vary inputs.
-    head: HeaderMap,
+    /// The client's request (GET or HEAD): its head carries the
+    /// conditionals, range and Vary inputs. A hit only reads it; a trip
+    /// upstream sends a copy.
+    req: Forward,
     cc: CacheControl,
     /// `Pragma: no-cache` from a client that sent no Cache-Control.
     pragma: bool,
@@ -175,14 +175,13 @@ pub async fn respond(
         });
     let ask = Ask {
         primary,
-        method: req.method.clone(),
+        req,
         accepted,
-        head: req.head.clone(),
         cc,
         pragma,
     };
     let cache = &snap.cache;
-    let found = cache.lookup(&ask.primary, &ask.head);
+    let found = cache.lookup(&ask.primary, &ask.req.head);
     let mut fwd = found.fwd;
     let mut stale = None;
     if let Some(object) = &found.entry {
@@ -203,7 +202,7 @@ pub async fn respond(
                 );
             }
             Use::StaleWhileRevalidate => {
-                refresh_in_background(snap, route, &ask, req, &found.key, object.clone());
+                refresh_in_background(snap, route, &ask, &found.key, object.clone());
                 return hit(
                     snap,
                     outcome,
@@ -243,7 +242,7 @@ pub async fn respond(
         Join::Leader(guard) => Some(guard),
         Join::Follower(rx) => {
             Fills::wait(rx, cfg.lock_timeout).await;
-            let again = cache.lookup(&ask.primary, &ask.head);
+            let again = cache.lookup(&ask.primary, &ask.req.head);
             if let Some(entry) = again.entry.as_deref().and_then(entry_of) {
                 let age = entry.age(SystemTime::now());
                 if let Use::Fresh | Use::StaleAllowed =
@@ -270,7 +269,7 @@ pub async fn respond(
         fwd,
         guard,
     };
-    fetched.run(snap, route, req, limits, outcome).await
+    fetched.run(snap, route, limits, outcome).await
 }
 
 /// Serves a stored entry (stored under `key`), compressed from a cached
@@ -294,7 +293,7 @@ fn hit(
         Copy::Identity => (None, true),
         Copy::Leave => (None, false),
     };
-    let mut resp = serve::from_entry(entry, &ask.method, &ask.head, age, encoded);
+    let mut resp = serve::from_entry(entry, &ask.req.method, &ask.req.head, age, encoded);
     if identity {
         // Negotiated already: identity, which depends on Accept-Encoding.
         compress::vary_accept_encoding(resp.headers_mut());
@@ -322,8 +321,8 @@ enum Copy {
 /// the store or made now (once) at a level of at least `default`.
 fn encoded_copy(snap: &Snapshot, entry: &Entry, key: &str, ask: &Ask, accepted: &Accepted) -> Copy {
     let cfg = &snap.config.compression;
-    if ask.method != Method::GET
-        || ask.head.contains_key(header::RANGE)
+    if ask.req.method != Method::GET
+        || ask.req.head.contains_key(header::RANGE)
         || compress::content_coding(&entry.headers) != Some(None)
         || entry.cc.no_transform
         || !compress::compressible_kind(
@@ -421,7 +420,6 @@ fn refresh_in_background(
     snap: &Arc<Snapshot>,
     route: &Route,
     ask: &Ask,
-    req: Forward,
     key: &str,
     object: Arc<Object>,
 ) {
@@ -431,7 +429,7 @@ fn refresh_in_background(
     let snap = snap.clone();
     let route = route.clone();
     let mut ask = ask.clone();
-    ask.method = Method::GET;
+    ask.req.method = Method::GET;
     // A background refresh must not be blocked by the client's own
     // request directives.
     ask.cc = CacheControl::default();
@@ -446,7 +444,7 @@ fn refresh_in_background(
     tokio::spawn(async move {
         let mut outcome = Outcome::default();
         let limits = snap.config.limits.clone();
-        let resp = fetch.run(&snap, &route, req, &limits, &mut outcome).await;
+        let resp = fetch.run(&snap, &route, &limits, &mut outcome).await;
         // Reading the body to its end is what stores it.
         if let Err(e) = resp.into_body().collect().await {
             tracing::debug!(error = %e, "background revalidation failed");
@@ -470,12 +468,12 @@ impl Fetch {
         self,
         snap: &Arc<Snapshot>,
         route: &Route,
-        mut req: Forward,
         limits: &Limits,
         outcome: &mut Outcome,
     ) -> Response<ProxyBody> {
         let cfg = &snap.config.cache;
         let store = snap.cache.store.clone();
+        let mut req = self.ask.req.clone();
         for name in &fill::CLIENT_CONDITIONALS {
             req.head.remove(name);
         }
@@ -508,15 +506,11 @@ impl Fetch {
             {
                 // RFC 9111 §4.3.4: freshen the stored head, keep the body.
                 let fresh = refreshed(entry, resp.headers(), request_time, response_time);
-                let object = Arc::new(Object::Response(fresh));
-                store.insert(self.key.clone(), object.clone());
+                let age = fresh.age(SystemTime::now());
+                let mut out = serve::from_entry(&fresh, &ask.req.method, &ask.req.head, age, None);
+                store.insert(self.key.clone(), Arc::new(Object::Response(fresh)));
                 drop(self.guard);
                 outcome.cache = Some("revalidated");
-                let Some(entry) = entry_of(&object) else {
-                    return local(StatusCode::INTERNAL_SERVER_ERROR, "cache entry missing");
-                };
-                let age = entry.age(SystemTime::now());
-                let mut out = serve::from_entry(entry, &ask.method, &ask.head, age, None);
                 status_header(
                     cfg,
                     &mut out,
@@ -565,7 +559,7 @@ impl Fetch {
             Some(SurrogateControl {
                 max_age: Some(_), ..
             }) => surrogate_storable(status, &parts.headers),
-            _ => policy::storable(&Method::GET, &ask.head, status, &parts.headers, &rules),
+            _ => policy::storable(&Method::GET, &ask.req.head, status, &parts.headers, &rules),
         };
         let storable = !generated
             && !ask.cc.no_store
@@ -583,7 +577,7 @@ impl Fetch {
         if !storable {
             drop(self.guard);
             parts.headers.remove(&surrogate::SURROGATE_CONTROL);
-            let body = if ask.method == Method::HEAD {
+            let body = if ask.req.method == Method::HEAD {
                 body::empty()
             } else {
                 upstream_body
@@ -596,7 +590,7 @@ impl Fetch {
             ignore_accept_encoding: ask_compresses(ask),
             store,
             primary: ask.primary.clone(),
-            request: ask.head.clone(),
+            request: ask.req.head.clone(),
             status,
             headers: fill::stored_head(&parts.headers),
             tags,
@@ -606,16 +600,16 @@ impl Fetch {
         };
         parts.headers.remove(&surrogate::SURROGATE_CONTROL);
         let filling = FillBody::new(upstream_body, cfg.max_object_size, pending, self.guard);
-        let answer_from_entry = ask.method == Method::HEAD
+        let answer_from_entry = ask.req.method == Method::HEAD
             || fill::CLIENT_CONDITIONALS
                 .iter()
-                .any(|h| ask.head.contains_key(h));
+                .any(|h| ask.req.head.contains_key(h));
         // Reading the body first is bounded only when its length is known
         // (and within max_object_size, checked above). Otherwise a GET gets
         // the whole 200 as it streams (ignoring Range and conditionals is
         // allowed), and a HEAD its head without waiting for the body.
         let length_known = parts.headers.contains_key(header::CONTENT_LENGTH);
-        if answer_from_entry && !length_known && ask.method == Method::HEAD {
+        if answer_from_entry && !length_known && ask.req.method == Method::HEAD {
             drop(filling);
             let mut out = Response::from_parts(parts, body::empty());
             let not_stored = Status::Forward {
@@ -646,10 +640,10 @@ impl Fetch {
         let mut out = match stored.as_deref().and_then(entry_of) {
             Some(entry) => {
                 let age = entry.age(SystemTime::now());
-                serve::from_entry(entry, &ask.method, &ask.head, age, None)
+                serve::from_entry(entry, &ask.req.method, &ask.req.head, age, None)
             }
             None => {
-                let body = if ask.method == Method::HEAD {
+                let body = if ask.req.method == Method::HEAD {
                     body::empty()
                 } else {
                     body::full(whole)
