@@ -20,6 +20,7 @@ use super::key;
 use super::policy::{self, CacheControl};
 use super::store::{Entry, Object, Store};
 use crate::body::{BoxError, ProxyBody};
+use crate::proxy::headers::content_length;
 
 /// Upstream requests in flight per key, for coalescing.
 #[derive(Debug, Default)]
@@ -170,11 +171,7 @@ pub fn take_tags(headers: &mut HeaderMap) -> Box<[Box<str>]> {
 
 /// Whether a `Content-Length` promises more than `max` bytes.
 pub fn too_large(headers: &HeaderMap, max: u64) -> bool {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > max)
+    content_length(headers).is_some_and(|n| n > max)
 }
 
 /// The stored copy of a head: without `Set-Cookie` (never replayed to
@@ -207,11 +204,7 @@ impl FillBody {
         pending: Pending,
         guard: Option<FillGuard>,
     ) -> FillBody {
-        let expected = pending
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let expected = content_length(&pending.headers);
         let mut body = FillBody {
             inner,
             buf: BytesMut::new(),

@@ -47,9 +47,9 @@ macro_rules! each {
     };
 }
 
-/// Per-algorithm quality for a level.
-fn quality(coding: Coding, level: Level) -> Quality {
-    let q = match (coding, level) {
+/// Each algorithm's own level number for a [`Level`].
+fn level_number(coding: Coding, level: Level) -> u32 {
+    match (coding, level) {
         (_, Level::Fast) => 1,
         (Coding::Gzip, Level::Default) => 6,
         (Coding::Br, Level::Default) => 5,
@@ -57,16 +57,6 @@ fn quality(coding: Coding, level: Level) -> Quality {
         (Coding::Gzip, Level::Best) => 9,
         (Coding::Br, Level::Best) => 11,
         (Coding::Zstd, Level::Best) => 19,
-    };
-    Quality::Precise(q)
-}
-
-/// zlib level for a [`Level`].
-fn gzip_level(level: Level) -> u32 {
-    match level {
-        Level::Fast => 1,
-        Level::Default => 6,
-        Level::Best => 9,
     }
 }
 
@@ -175,9 +165,10 @@ fn ready<T>(p: Poll<io::Result<T>>) -> io::Result<T> {
 
 impl Codec {
     fn encoder(coding: Coding, level: Level) -> Codec {
-        let q = quality(coding, level);
+        let n = level_number(coding, level);
+        let q = Quality::Precise(i32::try_from(n).unwrap_or(i32::MAX));
         match coding {
-            Coding::Gzip => Codec::GzipEnc(gzip::Encoder::new(gzip_level(level))),
+            Coding::Gzip => Codec::GzipEnc(gzip::Encoder::new(n)),
             Coding::Br => Codec::BrEnc(BrotliEncoder::with_quality(Vec::new(), q)),
             Coding::Zstd => Codec::ZstdEnc(ZstdEncoder::with_quality(Vec::new(), q)),
         }

@@ -167,11 +167,7 @@ pub fn apply(
     }
     let head_only = method == Method::HEAD;
     let (mut parts, body) = resp.into_parts();
-    let len = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let len = crate::proxy::headers::content_length(&parts.headers);
     match content_coding(&parts.headers) {
         // Already encoded: pass it to a client that takes it, decode it
         // for one that does not.

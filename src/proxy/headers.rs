@@ -235,6 +235,14 @@ fn normalise(raw: &[u8], https: bool) -> Result<Authority, AuthorityError> {
     Ok(Authority { host, authority })
 }
 
+/// A message's `Content-Length` as a number (`None` when absent or not one).
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// Methods whose repetition has the same effect as one call (RFC 9110 §9.2.2).
 pub fn is_idempotent(method: &http::Method) -> bool {
     use http::Method;
