@@ -176,8 +176,10 @@ fn main() -> std::process::ExitCode {
     let addrs = config
         .pools
         .iter()
-        .flat_map(|p| p.servers.iter())
-        .flat_map(|s| s.addr.resolve_blocking().unwrap_or_default())
+        .flat_map(|p| p.servers.iter().map(move |s| (p, s)))
+        .flat_map(|(p, s)| {
+            sluice::upstream::dns::lookup_blocking(&p.resolver, &s.addr).unwrap_or_default()
+        })
         .collect();
     sluice::init_logging(&config.log);
     start_origins(addrs);

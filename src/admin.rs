@@ -356,8 +356,12 @@ fn pool_table(p: &PoolConfig) -> toml::Table {
         .servers
         .iter()
         .map(|s| {
+            let key = match s.addr {
+                crate::config::ServerAddr::Srv { .. } => "srv",
+                _ => "addr",
+            };
             Value::Table(table([
-                ("addr", string(s.addr.to_string())),
+                (key, string(s.addr.to_string())),
                 ("weight", int(s.weight)),
                 ("max_connections", int(s.max_connections)),
             ]))
@@ -577,6 +581,19 @@ pub fn effective_toml(c: &Config) -> String {
             ])),
         );
     }
+    root.insert(
+        "resolver".into(),
+        Value::Table(table([(
+            "nameservers",
+            Value::Array(
+                c.resolver
+                    .nameservers
+                    .iter()
+                    .map(|a| string(a.to_string()))
+                    .collect(),
+            ),
+        )])),
+    );
     let cache = &c.cache;
     root.insert(
         "cache".into(),

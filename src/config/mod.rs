@@ -44,6 +44,17 @@ pub struct Config {
     pub cache: CacheConfig,
     /// `[compression]`: used by routes with `compress = true`.
     pub compression: CompressionConfig,
+    /// `[resolver]`: the DNS servers for server names and SRV records.
+    pub resolver: ResolverConfig,
+}
+
+/// Where server names are looked up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolverConfig {
+    /// Empty = the system's resolver (`/etc/hosts`, `/etc/resolv.conf`).
+    /// Otherwise these DNS servers only, asked over UDP (TCP when an
+    /// answer is truncated), without `/etc/hosts`, like nginx's `resolver`.
+    pub nameservers: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -159,8 +170,11 @@ pub struct PoolConfig {
     pub panic_threshold: f64,
     /// 0 = off; a member that comes back up ramps its weight over this.
     pub slow_start: Duration,
-    /// How often names in `servers[].addr` are resolved again.
+    /// How often names in `servers[].addr` and `servers[].srv` are
+    /// resolved again.
     pub resolve_interval: Duration,
+    /// A copy of `[resolver]`, so a pool re-resolves on its own.
+    pub resolver: ResolverConfig,
     pub health: Option<HealthConfig>,
     pub outlier: OutlierConfig,
 }
@@ -173,12 +187,20 @@ pub struct ServerEntry {
     pub max_connections: usize,
 }
 
-/// A server's address as written: an IP:port, or a name re-resolved every
-/// `resolve_interval` (each resolved address becomes a member).
+/// A server's address as written: an IP:port, a name, or an SRV record
+/// name; names are re-resolved every `resolve_interval` (each resolved
+/// address becomes a member).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ServerAddr {
     Ip(SocketAddr),
-    Name { host: String, port: u16 },
+    Name {
+        host: String,
+        port: u16,
+    },
+    /// `srv = "_http._tcp.app.internal"`: targets and ports from DNS.
+    Srv {
+        name: String,
+    },
 }
 
 impl fmt::Display for ServerAddr {
@@ -186,24 +208,15 @@ impl fmt::Display for ServerAddr {
         match self {
             ServerAddr::Ip(a) => write!(f, "{a}"),
             ServerAddr::Name { host, port } => write!(f, "{host}:{port}"),
+            ServerAddr::Srv { name } => f.write_str(name),
         }
     }
 }
 
 impl ServerAddr {
-    /// Resolves a name with the system resolver (blocking); an IP is itself.
-    /// The result is sorted and without duplicates.
-    pub fn resolve_blocking(&self) -> std::io::Result<Vec<SocketAddr>> {
-        use std::net::ToSocketAddrs;
-        match self {
-            ServerAddr::Ip(a) => Ok(vec![*a]),
-            ServerAddr::Name { host, port } => {
-                let mut out: Vec<SocketAddr> = (host.as_str(), *port).to_socket_addrs()?.collect();
-                out.sort_unstable();
-                out.dedup();
-                Ok(out)
-            }
-        }
+    /// Whether DNS decides this server's members.
+    pub fn is_name(&self) -> bool {
+        !matches!(self, ServerAddr::Ip(_))
     }
 }
 
@@ -629,7 +642,8 @@ impl Validator<'_> {
     fn validate(&mut self, path: &Path, raw: RawConfig) -> Config {
         let limits = self.limits(&Limits::default(), &raw.limits, &[Seg::Key("limits")]);
         let listeners = self.listeners(&raw, &limits);
-        let pools = self.pools(&raw);
+        let resolver = self.resolver(raw.resolver.as_ref());
+        let pools = self.pools(&raw, &resolver);
         let routes = self.routes(&raw, &pools);
         let admin = self.admin(raw.admin.as_ref());
         let access_log = self.access_log(raw.access_log.as_ref());
@@ -657,7 +671,33 @@ impl Validator<'_> {
             log,
             cache,
             compression,
+            resolver,
         }
+    }
+
+    fn resolver(&mut self, raw: Option<&raw::RawResolver>) -> ResolverConfig {
+        let mut out = ResolverConfig::default();
+        for (i, text) in raw
+            .map(|r| r.nameservers.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let at = [Seg::Key("resolver"), Seg::Key("nameservers"), Seg::Index(i)];
+            // A bare IP means port 53, as in resolv.conf.
+            let parsed = text.parse::<SocketAddr>().or_else(|_| {
+                text.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Ok(a) if a.port() != 0 => out.nameservers.push(a),
+                _ => self.error(
+                    &at,
+                    format!("\"{text}\" is not a DNS server address such as \"10.0.0.2\" or \"127.0.0.1:5353\""),
+                ),
+            }
+        }
+        out
     }
 
     fn listeners(&mut self, raw: &RawConfig, base: &Limits) -> Vec<ListenerConfig> {
@@ -764,7 +804,7 @@ impl Validator<'_> {
         out
     }
 
-    fn pools(&mut self, raw: &RawConfig) -> Vec<PoolConfig> {
+    fn pools(&mut self, raw: &RawConfig, resolver: &ResolverConfig) -> Vec<PoolConfig> {
         let mut out = Vec::new();
         for (name, p) in &raw.pool {
             let at = |k| [Seg::Key("pool"), Seg::Key(name), Seg::Key(k)];
@@ -785,7 +825,6 @@ impl Validator<'_> {
             };
             let mut servers = Vec::new();
             let mut seen = HashSet::new();
-            let mut names = HashSet::new();
             for (i, s) in p.servers.iter().enumerate() {
                 let at = |k| {
                     [
@@ -796,47 +835,40 @@ impl Validator<'_> {
                         Seg::Key(k),
                     ]
                 };
-                let addr = match s.addr.parse::<SocketAddr>() {
-                    Ok(addr) if addr.port() == 0 => {
+                let (key, parsed) = match (&s.addr, &s.srv) {
+                    (Some(a), None) => ("addr", parse_server_addr(a)),
+                    (None, Some(n)) => ("srv", parse_srv_name(n)),
+                    (Some(_), Some(_)) => {
+                        self.error(&at("srv"), "give either addr or srv, not both");
+                        continue;
+                    }
+                    (None, None) => {
                         self.error(
                             &at("addr"),
-                            format!("\"{}\" needs a port other than 0", s.addr),
+                            "missing: give addr = \"IP:port\" or \"name:port\", or srv = \"_service._tcp.name\"",
                         );
                         continue;
                     }
-                    Ok(addr) => {
-                        if !seen.insert(addr) {
-                            self.error(&at("addr"), format!("{addr} is listed twice in this pool"));
-                        }
-                        ServerAddr::Ip(addr)
-                    }
-                    Err(_) => match parse_host_port(&s.addr) {
-                        Ok(name) => {
-                            if !names.insert(name.clone()) {
-                                self.error(
-                                    &at("addr"),
-                                    format!("{name} is listed twice in this pool"),
-                                );
-                            }
-                            // Like nginx: a name that does not resolve
-                            // now is an error at --check and at start.
-                            match name.resolve_blocking() {
-                                Ok(found) if !found.is_empty() => {}
-                                Ok(_) => self.error(
-                                    &at("addr"),
-                                    format!("\"{name}\" resolves to no address"),
-                                ),
-                                Err(e) => self
-                                    .error(&at("addr"), format!("cannot resolve \"{name}\": {e}")),
-                            }
-                            name
-                        }
-                        Err(why) => {
-                            self.error(&at("addr"), why);
-                            continue;
-                        }
-                    },
                 };
+                let addr = match parsed {
+                    Ok(addr) => addr,
+                    Err(why) => {
+                        self.error(&at(key), why);
+                        continue;
+                    }
+                };
+                if !seen.insert(addr.clone()) {
+                    self.error(&at(key), format!("{addr} is listed twice in this pool"));
+                }
+                // Like nginx: a name that does not resolve now is an error
+                // at --check and at start.
+                if addr.is_name() {
+                    match crate::upstream::dns::lookup_blocking(resolver, &addr) {
+                        Ok(found) if !found.is_empty() => {}
+                        Ok(_) => self.error(&at(key), format!("\"{addr}\" resolves to no address")),
+                        Err(e) => self.error(&at(key), format!("cannot resolve \"{addr}\": {e}")),
+                    }
+                }
                 if s.weight == 0 || s.weight > 10_000 {
                     self.error(&at("weight"), "must be between 1 and 10000");
                 }
@@ -890,6 +922,7 @@ impl Validator<'_> {
                 panic_threshold,
                 slow_start: p.slow_start,
                 resolve_interval: p.resolve_interval.max(Duration::from_millis(1)),
+                resolver: resolver.clone(),
                 health,
                 outlier,
             });
@@ -1146,6 +1179,40 @@ impl Validator<'_> {
             max_eject_for: o.max_eject_for.max(o.eject_for),
             max_ejected_percent: o.max_ejected_percent.min(100),
         }
+    }
+}
+
+/// `IP:port` or `name:port`.
+fn parse_server_addr(text: &str) -> Result<ServerAddr, String> {
+    match text.parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 => Err(format!("\"{text}\" needs a port other than 0")),
+        Ok(a) => Ok(ServerAddr::Ip(a)),
+        Err(_) => parse_host_port(text),
+    }
+}
+
+/// An SRV record name: DNS labels that may start with `_`, as in
+/// `_http._tcp.app.internal` (RFC 2782); no port, since DNS gives it.
+fn parse_srv_name(text: &str) -> Result<ServerAddr, String> {
+    let name = text.to_ascii_lowercase();
+    let name = name.strip_suffix('.').unwrap_or(&name);
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if valid {
+        Ok(ServerAddr::Srv {
+            name: name.to_string(),
+        })
+    } else {
+        Err(format!(
+            "\"{text}\" is not an SRV record name such as \"_http._tcp.app.internal\" (no port: DNS gives it)"
+        ))
     }
 }
 

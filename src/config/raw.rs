@@ -30,6 +30,15 @@ pub struct RawConfig {
     pub log: super::observe::RawLog,
     pub cache: Option<super::cache::RawCache>,
     pub compression: Option<super::compress::RawCompression>,
+    pub resolver: Option<RawResolver>,
+}
+
+/// `[resolver]`: which DNS servers resolve server names and SRV records.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResolver {
+    #[serde(default)]
+    pub nameservers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,7 +216,10 @@ impl Default for RawOutlier {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServerEntry {
-    pub addr: String,
+    /// `IP:port` or `name:port`; exclusive with `srv`.
+    pub addr: Option<String>,
+    /// An SRV record name such as `_http._tcp.app.internal`.
+    pub srv: Option<String>,
     #[serde(default = "one")]
     pub weight: u32,
     /// 0 = unlimited.

@@ -1,18 +1,147 @@
-//! DNS discovery: servers written as `name:port` are resolved again every
-//! `resolve_interval`. Each resolved address is a member with the server's
-//! weight; an address that appears joins the pool, one that disappears is
-//! taken out of rotation and `draining` until its in-flight requests have
-//! finished, then dropped. A failed lookup keeps the server's members as
-//! they were.
+//! DNS discovery: servers written as `name:port` or `srv = "..."` are
+//! resolved again every `resolve_interval`. Each resolved address is a
+//! member with the server's weight; an address that appears joins the pool,
+//! one that disappears is taken out of rotation and `draining` until its
+//! in-flight requests have finished, then dropped. A failed lookup keeps the
+//! server's members as they were, so a DNS outage never empties a pool.
+//!
+//! Names go to the system resolver (getaddrinfo: `/etc/hosts`, then
+//! `/etc/resolv.conf`) unless `[resolver] nameservers` names DNS servers;
+//! SRV records, which getaddrinfo cannot ask for, always go through
+//! hickory's resolver.
 
 use std::collections::HashSet;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use hickory_resolver::config::{
+    NameServerConfig, NameServerConfigGroup, ResolveHosts, ResolverConfig as DnsConfig,
+    ResolverOpts,
+};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::xfer::Protocol;
+use hickory_resolver::TokioResolver;
+
 use super::member::{Member, MemberState};
 use super::pool::{Pool, Wanted};
-use crate::config::ServerAddr;
+use crate::config::{ResolverConfig, ServerAddr};
+
+/// The addresses `addr` stands for now, sorted and without duplicates. An
+/// empty answer is an error, like a failed lookup.
+pub async fn lookup(resolver: &ResolverConfig, addr: &ServerAddr) -> io::Result<Vec<SocketAddr>> {
+    let mut found = match addr {
+        ServerAddr::Ip(a) => return Ok(vec![*a]),
+        ServerAddr::Name { host, port } if resolver.nameservers.is_empty() => {
+            tokio::net::lookup_host((host.as_str(), *port))
+                .await?
+                .collect()
+        }
+        ServerAddr::Name { host, port } => {
+            let dns = hickory(resolver)?;
+            ips(&dns, host, *port).await?
+        }
+        ServerAddr::Srv { name } => srv(&hickory(resolver)?, name).await?,
+    };
+    found.sort_unstable();
+    found.dedup();
+    if found.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "no address"));
+    }
+    Ok(found)
+}
+
+/// [`lookup`] for code outside a runtime, or inside one that must not be
+/// re-entered (config validation runs in both): on a thread of its own.
+pub fn lookup_blocking(
+    resolver: &ResolverConfig,
+    addr: &ServerAddr,
+) -> io::Result<Vec<SocketAddr>> {
+    if let ServerAddr::Ip(a) = addr {
+        return Ok(vec![*a]);
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(lookup(resolver, addr))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("DNS lookup thread panicked")))
+    })
+}
+
+/// A resolver for one round of lookups. Nothing is cached between rounds:
+/// each round asks again, so answers are never older than the interval.
+fn hickory(resolver: &ResolverConfig) -> io::Result<TokioResolver> {
+    let provider = TokioConnectionProvider::default();
+    let mut builder = if resolver.nameservers.is_empty() {
+        TokioResolver::builder(provider).map_err(io::Error::other)?
+    } else {
+        let mut group = NameServerConfigGroup::new();
+        for &ns in &resolver.nameservers {
+            group.push(NameServerConfig::new(ns, Protocol::Udp));
+            group.push(NameServerConfig::new(ns, Protocol::Tcp));
+        }
+        let mut b = TokioResolver::builder_with_config(
+            DnsConfig::from_parts(None, Vec::new(), group),
+            provider,
+        );
+        b.options_mut().use_hosts_file = ResolveHosts::Never;
+        b
+    };
+    let opts: &mut ResolverOpts = builder.options_mut();
+    opts.timeout = Duration::from_secs(2);
+    opts.attempts = 2;
+    opts.cache_size = 32;
+    Ok(builder.build())
+}
+
+/// A name's A and AAAA records, each with `port`.
+async fn ips(dns: &TokioResolver, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    // A trailing dot: the name is complete, no search domains apply.
+    let found = dns
+        .lookup_ip(format!("{host}."))
+        .await
+        .map_err(io::Error::other)?;
+    Ok(found.iter().map(|ip| SocketAddr::new(ip, port)).collect())
+}
+
+/// The targets of an SRV record with the best (lowest) priority, each
+/// resolved, with the record's port. Records of other priorities are
+/// backups in RFC 2782; sluice uses them only when no better one resolves.
+/// The records' own weights are ignored: members take the server's weight.
+async fn srv(dns: &TokioResolver, name: &str) -> io::Result<Vec<SocketAddr>> {
+    let records = dns
+        .srv_lookup(format!("{name}."))
+        .await
+        .map_err(io::Error::other)?;
+    let mut records: Vec<_> = records.iter().cloned().collect();
+    records.sort_by_key(|r| r.priority());
+    let mut out = Vec::new();
+    let mut last_error = None;
+    let mut priority = None;
+    for r in records {
+        if priority.is_some_and(|p| p != r.priority()) && !out.is_empty() {
+            break;
+        }
+        priority = Some(r.priority());
+        // "." means the service is decidedly not available (RFC 2782).
+        if r.target().is_root() {
+            continue;
+        }
+        match ips(dns, r.target().to_ascii().trim_end_matches('.'), r.port()).await {
+            Ok(found) => out.extend(found),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    match last_error {
+        Some(e) if out.is_empty() => Err(e),
+        _ => Ok(out),
+    }
+}
 
 /// Members in rotation, and members draining.
 pub(crate) type Reconciled = (Vec<Arc<Member>>, Vec<Arc<Member>>);
@@ -98,20 +227,7 @@ pub(crate) async fn run(pool: Weak<Pool>) {
         let current = p.members();
         let mut wanted = Vec::new();
         for server in &p.config.servers {
-            let found = match &server.addr {
-                ServerAddr::Ip(a) => Ok(vec![*a]),
-                ServerAddr::Name { host, port } => {
-                    match tokio::net::lookup_host((host.as_str(), *port)).await {
-                        Ok(addrs) => {
-                            let mut v: Vec<SocketAddr> = addrs.collect();
-                            v.sort_unstable();
-                            v.dedup();
-                            Ok(v)
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-            };
+            let found = lookup(&p.config.resolver, &server.addr).await;
             let label = server.addr.to_string();
             match found {
                 Ok(addrs) => wanted.extend(addrs.into_iter().map(|a| Wanted::of(server, a))),

@@ -30,7 +30,7 @@ use super::member::{now_ms, InFlight, Member, MemberState};
 use super::outlier::{self, Outcome};
 use super::retry::RetryBudget;
 use crate::body::ProxyBody;
-use crate::config::{Policy, PoolConfig, ServerAddr, ServerEntry};
+use crate::config::{Policy, PoolConfig, ServerEntry};
 
 /// Why one attempt against a member failed.
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +150,7 @@ impl Pool {
         let name: Arc<str> = Arc::from(config.name.as_str());
         let mut active = Vec::new();
         for server in &config.servers {
-            let addrs = server.addr.resolve_blocking().unwrap_or_else(|e| {
+            let addrs = super::dns::lookup_blocking(&config.resolver, &server.addr).unwrap_or_else(|e| {
                 tracing::warn!(pool = %config.name, server = %server.addr, error = %e, "cannot resolve server");
                 Vec::new()
             });
@@ -206,11 +206,7 @@ impl Pool {
             if let Some(health) = &config.health {
                 tokio::spawn(super::health::run(Arc::downgrade(&pool), health.clone()));
             }
-            if config
-                .servers
-                .iter()
-                .any(|s| matches!(s.addr, ServerAddr::Name { .. }))
-            {
+            if config.servers.iter().any(|s| s.addr.is_name()) {
                 tokio::spawn(super::dns::run(Arc::downgrade(&pool)));
             }
         }
