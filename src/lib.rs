@@ -46,9 +46,13 @@ pub fn init_logging(log: &config::LogConfig) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    // A failed write to stderr (its reader went away) loses that line; by
+    // default tracing-subscriber would report it with eprintln!, which
+    // panics on the same broken stderr and takes the daemon down.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let _ = match log.format {
         config::LogFormat::Pretty => builder
             .with_ansi(std::io::stderr().is_terminal())

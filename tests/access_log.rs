@@ -316,19 +316,41 @@ level = "info"
     assert!(line.contains(&format!("member={dead}")), "{line}");
 }
 
-/// `[log] format = "json"` and `[access_log] path = "stdout"`: the daemon
-/// started by hand to read both of its output streams.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_log_format_and_stdout_access_log() {
+/// The daemon started by hand with `config` (which must set `[log] format =
+/// "json"`), to read its stdout; every stderr line must be a JSON object.
+/// Returns the process (killed on drop), its stdout and the listeners'
+/// addresses by name, once it is ready.
+struct ByHand {
+    child: std::process::Child,
+    stdout: Option<std::process::ChildStdout>,
+    addrs: std::collections::HashMap<String, SocketAddr>,
+    _dir: tempfile::TempDir,
+}
+
+impl ByHand {
+    fn signal_term(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(status.success());
+    }
+}
+
+impl Drop for ByHand {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_by_hand(config: &str) -> ByHand {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    let app = Origin::hello().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluice.toml");
-    let text = config(app.addr, "json", Path::new("stdout"))
-        + "\n[log]\nformat = \"json\"\nlevel = \"info\"\n";
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("--config")
         .arg(&path)
@@ -338,18 +360,14 @@ async fn json_log_format_and_stdout_access_log() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let _guard = Kill(child);
-
-    let mut addr = None;
+    let stdout = child.stdout.take();
+    let mut by_hand = ByHand {
+        child,
+        stdout,
+        addrs: Default::default(),
+        _dir: dir,
+    };
     for line in stderr.lines() {
         let line = line.unwrap();
         let v: serde_json::Value =
@@ -360,20 +378,29 @@ async fn json_log_format_and_stdout_access_log() {
         );
         let fields = &v["fields"];
         if fields["message"] == "listening" {
-            assert_eq!(fields["listener"], "http", "{line}");
-            addr = Some(
-                fields["addr"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<SocketAddr>()
-                    .unwrap(),
-            );
+            let addr = fields["addr"].as_str().unwrap().parse().unwrap();
+            let name = fields["listener"].as_str().unwrap_or("admin").to_string();
+            by_hand.addrs.insert(name, addr);
         }
         if fields["message"] == "ready" {
-            break;
+            return by_hand;
         }
     }
-    let addr = addr.expect("a listening line");
+    panic!("sluice exited before it was ready");
+}
+
+/// `[log] format = "json"` and `[access_log] path = "stdout"`: the daemon
+/// started by hand to read both of its output streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_format_and_stdout_access_log() {
+    use std::io::{BufRead, BufReader};
+
+    let app = Origin::hello().await;
+    let text = config(app.addr, "json", Path::new("stdout"))
+        + "\n[log]\nformat = \"json\"\nlevel = \"info\"\n";
+    let mut d = start_by_hand(&text);
+    let addr = d.addrs["http"];
+    let mut stdout = BufReader::new(d.stdout.take().unwrap());
     let r = h1(
         addr,
         with_id(Method::GET, "/json", "app.test", Some("json-1")),
@@ -392,4 +419,66 @@ async fn json_log_format_and_stdout_access_log() {
     assert_eq!(v["path"], "/json");
     assert_eq!(v["request_id"], "json-1");
     assert_eq!(v["status"], 200);
+}
+
+/// When the writer cannot keep up (here: nobody reads the daemon's stdout,
+/// so the pipe is full and the writer blocks), requests still complete,
+/// lines are dropped rather than queued without bound, and every request
+/// is either a line or counted in `sluice_access_log_dropped_total`. The
+/// daemon's stderr is closed meanwhile, and it still exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_falls_behind_drops_and_counts_lines() {
+    use std::io::Read;
+
+    let app = Origin::hello().await;
+    let text = config(app.addr, "json", Path::new("stdout"))
+        + "\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let mut d = start_by_hand(&text);
+    let http = d.addrs["http"];
+    // Long targets make long lines: a few thousand fill every buffer.
+    let long = "x".repeat(3000);
+    let sent = 4000;
+    let mut conn = h1_conn(http).await;
+    for i in 0..sent {
+        let req = request(Method::GET, &format!("/{i}/{long}"), "app.test", empty());
+        conn.ready().await.expect("connection ready");
+        let r = conn.send_request(req).await.expect("request");
+        assert_eq!(r.status(), 200);
+        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+    }
+    let metrics = h1(
+        d.addrs["admin"],
+        request(Method::GET, "/metrics", "localhost", empty()),
+    )
+    .await;
+    let dropped: u64 = metrics
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_access_log_dropped_total "))
+        .expect("the dropped counter")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        dropped > 0,
+        "nothing dropped: the test did not fill the buffers"
+    );
+
+    // Read everything, then stop the daemon: it writes what it kept.
+    let mut stdout = d.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = stdout.read_to_end(&mut all);
+        all
+    });
+    d.signal_term();
+    let all = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    let lines = all.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count() as u64;
+    // Its stderr has had no reader since it was ready: logging to a broken
+    // pipe loses the lines but must not crash the daemon.
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(lines + dropped, sent, "{lines} lines + {dropped} dropped");
 }

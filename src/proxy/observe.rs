@@ -217,7 +217,7 @@ impl Done {
             e.status = self.status;
             e.bytes = self.bytes;
             e.duration = elapsed;
-            access_log::send(e);
+            access_log::send(&e);
         }
     }
 }
