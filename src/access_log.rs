@@ -2,8 +2,9 @@
 //!
 //! A request formats its line (`json` or `combined`) into a buffer owned by
 //! its worker thread: no allocation, no lock contention, no hand-off per
-//! line. A dedicated writer thread swaps each worker's buffer out every few
-//! milliseconds and writes it in one call to stdout or a file. When the
+//! line. A dedicated writer thread swaps each worker's buffer out every
+//! 100 ms (sooner when one fills) and writes it in one call to stdout or a
+//! file. When the
 //! writer falls behind and a worker's buffer is full, the line is dropped
 //! and counted in `sluice_access_log_dropped_total` instead of slowing
 //! requests. SIGUSR1 reopens the file (after rotation moved it away).
@@ -22,14 +23,18 @@ use http::{HeaderValue, Method, Version};
 use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
 
 /// Bytes one thread may have waiting for the writer before its new lines
-/// are dropped: about 7,000 lines.
-const MAX_PENDING: usize = 2 << 20;
-/// How often a busy writer collects the buffers; at 100,000 requests per
-/// second, 5 ms of lines is about 150 KB.
-const POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// are dropped: about 14,000 lines.
+const MAX_PENDING: usize = 4 << 20;
+/// A thread whose buffer passes this wakes the writer early.
+const HIGH_WATER: usize = 512 << 10;
+/// How often a busy writer collects the buffers. Rarely is cheaper: every
+/// wake-up of the writer preempts a worker on a busy machine (measured:
+/// 25 ms instead of 5 ms saved 0.4 µs of CPU per request). A thread that
+/// passes HIGH_WATER wakes it sooner.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Empty polls (one second's worth) before the writer sleeps until a line
 /// wakes it.
-const IDLE_POLLS: u32 = 200;
+const IDLE_POLLS: u32 = 10;
 
 /// What the access log records about one request.
 #[derive(Debug)]
@@ -57,7 +62,7 @@ pub struct Entry {
 }
 
 enum Msg {
-    /// Lines are waiting and the writer was asleep.
+    /// Lines are waiting: the writer was asleep, or a buffer is filling.
     Wake,
     Reopen,
     Use(Option<Sink>),
@@ -169,9 +174,15 @@ pub fn send(entry: &Entry) {
             return;
         }
         let was_empty = p.bytes.is_empty();
+        let before = p.bytes.len();
         format_line(&mut p.bytes, entry, format);
         p.lines += 1;
+        let crossed = before < HIGH_WATER && p.bytes.len() >= HIGH_WATER;
         drop(p);
+        if crossed {
+            let _ = w.tx.try_send(Msg::Wake);
+            return;
+        }
         // The writer checks the buffers after setting `asleep` and before
         // sleeping, and this load follows the unlock: one of the two sees
         // the other, so no line waits for the next request.
