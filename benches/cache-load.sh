@@ -24,7 +24,9 @@
 #                  the proxy's CPU time per request; the target is sluice below nginx
 #   observe-cost   sluice identity hits with `[admin]` + `[access_log]` (JSON to
 #                  a file in the temp dir) vs without both; the bar is a cost
-#                  under 5% of requests/s
+#                  under 5% of requests/s. For scale, the same pair for nginx:
+#                  a second server block with an access log of the same fields
+#                  (`buffer=64k`)
 #
 # CPU time per request: utime + stime from /proc/<pid>/stat of the proxy's
 # processes (sluice: its one process; nginx: master and every child; Varnish:
@@ -49,7 +51,8 @@
 #   SCENARIOS [hit hit-br hit-gzip gzip-uncached observe-cost]
 #   PORT_BASE [19100]       origin PORT_BASE+1; sluice +81 (cache), +82 (cache +
 #                           compress), +83 (cache + admin + access log; admin on +84);
-#                           nginx +85; Varnish +86 (identity), +87 (gzip) (all 127.0.0.1)
+#                           nginx +85 (+88 with an access log); Varnish +86 (identity),
+#                           +87 (gzip) (all 127.0.0.1)
 #   SKIP_INSTALL [0]        1: never call apt-get
 #   SKIP_BUILD [0]          1: use the existing release binaries
 #   KEEP_TMP [0]            1: keep the temp dir (configs, server logs, raw wrk output)
@@ -79,6 +82,7 @@ SLUICE_OBS_ADMIN_PORT=$((PORT_BASE + 84))
 NGINX_PORT=$((PORT_BASE + 85))
 VARNISH_PORT=$((PORT_BASE + 86))
 VARNISH_GZ_PORT=$((PORT_BASE + 87))
+NGINX_LOG_PORT=$((PORT_BASE + 88))
 PAGE=/static/page20k
 NOSTORE_PAGE=/nostore/page20k
 
@@ -109,7 +113,7 @@ make_tmp sluice-cache-load
 
 # ---------------------------------------------------------------- servers ---
 ports_free "$ORIGIN_PORT" "$SLUICE_PORT" "$SLUICE_Z_PORT" "$SLUICE_OBS_PORT" "$SLUICE_OBS_ADMIN_PORT" \
-    "$NGINX_PORT" "$VARNISH_PORT" "$VARNISH_GZ_PORT"
+    "$NGINX_PORT" "$VARNISH_PORT" "$VARNISH_GZ_PORT" "$NGINX_LOG_PORT"
 start_origin
 
 # --- sluice: three processes of the same binary, one per configuration.
@@ -203,6 +207,7 @@ curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$SLUICE_OBS_ADMIN_PORT/heal
 # --- nginx: one instance; /static/ (everything but /nostore/) through
 # proxy_cache, gzip on for all (it only acts on requests with Accept-Encoding).
 mkdir -p "$TMP/nginx"
+NGINX_ACCESS_LOG=$TMP/nginx/access.log
 cat >"$TMP/nginx/nginx.conf" <<EOF
 worker_processes $WORKERS;
 pid $TMP/nginx/nginx.pid;
@@ -244,33 +249,49 @@ http {
         keepalive_timeout 90s;
     }
 
+    # The same server twice: without and with an access log carrying the
+    # fields of sluice's JSON line (observe-cost).
+    log_format sluicejson escape=json '{"ts":"\$time_iso8601","client":"\$remote_addr",'
+        '"method":"\$request_method","host":"\$host","path":"\$request_uri",'
+        '"proto":"\$server_protocol","status":\$status,"bytes":\$body_bytes_sent,'
+        '"duration_ms":\$request_time,"upstream":"\$upstream_addr",'
+        '"upstream_ms":"\$upstream_response_time","cache":"\$upstream_cache_status",'
+        '"request_id":"\$request_id"}';
     server {
         listen 127.0.0.1:$NGINX_PORT;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host \$http_host;
-        proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-        proxy_set_header X-Forwarded-Proto \$scheme;
-        proxy_set_header X-Forwarded-Host \$http_host;
-        proxy_set_header Via "1.1 nginx";
-        add_header Via "1.1 nginx" always;
-
-        location /nostore/ {
-            proxy_pass http://origin;
-        }
-
-        location / {
-            proxy_pass http://origin;
-            proxy_cache bench;
-            # The origin says max-age=60, which nginx honours anyway; this
-            # says the same for responses without Cache-Control.
-            proxy_cache_valid 200 60s;
-            # One request upstream per expired key, like sluice's coalescing.
-            proxy_cache_lock on;
-            add_header Via "1.1 nginx" always;
-            add_header X-Cache-Status \$upstream_cache_status always;
-        }
+        include $TMP/nginx/server.conf;
     }
+    server {
+        listen 127.0.0.1:$NGINX_LOG_PORT;
+        access_log $NGINX_ACCESS_LOG sluicejson buffer=64k;
+        include $TMP/nginx/server.conf;
+    }
+}
+EOF
+cat >"$TMP/nginx/server.conf" <<EOF
+proxy_http_version 1.1;
+proxy_set_header Connection "";
+proxy_set_header Host \$http_host;
+proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+proxy_set_header X-Forwarded-Proto \$scheme;
+proxy_set_header X-Forwarded-Host \$http_host;
+proxy_set_header Via "1.1 nginx";
+add_header Via "1.1 nginx" always;
+
+location /nostore/ {
+    proxy_pass http://origin;
+}
+
+location / {
+    proxy_pass http://origin;
+    proxy_cache bench;
+    # The origin says max-age=60, which nginx honours anyway; this
+    # says the same for responses without Cache-Control.
+    proxy_cache_valid 200 60s;
+    # One request upstream per expired key, like sluice's coalescing.
+    proxy_cache_lock on;
+    add_header Via "1.1 nginx" always;
+    add_header X-Cache-Status \$upstream_cache_status always;
 }
 EOF
 # -e: the start-up error log too goes to the temp dir, not /var/log/nginx.
@@ -280,6 +301,7 @@ nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" -g 'd
     >"$TMP/nginx.log" 2>&1 &
 PIDS+=($!)
 PID_OF[nginx]=$!
+PID_OF[nginx-log]=$!
 wait_ready nginx "$NGINX_PORT" $! "$TMP/nginx/error.log"
 
 # --- Varnish: two instances, malloc storage. "varnish" keeps what the origin
@@ -324,7 +346,7 @@ targets_of() {
         hit-br) echo "sluice/identity sluice-z/identity sluice-z/br" ;;
         hit-gzip) echo "sluice-z/gzip nginx/gzip varnish-gz/gzip" ;;
         gzip-uncached) echo "sluice-z/gzip nginx/gzip" ;;
-        observe-cost) echo "sluice/identity sluice-obs/identity" ;;
+        observe-cost) echo "sluice/identity sluice-obs/identity nginx/identity nginx-log/identity" ;;
     esac
 }
 path_of() { if [ "$1" = gzip-uncached ]; then echo "$NOSTORE_PAGE"; else echo "$PAGE"; fi; }
@@ -334,6 +356,7 @@ port_of() {
     case $(server_of "$1") in
         sluice) echo "$SLUICE_PORT" ;; sluice-z) echo "$SLUICE_Z_PORT" ;;
         sluice-obs) echo "$SLUICE_OBS_PORT" ;; nginx) echo "$NGINX_PORT" ;;
+        nginx-log) echo "$NGINX_LOG_PORT" ;;
         varnish) echo "$VARNISH_PORT" ;; varnish-gz) echo "$VARNISH_GZ_PORT" ;;
     esac
 }
@@ -352,6 +375,7 @@ label() {
             if [ "$scen" = gzip-uncached ]; then what="nginx (gzip level 1)"
             elif [ "$enc" = gzip ]; then what="nginx (proxy_cache + gzip level 1)"
             else what="nginx (proxy_cache)"; fi ;;
+        nginx-log) what="nginx (proxy_cache + JSON access log, buffer=64k)" ;;
         varnish) what="Varnish (malloc)" ;;
         varnish-gz) what="Varnish (malloc, do_gzip)" ;;
     esac
@@ -446,6 +470,7 @@ run_wrk() {
     server=$(server_of "$t")
     hdr=$(enc_header "$(encoding_of "$t")")
     [ "$server" != sluice-obs ] || [ "$LOG_IS_FILE" = 0 ] || : >"$ACCESS_LOG" # opened O_APPEND: truncating is safe
+    [ "$server" != nginx-log ] || : >"$NGINX_ACCESS_LOG"
     before=$(cpu_ticks "$server")
     wrk_run "$4" "$t" "$3" "http://127.0.0.1:$(port_of "$t")$(path_of "$scen")" ${hdr:+-H "$hdr"}
     after=$(cpu_ticks "$server")
@@ -613,6 +638,10 @@ for scen in $SCENARIOS; do
             dropped=$(curl -s --max-time 2 "http://127.0.0.1:$SLUICE_OBS_ADMIN_PORT/metrics" \
                 | awk '/^sluice_access_log_dropped_total/ { print $2 }')
             echo "  \"with\" run of $LOG_REQS requests; \`sluice_access_log_dropped_total\` at the end: ${dropped:-?}"
+            r=$(ratio "$(median observe-cost nginx-log/identity 4)" "$(median observe-cost nginx/identity 4)")
+            cost=$(awk -v r="$r" 'BEGIN { printf "%.1f", (1 - r) * 100 }')
+            echo "- for scale, nginx with the same fields as a JSON access log (\`buffer=64k\`, to a file) ÷ without:" \
+                "**${r}×** (per round: $(round_ratios observe-cost nginx-log/identity nginx/identity 4)), a cost of ${cost}%"
             ;;
     esac
 done
