@@ -496,11 +496,7 @@ fn rfc3339_millis(out: &mut Vec<u8>, ts: SystemTime) {
     out.push(b'-');
     two(out, u64::from(d));
     out.push(b'T');
-    two(out, rem / 3600);
-    out.push(b':');
-    two(out, rem / 60 % 60);
-    out.push(b':');
-    two(out, rem % 60);
+    hms(out, rem);
     out.push(b'.');
     let ms = u64::from(since.subsec_millis());
     out.extend_from_slice(&[
@@ -636,12 +632,17 @@ fn clf_time(out: &mut Vec<u8>, ts: SystemTime) {
     out.push(b'/');
     num(out, y);
     out.push(b':');
-    two(out, rem / 3600);
-    out.push(b':');
-    two(out, rem / 60 % 60);
-    out.push(b':');
-    two(out, rem % 60);
+    hms(out, rem);
     out.extend_from_slice(b" +0000");
+}
+
+/// `HH:MM:SS` of the `secs`-th second of a day.
+fn hms(out: &mut Vec<u8>, secs: u64) {
+    two(out, secs / 3600);
+    out.push(b':');
+    two(out, secs / 60 % 60);
+    out.push(b':');
+    two(out, secs % 60);
 }
 
 /// Year, month (1-12) and day (1-31) of day `days` after 1970-01-01, in the

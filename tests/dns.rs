@@ -45,7 +45,9 @@ fn serve(l: TcpListener) -> Origin {
     })
 }
 
-fn config(server: &str) -> String {
+/// One listener, one route to pool `app` with the server table `entry`,
+/// re-resolved every 100 ms, then `extra`.
+fn pool_config(entry: &str, extra: &str) -> String {
     format!(
         r#"
 [[listener]]
@@ -56,10 +58,15 @@ listen = "127.0.0.1:0"
 pool = "app"
 
 [pool.app]
-servers = [ {{ addr = "{server}" }} ]
+servers = [ {entry} ]
 resolve_interval = "100ms"
+{extra}
 "#
     )
+}
+
+fn config(server: &str) -> String {
+    pool_config(&format!("{{ addr = \"{server}\" }}"), "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,30 +221,26 @@ fn answer(zone: &Zone, query: &Message) -> Message {
     reply
 }
 
-/// A pool resolved through `dns` only, re-resolved every 100 ms, with an
-/// admin listener.
+/// `a.app.test` at 127.0.0.1, and `_http._tcp.app.test` with `records`
+/// (priority, port, target).
+fn publish_srv(dns: &Dns, records: &[(u16, u16, &str)]) {
+    dns.edit(|z| {
+        z.a.insert("a.app.test".into(), Ipv4Addr::LOCALHOST);
+        let records = records
+            .iter()
+            .map(|&(priority, port, target)| (priority, port, target.to_string()))
+            .collect();
+        z.srv.insert("_http._tcp.app.test".into(), records);
+    });
+}
+
+/// A pool resolved through `dns` only, with an admin listener.
 fn resolver_config(dns: &Dns, server: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "http"
-listen = "127.0.0.1:0"
-
-[[route]]
-pool = "app"
-
-[pool.app]
-servers = [ {server} ]
-resolve_interval = "100ms"
-
-[resolver]
-nameservers = ["{}"]
-
-[admin]
-listen = "127.0.0.1:0"
-"#,
+    let extra = format!(
+        "[resolver]\nnameservers = [\"{}\"]\n\n[admin]\nlisten = \"127.0.0.1:0\"",
         dns.addr
-    )
+    );
+    pool_config(server, &extra)
 }
 
 async fn members(admin: SocketAddr) -> Vec<Value> {
@@ -285,18 +288,15 @@ async fn srv_members_join_and_vanished_ones_drain_their_requests() {
     let two = holding_origin(held_tx, release.clone()).await;
     let three = Origin::hello().await;
     let dns = Dns::start().await;
-    dns.edit(|z| {
-        z.a.insert("a.app.test".into(), Ipv4Addr::LOCALHOST);
-        z.srv.insert(
-            "_http._tcp.app.test".into(),
-            vec![
-                (10, one.addr.port(), "a.app.test".into()),
-                (10, two.addr.port(), "a.app.test".into()),
-                // A backup: not used while a priority-10 target resolves.
-                (20, three.addr.port(), "a.app.test".into()),
-            ],
-        );
-    });
+    publish_srv(
+        &dns,
+        &[
+            (10, one.addr.port(), "a.app.test"),
+            (10, two.addr.port(), "a.app.test"),
+            // A backup: not used while a priority-10 target resolves.
+            (20, three.addr.port(), "a.app.test"),
+        ],
+    );
     let d = Daemon::start(&resolver_config(&dns, r#"{ srv = "_http._tcp.app.test" }"#));
     let shown = h1(
         d.addr("admin"),
@@ -390,16 +390,13 @@ async fn a_dns_outage_keeps_the_members_and_a_backup_priority_fills_in() {
     let one = Origin::hello().await;
     let backup = Origin::hello().await;
     let dns = Dns::start().await;
-    dns.edit(|z| {
-        z.a.insert("a.app.test".into(), Ipv4Addr::LOCALHOST);
-        z.srv.insert(
-            "_http._tcp.app.test".into(),
-            vec![
-                (10, one.addr.port(), "gone.app.test".into()),
-                (20, backup.addr.port(), "a.app.test".into()),
-            ],
-        );
-    });
+    publish_srv(
+        &dns,
+        &[
+            (10, one.addr.port(), "gone.app.test"),
+            (20, backup.addr.port(), "a.app.test"),
+        ],
+    );
     let d = Daemon::start(&resolver_config(&dns, r#"{ srv = "_http._tcp.app.test" }"#));
     // The priority-10 target does not resolve: the backup is the member.
     let m = members(d.addr("admin")).await;
@@ -500,10 +497,7 @@ fn resolver_and_srv_mistakes_name_their_key() {
         ),
     ];
     for (server, extra, key, why) in cases {
-        let text = format!(
-            "[[listener]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\n[[route]]\npool = \"app\"\n[pool.app]\nservers = [ {server} ]\n{extra}\n"
-        );
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, pool_config(server, extra)).unwrap();
         let (code, _, err) = run_cli(&["--check", "--config", path.to_str().unwrap()], dir.path());
         assert_ne!(code, 0, "{server} {extra}: {err}");
         assert!(err.contains(key), "{key}: {err}");
