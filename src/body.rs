@@ -6,7 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -30,6 +30,85 @@ pub fn full(data: impl Into<Bytes>) -> ProxyBody {
     Full::new(data.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// A client's request body kept aside for the attempts of one request.
+/// An attempt takes it out on its first read, so after an attempt that
+/// failed before reading it (the member refused the connection) it is
+/// still here, untouched, for the next member.
+pub struct Reclaimable<B> {
+    slot: Arc<Mutex<Option<B>>>,
+    taken: Option<B>,
+    /// The body's size hint, so the upstream request is framed (length or
+    /// chunked) before the body is taken.
+    hint: SizeHint,
+}
+
+/// The body of one request, shared by its attempts.
+pub type BodySlot<B> = Arc<Mutex<Option<B>>>;
+
+impl<B: Body> Reclaimable<B> {
+    pub fn slot(body: Option<B>) -> BodySlot<B> {
+        Arc::new(Mutex::new(body))
+    }
+
+    /// Whether no attempt has read from the body (or there is none).
+    pub fn untouched(slot: &BodySlot<B>) -> bool {
+        slot.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    pub fn new(slot: &BodySlot<B>, hint: SizeHint) -> Self {
+        Reclaimable {
+            slot: slot.clone(),
+            taken: None,
+            hint,
+        }
+    }
+}
+
+/// An attempt read a body that an earlier attempt had already read from.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was already sent to another member")]
+pub struct BodyGone;
+
+impl<B> Body for Reclaimable<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.taken.is_none() {
+            this.taken = this
+                .slot
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+        }
+        match &mut this.taken {
+            Some(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            None => Poll::Ready(Some(Err(Box::new(BodyGone)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.taken.as_ref().is_some_and(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.taken {
+            Some(b) => b.size_hint(),
+            None => self.hint,
+        }
+    }
 }
 
 /// The request body exceeded `[limits] max_body_bytes`.

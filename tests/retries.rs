@@ -79,7 +79,7 @@ async fn statuses_are_passed_on_unless_listed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_is_never_sent_twice() {
     let failing = answering(503).await;
-    let resetter = Resetter::start().await;
+    let resetter = Resetter::after_request().await;
     let live = Origin::hello().await;
     let d = Daemon::start(&simple_config(
         &[failing.addr, resetter.addr, live.addr],

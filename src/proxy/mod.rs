@@ -1,6 +1,6 @@
 //! The request path, top to bottom: check limits and authority, route, pick
-//! members in the pool's order, forward (retrying idempotent requests that
-//! never reached a member), and stream the response back.
+//! members in the pool's order, forward (retrying requests that never
+//! reached a member), and stream the response back.
 //!
 //! Every failure maps to one status here: 400/404/405/413/414/431 for the
 //! client's request, 502/503/504 for the upstream's side.
@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
-use crate::body::{self, DownloadBody, MinRateBody, ProxyBody, UploadBody};
+use crate::body::{self, DownloadBody, MinRateBody, ProxyBody, Reclaimable, UploadBody};
 use crate::config::Limits;
 use crate::framing::{Verdict, Verdicts};
 use crate::metrics::ListenerMetrics;
@@ -270,7 +270,8 @@ pub struct Upgrade {
 }
 
 /// Sends `req` to the route's pool: picks members in the pool's order,
-/// retries idempotent requests whose attempt never reached a member, and
+/// retries idempotent requests after the failures `retry_on` lists, and any
+/// request whose member refused the connection before anything was sent, and
 /// maps every failure to a status. The response's hop-by-hop fields are
 /// already removed.
 pub(crate) async fn forward(
@@ -293,13 +294,17 @@ pub(crate) async fn forward(
         client_ip,
     } = req;
     let has_body = incoming.as_ref().is_some_and(|b| !b.is_end_stream());
-    let retryable = headers::is_idempotent(&method) && !has_body && upgrade.is_none();
+    // Idempotent requests without a body may be retried after any listed
+    // failure. Any other request only when its member refused the
+    // connection before the body was read: nothing reached a member then,
+    // which is also when nginx passes a POST to the next server.
+    let idempotent = headers::is_idempotent(&method) && !has_body;
     let plan = match pool.plan(&PickContext { client_ip }) {
         Ok(plan) => plan,
         Err(unavailable) => return no_member(pool, unavailable.retry_after),
     };
     let retry_on = pool.config.retry_on;
-    let attempts = if retryable {
+    let attempts = if upgrade.is_none() {
         1 + pool.config.retries as usize
     } else {
         1
@@ -307,7 +312,8 @@ pub(crate) async fn forward(
     let too_large = Arc::new(AtomicBool::new(false));
     let too_slow = Arc::new(AtomicBool::new(false));
     let client_failed = Arc::new(AtomicBool::new(false));
-    let mut incoming = incoming;
+    let hint = incoming.as_ref().map(|b| b.size_hint()).unwrap_or_default();
+    let incoming = Reclaimable::slot(incoming.filter(|_| has_body));
     let mut upgrade = upgrade;
     let mut last_error = None;
     let mut last_status = None;
@@ -330,22 +336,19 @@ pub(crate) async fn forward(
         };
         let more = attempt + 1 < attempts && next < plan.len();
         let (sent_tx, sent_rx) = oneshot::channel();
-        let body = match incoming.take() {
-            Some(b) if has_body => {
-                let b = MinRateBody::new(
-                    b,
-                    limits.min_body_rate,
-                    limits.body_rate_grace,
-                    too_slow.clone(),
-                );
-                UploadBody::new(b, limits.max_body_bytes, too_large.clone(), sent_tx)
-                    .client_failed(client_failed.clone())
-                    .boxed()
-            }
-            _ => {
-                let _ = sent_tx.send(());
-                body::empty()
-            }
+        let body = if has_body {
+            let b = MinRateBody::new(
+                Reclaimable::new(&incoming, hint),
+                limits.min_body_rate,
+                limits.body_rate_grace,
+                too_slow.clone(),
+            );
+            UploadBody::new(b, limits.max_body_bytes, too_large.clone(), sent_tx)
+                .client_failed(client_failed.clone())
+                .boxed()
+        } else {
+            let _ = sent_tx.send(());
+            body::empty()
         };
         let uri = match Uri::try_from(format!("http://{}{}", member.addr, path_and_query)) {
             Ok(u) => u,
@@ -375,7 +378,7 @@ pub(crate) async fn forward(
             Ok(mut resp) => {
                 let status = resp.status();
                 pool.report(&member, Outcome::Response(status.as_u16()));
-                if more && retry_on.status(status.as_u16()) && pool.take_retry() {
+                if idempotent && more && retry_on.status(status.as_u16()) && pool.take_retry() {
                     tracing::warn!(
                         route = %route.name,
                         pool = %pool.name,
@@ -429,6 +432,15 @@ pub(crate) async fn forward(
                     UpstreamError::BadResponse { .. } => (Outcome::Neutral, false),
                 };
                 pool.report(&member, kind);
+                let may_retry = if idempotent {
+                    may_retry
+                } else {
+                    let refused = matches!(
+                        e,
+                        UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. }
+                    );
+                    refused && may_retry && (!has_body || Reclaimable::untouched(&incoming))
+                };
                 let retry = more && may_retry && pool.take_retry();
                 tracing::warn!(
                     route = %route.name,

@@ -388,9 +388,12 @@ pub async fn body_counting_origin() -> (Origin, Arc<AtomicUsize>) {
     (origin, complete)
 }
 
-/// A raw TCP listener that accepts connections and resets them at once
+/// A raw TCP listener that accepts connections and resets them
 /// (`SO_LINGER` 0, so the close is an RST), counting them: every connection
-/// is one attempt that reached the member.
+/// is one attempt that reached the member. [`Resetter::start`] resets at
+/// once, which the proxy may see while still connecting;
+/// [`Resetter::after_request`] first reads a request head, so the request
+/// has surely been sent.
 pub struct Resetter {
     pub addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
@@ -399,14 +402,32 @@ pub struct Resetter {
 
 impl Resetter {
     pub async fn start() -> Resetter {
+        Resetter::spawn(false).await
+    }
+
+    pub async fn after_request() -> Resetter {
+        Resetter::spawn(true).await
+    }
+
+    async fn spawn(read_head: bool) -> Resetter {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
-                if let Ok((stream, _)) = listener.accept().await {
+                if let Ok((mut stream, _)) = listener.accept().await {
                     count.fetch_add(1, Ordering::SeqCst);
+                    if read_head {
+                        let mut seen = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                    }
                     // Linger 0 never blocks: the close is an immediate RST.
                     #[allow(deprecated)]
                     let _ = stream.set_linger(Some(Duration::ZERO));
