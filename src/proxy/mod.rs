@@ -313,7 +313,10 @@ pub(crate) async fn forward(
     let too_slow = Arc::new(AtomicBool::new(false));
     let client_failed = Arc::new(AtomicBool::new(false));
     let hint = incoming.as_ref().map(|b| b.size_hint()).unwrap_or_default();
-    let incoming = Reclaimable::slot(incoming.filter(|_| has_body));
+    // Only a request with a body pays for keeping it aside.
+    let incoming = incoming
+        .filter(|_| has_body)
+        .map(|b| Reclaimable::slot(Some(b)));
     let mut upgrade = upgrade;
     let mut last_error = None;
     let mut last_status = None;
@@ -336,9 +339,9 @@ pub(crate) async fn forward(
         };
         let more = attempt + 1 < attempts && next < plan.len();
         let (sent_tx, sent_rx) = oneshot::channel();
-        let body = if has_body {
+        let body = if let Some(slot) = &incoming {
             let b = MinRateBody::new(
-                Reclaimable::new(&incoming, hint),
+                Reclaimable::new(slot, hint),
                 limits.min_body_rate,
                 limits.body_rate_grace,
                 too_slow.clone(),
@@ -439,7 +442,7 @@ pub(crate) async fn forward(
                         e,
                         UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. }
                     );
-                    refused && may_retry && (!has_body || Reclaimable::untouched(&incoming))
+                    refused && may_retry && incoming.as_ref().is_none_or(Reclaimable::untouched)
                 };
                 let retry = more && may_retry && pool.take_retry();
                 tracing::warn!(
