@@ -71,7 +71,7 @@ pub async fn handle(
         conn.client,
         conn.metrics.index,
         &request_id,
-        snap.config.access_log.is_some(),
+        snap.config.access_log.as_ref().map(|c| c.format),
     );
     let span = tracing::info_span!(
         "request",

@@ -18,6 +18,7 @@ use http_body_util::BodyExt;
 
 use crate::access_log::{self, Entry};
 use crate::body::{BoxError, ProxyBody};
+use crate::config::AccessLogFormat;
 use crate::metrics::{self, ListenerMetrics};
 use crate::snapshot::Snapshot;
 
@@ -115,9 +116,12 @@ impl Start {
         client: SocketAddr,
         listener: usize,
         request_id: &HeaderValue,
-        access_log: bool,
+        access_log: Option<AccessLogFormat>,
     ) -> Start {
-        let entry = access_log.then(|| {
+        let entry = access_log.map(|format| {
+            // Only the combined format shows Referer and User-Agent; a
+            // JSON line spares copying them.
+            let combined = format == AccessLogFormat::Combined;
             let h = req.headers();
             let host = req
                 .uri()
@@ -144,8 +148,8 @@ impl Start {
                 upstream_time: None,
                 cache: None,
                 request_id: request_id.clone(),
-                referer: h.get(header::REFERER).cloned(),
-                user_agent: h.get(header::USER_AGENT).cloned(),
+                referer: h.get(header::REFERER).filter(|_| combined).cloned(),
+                user_agent: h.get(header::USER_AGENT).filter(|_| combined).cloned(),
             })
         });
         Start {
