@@ -1456,16 +1456,7 @@ mod tests {
 
     #[test]
     fn upstream_response_framing() {
-        let map = |pairs: &[(&str, &str)]| {
-            let mut h = HeaderMap::new();
-            for (k, v) in pairs {
-                h.append(
-                    http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                    http::HeaderValue::from_str(v).unwrap(),
-                );
-            }
-            h
-        };
+        use crate::proxy::headers::test_map as map;
         assert!(check_response_head(&map(&[("content-length", "5")])).is_ok());
         assert!(check_response_head(&map(&[("transfer-encoding", "chunked")])).is_ok());
         assert_eq!(

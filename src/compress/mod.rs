@@ -217,16 +217,7 @@ pub fn apply(
 mod tests {
     use super::*;
 
-    fn head(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::proxy::headers::test_map as head;
 
     #[test]
     fn types_match_exactly_or_by_top_level() {
