@@ -48,20 +48,9 @@ fn serve(l: TcpListener) -> Origin {
 /// One listener, one route to pool `app` with the server table `entry`,
 /// re-resolved every 100 ms, then `extra`.
 fn pool_config(entry: &str, extra: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "http"
-listen = "127.0.0.1:0"
-
-[[route]]
-pool = "app"
-
-[pool.app]
-servers = [ {entry} ]
-resolve_interval = "100ms"
-{extra}
-"#
+    entries_config(
+        &[entry.to_string()],
+        &format!("resolve_interval = \"100ms\"\n{extra}"),
     )
 }
 

@@ -469,6 +469,12 @@ pub fn simple_config(servers: &[SocketAddr], pool_extra: &str) -> String {
         .iter()
         .map(|a| format!("{{ addr = \"{a}\" }}"))
         .collect();
+    entries_config(&list, pool_extra)
+}
+
+/// [`simple_config`] with the server tables written out (`{ srv = ".." }`,
+/// `{ addr = "name:port", weight = 2 }`, ...).
+pub fn entries_config(entries: &[String], pool_extra: &str) -> String {
     format!(
         r#"
 [[listener]]
@@ -483,7 +489,7 @@ pool = "app"
 servers = [ {} ]
 {pool_extra}
 "#,
-        list.join(", ")
+        entries.join(", ")
     )
 }
 
