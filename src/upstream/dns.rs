@@ -31,7 +31,7 @@ use crate::config::{ResolverConfig, ServerAddr};
 /// The addresses `addr` stands for now, sorted and without duplicates. An
 /// empty answer is an error, like a failed lookup.
 pub async fn lookup(resolver: &ResolverConfig, addr: &ServerAddr) -> io::Result<Vec<SocketAddr>> {
-    let mut found = match addr {
+    let found = match addr {
         ServerAddr::Ip(a) => return Ok(vec![*a]),
         ServerAddr::Name { host, port } if resolver.nameservers.is_empty() => {
             tokio::net::lookup_host((host.as_str(), *port))
@@ -44,6 +44,11 @@ pub async fn lookup(resolver: &ResolverConfig, addr: &ServerAddr) -> io::Result<
         }
         ServerAddr::Srv { name } => srv(&hickory(resolver)?, name).await?,
     };
+    tidy(found)
+}
+
+/// Sorted, without duplicates, and an error when empty.
+fn tidy(mut found: Vec<SocketAddr>) -> io::Result<Vec<SocketAddr>> {
     found.sort_unstable();
     found.dedup();
     if found.is_empty() {
@@ -53,13 +58,19 @@ pub async fn lookup(resolver: &ResolverConfig, addr: &ServerAddr) -> io::Result<
 }
 
 /// [`lookup`] for code outside a runtime, or inside one that must not be
-/// re-entered (config validation runs in both): on a thread of its own.
+/// re-entered (config validation runs in both). getaddrinfo is called
+/// directly; hickory's lookups run on a thread of their own.
 pub fn lookup_blocking(
     resolver: &ResolverConfig,
     addr: &ServerAddr,
 ) -> io::Result<Vec<SocketAddr>> {
-    if let ServerAddr::Ip(a) = addr {
-        return Ok(vec![*a]);
+    match addr {
+        ServerAddr::Ip(a) => return Ok(vec![*a]),
+        ServerAddr::Name { host, port } if resolver.nameservers.is_empty() => {
+            use std::net::ToSocketAddrs;
+            return tidy((host.as_str(), *port).to_socket_addrs()?.collect());
+        }
+        _ => {}
     }
     std::thread::scope(|s| {
         s.spawn(|| {
