@@ -40,7 +40,7 @@ pub struct Reclaimable<B> {
     slot: Arc<Mutex<Option<B>>>,
     taken: Option<B>,
     /// The body's size hint, so the upstream request is framed (length or
-    /// chunked) before the body is taken.
+    /// chunked) before the body is taken; read from the slot when made.
     hint: SizeHint,
 }
 
@@ -48,8 +48,8 @@ pub struct Reclaimable<B> {
 pub type BodySlot<B> = Arc<Mutex<Option<B>>>;
 
 impl<B: Body> Reclaimable<B> {
-    pub fn slot(body: Option<B>) -> BodySlot<B> {
-        Arc::new(Mutex::new(body))
+    pub fn slot(body: B) -> BodySlot<B> {
+        Arc::new(Mutex::new(Some(body)))
     }
 
     /// Whether no attempt has read from the body (or there is none).
@@ -59,7 +59,13 @@ impl<B: Body> Reclaimable<B> {
             .is_some()
     }
 
-    pub fn new(slot: &BodySlot<B>, hint: SizeHint) -> Self {
+    pub fn new(slot: &BodySlot<B>) -> Self {
+        let hint = slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_default();
         Reclaimable {
             slot: slot.clone(),
             taken: None,

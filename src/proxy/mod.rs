@@ -312,11 +312,8 @@ pub(crate) async fn forward(
     let too_large = Arc::new(AtomicBool::new(false));
     let too_slow = Arc::new(AtomicBool::new(false));
     let client_failed = Arc::new(AtomicBool::new(false));
-    let hint = incoming.as_ref().map(|b| b.size_hint()).unwrap_or_default();
     // Only a request with a body pays for keeping it aside.
-    let incoming = incoming
-        .filter(|_| has_body)
-        .map(|b| Reclaimable::slot(Some(b)));
+    let incoming = incoming.filter(|_| has_body).map(Reclaimable::slot);
     let mut upgrade = upgrade;
     let mut last_error = None;
     let mut last_status = None;
@@ -341,7 +338,7 @@ pub(crate) async fn forward(
         let (sent_tx, sent_rx) = oneshot::channel();
         let body = if let Some(slot) = &incoming {
             let b = MinRateBody::new(
-                Reclaimable::new(slot, hint),
+                Reclaimable::new(slot),
                 limits.min_body_rate,
                 limits.body_rate_grace,
                 too_slow.clone(),
