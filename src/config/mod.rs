@@ -1196,15 +1196,12 @@ fn parse_server_addr(text: &str) -> Result<ServerAddr, String> {
 fn parse_srv_name(text: &str) -> Result<ServerAddr, String> {
     let name = text.to_ascii_lowercase();
     let name = name.strip_suffix('.').unwrap_or(&name);
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
+    let valid = dns_labels_ok(name, |label| {
+        label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
     if valid {
         Ok(ServerAddr::Srv {
             name: name.to_string(),
@@ -1265,17 +1262,24 @@ fn parse_rate_key(key: &str) -> Result<RateKey, String> {
     }
 }
 
+/// `name` is at most 253 bytes of non-empty dot-separated labels, each of
+/// which `label_ok` accepts.
+fn dns_labels_ok(name: &str, label_ok: impl Fn(&str) -> bool) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && label_ok(label))
+}
+
 /// A host pattern is a DNS name (no port) or `*.` followed by one.
 fn check_host_pattern(h: &str) -> Result<(), String> {
     let name = h.strip_prefix("*.").unwrap_or(h);
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
+    let valid = dns_labels_ok(name, |label| {
+        label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
     if valid {
         Ok(())
     } else {
