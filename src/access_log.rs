@@ -11,7 +11,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -427,35 +427,6 @@ fn millis(out: &mut Vec<u8>, d: Duration) {
     }
 }
 
-fn ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                num(out, u64::from(octet));
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
-}
-
-fn socket_addr(out: &mut Vec<u8>, a: SocketAddr) {
-    match a {
-        SocketAddr::V4(v4) => {
-            ip(out, IpAddr::V4(*v4.ip()));
-            out.push(b':');
-            num(out, u64::from(v4.port()));
-        }
-        SocketAddr::V6(_) => {
-            let _ = write!(out, "{a}");
-        }
-    }
-}
-
 /// `s` as a JSON string. Bytes that are not UTF-8 text (header values may
 /// carry obs-text) are escaped one by one as `\u00XX`.
 fn json_str(out: &mut Vec<u8>, s: &[u8]) {
@@ -484,34 +455,11 @@ fn json_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
 }
 
-/// `2026-11-27T03:54:53.325Z`.
-fn rfc3339_millis(out: &mut Vec<u8>, ts: SystemTime) {
-    let since = ts.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (y, m, d) = civil_date(secs / 86_400);
-    let rem = secs % 86_400;
-    num(out, y);
-    out.push(b'-');
-    two(out, u64::from(m));
-    out.push(b'-');
-    two(out, u64::from(d));
-    out.push(b'T');
-    hms(out, rem);
-    out.push(b'.');
-    let ms = u64::from(since.subsec_millis());
-    out.extend_from_slice(&[
-        b'0' + (ms / 100) as u8,
-        b'0' + (ms / 10 % 10) as u8,
-        b'0' + (ms % 10) as u8,
-        b'Z',
-    ]);
-}
-
 fn json_line(out: &mut Vec<u8>, e: &Entry) {
     out.extend_from_slice(b"{\"ts\":\"");
-    rfc3339_millis(out, e.ts);
+    let _ = write!(out, "{}", humantime::format_rfc3339_millis(e.ts));
     out.extend_from_slice(b"\",\"client\":\"");
-    ip(out, e.client.ip());
+    let _ = write!(out, "{}", e.client.ip());
     out.extend_from_slice(b"\",\"method\":");
     json_str(out, e.method.as_str().as_bytes());
     out.extend_from_slice(b",\"host\":");
@@ -529,7 +477,7 @@ fn json_line(out: &mut Vec<u8>, e: &Entry) {
     match e.upstream {
         Some(a) => {
             out.extend_from_slice(b",\"upstream\":\"");
-            socket_addr(out, a);
+            let _ = write!(out, "{a}");
             out.push(b'"');
         }
         None => out.extend_from_slice(b",\"upstream\":null"),
@@ -574,8 +522,7 @@ fn quoted(out: &mut Vec<u8>, s: &[u8]) {
 /// host="example.com" duration_ms=1.234 upstream=10.0.0.1:80 upstream_ms=1.1
 /// cache=- request_id=...` (one line).
 fn combined_line(out: &mut Vec<u8>, e: &Entry) {
-    ip(out, e.client.ip());
-    out.extend_from_slice(b" - - [");
+    let _ = write!(out, "{} - - [", e.client.ip());
     clf_time(out, e.ts);
     out.extend_from_slice(b"] ");
     let mut request = Vec::with_capacity(e.path.len() + 24);
@@ -600,7 +547,7 @@ fn combined_line(out: &mut Vec<u8>, e: &Entry) {
     match e.upstream {
         Some(a) => {
             out.extend_from_slice(b" upstream=");
-            socket_addr(out, a);
+            let _ = write!(out, "{a}");
         }
         None => out.extend_from_slice(b" upstream=-"),
     }
@@ -632,17 +579,12 @@ fn clf_time(out: &mut Vec<u8>, ts: SystemTime) {
     out.push(b'/');
     num(out, y);
     out.push(b':');
-    hms(out, rem);
+    two(out, rem / 3600);
+    out.push(b':');
+    two(out, rem / 60 % 60);
+    out.push(b':');
+    two(out, rem % 60);
     out.extend_from_slice(b" +0000");
-}
-
-/// `HH:MM:SS` of the `secs`-th second of a day.
-fn hms(out: &mut Vec<u8>, secs: u64) {
-    two(out, secs / 3600);
-    out.push(b':');
-    two(out, secs / 60 % 60);
-    out.push(b':');
-    two(out, secs % 60);
 }
 
 /// Year, month (1-12) and day (1-31) of day `days` after 1970-01-01, in the
