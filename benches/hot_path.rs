@@ -194,7 +194,7 @@ fn observability(c: &mut Criterion) {
             let mut spent = Duration::ZERO;
             for i in 0..iters {
                 let start = Instant::now();
-                access_log::send(black_box(&entry()));
+                access_log::send(black_box(&entry()), AccessLogFormat::Json);
                 spent += start.elapsed();
                 if i % 1024 == 1023 {
                     access_log::flush();
@@ -214,7 +214,7 @@ fn observability(c: &mut Criterion) {
                 metrics.upstream(0, "app", member, 200, elapsed);
                 let mut e = entry();
                 e.request_id = id;
-                access_log::send(&e);
+                access_log::send(&e, AccessLogFormat::Json);
                 spent += start.elapsed();
                 if i % 1024 == 1023 {
                     access_log::flush();

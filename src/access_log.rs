@@ -12,7 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
@@ -109,9 +109,6 @@ impl Registry {
     }
 }
 
-/// 0 = off, else the format of new lines (set by [`configure`]).
-static FORMAT: AtomicU8 = AtomicU8::new(0);
-
 thread_local! {
     /// This thread's buffer; dropping it (thread exit) lets the writer
     /// forget the buffer once it is empty.
@@ -140,24 +137,14 @@ pub fn configure(config: Option<&AccessLogConfig>) -> io::Result<()> {
         None if WRITER.get().is_none() => return Ok(()),
         None => None,
     };
-    let format = match config.map(|c| c.format) {
-        None => 0,
-        Some(AccessLogFormat::Json) => 1,
-        Some(AccessLogFormat::Combined) => 2,
-    };
     let _ = writer().tx.send(Msg::Use(next));
-    FORMAT.store(format, Ordering::Release);
     Ok(())
 }
 
-/// Formats `entry` into this thread's buffer for the writer, or drops and
-/// counts it when the writer is behind. Never blocks on I/O.
-pub fn send(entry: &Entry) {
-    let format = match FORMAT.load(Ordering::Acquire) {
-        1 => AccessLogFormat::Json,
-        2 => AccessLogFormat::Combined,
-        _ => return,
-    };
+/// Formats `entry` as `format` (the request's config says which) into this
+/// thread's buffer for the writer, or drops and counts it when the writer
+/// is behind. Never blocks on I/O.
+pub fn send(entry: &Entry, format: AccessLogFormat) {
     let Some(w) = WRITER.get() else {
         return;
     };
@@ -173,7 +160,6 @@ pub fn send(entry: &Entry) {
             crate::metrics::get().access_log_dropped.inc();
             return;
         }
-        let was_empty = p.bytes.is_empty();
         let before = p.bytes.len();
         format_line(&mut p.bytes, entry, format);
         p.lines += 1;
@@ -187,7 +173,7 @@ pub fn send(entry: &Entry) {
         // sleeping, and this load follows the unlock: one of the two sees
         // the other, so no line waits for the next request.
         let asleep = &REGISTRY.asleep;
-        if was_empty && asleep.load(Ordering::SeqCst) && asleep.swap(false, Ordering::SeqCst) {
+        if before == 0 && asleep.load(Ordering::SeqCst) && asleep.swap(false, Ordering::SeqCst) {
             let _ = w.tx.try_send(Msg::Wake);
         }
     });

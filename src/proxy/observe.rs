@@ -217,11 +217,11 @@ impl Done {
         if let Some(m) = self.snap.metrics.requests(self.listener, self.route) {
             m.record(self.method, metrics::class_index(self.status), elapsed);
         }
-        if let Some(mut e) = self.entry {
+        if let (Some(mut e), Some(log)) = (self.entry, &self.snap.config.access_log) {
             e.status = self.status;
             e.bytes = self.bytes;
             e.duration = elapsed;
-            access_log::send(&e);
+            access_log::send(&e, log.format);
         }
     }
 }
