@@ -329,11 +329,7 @@ struct ByHand {
 
 impl ByHand {
     fn signal_term(&self) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill(1)");
-        assert!(status.success());
+        signal(self.child.id(), "TERM");
     }
 }
 

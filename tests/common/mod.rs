@@ -177,12 +177,7 @@ impl Daemon {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{sig} failed");
+        signal(self.child.id(), sig);
     }
 
     /// Replaces the config file (for a reload test).
@@ -452,6 +447,16 @@ impl Drop for Resetter {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Sends signal `sig` (`HUP`, `TERM`, ...) to process `pid` with kill(1).
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{sig} failed");
 }
 
 /// An address on 127.0.0.1 where nothing listens (connections are refused).
