@@ -11,14 +11,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderValue, Method, Version};
+use http::{HeaderValue, Method, Uri, Version};
 
 use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
 
@@ -43,9 +43,11 @@ pub struct Entry {
     pub ts: SystemTime,
     pub client: SocketAddr,
     pub method: Method,
-    pub host: String,
-    /// The request target as sent: path and query.
-    pub path: String,
+    /// The request target as sent; its path and query are logged, and its
+    /// authority (absolute form, HTTP/2's `:authority`) as the host.
+    pub uri: Uri,
+    /// The Host header, kept only when `uri` has no authority.
+    pub host_header: Option<HeaderValue>,
     pub version: Version,
     pub status: u16,
     /// Response body bytes sent to the client.
@@ -61,6 +63,22 @@ pub struct Entry {
     pub user_agent: Option<HeaderValue>,
 }
 
+impl Entry {
+    /// The host the client asked for: the target's authority, else the
+    /// Host header, else empty.
+    fn host(&self) -> &[u8] {
+        match self.uri.authority() {
+            Some(a) => a.as_str().as_bytes(),
+            None => self.host_header.as_ref().map_or(b"", |h| h.as_bytes()),
+        }
+    }
+
+    /// Path and query, `/` when the target has neither (`OPTIONS *` aside).
+    fn path(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |pq| pq.as_str())
+    }
+}
+
 enum Msg {
     /// Lines are waiting: the writer was asleep, or a buffer is filling.
     Wake,
@@ -74,6 +92,7 @@ enum Msg {
 struct Pending {
     bytes: Vec<u8>,
     lines: u64,
+    format: Formatter,
 }
 
 type Buffer = Arc<Mutex<Pending>>;
@@ -154,17 +173,18 @@ pub fn send(entry: &Entry, format: AccessLogFormat) {
             REGISTRY.buffers().push(mine.clone());
             mine
         });
-        let mut p = lock(mine);
+        let mut guard = lock(mine);
+        let p = &mut *guard;
         if p.bytes.len() >= MAX_PENDING {
-            drop(p);
+            drop(guard);
             crate::metrics::get().access_log_dropped.inc();
             return;
         }
         let before = p.bytes.len();
-        format_line(&mut p.bytes, entry, format);
+        p.format.line(&mut p.bytes, entry, format);
         p.lines += 1;
         let crossed = before < HIGH_WATER && p.bytes.len() >= HIGH_WATER;
-        drop(p);
+        drop(guard);
         if crossed {
             let _ = w.tx.try_send(Msg::Wake);
             return;
@@ -354,11 +374,86 @@ fn write_loop(rx: Receiver<Msg>) {
 
 /// Appends `entry` as one line (with its newline) in `format`.
 pub fn format_line(out: &mut Vec<u8>, e: &Entry, format: AccessLogFormat) {
-    match format {
-        AccessLogFormat::Json => json_line(out, e),
-        AccessLogFormat::Combined => combined_line(out, e),
+    Formatter::default().line(out, e, format);
+}
+
+/// Formats lines. It keeps the date and time of the last second it wrote,
+/// as text: a busy server writes thousands of lines per second, and each
+/// then only adds its milliseconds.
+#[derive(Debug, Default)]
+pub struct Formatter {
+    /// The second (since the Unix epoch) that `iso` and `clf` show.
+    second: Option<u64>,
+    /// `2026-11-27T03:54:53`
+    iso: Vec<u8>,
+    /// `27/Nov/2026:03:54:53 +0000`
+    clf: Vec<u8>,
+}
+
+impl Formatter {
+    /// Appends `e` as one line (with its newline) in `format`.
+    pub fn line(&mut self, out: &mut Vec<u8>, e: &Entry, format: AccessLogFormat) {
+        let since = e.ts.duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.at(since.as_secs());
+        match format {
+            AccessLogFormat::Json => {
+                out.extend_from_slice(b"{\"ts\":\"");
+                out.extend_from_slice(&self.iso);
+                let ms = since.subsec_millis();
+                out.extend_from_slice(&[
+                    b'.',
+                    b'0' + (ms / 100 % 10) as u8,
+                    b'0' + (ms / 10 % 10) as u8,
+                    b'0' + (ms % 10) as u8,
+                    b'Z',
+                ]);
+                json_line(out, e);
+            }
+            AccessLogFormat::Combined => combined_line(out, e, &self.clf),
+        }
+        out.push(b'\n');
     }
-    out.push(b'\n');
+
+    /// Brings the date texts to `second`.
+    fn at(&mut self, second: u64) {
+        const MONTHS: [&[u8]; 12] = [
+            b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+            b"Dec",
+        ];
+        if self.second == Some(second) {
+            return;
+        }
+        self.second = Some(second);
+        let (y, m, d) = civil_date(second / 86_400);
+        let mut hms = Vec::with_capacity(8);
+        let rem = second % 86_400;
+        two(&mut hms, rem / 3600);
+        hms.push(b':');
+        two(&mut hms, rem / 60 % 60);
+        hms.push(b':');
+        two(&mut hms, rem % 60);
+
+        let iso = &mut self.iso;
+        iso.clear();
+        num(iso, y);
+        iso.push(b'-');
+        two(iso, u64::from(m));
+        iso.push(b'-');
+        two(iso, u64::from(d));
+        iso.push(b'T');
+        iso.extend_from_slice(&hms);
+
+        let clf = &mut self.clf;
+        clf.clear();
+        two(clf, u64::from(d));
+        clf.push(b'/');
+        clf.extend_from_slice(MONTHS[usize::from(m - 1)]);
+        clf.push(b'/');
+        num(clf, y);
+        clf.push(b':');
+        clf.extend_from_slice(&hms);
+        clf.extend_from_slice(b" +0000");
+    }
 }
 
 fn proto(v: Version) -> &'static str {
@@ -413,6 +508,38 @@ fn millis(out: &mut Vec<u8>, d: Duration) {
     }
 }
 
+/// An IP address as text. IPv4 by hand: `Display` goes through the
+/// formatting machinery, which costs more than the rest of the line.
+fn ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            num(out, u64::from(a));
+            for octet in [b, c, d] {
+                out.push(b'.');
+                num(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// `10.0.0.1:80`, `[::1]:80`.
+fn socket_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            ip(out, IpAddr::V4(*v4.ip()));
+            out.push(b':');
+            num(out, u64::from(v4.port()));
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{a}");
+        }
+    }
+}
+
 /// `s` as a JSON string. Bytes that are not UTF-8 text (header values may
 /// carry obs-text) are escaped one by one as `\u00XX`.
 fn json_str(out: &mut Vec<u8>, s: &[u8]) {
@@ -441,17 +568,16 @@ fn json_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
 }
 
+/// Every field after `ts` (which the caller wrote), and the closing brace.
 fn json_line(out: &mut Vec<u8>, e: &Entry) {
-    out.extend_from_slice(b"{\"ts\":\"");
-    let _ = write!(out, "{}", humantime::format_rfc3339_millis(e.ts));
     out.extend_from_slice(b"\",\"client\":\"");
-    let _ = write!(out, "{}", e.client.ip());
+    ip(out, e.client.ip());
     out.extend_from_slice(b"\",\"method\":");
     json_str(out, e.method.as_str().as_bytes());
     out.extend_from_slice(b",\"host\":");
-    json_str(out, e.host.as_bytes());
+    json_str(out, e.host());
     out.extend_from_slice(b",\"path\":");
-    json_str(out, e.path.as_bytes());
+    json_str(out, e.path().as_bytes());
     out.extend_from_slice(b",\"proto\":\"");
     out.extend_from_slice(proto(e.version).as_bytes());
     out.extend_from_slice(b"\",\"status\":");
@@ -463,7 +589,7 @@ fn json_line(out: &mut Vec<u8>, e: &Entry) {
     match e.upstream {
         Some(a) => {
             out.extend_from_slice(b",\"upstream\":\"");
-            let _ = write!(out, "{a}");
+            socket_addr(out, a);
             out.push(b'"');
         }
         None => out.extend_from_slice(b",\"upstream\":null"),
@@ -487,10 +613,14 @@ fn json_line(out: &mut Vec<u8>, e: &Entry) {
     out.push(b'}');
 }
 
-/// Appends `s` for a double-quoted field: `"` and `\` escaped, bytes
+/// Appends `s` for inside a double-quoted field: `"` and `\` escaped, bytes
 /// outside printable ASCII as `\xHH` (as nginx does).
-fn quoted(out: &mut Vec<u8>, s: &[u8]) {
-    out.push(b'"');
+fn escaped(out: &mut Vec<u8>, s: &[u8]) {
+    let plain = |b: u8| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
+    if s.iter().all(|&b| plain(b)) {
+        out.extend_from_slice(s);
+        return;
+    }
     for &b in s {
         match b {
             b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
@@ -500,25 +630,30 @@ fn quoted(out: &mut Vec<u8>, s: &[u8]) {
             }
         }
     }
+}
+
+/// `s` as a double-quoted field.
+fn quoted(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    escaped(out, s);
     out.push(b'"');
 }
 
 /// The NCSA combined format, then sluice's own fields as `key=value`:
 /// `1.2.3.4 - - [10/Oct/2026:13:55:36 +0000] "GET /a HTTP/1.1" 200 512 "-" "curl/8"
 /// host="example.com" duration_ms=1.234 upstream=10.0.0.1:80 upstream_ms=1.1
-/// cache=- request_id=...` (one line).
-fn combined_line(out: &mut Vec<u8>, e: &Entry) {
-    let _ = write!(out, "{} - - [", e.client.ip());
-    clf_time(out, e.ts);
-    out.extend_from_slice(b"] ");
-    let mut request = Vec::with_capacity(e.path.len() + 24);
-    request.extend_from_slice(e.method.as_str().as_bytes());
-    request.push(b' ');
-    request.extend_from_slice(e.path.as_bytes());
-    request.push(b' ');
-    request.extend_from_slice(proto(e.version).as_bytes());
-    quoted(out, &request);
+/// cache=- request_id=...` (one line). `clf` is the time as text.
+fn combined_line(out: &mut Vec<u8>, e: &Entry, clf: &[u8]) {
+    ip(out, e.client.ip());
+    out.extend_from_slice(b" - - [");
+    out.extend_from_slice(clf);
+    out.extend_from_slice(b"] \"");
+    escaped(out, e.method.as_str().as_bytes());
     out.push(b' ');
+    escaped(out, e.path().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(proto(e.version).as_bytes());
+    out.extend_from_slice(b"\" ");
     num(out, u64::from(e.status));
     out.push(b' ');
     num(out, e.bytes);
@@ -527,13 +662,13 @@ fn combined_line(out: &mut Vec<u8>, e: &Entry) {
     out.push(b' ');
     quoted(out, e.user_agent.as_ref().map_or(b"-", |v| v.as_bytes()));
     out.extend_from_slice(b" host=");
-    quoted(out, e.host.as_bytes());
+    quoted(out, e.host());
     out.extend_from_slice(b" duration_ms=");
     millis(out, e.duration);
     match e.upstream {
         Some(a) => {
             out.extend_from_slice(b" upstream=");
-            let _ = write!(out, "{a}");
+            socket_addr(out, a);
         }
         None => out.extend_from_slice(b" upstream=-"),
     }
@@ -549,28 +684,6 @@ fn combined_line(out: &mut Vec<u8>, e: &Entry) {
     out.extend_from_slice(b" request_id=");
     // Kept ids are restricted to a safe alphabet; generated ones are UUIDs.
     out.extend_from_slice(e.request_id.as_bytes());
-}
-
-/// `10/Oct/2026:13:55:36 +0000` (UTC).
-fn clf_time(out: &mut Vec<u8>, ts: SystemTime) {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = ts.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (y, m, d) = civil_date(secs / 86_400);
-    let rem = secs % 86_400;
-    two(out, u64::from(d));
-    out.push(b'/');
-    out.extend_from_slice(MONTHS[usize::from(m - 1)].as_bytes());
-    out.push(b'/');
-    num(out, y);
-    out.push(b':');
-    two(out, rem / 3600);
-    out.push(b':');
-    two(out, rem / 60 % 60);
-    out.push(b':');
-    two(out, rem % 60);
-    out.extend_from_slice(b" +0000");
 }
 
 /// Year, month (1-12) and day (1-31) of day `days` after 1970-01-01, in the
@@ -605,8 +718,9 @@ mod tests {
             ts: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             client: "192.0.2.7:5555".parse().unwrap(),
             method: Method::GET,
-            host: "example.com".into(),
-            path: "/a?b=\"c\"".into(),
+            uri: Uri::from_static("/a?b=c%20d"),
+            // A URI cannot hold a quote; a Host header can.
+            host_header: Some(HeaderValue::from_static("exa\"mple.com")),
             version: Version::HTTP_11,
             status: 200,
             bytes: 42,
@@ -629,7 +743,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["ts"], "2023-11-14T22:13:20.123Z");
         assert_eq!(v["client"], "192.0.2.7");
-        assert_eq!(v["path"], "/a?b=\"c\"");
+        assert_eq!(v["host"], "exa\"mple.com");
+        assert_eq!(v["path"], "/a?b=c%20d");
         assert_eq!(v["proto"], "HTTP/1.1");
         assert_eq!(v["status"], 200);
         assert_eq!(v["bytes"], 42);
@@ -647,9 +762,44 @@ mod tests {
         let s = String::from_utf8(s).unwrap();
         assert_eq!(
             s,
-            "192.0.2.7 - - [14/Nov/2023:22:13:20 +0000] \"GET /a?b=\\\"c\\\" HTTP/1.1\" 200 42 \"-\" \"curl/8\" \
-             host=\"example.com\" duration_ms=1.5 upstream=127.0.0.1:9001 upstream_ms=1.2 cache=- request_id=abc\n"
+            "192.0.2.7 - - [14/Nov/2023:22:13:20 +0000] \"GET /a?b=c%20d HTTP/1.1\" 200 42 \"-\" \"curl/8\" \
+             host=\"exa\\\"mple.com\" duration_ms=1.5 upstream=127.0.0.1:9001 upstream_ms=1.2 cache=- request_id=abc\n"
         );
+    }
+
+    /// One formatter keeps its date text per second: a line in the next
+    /// second (or day) gets the new one. IPv6 addresses and a target with
+    /// an authority (HTTP/2, absolute form) come out as text too.
+    #[test]
+    fn formatter_across_seconds_and_addresses() {
+        let mut f = Formatter::default();
+        let mut e = entry();
+        let mut out = Vec::new();
+        f.line(&mut out, &e, AccessLogFormat::Json);
+        e.ts += Duration::from_millis(1_877); // 22:13:22.000
+        e.client = "[2001:db8::1]:443".parse().unwrap();
+        e.upstream = Some("[::1]:8080".parse().unwrap());
+        e.uri = Uri::from_static("https://example.org:8443/x");
+        f.line(&mut out, &e, AccessLogFormat::Json);
+        e.ts += Duration::from_secs(86_400 + 3_600);
+        f.line(&mut out, &e, AccessLogFormat::Combined);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        let second: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(first["ts"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(second["ts"], "2023-11-14T22:13:22.000Z");
+        assert_eq!(second["client"], "2001:db8::1");
+        assert_eq!(second["upstream"], "[::1]:8080");
+        assert_eq!(second["host"], "example.org:8443");
+        assert_eq!(second["path"], "/x");
+        assert!(
+            lines[2]
+                .starts_with("2001:db8::1 - - [15/Nov/2023:23:13:22 +0000] \"GET /x HTTP/1.1\""),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[2].contains(" upstream=[::1]:8080 "), "{}", lines[2]);
     }
 
     #[test]

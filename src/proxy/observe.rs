@@ -123,23 +123,15 @@ impl Start {
             // JSON line spares copying them.
             let combined = format == AccessLogFormat::Combined;
             let h = req.headers();
-            let host = req
-                .uri()
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| h.get(header::HOST).and_then(|v| v.to_str().ok()))
-                .unwrap_or("")
-                .to_string();
             Box::new(Entry {
                 ts: SystemTime::now(),
                 client,
                 method: req.method().clone(),
-                host,
-                path: req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |pq| pq.as_str())
-                    .to_string(),
+                uri: req.uri().clone(),
+                host_header: match req.uri().authority() {
+                    Some(_) => None,
+                    None => h.get(header::HOST).cloned(),
+                },
                 version: req.version(),
                 status: 0,
                 bytes: 0,
