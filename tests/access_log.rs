@@ -431,8 +431,9 @@ async fn a_writer_that_falls_behind_drops_and_counts_lines() {
         + "\n[log]\nformat = \"json\"\nlevel = \"info\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n";
     let mut d = start_by_hand(&text);
     let http = d.addrs["http"];
-    // Long targets make long lines: a few thousand fill every buffer.
-    let long = "x".repeat(3000);
+    // Long targets (under the 8 KiB limit) make long lines: about 1,200
+    // fill a worker's 8 MiB buffer.
+    let long = "x".repeat(7000);
     let sent = 4000;
     let mut conn = h1_conn(http).await;
     for i in 0..sent {

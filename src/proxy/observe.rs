@@ -120,7 +120,7 @@ impl Start {
     ) -> Start {
         let entry = access_log.map(|format| {
             // Only the combined format shows Referer and User-Agent; a
-            // JSON line spares copying them.
+            // JSON line spares looking them up.
             let combined = format == AccessLogFormat::Combined;
             let h = req.headers();
             Box::new(Entry {
@@ -140,8 +140,10 @@ impl Start {
                 upstream_time: None,
                 cache: None,
                 request_id: request_id.clone(),
-                referer: h.get(header::REFERER).filter(|_| combined).cloned(),
-                user_agent: h.get(header::USER_AGENT).filter(|_| combined).cloned(),
+                referer: combined.then(|| h.get(header::REFERER).cloned()).flatten(),
+                user_agent: combined
+                    .then(|| h.get(header::USER_AGENT).cloned())
+                    .flatten(),
             })
         });
         Start {
