@@ -1,5 +1,6 @@
 //! The `sluice` command: parse the command line, load the config, run.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,13 +27,18 @@ fn main() -> ExitCode {
     let config = match sluice::Config::load(&cli.config) {
         Ok(c) => c,
         Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("config invalid: {} error(s)", errors.errors.len());
+            // The exit code is the answer: a closed pipe on stderr must not
+            // turn it into a panic (as `eprintln!` would).
+            let _ = writeln!(
+                std::io::stderr(),
+                "{errors}\nconfig invalid: {} error(s)",
+                errors.errors.len()
+            );
             return ExitCode::FAILURE;
         }
     };
     if cli.check {
-        println!("config OK");
+        let _ = writeln!(std::io::stdout(), "config OK");
         return ExitCode::SUCCESS;
     }
     sluice::init_logging(&config.log);

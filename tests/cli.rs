@@ -158,6 +158,42 @@ fn check_accepts_valid_config() {
     assert!(!err.contains("invalid"), "{err}");
 }
 
+/// `--check`'s answer is its exit code: a script whose pipe reader went
+/// away (`sluice --check | head -0`) still gets 0 or 1, not a panic's 101.
+/// The shell makes a pipe with no reader from a FIFO: it opens it both
+/// ways, then closes its reading end before sluice writes.
+#[test]
+fn check_exit_code_survives_a_closed_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("ok.toml");
+    std::fs::write(&good, VALID).unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[listener]]\nname = 1\n").unwrap();
+    let fifo = dir.path().join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    for (config, stream, want) in [(&good, "1", 0), (&bad, "2", 1)] {
+        let script = format!(
+            "exec 3<>\"$2\" 4>\"$2\" 3<&-; exec \"$0\" --check --config \"$1\" {stream}>&4 4>&-"
+        );
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(env!("CARGO_BIN_EXE_sluice"))
+            .arg(config)
+            .arg(&fifo)
+            .stdin(Stdio::null())
+            .status()
+            .expect("run sh");
+        assert_eq!(
+            status.code(),
+            Some(want),
+            "{} with fd {stream} on a pipe nobody reads",
+            config.display()
+        );
+    }
+}
+
 #[test]
 fn check_accepts_valid_tls_config() {
     let dir = tempfile::tempdir().unwrap();
