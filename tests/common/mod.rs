@@ -460,9 +460,20 @@ pub fn signal(pid: u32, sig: &str) {
 }
 
 /// An address on 127.0.0.1 where nothing listens (connections are refused).
+///
+/// The port stays bound, without listening, for the rest of the test
+/// process: a port that was merely free could be handed next to the
+/// daemon's own `127.0.0.1:0` listener, and a "dead" member would then be
+/// sluice itself (seen once in CI: a request looped until 431).
 pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    // Never closed: it must outlive every daemon that dials it.
+    std::mem::forget(socket);
+    addr
 }
 
 // ---------------------------------------------------------------- configs --
