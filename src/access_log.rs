@@ -543,11 +543,16 @@ fn socket_addr(out: &mut Vec<u8>, a: SocketAddr) {
     }
 }
 
+/// Printable ASCII other than `"` and `\`: the bytes both formats copy as
+/// they are inside a quoted field.
+fn plain(b: u8) -> bool {
+    (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'
+}
+
 /// `s` as a JSON string. Bytes that are not UTF-8 text (header values may
 /// carry obs-text) are escaped one by one as `\u00XX`.
 fn json_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
-    let plain = |b: u8| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
     if s.iter().all(|&b| plain(b)) {
         out.extend_from_slice(s);
     } else {
@@ -619,7 +624,6 @@ fn json_line(out: &mut Vec<u8>, e: &Entry) {
 /// Appends `s` for inside a double-quoted field: `"` and `\` escaped, bytes
 /// outside printable ASCII as `\xHH` (as nginx does).
 fn escaped(out: &mut Vec<u8>, s: &[u8]) {
-    let plain = |b: u8| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
     if s.iter().all(|&b| plain(b)) {
         out.extend_from_slice(s);
         return;
