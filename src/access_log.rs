@@ -428,14 +428,7 @@ impl Formatter {
         }
         self.second = Some(second);
         let (y, m, d) = civil_date(second / 86_400);
-        let mut hms = Vec::with_capacity(8);
         let rem = second % 86_400;
-        two(&mut hms, rem / 3600);
-        hms.push(b':');
-        two(&mut hms, rem / 60 % 60);
-        hms.push(b':');
-        two(&mut hms, rem % 60);
-
         let iso = &mut self.iso;
         iso.clear();
         num(iso, y);
@@ -444,7 +437,13 @@ impl Formatter {
         iso.push(b'-');
         two(iso, u64::from(d));
         iso.push(b'T');
-        iso.extend_from_slice(&hms);
+        two(iso, rem / 3600);
+        iso.push(b':');
+        two(iso, rem / 60 % 60);
+        iso.push(b':');
+        two(iso, rem % 60);
+        // HH:MM:SS, the end of `iso`, serves `clf` too.
+        let hms = &iso[iso.len() - 8..];
 
         let clf = &mut self.clf;
         clf.clear();
@@ -454,7 +453,7 @@ impl Formatter {
         clf.push(b'/');
         num(clf, y);
         clf.push(b':');
-        clf.extend_from_slice(&hms);
+        clf.extend_from_slice(hms);
         clf.extend_from_slice(b" +0000");
     }
 }
