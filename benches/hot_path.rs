@@ -164,10 +164,11 @@ fn observability(c: &mut Criterion) {
     group.bench_function("request_id", |b| {
         b.iter(|| black_box(sluice::request_id::generate()))
     });
+    let client: SocketAddr = "192.0.2.1:50000".parse().unwrap();
     let entry = || {
         Box::new(Entry {
             ts: SystemTime::now(),
-            client: "192.0.2.1:50000".parse().unwrap(),
+            client,
             method: Method::GET,
             uri: http::Uri::from_static("/assets/app.js?v=3"),
             host_header: Some(HeaderValue::from_static("example.com")),
@@ -175,7 +176,7 @@ fn observability(c: &mut Criterion) {
             status: 200,
             bytes: 5120,
             duration: Duration::from_micros(420),
-            upstream: Some("10.0.0.2:80".parse().unwrap()),
+            upstream: Some(member),
             upstream_time: Some(Duration::from_micros(300)),
             cache: None,
             request_id: HeaderValue::from_static("7f0c1b7e-3a57-4c0e-9d7e-4f7c2c1d2e3f"),
@@ -183,6 +184,18 @@ fn observability(c: &mut Criterion) {
             user_agent: Some(HeaderValue::from_static("bench/1.0")),
         })
     };
+    // Formatting alone: one entry, a reused formatter and buffer.
+    group.bench_function("access_log_format", |b| {
+        let e = entry();
+        let mut f = access_log::Formatter::default();
+        let mut out = Vec::with_capacity(1 << 20);
+        b.iter(|| {
+            if out.len() > (1 << 20) - 1024 {
+                out.clear();
+            }
+            f.line(&mut out, black_box(&e), AccessLogFormat::Json);
+        })
+    });
     access_log::configure(Some(&AccessLogConfig {
         format: AccessLogFormat::Json,
         target: AccessLogTarget::File("/dev/null".into()),

@@ -468,19 +468,27 @@ fn proto(v: Version) -> &'static str {
     }
 }
 
-/// Decimal digits of `n`.
-fn num(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// Decimal digits of `n`. Numbers below 1000 (status codes, address
+/// octets, most milliseconds) are written as fixed-size arrays, which
+/// compile to a few stores instead of a variable-length copy.
+fn num(out: &mut Vec<u8>, n: u64) {
+    let d = |x: u64| b'0' + (x % 10) as u8;
+    match n {
+        0..=9 => out.push(d(n)),
+        10..=99 => out.extend_from_slice(&[d(n / 10), d(n)]),
+        100..=999 => out.extend_from_slice(&[d(n / 100), d(n / 10), d(n)]),
+        _ => {
+            let mut digits = [0u8; 20];
+            let mut i = digits.len();
+            let mut n = n;
+            while n > 0 {
+                i -= 1;
+                digits[i] = d(n);
+                n /= 10;
+            }
+            out.extend_from_slice(&digits[i..]);
         }
     }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// `n` as two digits.
@@ -548,11 +556,17 @@ fn plain(b: u8) -> bool {
     (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'
 }
 
+/// Whether every byte of `s` is [`plain`]: the common case, checked
+/// without an early exit so that the compiler can test many bytes at once.
+fn all_plain(s: &[u8]) -> bool {
+    s.iter().fold(true, |ok, &b| ok & plain(b))
+}
+
 /// `s` as a JSON string. Bytes that are not UTF-8 text (header values may
 /// carry obs-text) are escaped one by one as `\u00XX`.
 fn json_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
-    if s.iter().all(|&b| plain(b)) {
+    if all_plain(s) {
         out.extend_from_slice(s);
     } else {
         let text = std::str::from_utf8(s).ok();
@@ -623,7 +637,7 @@ fn json_line(out: &mut Vec<u8>, e: &Entry) {
 /// Appends `s` for inside a double-quoted field: `"` and `\` escaped, bytes
 /// outside printable ASCII as `\xHH` (as nginx does).
 fn escaped(out: &mut Vec<u8>, s: &[u8]) {
-    if s.iter().all(|&b| plain(b)) {
+    if all_plain(s) {
         out.extend_from_slice(s);
         return;
     }
@@ -718,6 +732,33 @@ fn civil_date(days: u64) -> (u64, u8, u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each digit-count branch of `num`, at its edges, against `Display`.
+    #[test]
+    fn num_matches_display() {
+        for n in [0, 9, 10, 99, 100, 999, 1000, 20_480, 999_999, u64::MAX] {
+            let mut out = Vec::new();
+            num(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes(), "{n}");
+        }
+    }
+
+    /// The quick all-plain check agrees with the byte-by-byte one.
+    #[test]
+    fn all_plain_matches_plain() {
+        let long = [b'a'; 100];
+        for s in [
+            &b""[..],
+            b"/a/b?c=d",
+            b"exa\"mple",
+            b"tab\there",
+            b"\\",
+            b"caf\xc3\xa9",
+            &long,
+        ] {
+            assert_eq!(all_plain(s), s.iter().all(|&b| plain(b)), "{s:?}");
+        }
+    }
 
     fn entry() -> Entry {
         Entry {
