@@ -24,9 +24,14 @@
 #                  the proxy's CPU time per request; the target is sluice below nginx
 #   observe-cost   sluice identity hits with `[admin]` + `[access_log]` (JSON to
 #                  a file in the temp dir) vs without both; the bar is a cost
-#                  under 5% of requests/s. For scale, the same pair for nginx:
-#                  a second server block with an access log of the same fields
-#                  (`buffer=64k`)
+#                  under 5% of requests/s. For scale, the same pair for nginx
+#                  with an access log of the same fields (`buffer=64k`). Its
+#                  four targets run pinned (OBS_PIN): the proxies on one half
+#                  of the CPUs, wrk on the other, so that what is measured is
+#                  the proxy's own cost. Sharing the cores with wrk inflates
+#                  any extra work in the proxy about twofold here: a slower
+#                  proxy leaves wrk asleep more often, and waking it is paid
+#                  for on the proxy's side of loopback.
 #
 # CPU time per request: utime + stime from /proc/<pid>/stat of the proxy's
 # processes (sluice: its one process; nginx: master and every child; Varnish:
@@ -50,12 +55,18 @@
 #   WRK_CONNS [64]          wrk -c
 #   SCENARIOS [hit hit-br hit-gzip gzip-uncached observe-cost]
 #   PORT_BASE [19100]       origin PORT_BASE+1; sluice +81 (cache), +82 (cache +
-#                           compress), +83 (cache + admin + access log; admin on +84);
-#                           nginx +85 (+88 with an access log); Varnish +86 (identity),
-#                           +87 (gzip) (all 127.0.0.1)
+#                           compress); nginx +85; Varnish +86 (identity), +87 (gzip);
+#                           observe-cost: sluice +89 (cache) and +83 (cache + admin
+#                           + access log; admin on +84), nginx +90 (+88 with an
+#                           access log) (all 127.0.0.1)
 #   SKIP_INSTALL [0]        1: never call apt-get
 #   SKIP_BUILD [0]          1: use the existing release binaries
 #   KEEP_TMP [0]            1: keep the temp dir (configs, server logs, raw wrk output)
+#   OBS_PIN [auto]          observe-cost: 1 runs its four proxies on the first half
+#                           of the allowed CPUs (taskset; `workers`/`worker_processes`
+#                           = that many) and its wrk on the rest; 0 shares every CPU
+#                           with WORKERS workers, as the other scenarios do; auto = 1
+#                           when taskset exists and at least 2 CPUs are allowed
 #   OBS_LOG_PATH [temp file] observe-cost's access log; "/dev/null" leaves out the
 #                           kernel's cost of writing the file, to see sluice's own
 
@@ -83,6 +94,8 @@ NGINX_PORT=$((PORT_BASE + 85))
 VARNISH_PORT=$((PORT_BASE + 86))
 VARNISH_GZ_PORT=$((PORT_BASE + 87))
 NGINX_LOG_PORT=$((PORT_BASE + 88))
+SLUICE_BARE_PORT=$((PORT_BASE + 89))
+NGINX_BARE_PORT=$((PORT_BASE + 90))
 PAGE=/static/page20k
 NOSTORE_PAGE=/nostore/page20k
 
@@ -92,6 +105,37 @@ NOSTORE_PAGE=/nostore/page20k
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+# observe-cost's CPU split: PROXY_CPUS and CLIENT_CPUS (taskset lists) and
+# the proxies' worker count OBS_WORKERS.
+OBS_PIN=${OBS_PIN:-auto}
+ALLOWED_CPUS=()
+# Cpus_allowed_list: "0-3,6", the CPUs this process may run on.
+# shellcheck disable=SC2013 # one line, split into words on purpose
+for part in $(awk '/^Cpus_allowed_list:/ { gsub(/,/, " ", $2); print $2 }' /proc/self/status 2>/dev/null); do
+    if [[ $part == *-* ]]; then
+        for ((c = ${part%-*}; c <= ${part#*-}; c++)); do ALLOWED_CPUS+=("$c"); done
+    else
+        ALLOWED_CPUS+=("$part")
+    fi
+done
+if [ "$OBS_PIN" = auto ]; then
+    OBS_PIN=0
+    if command -v taskset >/dev/null && [ "${#ALLOWED_CPUS[@]}" -ge 2 ]; then OBS_PIN=1; fi
+fi
+PIN_PROXY=()
+PIN_CLIENT=()
+OBS_WORKERS=$WORKERS
+if [ "$OBS_PIN" = 1 ]; then
+    command -v taskset >/dev/null || die "OBS_PIN=1 needs taskset (util-linux)"
+    [ "${#ALLOWED_CPUS[@]}" -ge 2 ] || die "OBS_PIN=1 needs at least 2 CPUs"
+    half=$((${#ALLOWED_CPUS[@]} / 2))
+    PROXY_CPUS=$(IFS=,; echo "${ALLOWED_CPUS[*]:0:half}")
+    CLIENT_CPUS=$(IFS=,; echo "${ALLOWED_CPUS[*]:half}")
+    PIN_PROXY=(taskset -c "$PROXY_CPUS")
+    PIN_CLIENT=(taskset -c "$CLIENT_CPUS")
+    OBS_WORKERS=$half
+fi
 
 for scen in $SCENARIOS; do
     case $scen in
@@ -113,16 +157,17 @@ make_tmp sluice-cache-load
 
 # ---------------------------------------------------------------- servers ---
 ports_free "$ORIGIN_PORT" "$SLUICE_PORT" "$SLUICE_Z_PORT" "$SLUICE_OBS_PORT" "$SLUICE_OBS_ADMIN_PORT" \
-    "$NGINX_PORT" "$VARNISH_PORT" "$VARNISH_GZ_PORT" "$NGINX_LOG_PORT"
+    "$NGINX_PORT" "$VARNISH_PORT" "$VARNISH_GZ_PORT" "$NGINX_LOG_PORT" "$SLUICE_BARE_PORT" "$NGINX_BARE_PORT"
 start_origin
 
-# --- sluice: three processes of the same binary, one per configuration.
-# sluice_config NAME EXTRA_TOP EXTRA_ROUTES: the common parts plus the variant's own.
+# --- sluice: four processes of the same binary, one per configuration.
+# sluice_config PORT EXTRA_TOP EXTRA_ROUTES [WORKERS]: the common parts plus
+# the variant's own.
 sluice_config() {
-    local port=$1 top=$2 routes=$3
+    local port=$1 top=$2 routes=$3 workers=${4:-$WORKERS}
     cat <<EOF
 [server]
-workers = $WORKERS
+workers = $workers
 drain_timeout = "1s"
 
 [[listener]]
@@ -141,12 +186,13 @@ EOF
 }
 
 # (1) cache only.
-sluice_config "$SLUICE_PORT" "" '
+CACHE_ROUTE='
 [[route]]
 name = "all"
 path_prefix = "/"
 pool = "origin"
-cache = true' >"$TMP/sluice.toml"
+cache = true'
+sluice_config "$SLUICE_PORT" "" "$CACHE_ROUTE" >"$TMP/sluice.toml"
 
 # (2) cache + compression; /nostore/ compresses without the cache, as nginx's
 # /nostore/ location has no proxy_cache.
@@ -169,7 +215,8 @@ pool = "origin"
 cache = true
 compress = true' >"$TMP/sluice-z.toml"
 
-# (3) as (1) plus the admin listener and the access log (observe-cost "with").
+# (3) as (1) plus the admin listener and the access log (observe-cost "with"),
+# and (4) as (1) (observe-cost "without"): both with OBS_WORKERS workers.
 ACCESS_LOG=${OBS_LOG_PATH:-$TMP/access.log}
 # A regular file is checked, truncated between runs and counted; anything
 # else (/dev/null) is only written to.
@@ -181,37 +228,41 @@ listen = \"127.0.0.1:$SLUICE_OBS_ADMIN_PORT\"
 
 [access_log]
 format = \"json\"
-path = \"$ACCESS_LOG\"" '
-[[route]]
-name = "all"
-path_prefix = "/"
-pool = "origin"
-cache = true' >"$TMP/sluice-obs.toml"
+path = \"$ACCESS_LOG\"" "$CACHE_ROUTE" "$OBS_WORKERS" >"$TMP/sluice-obs.toml"
+sluice_config "$SLUICE_BARE_PORT" "" "$CACHE_ROUTE" "$OBS_WORKERS" >"$TMP/sluice-bare.toml"
 
 declare -A PID_OF
-for v in sluice sluice-z sluice-obs; do
+for v in sluice sluice-z sluice-obs sluice-bare; do
     "$SLUICE_BIN" --check --config "$TMP/$v.toml" >"$TMP/$v.check" 2>&1 \
         || { cat "$TMP/$v.check" >&2; die "$v config invalid: $TMP/$v.toml"; }
 done
-for v in sluice sluice-z sluice-obs; do
-    RUST_LOG=warn "$SLUICE_BIN" --config "$TMP/$v.toml" >"$TMP/$v.log" 2>&1 &
+for v in sluice sluice-z sluice-obs sluice-bare; do
+    pin=()
+    case $v in sluice-obs | sluice-bare) pin=("${PIN_PROXY[@]}") ;; esac
+    RUST_LOG=warn "${pin[@]}" "$SLUICE_BIN" --config "$TMP/$v.toml" >"$TMP/$v.log" 2>&1 &
     PIDS+=($!)
     PID_OF[$v]=$!
 done
 wait_ready sluice "$SLUICE_PORT" "${PID_OF[sluice]}" "$TMP/sluice.log"
 wait_ready sluice-z "$SLUICE_Z_PORT" "${PID_OF[sluice-z]}" "$TMP/sluice-z.log"
 wait_ready sluice-obs "$SLUICE_OBS_PORT" "${PID_OF[sluice-obs]}" "$TMP/sluice-obs.log"
+wait_ready sluice-bare "$SLUICE_BARE_PORT" "${PID_OF[sluice-bare]}" "$TMP/sluice-bare.log"
 curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$SLUICE_OBS_ADMIN_PORT/healthz" \
     || die "sluice-obs: admin listener not answering on 127.0.0.1:$SLUICE_OBS_ADMIN_PORT"
 
-# --- nginx: one instance; /static/ (everything but /nostore/) through
-# proxy_cache, gzip on for all (it only acts on requests with Accept-Encoding).
-mkdir -p "$TMP/nginx"
-NGINX_ACCESS_LOG=$TMP/nginx/access.log
-cat >"$TMP/nginx/nginx.conf" <<EOF
-worker_processes $WORKERS;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
+# --- nginx: two instances of one configuration; /static/ (everything but
+# /nostore/) through proxy_cache, gzip on for all (it only acts on requests
+# with Accept-Encoding). "nginx" serves the other scenarios; "nginx-obs"
+# serves observe-cost, pinned like its sluices, twice: without and with an
+# access log.
+# nginx_conf DIR WORKERS SERVERS: nginx.conf for an instance kept in DIR, with
+# SERVERS (server blocks) in its http block.
+nginx_conf() {
+    local dir=$1 workers=$2 servers=$3
+    cat <<EOF
+worker_processes $workers;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
 
 events {
     worker_connections 4096;
@@ -224,14 +275,14 @@ http {
     keepalive_timeout 90s;
     sendfile on;
     tcp_nopush on;
-    client_body_temp_path $TMP/nginx/client_body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
 
     # On disk (the page cache in practice): nginx's only cache store.
-    proxy_cache_path $TMP/nginx/cache levels=1:2 keys_zone=bench:10m max_size=256m
+    proxy_cache_path $dir/cache levels=1:2 keys_zone=bench:10m max_size=256m
                      inactive=10m use_temp_path=off;
 
     # text/html is always in gzip_types; the rest mirrors sluice's default types.
@@ -249,26 +300,19 @@ http {
         keepalive_timeout 90s;
     }
 
-    # The same server twice: without and with an access log carrying the
-    # fields of sluice's JSON line (observe-cost).
+    # The fields of sluice's JSON line (observe-cost).
     log_format sluicejson escape=json '{"ts":"\$time_iso8601","client":"\$remote_addr",'
         '"method":"\$request_method","host":"\$host","path":"\$request_uri",'
         '"proto":"\$server_protocol","status":\$status,"bytes":\$body_bytes_sent,'
         '"duration_ms":\$request_time,"upstream":"\$upstream_addr",'
         '"upstream_ms":"\$upstream_response_time","cache":"\$upstream_cache_status",'
         '"request_id":"\$request_id"}';
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        include $TMP/nginx/server.conf;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_LOG_PORT;
-        access_log $NGINX_ACCESS_LOG sluicejson buffer=64k;
-        include $TMP/nginx/server.conf;
-    }
+$servers
 }
 EOF
-cat >"$TMP/nginx/server.conf" <<EOF
+}
+# The locations, shared by every server block of both instances.
+cat >"$TMP/server.conf" <<EOF
 proxy_http_version 1.1;
 proxy_set_header Connection "";
 proxy_set_header Host \$http_host;
@@ -294,15 +338,40 @@ location / {
     add_header X-Cache-Status \$upstream_cache_status always;
 }
 EOF
-# -e: the start-up error log too goes to the temp dir, not /var/log/nginx.
-nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" -t -q >&2 \
-    || die "nginx config invalid: $TMP/nginx/nginx.conf"
-nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" -g 'daemon off;' \
-    >"$TMP/nginx.log" 2>&1 &
-PIDS+=($!)
-PID_OF[nginx]=$!
-PID_OF[nginx-log]=$!
-wait_ready nginx "$NGINX_PORT" $! "$TMP/nginx/error.log"
+NGINX_ACCESS_LOG=$TMP/nginx-obs/access.log
+# start_nginx NAME WORKERS SERVERS [PIN...]: an instance in $TMP/NAME.
+start_nginx() {
+    local name=$1 workers=$2 servers=$3 dir=$TMP/$1
+    shift 3
+    mkdir -p "$dir"
+    nginx_conf "$dir" "$workers" "$servers" >"$dir/nginx.conf"
+    # -e: the start-up error log too goes to the temp dir, not /var/log/nginx.
+    nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -t -q >&2 \
+        || die "nginx config invalid: $dir/nginx.conf"
+    "$@" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;' \
+        >"$TMP/$name.log" 2>&1 &
+    PIDS+=($!)
+    PID_OF[$name]=$!
+}
+start_nginx nginx "$WORKERS" "
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        include $TMP/server.conf;
+    }"
+start_nginx nginx-obs "$OBS_WORKERS" "
+    server {
+        listen 127.0.0.1:$NGINX_BARE_PORT;
+        include $TMP/server.conf;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_LOG_PORT;
+        access_log $NGINX_ACCESS_LOG sluicejson buffer=64k;
+        include $TMP/server.conf;
+    }" "${PIN_PROXY[@]}"
+PID_OF[nginx-bare]=${PID_OF[nginx-obs]}
+PID_OF[nginx-log]=${PID_OF[nginx-obs]}
+wait_ready nginx "$NGINX_PORT" "${PID_OF[nginx]}" "$TMP/nginx/error.log"
+wait_ready nginx-obs "$NGINX_BARE_PORT" "${PID_OF[nginx-obs]}" "$TMP/nginx-obs/error.log"
 
 # --- Varnish: two instances, malloc storage. "varnish" keeps what the origin
 # sends (identity); "varnish-gz" gzips text on the way in (beresp.do_gzip) and
@@ -346,7 +415,7 @@ targets_of() {
         hit-br) echo "sluice/identity sluice-z/identity sluice-z/br" ;;
         hit-gzip) echo "sluice-z/gzip nginx/gzip varnish-gz/gzip" ;;
         gzip-uncached) echo "sluice-z/gzip nginx/gzip" ;;
-        observe-cost) echo "sluice/identity sluice-obs/identity nginx/identity nginx-log/identity" ;;
+        observe-cost) echo "sluice-bare/identity sluice-obs/identity nginx-bare/identity nginx-log/identity" ;;
     esac
 }
 path_of() { if [ "$1" = gzip-uncached ]; then echo "$NOSTORE_PAGE"; else echo "$PAGE"; fi; }
@@ -355,8 +424,8 @@ encoding_of() { echo "${1#*/}"; }
 port_of() {
     case $(server_of "$1") in
         sluice) echo "$SLUICE_PORT" ;; sluice-z) echo "$SLUICE_Z_PORT" ;;
-        sluice-obs) echo "$SLUICE_OBS_PORT" ;; nginx) echo "$NGINX_PORT" ;;
-        nginx-log) echo "$NGINX_LOG_PORT" ;;
+        sluice-obs) echo "$SLUICE_OBS_PORT" ;; sluice-bare) echo "$SLUICE_BARE_PORT" ;;
+        nginx) echo "$NGINX_PORT" ;; nginx-bare) echo "$NGINX_BARE_PORT" ;; nginx-log) echo "$NGINX_LOG_PORT" ;;
         varnish) echo "$VARNISH_PORT" ;; varnish-gz) echo "$VARNISH_GZ_PORT" ;;
     esac
 }
@@ -370,11 +439,13 @@ label() {
         sluice-z)
             if [ "$scen" = gzip-uncached ]; then what="sluice (compress, level fast)"
             else what="sluice (cache + compress)"; fi ;;
+        sluice-bare) what="sluice (cache)" ;;
         sluice-obs) what="sluice (cache + admin + access log)" ;;
         nginx)
             if [ "$scen" = gzip-uncached ]; then what="nginx (gzip level 1)"
             elif [ "$enc" = gzip ]; then what="nginx (proxy_cache + gzip level 1)"
             else what="nginx (proxy_cache)"; fi ;;
+        nginx-bare) what="nginx (proxy_cache)" ;;
         nginx-log) what="nginx (proxy_cache + JSON access log, buffer=64k)" ;;
         varnish) what="Varnish (malloc)" ;;
         varnish-gz) what="Varnish (malloc, do_gzip)" ;;
@@ -390,7 +461,7 @@ is_hit() {
     local server=$1 f=$2
     case $server in
         sluice*) grep -qi '^cache-status: *sluice; *hit' "$f" ;;
-        nginx) grep -qi '^x-cache-status: *hit' "$f" ;;
+        nginx*) grep -qi '^x-cache-status: *hit' "$f" ;;
         # Two transaction ids in X-Varnish: this request's and the one that
         # fetched the object.
         varnish*) grep -Eqi '^x-varnish: *[0-9]+ +[0-9]+' "$f" ;;
@@ -471,6 +542,8 @@ run_wrk() {
     hdr=$(enc_header "$(encoding_of "$t")")
     [ "$server" != sluice-obs ] || [ "$LOG_IS_FILE" = 0 ] || : >"$ACCESS_LOG" # opened O_APPEND: truncating is safe
     [ "$server" != nginx-log ] || : >"$NGINX_ACCESS_LOG"
+    WRK_PREFIX=()
+    case $server in sluice-bare | sluice-obs | nginx-bare | nginx-log) WRK_PREFIX=("${PIN_CLIENT[@]}") ;; esac
     before=$(cpu_ticks "$server")
     wrk_run "$4" "$t" "$3" "http://127.0.0.1:$(port_of "$t")$(path_of "$scen")" ${hdr:+-H "$hdr"}
     after=$(cpu_ticks "$server")
@@ -628,24 +701,30 @@ for scen in $SCENARIOS; do
         observe-cost)
             echo "### \`observe-cost\`: sluice identity hits with \`[admin]\` + \`[access_log]\` (JSON, to $([ "$LOG_IS_FILE" = 1 ] && echo "a file" || echo "$ACCESS_LOG")) vs without"
             echo
-            table observe-cost sluice/identity
+            if [ "$OBS_PIN" = 1 ]; then
+                echo "Pinned: the four proxies on CPUs $PROXY_CPUS with $OBS_WORKERS workers each, wrk on CPUs $CLIENT_CPUS."
+            else
+                echo "Not pinned (OBS_PIN=0): proxies and wrk share every CPU; $OBS_WORKERS workers each."
+            fi
+            echo
+            table observe-cost sluice-bare/identity
             # The cost from the medians themselves: rounding the ratio to
             # two places first would move it by up to half a percent.
             with=$(median observe-cost sluice-obs/identity 4)
-            without=$(median observe-cost sluice/identity 4)
+            without=$(median observe-cost sluice-bare/identity 4)
             r=$(awk -v a="$with" -v b="$without" 'BEGIN { printf "%.3f", a / b }')
             cost=$(awk -v a="$with" -v b="$without" 'BEGIN { printf "%.1f", (1 - a / b) * 100 }')
             echo
-            echo "- req/s with ÷ without: **${r}×** (per round: $(round_ratios observe-cost sluice-obs/identity sluice/identity 4)), a cost of ${cost}%;" \
+            echo "- req/s with ÷ without: **${r}×** (per round: $(round_ratios observe-cost sluice-obs/identity sluice-bare/identity 4)), a cost of ${cost}%;" \
                 "bar < 5%: $(verdict 'x < 5' "$cost")"
             echo "- metrics are recorded in both (they do not depend on \`[admin]\`); the access log had $LOG_LINES lines after the last"
             dropped=$(curl -s --max-time 2 "http://127.0.0.1:$SLUICE_OBS_ADMIN_PORT/metrics" \
                 | awk '/^sluice_access_log_dropped_total/ { print $2 }')
             echo "  \"with\" run of $LOG_REQS requests; \`sluice_access_log_dropped_total\` at the end: ${dropped:-?}"
-            r=$(ratio "$(median observe-cost nginx-log/identity 4)" "$(median observe-cost nginx/identity 4)")
+            r=$(ratio "$(median observe-cost nginx-log/identity 4)" "$(median observe-cost nginx-bare/identity 4)")
             cost=$(awk -v r="$r" 'BEGIN { printf "%.1f", (1 - r) * 100 }')
             echo "- for scale, nginx with the same fields as a JSON access log (\`buffer=64k\`, to a file) ÷ without:" \
-                "**${r}×** (per round: $(round_ratios observe-cost nginx-log/identity nginx/identity 4)), a cost of ${cost}%"
+                "**${r}×** (per round: $(round_ratios observe-cost nginx-log/identity nginx-bare/identity 4)), a cost of ${cost}%"
             ;;
     esac
 done

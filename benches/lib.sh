@@ -79,6 +79,8 @@ build_bins() {
 # the load generator while one runs. CLEANUP_DIR: the temp dir of make_tmp.
 PIDS=()
 WRK_PID=
+# WRK_PREFIX: a command wrk_run runs wrk under (taskset -c ...), or nothing.
+WRK_PREFIX=()
 CLEANUP_DIR=
 
 # make_tmp NAME: a fresh temp dir TMP (removed by cleanup unless KEEP_TMP=1),
@@ -176,7 +178,7 @@ wrk_run() {
     local out=$1 name=$2 duration=$3 url=$4
     shift 4
     # In the background and waited for, so that a signal stops it at once.
-    wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$duration" --latency "$@" "$url" >"$out" 2>&1 &
+    "${WRK_PREFIX[@]}" wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$duration" --latency "$@" "$url" >"$out" 2>&1 &
     WRK_PID=$!
     wait "$WRK_PID" || { cat "$out" >&2; die "wrk against $name failed"; }
     WRK_PID=
