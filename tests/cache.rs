@@ -1152,20 +1152,7 @@ async fn memory_stays_within_max_size_under_a_10x_working_set() {
     for i in 0..640 {
         fetch(&d, &format!("/w/{i}")).await;
     }
-    let metrics = h1(
-        d.addr("admin"),
-        request(Method::GET, "/metrics", "admin", empty()),
-    )
-    .await
-    .text();
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing"))
-    };
+    let value = scalars(&d).await;
     assert!(
         value("sluice_cache_bytes") <= (1 << 20) as f64,
         "{}",
@@ -1173,6 +1160,90 @@ async fn memory_stays_within_max_size_under_a_10x_working_set() {
     );
     assert!(value("sluice_cache_entries") > 0.0);
     assert!(value("sluice_cache_evictions_total") > 0.0);
+}
+
+/// Scrapes `/metrics`; the returned function reads one label-less sample.
+async fn scalars(d: &Daemon) -> impl Fn(&str) -> f64 {
+    let metrics = h1(
+        d.addr("admin"),
+        request(Method::GET, "/metrics", "admin", empty()),
+    )
+    .await
+    .text();
+    move |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing"))
+    }
+}
+
+/// moka cannot resize a store, so a reload with a new `max_size` builds a
+/// new one: what was cached is copied in, not lost. Larger, then smaller
+/// but still roomy: the entry is a hit after each reload, and the origin
+/// saw one request.
+#[tokio::test]
+async fn reload_with_a_new_max_size_keeps_what_is_cached() {
+    let o = Scripted::start(Answer::ok("kept", &[("cache-control", "max-age=600")])).await;
+    let d = start(&o).await;
+    stored_then_hit(&d, &o, "/k").await;
+    for sizes in [
+        "max_size = \"512MiB\"",
+        "max_size = \"1MiB\"\nmax_object_size = \"64KiB\"",
+    ] {
+        d.write_config(&config(o.addr(), sizes, ""));
+        let r = admin_post(&d, "/reload").await;
+        assert_eq!(r.status, 200, "{sizes}: {r:?}");
+        let again = fetch(&d, "/k").await;
+        assert!(is_hit(&again), "{sizes}: {again:?}");
+        assert_eq!(again.text(), "kept");
+    }
+    assert_eq!(o.hits(), 1);
+}
+
+/// A reload to a `max_size` below what is cached keeps only what fits.
+#[tokio::test]
+async fn reload_to_a_smaller_max_size_evicts_down_to_it() {
+    let body = "z".repeat(40 * 1024);
+    let o = Scripted::start(Answer::ok(&body, &[("cache-control", "max-age=600")])).await;
+    let d = start(&o).await;
+    // 1.2 MiB cached, then a 256 KiB store.
+    for i in 0..30 {
+        fetch(&d, &format!("/s/{i}")).await;
+    }
+    let before = scalars(&d).await("sluice_cache_bytes");
+    assert!(before > (1 << 20) as f64, "{before}");
+    d.write_config(&config(
+        o.addr(),
+        "max_size = \"256KiB\"\nmax_object_size = \"64KiB\"",
+        "",
+    ));
+    assert_eq!(admin_post(&d, "/reload").await.status, 200);
+    let value = scalars(&d).await;
+    assert!(
+        value("sluice_cache_bytes") <= (256 << 10) as f64,
+        "{}",
+        value("sluice_cache_bytes")
+    );
+    assert!(value("sluice_cache_entries") > 0.0);
+    // only-if-cached: a miss is a 504 that neither reaches the origin nor
+    // stores anything, so counting cannot evict what it counts.
+    let mut kept = 0;
+    for i in 0..30 {
+        let r = get_with(
+            &d,
+            &format!("/s/{i}"),
+            &[("cache-control", "only-if-cached")],
+        )
+        .await;
+        if is_hit(&r) {
+            kept += 1;
+        }
+    }
+    assert_eq!(o.hits(), 30);
+    assert!((1..=6).contains(&kept), "{kept} of 30 entries kept");
 }
 
 #[tokio::test]

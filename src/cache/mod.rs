@@ -46,7 +46,7 @@ use store::{Entry, MemoryStore, Object, Store};
 use surrogate::SurrogateControl;
 
 /// The cache of one daemon: a store and the fills in flight. It outlives
-/// reloads as long as `max_size` stays the same.
+/// reloads; a new `max_size` gets a new store holding the old one's entries.
 #[derive(Debug)]
 pub struct Cache {
     pub store: Arc<dyn Store>,
@@ -64,12 +64,24 @@ impl Cache {
         }
     }
 
-    /// The previous snapshot's cache when its size still fits, else a new one.
+    /// The previous snapshot's cache when its size is unchanged. A moka
+    /// store cannot be resized, so a new `max_size` gets a new store with
+    /// the old one's entries copied in (bodies are shared, not copied; when
+    /// the new size is smaller, the store evicts as it fills). The fills in
+    /// flight carry over either way, so coalescing goes on across a reload.
     pub fn carry_over(previous: Option<&Arc<Cache>>, config: &CacheConfig) -> Arc<Cache> {
-        match previous {
-            Some(c) if c.max_size == config.max_size => c.clone(),
-            _ => Arc::new(Cache::new(config)),
+        let Some(previous) = previous else {
+            return Arc::new(Cache::new(config));
+        };
+        if previous.max_size == config.max_size {
+            return previous.clone();
         }
+        let mut resized = Cache::new(config);
+        resized.fills = previous.fills.clone();
+        previous.store.each(&mut |key, object| {
+            resized.store.insert(key.to_string(), object.clone());
+        });
+        Arc::new(resized)
     }
 
     /// Updates `sluice_cache_entries` and `sluice_cache_bytes`.

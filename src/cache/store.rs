@@ -119,6 +119,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Removes every entry for which `matches` holds; returns how many
     /// responses went (the `Vary` markers beside them are not counted).
     fn remove_where(&self, matches: &mut dyn FnMut(&str, &Object) -> bool) -> u64;
+    /// Calls `visit` with every key and object held, in no particular order.
+    fn each(&self, visit: &mut dyn FnMut(&str, &Arc<Object>));
     /// Entries held (settles pending bookkeeping first).
     fn entries(&self) -> u64;
     /// Bytes held, as weighed.
@@ -186,6 +188,12 @@ impl Store for MemoryStore {
                     .is_some_and(|o| matches!(*o, Object::Response(_)))
             })
             .count() as u64
+    }
+
+    fn each(&self, visit: &mut dyn FnMut(&str, &Arc<Object>)) {
+        for (key, object) in self.cache.iter() {
+            visit(&key, &object);
+        }
     }
 
     fn entries(&self) -> u64 {
