@@ -70,7 +70,6 @@ pub async fn handle(
         started,
         conn.client,
         conn.metrics.index,
-        &request_id,
         snap.config.access_log.as_ref().map(|c| c.format),
     );
     let span = tracing::info_span!(

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, Version};
@@ -25,7 +25,8 @@ use crate::snapshot::Snapshot;
 /// What the proxy found out while answering: filled in as it goes.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// The request's id, for the upstream request (set before routing).
+    /// The request's id, for the upstream request (set before routing) and
+    /// then the access log.
     pub request_id: Option<HeaderValue>,
     /// The route's index in the config, once routed.
     pub route: Option<usize>,
@@ -115,7 +116,6 @@ impl Start {
         started: Instant,
         client: SocketAddr,
         listener: usize,
-        request_id: &HeaderValue,
         access_log: Option<AccessLogFormat>,
     ) -> Start {
         let entry = access_log.map(|format| {
@@ -124,7 +124,7 @@ impl Start {
             let combined = format == AccessLogFormat::Combined;
             let h = req.headers();
             Box::new(Entry {
-                ts: SystemTime::now(),
+                ts: access_log::wall_clock(started),
                 client,
                 method: req.method().clone(),
                 uri: req.uri().clone(),
@@ -139,7 +139,8 @@ impl Start {
                 upstream: None,
                 upstream_time: None,
                 cache: None,
-                request_id: request_id.clone(),
+                // Moved in from the outcome at the end: no clone to count.
+                request_id: HeaderValue::from_static(""),
                 referer: combined.then(|| h.get(header::REFERER).cloned()).flatten(),
                 user_agent: combined
                     .then(|| h.get(header::USER_AGENT).cloned())
@@ -176,6 +177,9 @@ impl Start {
             done.snap.metrics.cache_lookup(route, result);
         }
         if let Some(e) = &mut done.entry {
+            if let Some(id) = outcome.request_id {
+                e.request_id = id;
+            }
             e.upstream = outcome.upstream;
             e.upstream_time = outcome.upstream_time;
             e.cache = outcome.cache;
