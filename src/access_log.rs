@@ -171,7 +171,7 @@ pub fn wall_clock(at: Instant) -> SystemTime {
             let (mono, wall) = (Instant::now(), SystemTime::now());
             anchor.set(Some((mono, wall)));
             match at.checked_duration_since(mono) {
-                Some(ahead) => wall + ahead,
+                Some(ahead) => wall.checked_add(ahead).unwrap_or(wall),
                 None => wall.checked_sub(mono - at).unwrap_or(wall),
             }
         })
@@ -321,8 +321,8 @@ impl Sink {
     }
 
     /// Writes `bytes` in [`WRITE_CHUNK`]s, yielding the CPU between them.
-    /// None after the last chunk: a batch is usually one chunk, and a yield
-    /// to a worker on the same core costs two context switches.
+    /// None after the last chunk: the writer moves on or sleeps next, and a
+    /// yield to a worker on the same core costs two context switches.
     fn write_paced(&mut self, bytes: &[u8]) -> io::Result<()> {
         for (i, chunk) in bytes.chunks(WRITE_CHUNK).enumerate() {
             if i > 0 {
@@ -941,8 +941,9 @@ mod tests {
         close(wall_clock(now), SystemTime::now());
         // Within the anchor's second: derived, not read.
         close(wall_clock(Instant::now()), SystemTime::now());
-        let past = now - Duration::from_secs(5);
-        close(wall_clock(past), SystemTime::now() - Duration::from_secs(5));
+        if let Some(past) = now.checked_sub(Duration::from_secs(5)) {
+            close(wall_clock(past), SystemTime::now() - Duration::from_secs(5));
+        }
         let ahead = Instant::now() + Duration::from_secs(3);
         close(
             wall_clock(ahead),
