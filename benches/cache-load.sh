@@ -584,16 +584,17 @@ ELAPSED=$(($(date +%s) - START))
 # ----------------------------------------------------------------- report ---
 # results.tsv columns, for median and column_sum (lib.sh): 4=rps 5=p99
 # 10=cpu_us_per_req.
-# round_ratios SCENARIO TARGET_A TARGET_B COLUMN -> "r1, r2, ..." (A / B per round)
-round_ratios() {
+# per_round SCENARIO TARGET_A TARGET_B COLUMN -> A / B of each round, one a
+# line in round order, unrounded; "n/a" for a round B lacks.
+per_round() {
     awk -F'\t' -v s="$1" -v a="$2" -v b="$3" -v c="$4" '
         NR > 1 && $1 == s && $2 == a { va[$3] = $c }
         NR > 1 && $1 == s && $2 == b { vb[$3] = $c }
-        END {
-            for (r = 1; r in va; r++) {
-                printf "%s%s", sep, (vb[r] ? sprintf("%.2f", va[r] / vb[r]) : "n/a"); sep = ", "
-            }
-        }' "$TMP/results.tsv"
+        END { for (r = 1; r in va; r++) if (vb[r]) printf "%.17g\n", va[r] / vb[r]; else print "n/a" }' "$TMP/results.tsv"
+}
+# round_ratios SCENARIO TARGET_A TARGET_B COLUMN -> "r1, r2, ..." (A / B per round)
+round_ratios() {
+    per_round "$@" | awk '{ printf "%s%s", sep, ($1 == "n/a" ? $1 : sprintf("%.2f", $1)); sep = ", " }'
 }
 # paired_ratio SCENARIO TARGET_A TARGET_B COLUMN -> the median of the
 # per-round A / B ratios, unrounded. Rounds interleave the targets, so the
@@ -601,16 +602,7 @@ round_ratios() {
 # machine between rounds moves each target's own median but not a round's
 # ratio.
 paired_ratio() {
-    awk -F'\t' -v s="$1" -v a="$2" -v b="$3" -v c="$4" '
-        NR > 1 && $1 == s && $2 == a { va[$3] = $c }
-        NR > 1 && $1 == s && $2 == b { vb[$3] = $c }
-        END {
-            n = 0
-            for (r in va) if (vb[r] > 0) x[++n] = va[r] / vb[r]
-            for (i = 2; i <= n; i++) { v = x[i]; for (j = i - 1; j >= 1 && x[j] > v; j--) x[j + 1] = x[j]; x[j + 1] = v }
-            m = n % 2 ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2
-            printf "%.3f", m
-        }' "$TMP/results.tsv"
+    per_round "$@" | grep -v '^n/a$' | median_of_lines | awk '{ printf "%.3f", $1 }'
 }
 # verdict OK_CONDITION_AS_AWK_EXPR VALUE
 verdict() { awk -v x="$2" "BEGIN { if ($1) print \"**met**\"; else print \"**missed**\" }"; }
@@ -741,7 +733,7 @@ for scen in $SCENARIOS; do
             echo "  \"with\" run of $LOG_REQS requests; \`sluice_access_log_dropped_total\` at the end: ${dropped:-?}"
             r=$(paired_ratio observe-cost nginx-log/identity nginx-bare/identity 4)
             cost=$(awk -v r="$r" 'BEGIN { printf "%.1f", (1 - r) * 100 }')
-            echo "- for scale, nginx with the same fields as a JSON access log (\`buffer=64k\`, to a file) ÷ without:" \
+            echo "- for scale, nginx with the same fields as a JSON access log (\`buffer=64k\`, to a file) ÷ without, median of the rounds' ratios:" \
                 "**${r}×** (per round: $(round_ratios observe-cost nginx-log/identity nginx-bare/identity 4)), a cost of ${cost}%"
             ;;
     esac

@@ -210,7 +210,11 @@ parse_wrk() {
 # median SCENARIO TARGET COLUMN: the median of COLUMN over the rounds.
 median() {
     awk -F'\t' -v s="$1" -v t="$2" -v c="$3" 'NR > 1 && $1 == s && $2 == t { print $c }' "$TMP/results.tsv" \
-        | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+        | median_of_lines
+}
+# median_of_lines: the median of the numbers on stdin, one a line; fails on none.
+median_of_lines() {
+    sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 # column_sum SCENARIO TARGET COLUMN: the sum of COLUMN over the rounds.
 column_sum() {
