@@ -210,16 +210,18 @@ struct Done {
 }
 
 impl Done {
+    /// The log line before the request metrics: a scrape that counts this
+    /// request then also counts its line if it was dropped.
     fn record(self) {
         let elapsed = self.started.elapsed();
-        if let Some(m) = self.snap.metrics.requests(self.listener, self.route) {
-            m.record(self.method, metrics::class_index(self.status), elapsed);
-        }
         if let (Some(mut e), Some(log)) = (self.entry, &self.snap.config.access_log) {
             e.status = self.status;
             e.bytes = self.bytes;
             e.duration = elapsed;
             access_log::send(&e, log.format);
+        }
+        if let Some(m) = self.snap.metrics.requests(self.listener, self.route) {
+            m.record(self.method, metrics::class_index(self.status), elapsed);
         }
     }
 }
