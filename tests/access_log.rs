@@ -443,36 +443,13 @@ async fn a_writer_that_falls_behind_drops_and_counts_lines() {
         assert_eq!(r.status(), 200);
         let _ = http_body_util::BodyExt::collect(r.into_body()).await;
     }
-    // A request is recorded when the proxy sees its body end, which can be
-    // just after the client saw it: scrape until all are counted (a
-    // request's dropped line is counted before the request).
-    let mut scrapes = 0;
-    let text = loop {
-        let text = h1(
-            d.addrs["admin"],
-            request(Method::GET, "/metrics", "localhost", empty()),
-        )
-        .await
-        .text();
-        let answered: f64 = text
-            .lines()
-            .filter(|l| l.starts_with("sluice_requests_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        if answered >= sent as f64 {
-            break text;
-        }
-        scrapes += 1;
-        assert!(scrapes < 500, "{answered} of {sent} requests counted");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    };
-    let dropped: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("sluice_access_log_dropped_total "))
-        .expect("the dropped counter")
-        .trim()
-        .parse()
-        .unwrap();
+    // A request is counted when the proxy sees its body end (a moment after
+    // the client has it), after its line was kept or dropped.
+    let (_, samples) = scrape_until(d.addrs["admin"], |s| {
+        sum(s, "sluice_requests_total", &[]) >= sent as f64
+    })
+    .await;
+    let dropped = value(&samples, "sluice_access_log_dropped_total", &[]) as u64;
     assert!(
         dropped > 0,
         "nothing dropped: the test did not fill the buffers"
