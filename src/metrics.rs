@@ -418,7 +418,7 @@ impl MemberMetrics {
 
 /// The handles of one snapshot: `[listener][route]` request metrics and
 /// `[pool][member]` upstream metrics, built with the snapshot.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SnapshotMetrics {
     /// Routes plus one slot (the last) for requests no route answered.
     slots: usize,
@@ -515,12 +515,12 @@ impl SnapshotMetrics {
 
 // ------------------------------------------------------ per-worker copies --
 
-/// The calling worker's index and its slot of `slots` (one per worker).
-/// Should a thread's index be out of range (a second daemon in one test
-/// process, with more workers), it shares a slot: still counted, only
-/// contended.
+/// The calling worker's index and its slot of `slots`: one per worker, so
+/// never empty ([`workers::count`] is at least 1). Should a thread's index
+/// be out of range (a second daemon in one test process, with more
+/// workers), it shares a slot: still counted, only contended.
 fn worker_slot<T>(slots: &[T]) -> (usize, &T) {
-    let w = workers::index() % slots.len().max(1);
+    let w = workers::index() % slots.len();
     (w, &slots[w])
 }
 
