@@ -184,34 +184,31 @@ pub fn check_histograms(
     Ok(())
 }
 
+/// The samples of `name` whose labels include `labels`.
+pub fn matching<'a>(
+    samples: &'a [Sample],
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = &'a Sample> {
+    samples.iter().filter(move |s| {
+        s.name == name
+            && labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+    })
+}
+
 /// The value of the sample `name` whose labels include `labels`
 /// (0 when there is none; it must be unique otherwise).
 pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    let found: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .collect();
+    let found: Vec<&Sample> = matching(samples, name, labels).collect();
     assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
     found.first().map_or(0.0, |s| s.value)
 }
 
 /// Sum over every sample of `name` whose labels include `labels`.
 pub fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum()
+    matching(samples, name, labels).map(|s| s.value).sum()
 }
 
 pub async fn scrape(admin: SocketAddr) -> (String, Vec<Sample>) {
