@@ -248,10 +248,11 @@ fn cache(c: &mut Criterion) {
 
     use bytes::Bytes;
     use http::{HeaderMap, StatusCode};
-    use sluice::cache::policy::{self, CacheControl};
+    use sluice::cache::policy;
     use sluice::cache::store::{Entry, MemoryStore, Object, Store};
     use sluice::cache::{key, serve};
     use sluice::config::{Coding, KeySpec};
+    use sluice::headers::cache_control::CacheControl;
 
     let mut req = HeaderMap::new();
     req.insert("host", HeaderValue::from_static("example.com"));

@@ -38,7 +38,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::config::{AdminConfig, Config, Limits, PoolConfig};
-use crate::proxy::State;
+use crate::snapshot::State;
 
 /// Readiness as `/readyz` reports it, flipped by the lifecycle.
 #[derive(Debug, Default)]

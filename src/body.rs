@@ -1,8 +1,9 @@
 //! Body types that stream through the proxy without being held whole:
 //! the boxed body both sides speak, the upload wrapper that enforces
 //! `max_body_bytes` and reports when the request has been sent in full, and
-//! the download wrapper that keeps a member's in-flight count until the
-//! response body ends.
+//! [`Watched`], which streams a body unchanged and tells a [`Watch`] what
+//! went by and how it ended (the seam for in-flight guards, request
+//! recording and cache fills).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +15,6 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use tokio::sync::oneshot;
-
-use crate::upstream::member::InFlight;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -215,40 +214,85 @@ where
     }
 }
 
-/// Streams an upstream response body to the client while holding the
-/// member's in-flight guard, so `least_conn` sees the whole transfer.
-pub struct DownloadBody<B> {
-    inner: B,
-    _in_flight: Option<InFlight>,
+/// How a watched body finished (see [`Watch::end`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Every frame was read.
+    Complete,
+    /// The body returned an error.
+    Failed,
+    /// The body was dropped before its end (the client went away).
+    Dropped,
 }
 
-impl<B> DownloadBody<B> {
-    pub fn new(inner: B, in_flight: InFlight) -> Self {
-        DownloadBody {
+/// What a [`Watched`] body does as its frames go by and once when it ends:
+/// release a guard, record the request, store the copy. The seam that lets
+/// body wrappers differ only in what they do, not in how they poll.
+pub trait Watch {
+    /// A data frame is passing to the reader.
+    fn data(&mut self, _data: &Bytes) {}
+    /// The body ended (or was dropped); called exactly once.
+    fn end(self, how: End);
+}
+
+/// A body that streams `inner` unchanged and tells its [`Watch`] about
+/// each data frame and about the end (the last frame, an error, or a drop).
+pub struct Watched<B, W: Watch> {
+    inner: B,
+    watch: Option<W>,
+}
+
+impl<B: Body, W: Watch> Watched<B, W> {
+    /// Wraps `inner`; an already finished body (a 204, `Content-Length: 0`)
+    /// is never polled, so it ends at once.
+    pub fn new(inner: B, watch: W) -> Self {
+        let mut body = Watched {
             inner,
-            _in_flight: Some(in_flight),
+            watch: Some(watch),
+        };
+        if body.inner.is_end_stream() {
+            body.finish(End::Complete);
+        }
+        body
+    }
+}
+
+impl<B, W: Watch> Watched<B, W> {
+    fn finish(&mut self, how: End) {
+        if let Some(w) = self.watch.take() {
+            w.end(how);
         }
     }
 }
 
-impl<B> Body for DownloadBody<B>
+impl<B, W> Body for Watched<B, W>
 where
     B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
+    W: Watch + Unpin,
 {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = polled {
-            this._in_flight = None;
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(w), Some(data)) = (&mut this.watch, frame.data_ref()) {
+                    w.data(data);
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(End::Complete);
+                }
+            }
+            Poll::Ready(None) => this.finish(End::Complete),
+            Poll::Ready(Some(Err(_))) => this.finish(End::Failed),
+            Poll::Pending => {}
         }
-        polled.map_err(Into::into)
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -257,6 +301,12 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl<B, W: Watch> Drop for Watched<B, W> {
+    fn drop(&mut self) {
+        self.finish(End::Dropped);
     }
 }
 

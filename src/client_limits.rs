@@ -30,14 +30,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Response, StatusCode, Version};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::body::{BoxError, ProxyBody};
+use crate::body::{End, ProxyBody, Watch, Watched};
 
 // ------------------------------------------------------------ per client --
 
@@ -223,18 +221,14 @@ impl InFlight {
     /// Keeps the request in flight until `resp`'s body has been sent (or
     /// dropped). A protocol switch hands the connection to the tunnel,
     /// which these timers no longer govern.
-    pub fn attach(mut self, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    pub fn attach(self, resp: Response<ProxyBody>) -> Response<ProxyBody> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(a) = &self.activity {
                 a.upgraded();
             }
             return resp;
         }
-        if resp.body().is_end_stream() {
-            self.release();
-            return resp;
-        }
-        resp.map(|inner| TrackedBody { inner, guard: self }.boxed())
+        resp.map(|inner| Watched::new(inner, self).boxed())
     }
 
     fn release(&mut self) {
@@ -250,37 +244,9 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that ends its request's [`InFlight`] when it ends.
-struct TrackedBody {
-    inner: ProxyBody,
-    guard: InFlight,
-}
-
-impl Body for TrackedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.guard.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.guard.release(),
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+/// The guard ends with the response body: dropping it is the release.
+impl Watch for InFlight {
+    fn end(self, _: End) {}
 }
 
 // -------------------------------------------------------------------- io --

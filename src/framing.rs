@@ -1456,7 +1456,7 @@ mod tests {
 
     #[test]
     fn upstream_response_framing() {
-        use crate::proxy::headers::test_map as map;
+        use crate::headers::test_map as map;
         assert!(check_response_head(&map(&[("content-length", "5")])).is_ok());
         assert!(check_response_head(&map(&[("transfer-encoding", "chunked")])).is_ok());
         assert_eq!(

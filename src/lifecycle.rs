@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use crate::admin::{Admin, Health};
 use crate::config::Config;
 use crate::listener::{self, Listener};
-use crate::proxy::State;
 use crate::snapshot::Snapshot;
+use crate::snapshot::State;
 use crate::workers;
 
 /// Runs the daemon with `config` (loaded from `path`, re-read on SIGHUP)
@@ -55,7 +55,8 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     crate::access_log::configure(config.access_log.as_ref())?;
     let snapshot = Snapshot::build(config, None).context("cannot load TLS certificates")?;
     let state: State = Arc::new(ArcSwap::from_pointee(snapshot));
-    crate::metrics::get().watch_upstreams(state.clone());
+    let watched = state.clone();
+    crate::metrics::get().watch_upstreams(Box::new(move || watched.load().pools.clone()));
     let health = Arc::new(Health::default());
 
     // Handlers go in before anything is served or "ready" is logged: until

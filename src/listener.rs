@@ -21,7 +21,8 @@ use crate::client_limits::{Activity, ClientIo, PerClient};
 use crate::config::Limits;
 use crate::framing::{FramingGuard, GuardLimits, Verdicts};
 use crate::metrics::ListenerMetrics;
-use crate::proxy::{self, ConnInfo, State};
+use crate::proxy::{self, ConnInfo};
+use crate::snapshot::State;
 
 /// A busier worker waits up to this many rounds of [`ACCEPT_DEFER`] before
 /// accepting anyway.

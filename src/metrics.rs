@@ -101,8 +101,12 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub access_log_dropped: IntCounter,
     pub build_info: IntGaugeVec,
-    upstreams: Arc<OnceLock<crate::proxy::State>>,
+    upstreams: Arc<OnceLock<PoolSource>>,
 }
+
+/// Where the scrape-time upstream collector finds the live pools (the
+/// current snapshot's); set once at start.
+pub type PoolSource = Box<dyn Fn() -> Vec<Arc<Pool>> + Send + Sync>;
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
@@ -260,9 +264,9 @@ impl Metrics {
         m
     }
 
-    /// Lets the scrape-time upstream collector read pools from `state`.
-    pub fn watch_upstreams(&self, state: crate::proxy::State) {
-        let _ = self.upstreams.set(state);
+    /// Lets the scrape-time upstream collector read the live pools.
+    pub fn watch_upstreams(&self, pools: PoolSource) {
+        let _ = self.upstreams.set(pools);
     }
 
     /// The registry in Prometheus text exposition format 0.0.4.
@@ -694,7 +698,7 @@ impl ListenerMetrics {
 
 /// Reads member and pool state from the current snapshot at scrape time.
 struct UpstreamCollector {
-    state: Arc<OnceLock<crate::proxy::State>>,
+    pools: Arc<OnceLock<PoolSource>>,
     templates: Vec<Box<dyn Collector>>,
     descs: Vec<Desc>,
 }
@@ -756,14 +760,14 @@ impl UpstreamVecs {
 }
 
 impl UpstreamCollector {
-    fn new(state: Arc<OnceLock<crate::proxy::State>>) -> UpstreamCollector {
+    fn new(pools: Arc<OnceLock<PoolSource>>) -> UpstreamCollector {
         let templates = UpstreamVecs::new().into_collectors();
         let descs = templates
             .iter()
             .flat_map(|c| c.desc().into_iter().cloned())
             .collect();
         UpstreamCollector {
-            state,
+            pools,
             templates,
             descs,
         }
@@ -801,9 +805,8 @@ impl Collector for UpstreamCollector {
 
     fn collect(&self) -> Vec<proto::MetricFamily> {
         let v = UpstreamVecs::new();
-        if let Some(state) = self.state.get() {
-            let snap = state.load();
-            for pool in &snap.pools {
+        if let Some(pools) = self.pools.get() {
+            for pool in &pools() {
                 let set = pool.members();
                 for m in set.active.iter().chain(&set.draining) {
                     let addr = m.addr.to_string();

@@ -12,6 +12,10 @@ use crate::router::Router;
 use crate::tls::{self, TlsError};
 use crate::upstream::pool::Pool;
 
+/// Shared, swappable runtime state: requests load the current snapshot,
+/// a reload stores a new one.
+pub type State = Arc<arc_swap::ArcSwap<Snapshot>>;
+
 #[derive(Debug)]
 pub struct Snapshot {
     pub config: Arc<Config>,

@@ -21,7 +21,7 @@ use proptest::sample::Index;
 use sluice::config::units::{parse_duration, parse_size};
 use sluice::config::Policy;
 use sluice::framing::{FramingGuard, GuardLimits, Verdict, Verdicts, Violation};
-use sluice::proxy::headers::{authority, Authority};
+use sluice::headers::{authority, Authority};
 use sluice::upstream::balance::{balancer_for, PickContext};
 use sluice::upstream::member::Member;
 use tokio::io::{AsyncRead, ReadBuf};

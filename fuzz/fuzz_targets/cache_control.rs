@@ -11,10 +11,11 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use libfuzzer_sys::fuzz_target;
 use sluice::cache::policy::{
-    corrected_initial_age, current_age, freshness_lifetime, none_match, not_modified_since,
-    stale_if_error, storable, update_headers, usable, weaken_etag, CacheControl, NotStorable,
-    StoreRules, Use, MAX_HEURISTIC,
+    corrected_initial_age, current_age, freshness_lifetime, stale_if_error, storable,
+    update_headers, usable, NotStorable, StoreRules, Use, MAX_HEURISTIC,
 };
+use sluice::headers::cache_control::CacheControl;
+use sluice::headers::conditional::{none_match, not_modified_since, weaken_etag};
 
 const STATUSES: [u16; 16] = [
     200, 203, 204, 206, 300, 301, 302, 304, 307, 308, 404, 410, 418, 500, 503, 103,

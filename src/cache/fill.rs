@@ -6,21 +6,19 @@
 //! `max_object_size`: a body cut short or failing is never stored.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, StatusCode};
-use http_body::{Body, Frame, SizeHint};
 use tokio::sync::watch;
 
 use super::key;
-use super::policy::{self, CacheControl};
+use super::policy;
 use super::store::{Entry, Object, Store};
-use crate::body::{BoxError, ProxyBody};
-use crate::proxy::headers::content_length;
+use crate::body::{End, Watch};
+use crate::headers::cache_control::CacheControl;
+use crate::headers::content_length;
 
 /// Upstream requests in flight per key, for coalescing.
 #[derive(Debug, Default)]
@@ -100,7 +98,8 @@ impl Pending {
     /// Builds the entry for `body` and stores it under its (variant) key.
     pub fn store(self, body: Bytes) -> Arc<Object> {
         let cc = CacheControl::parse(&self.headers);
-        let lifetime = super::lifetime(self.status, &self.headers, &cc, self.response_time);
+        let lifetime =
+            super::verdict::lifetime(self.status, &self.headers, &cc, self.response_time);
         let initial_age =
             policy::corrected_initial_age(&self.age_source, self.request_time, self.response_time);
         let mut names = key::vary_names(&self.headers).unwrap_or_default();
@@ -169,11 +168,6 @@ pub fn take_tags(headers: &mut HeaderMap) -> Box<[Box<str>]> {
     tags.into()
 }
 
-/// Whether a `Content-Length` promises more than `max` bytes.
-pub fn too_large(headers: &HeaderMap, max: u64) -> bool {
-    content_length(headers).is_some_and(|n| n > max)
-}
-
 /// The stored copy of a head: without `Set-Cookie` (never replayed to
 /// another client) and with `Age` left to be computed on each hit.
 pub fn stored_head(headers: &HeaderMap) -> HeaderMap {
@@ -183,115 +177,68 @@ pub fn stored_head(headers: &HeaderMap) -> HeaderMap {
     h
 }
 
-/// Streams a response to its client while copying it; stores it when the
-/// body ends cleanly within `limit` bytes, then wakes coalesced requests.
-pub struct FillBody {
-    inner: ProxyBody,
+/// Where a fill reports the stored object, for a caller that answers from
+/// the entry once the body is read.
+pub type StoredSlot = Arc<Mutex<Option<Arc<Object>>>>;
+
+/// Copies a response into the store as it streams to its client (through
+/// [`crate::body::Watched`]): stores it when the body ends cleanly within `limit` bytes
+/// (and as long as its `Content-Length` said), then wakes coalesced
+/// requests. A body cut short, failing or too large is never stored.
+pub struct FillWatch {
     buf: BytesMut,
     limit: u64,
     expected: Option<u64>,
     pending: Option<Pending>,
     guard: Option<FillGuard>,
-    stored: Option<Arc<Mutex<Option<Arc<Object>>>>>,
-    /// The stored object when the body completed before `report_to`.
-    done: Option<Arc<Object>>,
+    stored: Option<StoredSlot>,
 }
 
-impl FillBody {
+impl FillWatch {
     pub fn new(
-        inner: ProxyBody,
         limit: u64,
         pending: Pending,
         guard: Option<FillGuard>,
-    ) -> FillBody {
-        let expected = content_length(&pending.headers);
-        let mut body = FillBody {
-            inner,
+        stored: Option<StoredSlot>,
+    ) -> FillWatch {
+        FillWatch {
             buf: BytesMut::new(),
             limit,
-            expected,
+            expected: content_length(&pending.headers),
             pending: Some(pending),
             guard,
-            stored: None,
-            done: None,
-        };
-        // An empty body (204, Content-Length: 0) is never polled: store now.
-        if body.inner.is_end_stream() {
-            body.complete();
+            stored,
         }
-        body
-    }
-
-    /// Where the stored object is put once the body completes.
-    pub fn report_to(mut self, slot: Arc<Mutex<Option<Arc<Object>>>>) -> FillBody {
-        if let Some(object) = self.done.take() {
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(object);
-        }
-        self.stored = Some(slot);
-        self
-    }
-
-    fn complete(&mut self) {
-        let Some(pending) = self.pending.take() else {
-            return;
-        };
-        let body = std::mem::take(&mut self.buf).freeze();
-        let whole = self.expected.is_none_or(|n| n == body.len() as u64);
-        if whole {
-            let object = pending.store(body);
-            match &self.stored {
-                Some(slot) => *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(object),
-                None => self.done = Some(object),
-            }
-        }
-        self.guard = None;
-    }
-
-    fn abandon(&mut self) {
-        self.pending = None;
-        self.buf = BytesMut::new();
-        self.guard = None;
     }
 }
 
-impl Body for FillBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.pending.is_some() {
-                    if let Some(data) = frame.data_ref() {
-                        if (this.buf.len() + data.len()) as u64 > this.limit {
-                            this.abandon();
-                        } else {
-                            this.buf.extend_from_slice(data);
-                        }
-                    }
-                }
-                if this.inner.is_end_stream() {
-                    this.complete();
-                }
-            }
-            Poll::Ready(None) => this.complete(),
-            Poll::Ready(Some(Err(_))) => this.abandon(),
-            Poll::Pending => {}
+impl Watch for FillWatch {
+    fn data(&mut self, data: &Bytes) {
+        if self.pending.is_none() {
+            return;
         }
-        polled
+        if (self.buf.len() + data.len()) as u64 > self.limit {
+            // Too large to store: stop copying, and let the followers go.
+            self.pending = None;
+            self.buf = BytesMut::new();
+            self.guard = None;
+        } else {
+            self.buf.extend_from_slice(data);
+        }
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn end(mut self, how: End) {
+        let Some(pending) = self.pending.take().filter(|_| how == End::Complete) else {
+            return;
+        };
+        let body = std::mem::take(&mut self.buf).freeze();
+        if self.expected.is_none_or(|n| n == body.len() as u64) {
+            let object = pending.store(body);
+            if let Some(slot) = &self.stored {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(object);
+            }
+        }
+        // Dropping the guard (with `self`) wakes the followers.
     }
 }
 

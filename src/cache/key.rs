@@ -148,7 +148,7 @@ fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 mod tests {
     use super::*;
 
-    use crate::proxy::headers::test_map as headers;
+    use crate::headers::test_map as headers;
 
     #[test]
     fn primary_is_the_url() {

@@ -11,10 +11,19 @@
 //! - [`purge`]: invalidation after unsafe methods and purge by URL, prefix,
 //!   tag or everything.
 //!
-//! The flow for a GET or HEAD: look up; a usable entry is served; a stale
-//! one inside `stale-while-revalidate` is served and refreshed in the
-//! background; otherwise one request per key goes upstream (conditional
-//! when the entry has validators) while identical requests wait for it.
+//! - [`verdict`]: sluice's storing and lifetime rules (Surrogate-Control
+//!   over RFC 9111, `max_object_size`).
+//!
+//! The cache returns decisions; the proxy goes upstream. [`Cache::lookup`]
+//! answers a GET or HEAD with a [`Lookup`]: a usable entry is a `Hit`; a
+//! stale one inside `stale-while-revalidate` is served with a `refresh` the
+//! proxy runs in the background; otherwise a `Miss` carries the [`Fill`]
+//! that rewrites the request for the trip upstream ([`Fill::prepare`],
+//! conditional when the entry has validators) and decides what to store
+//! and answer once the response arrives ([`Fill::finish`]), while identical
+//! requests wait for it. Other methods and requests with a body are a
+//! `Pass`: forwarded as they are, and [`Pass::finish`] invalidates after an
+//! unsafe method's success.
 
 pub mod fill;
 pub mod key;
@@ -23,6 +32,7 @@ pub mod purge;
 pub mod serve;
 pub mod store;
 pub mod surrogate;
+pub mod verdict;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -30,20 +40,16 @@ use std::time::SystemTime;
 
 use http::{header, HeaderMap, Method, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
-use crate::body::{self, ProxyBody};
+use crate::body::{self, ProxyBody, Watched};
 use crate::compress::{self, Accepted};
-use crate::config::{CacheConfig, Coding, Level, Limits};
-use crate::proxy::observe::Outcome;
-use crate::proxy::{forward, local, Forward, Generated};
-use crate::router::Route;
-use crate::snapshot::Snapshot;
-use fill::{FillBody, FillGuard, Fills, Join, Pending};
-use policy::{CacheControl, Use};
+use crate::config::{CacheConfig, Coding, CompressionConfig, Level};
+use crate::headers::cache_control::CacheControl;
+use crate::reply::{self, Refusal};
+use fill::{FillGuard, FillWatch, Fills, Join, Pending};
+use policy::Use;
 use serve::Status;
 use store::{Entry, MemoryStore, Object, Store};
-use surrogate::SurrogateControl;
 
 /// The cache of one daemon: a store and the fills in flight. It outlives
 /// reloads; a new `max_size` gets a new store holding the old one's entries.
@@ -94,15 +100,15 @@ impl Cache {
     }
 
     /// Finds the stored response for a request.
-    fn lookup(&self, primary: &str, req: &HeaderMap) -> Lookup {
+    fn find(&self, primary: &str, req: &HeaderMap) -> Found {
         match self.store.get(primary) {
-            None => Lookup {
+            None => Found {
                 entry: None,
                 key: primary.to_string(),
                 fwd: "miss",
             },
             Some(object) => match &*object {
-                Object::Response(_) => Lookup {
+                Object::Response(_) => Found {
                     entry: Some(object.clone()),
                     key: primary.to_string(),
                     fwd: "miss",
@@ -113,7 +119,7 @@ impl Cache {
                         .store
                         .get(&key)
                         .filter(|o| matches!(**o, Object::Response(_)));
-                    Lookup {
+                    Found {
                         entry,
                         key,
                         fwd: "vary-miss",
@@ -124,7 +130,8 @@ impl Cache {
     }
 }
 
-struct Lookup {
+/// What [`Cache::find`] found.
+struct Found {
     /// Always an `Object::Response`.
     entry: Option<Arc<Object>>,
     /// The key the response is (or would be) stored under.
@@ -140,183 +147,296 @@ fn entry_of(object: &Object) -> Option<&Entry> {
     }
 }
 
-/// What the cache needs to know about the client's request.
-#[derive(Clone)]
-struct Ask {
-    primary: String,
-    /// The client's request (GET or HEAD): its head carries the
-    /// conditionals, range and Vary inputs. A hit only reads it; a trip
-    /// upstream sends a copy.
-    req: Forward,
+/// The settings of the snapshot a request runs under.
+#[derive(Clone, Copy)]
+pub struct Settings<'a> {
+    pub cache: &'a CacheConfig,
+    pub compression: &'a CompressionConfig,
+}
+
+/// A request on a caching route, as the cache sees it: the head the proxy
+/// will forward (hop-by-hop fields removed), borrowed.
+pub struct Request<'a> {
+    /// Its primary key ([`key::primary`]).
+    pub primary: String,
+    pub method: &'a Method,
+    pub head: &'a HeaderMap,
+    /// A request with a body is never answered from the store.
+    pub has_body: bool,
+    /// The client's address, for `PURGE`'s `purge_allow`.
+    pub peer: IpAddr,
+    /// The client's `Accept-Encoding` when the route compresses: hits are
+    /// then served from (or make) a compressed copy.
+    pub accepted: Option<&'a Accepted>,
+}
+
+/// What the cache decided about a request.
+pub enum Lookup {
+    /// Answered from the cache: a fresh hit, an allowed stale one, a hit
+    /// on a coalesced fill, a `PURGE`, an `only-if-cached` miss.
+    Hit(Answer),
+    /// A stale entry served inside `stale-while-revalidate` (RFC 5861 §3);
+    /// `refresh` is the revalidation to run off the request path, unless
+    /// one for this key already runs.
+    Stale {
+        answer: Answer,
+        refresh: Option<Fill>,
+    },
+    /// Nothing usable: forward the request as [`Fill::prepare`] rewrites
+    /// it and hand the response to [`Fill::finish`].
+    Miss(Fill),
+    /// Not for the cache (another method, or a body): forward it as it is
+    /// and hand the response to [`Pass::finish`].
+    Pass(Pass),
+}
+
+/// A response and the cache's result for the metrics and access log
+/// (`hit`, `miss`, `stale`, `revalidated`, `bypass`, `coalesced`).
+pub struct Answer {
+    pub resp: Response<ProxyBody>,
+    pub result: Option<&'static str>,
+}
+
+/// The request fields a stored entry is served against.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    method: &'a Method,
+    head: &'a HeaderMap,
+    accepted: Option<&'a Accepted>,
+}
+
+/// The client's directives for this cache (RFC 9111 §5.2.1, §5.4).
+#[derive(Clone, Default)]
+struct Directives {
     cc: CacheControl,
     /// `Pragma: no-cache` from a client that sent no Cache-Control.
     pragma: bool,
-    /// The client's `Accept-Encoding` when the route compresses: hits are
-    /// then served from (or make) a compressed copy.
-    accepted: Option<Accepted>,
 }
 
-/// Answers a request on a caching route. `accepted` is the client's
-/// `Accept-Encoding` when the route compresses.
-#[allow(clippy::too_many_arguments)]
-pub async fn respond(
-    snap: &Arc<Snapshot>,
-    route: &Route,
-    primary: String,
-    peer: IpAddr,
-    req: Forward,
-    incoming: Incoming,
-    accepted: Option<Accepted>,
-    limits: &Limits,
-    outcome: &mut Outcome,
-) -> Response<ProxyBody> {
-    let cfg = &snap.config.cache;
-    if req.method.as_str() == "PURGE" {
-        return purge::purge_request(&snap.cache, cfg, peer, &primary);
-    }
-    use http_body::Body as _;
-    let readable = req.method == Method::GET || req.method == Method::HEAD;
-    if !readable || !incoming.is_end_stream() {
-        return pass(snap, route, primary, req, incoming, limits, outcome).await;
-    }
-    let cc = CacheControl::parse(&req.head);
-    let pragma = !req.head.contains_key(header::CACHE_CONTROL)
-        && req.head.get_all(header::PRAGMA).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.to_ascii_lowercase().contains("no-cache"))
-        });
-    let ask = Ask {
-        primary,
-        req,
-        accepted,
-        cc,
-        pragma,
-    };
-    let cache = &snap.cache;
-    let found = cache.lookup(&ask.primary, &ask.req.head);
-    let mut fwd = found.fwd;
-    let mut stale = None;
-    if let Some(object) = &found.entry {
-        let Some(entry) = entry_of(object) else {
-            return local(StatusCode::INTERNAL_SERVER_ERROR, "cache entry missing");
-        };
-        let age = entry.age(SystemTime::now());
-        match policy::usable(&ask.cc, ask.pragma, &entry.cc, entry.lifetime, age) {
-            Use::Fresh => return hit(snap, outcome, "hit", (entry, &found.key), &ask, None),
-            Use::StaleAllowed => {
-                return hit(
-                    snap,
-                    outcome,
-                    "stale",
-                    (entry, &found.key),
-                    &ask,
-                    Some("max-stale"),
-                );
-            }
-            Use::StaleWhileRevalidate => {
-                refresh_in_background(snap, route, &ask, &found.key, object.clone());
-                return hit(
-                    snap,
-                    outcome,
-                    "stale",
-                    (entry, &found.key),
-                    &ask,
-                    Some("stale-while-revalidate"),
-                );
-            }
-            Use::Revalidate => {
-                let by_request = ask.cc.no_cache
-                    || ask.pragma
-                    || ask.cc.max_age.is_some()
-                    || ask.cc.min_fresh.is_some();
-                fwd = if by_request { "request" } else { "stale" };
-                stale = Some(object.clone());
-            }
+impl Directives {
+    fn of(head: &HeaderMap) -> Directives {
+        Directives {
+            cc: CacheControl::parse(head),
+            pragma: policy::pragma_no_cache(head),
         }
     }
-    if ask.cc.only_if_cached {
-        // RFC 9111 §5.2.1.7: nothing usable without going upstream.
-        outcome.cache = Some("miss");
-        let mut resp = local(StatusCode::GATEWAY_TIMEOUT, "not in cache (only-if-cached)");
-        status_header(
-            cfg,
-            &mut resp,
-            &Status::Forward {
-                fwd,
-                fwd_status: None,
-                stored: false,
-                collapsed: false,
-            },
-        );
-        return resp;
+
+    fn usable(&self, entry: &Entry) -> Use {
+        let age = entry.age(SystemTime::now());
+        policy::usable(&self.cc, self.pragma, &entry.cc, entry.lifetime, age)
     }
-    let guard = match cache.fills.join(&found.key) {
-        Join::Leader(guard) => Some(guard),
-        Join::Follower(rx) => {
-            Fills::wait(rx, cfg.lock_timeout).await;
-            let again = cache.lookup(&ask.primary, &ask.req.head);
-            if let Some(entry) = again.entry.as_deref().and_then(entry_of) {
-                let age = entry.age(SystemTime::now());
-                if let Use::Fresh | Use::StaleAllowed =
-                    policy::usable(&ask.cc, ask.pragma, &entry.cc, entry.lifetime, age)
-                {
-                    return hit(
-                        snap,
-                        outcome,
-                        "coalesced",
-                        (entry, &again.key),
-                        &ask,
-                        Some("collapsed"),
-                    );
+}
+
+impl Cache {
+    /// Decides how a request on a caching route is answered. Waits (up to
+    /// `lock_timeout`) when another request is already filling its key.
+    pub async fn lookup(&self, set: Settings<'_>, req: Request<'_>) -> Lookup {
+        if req.method.as_str() == "PURGE" {
+            let resp = purge::purge_request(self, set.cache, req.peer, &req.primary);
+            return Lookup::Hit(Answer { resp, result: None });
+        }
+        let readable = *req.method == Method::GET || *req.method == Method::HEAD;
+        if !readable || req.has_body {
+            let safe = matches!(
+                *req.method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+            );
+            return Lookup::Pass(Pass {
+                primary: req.primary,
+                safe,
+            });
+        }
+        let view = View {
+            method: req.method,
+            head: req.head,
+            accepted: req.accepted,
+        };
+        let asked = Directives::of(req.head);
+        let found = self.find(&req.primary, req.head);
+        let mut fwd = found.fwd;
+        let mut stale = None;
+        if let Some(object) = &found.entry {
+            if let Some(entry) = entry_of(object) {
+                let served = (entry, found.key.as_str());
+                match asked.usable(entry) {
+                    Use::Fresh => return Lookup::Hit(self.hit(set, "hit", served, view, None)),
+                    Use::StaleAllowed => {
+                        let detail = Some("max-stale");
+                        return Lookup::Hit(self.hit(set, "stale", served, view, detail));
+                    }
+                    Use::StaleWhileRevalidate => {
+                        let detail = Some("stale-while-revalidate");
+                        let answer = self.hit(set, "stale", served, view, detail);
+                        let refresh = self.refresh(&req, &found.key, object.clone());
+                        return Lookup::Stale { answer, refresh };
+                    }
+                    Use::Revalidate => {
+                        let by_request = asked.cc.no_cache
+                            || asked.pragma
+                            || asked.cc.max_age.is_some()
+                            || asked.cc.min_fresh.is_some();
+                        fwd = if by_request { "request" } else { "stale" };
+                        stale = Some(object.clone());
+                    }
                 }
             }
-            // The leader's response could not be shared: go on our own.
-            None
         }
-    };
-    let fetched = Fetch {
-        ask,
-        key: found.key,
-        stale,
-        fwd,
-        guard,
-    };
-    fetched.run(snap, route, limits, outcome).await
-}
-
-/// Serves a stored entry (stored under `key`), compressed from a cached
-/// copy when the route compresses and the client takes a coding.
-fn hit(
-    snap: &Snapshot,
-    outcome: &mut Outcome,
-    result: &'static str,
-    (entry, key): (&Entry, &str),
-    ask: &Ask,
-    detail: Option<&'static str>,
-) -> Response<ProxyBody> {
-    outcome.cache = Some(result);
-    let age = entry.age(SystemTime::now());
-    let copy = match &ask.accepted {
-        Some(accepted) => encoded_copy(snap, entry, key, ask, accepted),
-        None => Copy::Leave,
-    };
-    let (encoded, identity) = match copy {
-        Copy::Encoded(coding, bytes) => (Some((coding, bytes)), false),
-        Copy::Identity => (None, true),
-        Copy::Leave => (None, false),
-    };
-    let mut resp = serve::from_entry(entry, &ask.req.method, &ask.req.head, age, encoded);
-    if identity {
-        // Negotiated already: identity, which depends on Accept-Encoding.
-        compress::vary_accept_encoding(resp.headers_mut());
-        resp.extensions_mut().insert(compress::Negotiated);
+        if asked.cc.only_if_cached {
+            // RFC 9111 §5.2.1.7: nothing usable without going upstream.
+            let mut resp = Refusal::NotCached.reply();
+            status_header(set.cache, &mut resp, &Status::forward(fwd, None, false));
+            return Lookup::Hit(Answer {
+                resp,
+                result: Some("miss"),
+            });
+        }
+        let guard = match self.fills.join(&found.key) {
+            Join::Leader(guard) => Some(guard),
+            Join::Follower(rx) => {
+                Fills::wait(rx, set.cache.lock_timeout).await;
+                let again = self.find(&req.primary, req.head);
+                if let Some(entry) = again.entry.as_deref().and_then(entry_of) {
+                    if let Use::Fresh | Use::StaleAllowed = asked.usable(entry) {
+                        let served = (entry, again.key.as_str());
+                        let detail = Some("collapsed");
+                        return Lookup::Hit(self.hit(set, "coalesced", served, view, detail));
+                    }
+                }
+                // The leader's response could not be shared: go on our own.
+                None
+            }
+        };
+        Lookup::Miss(Fill {
+            primary: req.primary,
+            method: req.method.clone(),
+            head: req.head.clone(),
+            accepted: req.accepted.cloned(),
+            asked,
+            key: found.key,
+            stale,
+            fwd,
+            guard,
+            request_time: SystemTime::now(),
+        })
     }
-    let status = Status::Hit {
-        ttl: serve::ttl(entry, age),
-        detail,
-    };
-    status_header(&snap.config.cache, &mut resp, &status);
-    resp
+
+    /// The background revalidation of a stale entry served now, unless
+    /// another refresh of the same key already runs (it wins).
+    fn refresh(&self, req: &Request<'_>, key: &str, object: Arc<Object>) -> Option<Fill> {
+        let Join::Leader(guard) = self.fills.join(key) else {
+            return None;
+        };
+        Some(Fill {
+            primary: req.primary.clone(),
+            method: Method::GET,
+            head: req.head.clone(),
+            accepted: req.accepted.cloned(),
+            // A background refresh must not be blocked by the client's own
+            // request directives.
+            asked: Directives::default(),
+            key: key.to_string(),
+            stale: Some(object),
+            fwd: "stale",
+            guard: Some(guard),
+            request_time: SystemTime::now(),
+        })
+    }
+
+    /// Serves a stored entry (stored under `key`), compressed from a cached
+    /// copy when the route compresses and the client takes a coding.
+    fn hit(
+        &self,
+        set: Settings<'_>,
+        result: &'static str,
+        (entry, key): (&Entry, &str),
+        view: View<'_>,
+        detail: Option<&'static str>,
+    ) -> Answer {
+        let age = entry.age(SystemTime::now());
+        let copy = match view.accepted {
+            Some(accepted) => self.encoded_copy(set.compression, entry, key, view, accepted),
+            None => Copy::Leave,
+        };
+        let (encoded, identity) = match copy {
+            Copy::Encoded(coding, bytes) => (Some((coding, bytes)), false),
+            Copy::Identity => (None, true),
+            Copy::Leave => (None, false),
+        };
+        let mut resp = serve::from_entry(entry, view.method, view.head, age, encoded);
+        if identity {
+            // Negotiated already: identity, which depends on Accept-Encoding.
+            compress::vary_accept_encoding(resp.headers_mut());
+            resp.extensions_mut().insert(compress::Negotiated);
+        }
+        let status = Status::Hit {
+            ttl: serve::ttl(entry, age),
+            detail,
+        };
+        status_header(set.cache, &mut resp, &status);
+        Answer {
+            resp,
+            result: Some(result),
+        }
+    }
+
+    /// The compressed copy of `entry` in the coding the client prefers, from
+    /// the store or made now (once) at a level of at least `default`.
+    fn encoded_copy(
+        &self,
+        cfg: &CompressionConfig,
+        entry: &Entry,
+        key: &str,
+        view: View<'_>,
+        accepted: &Accepted,
+    ) -> Copy {
+        if *view.method != Method::GET
+            || view.head.contains_key(header::RANGE)
+            || compress::content_coding(&entry.headers) != Some(None)
+            || entry.cc.no_transform
+            || !compress::compressible_kind(
+                cfg,
+                entry.status,
+                &entry.headers,
+                Some(entry.body.len() as u64),
+            )
+        {
+            return Copy::Leave;
+        }
+        let Some(coding) = accepted.choose(&cfg.algorithms) else {
+            return Copy::Identity;
+        };
+        if let Some(bytes) = entry.copies.get(coding) {
+            return Copy::Encoded(coding, bytes.clone());
+        }
+        let level = match cfg.level {
+            Level::Best => Level::Best,
+            Level::Fast | Level::Default => Level::Default,
+        };
+        match compress::codec::compress_all(&entry.body, coding, level) {
+            Ok(bytes) => {
+                let counted = compress::counters(coding);
+                counted.bytes_in.inc_by(entry.body.len() as u64);
+                counted.bytes_out.inc_by(bytes.len() as u64);
+                entry.copies.set(coding, bytes.clone());
+                // Stored again so that the store weighs the copy too; unless the
+                // key has moved on to a newer response meanwhile.
+                let current = self.store.get(key);
+                if current
+                    .as_deref()
+                    .and_then(entry_of)
+                    .is_some_and(|e| std::ptr::eq(e, entry))
+                {
+                    self.store
+                        .insert(key.to_string(), Arc::new(Object::Response(entry.clone())));
+                }
+                Copy::Encoded(coding, bytes)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "compressing a cached response failed");
+                Copy::Leave
+            }
+        }
+    }
 }
 
 /// What a hit on a compressing route sends.
@@ -329,60 +449,6 @@ enum Copy {
     Encoded(Coding, bytes::Bytes),
 }
 
-/// The compressed copy of `entry` in the coding the client prefers, from
-/// the store or made now (once) at a level of at least `default`.
-fn encoded_copy(snap: &Snapshot, entry: &Entry, key: &str, ask: &Ask, accepted: &Accepted) -> Copy {
-    let cfg = &snap.config.compression;
-    if ask.req.method != Method::GET
-        || ask.req.head.contains_key(header::RANGE)
-        || compress::content_coding(&entry.headers) != Some(None)
-        || entry.cc.no_transform
-        || !compress::compressible_kind(
-            cfg,
-            entry.status,
-            &entry.headers,
-            Some(entry.body.len() as u64),
-        )
-    {
-        return Copy::Leave;
-    }
-    let Some(coding) = accepted.choose(&cfg.algorithms) else {
-        return Copy::Identity;
-    };
-    if let Some(bytes) = entry.copies.get(coding) {
-        return Copy::Encoded(coding, bytes.clone());
-    }
-    let level = match cfg.level {
-        Level::Best => Level::Best,
-        Level::Fast | Level::Default => Level::Default,
-    };
-    match compress::codec::compress_all(&entry.body, coding, level) {
-        Ok(bytes) => {
-            let counted = compress::counters(coding);
-            counted.bytes_in.inc_by(entry.body.len() as u64);
-            counted.bytes_out.inc_by(bytes.len() as u64);
-            entry.copies.set(coding, bytes.clone());
-            // Stored again so that the store weighs the copy too; unless the
-            // key has moved on to a newer response meanwhile.
-            let current = snap.cache.store.get(key);
-            if current
-                .as_deref()
-                .and_then(entry_of)
-                .is_some_and(|e| std::ptr::eq(e, entry))
-            {
-                snap.cache
-                    .store
-                    .insert(key.to_string(), Arc::new(Object::Response(entry.clone())));
-            }
-            Copy::Encoded(coding, bytes)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "compressing a cached response failed");
-            Copy::Leave
-        }
-    }
-}
-
 fn status_header(cfg: &CacheConfig, resp: &mut Response<ProxyBody>, status: &Status) {
     if cfg.status_header {
         resp.headers_mut()
@@ -390,128 +456,111 @@ fn status_header(cfg: &CacheConfig, resp: &mut Response<ProxyBody>, status: &Sta
     }
 }
 
-/// Methods that are not GET or HEAD, and requests with a body: forwarded
-/// as they are; an unsafe method's success invalidates (RFC 9111 §4.4).
-async fn pass(
-    snap: &Arc<Snapshot>,
-    route: &Route,
+/// A request the cache does not answer (not GET or HEAD, or with a body).
+pub struct Pass {
     primary: String,
-    req: Forward,
-    incoming: Incoming,
-    limits: &Limits,
-    outcome: &mut Outcome,
-) -> Response<ProxyBody> {
-    let safe = matches!(
-        req.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    );
-    outcome.cache = Some("bypass");
-    let mut resp = forward(snap, route, req, Some(incoming), None, limits, outcome).await;
-    let status = resp.status();
-    let generated = resp.extensions().get::<Generated>().is_some();
-    if !safe && !generated && (status.is_success() || status.is_redirection()) {
-        purge::invalidate(snap.cache.store.as_ref(), &primary, resp.headers());
-    }
-    fill::take_tags(resp.headers_mut());
-    status_header(
-        &snap.config.cache,
-        &mut resp,
-        &Status::Forward {
-            fwd: if safe { "bypass" } else { "method" },
-            fwd_status: None,
-            stored: false,
-            collapsed: false,
-        },
-    );
-    resp
+    /// GET, HEAD, OPTIONS or TRACE: nothing to invalidate.
+    safe: bool,
 }
 
-/// Serves the stale entry and revalidates it once, off the request path
-/// (RFC 5861 §3). Another refresh of the same key already running wins.
-fn refresh_in_background(
-    snap: &Arc<Snapshot>,
-    route: &Route,
-    ask: &Ask,
-    key: &str,
-    object: Arc<Object>,
-) {
-    let Join::Leader(guard) = snap.cache.fills.join(key) else {
-        return;
-    };
-    let snap = snap.clone();
-    let route = route.clone();
-    let mut ask = ask.clone();
-    ask.req.method = Method::GET;
-    // A background refresh must not be blocked by the client's own
-    // request directives.
-    ask.cc = CacheControl::default();
-    ask.pragma = false;
-    let fetch = Fetch {
-        ask,
-        key: key.to_string(),
-        stale: Some(object),
-        fwd: "stale",
-        guard: Some(guard),
-    };
-    tokio::spawn(async move {
-        let mut outcome = Outcome::default();
-        let limits = snap.config.limits.clone();
-        let resp = fetch.run(&snap, &route, &limits, &mut outcome).await;
-        // Reading the body to its end is what stores it.
-        if let Err(e) = resp.into_body().collect().await {
-            tracing::debug!(error = %e, "background revalidation failed");
+impl Pass {
+    /// The forwarded response on its way out: an unsafe method's success
+    /// invalidates the URL (RFC 9111 §4.4); surrogate keys are stripped.
+    pub fn finish(self, cache: &Cache, set: Settings<'_>, mut resp: Response<ProxyBody>) -> Answer {
+        let status = resp.status();
+        if !self.safe
+            && !reply::is_generated(&resp)
+            && (status.is_success() || status.is_redirection())
+        {
+            purge::invalidate(cache.store.as_ref(), &self.primary, resp.headers());
         }
-    });
+        fill::take_tags(resp.headers_mut());
+        let fwd = if self.safe { "bypass" } else { "method" };
+        status_header(set.cache, &mut resp, &Status::forward(fwd, None, false));
+        Answer {
+            resp,
+            result: Some("bypass"),
+        }
+    }
 }
 
-/// One trip upstream for a miss or a revalidation.
-struct Fetch {
-    ask: Ask,
+/// One trip upstream for a miss or a revalidation, and what to store and
+/// answer from its response. Holds the key's fill lock while it leads.
+pub struct Fill {
+    primary: String,
+    /// The client's request (GET or HEAD) as the cache saw it: the head
+    /// carries the conditionals, range and Vary inputs.
+    method: Method,
+    head: HeaderMap,
+    accepted: Option<Accepted>,
+    asked: Directives,
     key: String,
     /// The stored entry being revalidated.
     stale: Option<Arc<Object>>,
     fwd: &'static str,
     /// Held while this request fills the key; `None` when not coalescing.
     guard: Option<FillGuard>,
+    request_time: SystemTime,
 }
 
-impl Fetch {
-    async fn run(
-        self,
-        snap: &Arc<Snapshot>,
-        route: &Route,
-        limits: &Limits,
-        outcome: &mut Outcome,
-    ) -> Response<ProxyBody> {
-        let cfg = &snap.config.cache;
-        let store = snap.cache.store.clone();
-        let mut req = self.ask.req.clone();
+impl Fill {
+    /// Rewrites the request for the trip upstream: the client's
+    /// conditionals replaced by the stored entry's validators, GET for a
+    /// HEAD (so the entry serves both), `Surrogate-Capability`, and
+    /// identity when sluice compresses (it keeps compressed copies itself).
+    pub fn prepare(&mut self, method: &mut Method, head: &mut HeaderMap) {
         for name in &fill::CLIENT_CONDITIONALS {
-            req.head.remove(name);
+            head.remove(name);
         }
-        // A HEAD miss is fetched as GET so that the entry can serve both.
-        req.method = Method::GET;
-        req.head.insert(
+        *method = Method::GET;
+        head.insert(
             surrogate::SURROGATE_CAPABILITY.clone(),
             surrogate::capability(),
         );
-        if ask_compresses(&self.ask) {
-            // One stored representation (identity); sluice makes and keeps
-            // the compressed copies itself.
-            req.head.remove(header::ACCEPT_ENCODING);
+        if self.accepted.is_some() {
+            head.remove(header::ACCEPT_ENCODING);
         }
-        let stale = self.stale.as_deref().and_then(entry_of);
-        if let Some(entry) = stale {
-            fill::add_validators(&mut req.head, &entry.headers);
+        if let Some(entry) = self.stale.as_deref().and_then(entry_of) {
+            fill::add_validators(head, &entry.headers);
         }
-        let request_time = SystemTime::now();
-        let resp = forward(snap, route, req, None, None, limits, outcome).await;
-        let response_time = SystemTime::now();
-        let generated = resp.extensions().get::<Generated>().is_some();
-        let status = resp.status();
-        let ask = &self.ask;
+        self.request_time = SystemTime::now();
+    }
 
-        if let Some(entry) = stale {
+    /// Decides on the upstream's response: a 304 freshens the stale entry
+    /// and answers from it; a 5xx may be replaced by the stale entry
+    /// (`stale-if-error`); a storable response streams to the client while
+    /// it is copied into the store. HEAD and conditional requests are
+    /// answered from the stored entry once its body is read (when its
+    /// length is known).
+    pub async fn finish(
+        self,
+        cache: &Cache,
+        set: Settings<'_>,
+        resp: Response<ProxyBody>,
+    ) -> Answer {
+        let cfg = set.cache;
+        let response_time = SystemTime::now();
+        let generated = reply::is_generated(&resp);
+        let status = resp.status();
+        let Fill {
+            primary,
+            method,
+            head,
+            accepted,
+            asked,
+            key,
+            stale,
+            fwd,
+            guard,
+            request_time,
+        } = self;
+        let view = View {
+            method: &method,
+            head: &head,
+            accepted: accepted.as_ref(),
+        };
+
+        if let Some(entry) = stale.as_deref().and_then(entry_of) {
             if status == StatusCode::NOT_MODIFIED
                 && !generated
                 && fill::has_validator(&entry.headers)
@@ -519,90 +568,83 @@ impl Fetch {
                 // RFC 9111 §4.3.4: freshen the stored head, keep the body.
                 let fresh = refreshed(entry, resp.headers(), request_time, response_time);
                 let age = fresh.age(SystemTime::now());
-                let mut out = serve::from_entry(&fresh, &ask.req.method, &ask.req.head, age, None);
-                store.insert(self.key.clone(), Arc::new(Object::Response(fresh)));
-                drop(self.guard);
-                outcome.cache = Some("revalidated");
-                status_header(
-                    cfg,
-                    &mut out,
-                    &Status::Forward {
-                        fwd: self.fwd,
-                        fwd_status: Some(304),
-                        stored: true,
-                        collapsed: false,
-                    },
-                );
-                return out;
+                let mut out = serve::from_entry(&fresh, view.method, view.head, age, None);
+                cache
+                    .store
+                    .insert(key.clone(), Arc::new(Object::Response(fresh)));
+                drop(guard);
+                status_header(cfg, &mut out, &Status::forward(fwd, Some(304), true));
+                return Answer {
+                    resp: out,
+                    result: Some("revalidated"),
+                };
             }
             if status.is_server_error() {
                 let now = SystemTime::now();
                 let staleness = entry.age(now).saturating_sub(entry.lifetime);
                 if policy::stale_if_error(
-                    &ask.cc,
-                    ask.pragma,
+                    &asked.cc,
+                    asked.pragma,
                     &entry.cc,
                     staleness,
                     cfg.serve_stale_on_error,
                 ) {
                     tracing::debug!(status = status.as_u16(), "serving stale on upstream error");
-                    return hit(
-                        snap,
-                        outcome,
-                        "stale",
-                        (entry, &self.key),
-                        ask,
-                        Some("stale-if-error"),
-                    );
+                    let served = (entry, key.as_str());
+                    return cache.hit(set, "stale", served, view, Some("stale-if-error"));
                 }
             }
         }
 
-        outcome.cache = Some("miss");
+        let miss = |resp| Answer {
+            resp,
+            result: Some("miss"),
+        };
         let (mut parts, upstream_body) = resp.into_parts();
         let tags = fill::take_tags(&mut parts.headers);
         let rules = policy::StoreRules {
             store_set_cookie: cfg.store_set_cookie,
         };
-        let verdict = match SurrogateControl::parse(&parts.headers) {
-            Some(sc) if sc.no_store => Err(policy::NotStorable::NoStore),
-            // Surrogate-Control max-age speaks for this cache: Cache-Control
-            // (meant for browsers) does not decide storing.
-            Some(SurrogateControl {
-                max_age: Some(_), ..
-            }) => surrogate_storable(status, &parts.headers),
-            _ => policy::storable(&Method::GET, &ask.req.head, status, &parts.headers, &rules),
-        };
-        let storable = !generated
-            && !ask.cc.no_store
-            && verdict.is_ok()
-            && !fill::too_large(&parts.headers, cfg.max_object_size);
+        let verdict = verdict::storable(
+            view.head,
+            &asked.cc,
+            status,
+            &parts.headers,
+            &rules,
+            cfg.max_object_size,
+        );
         if let Err(why) = verdict {
             tracing::trace!(reason = %why, "response not stored");
         }
-        let cache_status = Status::Forward {
-            fwd: self.fwd,
-            fwd_status: self.stale.is_some().then_some(status.as_u16()),
-            stored: storable,
-            collapsed: false,
-        };
+        let storable = !generated && verdict.is_ok();
+        let fwd_status = stale.is_some().then_some(status.as_u16());
+        let head_only = *view.method == Method::HEAD;
         if !storable {
-            drop(self.guard);
+            drop(guard);
             parts.headers.remove(&surrogate::SURROGATE_CONTROL);
-            let body = if ask.req.method == Method::HEAD {
+            let body = if head_only {
                 body::empty()
             } else {
                 upstream_body
             };
             let mut out = Response::from_parts(parts, body);
-            status_header(cfg, &mut out, &cache_status);
-            return out;
+            status_header(cfg, &mut out, &Status::forward(fwd, fwd_status, false));
+            return miss(out);
         }
+        let answer_from_entry = head_only
+            || fill::CLIENT_CONDITIONALS
+                .iter()
+                .any(|h| view.head.contains_key(h));
+        // Reading the body first is bounded only when its length is known
+        // (and within max_object_size, checked above). Otherwise a GET gets
+        // the whole 200 as it streams (ignoring Range and conditionals is
+        // allowed), and a HEAD its head without waiting for the body.
+        let length_known = parts.headers.contains_key(header::CONTENT_LENGTH);
         let pending = Pending {
-            ignore_accept_encoding: ask_compresses(ask),
-            store,
-            primary: ask.primary.clone(),
-            request: ask.req.head.clone(),
+            ignore_accept_encoding: accepted.is_some(),
+            store: cache.store.clone(),
+            primary,
+            request: head.clone(),
             status,
             headers: fill::stored_head(&parts.headers),
             tags,
@@ -611,51 +653,44 @@ impl Fetch {
             age_source: parts.headers.clone(),
         };
         parts.headers.remove(&surrogate::SURROGATE_CONTROL);
-        let filling = FillBody::new(upstream_body, cfg.max_object_size, pending, self.guard);
-        let answer_from_entry = ask.req.method == Method::HEAD
-            || fill::CLIENT_CONDITIONALS
-                .iter()
-                .any(|h| ask.req.head.contains_key(h));
-        // Reading the body first is bounded only when its length is known
-        // (and within max_object_size, checked above). Otherwise a GET gets
-        // the whole 200 as it streams (ignoring Range and conditionals is
-        // allowed), and a HEAD its head without waiting for the body.
-        let length_known = parts.headers.contains_key(header::CONTENT_LENGTH);
-        if answer_from_entry && !length_known && ask.req.method == Method::HEAD {
-            drop(filling);
+        if answer_from_entry && !length_known && head_only {
+            // Only an already complete (empty) body is stored; the rest of
+            // a body of unknown length is not waited for.
+            drop(Watched::new(
+                upstream_body,
+                FillWatch::new(cfg.max_object_size, pending, guard, None),
+            ));
             let mut out = Response::from_parts(parts, body::empty());
-            let not_stored = Status::Forward {
-                fwd: self.fwd,
-                fwd_status: self.stale.is_some().then_some(status.as_u16()),
-                stored: false,
-                collapsed: false,
-            };
-            status_header(cfg, &mut out, &not_stored);
-            return out;
+            status_header(cfg, &mut out, &Status::forward(fwd, fwd_status, false));
+            return miss(out);
         }
+        let cache_status = Status::forward(fwd, fwd_status, true);
         if !answer_from_entry || !length_known {
+            let watch = FillWatch::new(cfg.max_object_size, pending, guard, None);
+            let filling = Watched::new(upstream_body, watch);
             let mut out = Response::from_parts(parts, filling.boxed());
             status_header(cfg, &mut out, &cache_status);
-            return out;
+            return miss(out);
         }
         // HEAD, conditionals and ranges are answered from the stored entry,
         // so the whole body is read first.
         let slot = Arc::new(Mutex::new(None));
-        let whole = match filling.report_to(slot.clone()).collect().await {
+        let watch = FillWatch::new(cfg.max_object_size, pending, guard, Some(slot.clone()));
+        let whole = match Watched::new(upstream_body, watch).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) => {
                 tracing::warn!(error = %e, "upstream body failed");
-                return local(StatusCode::BAD_GATEWAY, "upstream failed");
+                return miss(Refusal::UpstreamFailed.reply());
             }
         };
         let stored = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
         let mut out = match stored.as_deref().and_then(entry_of) {
             Some(entry) => {
                 let age = entry.age(SystemTime::now());
-                serve::from_entry(entry, &ask.req.method, &ask.req.head, age, None)
+                serve::from_entry(entry, view.method, view.head, age, None)
             }
             None => {
-                let body = if ask.req.method == Method::HEAD {
+                let body = if head_only {
                     body::empty()
                 } else {
                     body::full(whole)
@@ -664,41 +699,8 @@ impl Fetch {
             }
         };
         status_header(cfg, &mut out, &cache_status);
-        out
+        miss(out)
     }
-}
-
-/// The freshness lifetime of a stored head: Surrogate-Control's max-age
-/// when it speaks to sluice, else RFC 9111 §4.2.1.
-pub fn lifetime(
-    status: StatusCode,
-    head: &HeaderMap,
-    cc: &CacheControl,
-    response_time: SystemTime,
-) -> std::time::Duration {
-    match SurrogateControl::parse(head).and_then(|sc| sc.max_age) {
-        Some(secs) => std::time::Duration::from_secs(secs),
-        None => policy::freshness_lifetime(status, head, cc, response_time),
-    }
-}
-
-/// What remains of RFC 9111 §3 when Surrogate-Control gives a lifetime: a
-/// final, complete response that can be matched again.
-fn surrogate_storable(status: StatusCode, head: &HeaderMap) -> Result<(), policy::NotStorable> {
-    if status.is_informational() || status == StatusCode::NOT_MODIFIED {
-        return Err(policy::NotStorable::Status);
-    }
-    if status == StatusCode::PARTIAL_CONTENT {
-        return Err(policy::NotStorable::Partial);
-    }
-    if key::vary_names(head).is_none() {
-        return Err(policy::NotStorable::VaryStar);
-    }
-    Ok(())
-}
-
-fn ask_compresses(ask: &Ask) -> bool {
-    ask.accepted.is_some()
 }
 
 /// The entry after a 304: head updated (RFC 9111 §3.2), times and
@@ -718,7 +720,7 @@ fn refreshed(
     let cc = CacheControl::parse(&head);
     Entry {
         status: entry.status,
-        lifetime: lifetime(entry.status, &head, &cc, response_time),
+        lifetime: verdict::lifetime(entry.status, &head, &cc, response_time),
         initial_age: policy::corrected_initial_age(fresh, request_time, response_time),
         headers: head,
         body: entry.body.clone(),

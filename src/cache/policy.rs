@@ -19,114 +19,17 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderName};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 
-/// RFC 9111 §1.2.2: larger delta-seconds values are taken as this.
-const DELTA_SECONDS_MAX: u64 = 2_147_483_648;
+use crate::headers::cache_control::CacheControl;
+#[cfg(test)]
+use crate::headers::conditional::{none_match, not_modified_since, weaken_etag};
+use crate::headers::grammar::{
+    date_or, delta_seconds, http_date, list_members, Date, DELTA_SECONDS_MAX,
+};
 
 /// The largest heuristic lifetime (§4.2.2 leaves the cap to the cache).
 pub const MAX_HEURISTIC: Duration = Duration::from_secs(86_400);
-
-/// Cache-Control directives (request or response), parsed from every
-/// Cache-Control field line (RFC 9111 §5.2).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct CacheControl {
-    pub no_store: bool,
-    /// A qualified `no-cache="x"` is taken as unqualified: revalidating the
-    /// whole response is always allowed (§5.2.2.4).
-    pub no_cache: bool,
-    /// Qualified or not: a shared cache never stores it (§5.2.2.7).
-    pub private: bool,
-    pub public: bool,
-    /// Seconds; an invalid value is `Some(0)` (stale, §4.2.1).
-    pub max_age: Option<u64>,
-    /// Seconds; an invalid value is `Some(0)` (stale, §4.2.1).
-    pub s_maxage: Option<u64>,
-    pub must_revalidate: bool,
-    pub proxy_revalidate: bool,
-    pub no_transform: bool,
-    pub must_understand: bool,
-    /// RFC 8246; parsed for callers, no effect on a shared cache's decisions.
-    pub immutable: bool,
-    /// RFC 5861 §3, seconds.
-    pub stale_while_revalidate: Option<u64>,
-    /// RFC 5861 §4, seconds (response or request).
-    pub stale_if_error: Option<u64>,
-    /// Request only; a bare `max-stale` is `u64::MAX` (any staleness).
-    pub max_stale: Option<u64>,
-    /// Request only, seconds.
-    pub min_fresh: Option<u64>,
-    /// Request only.
-    pub only_if_cached: bool,
-}
-
-impl CacheControl {
-    /// RFC 9111 §5.2: all Cache-Control lines form one comma-separated
-    /// list; names are case-insensitive, arguments a token or a
-    /// quoted-string; unknown directives are ignored and the first
-    /// occurrence of a directive wins (§4.2.1).
-    pub fn parse(headers: &HeaderMap) -> CacheControl {
-        let mut cc = CacheControl::default();
-        for line in headers.get_all(header::CACHE_CONTROL) {
-            for member in Members::new(line.as_bytes()) {
-                if let Some((name, arg)) = directive(member) {
-                    cc.apply(name, arg);
-                }
-            }
-        }
-        cc
-    }
-
-    fn apply(&mut self, name: &[u8], arg: Arg<'_>) {
-        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
-        if is("no-store") {
-            self.no_store = true;
-        } else if is("no-cache") {
-            self.no_cache = true;
-        } else if is("private") {
-            self.private = true;
-        } else if is("public") {
-            self.public = true;
-        } else if is("max-age") {
-            // §4.2.1: invalid freshness information is best taken as stale.
-            first(&mut self.max_age, Some(arg.delta_seconds().unwrap_or(0)));
-        } else if is("s-maxage") {
-            first(&mut self.s_maxage, Some(arg.delta_seconds().unwrap_or(0)));
-        } else if is("must-revalidate") {
-            self.must_revalidate = true;
-        } else if is("proxy-revalidate") {
-            self.proxy_revalidate = true;
-        } else if is("no-transform") {
-            self.no_transform = true;
-        } else if is("must-understand") {
-            self.must_understand = true;
-        } else if is("immutable") {
-            self.immutable = true;
-        } else if is("stale-while-revalidate") {
-            // These only widen what may be served, so an invalid one is dropped.
-            first(&mut self.stale_while_revalidate, arg.delta_seconds());
-        } else if is("stale-if-error") {
-            first(&mut self.stale_if_error, arg.delta_seconds());
-        } else if is("max-stale") {
-            let value = match arg {
-                Arg::Absent => Some(u64::MAX),
-                _ => arg.delta_seconds(),
-            };
-            first(&mut self.max_stale, value);
-        } else if is("min-fresh") {
-            first(&mut self.min_fresh, arg.delta_seconds());
-        } else if is("only-if-cached") {
-            self.only_if_cached = true;
-        }
-    }
-}
-
-/// Keeps the first valid occurrence of a valued directive.
-fn first(slot: &mut Option<u64>, value: Option<u64>) {
-    if slot.is_none() {
-        *slot = value;
-    }
-}
 
 /// Why a response may not be stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +44,8 @@ pub enum NotStorable {
     NoFreshness,
     VaryStar,
     MustUnderstand,
+    /// Longer than the operator's `max_object_size`.
+    TooLarge,
 }
 
 impl fmt::Display for NotStorable {
@@ -156,6 +61,7 @@ impl fmt::Display for NotStorable {
             NotStorable::NoFreshness => "no-freshness",
             NotStorable::VaryStar => "vary-star",
             NotStorable::MustUnderstand => "must-understand",
+            NotStorable::TooLarge => "too-large",
         })
     }
 }
@@ -222,6 +128,17 @@ pub fn storable(
         return Err(NotStorable::NoFreshness);
     }
     Ok(())
+}
+
+/// RFC 9111 §5.4: a request's `Pragma: no-cache` asks for revalidation
+/// like `Cache-Control: no-cache`, but only when the request carries no
+/// Cache-Control field at all.
+pub fn pragma_no_cache(req: &HeaderMap) -> bool {
+    !req.contains_key(header::CACHE_CONTROL)
+        && req.get_all(header::PRAGMA).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.to_ascii_lowercase().contains("no-cache"))
+        })
 }
 
 /// §5.2.2.3: the statuses whose caching rules this cache implements.
@@ -464,324 +381,11 @@ fn never_updated(name: &HeaderName) -> bool {
     )
 }
 
-/// RFC 9110 §13.1.2 If-None-Match with weak comparison: does the field (all
-/// lines, lists, `*`, W/ prefixes) match `etag`? `*` matches whenever a
-/// stored response exists, with or without an ETag. Malformed members never
-/// match.
-pub fn none_match(if_none_match: &HeaderMap, etag: Option<&HeaderValue>) -> bool {
-    let target = etag.and_then(|etag| single_entity_tag(trim_ows(etag.as_bytes())));
-    if_none_match
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .any(|line| {
-            let line = trim_ows(line.as_bytes());
-            line == b"*" || target.is_some_and(|target| list_has_tag(line, target))
-        })
-}
-
-/// RFC 9110 §13.1.3 If-Modified-Since: true when the stored Last-Modified
-/// (or, lacking it, Date, per RFC 9111 §4.3.2) is not later than the
-/// field's date. Unparseable dates give false: the full response is sent.
-pub fn not_modified_since(if_modified_since: &HeaderValue, stored: &HeaderMap) -> bool {
-    let Some(since) = parse_date(if_modified_since) else {
-        return false;
-    };
-    let modified = match http_date(stored, header::LAST_MODIFIED) {
-        Date::At(modified) => modified,
-        Date::Invalid => return false,
-        Date::Absent => match http_date(stored, header::DATE) {
-            Date::At(date) => date,
-            Date::Invalid | Date::Absent => return false,
-        },
-    };
-    modified <= since
-}
-
-/// RFC 9110 §8.8.1: turn a strong ETag into a weak one (used when content is
-/// transformed, e.g. compressed). Already weak values are returned
-/// unchanged.
-pub fn weaken_etag(etag: &HeaderValue) -> HeaderValue {
-    let tag = trim_ows(etag.as_bytes());
-    if tag.starts_with(b"W/") {
-        return etag.clone();
-    }
-    let mut weak = Vec::with_capacity(tag.len() + 2);
-    weak.extend_from_slice(b"W/");
-    weak.extend_from_slice(tag);
-    // Cannot fail for bytes that were a valid value already.
-    match HeaderValue::from_bytes(&weak) {
-        Ok(mut value) => {
-            value.set_sensitive(etag.is_sensitive());
-            value
-        }
-        Err(_) => etag.clone(),
-    }
-}
-
-/// Does a comma-separated list of entity-tags hold one whose opaque-tag is
-/// `target` (weak comparison)? Malformed members are skipped.
-fn list_has_tag(list: &[u8], target: &[u8]) -> bool {
-    let mut rest = list;
-    loop {
-        rest = trim_start(rest, |b| is_ows(b) || b == b',');
-        if rest.is_empty() {
-            return false;
-        }
-        match entity_tag(rest) {
-            Some((opaque, after)) => {
-                let after = trim_start(after, is_ows);
-                match after.first() {
-                    None | Some(b',') => {
-                        if opaque == target {
-                            return true;
-                        }
-                        rest = after;
-                    }
-                    Some(_) => rest = past_comma(after),
-                }
-            }
-            None => rest = past_comma(rest),
-        }
-    }
-}
-
-/// A value that is exactly one entity-tag: its opaque-tag.
-fn single_entity_tag(value: &[u8]) -> Option<&[u8]> {
-    match entity_tag(value) {
-        Some((opaque, [])) => Some(opaque),
-        _ => None,
-    }
-}
-
-/// RFC 9110 §8.8.3 `entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE` at the start
-/// of `s`: the characters between the quotes, and what follows.
-fn entity_tag(s: &[u8]) -> Option<(&[u8], &[u8])> {
-    let s = s.strip_prefix(b"W/").unwrap_or(s);
-    let body = s.strip_prefix(b"\"")?;
-    let end = body.iter().position(|&b| b == b'"')?;
-    let (opaque, after) = body.split_at(end);
-    if !opaque.iter().all(|&b| is_etagc(b)) {
-        return None;
-    }
-    Some((opaque, after.get(1..).unwrap_or_default()))
-}
-
-fn is_etagc(b: u8) -> bool {
-    b == 0x21 || (0x23..=0x7e).contains(&b) || b >= 0x80
-}
-
-/// What follows the next comma, or nothing.
-fn past_comma(s: &[u8]) -> &[u8] {
-    match s.iter().position(|&b| b == b',') {
-        Some(comma) => s.get(comma + 1..).unwrap_or_default(),
-        None => &[],
-    }
-}
-
-/// A date field as RFC 9111 reads it: absent, unusable (unparseable or
-/// repeated), or a time.
-enum Date {
-    Absent,
-    Invalid,
-    At(SystemTime),
-}
-
-fn http_date(headers: &HeaderMap, name: HeaderName) -> Date {
-    let mut lines = headers.get_all(name).iter();
-    match (lines.next(), lines.next()) {
-        (None, _) => Date::Absent,
-        (Some(value), None) => parse_date(value).map_or(Date::Invalid, Date::At),
-        (Some(_), Some(_)) => Date::Invalid,
-    }
-}
-
-fn parse_date(value: &HeaderValue) -> Option<SystemTime> {
-    let text = value.to_str().ok()?;
-    httpdate::parse_http_date(text).ok()
-}
-
-/// The response's Date, or `fallback` when it is missing or invalid
-/// (RFC 9110 §6.6.1).
-fn date_or(resp: &HeaderMap, fallback: SystemTime) -> SystemTime {
-    match http_date(resp, header::DATE) {
-        Date::At(date) => date,
-        Date::Invalid | Date::Absent => fallback,
-    }
-}
-
-/// RFC 9110 §5.6.1: the non-empty, trimmed members of every line of a list
-/// field, in order.
-fn list_members(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {
-    headers
-        .get_all(name)
-        .into_iter()
-        .flat_map(|line| Members::new(line.as_bytes()))
-        .map(trim_ows)
-        .filter(|member| !member.is_empty())
-}
-
-/// Splits one field line at the commas outside quoted-strings (which may
-/// contain commas, e.g. `no-cache="a, b"`). Members are untrimmed and may be
-/// empty.
-struct Members<'a> {
-    rest: Option<&'a [u8]>,
-}
-
-impl<'a> Members<'a> {
-    fn new(line: &'a [u8]) -> Self {
-        Members { rest: Some(line) }
-    }
-}
-
-impl<'a> Iterator for Members<'a> {
-    type Item = &'a [u8];
-
-    fn next(&mut self) -> Option<&'a [u8]> {
-        let line = self.rest?;
-        let mut quoted = false;
-        let mut escaped = false;
-        for (i, &b) in line.iter().enumerate() {
-            if quoted {
-                if escaped {
-                    escaped = false;
-                } else if b == b'\\' {
-                    escaped = true;
-                } else if b == b'"' {
-                    quoted = false;
-                }
-            } else if b == b'"' {
-                quoted = true;
-            } else if b == b',' {
-                let (member, rest) = line.split_at(i);
-                self.rest = Some(rest.get(1..).unwrap_or_default());
-                return Some(member);
-            }
-        }
-        // An unterminated quoted-string runs to the end of the line.
-        self.rest = None;
-        Some(line)
-    }
-}
-
-/// A directive's argument, as written.
-#[derive(Clone, Copy)]
-enum Arg<'a> {
-    Absent,
-    Token(&'a [u8]),
-    /// Between the quotes, escapes not yet removed.
-    Quoted(&'a [u8]),
-    Malformed,
-}
-
-impl Arg<'_> {
-    /// RFC 9111 §1.2.2 delta-seconds, in either form (§5.2 asks recipients
-    /// to accept a quoted one).
-    fn delta_seconds(self) -> Option<u64> {
-        match self {
-            Arg::Token(token) => delta_seconds(token.iter().copied()),
-            Arg::Quoted(body) => {
-                let mut escaped = false;
-                delta_seconds(body.iter().copied().filter(move |&b| {
-                    let keep = escaped || b != b'\\';
-                    escaped = !escaped && b == b'\\';
-                    keep
-                }))
-            }
-            Arg::Absent | Arg::Malformed => None,
-        }
-    }
-}
-
-/// `1*DIGIT`, clamped to 2147483648 (§1.2.2); anything else is None.
-fn delta_seconds(digits: impl Iterator<Item = u8>) -> Option<u64> {
-    let mut value: u64 = 0;
-    let mut any = false;
-    for b in digits {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        any = true;
-        value = (value * 10 + u64::from(b - b'0')).min(DELTA_SECONDS_MAX);
-    }
-    any.then_some(value)
-}
-
-/// One list member as `name [ "=" argument ]`, tolerating whitespace around
-/// the `=`. A recognisable name followed by junk keeps the name with a
-/// malformed argument, so `max-age 60` still makes a response stale.
-fn directive(member: &[u8]) -> Option<(&[u8], Arg<'_>)> {
-    let member = trim_ows(member);
-    let name_len = member
-        .iter()
-        .position(|&b| !is_tchar(b))
-        .unwrap_or(member.len());
-    if name_len == 0 {
-        return None;
-    }
-    let (name, rest) = member.split_at(name_len);
-    let arg = match trim_ows(rest).split_first() {
-        None => Arg::Absent,
-        Some((b'=', value)) => argument(trim_ows(value)),
-        Some(_) => Arg::Malformed,
-    };
-    Some((name, arg))
-}
-
-fn argument(value: &[u8]) -> Arg<'_> {
-    if let Some(body) = value.strip_prefix(b"\"") {
-        return match closing_quote(body) {
-            Some(end) if end + 1 == body.len() => Arg::Quoted(body.get(..end).unwrap_or_default()),
-            _ => Arg::Malformed,
-        };
-    }
-    if !value.is_empty() && value.iter().all(|&b| is_tchar(b)) {
-        Arg::Token(value)
-    } else {
-        Arg::Malformed
-    }
-}
-
-/// Index of the unescaped `"` that ends a quoted-string body.
-fn closing_quote(body: &[u8]) -> Option<usize> {
-    let mut escaped = false;
-    for (i, &b) in body.iter().enumerate() {
-        if escaped {
-            escaped = false;
-        } else if b == b'\\' {
-            escaped = true;
-        } else if b == b'"' {
-            return Some(i);
-        }
-    }
-    None
-}
-
-/// RFC 9110 §5.6.2 tchar.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-fn is_ows(b: u8) -> bool {
-    b == b' ' || b == b'\t'
-}
-
-fn trim_start(s: &[u8], skip: impl Fn(u8) -> bool) -> &[u8] {
-    let start = s.iter().position(|&b| !skip(b)).unwrap_or(s.len());
-    s.get(start..).unwrap_or_default()
-}
-
-fn trim_ows(s: &[u8]) -> &[u8] {
-    let s = trim_start(s, is_ows);
-    let end = s
-        .iter()
-        .rposition(|&b| !is_ows(b))
-        .map_or(0, |last| last + 1);
-    s.get(..end).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::UNIX_EPOCH;
+
+    use http::HeaderValue;
 
     use super::*;
 
@@ -1651,5 +1255,26 @@ mod tests {
         let weak = HeaderValue::from_static("W/\"v1\"");
         assert_eq!(weaken_etag(&weak), weak);
         assert_eq!(weaken_etag(&weaken_etag(&strong)), weaken_etag(&strong));
+    }
+
+    #[test]
+    fn rfc9111_5_4_pragma_no_cache_without_cache_control() {
+        assert!(pragma_no_cache(&headers(&[("pragma", "no-cache")])));
+        assert!(pragma_no_cache(&headers(&[("pragma", "No-Cache")])));
+        assert!(pragma_no_cache(&headers(&[("pragma", "x, no-cache")])));
+        assert!(pragma_no_cache(&headers(&[
+            ("pragma", "x"),
+            ("pragma", "no-cache")
+        ])));
+    }
+
+    #[test]
+    fn rfc9111_5_4_pragma_is_ignored_beside_cache_control() {
+        assert!(!pragma_no_cache(&headers(&[
+            ("pragma", "no-cache"),
+            ("cache-control", "max-age=60")
+        ])));
+        assert!(!pragma_no_cache(&headers(&[])));
+        assert!(!pragma_no_cache(&headers(&[("pragma", "x")])));
     }
 }

@@ -5,13 +5,14 @@
 
 use std::net::IpAddr;
 
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode, Uri};
+use http::{header, HeaderMap, Response, StatusCode, Uri};
 
 use super::key::{self, EXTRA, VARIANT};
 use super::store::{Object, Store};
 use super::Cache;
-use crate::body::{self, ProxyBody};
+use crate::body::ProxyBody;
 use crate::config::CacheConfig;
+use crate::reply;
 
 /// What to purge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +120,7 @@ pub fn purge_request(
     primary: &str,
 ) -> Response<ProxyBody> {
     if !cfg.purge_allow.iter().any(|c| c.contains(peer)) {
-        return json(
+        return reply::json(
             StatusCode::FORBIDDEN,
             "{\"error\":\"PURGE not allowed from this address\"}",
         );
@@ -127,18 +128,7 @@ pub fn purge_request(
     let url = key::url_of(primary).to_string();
     let purged = purge(cache.store.as_ref(), &Target::Url(url.clone()));
     tracing::info!(%url, purged, "cache purge");
-    json(StatusCode::OK, &format!("{{\"purged\":{purged}}}"))
-}
-
-fn json(status: StatusCode, text: &str) -> Response<ProxyBody> {
-    let mut resp = Response::new(body::full(format!("{text}\n")));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp.extensions_mut().insert(crate::proxy::Generated);
-    resp
+    reply::json(StatusCode::OK, &format!("{{\"purged\":{purged}}}"))
 }
 
 #[cfg(test)]

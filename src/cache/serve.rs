@@ -8,10 +8,10 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusC
 
 use bytes::Bytes;
 
-use super::policy;
 use super::store::Entry;
 use crate::body::{self, ProxyBody};
 use crate::config::Coding;
+use crate::headers::conditional;
 
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
@@ -37,6 +37,16 @@ pub enum Status {
 }
 
 impl Status {
+    /// A trip upstream that was not collapsed into another.
+    pub fn forward(fwd: &'static str, fwd_status: Option<u16>, stored: bool) -> Status {
+        Status::Forward {
+            fwd,
+            fwd_status,
+            stored,
+            collapsed: false,
+        }
+    }
+
     pub fn header_value(&self) -> HeaderValue {
         let text = match self {
             Status::Hit { ttl, detail } => match detail {
@@ -142,10 +152,10 @@ fn not_modified(
     headers: &HeaderMap,
 ) -> Option<Response<ProxyBody>> {
     let matched = if req.contains_key(header::IF_NONE_MATCH) {
-        policy::none_match(req, entry.headers.get(header::ETAG))
+        conditional::none_match(req, entry.headers.get(header::ETAG))
     } else {
         let ims = req.get(header::IF_MODIFIED_SINCE)?;
-        policy::not_modified_since(ims, &entry.headers)
+        conditional::not_modified_since(ims, &entry.headers)
     };
     if !matched {
         return None;

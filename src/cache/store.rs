@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode};
 
-use super::policy::CacheControl;
 use crate::config::Coding;
+use crate::headers::cache_control::CacheControl;
 
 /// One stored response: its head, its whole body and what freshness needs.
 #[derive(Debug, Clone)]

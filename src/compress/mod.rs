@@ -12,8 +12,9 @@ use std::sync::OnceLock;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use crate::body::ProxyBody;
-use crate::cache::policy::{weaken_etag, CacheControl};
 use crate::config::{Coding, CompressionConfig};
+use crate::headers::cache_control::CacheControl;
+use crate::headers::conditional::weaken_etag;
 use codec::{CodecBody, Counted};
 pub use negotiate::Accepted;
 
@@ -167,7 +168,7 @@ pub fn apply(
     }
     let head_only = method == Method::HEAD;
     let (mut parts, body) = resp.into_parts();
-    let len = crate::proxy::headers::content_length(&parts.headers);
+    let len = crate::headers::content_length(&parts.headers);
     match content_coding(&parts.headers) {
         // Already encoded: pass it to a client that takes it, decode it
         // for one that does not.
@@ -217,7 +218,7 @@ pub fn apply(
 mod tests {
     use super::*;
 
-    use crate::proxy::headers::test_map as head;
+    use crate::headers::test_map as head;
 
     #[test]
     fn types_match_exactly_or_by_top_level() {

@@ -1,11 +1,22 @@
-//! The request path, top to bottom: check limits and authority, route, pick
-//! members in the pool's order, forward (retrying requests that never
-//! reached a member), and stream the response back.
+//! The request path, top to bottom, in one place:
 //!
-//! Every failure maps to one status here: 400/404/405/413/414/431 for the
-//! client's request, 502/503/504 for the upstream's side.
+//! 1. **admit** ([`respond_to`], [`admit`]): the framing guard's verdict,
+//!    the URI, head and body limits, the authority;
+//! 2. **route** ([`crate::router`]) and **limit** ([`crate::ratelimit`]);
+//! 3. build the upstream request ([`Forward`]: hop-by-hop fields out,
+//!    forwarding fields in);
+//! 4. on a caching route, **cache lookup** ([`crate::cache::Cache::lookup`]):
+//!    a hit is answered there; a miss comes back as a fill;
+//! 5. **forward** ([`forward`]): members in the pool's order, retries;
+//! 6. **fill**: the response goes back to the cache, which stores it as it
+//!    streams ([`crate::cache::Fill::finish`]);
+//! 7. **compress** ([`crate::compress::apply`]) on the way out;
+//! 8. **record** ([`observe`]): metrics and the access log when the body
+//!    ends.
+//!
+//! Nothing below calls back into this module. Every refusal and failure is
+//! a [`Refusal`], mapped to its status in [`crate::reply`].
 
-pub mod headers;
 pub mod observe;
 
 use std::convert::Infallible;
@@ -14,7 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -23,16 +33,20 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
-use crate::body::{self, DownloadBody, MinRateBody, ProxyBody, Reclaimable, UploadBody};
+use crate::body::{self, BoxError, MinRateBody, ProxyBody, Reclaimable, UploadBody, Watched};
+use crate::cache::{self, Lookup};
+use crate::compress::Accepted;
 use crate::config::Limits;
 use crate::framing::{Verdict, Verdicts};
+use crate::headers;
 use crate::metrics::ListenerMetrics;
 use crate::ratelimit;
+use crate::reply::Refusal;
 use crate::router::Route;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, State};
 use crate::upstream::balance::PickContext;
 use crate::upstream::outlier::Outcome;
-use crate::upstream::pool::{Acquired, Pool, UpstreamError};
+use crate::upstream::pool::Acquired;
 use crate::upstream::retry;
 
 /// What the proxy knows about the client connection a request came on.
@@ -48,9 +62,6 @@ pub struct ConnInfo {
     /// HTTP/1.x or HTTP/2, once known.
     pub protocol: observe::ConnProtocol,
 }
-
-/// Shared, swappable runtime state.
-pub type State = Arc<ArcSwap<Snapshot>>;
 
 /// Handles one client request. Never fails: every error becomes a response.
 ///
@@ -106,10 +117,13 @@ async fn respond_to(
     };
     if let Verdict::Reject(violation) = verdict {
         tracing::debug!(client = %conn.client, %violation, "request framing refused");
-        return bad_request(violation.message());
+        return Refusal::BadRequest(violation.message()).reply();
     }
     let mut quota = None;
-    let mut resp = proxy(snap, conn, req, &mut quota, outcome).await;
+    let mut resp = match proxy(snap, conn, req, &mut quota, outcome).await {
+        Ok(resp) => resp,
+        Err(refusal) => refusal.reply(),
+    };
     if let Some(quota) = quota {
         quota.apply(resp.headers_mut());
     }
@@ -125,43 +139,29 @@ async fn respond_to(
     resp
 }
 
-/// `quota` is set when the route has a rate limit that allowed the request,
-/// so that whatever answers it carries the `RateLimit-*` fields.
+/// Admit, route, limit, then answer through the cache or straight from
+/// the pool, compressing on the way out. `quota` is set when the route has
+/// a rate limit that allowed the request, so that whatever answers it
+/// carries the `RateLimit-*` fields.
 async fn proxy(
     snap: &Arc<Snapshot>,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     quota: &mut Option<ratelimit::Decision>,
     outcome: &mut observe::Outcome,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, Refusal> {
     let limits = snap.config.limits_for(&conn.listener);
-    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    if target_len > limits.max_uri_bytes {
-        return local(StatusCode::URI_TOO_LONG, "request target too long");
-    }
-    // hyper enforces the count for HTTP/1.1; HTTP/2 field lists end up here.
-    if head_bytes(&req) > limits.max_header_bytes || req.headers().len() > limits.max_header_count {
-        return local(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request header fields too large",
-        );
-    }
-    if req.method() == Method::CONNECT {
-        return local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
-    }
-    let authority = match headers::authority(req.version(), req.uri(), req.headers(), conn.https) {
-        Ok(a) => a,
-        Err(e) => return bad_request(&e.to_string()),
-    };
+    admit(&req, limits)?;
+    let authority = headers::authority(req.version(), req.uri(), req.headers(), conn.https)
+        .map_err(|e| Refusal::BadAuthority(e.to_string()))?;
     if req.body().size_hint().lower() > limits.max_body_bytes {
-        return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        return Err(Refusal::BodyTooLarge);
     }
-    let Some(route) = snap.router.lookup(&authority.host, req.uri().path()) else {
-        return local(StatusCode::NOT_FOUND, "no route for this host and path");
-    };
-    let Some(pool) = snap.pools.get(route.pool) else {
-        return local(StatusCode::NOT_FOUND, "no route for this host and path");
-    };
+    let route = snap
+        .router
+        .lookup(&authority.host, req.uri().path())
+        .ok_or(Refusal::NoRoute)?;
+    let pool = snap.pools.get(route.pool).ok_or(Refusal::NoRoute)?;
     outcome.route = Some(route.index);
     let span = tracing::Span::current();
     span.record("route", tracing::field::display(&route.name));
@@ -170,9 +170,9 @@ async fn proxy(
         let decision = limiter.check(conn.client.ip().to_canonical(), req.headers());
         if !decision.allowed {
             tracing::debug!(route = %route.name, client = %conn.client, "rate limited");
-            let mut resp = local(StatusCode::TOO_MANY_REQUESTS, "too many requests");
+            let mut resp = Refusal::RateLimited.reply();
             decision.apply(resp.headers_mut());
-            return resp;
+            return Ok(resp);
         }
         *quota = Some(decision);
     }
@@ -180,35 +180,7 @@ async fn proxy(
     let upgrade = headers::upgrade_request(req.version(), req.headers());
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
-    let received = parts.version;
-    let mut head = parts.headers;
-    headers::strip_hop_by_hop(&mut head, upgrade.as_ref());
-    headers::add_forwarding(
-        &mut head,
-        conn.client.ip(),
-        conn.https,
-        &authority.authority,
-        received,
-    );
-    if let Some(id) = &outcome.request_id {
-        head.insert(crate::request_id::X_REQUEST_ID.clone(), id.clone());
-    }
-    if !authority.authority.is_empty() && !head.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&authority.authority) {
-            head.insert(header::HOST, v);
-        }
-    }
-    let fwd = Forward {
-        method: parts.method,
-        head,
-        path_and_query: parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_string(),
-        received,
-        client_ip: conn.client.ip().to_canonical(),
-    };
+    let fwd = Forward::new(parts, conn, &authority.authority, upgrade.as_ref(), outcome);
     let upgrade = match (client_upgrade, upgrade) {
         (Some(client), Some(token)) => Some(Upgrade { client, token }),
         _ => None,
@@ -216,36 +188,135 @@ async fn proxy(
     let route_config = snap.config.routes.get(route.index);
     // With `compress = true` the response is compressed (or decoded) for
     // this client on its way out, whoever produced it.
-    let compression = route_config.filter(|r| r.compress).map(|_| {
-        (
-            fwd.method.clone(),
-            crate::compress::Accepted::parse(&fwd.head),
-        )
-    });
-    let resp = match (route_config.and_then(|r| r.cache.as_ref()), &upgrade) {
+    let compression = route_config
+        .filter(|r| r.compress)
+        .map(|_| (fwd.method.clone(), Accepted::parse(&fwd.head)));
+    let leg = Leg {
+        snap,
+        route,
+        limits,
+    };
+    let resp = match (route_config.and_then(|r| r.cache.as_ref()), upgrade) {
         (Some(spec), None) => {
-            let key = crate::cache::key::primary(
+            let primary = cache::key::primary(
                 conn.https,
                 &authority.authority,
                 &fwd.path_and_query,
                 &fwd.head,
                 spec,
             );
-            let peer = conn.client.ip();
-            let accepted = compression.as_ref().map(|(_, a)| a.clone());
-            crate::cache::respond(
-                snap, route, key, peer, fwd, incoming, accepted, limits, outcome,
-            )
-            .await
+            let accepted = compression.as_ref().map(|(_, a)| a);
+            let answer = through_cache(leg, fwd, incoming, primary, conn, accepted, outcome).await;
+            outcome.cache = answer.result;
+            answer.resp
         }
-        _ => forward(snap, route, fwd, Some(incoming), upgrade, limits, outcome).await,
+        (_, upgrade) => forward(leg, fwd, Some(incoming), upgrade, outcome).await,
     };
-    match compression {
+    Ok(match compression {
         Some((method, accepted)) => {
             crate::compress::apply(&snap.config.compression, &method, &accepted, resp)
         }
         None => resp,
+    })
+}
+
+/// The request's own limits, before routing: target length, head size and
+/// field count, and the CONNECT method.
+fn admit(req: &Request<Incoming>, limits: &Limits) -> Result<(), Refusal> {
+    let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > limits.max_uri_bytes {
+        return Err(Refusal::UriTooLong);
     }
+    // hyper enforces the count for HTTP/1.1; HTTP/2 field lists end up here.
+    if head_bytes(req) > limits.max_header_bytes || req.headers().len() > limits.max_header_count {
+        return Err(Refusal::HeadersTooLarge);
+    }
+    if req.method() == Method::CONNECT {
+        return Err(Refusal::ConnectNotAllowed);
+    }
+    Ok(())
+}
+
+/// The cached path: the cache decides, the proxy goes upstream and hands
+/// the response back to the cache to store.
+async fn through_cache(
+    leg: Leg<'_>,
+    fwd: Forward,
+    incoming: Incoming,
+    primary: String,
+    conn: &ConnInfo,
+    accepted: Option<&Accepted>,
+    outcome: &mut observe::Outcome,
+) -> cache::Answer {
+    let cache = &leg.snap.cache;
+    let set = settings(leg.snap);
+    let asked = cache::Request {
+        primary,
+        method: &fwd.method,
+        head: &fwd.head,
+        has_body: !incoming.is_end_stream(),
+        peer: conn.client.ip(),
+        accepted,
+    };
+    match cache.lookup(set, asked).await {
+        Lookup::Hit(answer) => answer,
+        Lookup::Stale { answer, refresh } => {
+            if let Some(fill) = refresh {
+                refresh_in_background(leg.snap, leg.route, fill, fwd);
+            }
+            answer
+        }
+        Lookup::Miss(mut fill) => {
+            let mut req = fwd;
+            fill.prepare(&mut req.method, &mut req.head);
+            let resp = forward(leg, req, None, None, outcome).await;
+            fill.finish(cache, set, resp).await
+        }
+        Lookup::Pass(pass) => {
+            let resp = forward(leg, fwd, Some(incoming), None, outcome).await;
+            pass.finish(cache, set, resp)
+        }
+    }
+}
+
+fn settings(snap: &Snapshot) -> cache::Settings<'_> {
+    cache::Settings {
+        cache: &snap.config.cache,
+        compression: &snap.config.compression,
+    }
+}
+
+/// Revalidates a stale entry once, off the request path (RFC 5861 §3):
+/// forwarded and filled like a miss, under the daemon-wide limits, its
+/// body read to the end (which is what stores it).
+fn refresh_in_background(snap: &Arc<Snapshot>, route: &Route, mut fill: cache::Fill, req: Forward) {
+    let snap = snap.clone();
+    let route = route.clone();
+    tokio::spawn(async move {
+        let mut req = req;
+        fill.prepare(&mut req.method, &mut req.head);
+        let limits = snap.config.limits.clone();
+        let leg = Leg {
+            snap: &snap,
+            route: &route,
+            limits: &limits,
+        };
+        let mut outcome = observe::Outcome::default();
+        let resp = forward(leg, req, None, None, &mut outcome).await;
+        let answer = fill.finish(&snap.cache, settings(&snap), resp).await;
+        if let Err(e) = answer.resp.into_body().collect().await {
+            tracing::debug!(error = %e, "background revalidation failed");
+        }
+    });
+}
+
+/// Where a routed request goes: the snapshot it runs under, its route,
+/// and the limits of the listener it came on.
+#[derive(Clone, Copy)]
+struct Leg<'a> {
+    snap: &'a Arc<Snapshot>,
+    route: &'a Route,
+    limits: &'a Limits,
 }
 
 /// A request ready to go upstream: the client's head with hop-by-hop fields
@@ -262,6 +333,43 @@ pub struct Forward {
     pub client_ip: std::net::IpAddr,
 }
 
+impl Forward {
+    /// The upstream request for a client's request head: hop-by-hop fields
+    /// removed, `X-Forwarded-*`, `Via` and the request id added, and a
+    /// `Host` for an HTTP/2 request (which carries `:authority` instead).
+    fn new(
+        parts: http::request::Parts,
+        conn: &ConnInfo,
+        authority: &str,
+        upgrade: Option<&HeaderValue>,
+        outcome: &observe::Outcome,
+    ) -> Forward {
+        let received = parts.version;
+        let mut head = parts.headers;
+        headers::strip_hop_by_hop(&mut head, upgrade);
+        headers::add_forwarding(&mut head, conn.client.ip(), conn.https, authority, received);
+        if let Some(id) = &outcome.request_id {
+            head.insert(crate::request_id::X_REQUEST_ID.clone(), id.clone());
+        }
+        if !authority.is_empty() && !head.contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(authority) {
+                head.insert(header::HOST, v);
+            }
+        }
+        Forward {
+            method: parts.method,
+            head,
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .to_string(),
+            received,
+            client_ip: conn.client.ip().to_canonical(),
+        }
+    }
+}
+
 /// A client's upgrade request (WebSocket and the like).
 pub struct Upgrade {
     client: hyper::upgrade::OnUpgrade,
@@ -270,21 +378,35 @@ pub struct Upgrade {
 
 /// Sends `req` to the route's pool: picks members in the pool's order,
 /// retries idempotent requests after the failures `retry_on` lists, and any
-/// request whose member refused the connection before anything was sent, and
-/// maps every failure to a status. The response's hop-by-hop fields are
-/// already removed.
-pub(crate) async fn forward(
-    snap: &Snapshot,
-    route: &Route,
+/// request whose member refused the connection before anything was sent
+/// ([`retry::after_error`]), and maps every failure to a [`Refusal`]. The
+/// response's hop-by-hop fields are already removed.
+async fn forward(
+    leg: Leg<'_>,
     req: Forward,
     incoming: Option<Incoming>,
     upgrade: Option<Upgrade>,
-    limits: &Limits,
     outcome: &mut observe::Outcome,
 ) -> Response<ProxyBody> {
-    let Some(pool) = snap.pools.get(route.pool) else {
-        return local(StatusCode::NOT_FOUND, "no route for this host and path");
-    };
+    match attempts(leg, req, incoming, upgrade, outcome).await {
+        Ok(resp) => resp,
+        Err(refusal) => refusal.reply(),
+    }
+}
+
+async fn attempts(
+    leg: Leg<'_>,
+    req: Forward,
+    incoming: Option<Incoming>,
+    upgrade: Option<Upgrade>,
+    outcome: &mut observe::Outcome,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let Leg {
+        snap,
+        route,
+        limits,
+    } = leg;
+    let pool = snap.pools.get(route.pool).ok_or(Refusal::NoRoute)?;
     let Forward {
         method,
         mut head,
@@ -293,14 +415,15 @@ pub(crate) async fn forward(
         client_ip,
     } = req;
     let has_body = incoming.as_ref().is_some_and(|b| !b.is_end_stream());
-    // Idempotent requests without a body may be retried after any listed
-    // failure. Any other request only when its member refused the
-    // connection before the body was read: nothing reached a member then,
-    // which is also when nginx passes a POST to the next server.
     let idempotent = headers::is_idempotent(&method) && !has_body;
     let plan = match pool.plan(&PickContext { client_ip }) {
         Ok(plan) => plan,
-        Err(unavailable) => return no_member(pool, unavailable.retry_after),
+        Err(unavailable) => {
+            tracing::debug!(pool = %pool.name, "no usable upstream member");
+            return Err(Refusal::NoMember {
+                retry_after: unavailable.retry_after,
+            });
+        }
     };
     let retry_on = pool.config.retry_on;
     let attempts = if upgrade.is_none() {
@@ -330,7 +453,10 @@ pub(crate) async fn forward(
         // max_connections; retries only take a free one.
         let (member, in_flight) = match pool.acquire(&plan, &mut next, attempt == 0).await {
             Acquired::Member(member, in_flight) => (member, in_flight),
-            Acquired::Overloaded => return at_capacity(pool),
+            Acquired::Overloaded => {
+                tracing::warn!(pool = %pool.name, "upstream pool at capacity");
+                return Err(Refusal::AtCapacity);
+            }
             Acquired::Exhausted => break,
         };
         let more = attempt + 1 < attempts && next < plan.len();
@@ -349,10 +475,8 @@ pub(crate) async fn forward(
             let _ = sent_tx.send(());
             body::empty()
         };
-        let uri = match Uri::try_from(format!("http://{}{}", member.addr, path_and_query)) {
-            Ok(u) => u,
-            Err(_) => return bad_request("invalid request target"),
-        };
+        let uri = Uri::try_from(format!("http://{}{}", member.addr, path_and_query))
+            .map_err(|_| Refusal::BadRequest("invalid request target"))?;
         let mut up = Request::new(body);
         *up.method_mut() = method.clone();
         *up.uri_mut() = uri;
@@ -394,52 +518,29 @@ pub(crate) async fn forward(
                     if let Some(Upgrade { client, token }) = upgrade.take() {
                         let upstream_side = hyper::upgrade::on(&mut resp);
                         tokio::spawn(tunnel(client, upstream_side, in_flight));
-                        return switching_protocols(resp, token);
+                        return Ok(switching_protocols(resp, token));
                     }
                 }
-                return respond(resp, in_flight);
+                return Ok(respond(resp, in_flight));
             }
             Err(e) => {
                 drop(in_flight);
                 if too_large.load(Ordering::Relaxed) {
-                    return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+                    return Err(Refusal::BodyTooLarge);
                 }
                 if too_slow.load(Ordering::Relaxed) {
-                    let mut resp = local(StatusCode::REQUEST_TIMEOUT, "request body too slow");
-                    if received < Version::HTTP_2 {
-                        // The rest of the body will not be read: close after this.
-                        resp.headers_mut()
-                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    return resp;
+                    return Err(Refusal::BodyTooSlow {
+                        close: received < Version::HTTP_2,
+                    });
                 }
                 if client_failed.load(Ordering::Relaxed) {
                     // The client's body broke (bad chunked framing, or it
                     // ended early): the client's fault, not the member's.
-                    return bad_request("malformed or incomplete request body");
+                    return Err(Refusal::BadRequest("malformed or incomplete request body"));
                 }
-                let (kind, may_retry) = match e {
-                    UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
-                        (Outcome::ConnectFailure, retry_on.connect)
-                    }
-                    UpstreamError::BeforeResponse { .. } => {
-                        (Outcome::ConnectFailure, retry_on.reset)
-                    }
-                    UpstreamError::ResponseTimeout { .. } => {
-                        (Outcome::ConnectFailure, retry_on.timeout)
-                    }
-                    UpstreamError::BadResponse { .. } => (Outcome::Neutral, false),
-                };
+                let untouched = incoming.as_ref().is_none_or(Reclaimable::untouched);
+                let (kind, may_retry) = retry::after_error(&e, &retry_on, idempotent, untouched);
                 pool.report(&member, kind);
-                let may_retry = if idempotent {
-                    may_retry
-                } else {
-                    let refused = matches!(
-                        e,
-                        UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. }
-                    );
-                    refused && may_retry && incoming.as_ref().is_none_or(Reclaimable::untouched)
-                };
                 let retry = more && may_retry && pool.take_retry();
                 tracing::warn!(
                     route = %route.name,
@@ -457,47 +558,19 @@ pub(crate) async fn forward(
             }
         }
     }
-    match (last_error, last_status) {
-        (None, Some(status)) => local(status, "upstream failed"),
-        (error, _) => upstream_failure(pool, error),
-    }
-}
-
-/// 503 at once when no member is usable (all down, ejected or draining),
-/// with `Retry-After` when one may be back.
-fn no_member(pool: &Pool, retry_after: u64) -> Response<ProxyBody> {
-    tracing::debug!(pool = %pool.name, "no usable upstream member");
-    let mut resp = local(StatusCode::SERVICE_UNAVAILABLE, "no usable upstream server");
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-    resp
-}
-
-/// 503 at once when every member is at `max_connections` and `max_pending`
-/// requests already wait (circuit breaking).
-fn at_capacity(pool: &Pool) -> Response<ProxyBody> {
-    tracing::warn!(pool = %pool.name, "upstream pool at capacity");
-    let mut resp = local(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "upstream servers at capacity",
-    );
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp
-}
-
-fn upstream_failure(pool: &Pool, error: Option<UpstreamError>) -> Response<ProxyBody> {
-    match error {
-        Some(e) if e.is_timeout() => local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
-        Some(_) => local(StatusCode::BAD_GATEWAY, "upstream failed"),
-        None => {
+    Err(match (last_error, last_status) {
+        (None, Some(status)) => Refusal::UpstreamStatus(status),
+        (Some(e), _) if e.is_timeout() => Refusal::UpstreamTimedOut,
+        (Some(_), _) => Refusal::UpstreamFailed,
+        (None, None) => {
             tracing::warn!(pool = %pool.name, "no usable upstream member");
-            local(StatusCode::SERVICE_UNAVAILABLE, "no upstream servers")
+            Refusal::NoServers
         }
-    }
+    })
 }
 
-/// Passes an upstream response to the client with hop-by-hop fields removed.
+/// Passes an upstream response to the client with hop-by-hop fields removed;
+/// the member stays in flight until the body ends.
 fn respond(
     resp: Response<Incoming>,
     in_flight: crate::upstream::member::InFlight,
@@ -507,7 +580,8 @@ fn respond(
     parts
         .headers
         .append(header::VIA, headers::via(parts.version));
-    Response::from_parts(parts, DownloadBody::new(body, in_flight).boxed())
+    let body = Watched::new(body, in_flight).map_err(BoxError::from);
+    Response::from_parts(parts, body.boxed())
 }
 
 fn switching_protocols(resp: Response<Incoming>, token: HeaderValue) -> Response<ProxyBody> {
@@ -546,30 +620,4 @@ fn head_bytes(req: &Request<Incoming>) -> usize {
     req.headers()
         .iter()
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
-}
-
-/// Marks a response sluice generated itself (an error page, not the
-/// upstream's answer), so that the cache never stores it.
-#[derive(Debug, Clone, Copy)]
-pub struct Generated;
-
-/// A short plain-text response generated by sluice itself.
-pub fn local(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let mut resp = Response::new(body::full(format!("{message}\n")));
-    *resp.status_mut() = status;
-    resp.extensions_mut().insert(Generated);
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-/// A 400 that also closes an HTTP/1.1 connection: after a malformed request
-/// the framing of whatever follows cannot be trusted.
-fn bad_request(message: &str) -> Response<ProxyBody> {
-    let mut resp = local(StatusCode::BAD_REQUEST, message);
-    resp.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    resp
 }

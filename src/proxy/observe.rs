@@ -5,19 +5,18 @@
 //! so the duration and byte count cover the whole response.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, Version};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::BodyExt;
 
 use crate::access_log::{self, Entry};
-use crate::body::{BoxError, ProxyBody};
+use crate::body::{End, ProxyBody, Watch, Watched};
 use crate::config::AccessLogFormat;
 use crate::metrics::{self, ListenerMetrics};
 use crate::snapshot::Snapshot;
@@ -188,13 +187,7 @@ impl Start {
             done.record();
             return resp;
         }
-        resp.map(|inner| {
-            ObservedBody {
-                inner,
-                done: Some(done),
-            }
-            .boxed()
-        })
+        resp.map(|inner| Watched::new(inner, done).boxed())
     }
 }
 
@@ -226,56 +219,13 @@ impl Done {
     }
 }
 
-/// A response body that records its request when it ends or is dropped.
-struct ObservedBody {
-    inner: ProxyBody,
-    done: Option<Done>,
-}
-
-impl Body for ObservedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(d), Some(data)) = (&mut this.done, frame.data_ref()) {
-                    d.bytes += data.len() as u64;
-                }
-                if this.inner.is_end_stream() {
-                    if let Some(d) = this.done.take() {
-                        d.record();
-                    }
-                }
-            }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
-                if let Some(d) = this.done.take() {
-                    d.record();
-                }
-            }
-            Poll::Pending => {}
-        }
-        polled
+/// A response body records its request when it ends or is dropped.
+impl Watch for Done {
+    fn data(&mut self, data: &Bytes) {
+        self.bytes += data.len() as u64;
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for ObservedBody {
-    fn drop(&mut self) {
-        if let Some(d) = self.done.take() {
-            d.record();
-        }
+    fn end(self, _: End) {
+        self.record();
     }
 }

@@ -433,6 +433,12 @@ impl InFlight {
     }
 }
 
+/// Held by a streaming response body, so `least_conn` sees the whole
+/// transfer; dropping it is the release.
+impl crate::body::Watch for InFlight {
+    fn end(self, _: crate::body::End) {}
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);

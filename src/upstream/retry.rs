@@ -1,5 +1,6 @@
-//! Retry policy pieces that are not about which member comes next: the
-//! backoff between attempts and the per-pool retry budget.
+//! Retry policy pieces that are not about which member comes next: which
+//! failures may be retried ([`after_error`]), the backoff between attempts
+//! and the per-pool retry budget.
 //!
 //! The budget compares two decaying rates, requests and retries over about
 //! the last second, kept in atomics: a retry is allowed while retries stay
@@ -10,6 +11,41 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use super::outlier::Outcome;
+use super::pool::UpstreamError;
+use crate::config::RetryOn;
+
+/// What a failed attempt means: how it counts against the member (passive
+/// ejection), and whether the request may go to another member (when the
+/// pool's budget and attempts allow).
+///
+/// An idempotent request without a body may be retried after any failure
+/// `retry_on` lists. Any other request only when its member refused the
+/// connection (or did not accept it in time) and its body was not read:
+/// nothing reached a member then, which is also when nginx passes a POST
+/// to the next server.
+pub fn after_error(
+    error: &UpstreamError,
+    retry_on: &RetryOn,
+    idempotent: bool,
+    body_untouched: bool,
+) -> (Outcome, bool) {
+    let (outcome, listed) = match error {
+        UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => {
+            (Outcome::ConnectFailure, retry_on.connect)
+        }
+        UpstreamError::BeforeResponse { .. } => (Outcome::ConnectFailure, retry_on.reset),
+        UpstreamError::ResponseTimeout { .. } => (Outcome::ConnectFailure, retry_on.timeout),
+        UpstreamError::BadResponse { .. } => (Outcome::Neutral, false),
+    };
+    let may_retry = if idempotent {
+        listed
+    } else {
+        listed && !error.request_may_have_reached_member() && body_untouched
+    };
+    (outcome, may_retry)
+}
 
 /// Exponential backoff with full jitter before attempt `attempt` (1 for the
 /// first retry): uniform in `0..=min(base * 2^(attempt-1), 10 * base)`.
@@ -154,5 +190,125 @@ mod tests {
         // Half-way through the next second, half of the last one counts.
         assert!((r.per_second(2_500) - 5.0).abs() < 1e-9);
         assert_eq!(r.per_second(4_000), 0.0);
+    }
+
+    mod after_error {
+        use super::super::*;
+        use std::net::SocketAddr;
+
+        const ADDR: SocketAddr =
+            SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9);
+
+        fn connect() -> UpstreamError {
+            UpstreamError::Connect {
+                addr: ADDR,
+                reason: "refused".into(),
+            }
+        }
+        fn connect_timeout() -> UpstreamError {
+            UpstreamError::ConnectTimeout { addr: ADDR }
+        }
+        fn reset() -> UpstreamError {
+            UpstreamError::BeforeResponse {
+                addr: ADDR,
+                reason: "reset".into(),
+            }
+        }
+        fn timeout() -> UpstreamError {
+            UpstreamError::ResponseTimeout {
+                addr: ADDR,
+                after: Duration::from_secs(1),
+            }
+        }
+        fn bad() -> UpstreamError {
+            UpstreamError::BadResponse {
+                addr: ADDR,
+                reason: "framing".into(),
+            }
+        }
+
+        fn all() -> RetryOn {
+            RetryOn {
+                connect: true,
+                reset: true,
+                timeout: true,
+                status_502: true,
+                status_503: true,
+                status_504: true,
+            }
+        }
+
+        #[test]
+        fn idempotent_requests_retry_what_retry_on_lists() {
+            let on = all();
+            for e in [connect(), connect_timeout(), reset(), timeout()] {
+                assert_eq!(
+                    after_error(&e, &on, true, false),
+                    (Outcome::ConnectFailure, true),
+                    "{e}"
+                );
+            }
+            let off = RetryOn {
+                connect: false,
+                reset: false,
+                timeout: false,
+                ..all()
+            };
+            for e in [connect(), connect_timeout(), reset(), timeout()] {
+                assert_eq!(
+                    after_error(&e, &off, true, true),
+                    (Outcome::ConnectFailure, false),
+                    "{e}"
+                );
+            }
+        }
+
+        #[test]
+        fn a_malformed_response_is_neutral_and_never_retried() {
+            assert_eq!(
+                after_error(&bad(), &all(), true, true),
+                (Outcome::Neutral, false)
+            );
+        }
+
+        #[test]
+        fn other_requests_retry_only_when_nothing_reached_a_member() {
+            let on = all();
+            assert_eq!(
+                after_error(&connect(), &on, false, true),
+                (Outcome::ConnectFailure, true)
+            );
+            assert_eq!(
+                after_error(&connect_timeout(), &on, false, true),
+                (Outcome::ConnectFailure, true)
+            );
+            for e in [reset(), timeout()] {
+                assert_eq!(
+                    after_error(&e, &on, false, true),
+                    (Outcome::ConnectFailure, false),
+                    "{e}"
+                );
+            }
+        }
+
+        #[test]
+        fn a_body_already_read_is_never_sent_twice() {
+            assert_eq!(
+                after_error(&connect(), &all(), false, false),
+                (Outcome::ConnectFailure, false)
+            );
+        }
+
+        #[test]
+        fn a_refused_connection_is_retried_only_when_retry_on_lists_connect() {
+            let on = RetryOn {
+                connect: false,
+                ..all()
+            };
+            assert_eq!(
+                after_error(&connect(), &on, false, true),
+                (Outcome::ConnectFailure, false)
+            );
+        }
     }
 }

@@ -3,6 +3,15 @@
 //! request's authority extracted and normalised for routing.
 //!
 //! Pure functions of a header map, tested below one rule at a time.
+//!
+//! The submodules hold the field grammar that the cache and compression
+//! share, so neither has to reach into the other:
+//! - [`cache_control`]: the Cache-Control field (RFC 9111 §5.2);
+//! - [`conditional`]: entity-tags and conditional requests (RFC 9110 §13).
+
+pub mod cache_control;
+pub mod conditional;
+pub(crate) mod grammar;
 
 use std::net::IpAddr;
 
