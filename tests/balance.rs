@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use http::{Method, Response};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpSocket;
 use tokio::sync::oneshot;
@@ -47,17 +46,6 @@ fn unweighted(origins: &[&Origin]) -> Vec<(SocketAddr, u32)> {
     origins.iter().map(|o| (o.addr, 1)).collect()
 }
 
-async fn into_reply(resp: Response<Incoming>) -> Reply {
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.expect("response body").to_bytes();
-    Reply {
-        status: parts.status,
-        version: parts.version,
-        headers: parts.headers,
-        body,
-    }
-}
-
 /// One keep-alive HTTP/1.1 client connection, used for sequential requests.
 struct Conn(hyper::client::conn::http1::SendRequest<TestBody>);
 
@@ -73,7 +61,7 @@ impl Conn {
             .await
             .expect("response in time")
             .expect("response");
-        into_reply(resp).await
+        collect(resp).await
     }
 }
 
@@ -93,7 +81,7 @@ async fn get_from(ip: Ipv4Addr, addr: SocketAddr) -> Reply {
         .await
         .expect("response in time")
         .expect("response");
-    into_reply(resp).await
+    collect(resp).await
 }
 
 /// Index in `origins` of the origin that answered `r` (which must be a 200).

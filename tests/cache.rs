@@ -124,14 +124,11 @@ async fn start(origin: &Scripted) -> Daemon {
 }
 
 async fn send(d: &Daemon, method: Method, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut req = request(method, path, HOST, empty());
-    for (k, v) in headers {
-        req.headers_mut().append(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            http::HeaderValue::from_str(v).unwrap(),
-        );
-    }
-    h1(d.addr("http"), req).await
+    h1(
+        d.addr("http"),
+        request_with_headers(method, path, HOST, headers),
+    )
+    .await
 }
 
 async fn get_with(d: &Daemon, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -144,10 +141,6 @@ async fn fetch(d: &Daemon, path: &str) -> Reply {
 
 fn status_of(r: &Reply) -> &str {
     r.header("cache-status").unwrap_or("")
-}
-
-fn is_hit(r: &Reply) -> bool {
-    status_of(r).starts_with("sluice; hit")
 }
 
 async fn admin_post(d: &Daemon, path: &str) -> Reply {

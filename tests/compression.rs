@@ -274,19 +274,12 @@ fn compressing_cache(origin: SocketAddr) -> String {
     config(origin, "compress = true\ncache = true", "")
 }
 
-fn with_headers(method: Method, path: &str, headers: &[(&str, &str)]) -> Request<TestBody> {
-    let mut req = request(method, path, HOST, empty());
-    for (k, v) in headers {
-        req.headers_mut().append(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            http::HeaderValue::from_str(v).unwrap(),
-        );
-    }
-    req
-}
-
 async fn send(d: &Daemon, method: Method, path: &str, headers: &[(&str, &str)]) -> Reply {
-    h1(d.addr("http"), with_headers(method, path, headers)).await
+    h1(
+        d.addr("http"),
+        request_with_headers(method, path, HOST, headers),
+    )
+    .await
 }
 
 /// `GET path` with `Accept-Encoding: ae` (none when `ae` is `None`).
@@ -369,11 +362,6 @@ fn assert_untouched(r: &Reply, want: &[u8]) {
             r.headers
         );
     }
-}
-
-fn is_hit(r: &Reply) -> bool {
-    r.header("cache-status")
-        .is_some_and(|s| s.starts_with("sluice; hit"))
 }
 
 /// `name{algorithm="<algorithm>"}` from the admin listener's `/metrics`.
@@ -671,7 +659,7 @@ async fn events_arrive_as_sent(d: &Daemon, site: &Site) {
     for name in ["gzip", "br", "zstd"] {
         let coding = Coding::parse(name).unwrap();
         let mut conn = h1_conn(d.addr("http")).await;
-        let req = with_headers(Method::GET, "/events", &[("accept-encoding", name)]);
+        let req = request_with_headers(Method::GET, "/events", HOST, &[("accept-encoding", name)]);
         let resp = tokio::time::timeout(PATIENCE, conn.send_request(req))
             .await
             .expect("response head in time")

@@ -28,21 +28,11 @@ use tokio::sync::{mpsc, Notify};
 async fn on_localhost() -> (u16, Vec<Origin>) {
     let v4 = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = v4.local_addr().unwrap().port();
-    let mut origins = vec![serve(v4)];
+    let mut origins = vec![Origin::hello_on(v4)];
     if let Ok(v6) = TcpListener::bind(SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], port))).await {
-        origins.push(serve(v6));
+        origins.push(Origin::hello_on(v6));
     }
     (port, origins)
-}
-
-fn serve(l: TcpListener) -> Origin {
-    Origin::serve_on(l, |req, addr| async move {
-        let _ = http_body_util::BodyExt::collect(req.into_body()).await;
-        http::Response::builder()
-            .header("x-origin", addr.to_string())
-            .body(full(format!("origin {}", addr.port())))
-            .unwrap()
-    })
 }
 
 /// One listener, one route to pool `app` with the server table `entry`,

@@ -79,41 +79,17 @@ async fn connect_from(from: Ipv4Addr, addr: SocketAddr) -> std::io::Result<TcpSt
 /// One response read off a raw socket: the status and the body (by
 /// `Content-Length`); the connection stays usable.
 async fn read_response(stream: &mut TcpStream) -> (u16, String) {
-    let mut buf = Vec::new();
-    let read = async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(end) = find(&buf, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let length = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + length {
-                    let status = head
-                        .split(' ')
-                        .nth(1)
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0);
-                    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]);
-                    return Some((status, body.into_owned()));
-                }
-            }
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(PATIENCE, read)
-        .await
-        .expect("a response in time")
-        .unwrap_or_else(|| panic!("connection closed before a response: {buf:?}"))
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    let (buf, complete) = read_raw_response(stream, NoLength::Empty).await;
+    let (end, length) =
+        complete.unwrap_or_else(|| panic!("connection closed before a response: {buf:?}"));
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]);
+    (status, body.into_owned())
 }
 
 /// Reads until the peer closes; returns what arrived. A reset counts as a
@@ -140,27 +116,6 @@ async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
 }
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
-
-fn limits_config(origin: SocketAddr, limits: &str) -> String {
-    simple_config(&[origin], &format!("\n[limits]\n{limits}\n"))
-}
-
-/// A body fed through a bounded channel, one data frame per message.
-struct ChanBody(mpsc::Receiver<Bytes>);
-
-impl http_body::Body for ChanBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|data| data.map(|d| Ok(http_body::Frame::data(d))))
-    }
-}
 
 // ------------------------------------------------------ per-client limit --
 

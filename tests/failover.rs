@@ -5,7 +5,7 @@ mod common;
 use common::*;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -127,24 +127,6 @@ impl Blackhole {
             }
         }
         panic!("the accept queue of {addr} never filled up");
-    }
-}
-
-/// Waits until connecting to `addr` is refused.
-async fn wait_refused(addr: SocketAddr) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match TcpStream::connect(addr).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
-            // A connection caught by the closing listener is reset.
-            Ok(_) | Err(_) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "{addr} still accepts connections"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
     }
 }
 

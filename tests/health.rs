@@ -75,10 +75,6 @@ fn health(kind: &str, interval_ms: u64, rise: u32, fall: u32, extra: &str) -> St
     )
 }
 
-fn change(member: SocketAddr, from: &str, to: &str) -> String {
-    format!("member={member} from={from} to={to}")
-}
-
 /// Waits for `needle` in the daemon's log and returns how long that took.
 async fn time_to(d: &Daemon, needle: &str) -> Duration {
     let t = Instant::now();

@@ -6,11 +6,9 @@ use common::*;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use http::{Method, Response};
 use http_body_util::BodyExt;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 /// Two pools, `app` over `app` and `other` over `other`, and route `main`
@@ -59,24 +57,6 @@ async fn slow_origin(entered: oneshot::Sender<()>, release: oneshot::Receiver<()
         }
     })
     .await
-}
-
-/// Waits until connecting to `addr` is refused.
-async fn wait_refused(addr: SocketAddr) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match TcpStream::connect(addr).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
-            // Accepted (or reset) while the listener was still closing.
-            Ok(_) | Err(_) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "{addr} still accepts connections"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,42 +56,11 @@ async fn exchange(addr: SocketAddr, bytes: &[u8]) -> RawReply {
 }
 
 async fn read_reply(stream: &mut TcpStream) -> RawReply {
-    let mut buf = Vec::new();
-    let read = async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(end) = find(&buf, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let length = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok());
-                if length.is_some_and(|n| buf.len() >= end + 4 + n) {
-                    return;
-                }
-            }
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(PATIENCE, read)
-        .await
-        .expect("a response in time");
+    let (buf, _) = read_raw_response(stream, NoLength::UntilClose).await;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let end = find(&buf, b"\r\n\r\n").unwrap_or_else(|| panic!("no response head: {text:?}"));
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {text:?}"));
-    let fields = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let (status, fields) = parse_head(&head).unwrap_or_else(|| panic!("no status line: {text:?}"));
     let body = String::from_utf8_lossy(&buf[end + 4..]).into_owned();
     RawReply {
         status,
@@ -99,15 +68,6 @@ async fn read_reply(stream: &mut TcpStream) -> RawReply {
         body,
         text,
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// `simple_config` with a `[limits]` table.
-fn limits_config(origin: SocketAddr, limits: &str) -> String {
-    simple_config(&[origin], &format!("\n[limits]\n{limits}\n"))
 }
 
 // ------------------------------------------------------------- malformed --

@@ -9,9 +9,6 @@ use common::*;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use http::Response;
-use http_body_util::BodyExt;
-
 fn outlier(settings: &str) -> String {
     format!("[pool.app.outlier]\n{settings}\n")
 }
@@ -25,19 +22,6 @@ fn attempts_on(log: &str, member: SocketAddr) -> usize {
 
 fn ejected(member: SocketAddr) -> String {
     format!("member={member} from=up to=ejected")
-}
-
-/// An origin answering every request with `status`.
-async fn answering(status: u16) -> Origin {
-    Origin::serve(move |req, addr: SocketAddr| async move {
-        let _ = req.into_body().collect().await;
-        Response::builder()
-            .status(status)
-            .header("x-origin", addr.to_string())
-            .body(full("x"))
-            .unwrap()
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,24 +22,6 @@ use tokio::sync::{mpsc, oneshot};
 
 // --------------------------------------------------------------- helpers --
 
-/// A body fed through a bounded channel: each message is one data frame, and
-/// the body ends when the sender is dropped.
-struct ChanBody(mpsc::Receiver<Bytes>);
-
-impl http_body::Body for ChanBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|data| data.map(|d| Ok(http_body::Frame::data(d))))
-    }
-}
-
 fn channel_body(capacity: usize) -> (mpsc::Sender<Bytes>, TestBody) {
     let (tx, rx) = mpsc::channel(capacity);
     (tx, ChanBody(rx).boxed())
@@ -74,17 +56,7 @@ impl RawHead {
             .split("\r\n\r\n")
             .next()
             .unwrap_or_else(|| panic!("no response head in {text:?}"));
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no status in {text:?}"));
-        let fields = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
+        let (status, fields) = parse_head(head).unwrap_or_else(|| panic!("no status in {text:?}"));
         RawHead { status, fields }
     }
 

@@ -14,7 +14,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use http_body_util::BodyExt;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,14 +64,7 @@ async fn get_on(send: &mut SendRequest<TestBody>, path: &str, fields: &[(&str, &
     let reply = async {
         send.ready().await.expect("connection ready");
         let resp = send.send_request(req).await.expect("response");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        Reply {
-            status: parts.status,
-            version: parts.version,
-            headers: parts.headers,
-            body,
-        }
+        collect(resp).await
     };
     tokio::time::timeout(PATIENCE, reply)
         .await

@@ -48,10 +48,6 @@ fn num(v: &Value, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("{key} is not a number: {v}"))
 }
 
-fn change(member: SocketAddr, from: &str, to: &str) -> String {
-    format!("member={member} from={from} to={to}")
-}
-
 /// Listener, one route to pool `app` with `servers` (`addr`, `weight`),
 /// `pool_extra` appended to `[pool.app]`, and an admin listener.
 fn config(servers: &[(SocketAddr, u32)], pool_extra: &str) -> String {
@@ -163,24 +159,11 @@ fall = 1
     }
 }
 
-/// An origin answering `status` to everything.
-async fn answering(status: u16) -> Origin {
-    Origin::serve(move |req, addr: SocketAddr| async move {
-        let _ = req.into_body().collect().await;
-        Response::builder()
-            .status(status)
-            .header("x-origin", addr.to_string())
-            .body(full(format!("status {status}")))
-            .unwrap()
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_killed_erroring_hanging_get_sees_no_errors() {
     let killed = dead_addr();
-    let healthy = answering(200).await;
-    let erroring = answering(503).await;
+    let healthy = answering_with(200, "status 200").await;
+    let erroring = answering_with(503, "status 503").await;
     let hangs = silent().await;
     // Round-robin order: dead, healthy, erroring, hanging. Whatever member
     // a request starts on, at most two bad members come before the healthy

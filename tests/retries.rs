@@ -14,19 +14,6 @@ use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::sync::watch;
 
-/// An origin answering every request with `status`.
-async fn answering(status: u16) -> Origin {
-    Origin::serve(move |req, addr: SocketAddr| async move {
-        let _ = req.into_body().collect().await;
-        Response::builder()
-            .status(status)
-            .header("x-origin", addr.to_string())
-            .body(full("x"))
-            .unwrap()
-    })
-    .await
-}
-
 /// An origin that holds every request until the gate opens.
 async fn gated(gate: watch::Receiver<bool>) -> Origin {
     Origin::serve(move |req, addr: SocketAddr| {

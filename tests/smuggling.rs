@@ -57,22 +57,13 @@ struct Exchange {
     text: String,
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 /// Parses one complete response from the front of `buf`, returning it and
 /// its length; `None` while incomplete. `eof` completes a body delimited by
 /// the connection closing.
 fn parse_reply(buf: &[u8], eof: bool) -> Option<(RawReply, usize)> {
     let end = find(buf, b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let fields: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let (status, fields) = parse_head(&head)?;
     let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let start = end + 4;
     if let Some(len) = get("content-length") {

@@ -26,8 +26,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub mod exposition;
+pub mod raw;
 #[allow(unused_imports)]
 pub use exposition::*;
+#[allow(unused_imports)]
+pub use raw::*;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestBody = BoxBody<Bytes, BoxError>;
@@ -44,6 +47,24 @@ pub fn full(data: impl Into<Bytes>) -> TestBody {
 
 pub fn empty() -> TestBody {
     full(Bytes::new())
+}
+
+/// A body fed through a bounded channel: each message is one data frame, and
+/// the body ends when the sender is dropped.
+pub struct ChanBody(pub tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChanBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|data| data.map(|d| Ok(http_body::Frame::data(d))))
+    }
 }
 
 // ---------------------------------------------------------------- daemon --
@@ -271,14 +292,22 @@ impl Origin {
     /// An origin answering `200 origin <port>` to everything, after reading
     /// the whole request body.
     pub async fn hello() -> Origin {
-        Origin::serve(|req: Request<Incoming>, addr: SocketAddr| async move {
-            let _ = req.into_body().collect().await;
-            Response::builder()
-                .header("x-origin", addr.to_string())
-                .body(full(format!("origin {}", addr.port())))
-                .unwrap()
-        })
-        .await
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        Origin::hello_on(listener)
+    }
+
+    /// [`Origin::hello`] on an already-bound listener.
+    pub fn hello_on(listener: TcpListener) -> Origin {
+        Origin::serve_on(
+            listener,
+            |req: Request<Incoming>, addr: SocketAddr| async move {
+                let _ = req.into_body().collect().await;
+                Response::builder()
+                    .header("x-origin", addr.to_string())
+                    .body(full(format!("origin {}", addr.port())))
+                    .unwrap()
+            },
+        )
     }
 
     /// An origin whose handler is `f(request, own_addr)`.
@@ -362,6 +391,28 @@ pub async fn silent() -> Origin {
     Origin::serve(|req, _addr| async move {
         let _ = req.into_body().collect().await;
         std::future::pending::<Response<TestBody>>().await
+    })
+    .await
+}
+
+/// An origin answering every request with `status` and the body `x`.
+pub async fn answering(status: u16) -> Origin {
+    answering_with(status, "x").await
+}
+
+/// An origin answering every request with `status` and `body`.
+pub async fn answering_with(status: u16, body: impl Into<Bytes>) -> Origin {
+    let body = body.into();
+    Origin::serve(move |req, addr: SocketAddr| {
+        let body = body.clone();
+        async move {
+            let _ = req.into_body().collect().await;
+            Response::builder()
+                .status(status)
+                .header("x-origin", addr.to_string())
+                .body(full(body))
+                .unwrap()
+        }
     })
     .await
 }
@@ -480,6 +531,30 @@ pub fn dead_addr() -> SocketAddr {
     addr
 }
 
+/// Waits until connecting to `addr` is refused.
+pub async fn wait_refused(addr: SocketAddr) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            // Accepted (or reset) while the listener was still closing.
+            Ok(_) | Err(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{addr} still accepts connections"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// What the daemon logs when pool member `member` goes from state `from` to
+/// `to`.
+pub fn change(member: SocketAddr, from: &str, to: &str) -> String {
+    format!("member={member} from={from} to={to}")
+}
+
 // ---------------------------------------------------------------- configs --
 
 /// A config with one plain listener `http` on an ephemeral port, one route
@@ -490,6 +565,11 @@ pub fn simple_config(servers: &[SocketAddr], pool_extra: &str) -> String {
         .map(|a| format!("{{ addr = \"{a}\" }}"))
         .collect();
     entries_config(&list, pool_extra)
+}
+
+/// [`simple_config`] with a `[limits]` table.
+pub fn limits_config(origin: SocketAddr, limits: &str) -> String {
+    simple_config(&[origin], &format!("\n[limits]\n{limits}\n"))
 }
 
 /// [`simple_config`] with the server tables written out (`{ srv = ".." }`,
@@ -590,7 +670,14 @@ impl Reply {
     }
 }
 
-async fn collect(resp: Response<Incoming>) -> Reply {
+/// Whether the cache answered `r` from a stored response.
+pub fn is_hit(r: &Reply) -> bool {
+    r.header("cache-status")
+        .is_some_and(|s| s.starts_with("sluice; hit"))
+}
+
+/// Reads the whole of `resp` into a [`Reply`].
+pub async fn collect(resp: Response<Incoming>) -> Reply {
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("response body").to_bytes();
     Reply {
@@ -609,6 +696,23 @@ pub fn request(method: Method, path: &str, host: &str, body: TestBody) -> Reques
         .header("host", host)
         .body(body)
         .unwrap()
+}
+
+/// A bodiless request with `Host: host` and `headers` appended.
+pub fn request_with_headers(
+    method: Method,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> Request<TestBody> {
+    let mut req = request(method, path, host, empty());
+    for (k, v) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    req
 }
 
 /// One HTTP/1.1 connection to `addr`.
