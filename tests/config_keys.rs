@@ -1,6 +1,7 @@
 //! Config keys whose effect is not covered by a feature's own test file:
 //! `server.workers`, `pool.*.idle_timeout`, `pool.*.max_idle_per_server`,
-//! `limits.max_connections`.
+//! `limits.max_connections`; and that every key the parser accepts is
+//! documented in docs/configuration.md.
 
 mod common;
 
@@ -158,4 +159,252 @@ async fn max_connections_holds_further_clients_until_one_leaves() {
     let text = String::from_utf8_lossy(&out);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert_eq!(origin.hits(), 2);
+}
+
+// ---------------------------------------------------- docs/configuration.md --
+
+/// The keys the config parser accepts: the fields of every struct deriving
+/// `Deserialize` in `source`, as serde names them (`rename` honoured,
+/// `alias`es added, `skip` and `flatten` fields left out), each with its
+/// struct's name. Enums name values, not keys; `#[cfg(test)]` code is not
+/// read.
+fn parser_keys(source: &str) -> Vec<(String, String)> {
+    let source = source.split("#[cfg(test)]").next().unwrap_or_default();
+    let mut keys = Vec::new();
+    let mut rest = source;
+    while let Some(at) = rest.find("#[derive(") {
+        rest = &rest[at + "#[derive(".len()..];
+        let (derive, after) = rest.split_at(rest.find(")]").expect("closed derive"));
+        let Some(item) = after.find("struct ") else {
+            break;
+        };
+        // Struct-level attributes between the derive and the item.
+        let header = &after[..item];
+        if !derive.contains("Deserialize") || header.contains("enum ") {
+            continue;
+        }
+        assert!(
+            !header.contains("rename_all"),
+            "a config struct uses rename_all; teach this test to apply it:\n{header}"
+        );
+        let after = &after[item + "struct ".len()..];
+        let name: String = after
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let open = after.find(['{', ';', '(']).expect("struct body");
+        if !after[open..].starts_with('{') {
+            continue;
+        }
+        // The body between its braces, `//` comments dropped.
+        let mut body = String::new();
+        let mut depth = 0usize;
+        'lines: for line in after[open..].lines() {
+            for c in line.split("//").next().unwrap_or_default().chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 1 => break 'lines,
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+                if !(depth == 1 && c == '{') {
+                    body.push(c);
+                }
+            }
+            body.push('\n');
+        }
+        for field in split_top_level(&body) {
+            for key in serde_names(&field) {
+                keys.push((name.clone(), key));
+            }
+        }
+    }
+    keys
+}
+
+/// `text` split at commas outside brackets of any kind.
+fn split_top_level(text: &str) -> Vec<String> {
+    let (mut parts, mut current, mut depth) = (Vec::new(), String::new(), 0i32);
+    for c in text.chars() {
+        match c {
+            '(' | '[' | '{' | '<' => depth += 1,
+            ')' | ']' | '}' | '>' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    parts.push(current);
+    parts.retain(|p| !p.trim().is_empty());
+    parts
+}
+
+/// The names serde accepts for one field declaration: its attributes, then
+/// `[pub] name: Type`.
+fn serde_names(field: &str) -> Vec<String> {
+    let mut serde = String::new();
+    let mut decl = field.trim();
+    while let Some(attr) = decl.strip_prefix("#[") {
+        let mut depth = 1;
+        let end = attr
+            .char_indices()
+            .find(|&(_, c)| {
+                depth += match c {
+                    '[' => 1,
+                    ']' => -1,
+                    _ => 0,
+                };
+                depth == 0
+            })
+            .map(|(i, _)| i)
+            .expect("closed attribute");
+        if attr.starts_with("serde(") {
+            serde.push_str(&attr[..end]);
+            serde.push(' ');
+        }
+        decl = attr[end + 1..].trim_start();
+    }
+    let word = |w: &str| {
+        serde
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .any(|t| t == w)
+    };
+    if word("skip") || word("skip_deserializing") || word("flatten") {
+        return Vec::new();
+    }
+    let quoted_after = |marker: &str| -> Vec<String> {
+        serde
+            .match_indices(marker)
+            .filter_map(|(i, _)| serde[i + marker.len()..].split('"').next())
+            .map(str::to_string)
+            .collect()
+    };
+    if let Some(vis) = decl.strip_prefix("pub(") {
+        decl = &vis[vis.find(')').expect("closed visibility") + 1..];
+    } else if let Some(vis) = decl.strip_prefix("pub ") {
+        decl = vis;
+    }
+    let ident = decl.split(':').next().unwrap_or_default().trim();
+    let ident = ident.trim_start_matches("r#").to_string();
+    let renamed = quoted_after("rename = \"")
+        .into_iter()
+        .chain(quoted_after("deserialize = \""))
+        .next();
+    let mut names = vec![renamed.unwrap_or(ident)];
+    names.extend(quoted_after("alias = \""));
+    names
+}
+
+/// Whether `docs` names `key` in backticks outside code blocks: as `key`,
+/// as `key = ...`, or as a part of a table header such as
+/// `[pool.NAME.health]` or `[[route]]`.
+fn documented(docs: &str, key: &str) -> bool {
+    let mut in_fence = false;
+    for line in docs.lines() {
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+            continue;
+        }
+        if in_fence {
+            continue;
+        }
+        for span in line.split('`').skip(1).step_by(2) {
+            let header = span.starts_with('[') && span.ends_with(']');
+            if span == key
+                || span.starts_with(&format!("{key} ="))
+                || (header && span.trim_matches(['[', ']']).split('.').any(|s| s == key))
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_config_key_is_in_docs_configuration_md() {
+    // The scanner itself, on each case it handles.
+    let sample = r#"
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct RawSample {
+            /// A doc comment with { braces }, and a comma.
+            #[serde(default = "d_1s", deserialize_with = "de_duration")]
+            pub plain: Duration,
+            #[serde(rename = "renamed")]
+            pub original: Option<BTreeMap<String, u32>>,
+            #[serde(alias = "old_name")] pub(crate) new_name: bool,
+            #[serde(skip)]
+            pub hidden: u8,
+            public_key: String,
+        }
+        #[derive(Debug, Deserialize)]
+        pub enum NotKeys { A, B }
+        #[derive(Debug, Clone)]
+        pub struct NotParsed { pub other: u8 }
+    "#;
+    let found: Vec<String> = parser_keys(sample).into_iter().map(|(_, k)| k).collect();
+    assert_eq!(
+        found,
+        ["plain", "renamed", "new_name", "old_name", "public_key"]
+    );
+    assert!(documented("| `cache` | x |", "cache"));
+    assert!(documented("see `[pool.NAME.health]`", "health"));
+    assert!(!documented("```toml\ncache = true\n```\n", "cache"));
+    assert!(!documented(
+        "the cache_key_headers key",
+        "cache_key_headers"
+    ));
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src/config"), &mut files);
+    files.sort();
+    let mut keys = Vec::new();
+    for f in &files {
+        keys.extend(parser_keys(&std::fs::read_to_string(f).unwrap()));
+    }
+    // A scan that finds nothing after the code changes shape must fail,
+    // not pass.
+    for known in [
+        "workers",
+        "listen",
+        "cache_key_ignore_params",
+        "h2_max_frame_size",
+        "consecutive_failures",
+        "purge_allow",
+        "nameservers",
+    ] {
+        assert!(
+            keys.iter().any(|(_, k)| k == known),
+            "the scan of src/config/ no longer finds the key `{known}`; found {keys:?}"
+        );
+    }
+    let docs = std::fs::read_to_string(root.join("docs/configuration.md"))
+        .expect("docs/configuration.md exists");
+    let missing: std::collections::BTreeSet<String> = keys
+        .iter()
+        .filter(|(_, k)| !documented(&docs, k))
+        .map(|(s, k)| format!("`{k}` (a field of {s})"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "config keys the parser accepts that docs/configuration.md does not \
+         name in backticks (add each to its section's table):\n{}",
+        missing.into_iter().collect::<Vec<_>>().join("\n")
+    );
 }
