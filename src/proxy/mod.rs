@@ -180,7 +180,6 @@ async fn proxy(
     let upgrade = headers::upgrade_request(req.version(), req.headers());
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
-    let fwd = Forward::new(parts, conn, &authority.authority, upgrade.as_ref(), outcome);
     let upgrade = match (client_upgrade, upgrade) {
         (Some(client), Some(token)) => Some(Upgrade { client, token }),
         _ => None,
@@ -190,27 +189,28 @@ async fn proxy(
     // this client on its way out, whoever produced it.
     let compression = route_config
         .filter(|r| r.compress)
-        .map(|_| (fwd.method.clone(), Accepted::parse(&fwd.head)));
+        .map(|_| (parts.method.clone(), Accepted::parse(&parts.headers)));
     let leg = Leg {
         snap,
         route,
         limits,
     };
+    let client = Client {
+        conn,
+        authority: &authority.authority,
+    };
     let resp = match (route_config.and_then(|r| r.cache.as_ref()), upgrade) {
         (Some(spec), None) => {
-            let primary = cache::key::primary(
-                conn.https,
-                &authority.authority,
-                &fwd.path_and_query,
-                &fwd.head,
-                spec,
-            );
             let accepted = compression.as_ref().map(|(_, a)| a);
-            let answer = through_cache(leg, fwd, incoming, primary, conn, accepted, outcome).await;
+            let answer = through_cache(leg, client, parts, incoming, spec, accepted, outcome).await;
             outcome.cache = answer.result;
             answer.resp
         }
-        (_, upgrade) => forward(leg, fwd, Some(incoming), upgrade, outcome).await,
+        (_, upgrade) => {
+            let token = upgrade.as_ref().map(|u| &u.token);
+            let fwd = Forward::new(parts, client, token, outcome);
+            forward(leg, fwd, Some(incoming), upgrade, outcome).await
+        }
     };
     Ok(match compression {
         Some((method, accepted)) => {
@@ -237,42 +237,52 @@ fn admit(req: &Request<Incoming>, limits: &Limits) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The cached path: the cache decides, the proxy goes upstream and hands
-/// the response back to the cache to store.
+/// The cached path: the cache decides on the client's request as it came
+/// (a hit builds nothing for the upstream); a miss or a pass is forwarded
+/// by the proxy, and a fill's response goes back to the cache to store.
 async fn through_cache(
     leg: Leg<'_>,
-    fwd: Forward,
+    client: Client<'_>,
+    parts: http::request::Parts,
     incoming: Incoming,
-    primary: String,
-    conn: &ConnInfo,
+    spec: &crate::config::KeySpec,
     accepted: Option<&Accepted>,
     outcome: &mut observe::Outcome,
 ) -> cache::Answer {
     let cache = &leg.snap.cache;
     let set = settings(leg.snap);
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let asked = cache::Request {
-        primary,
-        method: &fwd.method,
-        head: &fwd.head,
+        primary: cache::key::primary(
+            client.conn.https,
+            client.authority,
+            path_and_query,
+            &parts.headers,
+            spec,
+        ),
+        method: &parts.method,
+        head: &parts.headers,
         has_body: !incoming.is_end_stream(),
-        peer: conn.client.ip(),
+        peer: client.conn.client.ip(),
         accepted,
     };
     match cache.lookup(set, asked).await {
         Lookup::Hit(answer) => answer,
         Lookup::Stale { answer, refresh } => {
             if let Some(fill) = refresh {
+                let fwd = Forward::new(parts, client, None, outcome);
                 refresh_in_background(leg.snap, leg.route, fill, fwd);
             }
             answer
         }
         Lookup::Miss(mut fill) => {
-            let mut req = fwd;
-            fill.prepare(&mut req.method, &mut req.head);
-            let resp = forward(leg, req, None, None, outcome).await;
+            let mut fwd = Forward::new(parts, client, None, outcome);
+            fill.prepare(&mut fwd.method, &mut fwd.head);
+            let resp = forward(leg, fwd, None, None, outcome).await;
             fill.finish(cache, set, resp).await
         }
         Lookup::Pass(pass) => {
+            let fwd = Forward::new(parts, client, None, outcome);
             let resp = forward(leg, fwd, Some(incoming), None, outcome).await;
             pass.finish(cache, set, resp)
         }
@@ -319,6 +329,13 @@ struct Leg<'a> {
     limits: &'a Limits,
 }
 
+/// Who sent the request: its connection and the authority it named.
+#[derive(Clone, Copy)]
+struct Client<'a> {
+    conn: &'a ConnInfo,
+    authority: &'a str,
+}
+
 /// A request ready to go upstream: the client's head with hop-by-hop fields
 /// removed and forwarding fields added. Owned, so that the cache can send it
 /// again (a revalidation) or from a background task.
@@ -339,11 +356,11 @@ impl Forward {
     /// `Host` for an HTTP/2 request (which carries `:authority` instead).
     fn new(
         parts: http::request::Parts,
-        conn: &ConnInfo,
-        authority: &str,
+        client: Client<'_>,
         upgrade: Option<&HeaderValue>,
         outcome: &observe::Outcome,
     ) -> Forward {
+        let Client { conn, authority } = client;
         let received = parts.version;
         let mut head = parts.headers;
         headers::strip_hop_by_hop(&mut head, upgrade);
