@@ -65,8 +65,8 @@ pub struct ConnInfo {
 
 /// Handles one client request. Never fails: every error becomes a response.
 ///
-/// Every request gets an id ([`crate::request_id`]) and a tracing span, and
-/// is counted in the metrics and the access log once its response ends.
+/// Every request gets an id ([`crate::request_id`]) and a tracing span (at
+/// `debug`), and is counted in the metrics and the access log once its response ends.
 pub async fn handle(
     state: State,
     conn: Arc<ConnInfo>,
@@ -83,13 +83,16 @@ pub async fn handle(
         conn.metrics.index,
         snap.config.access_log.as_ref().map(|c| c.format),
     );
-    let span = tracing::info_span!(
+    // A debug span: at the usual `info` it is disabled and costs nothing
+    // (a span's fields are formatted when it is made, whether or not an
+    // event inside it is ever logged). Warnings on the request path are
+    // made inside an equal span of their own ([`request_span`]).
+    let span = tracing::debug_span!(
         "request",
         id = %request_id.to_str().unwrap_or_default(),
         route = tracing::field::Empty,
         pool = tracing::field::Empty,
         member = tracing::field::Empty,
-        cache = tracing::field::Empty,
     );
     let mut outcome = observe::Outcome {
         request_id: Some(request_id.clone()),
@@ -431,6 +434,7 @@ async fn attempts(
         received,
         client_ip,
     } = req;
+    let request_id = RequestId(outcome.request_id.clone());
     let has_body = incoming.as_ref().is_some_and(|b| !b.is_end_stream());
     let idempotent = headers::is_idempotent(&method) && !has_body;
     let plan = match pool.plan(&PickContext { client_ip }) {
@@ -519,6 +523,7 @@ async fn attempts(
                 let status = resp.status();
                 pool.report(&member, Outcome::Response(status.as_u16()));
                 if idempotent && more && retry_on.status(status.as_u16()) && pool.take_retry() {
+                    let _span = request_span(&request_id, route, &pool.name, member.addr);
                     tracing::warn!(
                         route = %route.name,
                         pool = %pool.name,
@@ -559,6 +564,7 @@ async fn attempts(
                 let (kind, may_retry) = retry::after_error(&e, &retry_on, idempotent, untouched);
                 pool.report(&member, kind);
                 let retry = more && may_retry && pool.take_retry();
+                let _span = request_span(&request_id, route, &pool.name, member.addr);
                 tracing::warn!(
                     route = %route.name,
                     pool = %pool.name,
@@ -584,6 +590,34 @@ async fn attempts(
             Refusal::NoServers
         }
     })
+}
+
+/// The context for a warning about a request: the request's own span when
+/// it is enabled (at `debug`), else a span with the same fields made now,
+/// so a warning reads the same at any level without every request paying
+/// for a span. Entered until dropped; never held across an `.await`.
+fn request_span(
+    id: &RequestId,
+    route: &Route,
+    pool: &str,
+    member: SocketAddr,
+) -> tracing::span::EnteredSpan {
+    let current = tracing::Span::current();
+    if !current.is_disabled() {
+        return current.entered();
+    }
+    tracing::info_span!("request", id = %id, route = %route.name, pool = %pool, member = %member)
+        .entered()
+}
+
+/// A request id for log fields, formatted only when an event is emitted.
+struct RequestId(Option<HeaderValue>);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0.as_ref().and_then(|v| v.to_str().ok());
+        f.write_str(text.unwrap_or("-"))
+    }
 }
 
 /// Passes an upstream response to the client with hop-by-hop fields removed;
