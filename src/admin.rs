@@ -666,12 +666,13 @@ connect_timeout = "250ms"
 token = "s3cret"
 allow = ["10.0.0.0/8"]
 "#;
-        let c = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let env = crate::environment::System;
+        let c = Config::parse(std::path::Path::new("t.toml"), text, &env).unwrap();
         let out = effective_toml(&c);
         assert!(!out.contains("s3cret"), "{out}");
         assert!(out.contains(REDACTED), "{out}");
         assert!(out.contains("connect_timeout = \"250ms\""), "{out}");
-        let again = Config::parse(std::path::Path::new("t.toml"), &out)
+        let again = Config::parse(std::path::Path::new("t.toml"), &out, &env)
             .unwrap_or_else(|e| panic!("{e}\n{out}"));
         assert_eq!(again.pools, c.pools);
         assert_eq!(again.listeners, c.listeners);

@@ -4,6 +4,8 @@
 //! modules below each own one concern:
 //!
 //! - [`config`]: the TOML file, parsed once into validated types
+//! - [`environment`]: what validation checks outside the file (certificate
+//!   pairs load, server names resolve), and [`load_config`]
 //! - [`listener`] and [`tls`]: accept loops, TLS termination, HTTP/1.1 + HTTP/2
 //! - [`client_limits`]: per-client connection caps, head and keep-alive timers
 //! - [`framing`]: HTTP/1.1 request framing rules, applied before hyper parses
@@ -23,6 +25,7 @@ pub mod cache;
 pub mod client_limits;
 pub mod compress;
 pub mod config;
+pub mod environment;
 pub mod framing;
 mod io;
 pub mod lifecycle;
@@ -38,6 +41,7 @@ pub mod upstream;
 pub mod workers;
 
 pub use config::Config;
+pub use environment::load_config;
 pub use lifecycle::run;
 
 /// Sets up `tracing` output on stderr as `[log]` says; `RUST_LOG`, when

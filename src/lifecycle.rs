@@ -182,7 +182,7 @@ pub(crate) fn reload(path: &Path, state: &State) -> Result<(), String> {
 }
 
 fn try_reload(path: &Path, state: &State) -> Result<(), String> {
-    let config = match Config::load(path) {
+    let config = match crate::environment::load_config(path) {
         Ok(c) => c,
         Err(errors) => {
             tracing::error!("reload refused, keeping the running config:\n{errors}");

@@ -17,6 +17,7 @@ pub use observe::{
 
 use std::collections::HashSet;
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -85,6 +86,23 @@ pub struct TlsConfig {
 pub struct CertPair {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// Which file of a `{ cert, key }` pair a problem is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairPart {
+    Cert,
+    Key,
+}
+
+/// Why a `{ cert, key }` pair cannot be used, as
+/// [`Environment::load_pair`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairError {
+    /// The file at fault; the error is reported at its key.
+    pub part: PairPart,
+    /// The whole message, as reported.
+    pub message: String,
 }
 
 #[derive(Debug, Clone)]
@@ -376,10 +394,27 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// What validation checks outside the file: that every TLS `{ cert, key }`
+/// pair loads, and that every server name resolves now (like nginx, a name
+/// that does not resolve is an error at `--check` and at start).
+///
+/// `config` itself reads no certificate and asks no DNS server: the caller
+/// passes the real checks (`crate::environment::System`, which uses
+/// `crate::tls` and `crate::upstream::dns`), and tests pass a fake.
+pub trait Environment {
+    /// Loads the certificate chain and private key of `pair` and checks
+    /// that they match.
+    fn load_pair(&self, pair: &CertPair) -> Result<(), PairError>;
+
+    /// The addresses `addr` stands for now, asked of `resolver`.
+    fn resolve(&self, resolver: &ResolverConfig, addr: &ServerAddr) -> io::Result<Vec<SocketAddr>>;
+}
+
 impl Config {
-    /// Reads and validates `path`. TLS certificate and key files are loaded
-    /// too, so a config that passes here will start.
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    /// Reads and validates `path`, checking certificate pairs and server
+    /// names against `env`; with the real environment, a config that
+    /// passes here will start.
+    pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             file: path.to_path_buf(),
             errors: vec![ConfigError {
@@ -388,11 +423,12 @@ impl Config {
                 message: format!("cannot read file: {e}"),
             }],
         })?;
-        Config::parse(path, &text)
+        Config::parse(path, &text, env)
     }
 
-    /// Validates `text` as if read from `path`.
-    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    /// Validates `text` as if read from `path`, checking certificate pairs
+    /// and server names against `env`.
+    pub fn parse(path: &Path, text: &str, env: &dyn Environment) -> Result<Config, ConfigErrors> {
         let fail = |errors| ConfigErrors {
             file: path.to_path_buf(),
             errors,
@@ -404,6 +440,7 @@ impl Config {
         let mut v = Validator {
             text,
             doc: text.parse::<toml_edit::ImDocument<String>>().ok(),
+            env,
             errors: Vec::new(),
         };
         let config = v.validate(path, raw);
@@ -603,6 +640,8 @@ enum Seg<'a> {
 struct Validator<'t> {
     text: &'t str,
     doc: Option<toml_edit::ImDocument<String>>,
+    /// Where certificate pairs are loaded and server names resolved.
+    env: &'t dyn Environment,
     errors: Vec<ConfigError>,
 }
 
@@ -756,10 +795,10 @@ impl Validator<'_> {
                         cert: PathBuf::from(&pair.cert),
                         key: PathBuf::from(&pair.key),
                     };
-                    if let Err(e) = crate::tls::load_pair(&pair) {
-                        let field = match e.part() {
-                            crate::tls::Part::Cert => "cert",
-                            crate::tls::Part::Key => "key",
+                    if let Err(e) = self.env.load_pair(&pair) {
+                        let field = match e.part {
+                            PairPart::Cert => "cert",
+                            PairPart::Key => "key",
                         };
                         self.error(
                             &[
@@ -770,7 +809,7 @@ impl Validator<'_> {
                                 Seg::Index(j),
                                 Seg::Key(field),
                             ],
-                            e.to_string(),
+                            e.message,
                         );
                     }
                     certs.push(pair);
@@ -863,7 +902,7 @@ impl Validator<'_> {
                 // Like nginx: a name that does not resolve now is an error
                 // at --check and at start.
                 if addr.is_name() {
-                    match crate::upstream::dns::lookup_blocking(resolver, &addr) {
+                    match self.env.resolve(resolver, &addr) {
                         Ok(found) if !found.is_empty() => {}
                         Ok(_) => self.error(&at(key), format!("\"{addr}\" resolves to no address")),
                         Err(e) => self.error(&at(key), format!("cannot resolve \"{addr}\": {e}")),
@@ -1386,8 +1425,32 @@ impl Validator<'_> {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        Config::parse(Path::new("test.toml"), text)
+    /// Reads no certificate file and asks no DNS server: every pair loads,
+    /// IP addresses stand for themselves, `localhost` is 127.0.0.1 and
+    /// every other name fails to resolve.
+    pub(super) struct Offline;
+
+    impl Environment for Offline {
+        fn load_pair(&self, _: &CertPair) -> Result<(), PairError> {
+            Ok(())
+        }
+
+        fn resolve(&self, _: &ResolverConfig, addr: &ServerAddr) -> io::Result<Vec<SocketAddr>> {
+            match addr {
+                ServerAddr::Ip(a) => Ok(vec![*a]),
+                ServerAddr::Name { host, port } if host == "localhost" => {
+                    Ok(vec![SocketAddr::from(([127, 0, 0, 1], *port))])
+                }
+                _ => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "no such name in the offline test environment",
+                )),
+            }
+        }
+    }
+
+    pub(super) fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(Path::new("test.toml"), text, &Offline)
     }
 
     const MINIMAL: &str = r#"
@@ -1635,6 +1698,37 @@ servers = [ { addr = "127.0.0.1:9001", weight = 0 } ]
         }
         let e = parse(&MINIMAL.replace("127.0.0.1:9001", "no-such-host.invalid:80")).unwrap_err();
         assert!(e.errors[0].message.contains("cannot resolve"), "{e}");
+    }
+
+    /// Like [`Offline`], but every private key is at fault.
+    struct BadKeys;
+
+    impl Environment for BadKeys {
+        fn load_pair(&self, pair: &CertPair) -> Result<(), PairError> {
+            Err(PairError {
+                part: PairPart::Key,
+                message: format!("private key {} cannot be used", pair.key.display()),
+            })
+        }
+
+        fn resolve(&self, r: &ResolverConfig, addr: &ServerAddr) -> io::Result<Vec<SocketAddr>> {
+            Offline.resolve(r, addr)
+        }
+    }
+
+    #[test]
+    fn tls_pair_problems_are_reported_at_the_file_at_fault() {
+        let text = MINIMAL.replace(
+            "listen = \"127.0.0.1:8080\"\n",
+            "listen = \"127.0.0.1:8080\"\ntls = { certs = [ { cert = \"a.pem\", key = \"a.key\" } ] }\n",
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!(c.listeners[0].tls.as_ref().map(|t| t.certs.len()), Some(1));
+        let e = Config::parse(Path::new("test.toml"), &text, &BadKeys).unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{e}");
+        assert_eq!(e.errors[0].key, "listener[0].tls.certs[0].key");
+        assert_eq!(e.errors[0].message, "private key a.key cannot be used");
+        assert!(e.errors[0].position.is_some(), "{e}");
     }
 
     #[test]
