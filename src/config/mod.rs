@@ -5,13 +5,15 @@
 //!
 //! One file per section: `listeners`, `limits`, `pools` (and `[resolver]`),
 //! `routes`, `cache`, `compress` and `observe` (admin and logs); the raw
-//! TOML shapes are in `raw`, the units in [`units`], and the error types
-//! and their locations in `diagnostics`. This module holds [`Config`] and
+//! TOML shapes are in `raw`, the units in [`units`], the error types and
+//! their locations in `diagnostics`, and the rendering back to TOML (the
+//! admin API's `/config`) in `effective`. This module holds [`Config`] and
 //! the load and validate entry.
 
 mod cache;
 mod compress;
 mod diagnostics;
+mod effective;
 mod limits;
 mod listeners;
 mod observe;
@@ -23,6 +25,7 @@ pub mod units;
 pub use cache::{CacheConfig, IgnoreParams, KeySpec};
 pub use compress::{Coding, CompressionConfig, Level};
 pub use diagnostics::{ConfigError, ConfigErrors};
+pub use effective::effective_toml;
 pub use limits::{Limits, Rate};
 pub use listeners::{CertPair, ListenerConfig, PairError, PairPart, TlsConfig};
 pub use observe::{
