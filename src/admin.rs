@@ -223,7 +223,7 @@ async fn handle(admin: &Admin, client: SocketAddr, req: Request<Incoming>) -> Re
             let state = admin.state.clone();
             let path = admin.config_path.clone();
             let result =
-                tokio::task::spawn_blocking(move || crate::lifecycle::reload(&path, &state)).await;
+                tokio::task::spawn_blocking(move || crate::reload::reload(&path, &state)).await;
             match result {
                 Ok(Ok(())) => text(StatusCode::OK, "config reloaded\n"),
                 Ok(Err(errors)) => text(StatusCode::UNPROCESSABLE_ENTITY, errors + "\n"),

@@ -14,7 +14,8 @@
 //! - [`ratelimit`]: per-route request limits and per-listener connection rates
 //! - [`upstream`]: pools, members and balancing policies
 //! - [`snapshot`]: the immutable runtime state swapped on reload
-//! - [`lifecycle`]: signals, reload and graceful drain
+//! - [`reload`]: the config file read again and a new snapshot swapped in
+//! - [`lifecycle`]: start-up, signals (SIGHUP reloads) and graceful drain
 //! - [`metrics`], [`admin`], [`access_log`], [`request_id`]: what operators
 //!   watch: Prometheus metrics, the admin API, one log line per request
 
@@ -33,6 +34,7 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
 pub mod request_id;
 pub mod router;
 pub mod snapshot;
