@@ -144,6 +144,7 @@ fn observability(c: &mut Criterion) {
         "[[listener]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\n\n\
          [[route]]\nname = \"main\"\npool = \"app\"\n\n\
          [pool.app]\nservers = [ { addr = \"10.0.0.1:80\" }, { addr = \"10.0.0.2:80\" } ]\n",
+        &sluice::environment::System,
     )
     .expect("bench config");
     let pools = vec![Arc::new(Pool::new(&config.pools[0]))];

@@ -166,7 +166,7 @@ fn main() -> std::process::ExitCode {
     }
 
     let path = PathBuf::from(args.first().map_or("config/sluice.toml", String::as_str));
-    let config = match sluice::Config::load(&path) {
+    let config = match sluice::load_config(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

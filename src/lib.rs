@@ -4,6 +4,8 @@
 //! modules below each own one concern:
 //!
 //! - [`config`]: the TOML file, parsed once into validated types
+//! - [`environment`]: what validation checks outside the file (certificate
+//!   pairs load, server names resolve), and [`load_config`]
 //! - [`listener`] and [`tls`]: accept loops, TLS termination, HTTP/1.1 + HTTP/2
 //! - [`client_limits`]: per-client connection caps, head and keep-alive timers
 //! - [`framing`]: HTTP/1.1 request framing rules, applied before hyper parses
@@ -12,7 +14,8 @@
 //! - [`ratelimit`]: per-route request limits and per-listener connection rates
 //! - [`upstream`]: pools, members and balancing policies
 //! - [`snapshot`]: the immutable runtime state swapped on reload
-//! - [`lifecycle`]: signals, reload and graceful drain
+//! - [`reload`]: the config file read again and a new snapshot swapped in
+//! - [`lifecycle`]: start-up, signals (SIGHUP reloads) and graceful drain
 //! - [`metrics`], [`admin`], [`access_log`], [`request_id`]: what operators
 //!   watch: Prometheus metrics, the admin API, one log line per request
 
@@ -23,6 +26,7 @@ pub mod cache;
 pub mod client_limits;
 pub mod compress;
 pub mod config;
+pub mod environment;
 pub mod framing;
 pub mod headers;
 mod io;
@@ -31,6 +35,7 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reload;
 pub mod reply;
 pub mod request_id;
 pub mod router;
@@ -40,6 +45,7 @@ pub mod upstream;
 pub mod workers;
 
 pub use config::Config;
+pub use environment::load_config;
 pub use lifecycle::run;
 
 /// Sets up `tracing` output on stderr as `[log]` says; `RUST_LOG`, when

@@ -24,7 +24,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match sluice::Config::load(&cli.config) {
+    let config = match sluice::load_config(&cli.config) {
         Ok(c) => c,
         Err(errors) => {
             // The exit code is the answer: a closed pipe on stderr must not

@@ -566,7 +566,7 @@ mod tests {
     }
 
     fn parse(text: &str) -> Result<crate::config::Config, crate::config::ConfigErrors> {
-        crate::config::Config::parse(Path::new("test.toml"), text)
+        crate::config::Config::parse(Path::new("test.toml"), text, &crate::environment::System)
     }
 
     const BASE: &str = r#"

@@ -10,14 +10,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::config::{CertPair, TlsConfig};
-
-/// Which file of a pair an error is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    Cert,
-    Key,
-}
+pub use crate::config::PairPart as Part;
+use crate::config::{CertPair, PairError, TlsConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -38,6 +32,16 @@ impl TlsError {
         match self {
             TlsError::CertFile { .. } | TlsError::NoCert { .. } => Part::Cert,
             _ => Part::Key,
+        }
+    }
+}
+
+/// As config validation reports it: at the `cert` or `key` of the pair.
+impl From<TlsError> for PairError {
+    fn from(e: TlsError) -> PairError {
+        PairError {
+            part: e.part(),
+            message: e.to_string(),
         }
     }
 }

@@ -7,13 +7,14 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
+use sluice::environment::System;
 use sluice::Config;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Err(errors) = Config::parse(Path::new("fuzz.toml"), text) else {
+    let Err(errors) = Config::parse(Path::new("fuzz.toml"), text, &System) else {
         return;
     };
     assert!(!errors.errors.is_empty(), "an Err without any error");

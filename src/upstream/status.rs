@@ -99,7 +99,8 @@ servers = [ {{ addr = "127.0.0.1:9001" }}, {{ addr = "127.0.0.1:9002", weight = 
 {extra}
 "#
         );
-        let c = Config::parse(Path::new("t.toml"), &text).expect("valid");
+        let c =
+            Config::parse(Path::new("t.toml"), &text, &crate::environment::System).expect("valid");
         c.pools.iter().map(|pc| Arc::new(Pool::new(pc))).collect()
     }
 

@@ -1,0 +1,198 @@
+//! `[[listener]]`: names, addresses, TLS certificate pairs (checked
+//! through [`super::Environment::load_pair`]), per-listener limits and
+//! connection rates.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::raw::RawConfig;
+use super::{Limits, Rate, Seg, Validator};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    /// `[limits]` with this listener's `[listener.limits]` applied.
+    pub limits: Limits,
+    /// New connections accepted per unit of time; `None` = unlimited.
+    pub max_connection_rate: Option<Rate>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// The first pair is the default when SNI matches nothing.
+    pub certs: Vec<CertPair>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Which file of a `{ cert, key }` pair a problem is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairPart {
+    Cert,
+    Key,
+}
+
+/// Why a `{ cert, key }` pair cannot be used, as
+/// [`super::Environment::load_pair`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairError {
+    /// The file at fault; the error is reported at its key.
+    pub part: PairPart,
+    /// The whole message, as reported.
+    pub message: String,
+}
+
+impl Validator<'_> {
+    pub(super) fn listeners(&mut self, raw: &RawConfig, base: &Limits) -> Vec<ListenerConfig> {
+        if raw.listener.is_empty() {
+            self.error(
+                &[],
+                "no [[listener]] is configured; add one with name and listen, e.g. listen = \"127.0.0.1:8080\"",
+            );
+        }
+        let mut names = HashSet::new();
+        let mut addrs = HashSet::new();
+        let mut out = Vec::new();
+        for (i, l) in raw.listener.iter().enumerate() {
+            let at = |k| [Seg::Key("listener"), Seg::Index(i), Seg::Key(k)];
+            if l.name.is_empty() {
+                self.error(&at("name"), "must not be empty");
+            } else if !names.insert(l.name.as_str()) {
+                self.error(
+                    &at("name"),
+                    format!("duplicate listener name \"{}\"", l.name),
+                );
+            }
+            let listen = match l.listen.parse::<SocketAddr>() {
+                Ok(a) => {
+                    if a.port() != 0 && !addrs.insert(a) {
+                        self.error(&at("listen"), format!("{a} is used by another listener"));
+                    }
+                    a
+                }
+                Err(_) => {
+                    self.error(
+                        &at("listen"),
+                        format!(
+                            "\"{}\" is not an IP:port address such as \"127.0.0.1:8080\" or \"[::]:443\"",
+                            l.listen
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let tls = l.tls.as_ref().map(|t| {
+                if t.certs.is_empty() {
+                    self.error(
+                        &[
+                            Seg::Key("listener"),
+                            Seg::Index(i),
+                            Seg::Key("tls"),
+                            Seg::Key("certs"),
+                        ],
+                        "a TLS listener needs at least one { cert, key } pair",
+                    );
+                }
+                let mut certs = Vec::new();
+                for (j, pair) in t.certs.iter().enumerate() {
+                    let pair = CertPair {
+                        cert: PathBuf::from(&pair.cert),
+                        key: PathBuf::from(&pair.key),
+                    };
+                    if let Err(e) = self.env.load_pair(&pair) {
+                        let field = match e.part {
+                            PairPart::Cert => "cert",
+                            PairPart::Key => "key",
+                        };
+                        self.error(
+                            &[
+                                Seg::Key("listener"),
+                                Seg::Index(i),
+                                Seg::Key("tls"),
+                                Seg::Key("certs"),
+                                Seg::Index(j),
+                                Seg::Key(field),
+                            ],
+                            e.message,
+                        );
+                    }
+                    certs.push(pair);
+                }
+                TlsConfig { certs }
+            });
+            let max_connection_rate = l.max_connection_rate.as_ref().map(|r| {
+                let at = [
+                    Seg::Key("listener"),
+                    Seg::Index(i),
+                    Seg::Key("max_connection_rate"),
+                ];
+                self.rate(&at, "connections", r.connections, r.per, r.burst)
+            });
+            let limits = match &l.limits {
+                Some(own) => self.limits(
+                    base,
+                    own,
+                    &[Seg::Key("listener"), Seg::Index(i), Seg::Key("limits")],
+                ),
+                None => base.clone(),
+            };
+            out.push(ListenerConfig {
+                name: l.name.clone(),
+                listen,
+                tls,
+                limits,
+                max_connection_rate,
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::net::SocketAddr;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::tests::{parse, Offline, MINIMAL};
+    use crate::config::{Config, Environment, ResolverConfig, ServerAddr};
+
+    /// Like [`Offline`], but every private key is at fault.
+    struct BadKeys;
+
+    impl Environment for BadKeys {
+        fn load_pair(&self, pair: &CertPair) -> Result<(), PairError> {
+            Err(PairError {
+                part: PairPart::Key,
+                message: format!("private key {} cannot be used", pair.key.display()),
+            })
+        }
+
+        fn resolve(&self, r: &ResolverConfig, addr: &ServerAddr) -> io::Result<Vec<SocketAddr>> {
+            Offline.resolve(r, addr)
+        }
+    }
+
+    #[test]
+    fn tls_pair_problems_are_reported_at_the_file_at_fault() {
+        let text = MINIMAL.replace(
+            "listen = \"127.0.0.1:8080\"\n",
+            "listen = \"127.0.0.1:8080\"\ntls = { certs = [ { cert = \"a.pem\", key = \"a.key\" } ] }\n",
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!(c.listeners[0].tls.as_ref().map(|t| t.certs.len()), Some(1));
+        let e = Config::parse(Path::new("test.toml"), &text, &BadKeys).unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{e}");
+        assert_eq!(e.errors[0].key, "listener[0].tls.certs[0].key");
+        assert_eq!(e.errors[0].message, "private key a.key cannot be used");
+        assert!(e.errors[0].position.is_some(), "{e}");
+    }
+}

@@ -1,0 +1,656 @@
+//! `[pool.NAME]`: the balancing policy, the servers (addresses, names and
+//! SRV records, names checked through [`super::Environment::resolve`]),
+//! timeouts, retries, `[pool.NAME.health]` and `[pool.NAME.outlier]`; and
+//! `[resolver]`, the DNS servers pools resolve their names with.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::raw::{self, RawConfig};
+use super::routes::{check_host_pattern, dns_labels_ok};
+use super::{Seg, Validator};
+
+/// Where server names are looked up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolverConfig {
+    /// Empty = the system's resolver (`/etc/hosts`, `/etc/resolv.conf`).
+    /// Otherwise these DNS servers only, asked over UDP (TCP when an
+    /// answer is truncated), without `/etc/hosts`, like nginx's `resolver`.
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    RoundRobin,
+    Weighted,
+    LeastConn,
+    IpHash,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round_robin",
+            Policy::Weighted => "weighted",
+            Policy::LeastConn => "least_conn",
+            Policy::IpHash => "ip_hash",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub policy: Policy,
+    pub servers: Vec<ServerEntry>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle_per_server: usize,
+    /// Extra attempts on other members for retryable failures; 0 = off.
+    pub retries: u32,
+    pub retry_on: RetryOn,
+    /// Base of the exponential backoff between attempts (full jitter,
+    /// capped at 10x the base).
+    pub retry_backoff: Duration,
+    /// Retries may add at most this share of the pool's recent request rate...
+    pub retry_budget: f64,
+    /// ...but this many per second are always allowed.
+    pub min_retries_per_second: u32,
+    /// Requests that may wait for a member below its `max_connections`;
+    /// beyond it, 503 at once.
+    pub max_pending: usize,
+    /// 0 = off; otherwise, when fewer than this share of the members are
+    /// healthy, balance over all of them.
+    pub panic_threshold: f64,
+    /// 0 = off; a member that comes back up ramps its weight over this.
+    pub slow_start: Duration,
+    /// How often names in `servers[].addr` and `servers[].srv` are
+    /// resolved again.
+    pub resolve_interval: Duration,
+    /// A copy of `[resolver]`, so a pool re-resolves on its own.
+    pub resolver: ResolverConfig,
+    pub health: Option<HealthConfig>,
+    pub outlier: OutlierConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerEntry {
+    pub addr: ServerAddr,
+    pub weight: u32,
+    /// Requests in flight to one resolved address at once; 0 = unlimited.
+    pub max_connections: usize,
+}
+
+/// A server's address as written: an IP:port, a name, or an SRV record
+/// name; names are re-resolved every `resolve_interval` (each resolved
+/// address becomes a member).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerAddr {
+    Ip(SocketAddr),
+    Name {
+        host: String,
+        port: u16,
+    },
+    /// `srv = "_http._tcp.app.internal"`: targets and ports from DNS.
+    Srv {
+        name: String,
+    },
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerAddr::Ip(a) => write!(f, "{a}"),
+            ServerAddr::Name { host, port } => write!(f, "{host}:{port}"),
+            ServerAddr::Srv { name } => f.write_str(name),
+        }
+    }
+}
+
+impl ServerAddr {
+    /// Whether DNS decides this server's members.
+    pub fn is_name(&self) -> bool {
+        !matches!(self, ServerAddr::Ip(_))
+    }
+}
+
+/// Which failures of one attempt may be retried on another member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryOn {
+    /// Connection refused or connect timeout.
+    pub connect: bool,
+    /// The connection dropped before any response byte.
+    pub reset: bool,
+    /// No response head within `response_timeout`.
+    pub timeout: bool,
+    pub status_502: bool,
+    pub status_503: bool,
+    pub status_504: bool,
+}
+
+impl RetryOn {
+    /// Whether an upstream response with `status` may be retried.
+    pub fn status(&self, status: u16) -> bool {
+        match status {
+            502 => self.status_502,
+            503 => self.status_503,
+            504 => self.status_504,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthKind {
+    Http,
+    Tcp,
+}
+
+/// `[pool.NAME.health]`: active checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub kind: HealthKind,
+    pub path: String,
+    /// Inclusive ranges of statuses that pass.
+    pub expect_status: Vec<(u16, u16)>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that mark a down member up.
+    pub rise: u32,
+    /// Consecutive failures that mark an up member down.
+    pub fall: u32,
+}
+
+impl HealthConfig {
+    pub fn expects(&self, status: u16) -> bool {
+        self.expect_status
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+}
+
+/// `[pool.NAME.outlier]`: passive ejection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierConfig {
+    /// Failures in a row that eject a member; 0 = off.
+    pub consecutive_failures: u32,
+    /// Whether 5xx responses count as failures (connection errors always do
+    /// when `failures` lists "connect").
+    pub count_connect: bool,
+    pub count_5xx: bool,
+    pub eject_for: Duration,
+    pub max_eject_for: Duration,
+    pub max_ejected_percent: u32,
+}
+
+impl Validator<'_> {
+    pub(super) fn resolver(&mut self, raw: Option<&raw::RawResolver>) -> ResolverConfig {
+        let mut out = ResolverConfig::default();
+        for (i, text) in raw
+            .map(|r| r.nameservers.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let at = [Seg::Key("resolver"), Seg::Key("nameservers"), Seg::Index(i)];
+            // A bare IP means port 53, as in resolv.conf.
+            let parsed = text.parse::<SocketAddr>().or_else(|_| {
+                text.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Ok(a) if a.port() != 0 => out.nameservers.push(a),
+                _ => self.error(
+                    &at,
+                    format!("\"{text}\" is not a DNS server address such as \"10.0.0.2\" or \"127.0.0.1:5353\""),
+                ),
+            }
+        }
+        out
+    }
+
+    pub(super) fn pools(&mut self, raw: &RawConfig, resolver: &ResolverConfig) -> Vec<PoolConfig> {
+        let mut out = Vec::new();
+        for (name, p) in &raw.pool {
+            let at = |k| [Seg::Key("pool"), Seg::Key(name), Seg::Key(k)];
+            let policy = match p.policy.as_str() {
+                "round_robin" => Policy::RoundRobin,
+                "weighted" => Policy::Weighted,
+                "least_conn" => Policy::LeastConn,
+                "ip_hash" => Policy::IpHash,
+                other => {
+                    self.error(
+                        &at("policy"),
+                        format!(
+                            "unknown policy \"{other}\"; use round_robin, weighted, least_conn or ip_hash"
+                        ),
+                    );
+                    Policy::RoundRobin
+                }
+            };
+            let mut servers = Vec::new();
+            let mut seen = HashSet::new();
+            for (i, s) in p.servers.iter().enumerate() {
+                let at = |k| {
+                    [
+                        Seg::Key("pool"),
+                        Seg::Key(name),
+                        Seg::Key("servers"),
+                        Seg::Index(i),
+                        Seg::Key(k),
+                    ]
+                };
+                let (key, parsed) = match (&s.addr, &s.srv) {
+                    (Some(a), None) => ("addr", parse_server_addr(a)),
+                    (None, Some(n)) => ("srv", parse_srv_name(n)),
+                    (Some(_), Some(_)) => {
+                        self.error(&at("srv"), "give either addr or srv, not both");
+                        continue;
+                    }
+                    (None, None) => {
+                        self.error(
+                            &at("addr"),
+                            "missing: give addr = \"IP:port\" or \"name:port\", or srv = \"_service._tcp.name\"",
+                        );
+                        continue;
+                    }
+                };
+                let addr = match parsed {
+                    Ok(addr) => addr,
+                    Err(why) => {
+                        self.error(&at(key), why);
+                        continue;
+                    }
+                };
+                if !seen.insert(addr.clone()) {
+                    self.error(&at(key), format!("{addr} is listed twice in this pool"));
+                }
+                // Like nginx: a name that does not resolve now is an error
+                // at --check and at start.
+                if addr.is_name() {
+                    match self.env.resolve(resolver, &addr) {
+                        Ok(found) if !found.is_empty() => {}
+                        Ok(_) => self.error(&at(key), format!("\"{addr}\" resolves to no address")),
+                        Err(e) => self.error(&at(key), format!("cannot resolve \"{addr}\": {e}")),
+                    }
+                }
+                if s.weight == 0 || s.weight > 10_000 {
+                    self.error(&at("weight"), "must be between 1 and 10000");
+                }
+                servers.push(ServerEntry {
+                    addr,
+                    weight: s.weight.clamp(1, 10_000),
+                    max_connections: s.max_connections,
+                });
+            }
+            let retry_on = self.retry_on(name, &p.retry_on);
+            let mut share = |v: f64, k: &'static str| {
+                if !(0.0..=1.0).contains(&v) {
+                    self.error(&at(k), "must be between 0.0 and 1.0");
+                }
+                if v.is_nan() {
+                    0.0
+                } else {
+                    v.clamp(0.0, 1.0)
+                }
+            };
+            let retry_budget = share(p.retry_budget, "retry_budget");
+            let panic_threshold = share(p.panic_threshold, "panic_threshold");
+            if p.retries > 100 {
+                self.error(&at("retries"), "must be between 0 and 100");
+            }
+            if p.resolve_interval.is_zero() {
+                self.error(&at("resolve_interval"), "must be greater than zero");
+            }
+            let health = p.health.as_ref().map(|h| self.health(name, h));
+            let outlier = self.outlier(name, &p.outlier);
+            if p.connect_timeout.is_zero() {
+                self.error(&at("connect_timeout"), "must be greater than zero");
+            }
+            if p.response_timeout.is_zero() {
+                self.error(&at("response_timeout"), "must be greater than zero");
+            }
+            out.push(PoolConfig {
+                name: name.clone(),
+                policy,
+                servers,
+                connect_timeout: p.connect_timeout,
+                response_timeout: p.response_timeout,
+                idle_timeout: p.idle_timeout,
+                max_idle_per_server: p.max_idle_per_server,
+                retries: p.retries.min(100),
+                retry_on,
+                retry_backoff: p.retry_backoff,
+                retry_budget,
+                min_retries_per_second: p.min_retries_per_second,
+                max_pending: p.max_pending,
+                panic_threshold,
+                slow_start: p.slow_start,
+                resolve_interval: p.resolve_interval.max(Duration::from_millis(1)),
+                resolver: resolver.clone(),
+                health,
+                outlier,
+            });
+        }
+        out
+    }
+}
+
+impl Validator<'_> {
+    /// `retry_on`: which failures are retried.
+    fn retry_on(&mut self, pool: &str, list: &[String]) -> RetryOn {
+        let mut out = RetryOn::default();
+        for (i, v) in list.iter().enumerate() {
+            match v.as_str() {
+                "connect" => out.connect = true,
+                "reset" => out.reset = true,
+                "timeout" => out.timeout = true,
+                "502" => out.status_502 = true,
+                "503" => out.status_503 = true,
+                "504" => out.status_504 = true,
+                other => self.error(
+                    &[
+                        Seg::Key("pool"),
+                        Seg::Key(pool),
+                        Seg::Key("retry_on"),
+                        Seg::Index(i),
+                    ],
+                    format!(
+                        "unknown retry condition \"{other}\"; use connect, reset, timeout, 502, 503 or 504"
+                    ),
+                ),
+            }
+        }
+        out
+    }
+
+    /// `[pool.NAME.health]`.
+    fn health(&mut self, pool: &str, h: &raw::RawHealth) -> HealthConfig {
+        let at = |k| {
+            [
+                Seg::Key("pool"),
+                Seg::Key(pool),
+                Seg::Key("health"),
+                Seg::Key(k),
+            ]
+        };
+        let kind = match h.kind.as_str() {
+            "http" => HealthKind::Http,
+            "tcp" => HealthKind::Tcp,
+            other => {
+                self.error(
+                    &at("kind"),
+                    format!("unknown check kind \"{other}\"; use http or tcp"),
+                );
+                HealthKind::Tcp
+            }
+        };
+        if !h.path.starts_with('/') || http::uri::PathAndQuery::try_from(h.path.as_str()).is_err() {
+            self.error(&at("path"), "must be a path starting with \"/\"");
+        }
+        let expect_status = parse_status_ranges(&h.expect_status).unwrap_or_else(|why| {
+            self.error(&at("expect_status"), why);
+            vec![(200, 399)]
+        });
+        if h.interval.is_zero() {
+            self.error(&at("interval"), "must be greater than zero");
+        }
+        if h.timeout.is_zero() {
+            self.error(&at("timeout"), "must be greater than zero");
+        }
+        if h.rise == 0 {
+            self.error(&at("rise"), "must be at least 1");
+        }
+        if h.fall == 0 {
+            self.error(&at("fall"), "must be at least 1");
+        }
+        HealthConfig {
+            kind,
+            path: h.path.clone(),
+            expect_status,
+            interval: h.interval.max(Duration::from_millis(1)),
+            timeout: h.timeout.max(Duration::from_millis(1)),
+            rise: h.rise.max(1),
+            fall: h.fall.max(1),
+        }
+    }
+
+    /// `[pool.NAME.outlier]`.
+    fn outlier(&mut self, pool: &str, o: &raw::RawOutlier) -> OutlierConfig {
+        let at = |k| {
+            [
+                Seg::Key("pool"),
+                Seg::Key(pool),
+                Seg::Key("outlier"),
+                Seg::Key(k),
+            ]
+        };
+        let (mut count_connect, mut count_5xx) = (false, false);
+        for (i, f) in o.failures.iter().enumerate() {
+            match f.as_str() {
+                "connect" => count_connect = true,
+                "5xx" => count_5xx = true,
+                other => self.error(
+                    &[
+                        Seg::Key("pool"),
+                        Seg::Key(pool),
+                        Seg::Key("outlier"),
+                        Seg::Key("failures"),
+                        Seg::Index(i),
+                    ],
+                    format!("unknown failure kind \"{other}\"; use connect or 5xx"),
+                ),
+            }
+        }
+        if o.eject_for.is_zero() {
+            self.error(&at("eject_for"), "must be greater than zero");
+        }
+        if o.max_eject_for < o.eject_for {
+            self.error(&at("max_eject_for"), "must be at least eject_for");
+        }
+        if o.max_ejected_percent > 100 {
+            self.error(&at("max_ejected_percent"), "must be between 0 and 100");
+        }
+        OutlierConfig {
+            consecutive_failures: o.consecutive_failures,
+            count_connect,
+            count_5xx,
+            eject_for: o.eject_for.max(Duration::from_millis(1)),
+            max_eject_for: o.max_eject_for.max(o.eject_for),
+            max_ejected_percent: o.max_ejected_percent.min(100),
+        }
+    }
+}
+
+/// `IP:port` or `name:port`.
+fn parse_server_addr(text: &str) -> Result<ServerAddr, String> {
+    match text.parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 => Err(format!("\"{text}\" needs a port other than 0")),
+        Ok(a) => Ok(ServerAddr::Ip(a)),
+        Err(_) => parse_host_port(text),
+    }
+}
+
+/// An SRV record name: DNS labels that may start with `_`, as in
+/// `_http._tcp.app.internal` (RFC 2782); no port, since DNS gives it.
+fn parse_srv_name(text: &str) -> Result<ServerAddr, String> {
+    let name = text.to_ascii_lowercase();
+    let name = name.strip_suffix('.').unwrap_or(&name);
+    let valid = dns_labels_ok(name, |label| {
+        label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if valid {
+        Ok(ServerAddr::Srv {
+            name: name.to_string(),
+        })
+    } else {
+        Err(format!(
+            "\"{text}\" is not an SRV record name such as \"_http._tcp.app.internal\" (no port: DNS gives it)"
+        ))
+    }
+}
+
+/// `host:port` with a DNS name (an IP:port is parsed before this).
+fn parse_host_port(text: &str) -> Result<ServerAddr, String> {
+    let usage =
+        format!("\"{text}\" is not an address such as \"127.0.0.1:9001\" or \"app.internal:8080\"");
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| usage.clone())?;
+    let port: u16 = port.parse().map_err(|_| usage.clone())?;
+    if port == 0 {
+        return Err(format!("\"{text}\" needs a port other than 0"));
+    }
+    let host = host.to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(&host).to_string();
+    if check_host_pattern(&host).is_err() || host.starts_with("*.") {
+        return Err(usage);
+    }
+    Ok(ServerAddr::Name { host, port })
+}
+
+/// `"200-399"`, `"200"` or a comma-separated list of both.
+fn parse_status_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
+    let usage =
+        format!("\"{text}\" is not a status range such as \"200-399\" or \"200,204,300-399\"");
+    let mut out = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let lo: u16 = lo.trim().parse().map_err(|_| usage.clone())?;
+        let hi: u16 = hi.trim().parse().map_err(|_| usage.clone())?;
+        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+            return Err(usage);
+        }
+        out.push((lo, hi));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::tests::{parse, MINIMAL};
+
+    #[test]
+    fn bad_server_addr_names_the_index() {
+        let text = MINIMAL.replace(
+            "{ addr = \"127.0.0.1:9001\" }",
+            "{ addr = \"127.0.0.1:9001\" }, { addr = \"nonsense\" }",
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert_eq!(e.errors[0].key, "pool.app.servers[1].addr");
+        let (line, _) = e.errors[0].position.expect("position");
+        assert_eq!(line, 10);
+    }
+
+    #[test]
+    fn resilience_keys_get_contract_defaults() {
+        let p = &parse(MINIMAL).expect("valid").pools[0];
+        assert_eq!(p.retries, 2);
+        assert_eq!(
+            p.retry_on,
+            RetryOn {
+                connect: true,
+                reset: true,
+                ..RetryOn::default()
+            }
+        );
+        assert_eq!(p.retry_backoff, Duration::from_millis(10));
+        assert_eq!(p.retry_budget, 0.2);
+        assert_eq!(p.min_retries_per_second, 10);
+        assert_eq!(p.max_pending, 1000);
+        assert_eq!(p.panic_threshold, 0.0);
+        assert_eq!(p.slow_start, Duration::ZERO);
+        assert_eq!(p.resolve_interval, Duration::from_secs(30));
+        assert_eq!(p.servers[0].max_connections, 0);
+        assert_eq!(p.health, None);
+        let o = &p.outlier;
+        assert_eq!(o.consecutive_failures, 5);
+        assert!(o.count_connect && !o.count_5xx);
+        assert_eq!(o.eject_for, Duration::from_secs(10));
+        assert_eq!(o.max_eject_for, Duration::from_secs(300));
+        assert_eq!(o.max_ejected_percent, 50);
+        let c = parse(&(MINIMAL.to_string() + "\n[pool.app.health]\n")).expect("valid");
+        let h = c.pools[0].health.as_ref().expect("health");
+        assert_eq!(h.kind, HealthKind::Http);
+        assert_eq!(h.path, "/healthz");
+        assert_eq!(h.expect_status, [(200, 399)]);
+        assert_eq!(h.interval, Duration::from_secs(2));
+        assert_eq!(h.timeout, Duration::from_secs(1));
+        assert_eq!((h.rise, h.fall), (2, 3));
+    }
+
+    #[test]
+    fn bad_resilience_keys_name_their_key() {
+        let text = MINIMAL.replace(
+            "servers = [",
+            "retry_on = [\"connect\", \"500\"]\nretry_budget = 1.5\npanic_threshold = -1.0\nresolve_interval = \"0s\"\nservers = [",
+        ) + "\n[pool.app.health]\nkind = \"udp\"\npath = \"healthz\"\nexpect_status = \"200-700\"\nrise = 0\n\n[pool.app.outlier]\nfailures = [\"4xx\"]\neject_for = \"20s\"\nmax_eject_for = \"10s\"\nmax_ejected_percent = 101\n";
+        let e = parse(&text).unwrap_err();
+        let keys: Vec<&str> = e.errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "pool.app.retry_on[1]",
+                "pool.app.retry_budget",
+                "pool.app.panic_threshold",
+                "pool.app.resolve_interval",
+                "pool.app.health.kind",
+                "pool.app.health.path",
+                "pool.app.health.expect_status",
+                "pool.app.health.rise",
+                "pool.app.outlier.failures[0]",
+                "pool.app.outlier.max_eject_for",
+                "pool.app.outlier.max_ejected_percent",
+            ],
+            "{e}"
+        );
+        let e = parse(&(MINIMAL.to_string() + "\n[pool.app.health]\nintervall = \"1s\"\n"))
+            .unwrap_err();
+        assert!(e.errors[0].message.contains("intervall"), "{e}");
+    }
+
+    #[test]
+    fn server_names_are_accepted_and_resolved() {
+        let c = parse(&MINIMAL.replace("127.0.0.1:9001", "LocalHost:9001")).expect("valid");
+        assert_eq!(
+            c.pools[0].servers[0].addr,
+            ServerAddr::Name {
+                host: "localhost".into(),
+                port: 9001
+            }
+        );
+        for bad in [
+            "localhost",
+            "localhost:0",
+            "local_host:80",
+            "*.x:80",
+            "a..b:80",
+        ] {
+            let e = parse(&MINIMAL.replace("127.0.0.1:9001", bad)).unwrap_err();
+            assert_eq!(e.errors[0].key, "pool.app.servers[0].addr", "{bad}: {e}");
+        }
+        let e = parse(&MINIMAL.replace("127.0.0.1:9001", "no-such-host.invalid:80")).unwrap_err();
+        assert!(e.errors[0].message.contains("cannot resolve"), "{e}");
+    }
+
+    #[test]
+    fn status_ranges() {
+        assert_eq!(parse_status_ranges("200-399"), Ok(vec![(200, 399)]));
+        assert_eq!(
+            parse_status_ranges("200, 204,300-302"),
+            Ok(vec![(200, 200), (204, 204), (300, 302)])
+        );
+        for bad in ["", "2xx", "399-200", "99", "200-600", "200,"] {
+            assert!(parse_status_ranges(bad).is_err(), "{bad}");
+        }
+    }
+}

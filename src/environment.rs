@@ -1,0 +1,37 @@
+//! The real [`Environment`] that config validation checks against:
+//! certificate pairs are loaded from disk by [`crate::tls`], server names
+//! resolved by [`crate::upstream::dns`]. `config` imports neither (its own
+//! tests pass a fake); everything that loads the config file for real
+//! (`--check`, start, reload) goes through [`load_config`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use crate::config::{
+    CertPair, Config, ConfigErrors, Environment, PairError, ResolverConfig, ServerAddr,
+};
+
+/// The filesystem for certificate pairs and DNS (or `[resolver]`'s
+/// servers) for server names.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct System;
+
+impl Environment for System {
+    fn load_pair(&self, pair: &CertPair) -> Result<(), PairError> {
+        crate::tls::load_pair(pair)
+            .map(drop)
+            .map_err(PairError::from)
+    }
+
+    fn resolve(&self, resolver: &ResolverConfig, addr: &ServerAddr) -> io::Result<Vec<SocketAddr>> {
+        crate::upstream::dns::lookup_blocking(resolver, addr)
+    }
+}
+
+/// Reads and validates the config file at `path`. TLS certificate and key
+/// files are loaded and server names resolved too, so a config that passes
+/// here will start.
+pub fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
+    Config::load(path, &System)
+}

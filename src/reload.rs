@@ -1,0 +1,71 @@
+//! Reloading the config file while serving: read and validate it again,
+//! refuse what needs a restart (listeners, the admin listener), and swap a
+//! new [`Snapshot`] in, or keep the running one and say why. SIGHUP (the
+//! lifecycle) and `POST /reload` (the admin API) both come here; this
+//! module knows neither of them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::snapshot::Snapshot;
+
+/// Loads the config file again and swaps it in, or keeps the old one and
+/// returns why. SIGHUP and the admin API's `POST /reload` both come here.
+pub(crate) fn reload(path: &Path, state: &ArcSwap<Snapshot>) -> Result<(), String> {
+    // One reload at a time, whichever way it was asked for.
+    static RELOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = RELOADING.lock().unwrap_or_else(|e| e.into_inner());
+    let result = try_reload(path, state);
+    crate::metrics::get().reload(result.is_ok());
+    result
+}
+
+fn try_reload(path: &Path, state: &ArcSwap<Snapshot>) -> Result<(), String> {
+    let config = match crate::environment::load_config(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            tracing::error!("reload refused, keeping the running config:\n{errors}");
+            return Err(errors.to_string());
+        }
+    };
+    let current = state.load();
+    let shape = |c: &Config| -> Vec<(String, std::net::SocketAddr, bool)> {
+        c.listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.listen, l.tls.is_some()))
+            .collect()
+    };
+    if shape(&config) != shape(&current.config) {
+        let why = "listener names, addresses or TLS on/off differ from the running ones; \
+                   restart sluice to change listeners";
+        tracing::error!("reload refused, keeping the running config: {why}");
+        return Err(why.to_string());
+    }
+    let admin_listen = |c: &Config| c.admin.as_ref().map(|a| a.listen);
+    if admin_listen(&config) != admin_listen(&current.config) {
+        let why = "[admin] listen differs from the running one (or [admin] was added or \
+                   removed); restart sluice to change the admin listener";
+        tracing::error!("reload refused, keeping the running config: {why}");
+        return Err(why.to_string());
+    }
+    if config.access_log != current.config.access_log {
+        if let Err(e) = crate::access_log::configure(config.access_log.as_ref()) {
+            tracing::error!(error = %e, "reload refused, keeping the running config");
+            return Err(e.to_string());
+        }
+    }
+    match Snapshot::build(config, Some(&current)) {
+        Ok(next) => {
+            state.store(Arc::new(next));
+            tracing::info!(config = %path.display(), "config reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused, keeping the running config");
+            Err(e.to_string())
+        }
+    }
+}
