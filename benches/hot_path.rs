@@ -9,10 +9,10 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 use http::HeaderValue;
-use sluice::config::{Policy, RouteConfig};
-use sluice::router::Router;
-use sluice::upstream::balance::{balancer_for, PickContext};
-use sluice::upstream::member::Member;
+use sluice::testing::config::{Policy, RouteConfig};
+use sluice::testing::router::Router;
+use sluice::testing::upstream::balance::{balancer_for, PickContext};
+use sluice::testing::upstream::member::Member;
 
 fn route(name: &str, hosts: &[&str], prefix: &str, pool: &str) -> RouteConfig {
     RouteConfig {
@@ -134,17 +134,17 @@ fn observability(c: &mut Criterion) {
     use std::time::{Duration, Instant, SystemTime};
 
     use http::{HeaderValue, Method, Version};
-    use sluice::access_log::{self, Entry};
-    use sluice::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget, Config};
-    use sluice::metrics::{class_index, method_index, SnapshotMetrics};
-    use sluice::upstream::pool::Pool;
+    use sluice::testing::access_log::{self, Entry};
+    use sluice::testing::config::{AccessLogConfig, AccessLogFormat, AccessLogTarget, Config};
+    use sluice::testing::metrics::{class_index, method_index, SnapshotMetrics};
+    use sluice::testing::upstream::pool::Pool;
 
     let config = Config::parse(
         std::path::Path::new("bench.toml"),
         "[[listener]]\nname = \"http\"\nlisten = \"127.0.0.1:0\"\n\n\
          [[route]]\nname = \"main\"\npool = \"app\"\n\n\
          [pool.app]\nservers = [ { addr = \"10.0.0.1:80\" }, { addr = \"10.0.0.2:80\" } ]\n",
-        &sluice::environment::System,
+        &sluice::testing::environment::System,
     )
     .expect("bench config");
     let pools = vec![Arc::new(Pool::new(&config.pools[0]))];
@@ -163,7 +163,7 @@ fn observability(c: &mut Criterion) {
         })
     });
     group.bench_function("request_id", |b| {
-        b.iter(|| black_box(sluice::request_id::generate()))
+        b.iter(|| black_box(sluice::testing::request_id::generate()))
     });
     let client: SocketAddr = "192.0.2.1:50000".parse().unwrap();
     let entry = || {
@@ -222,7 +222,7 @@ fn observability(c: &mut Criterion) {
             let mut spent = Duration::ZERO;
             for i in 0..iters {
                 let start = Instant::now();
-                let id = sluice::request_id::generate();
+                let id = sluice::testing::request_id::generate();
                 let m = metrics.requests(0, Some(0)).expect("slot");
                 m.record(get, ok, elapsed);
                 metrics.upstream(0, "app", member, 200, elapsed);
@@ -238,7 +238,7 @@ fn observability(c: &mut Criterion) {
         })
     });
     group.finish();
-    let dropped = sluice::metrics::get().access_log_dropped.get();
+    let dropped = sluice::testing::metrics::get().access_log_dropped.get();
     eprintln!("access log lines dropped during the benchmark: {dropped}");
 }
 
@@ -249,11 +249,11 @@ fn cache(c: &mut Criterion) {
 
     use bytes::Bytes;
     use http::{HeaderMap, StatusCode};
-    use sluice::cache::policy;
-    use sluice::cache::store::{Entry, MemoryStore, Object, Store};
-    use sluice::cache::{key, serve};
-    use sluice::config::{Coding, KeySpec};
-    use sluice::headers::cache_control::CacheControl;
+    use sluice::testing::cache::policy;
+    use sluice::testing::cache::store::{Entry, MemoryStore, Object, Store};
+    use sluice::testing::cache::{key, serve};
+    use sluice::testing::config::{Coding, KeySpec};
+    use sluice::testing::headers::cache_control::CacheControl;
 
     let mut req = HeaderMap::new();
     req.insert("host", HeaderValue::from_static("example.com"));
@@ -325,15 +325,15 @@ fn cache(c: &mut Criterion) {
         .collect();
     group.bench_function("gzip_fast_20k", |b| {
         b.iter(|| {
-            sluice::compress::codec::compress_all(
+            sluice::testing::compress::codec::compress_all(
                 black_box(&page),
                 Coding::Gzip,
-                sluice::config::Level::Fast,
+                sluice::testing::config::Level::Fast,
             )
         })
     });
     group.bench_function("negotiate", |b| {
-        b.iter(|| sluice::compress::Accepted::parse(black_box(&req)).choose(&Coding::ALL))
+        b.iter(|| sluice::testing::compress::Accepted::parse(black_box(&req)).choose(&Coding::ALL))
     });
     group.finish();
 }

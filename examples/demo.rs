@@ -173,15 +173,8 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let addrs = config
-        .pools
-        .iter()
-        .flat_map(|p| p.servers.iter().map(move |s| (p, s)))
-        .flat_map(|(p, s)| {
-            sluice::upstream::dns::lookup_blocking(&p.resolver, &s.addr).unwrap_or_default()
-        })
-        .collect();
-    sluice::init_logging(&config.log);
+    let addrs = sluice::upstream_addrs(&config);
+    sluice::init_logging(&config);
     start_origins(addrs);
     eprintln!("try: curl -i http://127.0.0.1:8080/   or   curl -ik https://localhost:8443/");
     match sluice::run(path, config) {

@@ -160,7 +160,7 @@ const ANCHOR_FOR: Duration = Duration::from_secs(1);
 /// The wall-clock time of `at`, an instant the caller took anyway. Read
 /// from a per-thread pair of clock readings renewed every second instead
 /// of a second clock read per request (nginx caches its time the same way).
-pub fn wall_clock(at: Instant) -> SystemTime {
+pub(crate) fn wall_clock(at: Instant) -> SystemTime {
     ANCHOR
         .try_with(|anchor| {
             if let Some((mono, wall)) = anchor.get() {
@@ -272,7 +272,7 @@ pub fn send(entry: &Entry, format: AccessLogFormat) {
 }
 
 /// Reopens the log file (SIGUSR1), after the lines already formatted.
-pub fn reopen() {
+pub(crate) fn reopen() {
     if let Some(w) = WRITER.get() {
         let _ = w.tx.send(Msg::Reopen);
     }
@@ -289,7 +289,7 @@ pub fn flush() {
 }
 
 /// Flushes at exit. The writer thread keeps running until the process ends.
-pub fn shutdown() {
+pub(crate) fn shutdown() {
     flush();
     if let Some(w) = WRITER.get() {
         // Not joined: the thread holds the receiver for as long as the
@@ -458,7 +458,8 @@ fn write_loop(rx: Receiver<Msg>) {
 }
 
 /// Appends `entry` as one line (with its newline) in `format`.
-pub fn format_line(out: &mut Vec<u8>, e: &Entry, format: AccessLogFormat) {
+#[cfg(test)]
+pub(crate) fn format_line(out: &mut Vec<u8>, e: &Entry, format: AccessLogFormat) {
     Formatter::default().line(out, e, format);
 }
 

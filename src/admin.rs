@@ -42,29 +42,29 @@ use crate::snapshot::State;
 
 /// Readiness as `/readyz` reports it, flipped by the lifecycle.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     ready: AtomicBool,
     draining: AtomicBool,
 }
 
 impl Health {
     /// Every listener is bound and serving.
-    pub fn set_ready(&self) {
+    pub(crate) fn set_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
     }
 
     /// A stop signal arrived: no longer ready.
-    pub fn set_draining(&self) {
+    pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
     }
 }
 
 /// What the admin endpoints need from the running daemon.
-pub struct Admin {
+pub(crate) struct Admin {
     pub state: State,
     pub health: Arc<Health>,
     /// The config file, for `POST /reload`.
@@ -76,7 +76,7 @@ type AdminBody = Full<Bytes>;
 /// Serves the admin API on `socket` for as long as the process runs: it
 /// keeps answering during a drain (so `/readyz` can say 503), and its
 /// connections are not waited for.
-pub async fn serve(socket: TcpListener, admin: Arc<Admin>) {
+pub(crate) async fn serve(socket: TcpListener, admin: Arc<Admin>) {
     loop {
         let (stream, client) = match socket.accept().await {
             Ok(pair) => pair,

@@ -16,16 +16,16 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use tokio::sync::oneshot;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body type used for every request and response the proxy produces.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
+pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
 
-pub fn empty() -> ProxyBody {
+pub(crate) fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-pub fn full(data: impl Into<Bytes>) -> ProxyBody {
+pub(crate) fn full(data: impl Into<Bytes>) -> ProxyBody {
     Full::new(data.into())
         .map_err(|never| match never {})
         .boxed()
@@ -35,7 +35,7 @@ pub fn full(data: impl Into<Bytes>) -> ProxyBody {
 /// An attempt takes it out on its first read, so after an attempt that
 /// failed before reading it (the member refused the connection) it is
 /// still here, untouched, for the next member.
-pub struct Reclaimable<B> {
+pub(crate) struct Reclaimable<B> {
     slot: Arc<Mutex<Option<B>>>,
     taken: Option<B>,
     /// The body's size hint, so the upstream request is framed (length or
@@ -44,21 +44,21 @@ pub struct Reclaimable<B> {
 }
 
 /// The body of one request, shared by its attempts.
-pub type BodySlot<B> = Arc<Mutex<Option<B>>>;
+pub(crate) type BodySlot<B> = Arc<Mutex<Option<B>>>;
 
 impl<B: Body> Reclaimable<B> {
-    pub fn slot(body: B) -> BodySlot<B> {
+    pub(crate) fn slot(body: B) -> BodySlot<B> {
         Arc::new(Mutex::new(Some(body)))
     }
 
     /// Whether no attempt has read from the body (or there is none).
-    pub fn untouched(slot: &BodySlot<B>) -> bool {
+    pub(crate) fn untouched(slot: &BodySlot<B>) -> bool {
         slot.lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_some()
     }
 
-    pub fn new(slot: &BodySlot<B>) -> Self {
+    pub(crate) fn new(slot: &BodySlot<B>) -> Self {
         let hint = slot
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -76,7 +76,7 @@ impl<B: Body> Reclaimable<B> {
 /// An attempt read a body that an earlier attempt had already read from.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body was already sent to another member")]
-pub struct BodyGone;
+pub(crate) struct BodyGone;
 
 impl<B> Body for Reclaimable<B>
 where
@@ -119,7 +119,7 @@ where
 /// The request body exceeded `[limits] max_body_bytes`.
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the limit of {limit} bytes")]
-pub struct BodyTooLarge {
+pub(crate) struct BodyTooLarge {
     pub limit: u64,
 }
 
@@ -128,7 +128,7 @@ pub struct BodyTooLarge {
 /// upstream response timeout starts then). With [`UploadBody::client_failed`]
 /// it also records when the client's own body stream fails (broken chunked
 /// framing, a body cut short), so the proxy answers 400 rather than 502.
-pub struct UploadBody<B> {
+pub(crate) struct UploadBody<B> {
     inner: B,
     limit: u64,
     seen: u64,
@@ -138,7 +138,12 @@ pub struct UploadBody<B> {
 }
 
 impl<B> UploadBody<B> {
-    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>, sent: oneshot::Sender<()>) -> Self {
+    pub(crate) fn new(
+        inner: B,
+        limit: u64,
+        exceeded: Arc<AtomicBool>,
+        sent: oneshot::Sender<()>,
+    ) -> Self {
         UploadBody {
             inner,
             limit,
@@ -150,7 +155,7 @@ impl<B> UploadBody<B> {
     }
 
     /// Sets `flag` when reading the client's body fails.
-    pub fn client_failed(mut self, flag: Arc<AtomicBool>) -> Self {
+    pub(crate) fn client_failed(mut self, flag: Arc<AtomicBool>) -> Self {
         self.client_failed = Some(flag);
         self
     }
@@ -216,7 +221,7 @@ where
 
 /// How a watched body finished (see [`Watch::end`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// Every frame was read.
     Complete,
     /// The body returned an error.
@@ -228,7 +233,7 @@ pub enum End {
 /// What a [`Watched`] body does as its frames go by and once when it ends:
 /// release a guard, record the request, store the copy. The seam that lets
 /// body wrappers differ only in what they do, not in how they poll.
-pub trait Watch {
+pub(crate) trait Watch {
     /// A data frame is passing to the reader.
     fn data(&mut self, _data: &Bytes) {}
     /// The body ended (or was dropped); called exactly once.
@@ -237,7 +242,7 @@ pub trait Watch {
 
 /// A body that streams `inner` unchanged and tells its [`Watch`] about
 /// each data frame and about the end (the last frame, an error, or a drop).
-pub struct Watched<B, W: Watch> {
+pub(crate) struct Watched<B, W: Watch> {
     inner: B,
     watch: Option<W>,
 }
@@ -245,7 +250,7 @@ pub struct Watched<B, W: Watch> {
 impl<B: Body, W: Watch> Watched<B, W> {
     /// Wraps `inner`; an already finished body (a 204, `Content-Length: 0`)
     /// is never polled, so it ends at once.
-    pub fn new(inner: B, watch: W) -> Self {
+    pub(crate) fn new(inner: B, watch: W) -> Self {
         let mut body = Watched {
             inner,
             watch: Some(watch),
@@ -313,7 +318,7 @@ impl<B, W: Watch> Drop for Watched<B, W> {
 /// The request body arrived slower than `[limits] min_body_rate`.
 #[derive(Debug, thiserror::Error)]
 #[error("request body slower than {rate} bytes per second")]
-pub struct BodyTooSlow {
+pub(crate) struct BodyTooSlow {
     pub rate: u64,
 }
 
@@ -327,7 +332,7 @@ pub struct BodyTooSlow {
 /// and `waited` spent waiting, the body fails once
 /// `waited > max(grace, seen / rate)`; `too_slow` is set so the proxy can
 /// answer 408.
-pub struct MinRateBody<B> {
+pub(crate) struct MinRateBody<B> {
     inner: B,
     rate: u64,
     grace: std::time::Duration,
@@ -340,7 +345,12 @@ pub struct MinRateBody<B> {
 
 impl<B> MinRateBody<B> {
     /// `rate` 0 disables the check.
-    pub fn new(inner: B, rate: u64, grace: std::time::Duration, too_slow: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(
+        inner: B,
+        rate: u64,
+        grace: std::time::Duration,
+        too_slow: Arc<AtomicBool>,
+    ) -> Self {
         MinRateBody {
             inner,
             rate,

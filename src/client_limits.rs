@@ -41,18 +41,18 @@ use crate::body::{End, ProxyBody, Watch, Watched};
 
 /// Open connections per client IP, for one listener.
 #[derive(Debug, Default)]
-pub struct PerClient {
+pub(crate) struct PerClient {
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl PerClient {
-    pub fn new() -> Arc<PerClient> {
+    pub(crate) fn new() -> Arc<PerClient> {
         Arc::new(PerClient::default())
     }
 
     /// Takes one of `ip`'s `max` slots (`max` 0 = unlimited, not tracked);
     /// `None` when all are taken.
-    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
         if max == 0 {
             return Some(ClientSlot { owner: None });
         }
@@ -69,14 +69,15 @@ impl PerClient {
     }
 
     /// Clients with at least one tracked connection open.
-    pub fn clients(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn clients(&self) -> usize {
         self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
 /// One connection's slot; released on drop.
 #[derive(Debug)]
-pub struct ClientSlot {
+pub(crate) struct ClientSlot {
     owner: Option<(Arc<PerClient>, IpAddr)>,
 }
 
@@ -108,7 +109,7 @@ enum Expiry {
 /// What one client connection is doing, shared between its socket wrapper
 /// ([`ClientIo`]) and its request handlers ([`Activity::begin`]).
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     header_read_timeout: Duration,
     keepalive_timeout: Duration,
     state: Mutex<State>,
@@ -132,7 +133,7 @@ struct State {
 }
 
 impl Activity {
-    pub fn new(header_read_timeout: Duration, keepalive_timeout: Duration) -> Arc<Activity> {
+    pub(crate) fn new(header_read_timeout: Duration, keepalive_timeout: Duration) -> Arc<Activity> {
         Arc::new(Activity {
             header_read_timeout,
             keepalive_timeout,
@@ -154,7 +155,7 @@ impl Activity {
 
     /// A request head arrived; the connection is busy until the returned
     /// guard is dropped (see [`InFlight::attach`]).
-    pub fn begin(self: &Arc<Self>, version: Version) -> InFlight {
+    pub(crate) fn begin(self: &Arc<Self>, version: Version) -> InFlight {
         let mut s = self.lock();
         s.in_flight += 1;
         s.requests += 1;
@@ -213,7 +214,7 @@ impl Activity {
 
 /// Marks one request as in flight until dropped.
 #[derive(Debug)]
-pub struct InFlight {
+pub(crate) struct InFlight {
     activity: Option<Arc<Activity>>,
 }
 
@@ -221,7 +222,7 @@ impl InFlight {
     /// Keeps the request in flight until `resp`'s body has been sent (or
     /// dropped). A protocol switch hands the connection to the tunnel,
     /// which these timers no longer govern.
-    pub fn attach(self, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    pub(crate) fn attach(self, resp: Response<ProxyBody>) -> Response<ProxyBody> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(a) = &self.activity {
                 a.upgraded();
@@ -253,14 +254,14 @@ impl Watch for InFlight {
 
 /// A client socket that reads as closed once its [`Activity`] deadline
 /// passes without a byte arriving.
-pub struct ClientIo<S> {
+pub(crate) struct ClientIo<S> {
     inner: S,
     activity: Arc<Activity>,
     timer: Option<(Instant, Pin<Box<Sleep>>)>,
 }
 
 impl<S> ClientIo<S> {
-    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
+    pub(crate) fn new(inner: S, activity: Arc<Activity>) -> Self {
         ClientIo {
             inner,
             activity,

@@ -35,3 +35,14 @@ impl Environment for System {
 pub fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
     Config::load(path, &System)
 }
+
+/// The resolved addresses of every pool's servers (names that do not
+/// resolve are left out). The demo starts its origins on them.
+pub fn upstream_addrs(config: &Config) -> Vec<SocketAddr> {
+    config
+        .pools
+        .iter()
+        .flat_map(|p| p.servers.iter().map(move |s| (p, s)))
+        .flat_map(|(p, s)| System.resolve(&p.resolver, &s.addr).unwrap_or_default())
+        .collect()
+}

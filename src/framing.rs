@@ -80,7 +80,7 @@ pub enum Violation {
 
 impl Violation {
     /// A short explanation for the client.
-    pub fn message(self) -> &'static str {
+    pub(crate) fn message(self) -> &'static str {
         match self {
             Violation::LengthAndChunked => "both Content-Length and Transfer-Encoding",
             Violation::BadContentLength => "invalid Content-Length",
@@ -193,7 +193,7 @@ impl Verdicts {
     /// switching protocols: lets the guard read the next head. Returns false
     /// when it can no longer (bytes arrived before the answer, or it gave
     /// up): the connection must then close after the response.
-    pub fn resume(&self) -> bool {
+    pub(crate) fn resume(&self) -> bool {
         let mut s = self.lock();
         match s.switch {
             Switch::Awaiting | Switch::Resume => {
@@ -813,7 +813,7 @@ fn is_token(b: u8) -> bool {
 /// (RFC 9112 §6.3 says such a message "ought to be handled as an error"),
 /// and reads a response whose Transfer-Encoding does not end in `chunked`
 /// until the connection closes, still encoded. Sluice relays neither.
-pub fn check_response_head(headers: &HeaderMap) -> Result<(), Violation> {
+pub(crate) fn check_response_head(headers: &HeaderMap) -> Result<(), Violation> {
     let mut te = headers.get_all(http::header::TRANSFER_ENCODING).iter();
     let Some(first) = te.next() else {
         return Ok(());

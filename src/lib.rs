@@ -19,38 +19,41 @@
 //! - [`metrics`], [`admin`], [`access_log`], [`request_id`]: what operators
 //!   watch: Prometheus metrics, the admin API, one log line per request
 
-pub mod access_log;
-pub mod admin;
-pub mod body;
-pub mod cache;
-pub mod client_limits;
-pub mod compress;
-pub mod config;
-pub mod environment;
-pub mod framing;
-pub mod headers;
-mod io;
-pub mod lifecycle;
-pub mod listener;
-pub mod metrics;
-pub mod proxy;
-pub mod ratelimit;
-pub mod reload;
-pub mod reply;
-pub mod request_id;
-pub mod router;
-pub mod snapshot;
-pub mod tls;
-pub mod upstream;
-pub mod workers;
+#![warn(unreachable_pub)]
 
-pub use config::Config;
-pub use environment::load_config;
+mod access_log;
+mod admin;
+mod body;
+mod cache;
+mod client_limits;
+mod compress;
+mod config;
+mod environment;
+mod framing;
+mod headers;
+mod io;
+mod lifecycle;
+mod listener;
+mod metrics;
+mod proxy;
+mod ratelimit;
+mod reload;
+mod reply;
+mod request_id;
+mod router;
+mod snapshot;
+mod tls;
+mod upstream;
+mod workers;
+
+pub use config::{Config, ConfigErrors};
+pub use environment::{load_config, upstream_addrs};
 pub use lifecycle::run;
 
 /// Sets up `tracing` output on stderr as `[log]` says; `RUST_LOG`, when
 /// set, wins over `[log] level`.
-pub fn init_logging(log: &config::LogConfig) {
+pub fn init_logging(config: &Config) {
+    let log = &config.log;
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
@@ -71,4 +74,81 @@ pub fn init_logging(log: &config::LogConfig) {
             .with_span_list(false)
             .try_init(),
     };
+}
+
+/// Internals that the fuzz targets, the micro-benchmarks and the property
+/// tests drive directly, re-exported at their module paths. Not an API:
+/// nothing here is stable, and it is hidden from the documentation.
+#[doc(hidden)]
+pub mod testing {
+    pub mod access_log {
+        pub use crate::access_log::{configure, flush, send, Entry, Formatter};
+    }
+    pub mod cache {
+        pub mod key {
+            pub use crate::cache::key::{primary, url_of, variant, vary_names, EXTRA, VARIANT};
+        }
+        pub mod policy {
+            pub use crate::cache::policy::{
+                corrected_initial_age, current_age, freshness_lifetime, stale_if_error, storable,
+                update_headers, usable, NotStorable, StoreRules, Use, MAX_HEURISTIC,
+            };
+        }
+        pub mod serve {
+            pub use crate::cache::serve::{from_entry, parse_range};
+        }
+        pub mod store {
+            pub use crate::cache::store::{Entry, MemoryStore, Object, Store};
+        }
+    }
+    pub mod compress {
+        pub use crate::compress::Accepted;
+        pub mod codec {
+            pub use crate::compress::codec::{compress_all, decompress_all, CodecBody};
+        }
+    }
+    pub mod config {
+        pub use crate::config::{
+            AccessLogConfig, AccessLogFormat, AccessLogTarget, Coding, Config, IgnoreParams,
+            KeySpec, Level, Policy, RouteConfig,
+        };
+        pub mod units {
+            pub use crate::config::units::{parse_duration, parse_size};
+        }
+    }
+    pub mod environment {
+        pub use crate::environment::System;
+    }
+    pub mod framing {
+        pub use crate::framing::{FramingGuard, GuardLimits, Verdict, Verdicts, Violation};
+    }
+    pub mod headers {
+        pub use crate::headers::{authority, Authority, AuthorityError};
+        pub mod cache_control {
+            pub use crate::headers::cache_control::CacheControl;
+        }
+        pub mod conditional {
+            pub use crate::headers::conditional::{none_match, not_modified_since, weaken_etag};
+        }
+    }
+    pub mod metrics {
+        pub use crate::metrics::{class_index, get, method_index, SnapshotMetrics};
+    }
+    pub mod request_id {
+        pub use crate::request_id::generate;
+    }
+    pub mod router {
+        pub use crate::router::Router;
+    }
+    pub mod upstream {
+        pub mod balance {
+            pub use crate::upstream::balance::{balancer_for, PickContext};
+        }
+        pub mod member {
+            pub use crate::upstream::member::Member;
+        }
+        pub mod pool {
+            pub use crate::upstream::pool::Pool;
+        }
+    }
 }

@@ -41,20 +41,20 @@ const H2_CONNECTION_WINDOW: u32 = 1 << 20;
 const H2_SEND_BUFFER: usize = 400 << 10;
 
 /// One bound listener and what it needs to serve.
-pub struct Listener {
+pub(crate) struct Listener {
     pub name: Arc<str>,
     pub socket: TcpListener,
     pub tls: bool,
 }
 
 impl Listener {
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.socket.local_addr()
     }
 }
 
 /// Binds `addr` with `SO_REUSEADDR` so a restart does not wait on TIME_WAIT.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -114,14 +114,14 @@ fn guard_limits(limits: &Limits) -> GuardLimits {
 /// What the accept loops of one listener share across worker threads: the
 /// connection slots, the per-client counts and the metrics handles.
 #[derive(Clone)]
-pub struct Shared {
+pub(crate) struct Shared {
     permits: Arc<Semaphore>,
     per_client: Arc<PerClient>,
     metrics: Arc<ListenerMetrics>,
 }
 
 impl Shared {
-    pub fn new(name: &str, state: &State, limits: &Limits) -> Shared {
+    pub(crate) fn new(name: &str, state: &State, limits: &Limits) -> Shared {
         // Listener names and order never change on reload.
         let index = state
             .load()
@@ -141,7 +141,7 @@ impl Shared {
 /// Accepts connections until `stop` flips, handing each to its own task on
 /// the calling worker. Connections are registered with `graceful` so
 /// shutdown can drain them.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: Listener,
     state: State,
     shared: Shared,

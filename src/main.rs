@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         let _ = writeln!(std::io::stdout(), "config OK");
         return ExitCode::SUCCESS;
     }
-    sluice::init_logging(&config.log);
+    sluice::init_logging(&config);
     match sluice::run(cli.config, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

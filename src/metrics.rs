@@ -39,27 +39,28 @@ use crate::workers;
 
 /// Histogram buckets in seconds, from 100 µs to 30 s in 1-2.5-5 steps: fine
 /// enough for p50/p95/p99 from microsecond cache hits to slow origins.
-pub const BUCKETS: &[f64] = &[
+pub(crate) const BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0,
 ];
 
 /// `status_class` label values; index with [`class_index`].
-pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+pub(crate) const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// `method` label values; index with [`method_index`].
-pub const METHODS: [&str; 10] = [
+pub(crate) const METHODS: [&str; 10] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "other",
 ];
 
 /// Cache lookup results (`sluice_cache_lookups_total{result}`).
-pub const CACHE_RESULTS: [&str; 6] = ["hit", "miss", "stale", "revalidated", "bypass", "coalesced"];
+pub(crate) const CACHE_RESULTS: [&str; 6] =
+    ["hit", "miss", "stale", "revalidated", "bypass", "coalesced"];
 
 /// Compression algorithms (`sluice_compression_bytes_*_total{algorithm}`).
-pub const ALGORITHMS: [&str; 3] = ["br", "zstd", "gzip"];
+pub(crate) const ALGORITHMS: [&str; 3] = ["br", "zstd", "gzip"];
 
 /// Connection protocols (`sluice_connections_*{protocol}`).
-pub const PROTOCOLS: [&str; 2] = ["h1", "h2"];
+pub(crate) const PROTOCOLS: [&str; 2] = ["h1", "h2"];
 
 pub fn method_index(m: &Method) -> usize {
     match *m {
@@ -106,7 +107,7 @@ pub struct Metrics {
 
 /// Where the scrape-time upstream collector finds the live pools (the
 /// current snapshot's); set once at start.
-pub type PoolSource = Box<dyn Fn() -> Vec<Arc<Pool>> + Send + Sync>;
+pub(crate) type PoolSource = Box<dyn Fn() -> Vec<Arc<Pool>> + Send + Sync>;
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
@@ -265,12 +266,12 @@ impl Metrics {
     }
 
     /// Lets the scrape-time upstream collector read the live pools.
-    pub fn watch_upstreams(&self, pools: PoolSource) {
+    pub(crate) fn watch_upstreams(&self, pools: PoolSource) {
         let _ = self.upstreams.set(pools);
     }
 
     /// The registry in Prometheus text exposition format 0.0.4.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
@@ -280,7 +281,7 @@ impl Metrics {
     }
 
     /// Counts one config reload.
-    pub fn reload(&self, ok: bool) {
+    pub(crate) fn reload(&self, ok: bool) {
         self.config_reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
@@ -358,7 +359,7 @@ impl RequestMetrics {
 }
 
 /// Upstream attempt counters and response-time histogram of one member.
-pub struct MemberMetrics {
+pub(crate) struct MemberMetrics {
     pool: Box<str>,
     addr: SocketAddr,
     member: Box<str>,
@@ -397,7 +398,7 @@ impl MemberMetrics {
 
     /// Counts one attempt that got a response head with `status` after
     /// `elapsed`.
-    pub fn record(&self, status: u16, elapsed: Duration) {
+    pub(crate) fn record(&self, status: u16, elapsed: Duration) {
         let class = class_index(status);
         let (w, mine) = worker_slot(&self.workers);
         mine.total[class]
@@ -485,7 +486,7 @@ impl SnapshotMetrics {
 
     /// Counts one cache lookup of route `route` with `result` (one of
     /// [`CACHE_RESULTS`]).
-    pub fn cache_lookup(&self, route: usize, result: &str) {
+    pub(crate) fn cache_lookup(&self, route: usize, result: &str) {
         let mine = worker_slot(&self.cache).1;
         if let (Some(counters), Some(i)) = (
             mine.get(route),
@@ -553,7 +554,7 @@ impl<V: Collector + Clone> PerWorker<V> {
 
     /// Worker `worker`'s copy, made on first use. It locks: for resolving
     /// handles once, not for recording.
-    pub fn of(&self, worker: usize) -> V {
+    pub(crate) fn of(&self, worker: usize) -> V {
         let mut copies = self.copies.lock().unwrap_or_else(PoisonError::into_inner);
         while copies.len() <= worker {
             copies.push((self.make)());
@@ -647,7 +648,7 @@ fn add_into(sum: &mut proto::Metric, m: &proto::Metric, kind: proto::MetricType)
 
 /// Connection and TLS handles of one listener.
 #[derive(Debug)]
-pub struct ListenerMetrics {
+pub(crate) struct ListenerMetrics {
     /// The listener's position in the config (stable across reloads).
     pub index: usize,
     active: [IntGauge; 2],
@@ -657,7 +658,7 @@ pub struct ListenerMetrics {
 }
 
 impl ListenerMetrics {
-    pub fn new(name: &str, index: usize) -> ListenerMetrics {
+    pub(crate) fn new(name: &str, index: usize) -> ListenerMetrics {
         let m = get();
         ListenerMetrics {
             index,
@@ -669,23 +670,23 @@ impl ListenerMetrics {
     }
 
     /// A connection speaking `h2` (or HTTP/1.x) opened.
-    pub fn opened(&self, h2: bool) {
+    pub(crate) fn opened(&self, h2: bool) {
         self.total[usize::from(h2)].inc();
         self.active[usize::from(h2)].inc();
     }
 
     /// A connection counted by [`ListenerMetrics::opened`] closed.
-    pub fn closed(&self, h2: bool) {
+    pub(crate) fn closed(&self, h2: bool) {
         self.active[usize::from(h2)].dec();
     }
 
     /// A connection that closed before its protocol was known: counted
     /// as HTTP/1.x, never active.
-    pub fn closed_unknown(&self) {
+    pub(crate) fn closed_unknown(&self) {
         self.total[0].inc();
     }
 
-    pub fn tls_handshake(&self, ok: bool) {
+    pub(crate) fn tls_handshake(&self, ok: bool) {
         if ok {
             self.tls_ok.inc();
         } else {

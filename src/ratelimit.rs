@@ -56,10 +56,10 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use crate::config::{ListenerConfig, Rate, RateKey, RateLimitConfig, RouteConfig};
 
 /// Most client keys one route remembers at a time.
-pub const MAX_KEYS: u64 = 100_000;
+pub(crate) const MAX_KEYS: u64 = 100_000;
 
 /// Longest time an idle bucket is kept, whatever its refill time.
-pub const MAX_IDLE: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_IDLE: Duration = Duration::from_secs(24 * 3600);
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
@@ -140,7 +140,7 @@ impl Gcra {
 
 /// The outcome of one rate-limit check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
+pub(crate) struct Decision {
     pub allowed: bool,
     /// The configured `requests` (or `connections`).
     pub limit: u32,
@@ -153,17 +153,17 @@ pub struct Decision {
 
 impl Decision {
     /// `reset` in whole seconds, rounded up.
-    pub fn reset_secs(&self) -> u64 {
+    pub(crate) fn reset_secs(&self) -> u64 {
         ceil_secs(self.reset)
     }
 
     /// The `Retry-After` value for a refusal: `reset` rounded up, at least 1.
-    pub fn retry_after_secs(&self) -> u64 {
+    pub(crate) fn retry_after_secs(&self) -> u64 {
         self.reset_secs().max(1)
     }
 
     /// Adds the `RateLimit-*` fields, and `Retry-After` when refused.
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         headers.insert(RATELIMIT_LIMIT, HeaderValue::from(self.limit));
         headers.insert(RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
         if self.allowed {
@@ -191,7 +191,7 @@ enum BucketKey {
 }
 
 /// The request limit of one route: a bounded map of buckets.
-pub struct RouteLimiter {
+pub(crate) struct RouteLimiter {
     config: RateLimitConfig,
     gcra: Gcra,
     buckets: moka::sync::Cache<BucketKey, Arc<AtomicU64>>,
@@ -209,7 +209,7 @@ impl std::fmt::Debug for RouteLimiter {
 }
 
 impl RouteLimiter {
-    pub fn new(config: &RateLimitConfig) -> RouteLimiter {
+    pub(crate) fn new(config: &RateLimitConfig) -> RouteLimiter {
         RouteLimiter::with_capacity(config, MAX_KEYS)
     }
 
@@ -228,13 +228,13 @@ impl RouteLimiter {
     }
 
     /// The limit this was built from.
-    pub fn config(&self) -> &RateLimitConfig {
+    pub(crate) fn config(&self) -> &RateLimitConfig {
         &self.config
     }
 
     /// Takes a token for the request from `client` with `headers`.
     /// `client` should be canonical (IPv4-mapped IPv6 as IPv4).
-    pub fn check(&self, client: IpAddr, headers: &HeaderMap) -> Decision {
+    pub(crate) fn check(&self, client: IpAddr, headers: &HeaderMap) -> Decision {
         self.check_at(self.key(client, headers), now())
     }
 
@@ -259,14 +259,14 @@ impl RouteLimiter {
 
 /// The new-connection rate of one listener: a single bucket.
 #[derive(Debug)]
-pub struct ConnectionLimiter {
+pub(crate) struct ConnectionLimiter {
     rate: Rate,
     gcra: Gcra,
     tat: AtomicU64,
 }
 
 impl ConnectionLimiter {
-    pub fn new(rate: &Rate) -> ConnectionLimiter {
+    pub(crate) fn new(rate: &Rate) -> ConnectionLimiter {
         ConnectionLimiter {
             rate: *rate,
             gcra: Gcra::new(rate),
@@ -275,19 +275,19 @@ impl ConnectionLimiter {
     }
 
     /// The rate this was built from.
-    pub fn rate(&self) -> &Rate {
+    pub(crate) fn rate(&self) -> &Rate {
         &self.rate
     }
 
     /// Takes a token for one new connection; `false` means close it.
-    pub fn allow(&self) -> bool {
+    pub(crate) fn allow(&self) -> bool {
         self.gcra.take(&self.tat, now()).allowed
     }
 }
 
 /// Limiters for the routes that have a `rate_limit`, by route name. A
 /// route whose name and limit match one in `previous` keeps its buckets.
-pub fn route_limiters(
+pub(crate) fn route_limiters(
     routes: &[RouteConfig],
     previous: Option<&HashMap<String, Arc<RouteLimiter>>>,
 ) -> HashMap<String, Arc<RouteLimiter>> {
@@ -307,7 +307,7 @@ pub fn route_limiters(
 
 /// Limiters for the listeners that have a `max_connection_rate`, by
 /// listener name, carried over from `previous` when unchanged.
-pub fn connection_limiters(
+pub(crate) fn connection_limiters(
     listeners: &[ListenerConfig],
     previous: Option<&HashMap<String, Arc<ConnectionLimiter>>>,
 ) -> HashMap<String, Arc<ConnectionLimiter>> {

@@ -6,10 +6,10 @@
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Whether `id` is a request id sluice passes on unchanged.
-pub fn is_well_formed(id: &[u8]) -> bool {
+pub(crate) fn is_well_formed(id: &[u8]) -> bool {
     (1..=128).contains(&id.len())
         && id
             .iter()
@@ -19,7 +19,7 @@ pub fn is_well_formed(id: &[u8]) -> bool {
 /// The id of the request with `headers`: the client's own when it sent
 /// exactly one, well formed; a new one otherwise. The caller puts it on the
 /// upstream request (replacing the client's) and on the response.
-pub fn of(headers: &HeaderMap) -> HeaderValue {
+pub(crate) fn of(headers: &HeaderMap) -> HeaderValue {
     let mut values = headers.get_all(&X_REQUEST_ID).iter();
     match (values.next(), values.next()) {
         (Some(v), None) if is_well_formed(v.as_bytes()) => v.clone(),

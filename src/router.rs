@@ -51,7 +51,8 @@ impl HostPattern {
 
 impl Route {
     /// The literal path prefix this route matches.
-    pub fn path_prefix(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn path_prefix(&self) -> &str {
         &self.prefix
     }
 
@@ -95,7 +96,8 @@ impl Router {
     }
 
     /// The compiled routes, in file order.
-    pub fn routes(&self) -> &[Route] {
+    #[cfg(test)]
+    pub(crate) fn routes(&self) -> &[Route] {
         &self.routes
     }
 }

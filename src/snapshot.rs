@@ -14,10 +14,10 @@ use crate::upstream::pool::Pool;
 
 /// Shared, swappable runtime state: requests load the current snapshot,
 /// a reload stores a new one.
-pub type State = Arc<arc_swap::ArcSwap<Snapshot>>;
+pub(crate) type State = Arc<arc_swap::ArcSwap<Snapshot>>;
 
 #[derive(Debug)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub config: Arc<Config>,
     pub router: Router,
     pub pools: Vec<Arc<Pool>>,
@@ -38,7 +38,7 @@ impl Snapshot {
     /// Builds the runtime state for `config`. Pools whose settings did not
     /// change are carried over from `previous`, keeping their idle upstream
     /// connections and balancing position.
-    pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, TlsError> {
+    pub(crate) fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, TlsError> {
         let pools: Vec<Arc<Pool>> = config
             .pools
             .iter()

@@ -10,11 +10,11 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-pub use crate::config::PairPart as Part;
+pub(crate) use crate::config::PairPart as Part;
 use crate::config::{CertPair, PairError, TlsConfig};
 
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     #[error("cannot read certificate file {path}: {reason}")]
     CertFile { path: PathBuf, reason: String },
     #[error("certificate file {path} holds no PEM certificate")]
@@ -28,7 +28,7 @@ pub enum TlsError {
 }
 
 impl TlsError {
-    pub fn part(&self) -> Part {
+    pub(crate) fn part(&self) -> Part {
         match self {
             TlsError::CertFile { .. } | TlsError::NoCert { .. } => Part::Cert,
             _ => Part::Key,
@@ -51,7 +51,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Loads a certificate chain and its private key, checking that they match.
-pub fn load_pair(pair: &CertPair) -> Result<Arc<CertifiedKey>, TlsError> {
+pub(crate) fn load_pair(pair: &CertPair) -> Result<Arc<CertifiedKey>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pair.cert)
         .map_err(|e| TlsError::CertFile {
             path: pair.cert.clone(),
@@ -125,7 +125,7 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// Builds the rustls server config for one TLS listener.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub(crate) fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let keys = tls
         .certs
         .iter()

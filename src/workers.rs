@@ -25,7 +25,7 @@ thread_local! {
 }
 
 /// The number of worker threads: `workers`, or one per core when 0.
-pub fn resolve(workers: usize) -> usize {
+pub(crate) fn resolve(workers: usize) -> usize {
     if workers > 0 {
         workers
     } else {
@@ -34,27 +34,27 @@ pub fn resolve(workers: usize) -> usize {
 }
 
 /// Records the worker count for the process (first call wins).
-pub fn set_count(n: usize) {
+pub(crate) fn set_count(n: usize) {
     let n = n.max(1);
     let _ = COUNT.set(n);
     let _ = OPEN.set((0..n).map(|_| AtomicUsize::new(0)).collect());
 }
 
 /// The worker count, 1 until [`set_count`] runs.
-pub fn count() -> usize {
+pub(crate) fn count() -> usize {
     COUNT.get().copied().unwrap_or(1)
 }
 
 /// The calling thread's worker index (0 on any non-worker thread).
-pub fn index() -> usize {
+pub(crate) fn index() -> usize {
     INDEX.with(Cell::get)
 }
 
 /// Counts an open client connection on the calling worker until dropped.
-pub struct OpenConnection(usize);
+pub(crate) struct OpenConnection(usize);
 
 impl OpenConnection {
-    pub fn new() -> OpenConnection {
+    pub(crate) fn new() -> OpenConnection {
         let me = index();
         if let Some(slot) = OPEN.get().and_then(|o| o.get(me)) {
             slot.fetch_add(1, Ordering::Relaxed);
@@ -82,7 +82,7 @@ impl Drop for OpenConnection {
 /// wakes first wins, so a burst of new connections can land on one worker
 /// while another idles; a busier worker briefly leaves the accept to the
 /// others (as nginx's accept_disabled does).
-pub fn busier_than_others() -> bool {
+pub(crate) fn busier_than_others() -> bool {
     let Some(open) = OPEN.get() else {
         return false;
     };
@@ -99,7 +99,7 @@ pub fn busier_than_others() -> bool {
 
 /// Starts worker `index`: a thread with its own current-thread runtime that
 /// runs `work` to completion.
-pub fn spawn<F, Fut>(index: usize, work: F) -> std::io::Result<std::thread::JoinHandle<()>>
+pub(crate) fn spawn<F, Fut>(index: usize, work: F) -> std::io::Result<std::thread::JoinHandle<()>>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,

@@ -19,8 +19,8 @@ use http::{Method, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use sluice::compress::codec::{compress_all, decompress_all, CodecBody};
-use sluice::config::{Coding, Level};
+use sluice::testing::compress::codec::{compress_all, decompress_all, CodecBody};
+use sluice::testing::config::{Coding, Level};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::sync::Semaphore;
 

@@ -18,12 +18,12 @@ use http::header::{HeaderMap, HeaderValue, HOST};
 use http::{Uri, Version};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use sluice::config::units::{parse_duration, parse_size};
-use sluice::config::Policy;
-use sluice::framing::{FramingGuard, GuardLimits, Verdict, Verdicts, Violation};
-use sluice::headers::{authority, Authority};
-use sluice::upstream::balance::{balancer_for, PickContext};
-use sluice::upstream::member::Member;
+use sluice::testing::config::units::{parse_duration, parse_size};
+use sluice::testing::config::Policy;
+use sluice::testing::framing::{FramingGuard, GuardLimits, Verdict, Verdicts, Violation};
+use sluice::testing::headers::{authority, Authority};
+use sluice::testing::upstream::balance::{balancer_for, PickContext};
+use sluice::testing::upstream::member::Member;
 use tokio::io::{AsyncRead, ReadBuf};
 
 const CASES: u32 = 256;

@@ -5,8 +5,8 @@
 
 use http::{header, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use sluice::compress::Accepted;
-use sluice::config::Coding;
+use sluice::testing::compress::Accepted;
+use sluice::testing::config::Coding;
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks a preference order; the rest is the field value,

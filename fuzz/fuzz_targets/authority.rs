@@ -12,7 +12,7 @@ use http::header::{HeaderMap, HeaderValue, HOST};
 use http::uri::Authority as UriAuthority;
 use http::{Uri, Version};
 use libfuzzer_sys::fuzz_target;
-use sluice::headers::{authority, Authority, AuthorityError};
+use sluice::testing::headers::{authority, Authority, AuthorityError};
 
 fn origin_form() -> Uri {
     Uri::from_static("/")

@@ -10,12 +10,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use libfuzzer_sys::fuzz_target;
-use sluice::cache::policy::{
+use sluice::testing::cache::policy::{
     corrected_initial_age, current_age, freshness_lifetime, stale_if_error, storable,
     update_headers, usable, NotStorable, StoreRules, Use, MAX_HEURISTIC,
 };
-use sluice::headers::cache_control::CacheControl;
-use sluice::headers::conditional::{none_match, not_modified_since, weaken_etag};
+use sluice::testing::headers::cache_control::CacheControl;
+use sluice::testing::headers::conditional::{none_match, not_modified_since, weaken_etag};
 
 const STATUSES: [u16; 16] = [
     200, 203, 204, 206, 300, 301, 302, 304, 307, 308, 404, 410, 418, 500, 503, 103,

@@ -7,9 +7,9 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use sluice::cache::key::{self, EXTRA, VARIANT};
-use sluice::cache::serve::parse_range;
-use sluice::config::{IgnoreParams, KeySpec};
+use sluice::testing::cache::key::{self, EXTRA, VARIANT};
+use sluice::testing::cache::serve::parse_range;
+use sluice::testing::config::{IgnoreParams, KeySpec};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

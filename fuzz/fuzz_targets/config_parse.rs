@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use sluice::environment::System;
+use sluice::testing::environment::System;
 use sluice::Config;
 
 fuzz_target!(|data: &[u8]| {

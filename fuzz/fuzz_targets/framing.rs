@@ -1,5 +1,5 @@
 //! Arbitrary client byte streams through the HTTP/1.1 framing guard
-//! (`sluice::framing::FramingGuard`), delivered in reads cut at arbitrary
+//! (`sluice::testing::framing::FramingGuard`), delivered in reads cut at arbitrary
 //! points.
 //!
 //! Properties: no panic; the guard passes on a prefix of the stream,
@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use libfuzzer_sys::fuzz_target;
-use sluice::framing::{FramingGuard, GuardLimits, Verdict, Verdicts, Violation};
+use sluice::testing::framing::{FramingGuard, GuardLimits, Verdict, Verdicts, Violation};
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// A client that delivers its bytes in the given reads, then EOF.

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use sluice::config::units::{parse_duration, parse_size};
+use sluice::testing::config::units::{parse_duration, parse_size};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

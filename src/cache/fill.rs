@@ -22,18 +22,18 @@ use crate::headers::content_length;
 
 /// Upstream requests in flight per key, for coalescing.
 #[derive(Debug, Default)]
-pub struct Fills {
+pub(crate) struct Fills {
     running: Mutex<HashMap<String, watch::Receiver<bool>>>,
 }
 
 /// Whether this request leads the fill for its key or waits for another.
-pub enum Join {
+pub(crate) enum Join {
     Leader(FillGuard),
     Follower(watch::Receiver<bool>),
 }
 
 impl Fills {
-    pub fn join(self: &Arc<Self>, key: &str) -> Join {
+    pub(crate) fn join(self: &Arc<Self>, key: &str) -> Join {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rx) = running.get(key) {
             return Join::Follower(rx.clone());
@@ -48,7 +48,7 @@ impl Fills {
     }
 
     /// Waits until the leader is done (stored, or gave up) or `timeout`.
-    pub async fn wait(mut rx: watch::Receiver<bool>, timeout: Duration) -> bool {
+    pub(crate) async fn wait(mut rx: watch::Receiver<bool>, timeout: Duration) -> bool {
         matches!(
             tokio::time::timeout(timeout, rx.wait_for(|done| *done)).await,
             Ok(Ok(_))
@@ -58,7 +58,7 @@ impl Fills {
 
 /// Held by the leader until its entry is stored or it gives up; dropping it
 /// wakes the followers.
-pub struct FillGuard {
+pub(crate) struct FillGuard {
     fills: Arc<Fills>,
     key: String,
     tx: watch::Sender<bool>,
@@ -76,7 +76,7 @@ impl Drop for FillGuard {
 }
 
 /// Everything needed to store a response once its body is complete.
-pub struct Pending {
+pub(crate) struct Pending {
     pub store: Arc<dyn Store>,
     pub primary: String,
     /// The request's head, for the variant key.
@@ -96,7 +96,7 @@ pub struct Pending {
 
 impl Pending {
     /// Builds the entry for `body` and stores it under its (variant) key.
-    pub fn store(self, body: Bytes) -> Arc<Object> {
+    pub(crate) fn store(self, body: Bytes) -> Arc<Object> {
         let cc = CacheControl::parse(&self.headers);
         let lifetime =
             super::verdict::lifetime(self.status, &self.headers, &cc, self.response_time);
@@ -143,12 +143,12 @@ impl Pending {
 }
 
 /// The fields that name surrogate keys; stripped before clients see them.
-pub static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
-pub static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+pub(crate) static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
+pub(crate) static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 
 /// Removes `Surrogate-Key` (space-separated) and `Cache-Tag`
 /// (comma-separated) from `headers`, returning their values.
-pub fn take_tags(headers: &mut HeaderMap) -> Box<[Box<str>]> {
+pub(crate) fn take_tags(headers: &mut HeaderMap) -> Box<[Box<str>]> {
     let mut tags: Vec<Box<str>> = Vec::new();
     for (name, split) in [(&SURROGATE_KEY, ' '), (&CACHE_TAG, ',')] {
         for v in headers.get_all(name) {
@@ -170,7 +170,7 @@ pub fn take_tags(headers: &mut HeaderMap) -> Box<[Box<str>]> {
 
 /// The stored copy of a head: without `Set-Cookie` (never replayed to
 /// another client) and with `Age` left to be computed on each hit.
-pub fn stored_head(headers: &HeaderMap) -> HeaderMap {
+pub(crate) fn stored_head(headers: &HeaderMap) -> HeaderMap {
     let mut h = headers.clone();
     h.remove(header::SET_COOKIE);
     h.remove(header::AGE);
@@ -179,13 +179,13 @@ pub fn stored_head(headers: &HeaderMap) -> HeaderMap {
 
 /// Where a fill reports the stored object, for a caller that answers from
 /// the entry once the body is read.
-pub type StoredSlot = Arc<Mutex<Option<Arc<Object>>>>;
+pub(crate) type StoredSlot = Arc<Mutex<Option<Arc<Object>>>>;
 
 /// Copies a response into the store as it streams to its client (through
 /// [`crate::body::Watched`]): stores it when the body ends cleanly within `limit` bytes
 /// (and as long as its `Content-Length` said), then wakes coalesced
 /// requests. A body cut short, failing or too large is never stored.
-pub struct FillWatch {
+pub(crate) struct FillWatch {
     buf: BytesMut,
     limit: u64,
     expected: Option<u64>,
@@ -195,7 +195,7 @@ pub struct FillWatch {
 }
 
 impl FillWatch {
-    pub fn new(
+    pub(crate) fn new(
         limit: u64,
         pending: Pending,
         guard: Option<FillGuard>,
@@ -243,12 +243,12 @@ impl Watch for FillWatch {
 }
 
 /// `true` when a response's head, as stored, lets clients reuse it.
-pub fn has_validator(headers: &HeaderMap) -> bool {
+pub(crate) fn has_validator(headers: &HeaderMap) -> bool {
     headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED)
 }
 
 /// Adds the conditional fields that revalidate `stored` (RFC 9111 §4.3.1).
-pub fn add_validators(head: &mut HeaderMap, stored: &HeaderMap) {
+pub(crate) fn add_validators(head: &mut HeaderMap, stored: &HeaderMap) {
     if let Some(etag) = stored.get(header::ETAG) {
         head.insert(header::IF_NONE_MATCH, etag.clone());
     }
@@ -260,7 +260,7 @@ pub fn add_validators(head: &mut HeaderMap, stored: &HeaderMap) {
 /// The client's own conditional and range fields: dropped from a request
 /// the cache sends upstream, so that it gets a complete response it can
 /// store, and answered from that response instead.
-pub const CLIENT_CONDITIONALS: [HeaderName; 6] = [
+pub(crate) const CLIENT_CONDITIONALS: [HeaderName; 6] = [
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
     header::IF_MATCH,

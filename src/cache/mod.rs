@@ -25,14 +25,14 @@
 //! `Pass`: forwarded as they are, and [`Pass::finish`] invalidates after an
 //! unsafe method's success.
 
-pub mod fill;
-pub mod key;
-pub mod policy;
-pub mod purge;
-pub mod serve;
-pub mod store;
-pub mod surrogate;
-pub mod verdict;
+pub(crate) mod fill;
+pub(crate) mod key;
+pub(crate) mod policy;
+pub(crate) mod purge;
+pub(crate) mod serve;
+pub(crate) mod store;
+pub(crate) mod surrogate;
+pub(crate) mod verdict;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -54,14 +54,14 @@ use store::{Entry, MemoryStore, Object, Store};
 /// The cache of one daemon: a store and the fills in flight. It outlives
 /// reloads; a new `max_size` gets a new store holding the old one's entries.
 #[derive(Debug)]
-pub struct Cache {
+pub(crate) struct Cache {
     pub store: Arc<dyn Store>,
     fills: Arc<Fills>,
     max_size: u64,
 }
 
 impl Cache {
-    pub fn new(config: &CacheConfig) -> Cache {
+    pub(crate) fn new(config: &CacheConfig) -> Cache {
         let evictions = crate::metrics::get().cache_evictions.clone();
         Cache {
             store: Arc::new(MemoryStore::new(config.max_size, move || evictions.inc())),
@@ -75,7 +75,7 @@ impl Cache {
     /// the old one's entries copied in (bodies are shared, not copied; when
     /// the new size is smaller, the store evicts as it fills). The fills in
     /// flight carry over either way, so coalescing goes on across a reload.
-    pub fn carry_over(previous: Option<&Arc<Cache>>, config: &CacheConfig) -> Arc<Cache> {
+    pub(crate) fn carry_over(previous: Option<&Arc<Cache>>, config: &CacheConfig) -> Arc<Cache> {
         let Some(previous) = previous else {
             return Arc::new(Cache::new(config));
         };
@@ -91,7 +91,7 @@ impl Cache {
     }
 
     /// Updates `sluice_cache_entries` and `sluice_cache_bytes`.
-    pub fn refresh_gauges(&self) {
+    pub(crate) fn refresh_gauges(&self) {
         let m = crate::metrics::get();
         m.cache_entries
             .set(i64::try_from(self.store.entries()).unwrap_or(i64::MAX));
@@ -149,14 +149,14 @@ fn entry_of(object: &Object) -> Option<&Entry> {
 
 /// The settings of the snapshot a request runs under.
 #[derive(Clone, Copy)]
-pub struct Settings<'a> {
+pub(crate) struct Settings<'a> {
     pub cache: &'a CacheConfig,
     pub compression: &'a CompressionConfig,
 }
 
 /// A request on a caching route, as the cache sees it: the head the proxy
 /// will forward (hop-by-hop fields removed), borrowed.
-pub struct Request<'a> {
+pub(crate) struct Request<'a> {
     /// Its primary key ([`key::primary`]).
     pub primary: String,
     pub method: &'a Method,
@@ -171,7 +171,7 @@ pub struct Request<'a> {
 }
 
 /// What the cache decided about a request.
-pub enum Lookup {
+pub(crate) enum Lookup {
     /// Answered from the cache: a fresh hit, an allowed stale one, a hit
     /// on a coalesced fill, a `PURGE`, an `only-if-cached` miss.
     Hit(Answer),
@@ -192,7 +192,7 @@ pub enum Lookup {
 
 /// A response and the cache's result for the metrics and access log
 /// (`hit`, `miss`, `stale`, `revalidated`, `bypass`, `coalesced`).
-pub struct Answer {
+pub(crate) struct Answer {
     pub resp: Response<ProxyBody>,
     pub result: Option<&'static str>,
 }
@@ -230,7 +230,7 @@ impl Directives {
 impl Cache {
     /// Decides how a request on a caching route is answered. Waits (up to
     /// `lock_timeout`) when another request is already filling its key.
-    pub async fn lookup(&self, set: Settings<'_>, req: Request<'_>) -> Lookup {
+    pub(crate) async fn lookup(&self, set: Settings<'_>, req: Request<'_>) -> Lookup {
         if req.method.as_str() == "PURGE" {
             let resp = purge::purge_request(self, set.cache, req.peer, &req.primary);
             return Lookup::Hit(Answer { resp, result: None });
@@ -457,7 +457,7 @@ fn status_header(cfg: &CacheConfig, resp: &mut Response<ProxyBody>, status: &Sta
 }
 
 /// A request the cache does not answer (not GET or HEAD, or with a body).
-pub struct Pass {
+pub(crate) struct Pass {
     primary: String,
     /// GET, HEAD, OPTIONS or TRACE: nothing to invalidate.
     safe: bool,
@@ -466,7 +466,12 @@ pub struct Pass {
 impl Pass {
     /// The forwarded response on its way out: an unsafe method's success
     /// invalidates the URL (RFC 9111 §4.4); surrogate keys are stripped.
-    pub fn finish(self, cache: &Cache, set: Settings<'_>, mut resp: Response<ProxyBody>) -> Answer {
+    pub(crate) fn finish(
+        self,
+        cache: &Cache,
+        set: Settings<'_>,
+        mut resp: Response<ProxyBody>,
+    ) -> Answer {
         let status = resp.status();
         if !self.safe
             && !reply::is_generated(&resp)
@@ -486,7 +491,7 @@ impl Pass {
 
 /// One trip upstream for a miss or a revalidation, and what to store and
 /// answer from its response. Holds the key's fill lock while it leads.
-pub struct Fill {
+pub(crate) struct Fill {
     primary: String,
     /// The client's request (GET or HEAD) as the cache saw it: the head
     /// carries the conditionals, range and Vary inputs.
@@ -508,7 +513,7 @@ impl Fill {
     /// conditionals replaced by the stored entry's validators, GET for a
     /// HEAD (so the entry serves both), `Surrogate-Capability`, and
     /// identity when sluice compresses (it keeps compressed copies itself).
-    pub fn prepare(&mut self, method: &mut Method, head: &mut HeaderMap) {
+    pub(crate) fn prepare(&mut self, method: &mut Method, head: &mut HeaderMap) {
         for name in &fill::CLIENT_CONDITIONALS {
             head.remove(name);
         }
@@ -532,7 +537,7 @@ impl Fill {
     /// it is copied into the store. HEAD and conditional requests are
     /// answered from the stored entry once its body is read (when its
     /// length is known).
-    pub async fn finish(
+    pub(crate) async fn finish(
         self,
         cache: &Cache,
         set: Settings<'_>,

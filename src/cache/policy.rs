@@ -133,7 +133,7 @@ pub fn storable(
 /// RFC 9111 §5.4: a request's `Pragma: no-cache` asks for revalidation
 /// like `Cache-Control: no-cache`, but only when the request carries no
 /// Cache-Control field at all.
-pub fn pragma_no_cache(req: &HeaderMap) -> bool {
+pub(crate) fn pragma_no_cache(req: &HeaderMap) -> bool {
     !req.contains_key(header::CACHE_CONTROL)
         && req.get_all(header::PRAGMA).iter().any(|v| {
             v.to_str()

@@ -16,7 +16,7 @@ use crate::reply;
 
 /// What to purge.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// Every entry of one URL (all variants and route key extras).
     Url(String),
     /// Every entry whose URL starts with this.
@@ -27,7 +27,7 @@ pub enum Target {
 }
 
 /// Removes the entries `target` names; returns how many responses went.
-pub fn purge(store: &dyn Store, target: &Target) -> u64 {
+pub(crate) fn purge(store: &dyn Store, target: &Target) -> u64 {
     match target {
         Target::Url(url) => store.remove_where(&mut |k, _| same_url(k, url)),
         Target::Prefix(prefix) => {
@@ -48,7 +48,7 @@ fn same_url(key: &str, url: &str) -> bool {
 
 /// Canonical form of a URL given to purge, matching how keys are written:
 /// scheme and host lower-cased, default port dropped, `/` for no path.
-pub fn canonical_url(text: &str) -> Result<String, String> {
+pub(crate) fn canonical_url(text: &str) -> Result<String, String> {
     let uri: Uri = text
         .parse()
         .map_err(|_| format!("\"{text}\" is not a URL such as http://example.com/path"))?;
@@ -76,7 +76,7 @@ pub fn canonical_url(text: &str) -> Result<String, String> {
 /// RFC 9111 §4.4: after a non-error response to an unsafe method, the
 /// target URI and the `Location` / `Content-Location` URIs on the same
 /// host are invalidated.
-pub fn invalidate(store: &dyn Store, primary: &str, resp: &HeaderMap) {
+pub(crate) fn invalidate(store: &dyn Store, primary: &str, resp: &HeaderMap) {
     let url = key::url_of(primary);
     let extras = &primary[url.len()..];
     let purge_one = |u: &str| {
@@ -113,7 +113,7 @@ fn origin_of(url: &str) -> &str {
 }
 
 /// `PURGE` on a caching route: allowed from `[cache] purge_allow` only.
-pub fn purge_request(
+pub(crate) fn purge_request(
     cache: &Cache,
     cfg: &CacheConfig,
     peer: IpAddr,

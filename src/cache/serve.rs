@@ -13,11 +13,11 @@ use crate::body::{self, ProxyBody};
 use crate::config::Coding;
 use crate::headers::conditional;
 
-pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// How the request was answered, for `Cache-Status` (RFC 9211 §2).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     /// Served from the cache; `ttl` is the remaining freshness in seconds
     /// (negative when served stale); `detail` says why a stale one was used.
     Hit {
@@ -38,7 +38,7 @@ pub enum Status {
 
 impl Status {
     /// A trip upstream that was not collapsed into another.
-    pub fn forward(fwd: &'static str, fwd_status: Option<u16>, stored: bool) -> Status {
+    pub(crate) fn forward(fwd: &'static str, fwd_status: Option<u16>, stored: bool) -> Status {
         Status::Forward {
             fwd,
             fwd_status,
@@ -47,7 +47,7 @@ impl Status {
         }
     }
 
-    pub fn header_value(&self) -> HeaderValue {
+    pub(crate) fn header_value(&self) -> HeaderValue {
         let text = match self {
             Status::Hit { ttl, detail } => match detail {
                 Some(d) => format!("sluice; hit; ttl={ttl}; detail={d}"),
@@ -77,7 +77,7 @@ impl Status {
 }
 
 /// Seconds of freshness left (negative once stale).
-pub fn ttl(entry: &Entry, age: Duration) -> i64 {
+pub(crate) fn ttl(entry: &Entry, age: Duration) -> i64 {
     let life = i64::try_from(entry.lifetime.as_secs()).unwrap_or(i64::MAX);
     let age = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
     life.saturating_sub(age)

@@ -55,7 +55,7 @@ impl Copies {
     }
 
     /// Keeps `bytes` as the `coding` copy unless one was made meanwhile.
-    pub fn set(&self, coding: Coding, bytes: Bytes) {
+    pub(crate) fn set(&self, coding: Coding, bytes: Bytes) {
         let _ = self.slot(coding).set(bytes);
     }
 

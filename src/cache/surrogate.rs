@@ -7,20 +7,21 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-pub static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
-pub static SURROGATE_CAPABILITY: HeaderName = HeaderName::from_static("surrogate-capability");
+pub(crate) static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+pub(crate) static SURROGATE_CAPABILITY: HeaderName =
+    HeaderName::from_static("surrogate-capability");
 
 /// This cache's device token.
-pub const TARGET: &str = "sluice";
+pub(crate) const TARGET: &str = "sluice";
 
 /// The request field announcing what sluice understands.
-pub fn capability() -> HeaderValue {
+pub(crate) fn capability() -> HeaderValue {
     HeaderValue::from_static("sluice=\"Surrogate/1.0\"")
 }
 
 /// The directives that apply to sluice.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SurrogateControl {
+pub(crate) struct SurrogateControl {
     pub no_store: bool,
     /// Seconds, clamped like delta-seconds (RFC 9111 §1.2.2).
     pub max_age: Option<u64>,
@@ -30,7 +31,7 @@ const DELTA_MAX: u64 = 2_147_483_648;
 
 impl SurrogateControl {
     /// `None` when no directive applies to sluice.
-    pub fn parse(headers: &HeaderMap) -> Option<SurrogateControl> {
+    pub(crate) fn parse(headers: &HeaderMap) -> Option<SurrogateControl> {
         let mut out = SurrogateControl::default();
         let mut any = false;
         for value in headers.get_all(&SURROGATE_CONTROL) {

@@ -20,7 +20,7 @@ use crate::headers::content_length;
 /// irrelevant to storing (only what §3 needs to match a response again
 /// remains); otherwise RFC 9111 §3 decides. A `Content-Length` over
 /// `max_object_size` is refused whatever the fields say.
-pub fn storable(
+pub(crate) fn storable(
     req: &HeaderMap,
     req_cc: &CacheControl,
     status: StatusCode,
@@ -61,7 +61,7 @@ fn surrogate_storable(status: StatusCode, head: &HeaderMap) -> Result<(), NotSto
 
 /// The freshness lifetime of a stored head: Surrogate-Control's max-age
 /// when it speaks to sluice, else RFC 9111 §4.2.1.
-pub fn lifetime(
+pub(crate) fn lifetime(
     status: StatusCode,
     head: &HeaderMap,
     cc: &CacheControl,

@@ -78,14 +78,14 @@ mod gzip {
         static POOL: RefCell<Vec<(u32, Compress)>> = const { RefCell::new(Vec::new()) };
     }
 
-    pub struct Encoder {
+    pub(crate) struct Encoder {
         level: u32,
         inner: Option<Compress>,
         finished: bool,
     }
 
     impl Encoder {
-        pub fn new(level: u32) -> Encoder {
+        pub(crate) fn new(level: u32) -> Encoder {
             let pooled = POOL.with(|p| {
                 let mut p = p.borrow_mut();
                 let i = p.iter().position(|(l, _)| *l == level)?;
@@ -100,7 +100,7 @@ mod gzip {
         }
 
         /// Compresses `input` with `flush`; returns the output.
-        pub fn run(&mut self, mut input: &[u8], flush: FlushCompress) -> io::Result<Bytes> {
+        pub(crate) fn run(&mut self, mut input: &[u8], flush: FlushCompress) -> io::Result<Bytes> {
             let Some(c) = self.inner.as_mut() else {
                 return Ok(Bytes::new());
             };
@@ -242,7 +242,7 @@ pub fn decompress_all(data: &[u8], coding: Coding) -> io::Result<Bytes> {
 
 /// Counters for bytes into and out of the compressor.
 #[derive(Clone)]
-pub struct Counted {
+pub(crate) struct Counted {
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
 }
@@ -263,7 +263,12 @@ pub struct CodecBody {
 
 impl CodecBody {
     /// Compresses `inner` with `coding`, counting bytes in `counted`.
-    pub fn encode(inner: ProxyBody, coding: Coding, level: Level, counted: Counted) -> CodecBody {
+    pub(crate) fn encode(
+        inner: ProxyBody,
+        coding: Coding,
+        level: Level,
+        counted: Counted,
+    ) -> CodecBody {
         CodecBody {
             inner,
             codec: Codec::encoder(coding, level),

@@ -4,8 +4,8 @@
 //! compressed. The cache stores one compressed copy per coding so that a hit
 //! never compresses again (see [`crate::cache`]).
 
-pub mod codec;
-pub mod negotiate;
+pub(crate) mod codec;
+pub(crate) mod negotiate;
 
 use std::sync::OnceLock;
 
@@ -21,11 +21,11 @@ pub use negotiate::Accepted;
 /// Marks a response already encoded for this client (a cached compressed
 /// copy): [`apply`] leaves it alone.
 #[derive(Debug, Clone, Copy)]
-pub struct Negotiated;
+pub(crate) struct Negotiated;
 
 /// The byte counters of one algorithm, resolved once (recording them on
 /// the request path takes no lock).
-pub fn counters(coding: Coding) -> Counted {
+pub(crate) fn counters(coding: Coding) -> Counted {
     static ALL: OnceLock<[Counted; 3]> = OnceLock::new();
     let all = ALL.get_or_init(|| {
         let m = crate::metrics::get();
@@ -41,7 +41,7 @@ pub fn counters(coding: Coding) -> Counted {
 /// Whether a response of this kind may be compressed at all (issue rules:
 /// type listed, not too small, no `no-transform`, not a partial or empty
 /// answer). `len` is the body length when known.
-pub fn compressible(
+pub(crate) fn compressible(
     cfg: &CompressionConfig,
     status: StatusCode,
     headers: &HeaderMap,
@@ -52,7 +52,7 @@ pub fn compressible(
 
 /// [`compressible`] without the `no-transform` check, for callers that
 /// parsed Cache-Control already (a cache entry).
-pub fn compressible_kind(
+pub(crate) fn compressible_kind(
     cfg: &CompressionConfig,
     status: StatusCode,
     headers: &HeaderMap,
@@ -98,7 +98,7 @@ fn type_listed(cfg: &CompressionConfig, headers: &HeaderMap) -> bool {
 /// The single content coding of a response, when it has one sluice knows:
 /// `Some(None)` is identity, `None` a coding sluice cannot handle (or
 /// several stacked).
-pub fn content_coding(headers: &HeaderMap) -> Option<Option<Coding>> {
+pub(crate) fn content_coding(headers: &HeaderMap) -> Option<Option<Coding>> {
     let mut codings = headers
         .get_all(header::CONTENT_ENCODING)
         .iter()
@@ -113,7 +113,7 @@ pub fn content_coding(headers: &HeaderMap) -> Option<Option<Coding>> {
 }
 
 /// Adds `Accept-Encoding` to `Vary` unless it (or `*`) is there already.
-pub fn vary_accept_encoding(headers: &mut HeaderMap) {
+pub(crate) fn vary_accept_encoding(headers: &mut HeaderMap) {
     let present = headers.get_all(header::VARY).iter().any(|v| {
         v.to_str().is_ok_and(|s| {
             s.split(',')
@@ -127,7 +127,11 @@ pub fn vary_accept_encoding(headers: &mut HeaderMap) {
 
 /// The head of a response after its body is encoded with `coding`
 /// (`None`: decoded to identity).
-pub fn transformed_head(headers: &mut HeaderMap, coding: Option<Coding>, len: Option<usize>) {
+pub(crate) fn transformed_head(
+    headers: &mut HeaderMap,
+    coding: Option<Coding>,
+    len: Option<usize>,
+) {
     match coding {
         Some(c) => {
             headers.insert(
@@ -157,7 +161,7 @@ pub fn transformed_head(headers: &mut HeaderMap, coding: Option<Coding>, len: Op
 /// Compresses (or decodes) a response on its way to the client, as the
 /// route's `compress = true` asks. A HEAD answer gets the head a GET would
 /// get (RFC 9110 §9.3.2), without a body to transform.
-pub fn apply(
+pub(crate) fn apply(
     cfg: &CompressionConfig,
     method: &Method,
     accepted: &Accepted,

@@ -16,7 +16,7 @@ use super::{Seg, Validator};
 /// `[cache]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCache {
+pub(crate) struct RawCache {
     #[serde(default = "d_max_size", deserialize_with = "de_size")]
     pub max_size: u64,
     #[serde(default = "d_max_object_size", deserialize_with = "de_size")]
@@ -127,7 +127,7 @@ pub enum IgnoreParams {
 
 /// The route keys of the cache, as written in `[[route]]`.
 #[derive(Debug, Default)]
-pub struct RawRouteCache<'a> {
+pub(crate) struct RawRouteCache<'a> {
     pub cache: bool,
     pub key_headers: Option<&'a [String]>,
     pub key_cookies: Option<&'a [String]>,

@@ -9,7 +9,7 @@ use super::{Seg, Validator};
 /// `[compression]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCompression {
+pub(crate) struct RawCompression {
     #[serde(default = "d_algorithms")]
     pub algorithms: Vec<String>,
     #[serde(default = "d_min_size", deserialize_with = "de_size")]
@@ -64,7 +64,7 @@ impl Coding {
     pub const ALL: [Coding; 3] = [Coding::Br, Coding::Zstd, Coding::Gzip];
 
     /// The token in `Accept-Encoding` / `Content-Encoding`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Coding::Br => "br",
             Coding::Zstd => "zstd",
@@ -92,7 +92,7 @@ pub enum Level {
 }
 
 impl Level {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Level::Fast => "fast",
             Level::Default => "default",

@@ -167,7 +167,7 @@ fn pool_table(p: &PoolConfig) -> toml::Table {
 
 /// The running config with every default filled in, as TOML. Private key
 /// paths and the admin token are replaced by `<redacted>`.
-pub fn effective_toml(c: &Config) -> String {
+pub(crate) fn effective_toml(c: &Config) -> String {
     use toml::Value;
     let mut root = toml::Table::new();
     root.insert(

@@ -20,22 +20,26 @@ mod observe;
 mod pools;
 mod raw;
 mod routes;
-pub mod units;
+pub(crate) mod units;
 
-pub use cache::{CacheConfig, IgnoreParams, KeySpec};
-pub use compress::{Coding, CompressionConfig, Level};
-pub use diagnostics::{ConfigError, ConfigErrors};
-pub use effective::effective_toml;
-pub use limits::{Limits, Rate};
-pub use listeners::{CertPair, ListenerConfig, PairError, PairPart, TlsConfig};
-pub use observe::{
-    AccessLogConfig, AccessLogFormat, AccessLogTarget, AdminConfig, Cidr, LogConfig, LogFormat,
+pub(crate) use cache::CacheConfig;
+pub use cache::{IgnoreParams, KeySpec};
+pub(crate) use compress::CompressionConfig;
+pub use compress::{Coding, Level};
+pub(crate) use diagnostics::ConfigError;
+pub use diagnostics::ConfigErrors;
+pub(crate) use effective::effective_toml;
+pub(crate) use limits::{Limits, Rate};
+pub(crate) use listeners::{CertPair, ListenerConfig, PairError, PairPart, TlsConfig};
+pub use observe::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
+pub(crate) use observe::{AdminConfig, LogConfig, LogFormat};
+pub use pools::Policy;
+pub(crate) use pools::{
+    HealthConfig, HealthKind, OutlierConfig, PoolConfig, ResolverConfig, RetryOn, ServerAddr,
+    ServerEntry,
 };
-pub use pools::{
-    HealthConfig, HealthKind, OutlierConfig, Policy, PoolConfig, ResolverConfig, RetryOn,
-    ServerAddr, ServerEntry,
-};
-pub use routes::{RateKey, RateLimitConfig, RouteConfig};
+pub use routes::RouteConfig;
+pub(crate) use routes::{RateKey, RateLimitConfig};
 
 use std::io;
 use std::net::SocketAddr;
@@ -97,7 +101,7 @@ impl Config {
     /// Reads and validates `path`, checking certificate pairs and server
     /// names against `env`; with the real environment, a config that
     /// passes here will start.
-    pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigErrors> {
+    pub(crate) fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             file: path.to_path_buf(),
             errors: vec![ConfigError {
@@ -146,7 +150,7 @@ impl Config {
 
     /// The limits that apply on listener `name`: its own `[listener.limits]`
     /// over `[limits]`.
-    pub fn limits_for(&self, name: &str) -> &Limits {
+    pub(crate) fn limits_for(&self, name: &str) -> &Limits {
         self.listeners
             .iter()
             .find(|l| l.name == name)

@@ -14,7 +14,7 @@ use super::{Seg, Validator};
 /// `[admin]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
+pub(crate) struct RawAdmin {
     #[serde(default = "admin_listen")]
     pub listen: String,
     pub token: Option<String>,
@@ -25,7 +25,7 @@ pub struct RawAdmin {
 /// `[access_log]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAccessLog {
+pub(crate) struct RawAccessLog {
     #[serde(default = "json")]
     pub format: String,
     #[serde(default = "stdout")]
@@ -35,7 +35,7 @@ pub struct RawAccessLog {
 /// `[log]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLog {
+pub(crate) struct RawLog {
     pub level: Option<String>,
     pub format: Option<String>,
 }
@@ -69,7 +69,7 @@ pub struct Cidr {
 
 impl Cidr {
     /// Parses `addr/prefix`, or a bare address (a single host).
-    pub fn parse(text: &str) -> Result<Cidr, String> {
+    pub(crate) fn parse(text: &str) -> Result<Cidr, String> {
         let bad = || format!("\"{text}\" is not a network such as \"10.0.0.0/8\" or \"::1\"");
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
@@ -91,7 +91,7 @@ impl Cidr {
 
     /// Whether `ip` lies in this network (IPv4-mapped IPv6 addresses count
     /// as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
@@ -123,7 +123,7 @@ pub enum AccessLogFormat {
 }
 
 impl AccessLogFormat {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AccessLogFormat::Json => "json",
             AccessLogFormat::Combined => "combined",

@@ -30,7 +30,7 @@ pub enum Policy {
 }
 
 impl Policy {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Policy::RoundRobin => "round_robin",
             Policy::Weighted => "weighted",
@@ -112,7 +112,7 @@ impl fmt::Display for ServerAddr {
 
 impl ServerAddr {
     /// Whether DNS decides this server's members.
-    pub fn is_name(&self) -> bool {
+    pub(crate) fn is_name(&self) -> bool {
         !matches!(self, ServerAddr::Ip(_))
     }
 }
@@ -133,7 +133,7 @@ pub struct RetryOn {
 
 impl RetryOn {
     /// Whether an upstream response with `status` may be retried.
-    pub fn status(&self, status: u16) -> bool {
+    pub(crate) fn status(&self, status: u16) -> bool {
         match status {
             502 => self.status_502,
             503 => self.status_503,
@@ -165,7 +165,7 @@ pub struct HealthConfig {
 }
 
 impl HealthConfig {
-    pub fn expects(&self, status: u16) -> bool {
+    pub(crate) fn expects(&self, status: u16) -> bool {
         self.expect_status
             .iter()
             .any(|&(lo, hi)| (lo..=hi).contains(&status))

@@ -13,7 +13,7 @@ use super::units::{de_duration, de_size};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     #[serde(default)]
     pub server: RawServer,
     #[serde(default)]
@@ -36,14 +36,14 @@ pub struct RawConfig {
 /// `[resolver]`: which DNS servers resolve server names and SRV records.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawResolver {
+pub(crate) struct RawResolver {
     #[serde(default)]
     pub nameservers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawServer {
+pub(crate) struct RawServer {
     #[serde(default)]
     pub workers: usize,
     #[serde(default = "d_30s", deserialize_with = "de_duration")]
@@ -61,7 +61,7 @@ impl Default for RawServer {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawListener {
+pub(crate) struct RawListener {
     pub name: String,
     pub listen: String,
     pub tls: Option<RawTls>,
@@ -73,7 +73,7 @@ pub struct RawListener {
 /// `[[listener]] max_connection_rate = { connections, per, burst }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConnectionRate {
+pub(crate) struct RawConnectionRate {
     #[serde(default = "hundred")]
     pub connections: u32,
     #[serde(default = "d_1s", deserialize_with = "de_duration")]
@@ -84,20 +84,20 @@ pub struct RawConnectionRate {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTls {
+pub(crate) struct RawTls {
     pub certs: Vec<RawCertPair>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCertPair {
+pub(crate) struct RawCertPair {
     pub cert: String,
     pub key: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoute {
+pub(crate) struct RawRoute {
     pub name: Option<String>,
     pub hosts: Option<Vec<String>>,
     #[serde(default = "slash")]
@@ -116,7 +116,7 @@ pub struct RawRoute {
 /// `[[route]] rate_limit = { requests, per, burst, key }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRateLimit {
+pub(crate) struct RawRateLimit {
     #[serde(default = "hundred")]
     pub requests: u32,
     #[serde(default = "d_1s", deserialize_with = "de_duration")]
@@ -129,7 +129,7 @@ pub struct RawRateLimit {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPool {
+pub(crate) struct RawPool {
     #[serde(default = "round_robin")]
     pub policy: String,
     #[serde(default)]
@@ -169,7 +169,7 @@ pub struct RawPool {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHealth {
+pub(crate) struct RawHealth {
     #[serde(default = "http")]
     pub kind: String,
     #[serde(default = "healthz")]
@@ -188,7 +188,7 @@ pub struct RawHealth {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawOutlier {
+pub(crate) struct RawOutlier {
     #[serde(default = "five")]
     pub consecutive_failures: u32,
     #[serde(default = "connect")]
@@ -215,7 +215,7 @@ impl Default for RawOutlier {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawServerEntry {
+pub(crate) struct RawServerEntry {
     /// `IP:port` or `name:port`; exclusive with `srv`.
     pub addr: Option<String>,
     /// An SRV record name such as `_http._tcp.app.internal`.
@@ -232,7 +232,7 @@ pub struct RawServerEntry {
 /// built-in defaults, applies `[limits]`, then a listener's own table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLimits {
+pub(crate) struct RawLimits {
     #[serde(default, deserialize_with = "opt_size")]
     pub max_header_bytes: Option<u64>,
     #[serde(default, deserialize_with = "opt_size")]

@@ -76,7 +76,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// Serde adapter for a duration string.
-pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     struct V;
     impl Visitor<'_> for V {
         type Value = Duration;
@@ -91,7 +91,7 @@ pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
 }
 
 /// Serde adapter for a byte size: an integer or a string with a unit.
-pub fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(crate) fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     struct V;
     impl Visitor<'_> for V {
         type Value = u64;

@@ -9,8 +9,8 @@
 //! - [`cache_control`]: the Cache-Control field (RFC 9111 §5.2);
 //! - [`conditional`]: entity-tags and conditional requests (RFC 9110 §13).
 
-pub mod cache_control;
-pub mod conditional;
+pub(crate) mod cache_control;
+pub(crate) mod conditional;
 pub(crate) mod grammar;
 
 use std::net::IpAddr;
@@ -40,7 +40,7 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
 
 /// The protocol token named by `Upgrade` when the request asks to switch
 /// protocols (`Connection: upgrade` plus `Upgrade: <token>`), HTTP/1.1 only.
-pub fn upgrade_request(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
+pub(crate) fn upgrade_request(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
     if version != Version::HTTP_11 {
         return None;
     }
@@ -64,7 +64,7 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// Removes `Connection`, every field it names, and the fixed hop-by-hop set.
 /// When `upgrade` is given, `Connection: upgrade` and `Upgrade` are put back
 /// so the switch reaches the other side.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
@@ -82,7 +82,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) 
 
 /// Appends the client to `X-Forwarded-For`, sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`, and appends this hop to `Via`.
-pub fn add_forwarding(
+pub(crate) fn add_forwarding(
     headers: &mut HeaderMap,
     client: IpAddr,
     https: bool,
@@ -120,7 +120,7 @@ pub fn add_forwarding(
 }
 
 /// This hop's `Via` entry: the protocol version received, then our name.
-pub fn via(version: Version) -> HeaderValue {
+pub(crate) fn via(version: Version) -> HeaderValue {
     HeaderValue::from_static(match version {
         Version::HTTP_10 => "1.0 sluice",
         Version::HTTP_2 => "2 sluice",
@@ -245,7 +245,7 @@ fn normalise(raw: &[u8], https: bool) -> Result<Authority, AuthorityError> {
 }
 
 /// A message's `Content-Length` as a number (`None` when absent or not one).
-pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -253,7 +253,7 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// Methods whose repetition has the same effect as one call (RFC 9110 §9.2.2).
-pub fn is_idempotent(method: &http::Method) -> bool {
+pub(crate) fn is_idempotent(method: &http::Method) -> bool {
     use http::Method;
     matches!(
         *method,

@@ -17,7 +17,7 @@
 //! Nothing below calls back into this module. Every refusal and failure is
 //! a [`Refusal`], mapped to its status in [`crate::reply`].
 
-pub mod observe;
+pub(crate) mod observe;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -51,7 +51,7 @@ use crate::upstream::retry;
 
 /// What the proxy knows about the client connection a request came on.
 #[derive(Debug)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     pub client: SocketAddr,
     pub listener: Arc<str>,
     pub https: bool,
@@ -67,7 +67,7 @@ pub struct ConnInfo {
 ///
 /// Every request gets an id ([`crate::request_id`]) and a tracing span (at
 /// `debug`), and is counted in the metrics and the access log once its response ends.
-pub async fn handle(
+pub(crate) async fn handle(
     state: State,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
@@ -343,7 +343,7 @@ struct Client<'a> {
 /// removed and forwarding fields added. Owned, so that the cache can send it
 /// again (a revalidation) or from a background task.
 #[derive(Debug, Clone)]
-pub struct Forward {
+pub(crate) struct Forward {
     pub method: Method,
     pub head: http::HeaderMap,
     pub path_and_query: String,
@@ -391,7 +391,7 @@ impl Forward {
 }
 
 /// A client's upgrade request (WebSocket and the like).
-pub struct Upgrade {
+pub(crate) struct Upgrade {
     client: hyper::upgrade::OnUpgrade,
     token: HeaderValue,
 }

@@ -23,7 +23,7 @@ use crate::snapshot::Snapshot;
 
 /// What the proxy found out while answering: filled in as it goes.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// The request's id, for the upstream request (set before routing) and
     /// then the access log.
     pub request_id: Option<HeaderValue>,
@@ -40,7 +40,7 @@ impl Outcome {
     /// Times one upstream attempt and records it: the member's
     /// `sluice_upstream_*` metrics when a response head arrived, and the
     /// member and time for the access log either way.
-    pub async fn attempt<T, E, F>(
+    pub(crate) async fn attempt<T, E, F>(
         &mut self,
         snap: &Snapshot,
         pool: usize,
@@ -67,7 +67,7 @@ impl Outcome {
 
 /// A connection's protocol, learnt from its TLS ALPN or its first request.
 #[derive(Debug, Default)]
-pub struct ConnProtocol(AtomicU8);
+pub(crate) struct ConnProtocol(AtomicU8);
 
 const UNKNOWN: u8 = 0;
 const H1: u8 = 1;
@@ -75,7 +75,7 @@ const H2: u8 = 2;
 
 impl ConnProtocol {
     /// Counts the connection as opened with `version` unless it already is.
-    pub fn learn(&self, version: Version, metrics: &ListenerMetrics) {
+    pub(crate) fn learn(&self, version: Version, metrics: &ListenerMetrics) {
         if self.0.load(Ordering::Relaxed) != UNKNOWN {
             return;
         }
@@ -91,7 +91,7 @@ impl ConnProtocol {
     }
 
     /// The connection closed.
-    pub fn closed(&self, metrics: &ListenerMetrics) {
+    pub(crate) fn closed(&self, metrics: &ListenerMetrics) {
         match self.0.swap(UNKNOWN, Ordering::Relaxed) {
             H1 => metrics.closed(false),
             H2 => metrics.closed(true),
@@ -101,7 +101,7 @@ impl ConnProtocol {
 }
 
 /// The start of one request's record, taken before the proxy consumes it.
-pub struct Start {
+pub(crate) struct Start {
     started: Instant,
     method: Method,
     listener: usize,
@@ -110,7 +110,7 @@ pub struct Start {
 }
 
 impl Start {
-    pub fn new<B>(
+    pub(crate) fn new<B>(
         req: &Request<B>,
         started: Instant,
         client: SocketAddr,
@@ -156,7 +156,7 @@ impl Start {
 
     /// Attaches the recording to `resp`: done now for an empty body, else
     /// when its body ends or is dropped.
-    pub fn finish(
+    pub(crate) fn finish(
         self,
         snap: Arc<Snapshot>,
         outcome: Outcome,

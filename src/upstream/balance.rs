@@ -29,7 +29,7 @@ pub struct PickContext {
 }
 
 /// Member indices, most preferred first.
-pub type Candidates = SmallVec<[usize; 8]>;
+pub(crate) type Candidates = SmallVec<[usize; 8]>;
 
 pub trait Balancer: Send + Sync + fmt::Debug {
     /// Every member index exactly once, most preferred first. Advances the

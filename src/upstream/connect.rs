@@ -25,23 +25,23 @@ use crate::body::BoxError;
 /// Closes one upstream connection; found in the extensions of every
 /// response the pool's client returns.
 #[derive(Debug, Clone)]
-pub struct CloseHandle(Arc<AtomicBool>);
+pub(crate) struct CloseHandle(Arc<AtomicBool>);
 
 impl CloseHandle {
     /// The connection fails all further IO and is never reused.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.0.store(true, Ordering::Release);
     }
 }
 
 /// An `HttpConnector` whose connections are [`Closable`].
 #[derive(Debug, Clone)]
-pub struct ClosableConnector {
+pub(crate) struct ClosableConnector {
     inner: HttpConnector,
 }
 
 impl ClosableConnector {
-    pub fn new(inner: HttpConnector) -> ClosableConnector {
+    pub(crate) fn new(inner: HttpConnector) -> ClosableConnector {
         ClosableConnector { inner }
     }
 }
@@ -71,7 +71,7 @@ impl tower_service::Service<Uri> for ClosableConnector {
 
 /// A connection that fails all IO once its [`CloseHandle`] is used.
 #[derive(Debug)]
-pub struct Closable<T> {
+pub(crate) struct Closable<T> {
     inner: T,
     closed: Arc<AtomicBool>,
 }

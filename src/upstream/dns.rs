@@ -30,7 +30,10 @@ use crate::config::{ResolverConfig, ServerAddr};
 
 /// The addresses `addr` stands for now, sorted and without duplicates. An
 /// empty answer is an error, like a failed lookup.
-pub async fn lookup(resolver: &ResolverConfig, addr: &ServerAddr) -> io::Result<Vec<SocketAddr>> {
+pub(crate) async fn lookup(
+    resolver: &ResolverConfig,
+    addr: &ServerAddr,
+) -> io::Result<Vec<SocketAddr>> {
     let found = match addr {
         ServerAddr::Ip(a) => return Ok(vec![*a]),
         ServerAddr::Name { host, port } if resolver.nameservers.is_empty() => {
@@ -60,7 +63,7 @@ fn tidy(mut found: Vec<SocketAddr>) -> io::Result<Vec<SocketAddr>> {
 /// [`lookup`] for code outside a runtime, or inside one that must not be
 /// re-entered (config validation runs in both). getaddrinfo is called
 /// directly; hickory's lookups run on a thread of their own.
-pub fn lookup_blocking(
+pub(crate) fn lookup_blocking(
     resolver: &ResolverConfig,
     addr: &ServerAddr,
 ) -> io::Result<Vec<SocketAddr>> {

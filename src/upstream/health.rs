@@ -64,7 +64,7 @@ fn apply(m: &Member, result: CheckResult, health: &HealthConfig) {
 }
 
 /// One check of `addr`, bounded by the check's `timeout`.
-pub async fn probe(health: &HealthConfig, addr: SocketAddr, host: &str) -> CheckResult {
+pub(crate) async fn probe(health: &HealthConfig, addr: SocketAddr, host: &str) -> CheckResult {
     let at = SystemTime::now();
     let outcome = tokio::time::timeout(health.timeout, attempt(health, addr, host)).await;
     let (ok, status, error) = match outcome {

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 
 /// Milliseconds since the first call in this process, starting at 1 (so
 /// that 0 can mean "never").
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
@@ -41,7 +41,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 /// A member's state as operators see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MemberState {
+pub(crate) enum MemberState {
     Up,
     Down,
     Ejected,
@@ -49,7 +49,7 @@ pub enum MemberState {
 }
 
 impl MemberState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             MemberState::Up => "up",
             MemberState::Down => "down",
@@ -67,7 +67,7 @@ impl std::fmt::Display for MemberState {
 
 /// The outcome of the latest active check.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckResult {
+pub(crate) struct CheckResult {
     pub ok: bool,
     /// The response status (http checks that got a response).
     pub status: Option<u16>,
@@ -78,7 +78,7 @@ pub struct CheckResult {
 /// Effective weight in thousandths during slow start: linear from 10% of
 /// `weight` at `started` to all of it at `started + window`. Outside the
 /// window (or with no window) it is the full weight.
-pub fn ramped_weight_milli(weight: u32, started: u64, window_ms: u64, now: u64) -> u64 {
+pub(crate) fn ramped_weight_milli(weight: u32, started: u64, window_ms: u64, now: u64) -> u64 {
     let full = u64::from(weight.max(1)) * 1000;
     if window_ms == 0 || started == 0 || now < started {
         return full;
@@ -168,27 +168,27 @@ impl Member {
 
     /// Caps requests in flight at `max` (0 = unlimited); `freed` is told
     /// whenever one ends.
-    pub fn with_max_connections(mut self, max: usize, freed: Arc<Notify>) -> Member {
+    pub(crate) fn with_max_connections(mut self, max: usize, freed: Arc<Notify>) -> Member {
         self.max_connections = max;
         self.slot_freed = (max > 0).then_some(freed);
         self
     }
 
     /// Names the pool (for logs) and the configured server it came from.
-    pub fn with_origin(mut self, pool: Arc<str>, server: Arc<str>) -> Member {
+    pub(crate) fn with_origin(mut self, pool: Arc<str>, server: Arc<str>) -> Member {
         self.pool = pool;
         self.server = server;
         self
     }
 
     /// Ramps the weight over `window` each time the member comes back up.
-    pub fn with_slow_start(mut self, window: Duration) -> Member {
+    pub(crate) fn with_slow_start(mut self, window: Duration) -> Member {
         self.slow_start_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
         self
     }
 
     /// Requests currently being proxied to this member.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
@@ -201,7 +201,7 @@ impl Member {
 
     /// Like [`Member::begin`], unless the member already has
     /// `max_connections` requests in flight.
-    pub fn try_begin(self: &Arc<Self>) -> Option<InFlight> {
+    pub(crate) fn try_begin(self: &Arc<Self>) -> Option<InFlight> {
         if self.max_connections == 0 {
             return Some(self.begin());
         }
@@ -214,13 +214,13 @@ impl Member {
     }
 
     /// The member's state now.
-    pub fn state(&self) -> MemberState {
+    pub(crate) fn state(&self) -> MemberState {
         self.state_at(now_ms())
     }
 
     /// The member's state at monotonic time `now`. An ejection whose time
     /// is over ends here, once (logged by whoever sees it first).
-    pub fn state_at(&self, now: u64) -> MemberState {
+    pub(crate) fn state_at(&self, now: u64) -> MemberState {
         if self.draining.load(Ordering::Relaxed) {
             return MemberState::Draining;
         }
@@ -252,7 +252,7 @@ impl Member {
     }
 
     /// When the state last changed.
-    pub fn since(&self) -> SystemTime {
+    pub(crate) fn since(&self) -> SystemTime {
         // Ends an expired ejection first, which moves `since`.
         let _ = self.state();
         UNIX_EPOCH + Duration::from_millis(self.since.load(Ordering::Relaxed))
@@ -265,7 +265,7 @@ impl Member {
 
     /// Effective weight in thousandths of the configured weight's units,
     /// lowered while the member ramps up after coming back.
-    pub fn effective_weight_milli(&self, now: u64) -> u64 {
+    pub(crate) fn effective_weight_milli(&self, now: u64) -> u64 {
         ramped_weight_milli(
             self.weight,
             self.ramp_from.load(Ordering::Relaxed),
@@ -275,17 +275,17 @@ impl Member {
     }
 
     /// Whether this member ramps up after coming back at all.
-    pub fn slow_start_enabled(&self) -> bool {
+    pub(crate) fn slow_start_enabled(&self) -> bool {
         self.slow_start_ms > 0
     }
 
     /// Whether slow start currently lowers this member's weight.
-    pub fn ramping(&self, now: u64) -> bool {
+    pub(crate) fn ramping(&self, now: u64) -> bool {
         self.effective_weight_milli(now) < u64::from(self.weight) * 1000
     }
 
     /// Records an active check; returns the state change it caused, if any.
-    pub fn record_check(
+    pub(crate) fn record_check(
         &self,
         result: CheckResult,
         rise: u32,
@@ -319,7 +319,7 @@ impl Member {
 
     /// Records the outcome of one request for passive detection; returns
     /// the consecutive failures so far (0 after a success).
-    pub fn record_request(&self, failed: bool) -> u32 {
+    pub(crate) fn record_request(&self, failed: bool) -> u32 {
         if failed {
             self.request_successes.store(0, Ordering::Relaxed);
             self.request_failures.fetch_add(1, Ordering::Relaxed) + 1
@@ -334,7 +334,7 @@ impl Member {
     /// row, capped at `max`. An ejection streak ends once the member has
     /// stayed in for `max`. Returns the ejection time, or `None` when the
     /// member is already ejected.
-    pub fn eject(&self, now: u64, base: Duration, max: Duration) -> Option<Duration> {
+    pub(crate) fn eject(&self, now: u64, base: Duration, max: Duration) -> Option<Duration> {
         let current = self.ejected_until.load(Ordering::Acquire);
         if current != 0 && now < current {
             return None;
@@ -364,13 +364,13 @@ impl Member {
     }
 
     /// Whether passive detection has this member out at `now`.
-    pub fn is_ejected(&self, now: u64) -> bool {
+    pub(crate) fn is_ejected(&self, now: u64) -> bool {
         let until = self.ejected_until.load(Ordering::Acquire);
         until != 0 && now < until
     }
 
     /// Milliseconds left of the ejection at `now` (0 when not ejected).
-    pub fn ejected_for(&self, now: u64) -> u64 {
+    pub(crate) fn ejected_for(&self, now: u64) -> u64 {
         self.ejected_until
             .load(Ordering::Acquire)
             .saturating_sub(now)
@@ -378,14 +378,14 @@ impl Member {
 
     /// Takes the member out of rotation for good (or back in with `false`,
     /// when its address reappears before it has drained).
-    pub fn set_draining(&self, draining: bool) {
+    pub(crate) fn set_draining(&self, draining: bool) {
         if self.draining.swap(draining, Ordering::AcqRel) != draining {
             self.touch();
         }
     }
 
     /// Consecutive active-check successes and failures.
-    pub fn check_streaks(&self) -> (u32, u32) {
+    pub(crate) fn check_streaks(&self) -> (u32, u32) {
         (
             self.check_successes.load(Ordering::Relaxed),
             self.check_failures.load(Ordering::Relaxed),
@@ -393,14 +393,14 @@ impl Member {
     }
 
     /// Consecutive request successes and failures (passive detection).
-    pub fn request_streaks(&self) -> (u32, u32) {
+    pub(crate) fn request_streaks(&self) -> (u32, u32) {
         (
             self.request_successes.load(Ordering::Relaxed),
             self.request_failures.load(Ordering::Relaxed),
         )
     }
 
-    pub fn last_check(&self) -> Option<CheckResult> {
+    pub(crate) fn last_check(&self) -> Option<CheckResult> {
         self.last_check
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -408,17 +408,17 @@ impl Member {
     }
 
     /// Times passive detection ejected this member.
-    pub fn ejections_total(&self) -> u64 {
+    pub(crate) fn ejections_total(&self) -> u64 {
         self.ejections_total.load(Ordering::Relaxed)
     }
 
     /// Active checks that passed.
-    pub fn health_checks_ok(&self) -> u64 {
+    pub(crate) fn health_checks_ok(&self) -> u64 {
         self.health_checks_ok.load(Ordering::Relaxed)
     }
 
     /// Active checks that failed.
-    pub fn health_checks_fail(&self) -> u64 {
+    pub(crate) fn health_checks_fail(&self) -> u64 {
         self.health_checks_fail.load(Ordering::Relaxed)
     }
 }
@@ -426,12 +426,6 @@ impl Member {
 /// Decrements the member's in-flight count when dropped.
 #[derive(Debug)]
 pub struct InFlight(Arc<Member>);
-
-impl InFlight {
-    pub fn member(&self) -> &Arc<Member> {
-        &self.0
-    }
-}
 
 /// Held by a streaming response body, so `least_conn` sees the whole
 /// transfer; dropping it is the release.

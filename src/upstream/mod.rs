@@ -2,12 +2,12 @@
 //! how a request is sent to it, and how members' health is tracked (active
 //! checks, passive ejection, DNS re-resolution, retry budgets).
 
-pub mod balance;
-pub mod connect;
-pub mod dns;
-pub mod health;
-pub mod member;
-pub mod outlier;
-pub mod pool;
-pub mod retry;
-pub mod status;
+pub(crate) mod balance;
+pub(crate) mod connect;
+pub(crate) mod dns;
+pub(crate) mod health;
+pub(crate) mod member;
+pub(crate) mod outlier;
+pub(crate) mod pool;
+pub(crate) mod retry;
+pub(crate) mod status;

@@ -11,7 +11,7 @@ use crate::config::OutlierConfig;
 
 /// What one attempt against a member came to, as passive detection sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// A response head arrived with this status.
     Response(u16),
     /// Refused, reset, or timed out before a response head.
@@ -23,7 +23,7 @@ pub enum Outcome {
 
 /// Records `outcome` for `member` and ejects it when it has failed too often
 /// in a row and the pool can spare it. Returns the ejection time, if ejected.
-pub fn record(
+pub(crate) fn record(
     config: &OutlierConfig,
     members: &[Arc<Member>],
     member: &Member,

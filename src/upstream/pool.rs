@@ -57,14 +57,14 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// Whether the member may have seen (part of) the request.
-    pub fn request_may_have_reached_member(&self) -> bool {
+    pub(crate) fn request_may_have_reached_member(&self) -> bool {
         !matches!(
             self,
             UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. }
         )
     }
 
-    pub fn is_timeout(&self) -> bool {
+    pub(crate) fn is_timeout(&self) -> bool {
         matches!(
             self,
             UpstreamError::ConnectTimeout { .. } | UpstreamError::ResponseTimeout { .. }
@@ -75,7 +75,7 @@ impl UpstreamError {
 /// A pool's members at one moment, with the balancer built for them. DNS
 /// re-resolution swaps in a new set; a request keeps the one it loaded.
 #[derive(Debug)]
-pub struct MemberSet {
+pub(crate) struct MemberSet {
     /// Members in rotation (whatever their health), in config order.
     pub active: Vec<Arc<Member>>,
     /// Members gone from DNS whose in-flight requests are finishing.
@@ -84,7 +84,11 @@ pub struct MemberSet {
 }
 
 impl MemberSet {
-    pub fn new(policy: Policy, active: Vec<Arc<Member>>, draining: Vec<Arc<Member>>) -> MemberSet {
+    pub(crate) fn new(
+        policy: Policy,
+        active: Vec<Arc<Member>>,
+        draining: Vec<Arc<Member>>,
+    ) -> MemberSet {
         MemberSet {
             balancer: balancer_for(policy, &active),
             active,
@@ -94,18 +98,18 @@ impl MemberSet {
 }
 
 /// The members one request may use, most preferred first.
-pub type Plan = SmallVec<[Arc<Member>; 8]>;
+pub(crate) type Plan = SmallVec<[Arc<Member>; 8]>;
 
 /// No member of the pool can take a request now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unavailable {
+pub(crate) struct Unavailable {
     /// Seconds until a member may be back (for `Retry-After`).
     pub retry_after: u64,
 }
 
 /// The result of looking for a member with a free connection slot.
 #[derive(Debug)]
-pub enum Acquired {
+pub(crate) enum Acquired {
     /// The member, with its connection slot.
     Member(Arc<Member>, InFlight),
     /// Every remaining member of the plan was tried.
@@ -200,7 +204,7 @@ impl Pool {
     /// DNS re-resolution (when a server is a name). The tasks hold only a
     /// weak reference and end once the pool is dropped (a reload removed or
     /// replaced it and its last request finished).
-    pub fn start(config: &PoolConfig) -> Arc<Pool> {
+    pub(crate) fn start(config: &PoolConfig) -> Arc<Pool> {
         let pool = Arc::new(Pool::new(config));
         if tokio::runtime::Handle::try_current().is_ok() {
             if let Some(health) = &config.health {
@@ -214,7 +218,7 @@ impl Pool {
     }
 
     /// The current members (for status pages and metrics).
-    pub fn members(&self) -> Arc<MemberSet> {
+    pub(crate) fn members(&self) -> Arc<MemberSet> {
         self.members.load_full()
     }
 
@@ -231,14 +235,14 @@ impl Pool {
     }
 
     /// Retries made for requests to this pool.
-    pub fn retries_total(&self) -> u64 {
+    pub(crate) fn retries_total(&self) -> u64 {
         self.retries_total.load(Ordering::Relaxed)
     }
 
     /// The members this request may use, most preferred first: the
     /// balancer's ranking without members that are down, ejected or
     /// draining. Below `panic_threshold` healthy, every member is used.
-    pub fn plan(&self, ctx: &PickContext) -> Result<Plan, Unavailable> {
+    pub(crate) fn plan(&self, ctx: &PickContext) -> Result<Plan, Unavailable> {
         let set = self.members.load();
         let now = now_ms();
         self.budget.request(now);
@@ -296,7 +300,7 @@ impl Pool {
     /// its `max_connections`, moving `*next` past it. On the first attempt
     /// (`may_wait`), when every member is full, the request waits as one of
     /// at most `max_pending` for a slot to free up, up to `connect_timeout`.
-    pub async fn acquire(&self, plan: &Plan, next: &mut usize, may_wait: bool) -> Acquired {
+    pub(crate) async fn acquire(&self, plan: &Plan, next: &mut usize, may_wait: bool) -> Acquired {
         let start = *next;
         let mut pending: Option<Pending<'_>> = None;
         let deadline = tokio::time::Instant::now() + self.config.connect_timeout;
@@ -329,7 +333,7 @@ impl Pool {
 
     /// Whether a failed attempt may be followed by another on the next
     /// member: takes one retry from the budget and counts it.
-    pub fn take_retry(&self) -> bool {
+    pub(crate) fn take_retry(&self) -> bool {
         let ok = self.budget.try_retry(now_ms());
         if ok {
             self.retries_total.fetch_add(1, Ordering::Relaxed);
@@ -339,7 +343,7 @@ impl Pool {
 
     /// Reports what one attempt against `member` came to, for passive
     /// ejection.
-    pub fn report(&self, member: &Member, outcome: Outcome) {
+    pub(crate) fn report(&self, member: &Member, outcome: Outcome) {
         let set = self.members.load();
         if let Some(time) =
             outlier::record(&self.config.outlier, &set.active, member, outcome, now_ms())
@@ -389,7 +393,7 @@ pub(crate) struct Wanted {
 }
 
 impl Wanted {
-    pub fn of(server: &ServerEntry, addr: SocketAddr) -> Wanted {
+    pub(crate) fn of(server: &ServerEntry, addr: SocketAddr) -> Wanted {
         Wanted {
             addr,
             weight: server.weight,

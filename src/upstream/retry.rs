@@ -25,7 +25,7 @@ use crate::config::RetryOn;
 /// connection (or did not accept it in time) and its body was not read:
 /// nothing reached a member then, which is also when nginx passes a POST
 /// to the next server.
-pub fn after_error(
+pub(crate) fn after_error(
     error: &UpstreamError,
     retry_on: &RetryOn,
     idempotent: bool,
@@ -49,7 +49,7 @@ pub fn after_error(
 
 /// Exponential backoff with full jitter before attempt `attempt` (1 for the
 /// first retry): uniform in `0..=min(base * 2^(attempt-1), 10 * base)`.
-pub fn backoff(base: Duration, attempt: u32, rng: &mut fastrand::Rng) -> Duration {
+pub(crate) fn backoff(base: Duration, attempt: u32, rng: &mut fastrand::Rng) -> Duration {
     if base.is_zero() || attempt == 0 {
         return Duration::ZERO;
     }
@@ -102,7 +102,7 @@ impl Rate {
 
 /// One pool's retry budget.
 #[derive(Debug)]
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     ratio: f64,
     min_per_second: f64,
     requests: Rate,
@@ -110,7 +110,7 @@ pub struct RetryBudget {
 }
 
 impl RetryBudget {
-    pub fn new(ratio: f64, min_per_second: u32) -> RetryBudget {
+    pub(crate) fn new(ratio: f64, min_per_second: u32) -> RetryBudget {
         RetryBudget {
             ratio,
             min_per_second: f64::from(min_per_second),
@@ -120,12 +120,12 @@ impl RetryBudget {
     }
 
     /// Counts one client request to the pool.
-    pub fn request(&self, now_ms: u64) {
+    pub(crate) fn request(&self, now_ms: u64) {
         self.requests.add(now_ms);
     }
 
     /// Takes one retry from the budget, if there is room.
-    pub fn try_retry(&self, now_ms: u64) -> bool {
+    pub(crate) fn try_retry(&self, now_ms: u64) -> bool {
         let allowed = (self.requests.per_second(now_ms) * self.ratio).max(self.min_per_second);
         if self.retries.per_second(now_ms) + 1.0 <= allowed {
             self.retries.add(now_ms);

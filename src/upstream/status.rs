@@ -16,7 +16,7 @@ fn rfc3339(t: SystemTime) -> String {
 
 /// `{ "pools": [ ... ] }` for `pools`, in order. `total` counts the members
 /// in rotation; draining members are listed after them but not counted.
-pub fn upstreams_json(pools: &[Arc<Pool>]) -> Value {
+pub(crate) fn upstreams_json(pools: &[Arc<Pool>]) -> Value {
     let pools: Vec<Value> = pools.iter().map(|p| pool_json(p)).collect();
     json!({ "pools": pools })
 }
