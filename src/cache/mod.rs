@@ -99,18 +99,19 @@ impl Cache {
             .set(i64::try_from(self.store.bytes()).unwrap_or(i64::MAX));
     }
 
-    /// Finds the stored response for a request.
+    /// Finds the stored response for a request whose primary key is
+    /// `primary`.
     fn find(&self, primary: &str, req: &HeaderMap) -> Found {
         match self.store.get(primary) {
             None => Found {
                 entry: None,
-                key: primary.to_string(),
+                variant: None,
                 fwd: "miss",
             },
             Some(object) => match &*object {
                 Object::Response(_) => Found {
                     entry: Some(object.clone()),
-                    key: primary.to_string(),
+                    variant: None,
                     fwd: "miss",
                 },
                 Object::Vary { names, id } => {
@@ -121,7 +122,7 @@ impl Cache {
                         .filter(|o| matches!(**o, Object::Response(_)));
                     Found {
                         entry,
-                        key,
+                        variant: Some(key),
                         fwd: "vary-miss",
                     }
                 }
@@ -134,10 +135,18 @@ impl Cache {
 struct Found {
     /// Always an `Object::Response`.
     entry: Option<Arc<Object>>,
-    /// The key the response is (or would be) stored under.
-    key: String,
+    /// The variant key the response is (or would be) stored under, when
+    /// the URL's responses vary; else the primary key is.
+    variant: Option<String>,
     /// `Cache-Status` `fwd` for a miss.
     fwd: &'static str,
+}
+
+impl Found {
+    /// The key the response is (or would be) stored under.
+    fn key<'a>(&'a self, primary: &'a str) -> &'a str {
+        self.variant.as_deref().unwrap_or(primary)
+    }
 }
 
 fn entry_of(object: &Object) -> Option<&Entry> {
@@ -257,7 +266,7 @@ impl Cache {
         let mut stale = None;
         if let Some(object) = &found.entry {
             if let Some(entry) = entry_of(object) {
-                let served = (entry, found.key.as_str());
+                let served = (entry, found.key(&req.primary));
                 match asked.usable(entry) {
                     Use::Fresh => return Lookup::Hit(self.hit(set, "hit", served, view, None)),
                     Use::StaleAllowed => {
@@ -267,7 +276,7 @@ impl Cache {
                     Use::StaleWhileRevalidate => {
                         let detail = Some("stale-while-revalidate");
                         let answer = self.hit(set, "stale", served, view, detail);
-                        let refresh = self.refresh(&req, &found.key, object.clone());
+                        let refresh = self.refresh(&req, found.key(&req.primary), object.clone());
                         return Lookup::Stale { answer, refresh };
                     }
                     Use::Revalidate => {
@@ -290,14 +299,15 @@ impl Cache {
                 result: Some("miss"),
             });
         }
-        let guard = match self.fills.join(&found.key) {
+        let guard = match self.fills.join(found.key(&req.primary)) {
             Join::Leader(guard) => Some(guard),
             Join::Follower(rx) => {
-                Fills::wait(rx, set.cache.lock_timeout).await;
+                // Boxed: rare, and it would make every lookup's future larger.
+                Box::pin(Fills::wait(rx, set.cache.lock_timeout)).await;
                 let again = self.find(&req.primary, req.head);
                 if let Some(entry) = again.entry.as_deref().and_then(entry_of) {
                     if let Use::Fresh | Use::StaleAllowed = asked.usable(entry) {
-                        let served = (entry, again.key.as_str());
+                        let served = (entry, again.key(&req.primary));
                         let detail = Some("collapsed");
                         return Lookup::Hit(self.hit(set, "coalesced", served, view, detail));
                     }
@@ -306,13 +316,14 @@ impl Cache {
                 None
             }
         };
+        let key = found.variant.unwrap_or_else(|| req.primary.clone());
         Lookup::Miss(Fill {
             primary: req.primary,
             method: req.method.clone(),
             head: req.head.clone(),
             accepted: req.accepted.cloned(),
             asked,
-            key: found.key,
+            key,
             stale,
             fwd,
             guard,

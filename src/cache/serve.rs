@@ -47,32 +47,42 @@ impl Status {
         }
     }
 
+    /// The field value, written straight into the bytes the header keeps
+    /// (one allocation, no formatting machinery: it is on every hit).
     pub(crate) fn header_value(&self) -> HeaderValue {
-        let text = match self {
-            Status::Hit { ttl, detail } => match detail {
-                Some(d) => format!("sluice; hit; ttl={ttl}; detail={d}"),
-                None => format!("sluice; hit; ttl={ttl}"),
-            },
+        let mut t = Vec::with_capacity(64);
+        let mut num = itoa::Buffer::new();
+        match self {
+            Status::Hit { ttl, detail } => {
+                t.extend_from_slice(b"sluice; hit; ttl=");
+                t.extend_from_slice(num.format(*ttl).as_bytes());
+                if let Some(d) = detail {
+                    t.extend_from_slice(b"; detail=");
+                    t.extend_from_slice(d.as_bytes());
+                }
+            }
             Status::Forward {
                 fwd,
                 fwd_status,
                 stored,
                 collapsed,
             } => {
-                let mut t = format!("sluice; fwd={fwd}");
+                t.extend_from_slice(b"sluice; fwd=");
+                t.extend_from_slice(fwd.as_bytes());
                 if let Some(s) = fwd_status {
-                    t.push_str(&format!("; fwd-status={s}"));
+                    t.extend_from_slice(b"; fwd-status=");
+                    t.extend_from_slice(num.format(*s).as_bytes());
                 }
                 if *stored {
-                    t.push_str("; stored");
+                    t.extend_from_slice(b"; stored");
                 }
                 if *collapsed {
-                    t.push_str("; collapsed");
+                    t.extend_from_slice(b"; collapsed");
                 }
-                t
             }
-        };
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("sluice"))
+        }
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(t))
+            .unwrap_or_else(|_| HeaderValue::from_static("sluice"))
     }
 }
 

@@ -282,7 +282,7 @@ async fn through_cache(
             let mut fwd = Forward::new(parts, client, None, outcome);
             fill.prepare(&mut fwd.method, &mut fwd.head);
             let resp = forward(leg, fwd, None, None, outcome).await;
-            fill.finish(cache, set, resp).await
+            Box::pin(fill.finish(cache, set, resp)).await
         }
         Lookup::Pass(pass) => {
             let fwd = Forward::new(parts, client, None, outcome);
@@ -408,7 +408,10 @@ async fn forward(
     upgrade: Option<Upgrade>,
     outcome: &mut observe::Outcome,
 ) -> Response<ProxyBody> {
-    match attempts(leg, req, incoming, upgrade, outcome).await {
+    // Boxed: the retry loop's state is large, and a request's future is
+    // moved (copied) a few times on its way into hyper; a cache hit should
+    // not pay for the state of a trip it does not make.
+    match Box::pin(attempts(leg, req, incoming, upgrade, outcome)).await {
         Ok(resp) => resp,
         Err(refusal) => refusal.reply(),
     }
