@@ -66,7 +66,8 @@ pub(crate) struct ConnInfo {
 /// Handles one client request. Never fails: every error becomes a response.
 ///
 /// Every request gets an id ([`crate::request_id`]) and a tracing span (at
-/// `debug`), and is counted in the metrics and the access log once its response ends.
+/// `debug`), and is counted in the metrics and the access log once its
+/// response ends.
 pub(crate) async fn handle(
     state: State,
     conn: Arc<ConnInfo>,
