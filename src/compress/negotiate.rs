@@ -83,12 +83,12 @@ impl Accepted {
     }
 
     /// The q-value of `coding` (an explicit entry, else `*`, else 0).
-    pub(crate) fn q(&self, coding: Coding) -> u16 {
+    pub fn q(&self, coding: Coding) -> u16 {
         self.codings[index(coding)].or(self.star).unwrap_or(0)
     }
 
     /// Whether the client takes `coding` at all.
-    pub(crate) fn accepts(&self, coding: Coding) -> bool {
+    pub fn accepts(&self, coding: Coding) -> bool {
         self.present && self.q(coding) > 0
     }
 
