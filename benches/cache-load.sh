@@ -99,43 +99,21 @@ NGINX_BARE_PORT=$((PORT_BASE + 90))
 PAGE=/static/page20k
 NOSTORE_PAGE=/nostore/page20k
 
-# log, die, install_missing, the cleanup on exit, wait_ready, wrk_run,
+# log, die, install_missing, split_cpus, the cleanup on exit, wait_ready,
+# run_nginx, run_varnishd, the nginx config pieces, is_hit, wrk_run,
 # parse_wrk, median, ...; changes to the repo root.
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
-# observe-cost's CPU split: PROXY_CPUS and CLIENT_CPUS (taskset lists) and
-# the proxies' worker count OBS_WORKERS.
+# observe-cost's CPU split (split_cpus): the proxies on SERVER_CPUS (prefix
+# PIN_SERVER), wrk on CLIENT_CPUS (PIN_CLIENT), and the proxies' worker count
+# OBS_WORKERS, one per CPU of theirs.
 OBS_PIN=${OBS_PIN:-auto}
-ALLOWED_CPUS=()
-# Cpus_allowed_list: "0-3,6", the CPUs this process may run on.
-# shellcheck disable=SC2013 # one line, split into words on purpose
-for part in $(awk '/^Cpus_allowed_list:/ { gsub(/,/, " ", $2); print $2 }' /proc/self/status 2>/dev/null); do
-    if [[ $part == *-* ]]; then
-        for ((c = ${part%-*}; c <= ${part#*-}; c++)); do ALLOWED_CPUS+=("$c"); done
-    else
-        ALLOWED_CPUS+=("$part")
-    fi
-done
-if [ "$OBS_PIN" = auto ]; then
-    OBS_PIN=0
-    if command -v taskset >/dev/null && [ "${#ALLOWED_CPUS[@]}" -ge 2 ]; then OBS_PIN=1; fi
-fi
-PIN_PROXY=()
-PIN_CLIENT=()
+split_cpus OBS_PIN
 OBS_WORKERS=$WORKERS
-if [ "$OBS_PIN" = 1 ]; then
-    command -v taskset >/dev/null || die "OBS_PIN=1 needs taskset (util-linux)"
-    [ "${#ALLOWED_CPUS[@]}" -ge 2 ] || die "OBS_PIN=1 needs at least 2 CPUs"
-    half=$((${#ALLOWED_CPUS[@]} / 2))
-    PROXY_CPUS=$(IFS=,; echo "${ALLOWED_CPUS[*]:0:half}")
-    CLIENT_CPUS=$(IFS=,; echo "${ALLOWED_CPUS[*]:half}")
-    PIN_PROXY=(taskset -c "$PROXY_CPUS")
-    PIN_CLIENT=(taskset -c "$CLIENT_CPUS")
-    OBS_WORKERS=$half
-fi
+[ "$OBS_PIN" != 1 ] || OBS_WORKERS=$((${#ALLOWED_CPUS[@]} / 2))
 
 for scen in $SCENARIOS; do
     case $scen in
@@ -231,14 +209,13 @@ format = \"json\"
 path = \"$ACCESS_LOG\"" "$CACHE_ROUTE" "$OBS_WORKERS" >"$TMP/sluice-obs.toml"
 sluice_config "$SLUICE_BARE_PORT" "" "$CACHE_ROUTE" "$OBS_WORKERS" >"$TMP/sluice-bare.toml"
 
-declare -A PID_OF
 for v in sluice sluice-z sluice-obs sluice-bare; do
     "$SLUICE_BIN" --check --config "$TMP/$v.toml" >"$TMP/$v.check" 2>&1 \
         || { cat "$TMP/$v.check" >&2; die "$v config invalid: $TMP/$v.toml"; }
 done
 for v in sluice sluice-z sluice-obs sluice-bare; do
     pin=()
-    case $v in sluice-obs | sluice-bare) pin=("${PIN_PROXY[@]}") ;; esac
+    case $v in sluice-obs | sluice-bare) pin=("${PIN_SERVER[@]}") ;; esac
     RUST_LOG=warn "${pin[@]}" "$SLUICE_BIN" --config "$TMP/$v.toml" >"$TMP/$v.log" 2>&1 &
     PIDS+=($!)
     PID_OF[$v]=$!
@@ -255,50 +232,18 @@ curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$SLUICE_OBS_ADMIN_PORT/heal
 # with Accept-Encoding). "nginx" serves the other scenarios; "nginx-obs"
 # serves observe-cost, pinned like its sluices, twice: without and with an
 # access log.
-# nginx_conf DIR WORKERS SERVERS: nginx.conf for an instance kept in DIR, with
-# SERVERS (server blocks) in its http block.
-nginx_conf() {
-    local dir=$1 workers=$2 servers=$3
-    cat <<EOF
-worker_processes $workers;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-
-events {
-    worker_connections 4096;
-}
-
-http {
-    access_log off;
-    server_tokens off;
-    keepalive_requests 1000000;
-    keepalive_timeout 90s;
+# start_nginx NAME WORKERS SERVERS [PIN...]: an instance in $TMP/NAME with
+# SERVERS (server blocks) in its http block, started under PIN.
+start_nginx() {
+    local name=$1 workers=$2 servers=$3
+    shift 3
+    write_nginx_conf "$TMP/$name" "$workers" 4096 <<EOF
     sendfile on;
     tcp_nopush on;
-    client_body_temp_path $dir/client_body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
 
-    # On disk (the page cache in practice): nginx's only cache store.
-    proxy_cache_path $dir/cache levels=1:2 keys_zone=bench:10m max_size=256m
-                     inactive=10m use_temp_path=off;
+$(nginx_cache_gzip "$TMP/$name")
 
-    # text/html is always in gzip_types; the rest mirrors sluice's default types.
-    gzip on;
-    gzip_comp_level 1;
-    gzip_min_length 1024;
-    gzip_vary on;
-    gzip_types text/plain text/css text/javascript application/json application/javascript
-               application/xml image/svg+xml;
-
-    upstream origin {
-        server 127.0.0.1:$ORIGIN_PORT;
-        keepalive 64;
-        keepalive_requests 1000000;
-        keepalive_timeout 90s;
-    }
+$(nginx_upstream "$ORIGIN_PORT")
 
     # The fields of sluice's JSON line (observe-cost).
     log_format sluicejson escape=json '{"ts":"\$time_iso8601","client":"\$remote_addr",'
@@ -308,18 +253,12 @@ http {
         '"upstream_ms":"\$upstream_response_time","cache":"\$upstream_cache_status",'
         '"request_id":"\$request_id"}';
 $servers
-}
 EOF
+    run_nginx "$name" "$@"
 }
 # The locations, shared by every server block of both instances.
 cat >"$TMP/server.conf" <<EOF
-proxy_http_version 1.1;
-proxy_set_header Connection "";
-proxy_set_header Host \$http_host;
-proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-proxy_set_header X-Forwarded-Proto \$scheme;
-proxy_set_header X-Forwarded-Host \$http_host;
-proxy_set_header Via "1.1 nginx";
+$(nginx_proxy_headers "")
 add_header Via "1.1 nginx" always;
 
 location /nostore/ {
@@ -339,20 +278,6 @@ location / {
 }
 EOF
 NGINX_ACCESS_LOG=$TMP/nginx-obs/access.log
-# start_nginx NAME WORKERS SERVERS [PIN...]: an instance in $TMP/NAME.
-start_nginx() {
-    local name=$1 workers=$2 servers=$3 dir=$TMP/$1
-    shift 3
-    mkdir -p "$dir"
-    nginx_conf "$dir" "$workers" "$servers" >"$dir/nginx.conf"
-    # -e: the start-up error log too goes to the temp dir, not /var/log/nginx.
-    nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -t -q >&2 \
-        || die "nginx config invalid: $dir/nginx.conf"
-    "$@" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;' \
-        >"$TMP/$name.log" 2>&1 &
-    PIDS+=($!)
-    PID_OF[$name]=$!
-}
 start_nginx nginx "$WORKERS" "
     server {
         listen 127.0.0.1:$NGINX_PORT;
@@ -367,7 +292,7 @@ start_nginx nginx-obs "$OBS_WORKERS" "
         listen 127.0.0.1:$NGINX_LOG_PORT;
         access_log $NGINX_ACCESS_LOG sluicejson buffer=64k;
         include $TMP/server.conf;
-    }" "${PIN_PROXY[@]}"
+    }" "${PIN_SERVER[@]}"
 PID_OF[nginx-bare]=${PID_OF[nginx-obs]}
 PID_OF[nginx-log]=${PID_OF[nginx-obs]}
 wait_ready nginx "$NGINX_PORT" "${PID_OF[nginx]}" "$TMP/nginx/error.log"
@@ -390,13 +315,8 @@ backend origin {
 }
 $vcl
 EOF
-    varnishd -F -n "$TMP/$name" -f "$TMP/$name.vcl" -a "127.0.0.1:$port" -T none \
-        -s malloc,256m \
-        -p thread_pools=1 -p thread_pool_min="$VARNISH_THREADS" -p thread_pool_max=$((VARNISH_THREADS * 5)) \
-        "$@" >"$TMP/$name.log" 2>&1 &
-    PIDS+=($!)
-    PID_OF[$name]=$!
-    wait_ready "$name" "$port" $! "$TMP/$name.log"
+    run_varnishd "$name" "$port" -- "$@"
+    wait_ready "$name" "$port" "${PID_OF[$name]}" "$TMP/$name.log"
 }
 start_varnish varnish "$VARNISH_PORT" ""
 start_varnish varnish-gz "$VARNISH_GZ_PORT" '
@@ -455,18 +375,6 @@ label() {
 
 # enc_args ENCODING -> curl/wrk header arguments, one per line.
 enc_header() { [ "$1" = identity ] || printf 'Accept-Encoding: %s' "$1"; }
-
-# Whether the response whose headers are in FILE came from SERVER's cache.
-is_hit() {
-    local server=$1 f=$2
-    case $server in
-        sluice*) grep -qi '^cache-status: *sluice; *hit' "$f" ;;
-        nginx*) grep -qi '^x-cache-status: *hit' "$f" ;;
-        # Two transaction ids in X-Varnish: this request's and the one that
-        # fetched the object.
-        varnish*) grep -Eqi '^x-varnish: *[0-9]+ +[0-9]+' "$f" ;;
-    esac
-}
 
 # ------------------------------------------------------------ sanity checks ---
 # The reference page, straight from the origin.
@@ -711,7 +619,7 @@ for scen in $SCENARIOS; do
             echo "### \`observe-cost\`: sluice identity hits with \`[admin]\` + \`[access_log]\` (JSON, to $([ "$LOG_IS_FILE" = 1 ] && echo "a file" || echo "$ACCESS_LOG")) vs without"
             echo
             if [ "$OBS_PIN" = 1 ]; then
-                echo "Pinned: the four proxies on CPUs $PROXY_CPUS with $OBS_WORKERS workers each, wrk on CPUs $CLIENT_CPUS."
+                echo "Pinned: the four proxies on CPUs $SERVER_CPUS with $OBS_WORKERS workers each, wrk on CPUs $CLIENT_CPUS."
             else
                 echo "Not pinned (OBS_PIN=0): proxies and wrk share every CPU; $OBS_WORKERS workers each."
             fi

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Helpers shared by the benchmark scripts in benches/ (load.sh, cache-load.sh,
-# cache-conformance.sh). Not run on its own: each script sources it, after
-# `set -euo pipefail` and its environment defaults, with
+# race.sh, cache-conformance.sh). Not run on its own: each script sources it,
+# after `set -euo pipefail` and its environment defaults, with
 #
 #   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 #
@@ -57,6 +57,41 @@ install_missing() {
     if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
         "${sudo[@]}" systemctl stop "${services[@]}" 2>/dev/null || true
     fi
+}
+
+# ---------------------------------------------------------------- pinning ---
+# split_cpus KNOB: read the CPUs this process may run on (Cpus_allowed_list,
+# "0-3,6") into ALLOWED_CPUS and resolve the variable named KNOB in place:
+# auto becomes 1 when taskset exists and at least 2 CPUs are allowed, else 0.
+# With KNOB=1: SERVER_CPUS, the first half of ALLOWED_CPUS, and CLIENT_CPUS,
+# the rest (taskset lists), and PIN_SERVER and PIN_CLIENT, the taskset
+# prefixes that run a command on them; else both prefixes are empty.
+# shellcheck disable=SC2034 # the PIN_ arrays are for the scripts that source this
+split_cpus() {
+    local knob=$1 part c half
+    ALLOWED_CPUS=()
+    # shellcheck disable=SC2013 # one line, split into words on purpose
+    for part in $(awk '/^Cpus_allowed_list:/ { gsub(/,/, " ", $2); print $2 }' /proc/self/status 2>/dev/null); do
+        if [[ $part == *-* ]]; then
+            for ((c = ${part%-*}; c <= ${part#*-}; c++)); do ALLOWED_CPUS+=("$c"); done
+        else
+            ALLOWED_CPUS+=("$part")
+        fi
+    done
+    if [ "${!knob}" = auto ]; then
+        printf -v "$knob" 0
+        if command -v taskset >/dev/null && [ "${#ALLOWED_CPUS[@]}" -ge 2 ]; then printf -v "$knob" 1; fi
+    fi
+    PIN_SERVER=()
+    PIN_CLIENT=()
+    [ "${!knob}" = 1 ] || return 0
+    command -v taskset >/dev/null || die "$knob=1 needs taskset (util-linux)"
+    [ "${#ALLOWED_CPUS[@]}" -ge 2 ] || die "$knob=1 needs at least 2 CPUs"
+    half=$((${#ALLOWED_CPUS[@]} / 2))
+    SERVER_CPUS=$(IFS=,; echo "${ALLOWED_CPUS[*]:0:half}")
+    CLIENT_CPUS=$(IFS=,; echo "${ALLOWED_CPUS[*]:half}")
+    PIN_SERVER=(taskset -c "$SERVER_CPUS")
+    PIN_CLIENT=(taskset -c "$CLIENT_CPUS")
 }
 
 # ------------------------------------------------------------------ build ---
@@ -168,6 +203,166 @@ start_origin() {
     "$DEMO_BIN" --origin-only "127.0.0.1:$ORIGIN_PORT" >"$TMP/origin.log" 2>&1 &
     PIDS+=($!)
     wait_ready origin "$ORIGIN_PORT" $! "$TMP/origin.log"
+}
+
+# PID_OF: the PID of each server started by start_bg, by name.
+declare -A PID_OF
+
+# start_bg NAME LOGFILE COMMAND...: start COMMAND in the background, output to
+# LOGFILE, and remember its PID in PIDS and PID_OF[NAME] (a prefix that execs
+# the command, taskset or env, leaves the PID the server's).
+# shellcheck disable=SC2034 # PID_OF is for the scripts that source this
+start_bg() {
+    local name=$1 logf=$2
+    shift 2
+    "$@" >"$logf" 2>&1 &
+    PIDS+=($!)
+    PID_OF[$name]=$!
+}
+
+# run_nginx NAME [PREFIX...]: check, then start (under PREFIX: taskset ...)
+# the nginx instance kept in $TMP/NAME (its nginx.conf, pid and error.log;
+# -e: the start-up error log too goes there, not /var/log/nginx), output to
+# $TMP/NAME.log. Does not wait: wait_ready on its port and error.log.
+run_nginx() {
+    local name=$1 dir=$TMP/$1
+    shift
+    nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -t -q >&2 \
+        || die "$name config invalid: $dir/nginx.conf"
+    start_bg "$name" "$TMP/$name.log" "$@" \
+        nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;'
+}
+
+# run_haproxy [PREFIX...]: check, then start (under PREFIX) HAProxy as
+# "haproxy" with $TMP/haproxy.cfg, output to $TMP/haproxy.log. Does not wait.
+run_haproxy() {
+    haproxy -c -q -f "$TMP/haproxy.cfg" >&2 || die "haproxy config invalid: $TMP/haproxy.cfg"
+    start_bg haproxy "$TMP/haproxy.log" "$@" haproxy -db -f "$TMP/haproxy.cfg"
+}
+
+# run_varnishd NAME PORT [PREFIX...] -- [VARNISHD_ARG...]: start (under
+# PREFIX) the Varnish instance NAME with $TMP/NAME.vcl (work dir $TMP/NAME,
+# output to $TMP/NAME.log) on 127.0.0.1:PORT, no CLI port, malloc storage,
+# one thread pool of VARNISH_THREADS threads (up to 5x), then VARNISHD_ARG.
+# Does not wait.
+run_varnishd() {
+    local name=$1 port=$2 prefix=()
+    shift 2
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do prefix+=("$1"); shift; done
+    [ $# -eq 0 ] || shift
+    start_bg "$name" "$TMP/$name.log" "${prefix[@]}" \
+        varnishd -F -n "$TMP/$name" -f "$TMP/$name.vcl" -a "127.0.0.1:$port" -T none \
+        -s malloc,256m -p thread_pools=1 -p thread_pool_min="$VARNISH_THREADS" \
+        -p thread_pool_max=$((VARNISH_THREADS * 5)) "$@"
+}
+
+# is_hit SERVER FILE: whether the response whose headers are in FILE came
+# from SERVER's cache (the floor has nothing else).
+is_hit() {
+    case $1 in
+        floor) return 0 ;;
+        sluice*) grep -qi '^cache-status: *sluice; *hit' "$2" ;;
+        nginx*) grep -qi '^x-cache-status: *hit' "$2" ;;
+        haproxy*) grep -qi '^x-cache-hit: *1' "$2" ;;
+        # Two transaction ids: this request's and the one that fetched the object.
+        varnish*) grep -Eqi '^x-varnish: *[0-9]+ +[0-9]+' "$2" ;;
+        *) return 1 ;;
+    esac
+}
+
+# ---------------------------------------------------------------- configs ---
+# write_nginx_conf DIR WORKERS CONNECTIONS [MAIN_LINE]: DIR/nginx.conf for an
+# instance kept in DIR (pid, error log and temp paths there, not
+# /var/lib/nginx) with WORKERS worker processes of CONNECTIONS connections
+# each, MAIN_LINE in the main context, no access log and long keep-alive to
+# the clients; stdin is the rest of its http block.
+write_nginx_conf() {
+    local dir=$1 workers=$2 conns=$3 main=${4:-}
+    mkdir -p "$dir"
+    {
+        cat <<EOF
+worker_processes $workers;${main:+
+$main}
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections $conns; }
+http {
+    access_log off;
+    server_tokens off;
+    keepalive_requests 1000000;
+    keepalive_timeout 90s;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+EOF
+        cat
+        echo "}"
+    } >"$dir/nginx.conf"
+}
+
+# nginx_upstream PORT...: the upstream "origin" of 127.0.0.1:PORT..., with up
+# to 64 idle keep-alive connections.
+nginx_upstream() {
+    local port
+    echo "    upstream origin {"
+    for port in "$@"; do echo "        server 127.0.0.1:$port;"; done
+    cat <<'EOF'
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 90s;
+    }
+EOF
+}
+
+# nginx_cache_gzip DIR: the cache zone "bench" in DIR/cache, and gzip level 1
+# for sluice's default types (http block lines).
+nginx_cache_gzip() {
+    cat <<EOF
+    # On disk (the page cache in practice): nginx's only cache store.
+    proxy_cache_path $1/cache levels=1:2 keys_zone=bench:10m max_size=256m
+                     inactive=10m use_temp_path=off;
+
+    # text/html is always in gzip_types; the rest mirrors sluice's default types.
+    gzip on;
+    gzip_comp_level 1;
+    gzip_min_length 1024;
+    gzip_vary on;
+    gzip_types text/plain text/css text/javascript application/json application/javascript
+               application/xml image/svg+xml;
+EOF
+}
+
+# nginx_proxy_headers [INDENT]: keep-alive to the upstream and sluice's
+# request header work (X-Forwarded-For/-Proto/-Host, Via), each line after
+# INDENT.
+nginx_proxy_headers() {
+    sed "s/^/${1:-}/" <<'EOF'
+proxy_http_version 1.1;
+proxy_set_header Connection "";
+proxy_set_header Host $http_host;
+proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+proxy_set_header X-Forwarded-Proto $scheme;
+proxy_set_header X-Forwarded-Host $http_host;
+proxy_set_header Via "1.1 nginx";
+EOF
+}
+
+# haproxy_defaults CLIENT_TIMEOUT: the defaults section of haproxy.cfg, HTTP
+# with keep-alive on both sides.
+haproxy_defaults() {
+    cat <<EOF
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 2s
+    timeout client $1
+    timeout server 30s
+    timeout http-request 10s
+    timeout http-keep-alive 90s
+    http-reuse always
+EOF
 }
 
 # ---------------------------------------------------------------- measure ---

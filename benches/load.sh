@@ -51,8 +51,9 @@ NGINX_PORT=$((PORT_BASE + 82))
 HAPROXY_PORT=$((PORT_BASE + 83))
 TARGETS=(direct sluice nginx haproxy)
 
-# log, die, install_missing, the cleanup on exit, wait_ready, wrk_run,
-# parse_wrk, median, ...; changes to the repo root.
+# log, die, install_missing, the cleanup on exit, wait_ready, the nginx and
+# HAProxy config pieces, run_haproxy, wrk_run, parse_wrk, median, ...; changes
+# to the repo root.
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -92,49 +93,17 @@ RUST_LOG=warn "$SLUICE_BIN" --config "$TMP/sluice.toml" >"$TMP/sluice.log" 2>&1 
 PIDS+=($!)
 wait_ready sluice "$SLUICE_PORT" $! "$TMP/sluice.log"
 
-mkdir -p "$TMP/nginx"
-cat >"$TMP/nginx/nginx.conf" <<EOF
-worker_processes $WORKERS;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-
-events {
-    worker_connections 4096;
-}
-
-http {
-    access_log off;
-    server_tokens off;
-    keepalive_requests 1000000;
-    keepalive_timeout 90s;
-    client_body_temp_path $TMP/nginx/client_body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-
-    upstream origin {
-        server 127.0.0.1:$ORIGIN_PORT;
-        keepalive 64;
-        keepalive_requests 1000000;
-        keepalive_timeout 90s;
-    }
+write_nginx_conf "$TMP/nginx" "$WORKERS" 4096 <<EOF
+$(nginx_upstream "$ORIGIN_PORT")
 
     server {
         listen 127.0.0.1:$NGINX_PORT;
         location / {
             proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$http_host;
-            proxy_set_header Via "1.1 nginx";
+$(nginx_proxy_headers "            ")
             add_header Via "1.1 nginx" always;
         }
     }
-}
 EOF
 # -e: the start-up error log too goes to the temp dir, not /var/log/nginx.
 nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" -g 'daemon off;' \
@@ -147,15 +116,7 @@ global
     nbthread $WORKERS
     maxconn 4096
 
-defaults
-    mode http
-    option http-keep-alive
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout http-request 10s
-    timeout http-keep-alive 90s
-    http-reuse always
+$(haproxy_defaults 30s)
 
 frontend bench
     bind 127.0.0.1:$HAPROXY_PORT
@@ -169,10 +130,9 @@ frontend bench
 backend origin
     server o1 127.0.0.1:$ORIGIN_PORT
 EOF
-haproxy -c -q -f "$TMP/haproxy.cfg" >&2 || die "haproxy config invalid: $TMP/haproxy.cfg"
-haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 &
-PIDS+=($!)
-wait_ready haproxy "$HAPROXY_PORT" $! "$TMP/haproxy.log"
+# shellcheck disable=SC2119 # no prefix: not pinned
+run_haproxy
+wait_ready haproxy "$HAPROXY_PORT" "${PID_OF[haproxy]}" "$TMP/haproxy.log"
 
 port_of() {
     case $1 in

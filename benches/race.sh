@@ -108,7 +108,6 @@ declare -A TLS_PORT=(
     [sluice]=$((PORT_BASE + 91)) [sluice-b]=$((PORT_BASE + 92)) [haproxy]=$((PORT_BASE + 93))
     [nginx]=$((PORT_BASE + 94))
 )
-declare -A PID_OF
 
 # Binary paths given relative to where the script was started (lib.sh
 # changes to the repo root).
@@ -117,8 +116,9 @@ abs_path() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 [ -z "$SLUICE_BIN_B" ] || SLUICE_BIN_B=$(abs_path "$SLUICE_BIN_B")
 [ -z "${FLOOR_BIN:-}" ] || FLOOR_BIN=$(abs_path "$FLOOR_BIN")
 
-# log, die, install_missing, the cleanup on exit, poll_http, wrk_run,
-# parse_wrk, median, ...; changes to the repo root.
+# log, die, install_missing, split_cpus, the cleanup on exit, poll_http,
+# start_bg, run_nginx, run_haproxy, run_varnishd, the nginx and HAProxy config
+# pieces, is_hit, wrk_run, parse_wrk, median, ...; changes to the repo root.
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -140,30 +140,8 @@ for c in $P99_CONNS; do
 done
 
 # ---------------------------------------------------------------- pinning ---
-ALLOWED_CPUS=()
-# shellcheck disable=SC2013 # one line, split into words on purpose
-for part in $(awk '/^Cpus_allowed_list:/ { gsub(/,/, " ", $2); print $2 }' /proc/self/status 2>/dev/null); do
-    if [[ $part == *-* ]]; then
-        for ((c = ${part%-*}; c <= ${part#*-}; c++)); do ALLOWED_CPUS+=("$c"); done
-    else
-        ALLOWED_CPUS+=("$part")
-    fi
-done
-if [ "$PIN" = auto ]; then
-    PIN=0
-    if command -v taskset >/dev/null && [ "${#ALLOWED_CPUS[@]}" -ge 2 ]; then PIN=1; fi
-fi
-PIN_SERVER=()
-PIN_CLIENT=()
-if [ "$PIN" = 1 ]; then
-    command -v taskset >/dev/null || die "PIN=1 needs taskset (util-linux)"
-    [ "${#ALLOWED_CPUS[@]}" -ge 2 ] || die "PIN=1 needs at least 2 CPUs"
-    half=$((${#ALLOWED_CPUS[@]} / 2))
-    SERVER_CPUS=$(IFS=,; echo "${ALLOWED_CPUS[*]:0:half}")
-    CLIENT_CPUS=$(IFS=,; echo "${ALLOWED_CPUS[*]:half}")
-    PIN_SERVER=(taskset -c "$SERVER_CPUS")
-    PIN_CLIENT=(taskset -c "$CLIENT_CPUS")
-fi
+# PIN resolved; PIN_SERVER / PIN_CLIENT: taskset on SERVER_CPUS / CLIENT_CPUS.
+split_cpus PIN
 WRK_PREFIX=("${PIN_CLIENT[@]}")
 
 # ---------------------------------------------------------------- install ---
@@ -232,36 +210,14 @@ ports_free "${ALL_PORTS[@]}"
 MAXCONN=$((IDLE_CONNS + 1024))
 [ "$MAXCONN" -ge 10000 ] || MAXCONN=10000
 
-# The temp-path lines every nginx config needs (not /var/lib/nginx).
-nginx_paths() {
-    cat <<EOF
-    client_body_temp_path $1/client_body;
-    proxy_temp_path $1/proxy;
-    fastcgi_temp_path $1/fastcgi;
-    uwsgi_temp_path $1/uwsgi;
-    scgi_temp_path $1/scgi;
-EOF
-}
-
 # --- The origin: static files on two ports, pinned with the clients.
-mkdir -p "$TMP/origin"
-cat >"$TMP/origin/nginx.conf" <<EOF
-worker_processes $ORIGIN_WORKERS;
-pid $TMP/origin/nginx.pid;
-error_log $TMP/origin/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    server_tokens off;
-    keepalive_requests 1000000;
-    keepalive_timeout 90s;
+write_nginx_conf "$TMP/origin" "$ORIGIN_WORKERS" 4096 <<EOF
     sendfile on;
     tcp_nopush on;
     open_file_cache max=64 inactive=600s;
     open_file_cache_valid 600s;
     default_type text/plain;
     types { text/html html; }
-$(nginx_paths "$TMP/origin")
     server {
         listen 127.0.0.1:$ORIGIN_A;
         listen 127.0.0.1:$ORIGIN_B;
@@ -269,24 +225,10 @@ $(nginx_paths "$TMP/origin")
         location / { add_header Cache-Control "public, max-age=600"; add_header X-Origin \$server_port; }
         location /miss/ { add_header Cache-Control "no-store"; add_header X-Origin \$server_port; }
     }
-}
 EOF
 
-# start_bg NAME LOGFILE COMMAND...: start in the background, remember the PID
-# (taskset and env exec the command: the PID is the server's).
-start_bg() {
-    local name=$1 logf=$2
-    shift 2
-    "$@" >"$logf" 2>&1 &
-    PIDS+=($!)
-    PID_OF[$name]=$!
-}
-
 start_origin_nginx() {
-    nginx -p "$TMP/origin" -c "$TMP/origin/nginx.conf" -e "$TMP/origin/error.log" -t -q >&2 \
-        || die "origin nginx config invalid: $TMP/origin/nginx.conf"
-    start_bg origin "$TMP/origin.log" "${PIN_CLIENT[@]}" \
-        nginx -p "$TMP/origin" -c "$TMP/origin/nginx.conf" -e "$TMP/origin/error.log" -g 'daemon off;'
+    run_nginx origin "${PIN_CLIENT[@]}"
     wait_ready origin "$ORIGIN_A" "${PID_OF[origin]}" "$TMP/origin/error.log"
     wait_ready origin-b "$ORIGIN_B" "${PID_OF[origin]}" "$TMP/origin/error.log"
 }
@@ -363,38 +305,12 @@ start_floor() {
 }
 
 # --- nginx: proxy_cache on disk (its only store), gzip level 1 on every hit.
-mkdir -p "$TMP/nginx"
-cat >"$TMP/nginx/nginx.conf" <<EOF
-worker_processes 1;
-worker_rlimit_nofile $((MAXCONN * 2));
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections $MAXCONN; }
-http {
-    access_log off;
-    server_tokens off;
-    keepalive_requests 1000000;
-    keepalive_timeout 90s;
+write_nginx_conf "$TMP/nginx" 1 "$MAXCONN" "worker_rlimit_nofile $((MAXCONN * 2));" <<EOF
     sendfile on;
     tcp_nopush on;
-$(nginx_paths "$TMP/nginx")
-    proxy_cache_path $TMP/nginx/cache levels=1:2 keys_zone=bench:10m max_size=256m
-                     inactive=10m use_temp_path=off;
-    # text/html is always in gzip_types; the rest mirrors sluice's default types.
-    gzip on;
-    gzip_comp_level 1;
-    gzip_min_length 1024;
-    gzip_vary on;
-    gzip_types text/plain text/css text/javascript application/json application/javascript
-               application/xml image/svg+xml;
+$(nginx_cache_gzip "$TMP/nginx")
 
-    upstream origin {
-        server 127.0.0.1:$ORIGIN_A;
-        server 127.0.0.1:$ORIGIN_B;
-        keepalive 64;
-        keepalive_requests 1000000;
-        keepalive_timeout 90s;
-    }
+$(nginx_upstream "$ORIGIN_A" "$ORIGIN_B")
 
     server {
         listen 127.0.0.1:${PORT[nginx]};
@@ -404,13 +320,7 @@ $(nginx_paths "$TMP/nginx")
         # nginx 1.22 leaves TLS 1.3 out of its default protocols.
         ssl_protocols TLSv1.2 TLSv1.3;
 
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_set_header Host \$http_host;
-        proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-        proxy_set_header X-Forwarded-Proto \$scheme;
-        proxy_set_header X-Forwarded-Host \$http_host;
-        proxy_set_header Via "1.1 nginx";
+$(nginx_proxy_headers "        ")
 
         location /miss/ {
             proxy_pass http://origin;
@@ -425,13 +335,9 @@ $(nginx_paths "$TMP/nginx")
             add_header X-Cache-Status \$upstream_cache_status always;
         }
     }
-}
 EOF
 start_nginx() {
-    nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" -t -q >&2 \
-        || die "nginx config invalid: $TMP/nginx/nginx.conf"
-    start_bg nginx "$TMP/nginx.log" "${PIN_SERVER[@]}" \
-        nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" -g 'daemon off;'
+    run_nginx nginx "${PIN_SERVER[@]}"
     wait_ready nginx "${PORT[nginx]}" "${PID_OF[nginx]}" "$TMP/nginx/error.log"
 }
 
@@ -449,15 +355,7 @@ global
     no strict-limits
     tune.ssl.default-dh-param 2048
 
-defaults
-    mode http
-    option http-keep-alive
-    timeout connect 2s
-    timeout client 90s
-    timeout server 30s
-    timeout http-request 10s
-    timeout http-keep-alive 90s
-    http-reuse always
+$(haproxy_defaults 90s)
 
 cache bench
     total-max-size 256
@@ -490,8 +388,7 @@ backend origin
     server o2 127.0.0.1:$ORIGIN_B
 EOF
 start_haproxy() {
-    haproxy -c -q -f "$TMP/haproxy.cfg" >&2 || die "haproxy config invalid: $TMP/haproxy.cfg"
-    start_bg haproxy "$TMP/haproxy.log" "${PIN_SERVER[@]}" haproxy -db -f "$TMP/haproxy.cfg"
+    run_haproxy "${PIN_SERVER[@]}"
     wait_ready haproxy "${PORT[haproxy]}" "${PID_OF[haproxy]}" "$TMP/haproxy.log"
 }
 
@@ -522,10 +419,7 @@ sub vcl_backend_response {
 }
 EOF
 start_varnish() {
-    start_bg varnish "$TMP/varnish.log" "${PIN_SERVER[@]}" \
-        varnishd -F -n "$TMP/varnish" -f "$TMP/varnish.vcl" -a "127.0.0.1:${PORT[varnish]}" -T none \
-        -s malloc,256m -p thread_pools=1 -p thread_pool_min="$VARNISH_THREADS" \
-        -p thread_pool_max=$((VARNISH_THREADS * 5)) -p gzip_level=1 -p timeout_idle=90
+    run_varnishd varnish "${PORT[varnish]}" "${PIN_SERVER[@]}" -- -p gzip_level=1 -p timeout_idle=90
     wait_ready varnish "${PORT[varnish]}" "${PID_OF[varnish]}" "$TMP/varnish.log"
 }
 
@@ -563,18 +457,6 @@ label() {
     case $1 in
         floor) echo "floor (hyper alone)" ;; origin) echo "origin direct" ;; sluice) echo sluice ;;
         sluice-b) echo sluice-b ;; haproxy) echo HAProxy ;; nginx) echo nginx ;; varnish) echo Varnish ;;
-    esac
-}
-# Whether the response whose headers are in FILE came from TARGET's cache.
-is_hit() {
-    case $1 in
-        floor) return 0 ;;
-        sluice*) grep -qi '^cache-status: *sluice; *hit' "$2" ;;
-        nginx) grep -qi '^x-cache-status: *hit' "$2" ;;
-        haproxy) grep -qi '^x-cache-hit: *1' "$2" ;;
-        # Two transaction ids: this request's and the one that fetched the object.
-        varnish) grep -Eqi '^x-varnish: *[0-9]+ +[0-9]+' "$2" ;;
-        *) return 1 ;;
     esac
 }
 
