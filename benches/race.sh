@@ -789,7 +789,6 @@ rcell() {
         printf '%s' "$(ratio "$(median "$1" "$2" "$4")" "$(median "$1" "$3" "$4")")"
     else printf '–'; fi
 }
-wire_bytes() { awk -F'\t' -v s="$1" -v t="$2" '$1 == s && $2 == t { print $3; exit }' "$TMP/bodies.tsv"; }
 PEERS=(floor origin "${SLUICES[@]}" haproxy nginx varnish)
 
 echo
