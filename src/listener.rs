@@ -290,7 +290,12 @@ async fn serve_http<I>(
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         // In flight from here until the response body has been sent.
         let in_flight = activity.begin(req.version());
-        let handled = proxy::handle(state.clone(), conn.clone(), req);
+        // Boxed once here: hyper moves the service's future into its
+        // dispatcher (HTTP/1.1) or into a task per stream (HTTP/2), and a
+        // boxed request future is a pointer to move, not kilobytes to copy
+        // on every request; an idle HTTP/1.1 connection also keeps only a
+        // pointer-sized slot for the next one.
+        let handled = Box::pin(proxy::handle(state.clone(), conn.clone(), req));
         async move { Ok::<_, std::convert::Infallible>(in_flight.attach(handled.await?)) }
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
