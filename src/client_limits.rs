@@ -36,6 +36,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::body::{End, ProxyBody, Watch, Watched};
+use http_body::Body as _;
 
 // ------------------------------------------------------------ per client --
 
@@ -227,6 +228,12 @@ impl InFlight {
             if let Some(a) = &self.activity {
                 a.upgraded();
             }
+            return resp;
+        }
+        if resp.body().is_end_stream() {
+            // Nothing left to send (a 304, a HEAD, an empty body): the
+            // request ends here (dropping `self` releases it), without a
+            // body wrapper to allocate.
             return resp;
         }
         resp.map(|inner| Watched::new(inner, self).boxed())
