@@ -20,6 +20,10 @@
 //!
 //!   At the deadline the socket reads as closed (an error while a head was
 //!   being received), so hyper ends the connection.
+//!
+//!   [`Activity`] also tells the HTTP/1.1 server loop
+//!   ([`crate::listener`]) when a connection has been idle long enough to
+//!   be parked, and whether its hyper session may be picked up again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use http::{Response, StatusCode, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -105,6 +109,8 @@ enum Expiry {
     Head,
     /// No request for `keepalive_timeout`.
     Idle,
+    /// Idle long enough to be parked (not an expiry: nothing is closed).
+    Park,
 }
 
 /// What one client connection is doing, shared between its socket wrapper
@@ -113,7 +119,21 @@ enum Expiry {
 pub(crate) struct Activity {
     header_read_timeout: Duration,
     keepalive_timeout: Duration,
+    /// HTTP/1.1: idle this long, the connection is parked; `None` never.
+    park_after: Option<Duration>,
     state: Mutex<State>,
+}
+
+/// One hyper HTTP/1.1 session: the requests served since the connection
+/// was last parked.
+#[derive(Debug, Default, Clone, Copy)]
+struct Session {
+    requests: u32,
+    /// A request or response asked for the connection to close (or hyper
+    /// might have decided so): the session is never parked.
+    closing: bool,
+    /// A request had a body, which hyper may not have read to its end.
+    body: bool,
 }
 
 #[derive(Debug)]
@@ -122,6 +142,15 @@ struct State {
     in_flight: usize,
     /// Requests received so far.
     requests: u64,
+    /// HTTP/1.1: what the current hyper session has served.
+    session: Session,
+    /// The park delay has passed on an idle HTTP/1.1 connection.
+    park_due: bool,
+    /// Times the connection was parked.
+    parks: u64,
+    /// The hyper session is winding down to park the connection: the
+    /// socket must not be shut down.
+    parking: bool,
     /// Accept time, then the end of the latest response.
     idle_since: Instant,
     /// HTTP/1.1 only: when the first byte after `idle_since` arrived.
@@ -134,13 +163,22 @@ struct State {
 }
 
 impl Activity {
-    pub(crate) fn new(header_read_timeout: Duration, keepalive_timeout: Duration) -> Arc<Activity> {
+    pub(crate) fn new(
+        header_read_timeout: Duration,
+        keepalive_timeout: Duration,
+        park_after: Option<Duration>,
+    ) -> Arc<Activity> {
         Arc::new(Activity {
             header_read_timeout,
             keepalive_timeout,
+            park_after,
             state: Mutex::new(State {
                 in_flight: 0,
                 requests: 0,
+                session: Session::default(),
+                park_due: false,
+                parks: 0,
+                parking: false,
                 idle_since: Instant::now(),
                 head_since: None,
                 h2: false,
@@ -156,15 +194,77 @@ impl Activity {
 
     /// A request head arrived; the connection is busy until the returned
     /// guard is dropped (see [`InFlight::attach`]).
+    #[cfg(test)]
     pub(crate) fn begin(self: &Arc<Self>, version: Version) -> InFlight {
+        self.enter(version, true, false)
+    }
+
+    /// [`Activity::begin`] for `req`, noting whether its connection could
+    /// carry another request after it.
+    pub(crate) fn begin_request<B: http_body::Body>(
+        self: &Arc<Self>,
+        req: &Request<B>,
+    ) -> InFlight {
+        let keeps_alive = crate::headers::keeps_alive(req.version(), req.headers());
+        self.enter(req.version(), keeps_alive, !req.body().is_end_stream())
+    }
+
+    fn enter(self: &Arc<Self>, version: Version, keeps_alive: bool, body: bool) -> InFlight {
         let mut s = self.lock();
         s.in_flight += 1;
         s.requests += 1;
         s.head_since = None;
         s.h2 = version == Version::HTTP_2;
+        s.session.requests = s.session.requests.saturating_add(1);
+        s.session.closing |= !keeps_alive;
+        s.session.body |= body;
         InFlight {
             activity: Some(self.clone()),
         }
+    }
+
+    /// A response said `Connection` (`close`, most likely): this session
+    /// ends the way hyper decides.
+    fn closing(&self) {
+        self.lock().session.closing = true;
+    }
+
+    /// Whether the connection should be parked now; if so, it is from here
+    /// on marked as parking (see [`Activity::parking`]).
+    pub(crate) fn take_park(&self) -> bool {
+        let mut s = self.lock();
+        if !s.park_due || !s.parkable() {
+            return false;
+        }
+        s.park_due = false;
+        s.parking = true;
+        true
+    }
+
+    /// The hyper session is ending to park the connection.
+    pub(crate) fn parking(&self) -> bool {
+        self.lock().parking
+    }
+
+    /// The parked hyper session is gone; the socket is the server loop's
+    /// until the next session.
+    pub(crate) fn parked(&self) {
+        let mut s = self.lock();
+        s.session = Session::default();
+        s.park_due = false;
+        s.parking = false;
+        s.parks += 1;
+    }
+
+    /// Times the connection was parked so far.
+    #[cfg(test)]
+    pub(crate) fn parks(&self) -> u64 {
+        self.lock().parks
+    }
+
+    /// Whether a request of the current session had a body.
+    pub(crate) fn session_had_body(&self) -> bool {
+        self.lock().session.body
     }
 
     fn end(&self) {
@@ -195,6 +295,10 @@ impl Activity {
         }
     }
 
+    fn park_due(&self) {
+        self.lock().park_due = true;
+    }
+
     /// The current deadline, remembering `waker` as the reader to wake.
     fn deadline(&self, waker: &Waker) -> Option<(Instant, Expiry)> {
         let mut s = self.lock();
@@ -208,8 +312,28 @@ impl Activity {
         } else if let Some(t) = s.head_since {
             Some((t + self.header_read_timeout, Expiry::Head))
         } else {
-            Some((s.idle_since + self.keepalive_timeout, Expiry::Idle))
+            let idle = s.idle_since + self.keepalive_timeout;
+            match self.park_after {
+                Some(after) if !s.park_due && s.parkable() && s.idle_since + after < idle => {
+                    Some((s.idle_since + after, Expiry::Park))
+                }
+                _ => Some((idle, Expiry::Idle)),
+            }
         }
+    }
+}
+
+impl State {
+    /// An HTTP/1.1 connection between requests whose hyper session is
+    /// known to keep it alive.
+    fn parkable(&self) -> bool {
+        !self.h2
+            && !self.upgraded
+            && !self.parking
+            && self.in_flight == 0
+            && self.head_since.is_none()
+            && self.session.requests > 0
+            && !self.session.closing
     }
 }
 
@@ -229,6 +353,11 @@ impl InFlight {
                 a.upgraded();
             }
             return resp;
+        }
+        if resp.headers().contains_key(http::header::CONNECTION) {
+            if let Some(a) = &self.activity {
+                a.closing();
+            }
         }
         if resp.body().is_end_stream() {
             // Nothing left to send (a 304, a HEAD, an empty body): the
@@ -276,6 +405,11 @@ impl<S> ClientIo<S> {
         }
     }
 
+    /// The activity this socket reports to.
+    pub(crate) fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
     /// Whether `deadline` has passed; otherwise arms the timer to wake `cx`.
     fn expired(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
         if Instant::now() >= deadline {
@@ -311,14 +445,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
+            Poll::Pending => loop {
                 let Some((deadline, why)) = this.activity.deadline(cx.waker()) else {
                     return Poll::Pending;
                 };
                 if !this.expired(deadline, cx) {
                     return Poll::Pending;
                 }
-                match why {
+                return match why {
+                    Expiry::Park => {
+                        tracing::trace!("park deadline");
+                        // The server loop sees this once hyper's poll
+                        // returns; the timer moves on to the idle deadline.
+                        this.activity.park_due();
+                        continue;
+                    }
                     Expiry::Idle => {
                         tracing::debug!("keepalive_timeout: closing idle client connection");
                         // End of stream: hyper closes an idle connection quietly.
@@ -328,8 +469,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
                         io::ErrorKind::TimedOut,
                         "header_read_timeout: request head not received in time",
                     ))),
-                }
-            }
+                };
+            },
         }
     }
 }
@@ -387,7 +528,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_connection_reads_eof_after_keepalive_timeout() {
-        let activity = Activity::new(HOUR, SHORT);
+        let activity = Activity::new(HOUR, SHORT, None);
         let (_client, server) = tokio::io::duplex(64);
         let mut io = ClientIo::new(server, activity.clone());
         drop(activity.begin(Version::HTTP_11));
@@ -397,7 +538,7 @@ mod tests {
     #[tokio::test]
     async fn first_head_and_later_heads_get_header_read_timeout() {
         use tokio::io::AsyncWriteExt;
-        let activity = Activity::new(SHORT, HOUR);
+        let activity = Activity::new(SHORT, HOUR, None);
         let (mut client, server) = tokio::io::duplex(64);
         let mut io = ClientIo::new(server, activity.clone());
         let e = read_once(&mut io).await.unwrap_err();
@@ -419,7 +560,7 @@ mod tests {
     #[tokio::test]
     async fn http2_bytes_while_idle_do_not_start_the_header_timer() {
         use tokio::io::AsyncWriteExt;
-        let activity = Activity::new(HOUR, SHORT);
+        let activity = Activity::new(HOUR, SHORT, None);
         let (mut client, server) = tokio::io::duplex(64);
         let mut io = ClientIo::new(server, activity.clone());
         drop(activity.begin(Version::HTTP_2));
@@ -435,7 +576,7 @@ mod tests {
 
     #[tokio::test]
     async fn ending_a_request_wakes_a_parked_reader() {
-        let activity = Activity::new(HOUR, SHORT);
+        let activity = Activity::new(HOUR, SHORT, None);
         let (_client, server) = tokio::io::duplex(64);
         let mut io = ClientIo::new(server, activity.clone());
         let guard = activity.begin(Version::HTTP_2);

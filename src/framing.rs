@@ -504,6 +504,20 @@ impl Tracker {
         !matches!(self.state, State::Off | State::Failed(_))
     }
 
+    /// Whether every byte followed so far belongs to a complete request:
+    /// the next byte would start a new head. Frees a split head's buffer
+    /// when it does.
+    pub(crate) fn at_boundary(&mut self) -> bool {
+        let at = matches!(self.state, State::Head)
+            && self.head.is_empty()
+            && !self.seen_line
+            && self.line == 0;
+        if at {
+            self.head = Vec::new();
+        }
+        at
+    }
+
     fn failed(&self) -> Option<Violation> {
         match self.state {
             State::Failed(v) => Some(v),
@@ -842,6 +856,13 @@ impl<S> FramingGuard<S> {
             inner,
             tracker: Tracker::new(verdicts, limits),
         }
+    }
+}
+
+impl<S> FramingGuard<S> {
+    /// See [`Tracker::at_boundary`].
+    pub(crate) fn at_boundary(&mut self) -> bool {
+        self.tracker.at_boundary()
     }
 }
 

@@ -3,9 +3,21 @@
 //! both watch what is read and pass writes through untouched.
 
 /// Implements `tokio::io::AsyncWrite` for `$ty<S>` by forwarding every call
-/// to its `inner` field, keeping vectored writes vectored.
+/// to its `inner` field, keeping vectored writes vectored. With
+/// `shutdown = method`, `poll_shutdown` calls `Self::method` instead.
 macro_rules! forward_async_write {
     ($ty:ident) => {
+        impl<S: tokio::io::AsyncWrite + Unpin> $ty<S> {
+            fn forward_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+            }
+        }
+        $crate::io::forward_async_write!($ty, shutdown = forward_shutdown);
+    };
+    ($ty:ident, shutdown = $shutdown:ident) => {
         impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $ty<S> {
             fn poll_write(
                 mut self: std::pin::Pin<&mut Self>,
@@ -35,10 +47,10 @@ macro_rules! forward_async_write {
             }
 
             fn poll_shutdown(
-                mut self: std::pin::Pin<&mut Self>,
+                self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+                Self::$shutdown(self, cx)
             }
         }
     };

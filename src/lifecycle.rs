@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
@@ -67,7 +66,7 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
 
-    let graceful = Arc::new(GracefulShutdown::new());
+    let drain = Arc::new(listener::Drain::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, done_rx) = watch::channel(false);
     // Every worker accepts from every listener: the sockets are shared (one
@@ -87,9 +86,9 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
         for (name, tls, socket, shared) in &sockets {
             mine.push((name.clone(), *tls, socket.try_clone()?, shared.clone()));
         }
-        let (state, graceful, stop_rx, mut done_rx, closed_tx) = (
+        let (state, drain, stop_rx, mut done_rx, closed_tx) = (
             state.clone(),
-            graceful.clone(),
+            drain.clone(),
             stop_rx.clone(),
             done_rx.clone(),
             closed_tx.clone(),
@@ -102,7 +101,7 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
                         Listener { name, socket, tls },
                         state.clone(),
                         shared,
-                        graceful.clone(),
+                        drain.clone(),
                         stop_rx.clone(),
                     ))),
                     Err(e) => {
@@ -113,7 +112,7 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
             for task in loops {
                 let _ = task.await;
             }
-            drop(graceful);
+            drop(drain);
             drop(closed_tx);
             // Keep serving this worker's in-flight connections until the
             // control thread has drained (or given up on) them.
@@ -153,14 +152,7 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     // Every worker drops its sender once its accept loops have returned.
     let _ = closed_rx.recv().await;
     tracing::info!("listeners closed");
-    // Every accept loop has returned, so this is the last reference.
-    let drain = async move {
-        match Arc::try_unwrap(graceful) {
-            Ok(g) => g.shutdown().await,
-            Err(_) => tracing::warn!("connections still being accepted; not draining"),
-        }
-    };
-    match tokio::time::timeout(drain_timeout, drain).await {
+    match tokio::time::timeout(drain_timeout, drain.stop()).await {
         Ok(()) => tracing::info!("drained; exiting"),
         Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }

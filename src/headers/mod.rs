@@ -51,6 +51,20 @@ pub(crate) fn upgrade_request(version: Version, headers: &HeaderMap) -> Option<H
     headers.get(header::UPGRADE).cloned()
 }
 
+/// Whether an HTTP/1.1 request lets its connection carry another one after
+/// it: HTTP/1.1, and no `Connection` token that says otherwise (`close`, an
+/// upgrade) or that cannot be read. Errs on the side of "no".
+pub(crate) fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.get_all(header::CONNECTION).iter().all(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .all(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
@@ -296,6 +310,40 @@ mod tests {
         strip_hop_by_hop(&mut h, None);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn keeps_alive_only_for_plain_http11_requests() {
+        type Case<'a> = (Version, &'a [(&'a str, &'a str)], bool);
+        let cases: &[Case] = &[
+            (Version::HTTP_11, &[], true),
+            (Version::HTTP_11, &[("connection", "keep-alive")], true),
+            (
+                Version::HTTP_11,
+                &[("connection", "Keep-Alive, X-Trace")],
+                true,
+            ),
+            (Version::HTTP_11, &[("connection", "close")], false),
+            (Version::HTTP_11, &[("connection", "x, CLOSE")], false),
+            (Version::HTTP_11, &[("connection", "upgrade")], false),
+            (Version::HTTP_10, &[], false),
+            (Version::HTTP_10, &[("connection", "keep-alive")], false),
+            (Version::HTTP_2, &[], false),
+        ];
+        for (version, fields, expected) in cases {
+            let h = map(fields);
+            assert_eq!(
+                keeps_alive(*version, &h),
+                *expected,
+                "{version:?} {fields:?}"
+            );
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"\xffclose").unwrap(),
+        );
+        assert!(!keeps_alive(Version::HTTP_11, &h), "an unreadable value");
     }
 
     #[test]

@@ -4,19 +4,24 @@
 //! accepted it. TLS is terminated where configured, and HTTP/1.1 and HTTP/2
 //! (ALPN over TLS, prior knowledge on plain TCP) are served with hyper.
 //! HTTP/1.1 bytes pass through the framing guard ([`crate::framing`]) on
-//! their way to hyper.
+//! their way to hyper, and idle HTTP/1.1 connections are parked
+//! ([`http1`]).
+
+mod http1;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1 as h1, http2 as h2};
+use hyper::service::{service_fn, HttpService};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::body::ProxyBody;
 use crate::client_limits::{Activity, ClientIo, PerClient};
 use crate::config::Limits;
 use crate::framing::{FramingGuard, GuardLimits, Verdicts};
@@ -31,6 +36,15 @@ const ACCEPT_DEFER: Duration = Duration::from_millis(1);
 
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An HTTP/1.1 connection idle this long between requests is parked
+/// ([`http1`]): long enough that a busy connection never is, short enough
+/// that thousands of idle ones cost next to nothing soon after their last
+/// response.
+const PARK_AFTER: Duration = Duration::from_millis(10);
+
+/// What an HTTP/2 connection with prior knowledge starts with.
+pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// HTTP/2 receive windows (hyper's defaults, set explicitly): per stream and
 /// per connection, the most a client can send before sluice reads it.
@@ -66,25 +80,28 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// hyper settings for one connection, per protocol.
+struct Builders {
+    h1: h1::Builder,
+    h2: h2::Builder<TokioExecutor>,
+}
+
 /// hyper settings for one connection. `header_read_timeout` and
 /// `keepalive_timeout` are not hyper's: [`ClientIo`] enforces them.
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+fn http_builders(limits: &Limits) -> Builders {
+    let mut h1 = h1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(None)
         .max_buf_size(h1_max_buf(limits))
         .max_headers(limits.max_header_count)
         .keep_alive(true);
+    let mut h2 = h2::Builder::new(TokioExecutor::new());
     // The h2 crate's own defaults differ (unlimited pending resets in hyper,
     // 1024 local error resets, 200 streams); every abuse bound is set here.
     // A CONTINUATION flood is cut off by h2 once a header block spans more
     // frames than max_header_list_size / max_frame_size (+25%, at least 5)
     // could need: GOAWAY ENHANCE_YOUR_CALM.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_frame_size(limits.h2_max_frame_size)
@@ -93,7 +110,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_send_buf_size(H2_SEND_BUFFER);
-    builder
+    Builders { h1, h2 }
 }
 
 /// hyper's HTTP/1.1 read buffer limit (at least its 8 KiB minimum), which
@@ -139,13 +156,13 @@ impl Shared {
 }
 
 /// Accepts connections until `stop` flips, handing each to its own task on
-/// the calling worker. Connections are registered with `graceful` so
-/// shutdown can drain them.
+/// the calling worker. Every connection watches `drain` so a stop can drain
+/// it.
 pub(crate) async fn serve(
     listener: Listener,
     state: State,
     shared: Shared,
-    graceful: Arc<GracefulShutdown>,
+    drain: Arc<Drain>,
     mut stop: watch::Receiver<bool>,
 ) {
     let Shared {
@@ -198,7 +215,11 @@ pub(crate) async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let activity = Activity::new(limits.header_read_timeout, limits.keepalive_timeout);
+        let activity = Activity::new(
+            limits.header_read_timeout,
+            limits.keepalive_timeout,
+            Some(PARK_AFTER),
+        );
         let stream = ClientIo::new(stream, activity.clone());
         let conn = Arc::new(ConnInfo {
             client,
@@ -209,35 +230,101 @@ pub(crate) async fn serve(
             protocol: Default::default(),
         });
         let state = state.clone();
-        let watcher = graceful.watcher();
+        let mut draining = drain.watch();
         let open = crate::workers::OpenConnection::new();
-        tokio::spawn(async move {
+        let builders = http_builders(&limits);
+        let guard = guard_limits(&limits);
+        let task = async move {
             let _open = open;
             let _permit = permit;
             let _slot = slot;
-            let builder = http_builder(&limits);
-            let guard = guard_limits(&limits);
+            let service = service(state.clone(), conn.clone(), activity.clone());
             if conn.https {
-                serve_tls(stream, conn, state, &builder, watcher, activity, guard).await;
+                // Boxed, like HTTP/2 below: a TLS session and an HTTP/2
+                // connection take kilobytes, which a plain HTTP/1.1
+                // connection's task should not reserve.
+                Box::pin(serve_tls(
+                    stream,
+                    &conn,
+                    state,
+                    &builders,
+                    service,
+                    &mut draining,
+                    guard,
+                ))
+                .await;
             } else {
                 // Plain TCP: HTTP/1.1 or h2c prior knowledge; the guard
                 // steps aside after the HTTP/2 preface.
-                let io = TokioIo::new(FramingGuard::new(stream, conn.framing.clone(), guard));
-                serve_http(io, conn, state, &builder, watcher, activity).await;
+                let io = http1::Parkable::new(
+                    FramingGuard::new(stream, conn.framing.clone(), guard),
+                    activity,
+                );
+                serve_plain(io, &builders, service, &mut draining).await;
             }
-        });
+            conn.protocol.closed(&conn.metrics);
+        };
+        tokio::spawn(task);
     }
 }
 
-async fn serve_tls(
-    stream: ClientIo<TcpStream>,
-    conn: Arc<ConnInfo>,
+/// The request handler of one client connection: each request is in flight
+/// (for [`Activity`]) until its response body has been sent.
+fn service(
     state: State,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+    conn: Arc<ConnInfo>,
     activity: Arc<Activity>,
+) -> impl HttpService<Incoming, ResBody = ProxyBody, Error = std::convert::Infallible, Future: Send>
+       + Unpin
+       + Send
+       + 'static {
+    service_fn(move |req: hyper::Request<Incoming>| {
+        let in_flight = activity.begin_request(&req);
+        // Boxed once here: hyper moves the service's future into its
+        // dispatcher (HTTP/1.1) or into a task per stream (HTTP/2), and a
+        // boxed request future is a pointer to move, not kilobytes to copy
+        // on every request; an idle HTTP/1.1 connection also keeps only a
+        // pointer-sized slot for the next one.
+        let handled = Box::pin(proxy::handle(state.clone(), conn.clone(), req));
+        async move { Ok::<_, std::convert::Infallible>(in_flight.attach(handled.await?)) }
+    })
+}
+
+/// A plain TCP connection: HTTP/2 when it opens with the prior-knowledge
+/// preface, HTTP/1.1 otherwise.
+async fn serve_plain<S, Svc>(
+    io: http1::Parkable<FramingGuard<S>>,
+    builders: &Builders,
+    service: Svc,
+    draining: &mut Draining,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Svc: HttpService<Incoming, ResBody = ProxyBody, Error = std::convert::Infallible, Future: Send>
+        + Unpin
+        + Send
+        + 'static,
+{
+    if let Some((io, service)) = http1::serve(io, service, &builders.h1, draining, true).await {
+        // Boxed: an HTTP/2 connection's state is kilobytes, which an
+        // HTTP/1.1 connection's task should not reserve.
+        Box::pin(serve_h2(io, &builders.h2, service, draining)).await;
+    }
+}
+
+async fn serve_tls<Svc>(
+    stream: ClientIo<TcpStream>,
+    conn: &ConnInfo,
+    state: State,
+    builders: &Builders,
+    service: Svc,
+    draining: &mut Draining,
     guard: GuardLimits,
-) {
+) where
+    Svc: HttpService<Incoming, ResBody = ProxyBody, Error = std::convert::Infallible, Future: Send>
+        + Unpin
+        + Send
+        + 'static,
+{
     let Some(config) = state.load().tls.get(&*conn.listener).cloned() else {
         tracing::error!(listener = %conn.listener, "no TLS settings for listener");
         return;
@@ -247,13 +334,11 @@ async fn serve_tls(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             conn.metrics.tls_handshake(false);
-            conn.protocol.closed(&conn.metrics);
             tracing::debug!(listener = %conn.listener, client = %conn.client, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
             conn.metrics.tls_handshake(false);
-            conn.protocol.closed(&conn.metrics);
             tracing::debug!(listener = %conn.listener, client = %conn.client, "TLS handshake timed out");
             return;
         }
@@ -266,41 +351,84 @@ async fn serve_tls(
         http::Version::HTTP_11
     };
     conn.protocol.learn(version, &conn.metrics);
+    let activity = tls.get_ref().0.activity().clone();
     if h2 {
-        serve_http(TokioIo::new(tls), conn, state, builder, watcher, activity).await;
+        serve_h2(tls, &builders.h2, service, draining).await;
     } else {
         // HTTP/1.1 (or no ALPN): the framing guard reads the plaintext.
-        let io = TokioIo::new(FramingGuard::new(tls, conn.framing.clone(), guard));
-        serve_http(io, conn, state, builder, watcher, activity).await;
+        let io = http1::Parkable::new(
+            FramingGuard::new(tls, conn.framing.clone(), guard),
+            activity,
+        );
+        http1::serve(io, service, &builders.h1, draining, false).await;
     }
 }
 
-async fn serve_http<I>(
+/// Serves HTTP/2 until the client leaves or the server has drained it.
+async fn serve_h2<I, Svc>(
     io: I,
-    conn: Arc<ConnInfo>,
-    state: State,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
-    activity: Arc<Activity>,
+    builder: &h2::Builder<TokioExecutor>,
+    service: Svc,
+    draining: &mut Draining,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Svc: HttpService<Incoming, ResBody = ProxyBody, Error = std::convert::Infallible, Future: Send>
+        + Unpin
+        + Send
+        + 'static,
 {
-    let client = conn.client;
-    let counted = conn.clone();
-    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        // In flight from here until the response body has been sent.
-        let in_flight = activity.begin(req.version());
-        // Boxed once here: hyper moves the service's future into its
-        // dispatcher (HTTP/1.1) or into a task per stream (HTTP/2), and a
-        // boxed request future is a pointer to move, not kilobytes to copy
-        // on every request; an idle HTTP/1.1 connection also keeps only a
-        // pointer-sized slot for the next one.
-        let handled = Box::pin(proxy::handle(state.clone(), conn.clone(), req));
-        async move { Ok::<_, std::convert::Infallible>(in_flight.attach(handled.await?)) }
-    });
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
-        tracing::debug!(client = %client, error = %e, "client connection ended with an error");
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = draining.signalled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "client connection ended with an error");
     }
-    counted.protocol.closed(&counted.metrics);
+}
+
+/// Graceful stop for client connections: [`Drain::stop`] tells every
+/// connection to finish what it is doing and close, and waits until all
+/// have.
+#[derive(Debug)]
+pub(crate) struct Drain {
+    tx: watch::Sender<bool>,
+}
+
+impl Drain {
+    pub(crate) fn new() -> Drain {
+        Drain {
+            tx: watch::Sender::new(false),
+        }
+    }
+
+    /// A connection's view of the drain; the drain waits for it to be
+    /// dropped.
+    fn watch(&self) -> Draining {
+        Draining {
+            rx: self.tx.subscribe(),
+        }
+    }
+
+    /// Signals every connection, then waits until all have closed.
+    pub(crate) async fn stop(&self) {
+        self.tx.send_replace(true);
+        self.tx.closed().await;
+    }
+}
+
+/// Held by one connection for its lifetime.
+struct Draining {
+    rx: watch::Receiver<bool>,
+}
+
+impl Draining {
+    /// Resolves once the server drains (at once if it already does).
+    async fn signalled(&mut self) {
+        let _ = self.rx.wait_for(|stop| *stop).await;
+    }
 }
