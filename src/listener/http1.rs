@@ -17,6 +17,7 @@
 //! the framing guard confirms the stream is at a message boundary, so a
 //! body hyper left unread is never taken for a request.
 
+use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
@@ -30,7 +31,7 @@ use hyper::service::HttpService;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::{Draining, H2_PREFACE};
+use super::{h2_boxed, Builders, Draining, H2_PREFACE};
 use crate::body::ProxyBody;
 use crate::client_limits::Activity;
 use crate::framing::FramingGuard;
@@ -147,24 +148,27 @@ where
 }
 
 /// Serves HTTP/1.1 on `io` until the client leaves, the connection breaks
-/// or the server drains, parking the connection while it is idle. With
-/// `h2_preface`, a connection that opens with HTTP/2's prior-knowledge
-/// preface is handed back instead, untouched.
+/// or the server drains, parking the connection while it is idle, then
+/// drops `held`. With `h2_preface`, a connection that opens with HTTP/2's
+/// prior-knowledge preface is served as HTTP/2 instead.
 ///
-/// This future is what a parked connection's task holds, so it is kept
-/// small: everything a session needs lives in a box for the session's
-/// lifetime only.
-pub(super) async fn serve<S, Svc>(
+/// A plain connection's task is this future, and a parked connection
+/// holds nothing else, so it is kept small: what a session needs lives in
+/// a box for the session's lifetime only, HTTP/2 in another.
+pub(super) async fn serve<S, Svc, K>(
     mut io: Parkable<FramingGuard<S>>,
     mut service: Svc,
-    builder: &http1::Builder,
-    draining: &mut Draining,
+    builders: Arc<Builders>,
+    mut draining: Draining,
+    held: K,
     mut h2_preface: bool,
-) -> Option<(Parkable<FramingGuard<S>>, Svc)>
-where
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    Svc: HttpService<Incoming, ResBody = ProxyBody> + Unpin,
-    Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    Svc: HttpService<Incoming, ResBody = ProxyBody, Error = Infallible, Future: Send>
+        + Unpin
+        + Send
+        + 'static,
+    K: Send + 'static,
 {
     loop {
         if io.prefix.is_empty() || h2_preface {
@@ -176,7 +180,7 @@ where
                     Ok(false) => break,
                     Err(e) => {
                         tracing::debug!(error = %e, "client connection ended with an error");
-                        return None;
+                        return;
                     }
                 },
             }
@@ -185,21 +189,20 @@ where
             let n = io.prefix.len().min(H2_PREFACE.len());
             if io.prefix[..n] == H2_PREFACE[..n] {
                 if n == H2_PREFACE.len() {
-                    return Some((io, service));
+                    return h2_boxed(io, builders, service, draining, held).await;
                 }
                 continue;
             }
             h2_preface = false;
         }
-        match Box::pin(session(io, service, builder, draining)).await {
+        match Box::pin(session(io, service, &builders.h1, &mut draining)).await {
             Some((parked, svc)) => (io, service) = (parked, svc),
-            None => return None,
+            None => return,
         }
     }
     // Parked when the client left, the idle timeout passed or the server
     // drains: say goodbye properly (TLS close_notify, FIN).
     let _ = io.shutdown().await;
-    None
 }
 
 /// One hyper session: until the connection is parked (the stream and the
@@ -317,10 +320,8 @@ mod tests {
             }
         });
         let drain = Arc::new(Drain::new());
-        let mut draining = drain.watch();
-        let task = tokio::spawn(async move {
-            serve(io, service, &http1::Builder::new(), &mut draining, false).await;
-        });
+        let builders = Arc::new(super::super::http_builders(&Default::default()));
+        let task = tokio::spawn(serve(io, service, builders, drain.watch(), (), false));
         Served {
             client,
             activity,

@@ -170,6 +170,8 @@ pub(crate) async fn serve(
         per_client,
         metrics,
     } = shared;
+    // hyper settings, rebuilt only when a reload changes the limits.
+    let mut settings: Option<(Limits, Arc<Builders>)> = None;
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
@@ -229,42 +231,54 @@ pub(crate) async fn serve(
             metrics: metrics.clone(),
             protocol: Default::default(),
         });
-        let state = state.clone();
-        let mut draining = drain.watch();
-        let open = crate::workers::OpenConnection::new();
-        let builders = http_builders(&limits);
-        let guard = guard_limits(&limits);
-        let task = async move {
-            let _open = open;
-            let _permit = permit;
-            let _slot = slot;
-            let service = service(state.clone(), conn.clone(), activity.clone());
-            if conn.https {
-                // Boxed, like HTTP/2 below: a TLS session and an HTTP/2
-                // connection take kilobytes, which a plain HTTP/1.1
-                // connection's task should not reserve.
-                Box::pin(serve_tls(
-                    stream,
-                    &conn,
-                    state,
-                    &builders,
-                    service,
-                    &mut draining,
-                    guard,
-                ))
-                .await;
-            } else {
-                // Plain TCP: HTTP/1.1 or h2c prior knowledge; the guard
-                // steps aside after the HTTP/2 preface.
-                let io = http1::Parkable::new(
-                    FramingGuard::new(stream, conn.framing.clone(), guard),
-                    activity,
-                );
-                serve_plain(io, &builders, service, &mut draining).await;
+        let builders = match &settings {
+            Some((built_for, builders)) if *built_for == limits => builders.clone(),
+            _ => {
+                let builders = Arc::new(http_builders(&limits));
+                settings = Some((limits.clone(), builders.clone()));
+                builders
             }
-            conn.protocol.closed(&conn.metrics);
         };
-        tokio::spawn(task);
+        let guard = guard_limits(&limits);
+        let service = service(state.clone(), conn.clone(), activity.clone());
+        let held = Held {
+            _open: crate::workers::OpenConnection::new(),
+            _permit: permit,
+            _slot: slot,
+            conn: conn.clone(),
+        };
+        let draining = drain.watch();
+        // One task per connection, of a different type per kind: a plain
+        // connection's task is the HTTP/1.1 loop itself, and reserves
+        // nothing for TLS or HTTP/2.
+        if listener.tls {
+            let state = state.clone();
+            tokio::spawn(Box::pin(serve_tls(
+                stream, held, state, builders, service, draining, guard,
+            )));
+        } else {
+            // Plain TCP: HTTP/1.1 or h2c prior knowledge; the guard steps
+            // aside after the HTTP/2 preface.
+            let io = http1::Parkable::new(
+                FramingGuard::new(stream, conn.framing.clone(), guard),
+                activity,
+            );
+            tokio::spawn(http1::serve(io, service, builders, draining, held, true));
+        }
+    }
+}
+
+/// What a connection holds for its lifetime; dropped when it ends.
+struct Held {
+    _open: crate::workers::OpenConnection,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _slot: crate::client_limits::ClientSlot,
+    conn: Arc<ConnInfo>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.conn.protocol.closed(&self.conn.metrics);
     }
 }
 
@@ -290,34 +304,36 @@ fn service(
     })
 }
 
-/// A plain TCP connection: HTTP/2 when it opens with the prior-knowledge
-/// preface, HTTP/1.1 otherwise.
-async fn serve_plain<S, Svc>(
+/// HTTP/2 after its prior-knowledge preface, behind one pointer: its state
+/// is kilobytes, which an HTTP/1.1 connection's task should not reserve.
+fn h2_boxed<S, Svc, K>(
     io: http1::Parkable<FramingGuard<S>>,
-    builders: &Builders,
+    builders: Arc<Builders>,
     service: Svc,
-    draining: &mut Draining,
-) where
+    mut draining: Draining,
+    held: K,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     Svc: HttpService<Incoming, ResBody = ProxyBody, Error = std::convert::Infallible, Future: Send>
         + Unpin
         + Send
         + 'static,
+    K: Send + 'static,
 {
-    if let Some((io, service)) = http1::serve(io, service, &builders.h1, draining, true).await {
-        // Boxed: an HTTP/2 connection's state is kilobytes, which an
-        // HTTP/1.1 connection's task should not reserve.
-        Box::pin(serve_h2(io, &builders.h2, service, draining)).await;
-    }
+    Box::pin(async move {
+        serve_h2(io, &builders.h2, service, &mut draining).await;
+        drop(held);
+    })
 }
 
 async fn serve_tls<Svc>(
     stream: ClientIo<TcpStream>,
-    conn: &ConnInfo,
+    held: Held,
     state: State,
-    builders: &Builders,
+    builders: Arc<Builders>,
     service: Svc,
-    draining: &mut Draining,
+    mut draining: Draining,
     guard: GuardLimits,
 ) where
     Svc: HttpService<Incoming, ResBody = ProxyBody, Error = std::convert::Infallible, Future: Send>
@@ -325,6 +341,7 @@ async fn serve_tls<Svc>(
         + Send
         + 'static,
 {
+    let conn = held.conn.clone();
     let Some(config) = state.load().tls.get(&*conn.listener).cloned() else {
         tracing::error!(listener = %conn.listener, "no TLS settings for listener");
         return;
@@ -353,14 +370,14 @@ async fn serve_tls<Svc>(
     conn.protocol.learn(version, &conn.metrics);
     let activity = tls.get_ref().0.activity().clone();
     if h2 {
-        serve_h2(tls, &builders.h2, service, draining).await;
+        serve_h2(tls, &builders.h2, service, &mut draining).await;
     } else {
         // HTTP/1.1 (or no ALPN): the framing guard reads the plaintext.
         let io = http1::Parkable::new(
             FramingGuard::new(tls, conn.framing.clone(), guard),
             activity,
         );
-        http1::serve(io, service, &builders.h1, draining, false).await;
+        http1::serve(io, service, builders, draining, held, false).await;
     }
 }
 
@@ -429,6 +446,10 @@ struct Draining {
 impl Draining {
     /// Resolves once the server drains (at once if it already does).
     async fn signalled(&mut self) {
-        let _ = self.rx.wait_for(|stop| *stop).await;
+        while !*self.rx.borrow_and_update() {
+            if self.rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 }
