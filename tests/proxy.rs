@@ -284,6 +284,23 @@ async fn host_is_forwarded_exactly_as_the_client_sent_it() {
 // ---------------------------------------------------------------- HTTP/2 --
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_cookie_fields_reach_the_http11_origin_as_one_line() {
+    let origin = Origin::hello().await;
+    let d = Daemon::start(&simple_config(&[origin.addr], ""));
+    let mut h2 = h2c_conn(d.addr("http")).await;
+    let mut req = h2_request(Method::GET, "http://front.example/c", empty());
+    for pair in ["a=1", "b=2", "session=xyz"] {
+        req.headers_mut()
+            .append(http::header::COOKIE, http::HeaderValue::from_static(pair));
+    }
+    let r = h2_send(&mut h2, req).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = only_seen(&origin);
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2; session=xyz"], "RFC 9113 §8.2.3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_requests_reach_the_http11_origin_with_host_from_authority() {
     let origin = Origin::serve(|req: Request<Incoming>, _| async move {
         let method = req.method().clone();

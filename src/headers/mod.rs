@@ -51,6 +51,28 @@ pub(crate) fn upgrade_request(version: Version, headers: &HeaderMap) -> Option<H
     headers.get(header::UPGRADE).cloned()
 }
 
+/// Joins an HTTP/2 (or HTTP/3) request's `cookie` fields into one
+/// `Cookie` line, pairs separated by `"; "`, for an HTTP/1.1 upstream
+/// (RFC 9113 §8.2.3): HTTP/2 clients may send each cookie as its own field,
+/// and many HTTP/1.1 servers read only the first `Cookie` line.
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = Vec::with_capacity(first.len() * 4);
+    for (i, v) in headers.get_all(header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Each part was a valid field value, and so is "; ".
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// Whether an HTTP/1.1 request lets its connection carry another one after
 /// it: HTTP/1.1, and no `Connection` token that says otherwise (`close`, an
 /// upgrade) or that cannot be read. Errs on the side of "no".
@@ -310,6 +332,27 @@ mod tests {
         strip_hop_by_hop(&mut h, None);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn rfc9113_8_2_3_cookie_fields_are_joined() {
+        let mut h = map(&[
+            ("cookie", "a=1"),
+            ("x-other", "y"),
+            ("cookie", "b=2"),
+            ("cookie", "c=3"),
+        ]);
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+        assert_eq!(h["x-other"], "y");
+        // One field (or none) is left as it is.
+        let mut h = map(&[("cookie", "a=1; b=2")]);
+        join_cookies(&mut h);
+        assert_eq!(h["cookie"], "a=1; b=2");
+        let mut h = map(&[("x-other", "y")]);
+        join_cookies(&mut h);
+        assert!(!h.contains_key("cookie"));
     }
 
     #[test]

@@ -356,8 +356,9 @@ pub(crate) struct Forward {
 
 impl Forward {
     /// The upstream request for a client's request head: hop-by-hop fields
-    /// removed, `X-Forwarded-*`, `Via` and the request id added, and a
-    /// `Host` for an HTTP/2 request (which carries `:authority` instead).
+    /// removed, `X-Forwarded-*`, `Via` and the request id added, and for an
+    /// HTTP/2 request a `Host` (it carries `:authority` instead) and its
+    /// `cookie` fields joined into one.
     fn new(
         parts: http::request::Parts,
         client: Client<'_>,
@@ -368,6 +369,9 @@ impl Forward {
         let received = parts.version;
         let mut head = parts.headers;
         headers::strip_hop_by_hop(&mut head, upgrade);
+        if received >= Version::HTTP_2 {
+            headers::join_cookies(&mut head);
+        }
         headers::add_forwarding(&mut head, conn.client.ip(), conn.https, authority, received);
         if let Some(id) = &outcome.request_id {
             head.insert(crate::request_id::X_REQUEST_ID.clone(), id.clone());
