@@ -454,7 +454,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
                 }
                 return match why {
                     Expiry::Park => {
-                        tracing::trace!("park deadline");
                         // The server loop sees this once hyper's poll
                         // returns; the timer moves on to the idle deadline.
                         this.activity.park_due();

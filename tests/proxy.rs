@@ -281,6 +281,38 @@ async fn host_is_forwarded_exactly_as_the_client_sent_it() {
     assert!(xfh.eq_ignore_ascii_case("mixed.case.example"), "{xfh}");
 }
 
+/// An idle keep-alive connection is parked (its hyper session shut down,
+/// the socket kept) and answers its next request, twice over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http11_connection_is_parked_and_serves_the_next_request() {
+    let origin = Origin::hello().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start_logging(
+        dir,
+        &simple_config(&[origin.addr], ""),
+        "info,sluice::listener=trace",
+    );
+    let stream = tokio::net::TcpStream::connect(d.addr("http"))
+        .await
+        .unwrap();
+    let (mut send, c) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("h1");
+    let client = tokio::spawn(c);
+    for round in 1..=3 {
+        let req = request(Method::GET, "/parked", "front.example", empty());
+        let resp = tokio::time::timeout(PATIENCE, send.send_request(req))
+            .await
+            .expect("response in time")
+            .expect("response");
+        assert_eq!(collect(resp).await.status, 200, "round {round}");
+        // The readiness signal: sluice logs each park (at trace).
+        d.log_count("idle connection parked", round).await;
+    }
+    assert!(!client.is_finished(), "one connection served every round");
+    assert_eq!(origin.hits(), 3);
+}
+
 // ---------------------------------------------------------------- HTTP/2 --
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -254,6 +254,45 @@ async fn alpn_http11_only_gets_http11() {
     assert_eq!(origin.hits(), 1);
 }
 
+/// An idle keep-alive connection is parked (its hyper session shut down,
+/// the TLS session and socket kept) and answers its next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tls_http11_connection_is_parked_and_serves_the_next_request() {
+    let origin = Origin::hello().await;
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = pki.issue(dir.path(), "a", &["a.test"]);
+    let d = Daemon::start_logging(
+        dir,
+        &tls_config(origin.addr, &[&a]),
+        "info,sluice::listener=trace",
+    );
+    let conn = handshake(
+        d.addr("https"),
+        "a.test",
+        pki.client_config(&[b"http/1.1"], BOTH),
+    )
+    .await;
+    let (mut send, c) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(conn.stream))
+            .await
+            .expect("h1 over TLS");
+    let client = tokio::spawn(c);
+    for round in 1..=2 {
+        let req = request(Method::GET, "/parked", "a.test", empty());
+        let resp = tokio::time::timeout(PATIENCE, send.send_request(req))
+            .await
+            .expect("response in time")
+            .expect("response");
+        let r = collect(resp).await;
+        assert_eq!(r.status, 200, "round {round}");
+        // The readiness signal: sluice logs each park (at trace).
+        d.log_count("idle connection parked", round).await;
+    }
+    assert!(!client.is_finished(), "the same connection served both");
+    assert_eq!(origin.hits(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_alpn_gets_http11() {
     let origin = Origin::hello().await;

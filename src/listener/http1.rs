@@ -138,7 +138,6 @@ where
             // already made the connection busy.
             if polled.is_pending() && this.activity.take_park() {
                 // Idle: hyper closes the session at once, socket open.
-                tracing::trace!("parking an idle connection");
                 Pin::new(&mut *this.conn).graceful_shutdown();
                 continue;
             }

@@ -89,12 +89,18 @@ impl Daemon {
     /// Like [`Daemon::start`], with a temp dir the caller already filled
     /// (certificates, say).
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Daemon {
+        Daemon::start_logging(dir, config, "info")
+    }
+
+    /// Like [`Daemon::start_in`], logging what `rust_log` (a `RUST_LOG`
+    /// filter) lets through.
+    pub fn start_logging(dir: tempfile::TempDir, config: &str, rust_log: &str) -> Daemon {
         let config_path = dir.path().join("sluice.toml");
         std::fs::write(&config_path, config).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
