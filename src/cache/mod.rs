@@ -230,8 +230,8 @@ impl Directives {
         }
     }
 
-    fn usable(&self, entry: &Entry) -> Use {
-        let age = entry.age(SystemTime::now());
+    fn usable(&self, entry: &Entry, now: SystemTime) -> Use {
+        let age = entry.age(now);
         policy::usable(&self.cc, self.pragma, &entry.cc, entry.lifetime, age)
     }
 }
@@ -261,21 +261,23 @@ impl Cache {
             accepted: req.accepted,
         };
         let asked = Directives::of(req.head);
+        // One clock reading decides freshness and sets `Age`.
+        let now = SystemTime::now();
         let found = self.find(&req.primary, req.head);
         let mut fwd = found.fwd;
         let mut stale = None;
         if let Some(object) = &found.entry {
             if let Some(entry) = entry_of(object) {
                 let served = (entry, found.key(&req.primary));
-                match asked.usable(entry) {
-                    Use::Fresh => return Lookup::Hit(self.hit(set, "hit", served, view, None)),
+                match asked.usable(entry, now) {
+                    Use::Fresh => return Lookup::Hit(self.hit(set, "hit", served, view, None, now)),
                     Use::StaleAllowed => {
                         let detail = Some("max-stale");
-                        return Lookup::Hit(self.hit(set, "stale", served, view, detail));
+                        return Lookup::Hit(self.hit(set, "stale", served, view, detail, now));
                     }
                     Use::StaleWhileRevalidate => {
                         let detail = Some("stale-while-revalidate");
-                        let answer = self.hit(set, "stale", served, view, detail);
+                        let answer = self.hit(set, "stale", served, view, detail, now);
                         let refresh = self.refresh(&req, found.key(&req.primary), object.clone());
                         return Lookup::Stale { answer, refresh };
                     }
@@ -306,10 +308,11 @@ impl Cache {
                 Box::pin(Fills::wait(rx, set.cache.lock_timeout)).await;
                 let again = self.find(&req.primary, req.head);
                 if let Some(entry) = again.entry.as_deref().and_then(entry_of) {
-                    if let Use::Fresh | Use::StaleAllowed = asked.usable(entry) {
+                    let now = SystemTime::now();
+                    if let Use::Fresh | Use::StaleAllowed = asked.usable(entry, now) {
                         let served = (entry, again.key(&req.primary));
                         let detail = Some("collapsed");
-                        return Lookup::Hit(self.hit(set, "coalesced", served, view, detail));
+                        return Lookup::Hit(self.hit(set, "coalesced", served, view, detail, now));
                     }
                 }
                 // The leader's response could not be shared: go on our own.
@@ -362,8 +365,9 @@ impl Cache {
         (entry, key): (&Entry, &str),
         view: View<'_>,
         detail: Option<&'static str>,
+        now: SystemTime,
     ) -> Answer {
-        let age = entry.age(SystemTime::now());
+        let age = entry.age(now);
         let copy = match view.accepted {
             Some(accepted) => self.encoded_copy(set.compression, entry, key, view, accepted),
             None => Copy::Leave,
@@ -607,7 +611,7 @@ impl Fill {
                 ) {
                     tracing::debug!(status = status.as_u16(), "serving stale on upstream error");
                     let served = (entry, key.as_str());
-                    return cache.hit(set, "stale", served, view, Some("stale-if-error"));
+                    return cache.hit(set, "stale", served, view, Some("stale-if-error"), now);
                 }
             }
         }
