@@ -102,8 +102,7 @@ pub(crate) async fn handle(
     let mut resp = respond_to(&snap, &conn, req, &mut outcome)
         .instrument(span)
         .await;
-    resp.headers_mut()
-        .insert(crate::request_id::X_REQUEST_ID.clone(), request_id);
+    crate::request_id::stamp(resp.headers_mut(), request_id);
     Ok(record.finish(snap, outcome, resp))
 }
 
