@@ -179,6 +179,24 @@ async fn s3_fresh_response_is_stored_and_served_with_age() {
     assert!((7..60).contains(&age), "age {age}");
 }
 
+/// RFC 9111 §5.1: a list-valued Age counts by its first member; an
+/// invalid one is ignored (the response is fresh, not stale).
+#[tokio::test]
+async fn s5_1_age_list_uses_its_first_member_and_an_invalid_age_is_ignored() {
+    for (age, lowest) in [("5, 7200", 5), ("old", 0)] {
+        let o = Scripted::start(Answer::ok(
+            "aged",
+            &[("cache-control", "max-age=600"), ("age", age)],
+        ))
+        .await;
+        let d = start(&o).await;
+        let (_, second) = stored_then_hit(&d, &o, "/a").await;
+        assert!(is_hit(&second), "Age: {age}: {:?}", second.headers);
+        let sent: u64 = second.header("age").unwrap().parse().unwrap();
+        assert!((lowest..600).contains(&sent), "Age: {age} -> {sent}");
+    }
+}
+
 #[tokio::test]
 async fn s3_no_store_response_is_not_stored() {
     let o = Scripted::start(Answer::ok(

@@ -270,7 +270,9 @@ impl Cache {
             if let Some(entry) = entry_of(object) {
                 let served = (entry, found.key(&req.primary));
                 match asked.usable(entry, now) {
-                    Use::Fresh => return Lookup::Hit(self.hit(set, "hit", served, view, None, now)),
+                    Use::Fresh => {
+                        return Lookup::Hit(self.hit(set, "hit", served, view, None, now))
+                    }
                     Use::StaleAllowed => {
                         let detail = Some("max-stale");
                         return Lookup::Hit(self.hit(set, "stale", served, view, detail, now));
