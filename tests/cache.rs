@@ -885,6 +885,67 @@ async fn serve_stale_on_error_grace_without_the_directive() {
     assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "old"));
 }
 
+/// RFC 9111 §4.2.4: with the origin unreachable (here: stopped, so every
+/// connect is refused), a stale entry is served by default, for up to
+/// `stale_if_unreachable` (1 h) past its freshness; never one whose
+/// directives forbid it, and not with the grace set to 0s.
+#[tokio::test]
+async fn s4_2_4_stale_is_served_by_default_when_the_origin_is_unreachable() {
+    let stale = |cc: &'static str| Answer::ok("old", &[("cache-control", cc), ("age", "20")]);
+    let o = Scripted::start(stale("max-age=10")).await;
+    let d = start(&o).await;
+    let off = Daemon::start(&config(o.addr(), "stale_if_unreachable = \"0s\"", ""));
+    fetch(&d, "/plain").await;
+    fetch(&off, "/plain").await;
+    o.set(stale("max-age=10, must-revalidate"));
+    fetch(&d, "/must-revalidate").await;
+    o.set(stale("max-age=10, no-cache"));
+    fetch(&d, "/no-cache").await;
+    o.set(stale("s-maxage=10"));
+    fetch(&d, "/s-maxage").await;
+    // Stale beyond the grace: 20 s old with a 0 s lifetime... plus an hour.
+    o.set(Answer::ok(
+        "ancient",
+        &[("cache-control", "max-age=0"), ("age", "3700")],
+    ));
+    fetch(&d, "/ancient").await;
+    o.origin.kill();
+
+    let r = fetch(&d, "/plain").await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "old"));
+    assert_eq!(status_of(&r), "sluice; fwd=stale; detail=stale-if-error");
+    assert!(r.header("warning").is_none());
+    for path in ["/must-revalidate", "/no-cache", "/s-maxage", "/ancient"] {
+        let r = fetch(&d, path).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{path}: {}", r.text());
+    }
+    let r = fetch(&off, "/plain").await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_GATEWAY,
+        "stale_if_unreachable = 0s"
+    );
+}
+
+/// A 5xx the origin sent is an answer, not an unreachable origin: it still
+/// needs `stale-if-error` or `serve_stale_on_error`.
+#[tokio::test]
+async fn stale_if_unreachable_does_not_cover_a_5xx_answer() {
+    let o = Scripted::start(Answer::ok(
+        "old",
+        &[("cache-control", "max-age=10"), ("age", "20")],
+    ))
+    .await;
+    let d = start(&o).await;
+    fetch(&d, "/5xx").await;
+    o.set(Answer::ok("broken", &[]).status(503));
+    let r = fetch(&d, "/5xx").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "broken")
+    );
+}
+
 // ---------------------------------------------------------- coalescing --
 
 #[tokio::test]

@@ -604,16 +604,20 @@ impl Fill {
             if status.is_server_error() {
                 let now = SystemTime::now();
                 let staleness = entry.age(now).saturating_sub(entry.lifetime);
-                if policy::stale_if_error(
-                    &asked.cc,
-                    asked.pragma,
-                    &entry.cc,
-                    staleness,
-                    cfg.serve_stale_on_error,
-                ) {
+                // An origin that cannot be reached at all gets the longer
+                // of the two graces; a 5xx it sent only the operator's.
+                let grace = if generated && reply::origin_unreachable(&resp) {
+                    cfg.serve_stale_on_error.max(cfg.stale_if_unreachable)
+                } else {
+                    cfg.serve_stale_on_error
+                };
+                if policy::stale_if_error(&asked.cc, asked.pragma, &entry.cc, staleness, grace) {
                     tracing::debug!(status = status.as_u16(), "serving stale on upstream error");
                     let served = (entry, key.as_str());
-                    return cache.hit(set, "stale", served, view, Some("stale-if-error"), now);
+                    let detail = "stale-if-error";
+                    let mut answer = cache.hit(set, "stale", served, view, Some(detail), now);
+                    status_header(cfg, &mut answer.resp, &Status::ForwardedStale { detail });
+                    return answer;
                 }
             }
         }

@@ -34,6 +34,9 @@ pub(crate) enum Status {
         stored: bool,
         collapsed: bool,
     },
+    /// Went upstream for a stale entry, which was then served anyway
+    /// because the upstream failed: `detail` says why it was allowed.
+    ForwardedStale { detail: &'static str },
 }
 
 impl Status {
@@ -79,6 +82,10 @@ impl Status {
                 if *collapsed {
                     t.extend_from_slice(b"; collapsed");
                 }
+            }
+            Status::ForwardedStale { detail } => {
+                t.extend_from_slice(b"sluice; fwd=stale; detail=");
+                t.extend_from_slice(detail.as_bytes());
             }
         }
         HeaderValue::from_maybe_shared(bytes::Bytes::from(t))

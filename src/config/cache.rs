@@ -27,6 +27,8 @@ pub(crate) struct RawCache {
     pub lock_timeout: Duration,
     #[serde(default, deserialize_with = "de_duration")]
     pub serve_stale_on_error: Duration,
+    #[serde(default = "d_1h", deserialize_with = "de_duration")]
+    pub stale_if_unreachable: Duration,
     #[serde(default)]
     pub store_set_cookie: bool,
     #[serde(default)]
@@ -41,6 +43,7 @@ impl Default for RawCache {
             status_header: true,
             lock_timeout: d_5s(),
             serve_stale_on_error: Duration::ZERO,
+            stale_if_unreachable: d_1h(),
             store_set_cookie: false,
             purge_allow: Vec::new(),
         }
@@ -55,6 +58,14 @@ fn d_max_object_size() -> u64 {
 }
 fn d_5s() -> Duration {
     Duration::from_secs(5)
+}
+/// Long enough to ride out a deploy or a short outage of every origin;
+/// short enough that nobody is served hour-old pages for long by surprise.
+/// (Varnish's default grace, 10 s, is about coalescing, not outages;
+/// Traffic Server's `max_stale_age`, a week, keeps serving long after
+/// anyone would notice.)
+fn d_1h() -> Duration {
+    Duration::from_secs(3600)
 }
 fn yes() -> bool {
     true
@@ -75,6 +86,10 @@ pub struct CacheConfig {
     /// Serve a stale entry this long past its freshness when the upstream
     /// fails, even without `stale-if-error`; zero = off.
     pub serve_stale_on_error: Duration,
+    /// Serve a stale entry this long past its freshness when no member of
+    /// the pool can be reached (connect refused or timed out, reset or no
+    /// head in time, all down); zero = off. RFC 9111 §4.2.4 "disconnected".
+    pub stale_if_unreachable: Duration,
     /// Store responses carrying `Set-Cookie` (the cookie itself is never
     /// stored or replayed).
     pub store_set_cookie: bool,
@@ -97,6 +112,7 @@ impl CacheConfig {
             status_header: raw.status_header,
             lock_timeout: raw.lock_timeout,
             serve_stale_on_error: raw.serve_stale_on_error,
+            stale_if_unreachable: raw.stale_if_unreachable,
             store_set_cookie: raw.store_set_cookie,
             purge_allow,
         }

@@ -319,6 +319,7 @@ pub(crate) fn effective_toml(c: &Config) -> String {
             ("status_header", Value::Boolean(cache.status_header)),
             ("lock_timeout", duration(cache.lock_timeout)),
             ("serve_stale_on_error", duration(cache.serve_stale_on_error)),
+            ("stale_if_unreachable", duration(cache.stale_if_unreachable)),
             ("store_set_cookie", Value::Boolean(cache.store_set_cookie)),
             (
                 "purge_allow",

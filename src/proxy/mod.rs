@@ -591,7 +591,9 @@ async fn attempts(
     Err(match (last_error, last_status) {
         (None, Some(status)) => Refusal::UpstreamStatus(status),
         (Some(e), _) if e.is_timeout() => Refusal::UpstreamTimedOut,
-        (Some(_), _) => Refusal::UpstreamFailed,
+        (Some(crate::upstream::pool::UpstreamError::BadResponse { .. }), _)
+        | (Some(_), Some(_)) => Refusal::UpstreamFailed,
+        (Some(_), None) => Refusal::Unreachable,
         (None, None) => {
             tracing::warn!(pool = %pool.name, "no usable upstream member");
             Refusal::NoServers

@@ -292,6 +292,8 @@ pub struct Origin {
     hits: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
+    /// The tasks serving accepted connections.
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Origin {
@@ -337,13 +339,15 @@ impl Origin {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let f = Arc::new(f);
         let (h, s) = (hits.clone(), seen.clone());
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let open = conns.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let (f, h, s) = (f.clone(), h.clone(), s.clone());
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         h.fetch_add(1, Ordering::SeqCst);
                         s.lock().unwrap().push(Seen {
@@ -360,6 +364,7 @@ impl Origin {
                         .with_upgrades()
                         .await;
                 });
+                open.lock().unwrap().push(conn.abort_handle());
             }
         });
         Origin {
@@ -367,6 +372,7 @@ impl Origin {
             hits,
             seen,
             task,
+            conns,
         }
     }
 
@@ -383,6 +389,15 @@ impl Origin {
     /// Stops accepting and closes the listening socket.
     pub fn stop(self) {
         self.task.abort();
+    }
+
+    /// Stops accepting and closes every connection too: the origin is gone
+    /// for keep-alive connections as well.
+    pub fn kill(self) {
+        self.task.abort();
+        for conn in self.conns.lock().unwrap().drain(..) {
+            conn.abort();
+        }
     }
 }
 
