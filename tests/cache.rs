@@ -946,6 +946,96 @@ async fn stale_if_unreachable_does_not_cover_a_5xx_answer() {
     );
 }
 
+// ------------------------------------------------- RFC 9213 targeted --
+
+/// RFC 9213 §2.1: `CDN-Cache-Control` is this cache's policy when present
+/// and valid; `Cache-Control` then only speaks to the client.
+#[tokio::test]
+async fn rfc9213_2_1_cdn_cache_control_overrides_cache_control() {
+    let o = Scripted::start(Answer::ok(
+        "for the cdn",
+        &[
+            ("cdn-cache-control", "max-age=60"),
+            ("cache-control", "no-store"),
+        ],
+    ))
+    .await;
+    let d = start(&o).await;
+    let (_, second) = stored_then_hit(&d, &o, "/fresh-for-cdn").await;
+    assert!(is_hit(&second));
+    assert_eq!(
+        second.header("cache-control"),
+        Some("no-store"),
+        "the client's field untouched"
+    );
+    assert_eq!(
+        second.header("cdn-cache-control"),
+        Some("max-age=60"),
+        "passed on"
+    );
+
+    for (cdn, path) in [("no-store", "/ns"), ("private", "/pr"), ("no-cache", "/nc")] {
+        o.set(Answer::ok(
+            "not for the cdn",
+            &[
+                ("cdn-cache-control", cdn),
+                ("cache-control", "max-age=3600"),
+            ],
+        ));
+        let before = o.hits();
+        fetch(&d, path).await;
+        let r = fetch(&d, path).await;
+        assert_eq!(
+            o.hits(),
+            before + 2,
+            "CDN-Cache-Control: {cdn}: {:?}",
+            r.headers
+        );
+    }
+}
+
+/// RFC 9213 §2.1: an invalid targeted field is ignored, as if absent.
+#[tokio::test]
+async fn rfc9213_2_1_an_invalid_targeted_field_is_ignored() {
+    let o = Scripted::start(Answer::ok(
+        "x",
+        &[
+            ("cdn-cache-control", "max-age=600, &&&&"),
+            ("cache-control", "no-store"),
+        ],
+    ))
+    .await;
+    let d = start(&o).await;
+    fetch(&d, "/bad").await;
+    fetch(&d, "/bad").await;
+    assert_eq!(o.hits(), 2, "Cache-Control: no-store decides");
+}
+
+/// `targeted_fields` names the fields this cache obeys, first one first.
+#[tokio::test]
+async fn targeted_fields_are_obeyed_in_the_operators_order() {
+    let o = Scripted::start(Answer::ok(
+        "mine",
+        &[
+            ("sluice-cache-control", "max-age=60"),
+            ("cdn-cache-control", "no-store"),
+        ],
+    ))
+    .await;
+    let d = Daemon::start(&config(
+        o.addr(),
+        "targeted_fields = [\"Sluice-Cache-Control\", \"CDN-Cache-Control\"]",
+        "",
+    ));
+    let (_, second) = stored_then_hit(&d, &o, "/mine").await;
+    assert!(is_hit(&second));
+    // With the default list, CDN-Cache-Control: no-store decides.
+    let default = start(&o).await;
+    fetch(&default, "/mine").await;
+    fetch(&default, "/mine").await;
+    assert_eq!(o.hits(), 3);
+}
+
 // ---------------------------------------------------------- coalescing --
 
 #[tokio::test]

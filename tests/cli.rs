@@ -676,6 +676,33 @@ fn check_reports_bad_cache_keys() {
         "route[0].cache_key_headers[0]",
         "not a valid header name",
     );
+
+    let targeted = format!(
+        "{VALID}\n[cache]\ntargeted_fields = [\"bad field\", \"Cache-Control\", \"X-CC\", \"x-cc\"]\n"
+    );
+    let (path, err) = check_fails(dir.path(), "targeted.toml", &targeted);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&targeted, "\"bad field\"")),
+        "cache.targeted_fields[0]",
+        "not a valid header name",
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&targeted, "\"Cache-Control\"")),
+        "cache.targeted_fields[1]",
+        "Cache-Control is what targeted fields take precedence over",
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&targeted, "\"x-cc\"")),
+        "cache.targeted_fields[3]",
+        "listed twice",
+    );
+    assert_eq!(error_count(&err), 3, "{err}");
 }
 
 #[test]

@@ -92,14 +92,22 @@ pub(crate) struct Pending {
     /// The route compresses: the upstream was asked for identity, so a
     /// `Vary: Accept-Encoding` does not split the entry.
     pub ignore_accept_encoding: bool,
+    /// The directives this cache applies, and whether a targeted field
+    /// gave them ([`super::verdict::directives`]).
+    pub directives: (CacheControl, bool),
 }
 
 impl Pending {
     /// Builds the entry for `body` and stores it under its (variant) key.
     pub(crate) fn store(self, body: Bytes) -> Arc<Object> {
-        let cc = CacheControl::parse(&self.headers);
-        let lifetime =
-            super::verdict::lifetime(self.status, &self.headers, &cc, self.response_time);
+        let (cc, targeted) = self.directives;
+        let lifetime = super::verdict::lifetime(
+            self.status,
+            &self.headers,
+            &cc,
+            targeted,
+            self.response_time,
+        );
         let initial_age =
             policy::corrected_initial_age(&self.age_source, self.request_time, self.response_time);
         let mut names = key::vary_names(&self.headers).unwrap_or_default();

@@ -32,6 +32,7 @@ pub(crate) mod purge;
 pub(crate) mod serve;
 pub(crate) mod store;
 pub(crate) mod surrogate;
+pub(crate) mod targeted;
 pub(crate) mod verdict;
 
 use std::net::IpAddr;
@@ -588,7 +589,8 @@ impl Fill {
                 && fill::has_validator(&entry.headers)
             {
                 // RFC 9111 §4.3.4: freshen the stored head, keep the body.
-                let fresh = refreshed(entry, resp.headers(), request_time, response_time);
+                let fields = &cfg.targeted_fields;
+                let fresh = refreshed(entry, resp.headers(), fields, request_time, response_time);
                 let age = fresh.age(SystemTime::now());
                 let mut out = serve::from_entry(&fresh, view.method, view.head, age, None);
                 cache
@@ -628,6 +630,7 @@ impl Fill {
         };
         let (mut parts, upstream_body) = resp.into_parts();
         let tags = fill::take_tags(&mut parts.headers);
+        let directives = verdict::directives(&parts.headers, &cfg.targeted_fields);
         let rules = policy::StoreRules {
             store_set_cookie: cfg.store_set_cookie,
         };
@@ -636,6 +639,7 @@ impl Fill {
             &asked.cc,
             status,
             &parts.headers,
+            directives.1.then_some(&directives.0),
             &rules,
             cfg.max_object_size,
         );
@@ -677,6 +681,7 @@ impl Fill {
             request_time,
             response_time,
             age_source: parts.headers.clone(),
+            directives,
         };
         parts.headers.remove(&surrogate::SURROGATE_CONTROL);
         if answer_from_entry && !length_known && head_only {
@@ -734,6 +739,7 @@ impl Fill {
 fn refreshed(
     entry: &Entry,
     fresh: &HeaderMap,
+    targeted_fields: &[http::HeaderName],
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> Entry {
@@ -743,10 +749,10 @@ fn refreshed(
     let mut tags_source = fresh.clone();
     let tags = fill::take_tags(&mut tags_source);
     fill::take_tags(&mut head);
-    let cc = CacheControl::parse(&head);
+    let (cc, targeted) = verdict::directives(&head, targeted_fields);
     Entry {
         status: entry.status,
-        lifetime: verdict::lifetime(entry.status, &head, &cc, response_time),
+        lifetime: verdict::lifetime(entry.status, &head, &cc, targeted, response_time),
         initial_age: policy::corrected_initial_age(fresh, request_time, response_time),
         headers: head,
         body: entry.body.clone(),

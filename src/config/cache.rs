@@ -33,6 +33,8 @@ pub(crate) struct RawCache {
     pub store_set_cookie: bool,
     #[serde(default)]
     pub purge_allow: Vec<String>,
+    #[serde(default = "d_targeted_fields")]
+    pub targeted_fields: Vec<String>,
 }
 
 impl Default for RawCache {
@@ -46,8 +48,13 @@ impl Default for RawCache {
             stale_if_unreachable: d_1h(),
             store_set_cookie: false,
             purge_allow: Vec::new(),
+            targeted_fields: d_targeted_fields(),
         }
     }
+}
+
+fn d_targeted_fields() -> Vec<String> {
+    vec!["CDN-Cache-Control".to_string()]
 }
 
 fn d_max_size() -> u64 {
@@ -95,17 +102,27 @@ pub struct CacheConfig {
     pub store_set_cookie: bool,
     /// Clients allowed to send `PURGE` on the public listeners.
     pub purge_allow: Vec<Cidr>,
+    /// RFC 9213 targeted fields this cache obeys, in precedence order.
+    pub targeted_fields: Vec<HeaderName>,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig::from_raw(&RawCache::default(), Vec::new())
+        CacheConfig::from_raw(
+            &RawCache::default(),
+            Vec::new(),
+            vec![HeaderName::from_static("cdn-cache-control")],
+        )
     }
 }
 
 impl CacheConfig {
-    /// `raw`'s values, with `purge_allow` already parsed.
-    fn from_raw(raw: &RawCache, purge_allow: Vec<Cidr>) -> CacheConfig {
+    /// `raw`'s values, with `purge_allow` and `targeted_fields` parsed.
+    fn from_raw(
+        raw: &RawCache,
+        purge_allow: Vec<Cidr>,
+        targeted_fields: Vec<HeaderName>,
+    ) -> CacheConfig {
         CacheConfig {
             max_size: raw.max_size,
             max_object_size: raw.max_object_size,
@@ -115,6 +132,7 @@ impl CacheConfig {
             stale_if_unreachable: raw.stale_if_unreachable,
             store_set_cookie: raw.store_set_cookie,
             purge_allow,
+            targeted_fields,
         }
     }
 }
@@ -188,7 +206,26 @@ impl Validator<'_> {
                 ),
             }
         }
-        CacheConfig::from_raw(raw, purge_allow)
+        let mut targeted = Vec::new();
+        for (i, f) in raw.targeted_fields.iter().enumerate() {
+            let at = [
+                Seg::Key("cache"),
+                Seg::Key("targeted_fields"),
+                Seg::Index(i),
+            ];
+            match HeaderName::from_bytes(f.as_bytes()) {
+                Ok(name) if name == http::header::CACHE_CONTROL => self.error(
+                    &at,
+                    "Cache-Control is what targeted fields take precedence over",
+                ),
+                Ok(name) if targeted.contains(&name) => {
+                    self.error(&at, format!("\"{f}\" is listed twice"))
+                }
+                Ok(name) => targeted.push(name),
+                Err(_) => self.error(&at, format!("\"{f}\" is not a valid header name")),
+            }
+        }
+        CacheConfig::from_raw(raw, purge_allow, targeted)
     }
 
     /// A route's cache settings: `None` unless it sets `cache = true`.

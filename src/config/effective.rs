@@ -320,6 +320,16 @@ pub(crate) fn effective_toml(c: &Config) -> String {
             ("lock_timeout", duration(cache.lock_timeout)),
             ("serve_stale_on_error", duration(cache.serve_stale_on_error)),
             ("stale_if_unreachable", duration(cache.stale_if_unreachable)),
+            (
+                "targeted_fields",
+                Value::Array(
+                    cache
+                        .targeted_fields
+                        .iter()
+                        .map(|h| string(h.as_str().to_string()))
+                        .collect(),
+                ),
+            ),
             ("store_set_cookie", Value::Boolean(cache.store_set_cookie)),
             (
                 "purge_allow",
