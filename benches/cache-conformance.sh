@@ -35,6 +35,10 @@
 #                        run/ (configs, caches) go here
 #   SUITE_DIR [$RESULTS_DIR/suite]   where the suite is installed (kept between runs)
 #   SUITE_VERSION [0.4.5]            http-cache-tests version from npm
+#   SUITE_SOURCE [unset]             a checkout of github.com/http-tests/cache-tests
+#                                    to run instead (its newest tests and engine; the
+#                                    npm release can lag it by years on some tests);
+#                                    its npm dependencies are installed into it
 #   SLUICE_BIN [target/release/sluice]   relative paths are from the repo root
 #   SLUICE_TEMPLATE [benches/conformance/sluice.toml.in]   sluice config template
 #   BUILD [0]            1: cargo build --release first (into CARGO_TARGET_DIR if set)
@@ -108,8 +112,21 @@ install_suite() {
 }
 
 install_packages
-install_suite
-SUITE=$SUITE_DIR/node_modules/http-cache-tests
+if [ -n "${SUITE_SOURCE:-}" ]; then
+    [ -f "$SUITE_SOURCE/test-engine/cli.mjs" ] || die "SUITE_SOURCE=$SUITE_SOURCE is not a cache-tests checkout"
+    if [ ! -d "$SUITE_SOURCE/node_modules" ]; then
+        [ "$SKIP_INSTALL" = 1 ] && die "no node_modules in $SUITE_SOURCE (and SKIP_INSTALL=1)"
+        log "npm install in $SUITE_SOURCE"
+        npm install --prefix "$SUITE_SOURCE" --no-audit --no-fund >&2
+    fi
+    SUITE=$SUITE_SOURCE/test-engine
+    SUITE_TESTS=$SUITE_SOURCE
+    SUITE_VERSION="source $(git -C "$SUITE_SOURCE" rev-parse --short HEAD 2>/dev/null || echo checkout)"
+else
+    install_suite
+    SUITE=$SUITE_DIR/node_modules/http-cache-tests
+    SUITE_TESTS=$SUITE
+fi
 
 if has_target sluice; then
     if [ "$BUILD" = 1 ]; then
@@ -283,7 +300,7 @@ cleanup
     echo "- $(date -u +%Y-%m-%dT%H:%M:%SZ), $(($(date +%s) - RUN_START)) s; raw results, summary.json and logs in $RESULTS_DIR"
     echo
     # shellcheck disable=SC2086 # TARGETS is a word list
-    node "$CONF/summarize.mjs" "$SUITE" "$RESULTS_DIR" $TARGETS
+    node "$CONF/summarize.mjs" "$SUITE_TESTS" "$RESULTS_DIR" $TARGETS
 } | tee "$RESULTS_DIR/summary.txt"
 
 status=0
