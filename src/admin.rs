@@ -15,7 +15,10 @@
 //! | `/cache/purge?tag=T` | POST | ... tagged `T` (`Surrogate-Key` / `Cache-Tag`) |
 //! | `/cache/purge?all=true` | POST | ... everything |
 //!
-//! A purge answers `{"purged": N}`, the number of responses removed.
+//! A purge answers `{"purged": N}`, the number of responses removed. With
+//! `&soft=true` the responses are marked stale instead of removed
+//! (`{"purged": N, "soft": true}`): they keep serving where stale content
+//! is allowed while the next request revalidates them.
 //!
 //! Clients outside `allow` get 403; with a `token`, requests without
 //! `Authorization: Bearer <token>` get 401 (except `/healthz` and
@@ -196,10 +199,9 @@ async fn handle(admin: &Admin, client: SocketAddr, req: Request<Incoming>) -> Re
             let target = purge_target(req.uri().query().unwrap_or(""));
             let _ = req.into_body().collect().await;
             match target {
-                Ok(target) => {
-                    let purged = crate::cache::purge::purge(snap.cache.store.as_ref(), &target);
-                    tracing::info!(?target, purged, "cache purge");
-                    typed(format!("{{\"purged\":{purged}}}\n"), "application/json")
+                Ok((target, soft)) => {
+                    let answer = crate::cache::purge::run(snap.cache.store.as_ref(), &target, soft);
+                    typed(answer + "\n", "application/json")
                 }
                 Err(why) => text(StatusCode::BAD_REQUEST, why + "\n"),
             }
@@ -238,14 +240,22 @@ async fn handle(admin: &Admin, client: SocketAddr, req: Request<Incoming>) -> Re
 }
 
 /// The purge a `/cache/purge` query names: exactly one of `url`, `prefix`,
-/// `tag` or `all=true`, percent-encoded.
-fn purge_target(query: &str) -> Result<crate::cache::purge::Target, String> {
+/// `tag` or `all=true`, percent-encoded, and whether it is soft
+/// (`soft=true`).
+fn purge_target(query: &str) -> Result<(crate::cache::purge::Target, bool), String> {
     use crate::cache::purge::{canonical_url, Target};
     let mut found = None;
+    let mut soft = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let value = percent_decode(value).ok_or_else(|| format!("{name}: bad percent-encoding"))?;
         let target = match name {
+            "soft" if value == "true" || value == "1" => {
+                soft = true;
+                continue;
+            }
+            "soft" if value == "false" || value == "0" => continue,
+            "soft" => return Err("soft: use soft=true".into()),
             "url" => Target::Url(canonical_url(&value)?),
             "prefix" if value.is_empty() => return Err("prefix: must not be empty".into()),
             "prefix" => Target::Prefix(value),
@@ -255,7 +265,7 @@ fn purge_target(query: &str) -> Result<crate::cache::purge::Target, String> {
             "all" => return Err("all: use all=true".into()),
             other => {
                 return Err(format!(
-                    "unknown parameter \"{other}\"; use url, prefix, tag or all"
+                    "unknown parameter \"{other}\"; use url, prefix, tag or all (and soft)"
                 ))
             }
         };
@@ -263,7 +273,9 @@ fn purge_target(query: &str) -> Result<crate::cache::purge::Target, String> {
             return Err("give exactly one of url, prefix, tag or all".into());
         }
     }
-    found.ok_or_else(|| "give one of url=, prefix=, tag= or all=true".into())
+    found
+        .map(|t| (t, soft))
+        .ok_or_else(|| "give one of url=, prefix=, tag= or all=true".into())
 }
 
 /// `%XX` escapes decoded; `None` for a broken escape or non-UTF-8 result.

@@ -1209,6 +1209,46 @@ async fn purge_by_url_prefix_tag_and_everything() {
     assert_eq!(get.status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
+/// A soft purge marks entries stale instead of removing them: the next
+/// request revalidates, and while the origin is unreachable they keep
+/// serving (the unreachable grace).
+#[tokio::test]
+async fn soft_purge_keeps_entries_as_stale() {
+    let o = Scripted::start(Answer::ok(
+        "kept",
+        &[("cache-control", "max-age=600"), ("etag", "\"v1\"")],
+    ))
+    .await;
+    let d = Daemon::start(&config(o.addr(), "purge_allow = [\"127.0.0.1/32\"]", ""));
+    for p in ["/s/1", "/s/2"] {
+        fetch(&d, p).await;
+    }
+    let soft = admin_post(&d, "/cache/purge?url=http://example.com/s/1&soft=true").await;
+    assert_eq!(
+        (soft.status, soft.text().trim()),
+        (StatusCode::OK, "{\"purged\":1,\"soft\":true}")
+    );
+    // Revalidated with the origin (If-None-Match), not fetched anew.
+    let hits = o.hits();
+    let r = fetch(&d, "/s/1").await;
+    assert_eq!(o.hits(), hits + 1);
+    assert!(status_of(&r).contains("fwd=stale"), "{}", status_of(&r));
+    assert_eq!(r.text(), "kept");
+    // PURGE with Sluice-Purge: soft, then the origin goes away.
+    let r = send(
+        &d,
+        Method::from_bytes(b"PURGE").unwrap(),
+        "/s/2",
+        &[("sluice-purge", "soft")],
+    )
+    .await;
+    assert_eq!(r.text().trim(), "{\"purged\":1,\"soft\":true}");
+    o.origin.kill();
+    let r = fetch(&d, "/s/2").await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "kept"));
+    assert_eq!(status_of(&r), "sluice; fwd=stale; detail=stale-if-error");
+}
+
 #[tokio::test]
 async fn purge_method_only_from_allowed_clients() {
     let o = Scripted::start(Answer::ok("x", &[("cache-control", "max-age=600")])).await;

@@ -242,7 +242,7 @@ impl Cache {
     /// `lock_timeout`) when another request is already filling its key.
     pub(crate) async fn lookup(&self, set: Settings<'_>, req: Request<'_>) -> Lookup {
         if req.method.as_str() == "PURGE" {
-            let resp = purge::purge_request(self, set.cache, req.peer, &req.primary);
+            let resp = purge::purge_request(self, set.cache, req.peer, &req.primary, req.head);
             return Lookup::Hit(Answer { resp, result: None });
         }
         let readable = *req.method == Method::GET || *req.method == Method::HEAD;

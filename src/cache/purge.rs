@@ -1,9 +1,14 @@
 //! Removing entries: invalidation after an unsafe method (RFC 9111 §4.4),
 //! the `PURGE` method on public listeners, and the admin purges by URL,
 //! prefix, surrogate key or everything. Each purge answers how many stored
-//! responses went.
+//! responses went. A soft purge marks them stale instead: they keep
+//! serving where stale content is allowed (stale-while-revalidate,
+//! stale-if-error, an unreachable origin) while the next request
+//! revalidates them.
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use http::{header, HeaderMap, Response, StatusCode, Uri};
 
@@ -28,16 +33,48 @@ pub(crate) enum Target {
 
 /// Removes the entries `target` names; returns how many responses went.
 pub(crate) fn purge(store: &dyn Store, target: &Target) -> u64 {
-    match target {
-        Target::Url(url) => store.remove_where(&mut |k, _| same_url(k, url)),
-        Target::Prefix(prefix) => {
-            store.remove_where(&mut |k, _| key::url_of(k).starts_with(prefix.as_str()))
+    store.remove_where(&mut |k, o| target.matches(k, o))
+}
+
+/// Marks the responses `target` names stale as of `now` (those already
+/// stale stay as they are); returns how many it names.
+pub(crate) fn soft_purge(store: &dyn Store, target: &Target, now: SystemTime) -> u64 {
+    let mut named = Vec::new();
+    store.each(&mut |k, o| {
+        if matches!(**o, Object::Response(_)) && target.matches(k, o) {
+            named.push((k.to_string(), o.clone()));
         }
-        Target::Tag(tag) => store.remove_where(&mut |_, o| match o {
-            Object::Response(e) => e.tags.iter().any(|t| **t == **tag),
-            Object::Vary { .. } => false,
-        }),
-        Target::All => store.remove_where(&mut |_, _| true),
+    });
+    let count = named.len() as u64;
+    for (key, object) in named {
+        let Object::Response(entry) = &*object else {
+            continue;
+        };
+        let age = entry.age(now);
+        if age >= entry.lifetime {
+            continue;
+        }
+        let mut stale = entry.clone();
+        stale.lifetime = age;
+        // Unless a fill replaced it meanwhile: the newer response stays.
+        if store.get(&key).is_some_and(|o| Arc::ptr_eq(&o, &object)) {
+            store.insert(key, Arc::new(Object::Response(stale)));
+        }
+    }
+    count
+}
+
+impl Target {
+    fn matches(&self, key: &str, object: &Object) -> bool {
+        match self {
+            Target::Url(url) => same_url(key, url),
+            Target::Prefix(prefix) => key::url_of(key).starts_with(prefix.as_str()),
+            Target::Tag(tag) => match object {
+                Object::Response(e) => e.tags.iter().any(|t| **t == **tag),
+                Object::Vary { .. } => false,
+            },
+            Target::All => true,
+        }
     }
 }
 
@@ -112,12 +149,17 @@ fn origin_of(url: &str) -> &str {
     &url[..end]
 }
 
-/// `PURGE` on a caching route: allowed from `[cache] purge_allow` only.
+/// `Sluice-Purge: soft` on a `PURGE` request asks for a soft purge.
+static SLUICE_PURGE: header::HeaderName = header::HeaderName::from_static("sluice-purge");
+
+/// `PURGE` on a caching route: allowed from `[cache] purge_allow` only;
+/// soft with `Sluice-Purge: soft`.
 pub(crate) fn purge_request(
     cache: &Cache,
     cfg: &CacheConfig,
     peer: IpAddr,
     primary: &str,
+    head: &HeaderMap,
 ) -> Response<ProxyBody> {
     if !cfg.purge_allow.iter().any(|c| c.contains(peer)) {
         return reply::json(
@@ -125,10 +167,26 @@ pub(crate) fn purge_request(
             "{\"error\":\"PURGE not allowed from this address\"}",
         );
     }
+    let soft = head
+        .get(&SLUICE_PURGE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"soft"));
     let url = key::url_of(primary).to_string();
-    let purged = purge(cache.store.as_ref(), &Target::Url(url.clone()));
-    tracing::info!(%url, purged, "cache purge");
-    reply::json(StatusCode::OK, &format!("{{\"purged\":{purged}}}"))
+    let target = Target::Url(url.clone());
+    reply::json(StatusCode::OK, &run(cache.store.as_ref(), &target, soft))
+}
+
+/// Runs a purge, logs it, and gives the JSON answer: `{"purged":N}`, with
+/// `"soft":true` for a soft one.
+pub(crate) fn run(store: &dyn Store, target: &Target, soft: bool) -> String {
+    if soft {
+        let purged = soft_purge(store, target, SystemTime::now());
+        tracing::info!(?target, purged, "cache soft purge");
+        format!("{{\"purged\":{purged},\"soft\":true}}")
+    } else {
+        let purged = purge(store, target);
+        tracing::info!(?target, purged, "cache purge");
+        format!("{{\"purged\":{purged}}}")
+    }
 }
 
 #[cfg(test)]
@@ -153,6 +211,59 @@ mod tests {
         assert!(same_url("http://h/a\nx-tenant:1", "http://h/a"));
         assert!(!same_url("http://h/ab", "http://h/a"));
         assert!(!same_url("http://h/a?x", "http://h/a"));
+    }
+
+    #[test]
+    fn a_soft_purge_makes_fresh_entries_stale_and_keeps_them() {
+        use super::super::store::{Entry, MemoryStore};
+        use std::time::Duration;
+        let store = MemoryStore::new(1 << 20, || {});
+        let now = SystemTime::now();
+        let entry = |lifetime: u64| Entry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: bytes::Bytes::from_static(b"body"),
+            request_time: now,
+            response_time: now,
+            initial_age: Duration::from_secs(30),
+            lifetime: Duration::from_secs(lifetime),
+            cc: Default::default(),
+            tags: Box::new([]),
+            copies: Default::default(),
+        };
+        store.insert(
+            "http://h/fresh".into(),
+            Arc::new(Object::Response(entry(600))),
+        );
+        store.insert(
+            "http://h/stale".into(),
+            Arc::new(Object::Response(entry(10))),
+        );
+        store.insert(
+            "http://other/x".into(),
+            Arc::new(Object::Response(entry(600))),
+        );
+        let named = soft_purge(&store, &Target::Prefix("http://h/".into()), now);
+        assert_eq!(named, 2);
+        let lifetime = |k: &str| match store.get(k).as_deref() {
+            Some(Object::Response(e)) => e.lifetime,
+            _ => panic!("{k} is gone"),
+        };
+        assert_eq!(
+            lifetime("http://h/fresh"),
+            Duration::from_secs(30),
+            "stale from now"
+        );
+        assert_eq!(
+            lifetime("http://h/stale"),
+            Duration::from_secs(10),
+            "already stale"
+        );
+        assert_eq!(
+            lifetime("http://other/x"),
+            Duration::from_secs(600),
+            "not named"
+        );
     }
 
     #[test]
