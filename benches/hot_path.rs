@@ -180,6 +180,7 @@ fn observability(c: &mut Criterion) {
             upstream: Some(member),
             upstream_time: Some(Duration::from_micros(300)),
             cache: None,
+            error: None,
             request_id: HeaderValue::from_static("7f0c1b7e-3a57-4c0e-9d7e-4f7c2c1d2e3f"),
             referer: None,
             user_agent: Some(HeaderValue::from_static("bench/1.0")),

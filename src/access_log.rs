@@ -72,6 +72,8 @@ pub struct Entry {
     /// From sending to the member to its response head.
     pub upstream_time: Option<Duration>,
     pub cache: Option<&'static str>,
+    /// What went wrong after the status was sent (`upstream_body`).
+    pub error: Option<&'static str>,
     pub request_id: HeaderValue,
     pub referer: Option<HeaderValue>,
     pub user_agent: Option<HeaderValue>,
@@ -712,6 +714,10 @@ fn json_line(out: &mut Vec<u8>, e: &Entry) {
         }
         None => out.extend_from_slice(b",\"cache\":null"),
     }
+    if let Some(error) = e.error {
+        out.extend_from_slice(b",\"error\":");
+        json_str(out, error.as_bytes());
+    }
     out.extend_from_slice(b",\"request_id\":");
     json_str(out, e.request_id.as_bytes());
     out.push(b'}');
@@ -787,6 +793,10 @@ fn combined_line(out: &mut Vec<u8>, e: &Entry, clf: &[u8]) {
     out.extend_from_slice(b" request_id=");
     // Kept ids are restricted to a safe alphabet; generated ones are UUIDs.
     out.extend_from_slice(e.request_id.as_bytes());
+    if let Some(error) = e.error {
+        out.extend_from_slice(b" error=");
+        out.extend_from_slice(error.as_bytes());
+    }
 }
 
 /// Year, month (1-12) and day (1-31) of day `days` after 1970-01-01, in the
@@ -858,6 +868,7 @@ mod tests {
             upstream: Some("127.0.0.1:9001".parse().unwrap()),
             upstream_time: Some(Duration::from_micros(1200)),
             cache: None,
+            error: None,
             request_id: HeaderValue::from_static("abc"),
             referer: None,
             user_agent: Some(HeaderValue::from_static("curl/8")),

@@ -720,6 +720,10 @@ const HEALTH_CHECKS: (&str, &str) = (
     "sluice_health_checks_total",
     "Active health checks of the member, by result.",
 );
+const BODY_ERRORS: (&str, &str) = (
+    "sluice_upstream_body_errors_total",
+    "Response bodies from the member that failed or ended early after their head.",
+);
 const RETRIES: (&str, &str) = (
     "sluice_upstream_retries_total",
     "Retries (attempts after the first) made in the pool.",
@@ -731,6 +735,7 @@ struct UpstreamVecs {
     in_flight: IntGaugeVec,
     ejections: IntCounterVec,
     checks: IntCounterVec,
+    body_errors: IntCounterVec,
     retries: IntCounterVec,
 }
 
@@ -745,6 +750,7 @@ impl UpstreamVecs {
                 HEALTH_CHECKS.1,
                 &["pool", "member", "result"],
             ),
+            body_errors: counter_vec(BODY_ERRORS.0, BODY_ERRORS.1, &["pool", "member"]),
             retries: counter_vec(RETRIES.0, RETRIES.1, &["pool"]),
         }
     }
@@ -755,6 +761,7 @@ impl UpstreamVecs {
             Box::new(self.in_flight),
             Box::new(self.ejections),
             Box::new(self.checks),
+            Box::new(self.body_errors),
             Box::new(self.retries),
         ]
     }
@@ -781,6 +788,7 @@ struct MemberSeen {
     ejections: u64,
     checks_ok: u64,
     checks_failed: u64,
+    body_errors: u64,
 }
 
 impl MemberSeen {
@@ -790,6 +798,7 @@ impl MemberSeen {
             ejections: m.ejections_total(),
             checks_ok: m.health_checks_ok(),
             checks_failed: m.health_checks_fail(),
+            body_errors: m.body_errors_total(),
         }
     }
 }
@@ -820,6 +829,9 @@ impl Collector for UpstreamCollector {
                     v.ejections
                         .with_label_values(&labels)
                         .inc_by(seen.ejections);
+                    v.body_errors
+                        .with_label_values(&labels)
+                        .inc_by(seen.body_errors);
                     for (result, n) in [("ok", seen.checks_ok), ("fail", seen.checks_failed)] {
                         v.checks
                             .with_label_values(&[labels[0], labels[1], result])

@@ -385,6 +385,63 @@ fn start_by_hand(config: &str) -> ByHand {
     panic!("sluice exited before it was ready");
 }
 
+/// An upstream body that ends early after its head went out leaves a trace:
+/// the access log's `error` field, `sluice_upstream_body_errors_total`, and
+/// a warning with the request id (issue 23).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_short_by_the_upstream_leaves_a_trace() {
+    // An origin that promises 100 bytes, sends 10 and closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let d =
+        Daemon::start(&(config(origin, "json", &log) + "\n[admin]\nlisten = \"127.0.0.1:0\"\n"));
+    let answer = raw(
+        d.addr("http"),
+        b"GET /cut HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: cut-1\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let line = lines(&log, 1).remove(0);
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["error"], "upstream_body", "{line}");
+    assert_eq!(v["request_id"], "cut-1");
+    let member = origin.to_string();
+    let (_, samples) = scrape_until(d.addr("admin"), |s| {
+        value(
+            s,
+            "sluice_upstream_body_errors_total",
+            &[("pool", "app"), ("member", &member)],
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        value(
+            &samples,
+            "sluice_upstream_body_errors_total",
+            &[("pool", "app"), ("member", &member)]
+        ),
+        1.0
+    );
+    let logged = d.log_count("upstream body failed before its end", 1).await;
+    assert!(logged.contains("cut-1"), "{logged}");
+}
+
 /// `[log] format = "json"` and `[access_log] path = "stdout"`: the daemon
 /// started by hand to read both of its output streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,7 +33,9 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
-use crate::body::{self, BoxError, MinRateBody, ProxyBody, Reclaimable, UploadBody, Watched};
+use crate::body::{
+    self, BoxError, End, MinRateBody, ProxyBody, Reclaimable, UploadBody, Watch, Watched,
+};
 use crate::cache::{self, Lookup};
 use crate::compress::Accepted;
 use crate::config::Limits;
@@ -550,7 +552,13 @@ async fn attempts(
                         return Ok(switching_protocols(resp, token));
                     }
                 }
-                return Ok(respond(resp, in_flight));
+                return Ok(respond(
+                    resp,
+                    UpstreamBody {
+                        in_flight,
+                        request_id,
+                    },
+                ));
             }
             Err(e) => {
                 drop(in_flight);
@@ -629,12 +637,32 @@ impl std::fmt::Display for RequestId {
     }
 }
 
+/// An upstream response body on its way to the client: the member stays in
+/// flight until it ends, and a body that fails after the head went out
+/// (the client's response is cut short) is counted and logged.
+struct UpstreamBody {
+    in_flight: crate::upstream::member::InFlight,
+    request_id: RequestId,
+}
+
+impl Watch for UpstreamBody {
+    fn end(self, end: End) {
+        if end == End::Failed {
+            let member = self.in_flight.member();
+            tracing::warn!(
+                request_id = %self.request_id,
+                pool = %member.pool,
+                member = %member.addr,
+                "upstream body failed before its end; the client's response is cut short"
+            );
+        }
+        self.in_flight.end(end);
+    }
+}
+
 /// Passes an upstream response to the client with hop-by-hop fields removed;
 /// the member stays in flight until the body ends.
-fn respond(
-    resp: Response<Incoming>,
-    in_flight: crate::upstream::member::InFlight,
-) -> Response<ProxyBody> {
+fn respond(resp: Response<Incoming>, in_flight: UpstreamBody) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, None);
     parts

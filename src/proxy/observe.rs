@@ -138,6 +138,7 @@ impl Start {
                 upstream: None,
                 upstream_time: None,
                 cache: None,
+                error: None,
                 // Moved in from the outcome at the end: no clone to count.
                 request_id: HeaderValue::from_static(""),
                 referer: combined.then(|| h.get(header::REFERER).cloned()).flatten(),
@@ -225,7 +226,14 @@ impl Watch for Done {
         self.bytes += data.len() as u64;
     }
 
-    fn end(self, _: End) {
+    fn end(mut self, end: End) {
+        if end == End::Failed {
+            // The head went out; the body broke on the way (the upstream's
+            // ended early or failed).
+            if let Some(e) = &mut self.entry {
+                e.error = Some("upstream_body");
+            }
+        }
         self.record();
     }
 }

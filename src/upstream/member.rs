@@ -123,6 +123,8 @@ pub struct Member {
     request_successes: AtomicU32,
     request_failures: AtomicU32,
     ejections_total: AtomicU64,
+    /// Response bodies that failed or ended early after their head.
+    body_errors: AtomicU64,
     health_checks_ok: AtomicU64,
     health_checks_fail: AtomicU64,
 }
@@ -161,6 +163,7 @@ impl Member {
             request_successes: AtomicU32::new(0),
             request_failures: AtomicU32::new(0),
             ejections_total: AtomicU64::new(0),
+            body_errors: AtomicU64::new(0),
             health_checks_ok: AtomicU64::new(0),
             health_checks_fail: AtomicU64::new(0),
         }
@@ -408,6 +411,11 @@ impl Member {
     }
 
     /// Times passive detection ejected this member.
+    /// Response bodies from this member that failed after their head.
+    pub(crate) fn body_errors_total(&self) -> u64 {
+        self.body_errors.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn ejections_total(&self) -> u64 {
         self.ejections_total.load(Ordering::Relaxed)
     }
@@ -427,10 +435,21 @@ impl Member {
 #[derive(Debug)]
 pub struct InFlight(Arc<Member>);
 
+impl InFlight {
+    /// The member this request is in flight to.
+    pub(crate) fn member(&self) -> &Member {
+        &self.0
+    }
+}
+
 /// Held by a streaming response body, so `least_conn` sees the whole
-/// transfer; dropping it is the release.
+/// transfer; dropping it is the release. A body that fails is counted.
 impl crate::body::Watch for InFlight {
-    fn end(self, _: crate::body::End) {}
+    fn end(self, end: crate::body::End) {
+        if end == crate::body::End::Failed {
+            self.0.body_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for InFlight {
