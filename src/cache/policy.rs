@@ -73,6 +73,27 @@ pub struct StoreRules {
     pub store_set_cookie: bool,
 }
 
+/// What a shared cache checks whatever field gives it its directives
+/// (`resp_cc`): §3.5, only `public`, `s-maxage` or `must-revalidate` let it
+/// reuse the answer to an authenticated request; and a response carrying
+/// `Set-Cookie` only with `store_set_cookie`.
+pub(crate) fn shareable(
+    req: &HeaderMap,
+    resp_cc: &CacheControl,
+    resp: &HeaderMap,
+    rules: &StoreRules,
+) -> Result<(), NotStorable> {
+    if req.contains_key(header::AUTHORIZATION)
+        && !(resp_cc.public || resp_cc.s_maxage.is_some() || resp_cc.must_revalidate)
+    {
+        return Err(NotStorable::Authorization);
+    }
+    if resp.contains_key(header::SET_COOKIE) && !rules.store_set_cookie {
+        return Err(NotStorable::SetCookie);
+    }
+    Ok(())
+}
+
 /// RFC 9111 §3 (+ §3.5 Authorization): may this response be stored by a
 /// shared cache? `method` is the method of the request sent upstream (only
 /// GET is stored; the caller turns HEAD misses into GET).
@@ -107,15 +128,7 @@ pub fn storable(
     if resp_cc.private {
         return Err(NotStorable::Private);
     }
-    // §3.5: only these directives let a shared cache reuse an authenticated answer.
-    if req.contains_key(header::AUTHORIZATION)
-        && !(resp_cc.public || resp_cc.s_maxage.is_some() || resp_cc.must_revalidate)
-    {
-        return Err(NotStorable::Authorization);
-    }
-    if resp.contains_key(header::SET_COOKIE) && !rules.store_set_cookie {
-        return Err(NotStorable::SetCookie);
-    }
+    shareable(req, &resp_cc, resp, rules)?;
     // RFC 9110 §12.5.5: `Vary: *` never matches a later request.
     if list_members(resp, header::VARY).any(|member| member == b"*") {
         return Err(NotStorable::VaryStar);

@@ -47,15 +47,7 @@ pub(crate) fn storable(
         (_, Some(t)) if t.no_store => return Err(NotStorable::NoStore),
         (_, Some(t)) if t.private => return Err(NotStorable::Private),
         (_, Some(t)) => {
-            // §3.5 still holds: an authenticated request's response only
-            // with the directives that allow sharing it.
-            let shareable = t.public || t.s_maxage.is_some() || t.must_revalidate;
-            if req.contains_key(http::header::AUTHORIZATION) && !shareable {
-                return Err(NotStorable::Authorization);
-            }
-            if resp.contains_key(http::header::SET_COOKIE) && !rules.store_set_cookie {
-                return Err(NotStorable::SetCookie);
-            }
+            policy::shareable(req, t, resp, rules)?;
             surrogate_storable(status, resp)?
         }
         _ => policy::storable(&Method::GET, req, status, resp, rules)?,
