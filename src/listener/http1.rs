@@ -17,7 +17,6 @@
 //! the framing guard confirms the stream is at a message boundary, so a
 //! body hyper left unread is never taken for a request.
 
-use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
@@ -25,14 +24,11 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::HttpService;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::{h2_boxed, Builders, Draining, H2_PREFACE};
-use crate::body::ProxyBody;
+use super::{h2_boxed, Builders, Draining, Handler, H2_PREFACE};
 use crate::client_limits::Activity;
 use crate::framing::FramingGuard;
 
@@ -124,8 +120,7 @@ type Connection<S, Svc> = http1::UpgradeableConnection<TokioIo<Parkable<FramingG
 impl<S, Svc> Future for Session<Connection<S, Svc>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    Svc: HttpService<Incoming, ResBody = ProxyBody> + Unpin,
-    Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    Svc: Handler,
 {
     type Output = hyper::Result<()>;
 
@@ -163,10 +158,7 @@ pub(super) async fn serve<S, Svc, K>(
     mut h2_preface: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    Svc: HttpService<Incoming, ResBody = ProxyBody, Error = Infallible, Future: Send>
-        + Unpin
-        + Send
-        + 'static,
+    Svc: Handler,
     K: Send + 'static,
 {
     loop {
@@ -214,8 +206,7 @@ async fn session<S, Svc>(
 ) -> Option<(Parkable<FramingGuard<S>>, Svc)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    Svc: HttpService<Incoming, ResBody = ProxyBody> + Unpin,
-    Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    Svc: Handler,
 {
     let activity = io.activity.clone();
     let mut session = Session {
@@ -307,7 +298,7 @@ mod tests {
         let io = Parkable::new(guard, activity.clone());
         let paths = Arc::new(Mutex::new(Vec::new()));
         let (seen, act) = (paths.clone(), activity.clone());
-        let service = service_fn(move |req: hyper::Request<Incoming>| {
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let in_flight = act.begin_request(&req);
             seen.lock().unwrap().push(req.uri().path().to_string());
             async move {

@@ -282,16 +282,27 @@ impl Drop for Held {
     }
 }
 
+/// What serves a connection's requests ([`service`]): one name for the
+/// bounds hyper's HTTP/1.1 and HTTP/2 connections put on it.
+trait Handler:
+    HttpService<Incoming, ResBody = ProxyBody, Error = std::convert::Infallible, Future: Send>
+    + Unpin
+    + Send
+    + 'static
+{
+}
+
+impl<T> Handler for T where
+    T: HttpService<Incoming, ResBody = ProxyBody, Error = std::convert::Infallible, Future: Send>
+        + Unpin
+        + Send
+        + 'static
+{
+}
+
 /// The request handler of one client connection: each request is in flight
 /// (for [`Activity`]) until its response body has been sent.
-fn service(
-    state: State,
-    conn: Arc<ConnInfo>,
-    activity: Arc<Activity>,
-) -> impl HttpService<Incoming, ResBody = ProxyBody, Error = std::convert::Infallible, Future: Send>
-       + Unpin
-       + Send
-       + 'static {
+fn service(state: State, conn: Arc<ConnInfo>, activity: Arc<Activity>) -> impl Handler {
     service_fn(move |req: hyper::Request<Incoming>| {
         let in_flight = activity.begin_request(&req);
         // Boxed once here: hyper moves the service's future into its
@@ -315,10 +326,7 @@ fn h2_boxed<S, Svc, K>(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    Svc: HttpService<Incoming, ResBody = ProxyBody, Error = std::convert::Infallible, Future: Send>
-        + Unpin
-        + Send
-        + 'static,
+    Svc: Handler,
     K: Send + 'static,
 {
     Box::pin(async move {
@@ -336,10 +344,7 @@ async fn serve_tls<Svc>(
     mut draining: Draining,
     guard: GuardLimits,
 ) where
-    Svc: HttpService<Incoming, ResBody = ProxyBody, Error = std::convert::Infallible, Future: Send>
-        + Unpin
-        + Send
-        + 'static,
+    Svc: Handler,
 {
     let conn = held.conn.clone();
     let Some(config) = state.load().tls.get(&*conn.listener).cloned() else {
@@ -389,10 +394,7 @@ async fn serve_h2<I, Svc>(
     draining: &mut Draining,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    Svc: HttpService<Incoming, ResBody = ProxyBody, Error = std::convert::Infallible, Future: Send>
-        + Unpin
-        + Send
-        + 'static,
+    Svc: Handler,
 {
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
