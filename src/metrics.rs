@@ -97,6 +97,8 @@ pub struct Metrics {
     pub cache_entries: IntGauge,
     pub cache_bytes: IntGauge,
     pub cache_evictions: IntCounter,
+    pub cache_fill_bytes: IntGauge,
+    pub cache_fill_budget_exceeded: IntCounterVec,
     pub compression_in: IntCounterVec,
     pub compression_out: IntCounterVec,
     pub config_reloads: IntCounterVec,
@@ -200,6 +202,16 @@ impl Metrics {
                 "Entries evicted from the cache.",
             )
             .expect("valid metric"),
+            cache_fill_bytes: IntGauge::new(
+                "sluice_cache_fill_bytes",
+                "Bytes held by cache fills in flight (bounded by max_fill_memory).",
+            )
+            .expect("valid metric"),
+            cache_fill_budget_exceeded: counter_vec(
+                "sluice_cache_fill_budget_exceeded_total",
+                "Fills that streamed on uncached because in-flight fills held max_fill_memory, by route.",
+                &["route"],
+            ),
             compression_in: counter_vec(
                 "sluice_compression_bytes_in_total",
                 "Bytes fed to the compressor, by algorithm.",
@@ -240,6 +252,8 @@ impl Metrics {
             Box::new(m.cache_entries.clone()),
             Box::new(m.cache_bytes.clone()),
             Box::new(m.cache_evictions.clone()),
+            Box::new(m.cache_fill_bytes.clone()),
+            Box::new(m.cache_fill_budget_exceeded.clone()),
             Box::new(m.compression_in.clone()),
             Box::new(m.compression_out.clone()),
             Box::new(m.config_reloads.clone()),
@@ -446,6 +460,9 @@ impl SnapshotMetrics {
         }
         // Cache lookup series exist at 0 for every route from the start.
         let m = get();
+        for r in config.routes.iter().filter(|r| r.cache.is_some()) {
+            m.cache_fill_budget_exceeded.with_label_values(&[&r.name]);
+        }
         let cache = (0..workers::count())
             .map(|w| {
                 let lookups = m.cache_lookups.of(w);

@@ -8,7 +8,6 @@ use common::*;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use http::{Method, Request};
 
@@ -33,27 +32,6 @@ path = "{}"
 "#,
         path.display()
     )
-}
-
-/// Waits until `path` holds at least `n` lines and returns them.
-fn lines(path: &Path, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_string).collect();
-        if lines.len() >= n {
-            // Nothing more should follow.
-            std::thread::sleep(Duration::from_millis(100));
-            let again = std::fs::read_to_string(path).unwrap_or_default();
-            return again.lines().map(str::to_string).collect();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} lines in {path:?}:\n{text}",
-            lines.len()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn with_id(method: Method, path: &str, host: &str, id: Option<&str>) -> Request<TestBody> {
@@ -107,7 +85,7 @@ async fn json_lines_match_requests_one_to_one() {
     )
     .await;
 
-    let lines = lines(&log, sent.len() + 1);
+    let lines = file_lines(&log, sent.len() + 1);
     assert_eq!(lines.len(), sent.len() + 1, "{lines:#?}");
     let entries: Vec<serde_json::Value> = lines
         .iter()
@@ -169,7 +147,7 @@ async fn combined_lines_match_requests() {
     assert_eq!(r.status, 200);
     let r404 = h1(http, with_id(Method::GET, "/y", "nowhere.test", None)).await;
 
-    let lines = lines(&log, 2);
+    let lines = file_lines(&log, 2);
     assert_eq!(lines.len(), 2, "{lines:#?}");
     let first = &lines[0];
     assert!(first.starts_with("127.0.0.1 - - ["), "{first}");
@@ -215,7 +193,7 @@ async fn sigusr1_reopens_the_file_after_rotation() {
         )
         .await;
     }
-    assert_eq!(lines(&log, 3).len(), 3);
+    assert_eq!(file_lines(&log, 3).len(), 3);
     std::fs::rename(&log, &rotated).unwrap();
     d.signal("USR1");
     d.wait_for_log("access log reopened");
@@ -226,10 +204,10 @@ async fn sigusr1_reopens_the_file_after_rotation() {
         )
         .await;
     }
-    let fresh = lines(&log, 2);
+    let fresh = file_lines(&log, 2);
     assert_eq!(fresh.len(), 2, "{fresh:#?}");
     assert!(fresh.iter().all(|l| l.contains("/after/")), "{fresh:#?}");
-    let old = lines(&rotated, 3);
+    let old = file_lines(&rotated, 3);
     assert_eq!(old.len(), 3, "{old:#?}");
     assert!(old.iter().all(|l| l.contains("/before/")), "{old:#?}");
 }
@@ -416,7 +394,7 @@ async fn a_body_cut_short_by_the_upstream_leaves_a_trace() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
-    let line = lines(&log, 1).remove(0);
+    let line = file_lines(&log, 1).remove(0);
     let v: serde_json::Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(v["error"], "upstream_body", "{line}");

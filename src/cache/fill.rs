@@ -1,83 +1,78 @@
 //! Filling the cache: request coalescing (one upstream request per key at a
-//! time, the others wait for it) and the body wrapper that copies a
-//! response into the store as it streams to the first client.
+//! time; the others join its [`Filling`]), where a response is stored
+//! ([`Placement`], [`store`]), and the fields a fill adds to or removes
+//! from the trip upstream.
 //!
 //! An entry is stored only when its body ended cleanly within
 //! `max_object_size`: a body cut short or failing is never stored.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, StatusCode};
-use tokio::sync::watch;
 
+use super::filling::{Budget, Filling, Head};
 use super::key;
 use super::policy;
 use super::store::{Entry, Object, Store};
-use crate::body::{End, Watch};
 use crate::headers::cache_control::CacheControl;
-use crate::headers::content_length;
 
-/// Upstream requests in flight per key, for coalescing.
+/// Fills in flight per key, for coalescing.
 #[derive(Debug, Default)]
 pub(crate) struct Fills {
-    running: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    running: Mutex<HashMap<String, Arc<Filling>>>,
 }
 
-/// Whether this request leads the fill for its key or waits for another.
+/// Whether this request leads the fill for its key or joins another.
 pub(crate) enum Join {
     Leader(FillGuard),
-    Follower(watch::Receiver<bool>),
+    Follower(Arc<Filling>),
 }
 
 impl Fills {
-    pub(crate) fn join(self: &Arc<Self>, key: &str) -> Join {
+    pub(crate) fn join(self: &Arc<Self>, key: &str, budget: &Arc<Budget>) -> Join {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(rx) = running.get(key) {
-            return Join::Follower(rx.clone());
+        if let Some(filling) = running.get(key) {
+            return Join::Follower(filling.clone());
         }
-        let (tx, rx) = watch::channel(false);
-        running.insert(key.to_string(), rx);
+        let filling = Filling::new(budget.clone());
+        running.insert(key.to_string(), filling.clone());
         Join::Leader(FillGuard {
             fills: self.clone(),
             key: key.to_string(),
-            tx,
+            filling,
         })
-    }
-
-    /// Waits until the leader is done (stored, or gave up) or `timeout`.
-    pub(crate) async fn wait(mut rx: watch::Receiver<bool>, timeout: Duration) -> bool {
-        matches!(
-            tokio::time::timeout(timeout, rx.wait_for(|done| *done)).await,
-            Ok(Ok(_))
-        )
     }
 }
 
-/// Held by the leader until its entry is stored or it gives up; dropping it
-/// wakes the followers.
+/// The leader's registration of its fill under its key: while it lives,
+/// requests for the key join the fill. Dropping it before the response
+/// head was shared tells the followers to go on their own.
 pub(crate) struct FillGuard {
     fills: Arc<Fills>,
     key: String,
-    tx: watch::Sender<bool>,
+    pub filling: Arc<Filling>,
 }
 
 impl Drop for FillGuard {
     fn drop(&mut self) {
-        self.fills
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
-        let _ = self.tx.send(true);
+        let mut running = self.fills.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.filling))
+        {
+            running.remove(&self.key);
+        }
+        drop(running);
+        self.filling.refuse();
     }
 }
 
-/// Everything needed to store a response once its body is complete.
-pub(crate) struct Pending {
-    pub store: Arc<dyn Store>,
+/// Where and how a response will be stored, worked out from its head:
+/// the entry (its body empty until the fill completes) and its key.
+pub(crate) struct Placement {
     pub primary: String,
     /// The request's head, for the variant key.
     pub request: HeaderMap,
@@ -97,9 +92,10 @@ pub(crate) struct Pending {
     pub directives: (CacheControl, bool),
 }
 
-impl Pending {
-    /// Builds the entry for `body` and stores it under its (variant) key.
-    pub(crate) fn store(self, body: Bytes) -> Arc<Object> {
+impl Placement {
+    /// The head followers share, with the variant key decided now (a new
+    /// `Vary` gets a new variant id).
+    pub(crate) fn head(self, store: &dyn Store, length: Option<u64>) -> Head {
         let (cc, targeted) = self.directives;
         let lifetime = super::verdict::lifetime(
             self.status,
@@ -114,10 +110,10 @@ impl Pending {
         if self.ignore_accept_encoding {
             names.retain(|n| *n != header::ACCEPT_ENCODING);
         }
-        let entry = Arc::new(Object::Response(Entry {
+        let entry = Entry {
             status: self.status,
             headers: self.headers,
-            body,
+            body: Bytes::new(),
             request_time: self.request_time,
             response_time: self.response_time,
             initial_age,
@@ -125,29 +121,49 @@ impl Pending {
             cc,
             tags: self.tags,
             copies: Default::default(),
-        }));
-        if names.is_empty() {
-            self.store.insert(self.primary, entry.clone());
+        };
+        let (key, vary) = if names.is_empty() {
+            (self.primary.clone(), None)
         } else {
-            let id = match self.store.get(&self.primary).as_deref() {
+            let id = match store.get(&self.primary).as_deref() {
                 Some(Object::Vary { names: old, id }) if **old == *names => *id,
-                _ => {
-                    let id = fastrand::u64(..);
-                    self.store.insert(
-                        self.primary.clone(),
-                        Arc::new(Object::Vary {
-                            names: names.clone().into(),
-                            id,
-                        }),
-                    );
-                    id
-                }
+                _ => fastrand::u64(..),
             };
-            let variant = key::variant(&self.primary, id, &names, &self.request);
-            self.store.insert(variant, entry.clone());
+            let key = key::variant(&self.primary, id, &names, &self.request);
+            (key, Some((names.into_boxed_slice(), id)))
+        };
+        Head {
+            entry,
+            length,
+            key,
+            primary: self.primary,
+            vary,
         }
-        entry
     }
+}
+
+/// Stores `head`'s entry with `body` under its key (and the `Vary` marker
+/// under the primary key when it varies).
+pub(crate) fn store(store: &dyn Store, head: &Head, body: Bytes) -> Arc<Object> {
+    let entry = Arc::new(Object::Response(Entry {
+        body,
+        ..head.entry.clone()
+    }));
+    if let Some((names, id)) = &head.vary {
+        let current = store.get(&head.primary);
+        let marked = matches!(current.as_deref(), Some(Object::Vary { names: n, id: i }) if n == names && i == id);
+        if !marked {
+            store.insert(
+                head.primary.clone(),
+                Arc::new(Object::Vary {
+                    names: names.clone(),
+                    id: *id,
+                }),
+            );
+        }
+    }
+    store.insert(head.key.clone(), entry.clone());
+    entry
 }
 
 /// The fields that name surrogate keys; stripped before clients see them.
@@ -183,71 +199,6 @@ pub(crate) fn stored_head(headers: &HeaderMap) -> HeaderMap {
     h.remove(header::SET_COOKIE);
     h.remove(header::AGE);
     h
-}
-
-/// Where a fill reports the stored object, for a caller that answers from
-/// the entry once the body is read.
-pub(crate) type StoredSlot = Arc<Mutex<Option<Arc<Object>>>>;
-
-/// Copies a response into the store as it streams to its client (through
-/// [`crate::body::Watched`]): stores it when the body ends cleanly within `limit` bytes
-/// (and as long as its `Content-Length` said), then wakes coalesced
-/// requests. A body cut short, failing or too large is never stored.
-pub(crate) struct FillWatch {
-    buf: BytesMut,
-    limit: u64,
-    expected: Option<u64>,
-    pending: Option<Pending>,
-    guard: Option<FillGuard>,
-    stored: Option<StoredSlot>,
-}
-
-impl FillWatch {
-    pub(crate) fn new(
-        limit: u64,
-        pending: Pending,
-        guard: Option<FillGuard>,
-        stored: Option<StoredSlot>,
-    ) -> FillWatch {
-        FillWatch {
-            buf: BytesMut::new(),
-            limit,
-            expected: content_length(&pending.headers),
-            pending: Some(pending),
-            guard,
-            stored,
-        }
-    }
-}
-
-impl Watch for FillWatch {
-    fn data(&mut self, data: &Bytes) {
-        if self.pending.is_none() {
-            return;
-        }
-        if (self.buf.len() + data.len()) as u64 > self.limit {
-            // Too large to store: stop copying, and let the followers go.
-            self.pending = None;
-            self.buf = BytesMut::new();
-            self.guard = None;
-        } else {
-            self.buf.extend_from_slice(data);
-        }
-    }
-
-    fn end(mut self, how: End) {
-        let Some(pending) = self.pending.take().filter(|_| how == End::Complete) else {
-            return;
-        };
-        let body = std::mem::take(&mut self.buf).freeze();
-        if self.expected.is_none_or(|n| n == body.len() as u64) {
-            let object = pending.store(body);
-            if let Some(slot) = &self.stored {
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(object);
-            }
-        }
-        // Dropping the guard (with `self`) wakes the followers.
-    }
 }
 
 /// `true` when a response's head, as stored, lets clients reuse it.

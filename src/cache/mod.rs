@@ -4,8 +4,10 @@
 //! - [`policy`]: the RFC's rules as pure functions (may it be stored, is it
 //!   fresh, may a stale one be used).
 //! - [`store`]: where entries live (moka, bounded by bytes) behind a trait.
-//! - [`fill`]: coalescing of concurrent misses and copying a streaming
-//!   response into the store.
+//! - [`fill`]: coalescing of concurrent misses and where a response is
+//!   stored; [`filling`]: the shared, growing body of a fill in flight,
+//!   read from the origin at its own pace and by each client at theirs,
+//!   within the fill memory budget.
 //! - [`serve`]: answers made from an entry (HEAD, 304, ranges, `Age`,
 //!   `Cache-Status`).
 //! - [`purge`]: invalidation after unsafe methods and purge by URL, prefix,
@@ -26,6 +28,7 @@
 //! unsafe method's success.
 
 pub(crate) mod fill;
+pub(crate) mod filling;
 pub(crate) mod key;
 pub(crate) mod policy;
 pub(crate) mod purge;
@@ -36,18 +39,19 @@ pub(crate) mod targeted;
 pub(crate) mod verdict;
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{header, HeaderMap, Method, Response, StatusCode};
-use http_body_util::BodyExt;
 
-use crate::body::{self, ProxyBody, Watched};
+use crate::body::{self, ProxyBody};
 use crate::compress::{self, Accepted};
 use crate::config::{CacheConfig, Coding, CompressionConfig, Level};
 use crate::headers::cache_control::CacheControl;
+use crate::headers::content_length;
 use crate::reply::{self, Refusal};
-use fill::{FillGuard, FillWatch, Fills, Join, Pending};
+use fill::{FillGuard, Fills, Join, Placement};
+use filling::{Budget, Filling};
 use policy::Use;
 use serve::Status;
 use store::{Entry, MemoryStore, Object, Store};
@@ -58,6 +62,8 @@ use store::{Entry, MemoryStore, Object, Store};
 pub(crate) struct Cache {
     pub store: Arc<dyn Store>,
     fills: Arc<Fills>,
+    /// What fills in flight hold, against `max_fill_memory`.
+    budget: Arc<Budget>,
     max_size: u64,
 }
 
@@ -67,6 +73,7 @@ impl Cache {
         Cache {
             store: Arc::new(MemoryStore::new(config.max_size, move || evictions.inc())),
             fills: Arc::default(),
+            budget: Arc::new(Budget::new(config.max_fill_memory)),
             max_size: config.max_size,
         }
     }
@@ -80,11 +87,13 @@ impl Cache {
         let Some(previous) = previous else {
             return Arc::new(Cache::new(config));
         };
+        previous.budget.set_limit(config.max_fill_memory);
         if previous.max_size == config.max_size {
             return previous.clone();
         }
         let mut resized = Cache::new(config);
         resized.fills = previous.fills.clone();
+        resized.budget = previous.budget.clone();
         previous.store.each(&mut |key, object| {
             resized.store.insert(key.to_string(), object.clone());
         });
@@ -98,6 +107,8 @@ impl Cache {
             .set(i64::try_from(self.store.entries()).unwrap_or(i64::MAX));
         m.cache_bytes
             .set(i64::try_from(self.store.bytes()).unwrap_or(i64::MAX));
+        m.cache_fill_bytes
+            .set(i64::try_from(self.budget.used()).unwrap_or(i64::MAX));
     }
 
     /// Finds the stored response for a request whose primary key is
@@ -162,6 +173,8 @@ fn entry_of(object: &Object) -> Option<&Entry> {
 pub(crate) struct Settings<'a> {
     pub cache: &'a CacheConfig,
     pub compression: &'a CompressionConfig,
+    /// The route's name, for the metrics a fill counts.
+    pub route: &'a str,
 }
 
 /// A request on a caching route, as the cache sees it: the head the proxy
@@ -304,19 +317,12 @@ impl Cache {
                 result: Some("miss"),
             });
         }
-        let guard = match self.fills.join(found.key(&req.primary)) {
+        let guard = match self.fills.join(found.key(&req.primary), &self.budget) {
             Join::Leader(guard) => Some(guard),
-            Join::Follower(rx) => {
+            Join::Follower(filling) => {
                 // Boxed: rare, and it would make every lookup's future larger.
-                Box::pin(Fills::wait(rx, set.cache.lock_timeout)).await;
-                let again = self.find(&req.primary, req.head);
-                if let Some(entry) = again.entry.as_deref().and_then(entry_of) {
-                    let now = SystemTime::now();
-                    if let Use::Fresh | Use::StaleAllowed = asked.usable(entry, now) {
-                        let served = (entry, again.key(&req.primary));
-                        let detail = Some("collapsed");
-                        return Lookup::Hit(self.hit(set, "coalesced", served, view, detail, now));
-                    }
+                if let Some(answer) = Box::pin(follow(set, filling, &asked, view)).await {
+                    return Lookup::Hit(answer);
                 }
                 // The leader's response could not be shared: go on our own.
                 None
@@ -340,7 +346,7 @@ impl Cache {
     /// The background revalidation of a stale entry served now, unless
     /// another refresh of the same key already runs (it wins).
     fn refresh(&self, req: &Request<'_>, key: &str, object: Arc<Object>) -> Option<Fill> {
-        let Join::Leader(guard) = self.fills.join(key) else {
+        let Join::Leader(guard) = self.fills.join(key, &self.budget) else {
             return None;
         };
         Some(Fill {
@@ -457,6 +463,55 @@ impl Cache {
     }
 }
 
+/// A request that found another filling its key: once the leader's head
+/// is in (within `lock_timeout`), served from the fill as its body arrives,
+/// when the response is fresh enough for it and the same `Vary` variant.
+async fn follow(
+    set: Settings<'_>,
+    filling: Arc<Filling>,
+    asked: &Directives,
+    view: View<'_>,
+) -> Option<Answer> {
+    let head = tokio::time::timeout(set.cache.lock_timeout, filling.head())
+        .await
+        .ok()??;
+    if !head.serves(view.head) {
+        return None;
+    }
+    let now = SystemTime::now();
+    let entry = &head.entry;
+    if !matches!(asked.usable(entry, now), Use::Fresh | Use::StaleAllowed) {
+        return None;
+    }
+    let age = entry.age(now);
+    let mut resp = serve::from_fill(&head, &filling, view.method, view.head, age)?;
+    let status = Status::Hit {
+        ttl: serve::ttl(entry, age),
+        detail: Some("collapsed"),
+    };
+    status_header(set.cache, &mut resp, &status);
+    Some(Answer {
+        resp,
+        result: Some("coalesced"),
+    })
+}
+
+/// Carried by a fill leader's response to the access log, which says at
+/// the end of the body what became of the fill (`miss; stored`).
+#[derive(Clone)]
+pub(crate) struct FillReport(Arc<Filling>);
+
+impl FillReport {
+    /// The access log's `cache` value for the lookup `result`.
+    pub(crate) fn cache_field(&self, result: &'static str) -> &'static str {
+        match (result, self.0.outcome()) {
+            ("miss", filling::Outcome::Stored) => "miss; stored",
+            ("miss", filling::Outcome::OverBudget) => "miss; detail=fill-budget",
+            _ => result,
+        }
+    }
+}
+
 /// What a hit on a compressing route sends.
 enum Copy {
     /// Not a case for a stored copy (a range, a coded or incompressible
@@ -551,10 +606,11 @@ impl Fill {
 
     /// Decides on the upstream's response: a 304 freshens the stale entry
     /// and answers from it; a 5xx may be replaced by the stale entry
-    /// (`stale-if-error`); a storable response streams to the client while
-    /// it is copied into the store. HEAD and conditional requests are
-    /// answered from the stored entry once its body is read (when its
-    /// length is known).
+    /// (`stale-if-error`); a storable response becomes a fill
+    /// ([`filling`]): its body is read into the cache by a task of its own
+    /// and the client reads it from there, as followers do. HEAD,
+    /// conditional and range requests are answered from the fill's head
+    /// (a range's bytes as they arrive).
     pub(crate) async fn finish(
         self,
         cache: &Cache,
@@ -661,18 +717,17 @@ impl Fill {
             status_header(cfg, &mut out, &Status::forward(fwd, fwd_status, false));
             return miss(out);
         }
+        // HEAD, conditionals and ranges are answered from the entry as it
+        // fills (304 and HEAD at once, a range as its bytes arrive); a GET
+        // gets the upstream's own head (its `Set-Cookie` included) and the
+        // body from the fill.
         let answer_from_entry = head_only
             || fill::CLIENT_CONDITIONALS
                 .iter()
                 .any(|h| view.head.contains_key(h));
-        // Reading the body first is bounded only when its length is known
-        // (and within max_object_size, checked above). Otherwise a GET gets
-        // the whole 200 as it streams (ignoring Range and conditionals is
-        // allowed), and a HEAD its head without waiting for the body.
-        let length_known = parts.headers.contains_key(header::CONTENT_LENGTH);
-        let pending = Pending {
+        let length = content_length(&parts.headers);
+        let placement = Placement {
             ignore_accept_encoding: accepted.is_some(),
-            store: cache.store.clone(),
             primary,
             request: head.clone(),
             status,
@@ -684,52 +739,60 @@ impl Fill {
             directives,
         };
         parts.headers.remove(&surrogate::SURROGATE_CONTROL);
-        if answer_from_entry && !length_known && head_only {
-            // Only an already complete (empty) body is stored; the rest of
-            // a body of unknown length is not waited for.
-            drop(Watched::new(
-                upstream_body,
-                FillWatch::new(cfg.max_object_size, pending, guard, None),
-            ));
-            let mut out = Response::from_parts(parts, body::empty());
-            status_header(cfg, &mut out, &Status::forward(fwd, fwd_status, false));
+        let filling = match &guard {
+            Some(g) => g.filling.clone(),
+            None => Filling::new(cache.budget.clone()),
+        };
+        let report = FillReport(filling.clone());
+        let shared = Arc::new(placement.head(cache.store.as_ref(), length));
+        let over_budget = crate::metrics::get()
+            .cache_fill_budget_exceeded
+            .with_label_values(&[set.route]);
+        if !filling.open(shared.clone(), over_budget) {
+            // No room in the fill budget for this body: it streams on,
+            // uncached, and the followers go on their own.
+            drop(guard);
+            let body = if head_only {
+                body::empty()
+            } else {
+                upstream_body
+            };
+            let mut out = Response::from_parts(parts, body);
+            let status = Status::Forward {
+                fwd,
+                fwd_status,
+                stored: false,
+                collapsed: false,
+                detail: Some("fill-budget"),
+            };
+            status_header(cfg, &mut out, &status);
+            out.extensions_mut().insert(report);
             return miss(out);
         }
-        let cache_status = Status::forward(fwd, fwd_status, true);
-        if !answer_from_entry || !length_known {
-            let watch = FillWatch::new(cfg.max_object_size, pending, guard, None);
-            let filling = Watched::new(upstream_body, watch);
-            let mut out = Response::from_parts(parts, filling.boxed());
-            status_header(cfg, &mut out, &cache_status);
-            return miss(out);
-        }
-        // HEAD, conditionals and ranges are answered from the stored entry,
-        // so the whole body is read first.
-        let slot = Arc::new(Mutex::new(None));
-        let watch = FillWatch::new(cfg.max_object_size, pending, guard, Some(slot.clone()));
-        let whole = match Watched::new(upstream_body, watch).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) => {
-                tracing::warn!(error = %e, "upstream body failed");
-                return miss(Refusal::UpstreamFailed.reply());
-            }
+        let out = if answer_from_entry {
+            let age = shared.entry.age(SystemTime::now());
+            serve::from_fill(&shared, &filling, view.method, view.head, age)
+        } else {
+            filling
+                .reader(0, length, true)
+                .map(|r| Response::from_parts(parts, filling::boxed(r)))
         };
-        let stored = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let mut out = match stored.as_deref().and_then(entry_of) {
-            Some(entry) => {
-                let age = entry.age(SystemTime::now());
-                serve::from_entry(entry, view.method, view.head, age, None)
-            }
-            None => {
-                let body = if head_only {
-                    body::empty()
-                } else {
-                    body::full(whole)
-                };
-                Response::from_parts(parts, body)
-            }
-        };
-        status_header(cfg, &mut out, &cache_status);
+        let store = cache.store.clone();
+        let placed = shared.clone();
+        tokio::spawn(filling::drive(
+            filling,
+            upstream_body,
+            cfg.max_object_size,
+            length,
+            guard,
+            move |body| {
+                fill::store(store.as_ref(), &placed, body);
+            },
+        ));
+        // A fill that has not started keeps every byte: a reader is had.
+        let mut out = out.unwrap_or_else(|| Refusal::UpstreamFailed.reply());
+        status_header(cfg, &mut out, &Status::forward(fwd, fwd_status, false));
+        out.extensions_mut().insert(report);
         miss(out)
     }
 }

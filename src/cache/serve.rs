@@ -8,6 +8,9 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusC
 
 use bytes::Bytes;
 
+use std::sync::Arc;
+
+use super::filling::{self, Filling, Head};
 use super::store::Entry;
 use crate::body::{self, ProxyBody};
 use crate::config::Coding;
@@ -27,12 +30,14 @@ pub(crate) enum Status {
     /// Went upstream: `fwd` is RFC 9211's reason (`miss`, `uri-miss`,
     /// `vary-miss`, `request`, `stale`, `method`, `bypass`), `fwd_status`
     /// the upstream's status when it differs from ours, `stored` whether
-    /// the response was stored.
+    /// the response was stored (said only once it is: a body still
+    /// streaming may yet fail), `detail` why it was not (`fill-budget`).
     Forward {
         fwd: &'static str,
         fwd_status: Option<u16>,
         stored: bool,
         collapsed: bool,
+        detail: Option<&'static str>,
     },
     /// Went upstream for a stale entry, which was then served anyway
     /// because the upstream failed: `detail` says why it was allowed.
@@ -47,6 +52,7 @@ impl Status {
             fwd_status,
             stored,
             collapsed: false,
+            detail: None,
         }
     }
 
@@ -69,6 +75,7 @@ impl Status {
                 fwd_status,
                 stored,
                 collapsed,
+                detail,
             } => {
                 t.extend_from_slice(b"sluice; fwd=");
                 t.extend_from_slice(fwd.as_bytes());
@@ -81,6 +88,10 @@ impl Status {
                 }
                 if *collapsed {
                     t.extend_from_slice(b"; collapsed");
+                }
+                if let Some(d) = detail {
+                    t.extend_from_slice(b"; detail=");
+                    t.extend_from_slice(d.as_bytes());
                 }
             }
             Status::ForwardedStale { detail } => {
@@ -110,44 +121,97 @@ pub fn from_entry(
     age: Duration,
     encoded: Option<(Coding, Bytes)>,
 ) -> Response<ProxyBody> {
-    let mut headers = entry.headers.clone();
-    headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
-    headers.remove(&super::surrogate::SURROGATE_CONTROL);
+    let mut headers = head_of(entry, age);
     let negotiated = encoded.is_some();
-    let body_bytes = match encoded {
+    let bytes = match encoded {
         Some((coding, bytes)) => {
             crate::compress::transformed_head(&mut headers, Some(coding), Some(bytes.len()));
-            Some(bytes)
+            bytes
         }
-        None => None,
+        None => entry.body.clone(),
     };
-    if entry.status == StatusCode::OK || entry.status.is_success() {
-        if let Some(resp) = not_modified(entry, req, &headers) {
-            return resp;
-        }
-    }
-    let head_only = method == Method::HEAD;
-    if entry.status == StatusCode::OK && !head_only && body_bytes.is_none() {
-        if let Some(resp) = range(entry, req, &headers) {
-            return resp;
-        }
-    }
-    let bytes = body_bytes.unwrap_or_else(|| entry.body.clone());
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-    let body = if head_only {
-        body::empty()
-    } else {
-        body::full(bytes)
+    let len = Some(bytes.len() as u64);
+    let rangeable = !negotiated;
+    let body = |range: Option<(u64, u64)>| {
+        Some(body::full(match range {
+            Some((first, last)) => bytes.slice(first as usize..=last as usize),
+            None => bytes.clone(),
+        }))
     };
-    let mut resp = Response::new(body);
-    *resp.status_mut() = entry.status;
-    if negotiated {
+    let mut resp = answer(entry, method, req, headers, len, rangeable, body)
+        .unwrap_or_else(|| Response::new(body::empty()));
+    if negotiated && resp.status() == entry.status {
         resp.extensions_mut().insert(crate::compress::Negotiated);
     }
-    *resp.headers_mut() = headers;
     resp
 }
 
+/// The response from an entry still filling: its head now, its body read
+/// from the fill as it arrives. `None` when the fill no longer keeps the
+/// bytes this answer needs (it became a relay).
+pub(crate) fn from_fill(
+    head: &Head,
+    filling: &Arc<Filling>,
+    method: &Method,
+    req: &HeaderMap,
+    age: Duration,
+) -> Option<Response<ProxyBody>> {
+    let headers = head_of(&head.entry, age);
+    let body = |range: Option<(u64, u64)>| {
+        let reader = match range {
+            Some((first, last)) => filling.reader(first, Some(last + 1), false),
+            None => filling.reader(0, head.length, true),
+        };
+        reader.map(filling::boxed)
+    };
+    answer(&head.entry, method, req, headers, head.length, true, body)
+}
+
+/// The head an entry is served with: `Age` set, `Surrogate-Control` gone.
+fn head_of(entry: &Entry, age: Duration) -> HeaderMap {
+    let mut headers = entry.headers.clone();
+    headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+    headers.remove(&super::surrogate::SURROGATE_CONTROL);
+    headers
+}
+
+/// A 304, a 206/416 (when `len` is known and `rangeable`), a HEAD or the
+/// whole body; `body` makes the body for an inclusive byte range or the
+/// whole (`None` when it cannot).
+fn answer(
+    entry: &Entry,
+    method: &Method,
+    req: &HeaderMap,
+    mut headers: HeaderMap,
+    len: Option<u64>,
+    rangeable: bool,
+    body: impl FnOnce(Option<(u64, u64)>) -> Option<ProxyBody>,
+) -> Option<Response<ProxyBody>> {
+    if entry.status.is_success() {
+        if let Some(resp) = not_modified(entry, req, &headers) {
+            return Some(resp);
+        }
+    }
+    let head_only = method == Method::HEAD;
+    if let (StatusCode::OK, false, true, Some(len)) = (entry.status, head_only, rangeable, len) {
+        if let Some(resolved) = range(entry, req, len) {
+            return ranged(headers, len, resolved, body);
+        }
+    }
+    match len {
+        Some(len) => headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len)),
+        None => headers.remove(header::CONTENT_LENGTH),
+    };
+    let body = if head_only {
+        body::empty()
+    } else {
+        body(None)?
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = entry.status;
+    *resp.headers_mut() = headers;
+    Some(resp)
+}
 /// Fields a 304 carries (RFC 9110 §15.4.5): those a 200 would have sent
 /// that describe the stored representation's metadata.
 const NOT_MODIFIED_FIELDS: [HeaderName; 8] = [
@@ -187,28 +251,37 @@ fn not_modified(
     Some(resp)
 }
 
-/// 206 for one satisfiable byte range, 416 when none is; `None` to send the
-/// whole body (no Range, several ranges, another unit, or an If-Range that
-/// does not match: all allowed by RFC 9110 §14.2).
-fn range(entry: &Entry, req: &HeaderMap, headers: &HeaderMap) -> Option<Response<ProxyBody>> {
+/// The client's single byte range resolved against `len`: `Some(Some)`
+/// for 206, `Some(None)` for 416, `None` to send the whole body (no Range,
+/// several ranges, another unit, or an If-Range that does not match: all
+/// allowed by RFC 9110 §14.2).
+fn range(entry: &Entry, req: &HeaderMap, len: u64) -> Option<Option<(u64, u64)>> {
     let spec = req.get(header::RANGE)?.to_str().ok()?;
     if let Some(if_range) = req.get(header::IF_RANGE) {
         if !if_range_matches(if_range, &entry.headers) {
             return None;
         }
     }
-    let len = entry.body.len() as u64;
+    parse_range(spec, len)
+}
+
+/// 206 with the range's bytes, or 416.
+fn ranged(
+    headers: HeaderMap,
+    len: u64,
+    resolved: Option<(u64, u64)>,
+    body: impl FnOnce(Option<(u64, u64)>) -> Option<ProxyBody>,
+) -> Option<Response<ProxyBody>> {
     let mut resp = Response::new(body::empty());
-    *resp.headers_mut() = headers.clone();
-    match parse_range(spec, len)? {
+    *resp.headers_mut() = headers;
+    match resolved {
         Some((first, last)) => {
-            let slice = entry.body.slice(first as usize..=last as usize);
+            *resp.body_mut() = body(Some((first, last)))?;
             resp.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(slice.len()));
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
             if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{len}")) {
                 resp.headers_mut().insert(header::CONTENT_RANGE, v);
             }
-            *resp.body_mut() = body::full(slice);
             *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
         }
         None => {
@@ -315,6 +388,7 @@ mod tests {
             fwd_status: None,
             stored: true,
             collapsed: false,
+            detail: None,
         };
         assert_eq!(stored.header_value(), "sluice; fwd=miss; stored");
         let revalidated = Status::Forward {
@@ -322,6 +396,7 @@ mod tests {
             fwd_status: Some(304),
             stored: false,
             collapsed: false,
+            detail: None,
         };
         assert_eq!(
             revalidated.header_value(),

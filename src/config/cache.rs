@@ -10,7 +10,7 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use super::observe::Cidr;
-use super::units::{de_duration, de_size};
+use super::units::{de_duration, de_opt_size, de_size};
 use super::{Seg, Validator};
 
 /// `[cache]` as written.
@@ -21,6 +21,9 @@ pub(crate) struct RawCache {
     pub max_size: u64,
     #[serde(default = "d_max_object_size", deserialize_with = "de_size")]
     pub max_object_size: u64,
+    /// Absent: a quarter of `max_size`, and at least `max_object_size`.
+    #[serde(default, deserialize_with = "de_opt_size")]
+    pub max_fill_memory: Option<u64>,
     #[serde(default = "yes")]
     pub status_header: bool,
     #[serde(default = "d_5s", deserialize_with = "de_duration")]
@@ -42,6 +45,7 @@ impl Default for RawCache {
         RawCache {
             max_size: d_max_size(),
             max_object_size: d_max_object_size(),
+            max_fill_memory: None,
             status_header: true,
             lock_timeout: d_5s(),
             serve_stale_on_error: Duration::ZERO,
@@ -85,6 +89,9 @@ pub struct CacheConfig {
     pub max_size: u64,
     /// Larger responses stream through without being stored.
     pub max_object_size: u64,
+    /// Bytes all fills in flight may hold together; a fill beyond it
+    /// streams on uncached (`detail=fill-budget`).
+    pub max_fill_memory: u64,
     /// Send RFC 9211 `Cache-Status` on responses of caching routes.
     pub status_header: bool,
     /// How long a request waits for a concurrent identical miss before
@@ -126,6 +133,9 @@ impl CacheConfig {
         CacheConfig {
             max_size: raw.max_size,
             max_object_size: raw.max_object_size,
+            max_fill_memory: raw
+                .max_fill_memory
+                .unwrap_or_else(|| (raw.max_size / 4).max(raw.max_object_size)),
             status_header: raw.status_header,
             lock_timeout: raw.lock_timeout,
             serve_stale_on_error: raw.serve_stale_on_error,
@@ -189,6 +199,18 @@ impl Validator<'_> {
                     raw.max_object_size, raw.max_size
                 ),
             );
+        }
+        if let Some(budget) = raw.max_fill_memory {
+            if budget < raw.max_object_size {
+                self.error(
+                    &at("max_fill_memory"),
+                    format!(
+                        "{budget} bytes is less than max_object_size ({} bytes): \
+                         an object that large could never be stored",
+                        raw.max_object_size
+                    ),
+                );
+            }
         }
         if raw.lock_timeout.is_zero() {
             self.error(

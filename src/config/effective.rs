@@ -316,6 +316,7 @@ pub(crate) fn effective_toml(c: &Config) -> String {
         Value::Table(table([
             ("max_size", int(cache.max_size)),
             ("max_object_size", int(cache.max_object_size)),
+            ("max_fill_memory", int(cache.max_fill_memory)),
             ("status_header", Value::Boolean(cache.status_header)),
             ("lock_timeout", duration(cache.lock_timeout)),
             ("serve_stale_on_error", duration(cache.serve_stale_on_error)),

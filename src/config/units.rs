@@ -111,6 +111,11 @@ pub(crate) fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> 
     d.deserialize_any(V)
 }
 
+/// Serde adapter for an optional byte size (present: as [`de_size`]).
+pub(crate) fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_size(d).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

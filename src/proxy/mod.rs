@@ -255,7 +255,7 @@ async fn through_cache(
     outcome: &mut observe::Outcome,
 ) -> cache::Answer {
     let cache = &leg.snap.cache;
-    let set = settings(leg.snap);
+    let set = settings(leg.snap, leg.route);
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let asked = cache::Request {
         primary: cache::key::primary(
@@ -294,10 +294,11 @@ async fn through_cache(
     }
 }
 
-fn settings(snap: &Snapshot) -> cache::Settings<'_> {
+fn settings<'a>(snap: &'a Snapshot, route: &'a Route) -> cache::Settings<'a> {
     cache::Settings {
         cache: &snap.config.cache,
         compression: &snap.config.compression,
+        route: &route.name,
     }
 }
 
@@ -318,7 +319,9 @@ fn refresh_in_background(snap: &Arc<Snapshot>, route: &Route, mut fill: cache::F
         };
         let mut outcome = observe::Outcome::default();
         let resp = forward(leg, req, None, None, &mut outcome).await;
-        let answer = fill.finish(&snap.cache, settings(&snap), resp).await;
+        let answer = fill
+            .finish(&snap.cache, settings(&snap, &route), resp)
+            .await;
         if let Err(e) = answer.resp.into_body().collect().await {
             tracing::debug!(error = %e, "background revalidation failed");
         }

@@ -172,6 +172,7 @@ impl Start {
             started: self.started,
             bytes: 0,
             entry: self.entry,
+            fill: resp.extensions().get::<crate::cache::FillReport>().cloned(),
         };
         if let (Some(route), Some(result)) = (outcome.route, outcome.cache) {
             done.snap.metrics.cache_lookup(route, result);
@@ -201,6 +202,8 @@ struct Done {
     started: Instant,
     bytes: u64,
     entry: Option<Box<Entry>>,
+    /// A fill's leader: what became of the fill, for the `cache` field.
+    fill: Option<crate::cache::FillReport>,
 }
 
 impl Done {
@@ -211,6 +214,9 @@ impl Done {
         if let (Some(mut e), Some(log)) = (self.entry, &self.snap.config.access_log) {
             e.status = self.status;
             e.bytes = self.bytes;
+            if let (Some(fill), Some(result)) = (&self.fill, e.cache) {
+                e.cache = Some(fill.cache_field(result));
+            }
             e.duration = elapsed;
             access_log::send(&e, log.format);
         }

@@ -671,6 +671,27 @@ pub fn one_worker(config: &str) -> String {
     format!("[server]\nworkers = 1\n{config}")
 }
 
+/// Waits until `path` holds at least `n` lines and returns them.
+pub fn file_lines(path: &Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= n {
+            // Nothing more should follow.
+            std::thread::sleep(Duration::from_millis(100));
+            let again = std::fs::read_to_string(path).unwrap_or_default();
+            return again.lines().map(str::to_string).collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} lines in {path:?}:\n{text}",
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 // ---------------------------------------------------------------- clients --
 
 /// A collected response.
