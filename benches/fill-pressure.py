@@ -8,8 +8,11 @@ try them, against one sluice binary (one worker):
   slow-leader   a client reading 10 KB/s leads a miss on a SIZE object;
                 a second client asks for it 0.5 s later: its time to the
                 whole body (it must not wait on the leader).
+  fan-out       N clients (curl) ask for one FAN_MB object at once: origin
+                requests, sluice's peak RSS growth, and whether every
+                client got it whole.
 
-Usage: benches/fill-pressure.py SLUICE_BIN [N] [SIZE_MB]
+Usage: benches/fill-pressure.py SLUICE_BIN [N] [SIZE_MB] [FAN_MB]
 Prints one line per scenario. Python 3 only; the origin runs in-process.
 """
 import http.server
@@ -25,19 +28,24 @@ import time
 SLUICE = sys.argv[1]
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 100
 SIZE = int(float(sys.argv[3]) * 1e6) if len(sys.argv) > 3 else 5_000_000
+FAN = int(float(sys.argv[4]) * 2**20) if len(sys.argv) > 4 else 200 * 2**20
 BODY = b"x" * SIZE
+FAN_BODY = b"f" * FAN
+ORIGIN_HITS = {}
 
 
 class Origin(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
+        ORIGIN_HITS[self.path] = ORIGIN_HITS.get(self.path, 0) + 1
+        body = FAN_BODY if self.path.startswith("/fan") else BODY
         self.send_response(200)
         self.send_header("Cache-Control", "max-age=600")
-        self.send_header("Content-Length", str(SIZE))
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         try:
-            self.wfile.write(BODY)
+            self.wfile.write(body)
         except OSError:
             pass
 
@@ -53,7 +61,7 @@ def rss(pid):
     return 0
 
 
-def start_sluice(origin_port):
+def start_sluice(origin_port, cache='max_size = "64MiB"'):
     d = tempfile.mkdtemp()
     cfg = os.path.join(d, "sluice.toml")
     with open(cfg, "w") as f:
@@ -69,7 +77,7 @@ cache = true
 [pool.app]
 servers = [ {{ addr = "127.0.0.1:{origin_port}" }} ]
 [cache]
-max_size = "64MiB"
+{cache}
 lock_timeout = "5s"
 """)
     p = subprocess.Popen([SLUICE, "--config", cfg], stdout=subprocess.PIPE,
@@ -155,6 +163,26 @@ def main():
         stop.set()
         leader.close()
         second.close()
+    finally:
+        p.terminate()
+        p.wait()
+
+    mib = FAN // 2**20
+    p, port = start_sluice(origin.server_address[1],
+                           f'max_size = "{2 * mib}MiB"\nmax_object_size = "{mib}MiB"')
+    try:
+        base = peak = rss(p.pid)
+        url = f"http://127.0.0.1:{port}/fan"
+        curls = [subprocess.Popen(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}",
+                                  "-H", "Host: example.com", url],
+                                  stdout=subprocess.PIPE, text=True) for _ in range(N)]
+        while any(c.poll() is None for c in curls):
+            peak = max(peak, rss(p.pid))
+            time.sleep(0.05)
+        whole = sum(int(c.stdout.read() or 0) == FAN for c in curls)
+        print(f"fan-out: {N} clients x {mib} MiB, {ORIGIN_HITS.get('/fan', 0)} origin request(s), "
+              f"{whole}/{N} whole, peak RSS +{(peak - base) / 2**20:.0f} MiB "
+              f"({(peak - base) / FAN:.2f} copies)")
     finally:
         p.terminate()
         p.wait()

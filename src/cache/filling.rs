@@ -1,10 +1,16 @@
 //! A response on its way into the cache, shared while it fills.
 //!
 //! The origin's body is read by a task of its own ([`drive`]) as fast as the
-//! origin sends it, into a buffer that every client of the fill (the leader
-//! and the coalesced followers) reads at its own pace from its own position
-//! ([`Reader`]). A slow client delays nobody, and a follower that arrives
-//! mid-body gets what has arrived so far at once, then the rest as it comes.
+//! origin sends it, into one buffer that every client of the fill (the
+//! leader and the coalesced followers) reads at its own pace from its own
+//! position ([`Reader`]). A slow client delays nobody, and a follower that
+//! arrives mid-body gets what has arrived so far at once, then the rest as
+//! it comes. The buffer becomes the stored body as it is, without a copy.
+//!
+//! Readers copy what they send in frames of at most [`FRAME`] bytes: a
+//! client's write queue then never pins the object (a slice would keep all
+//! of it alive, evicted or not), so what a fill holds is exactly what the
+//! budget counts, and a client that reads nothing holds a few frames.
 //!
 //! All fills together hold at most `[cache] max_fill_memory` bytes
 //! ([`Budget`]). A fill that would go beyond it, or beyond
@@ -30,6 +36,9 @@ use crate::body::{BoxError, ProxyBody};
 
 /// How far a relay reads ahead of its slowest client.
 pub(crate) const RELAY_WINDOW: u64 = 64 << 10;
+
+/// The largest frame a reader copies out at once.
+pub(crate) const FRAME: usize = 64 << 10;
 
 /// The bytes all fills hold, against `[cache] max_fill_memory`
 /// (`sluice_cache_fill_bytes`).
@@ -150,18 +159,21 @@ enum Shared {
 
 struct State {
     head: Shared,
-    /// Received body bytes from offset `base` on, each with its offset;
-    /// each counted in the budget for as long as any part of it lives.
+    /// Every byte received, while the fill stores.
+    buf: BytesMut,
+    /// A relay's bytes from offset `base` on, each chunk with its offset.
     chunks: VecDeque<(u64, Bytes)>,
     base: u64,
     received: u64,
-    /// The stored body, for a reader that comes after the chunks went.
+    /// The stored body, once complete.
     whole: Option<Bytes>,
     /// The body ended: every byte is in (`true`) or it failed.
     ended: Option<bool>,
     /// Keeping every byte for the store; `false` once a relay.
     storing: bool,
     outcome: Outcome,
+    /// Bytes this fill counts in the budget.
+    counted: u64,
     /// Position of each live reader, by reader id.
     readers: Vec<Option<u64>>,
     /// Readers (and followers waiting for the head) to wake on news.
@@ -185,6 +197,31 @@ impl State {
             .min()
             .unwrap_or(self.received)
     }
+
+    /// A copy of at most [`FRAME`] bytes from `pos` (and before `to`), of
+    /// what this fill still keeps.
+    fn copy(&self, pos: u64, to: u64) -> Option<Bytes> {
+        let end = to.min(self.received).min(pos.saturating_add(FRAME as u64));
+        if pos >= end {
+            return None;
+        }
+        let (from, end) = (usize::try_from(pos).ok()?, usize::try_from(end).ok()?);
+        if let Some(whole) = &self.whole {
+            return whole.get(from..end).map(Bytes::copy_from_slice);
+        }
+        if self.storing {
+            return self.buf.get(from..end).map(Bytes::copy_from_slice);
+        }
+        // A relay: the chunk holding `pos`.
+        let i = match self.chunks.binary_search_by(|(at, _)| at.cmp(&pos)) {
+            Ok(i) => i,
+            Err(i) => i.checked_sub(1)?,
+        };
+        let (at, chunk) = self.chunks.get(i)?;
+        let at = usize::try_from(*at).ok()?;
+        let slice = chunk.get(from - at..(end - at).min(chunk.len()))?;
+        (!slice.is_empty()).then(|| Bytes::copy_from_slice(slice))
+    }
 }
 
 /// One fill's shared state (see the module docs).
@@ -204,30 +241,12 @@ impl std::fmt::Debug for Filling {
 #[error("the upstream body failed before its end")]
 pub(crate) struct FillFailed;
 
-/// A received chunk's bytes, counted in the budget until the last piece of
-/// it is gone: from the fill, and from every client's write queue.
-struct Counted {
-    data: Bytes,
-    budget: Arc<Budget>,
-}
-
-impl AsRef<[u8]> for Counted {
-    fn as_ref(&self) -> &[u8] {
-        &self.data
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.budget.release(self.data.len() as u64);
-    }
-}
-
 impl Filling {
     pub(crate) fn new(budget: Arc<Budget>) -> Arc<Filling> {
         Arc::new(Filling {
             state: Mutex::new(State {
                 head: Shared::Waiting,
+                buf: BytesMut::new(),
                 chunks: VecDeque::new(),
                 base: 0,
                 received: 0,
@@ -235,6 +254,7 @@ impl Filling {
                 ended: None,
                 storing: true,
                 outcome: Outcome::Open,
+                counted: 0,
                 readers: Vec::new(),
                 waiting: Vec::new(),
                 driver: None,
@@ -262,6 +282,9 @@ impl Filling {
                 wake_all(&mut s);
                 return false;
             }
+            // One allocation for the whole body (pages are touched as the
+            // bytes arrive).
+            s.buf.reserve(usize::try_from(n).unwrap_or(0));
         }
         s.head = Shared::Ready(head);
         s.over_budget = Some(over_budget);
@@ -358,41 +381,49 @@ impl Filling {
                 Self::stop_storing(&mut s, Outcome::OverBudget);
             }
         }
-        if !s.storing {
+        if s.storing {
+            s.buf.extend_from_slice(&data);
+        } else {
             // A relay's window is counted whatever the limit.
             self.budget.add(n);
+            let at = s.received;
+            s.chunks.push_back((at, data));
         }
-        let chunk = Bytes::from_owner(Counted {
-            data,
-            budget: self.budget.clone(),
-        });
-        let at = s.received;
-        s.chunks.push_back((at, chunk));
+        s.counted += n;
         s.received += n;
         if !s.storing {
-            Self::trim(&mut s);
+            self.trim(&mut s);
         }
         wake_all(&mut s);
         !was_storing || s.storing
     }
 
-    /// Turns the fill into a relay.
+    /// Turns the fill into a relay: what was received so far becomes its
+    /// first chunk.
     fn stop_storing(s: &mut State, why: Outcome) {
         s.storing = false;
         s.outcome = why;
+        let kept = s.buf.split().freeze();
+        s.buf = BytesMut::new();
+        if !kept.is_empty() {
+            s.chunks.push_back((0, kept));
+        }
         tracing::debug!(reason = ?why, "fill stops storing and relays");
     }
 
     /// Drops the chunks every live reader has read past (a relay's).
-    fn trim(s: &mut State) {
+    fn trim(&self, s: &mut State) {
         let slowest = s.slowest();
         while let Some((at, chunk)) = s.chunks.front() {
             let end = at + chunk.len() as u64;
             if end > slowest {
                 break;
             }
+            let n = (chunk.len() as u64).min(s.counted);
             s.chunks.pop_front();
             s.base = end;
+            self.budget.release(n);
+            s.counted -= n;
         }
     }
 
@@ -415,41 +446,54 @@ impl Filling {
         Poll::Pending
     }
 
-    /// The body ended: `whole` is every byte when it was stored.
-    fn end(&self, complete: bool, whole: Option<Bytes>) {
+    /// The body ended, complete or not. A complete body that was stored
+    /// whole is returned, to go to the store.
+    fn end(&self, complete: bool) -> Option<Bytes> {
         let mut s = self.lock();
         s.ended = Some(complete);
         if !complete && s.outcome == Outcome::Open {
             s.outcome = Outcome::Failed;
         }
-        if let Some(whole) = whole {
-            s.whole = Some(whole);
+        let whole = if complete && s.storing {
+            let whole = s.buf.split().freeze();
+            s.whole = Some(whole.clone());
             s.outcome = Outcome::Stored;
-        }
-        // A failed body is read no more; the chunks of a finished one stay
-        // (counted) while clients read them.
-        if !complete || !s.reading() {
+            Some(whole)
+        } else {
+            None
+        };
+        s.buf = BytesMut::new();
+        if !complete {
             s.chunks.clear();
+        }
+        // A failed body is read no more. A stored one stays counted while a
+        // client still reads it: were the entry evicted meanwhile, the fill
+        // would hold it alone. A relay's chunks count until read.
+        if !complete || !s.reading() {
+            self.release(&mut s);
         }
         s.storing = false;
         if let Shared::Waiting = s.head {
             s.head = Shared::Refused;
         }
         wake_all(&mut s);
+        whole
     }
 
-    /// Every byte received, in one piece, when the fill kept them all.
-    fn assemble(&self) -> Option<Bytes> {
-        let s = self.lock();
-        if !s.storing || s.base != 0 {
-            return None;
+    fn release(&self, s: &mut State) {
+        s.chunks.clear();
+        if s.whole.is_none() {
+            s.buf = BytesMut::new();
         }
-        let len = usize::try_from(s.received).ok()?;
-        let mut whole = BytesMut::with_capacity(len);
-        for (_, c) in &s.chunks {
-            whole.extend_from_slice(c);
-        }
-        Some(whole.freeze())
+        self.budget.release(s.counted);
+        s.counted = 0;
+    }
+}
+
+impl Drop for Filling {
+    fn drop(&mut self) {
+        let s = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.budget.release(s.counted);
     }
 }
 
@@ -487,7 +531,7 @@ pub(crate) async fn drive<R>(
         .await;
         let Some(next) = next else {
             // A relay nobody reads any more.
-            filling.end(false, None);
+            filling.end(false);
             return;
         };
         match next {
@@ -501,7 +545,7 @@ pub(crate) async fn drive<R>(
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "upstream body failed while filling the cache");
                 drop(registration);
-                filling.end(false, None);
+                filling.end(false);
                 return;
             }
             None => break,
@@ -510,14 +554,12 @@ pub(crate) async fn drive<R>(
     let received = filling.lock().received;
     if expected.is_some_and(|n| n != received) {
         drop(registration);
-        filling.end(false, None);
+        filling.end(false);
         return;
     }
-    let whole = filling.assemble();
-    if let Some(whole) = &whole {
-        store(whole.clone());
+    if let Some(whole) = filling.end(true) {
+        store(whole);
     }
-    filling.end(true, whole);
     // Dropped last: until now a request for the key joins this fill; from
     // now on it finds the stored entry.
     drop(registration);
@@ -536,35 +578,6 @@ pub(crate) struct Reader {
     to_end: bool,
 }
 
-impl Reader {
-    /// The next piece from this reader's position: from the chunks while
-    /// the fill keeps them (they are what the budget counts), else from the
-    /// stored body.
-    fn next(&self, s: &State) -> Option<Bytes> {
-        let to = self.to.unwrap_or(u64::MAX);
-        let in_chunks = self.pos >= s.base && self.pos < s.received && !s.chunks.is_empty();
-        if !in_chunks {
-            let whole = s.whole.as_ref()?;
-            let end = (whole.len() as u64).min(to);
-            if self.pos >= end {
-                return None;
-            }
-            return Some(whole.slice(self.pos as usize..end as usize));
-        }
-        let i = match s.chunks.binary_search_by(|(at, _)| at.cmp(&self.pos)) {
-            Ok(i) => i,
-            Err(i) => i.checked_sub(1)?,
-        };
-        let (at, chunk) = s.chunks.get(i)?;
-        let skip = (self.pos - at) as usize;
-        let end = (chunk.len() as u64).min(to.saturating_sub(*at)) as usize;
-        if skip >= end {
-            return None;
-        }
-        Some(chunk.slice(skip..end))
-    }
-}
-
 impl Body for Reader {
     type Data = Bytes;
     type Error = BoxError;
@@ -579,7 +592,7 @@ impl Body for Reader {
         }
         let filling = this.filling.clone();
         let mut s = filling.lock();
-        if let Some(piece) = this.next(&s) {
+        if let Some(piece) = s.copy(this.pos, this.to.unwrap_or(u64::MAX)) {
             let pos = this.pos + piece.len() as u64;
             if this.to_end && s.ended.is_none() && this.to == Some(pos) {
                 // The last bytes of a known length go once the fill is
@@ -592,8 +605,8 @@ impl Body for Reader {
             if let Some(slot) = s.readers.get_mut(this.id) {
                 *slot = Some(pos);
             }
-            if !s.storing && s.whole.is_none() {
-                Filling::trim(&mut s);
+            if !s.chunks.is_empty() {
+                filling.trim(&mut s);
                 if let Some(w) = s.driver.take() {
                     w.wake();
                 }
@@ -602,9 +615,9 @@ impl Body for Reader {
         }
         match s.ended {
             Some(false) => Poll::Ready(Some(Err(Box::new(FillFailed)))),
-            Some(true) if s.whole.is_some() || this.pos >= s.received => Poll::Ready(None),
-            // A relay trimmed past this reader: cannot happen for a live
-            // reader, but never pretend the body is whole.
+            Some(true) if this.pos >= s.received => Poll::Ready(None),
+            // Bytes this reader has not had are gone: never pretend the
+            // body is whole.
             Some(true) => Poll::Ready(Some(Err(Box::new(FillFailed)))),
             None => {
                 push_waker(&mut s.waiting, cx.waker());
@@ -633,9 +646,9 @@ impl Drop for Reader {
         }
         if s.ended.is_some() && !s.reading() {
             // The last reader of a finished fill: nothing is kept for it.
-            s.chunks.clear();
-        } else if !s.storing && s.whole.is_none() {
-            Filling::trim(&mut s);
+            self.filling.release(&mut s);
+        } else if !s.chunks.is_empty() {
+            self.filling.trim(&mut s);
             if let Some(w) = s.driver.take() {
                 w.wake();
             }
@@ -847,6 +860,29 @@ mod tests {
         assert!(peak <= 2 * RELAY_WINDOW + (16 << 10), "peak {peak}");
         assert!(f.reader(0, None, true).is_none(), "nobody joins a relay");
         assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn frames_are_copies_that_pin_nothing() {
+        let budget = Arc::new(Budget::new(1 << 20));
+        let f = Filling::new(budget.clone());
+        assert!(f.open(head(None), counter()));
+        let mut reader = f.reader(0, None, true).unwrap();
+        let (tx, body) = origin();
+        let driver = tokio::spawn(drive(f.clone(), body, 1 << 20, None, (), |_| {}));
+        tx.send(Ok(Bytes::from(vec![1u8; 3 * FRAME])))
+            .await
+            .unwrap();
+        drop(tx);
+        driver.await.unwrap();
+        let frame = reader.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(frame.len(), FRAME, "at most one frame's worth at once");
+        drop(reader);
+        drop(f);
+        // A client's write queue still holds the frame; the fill's bytes
+        // are gone and counted no more.
+        assert_eq!(budget.used(), 0);
+        assert_eq!(frame.len(), FRAME);
     }
 
     #[tokio::test]
