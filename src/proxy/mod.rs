@@ -39,7 +39,7 @@ use crate::body::{
 use crate::cache::{self, Lookup};
 use crate::compress::Accepted;
 use crate::config::Limits;
-use crate::framing::{Verdict, Verdicts};
+use crate::framing::{Verdict, Verdicts, Violation};
 use crate::headers;
 use crate::metrics::ListenerMetrics;
 use crate::ratelimit;
@@ -122,6 +122,10 @@ async fn respond_to(
     };
     if let Verdict::Reject(violation) = verdict {
         tracing::debug!(client = %conn.client, %violation, "request framing refused");
+        if violation == Violation::TargetTooLong {
+            // The guard cut the target short and asked hyper to close.
+            return Refusal::UriTooLong.reply();
+        }
         return Refusal::BadRequest(violation.message()).reply();
     }
     let mut quota = None;
