@@ -3,7 +3,7 @@
 //! connection rates.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use super::raw::RawConfig;
@@ -49,6 +49,25 @@ pub struct PairError {
     pub message: String,
 }
 
+/// Whether two listening sockets cannot both be bound: the same port and
+/// the same address, or a wildcard that covers the other (`0.0.0.0` covers
+/// IPv4; `[::]` covers everything, as sluice binds it dual-stack). Port 0
+/// (any free port) never clashes.
+pub(super) fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    x == y || covers(x, y) || covers(y, x)
+}
+
+fn covers(wildcard: IpAddr, other: IpAddr) -> bool {
+    match wildcard {
+        IpAddr::V6(w) => w.is_unspecified(),
+        IpAddr::V4(w) => w.is_unspecified() && other.is_ipv4(),
+    }
+}
+
 impl Validator<'_> {
     pub(super) fn listeners(&mut self, raw: &RawConfig, base: &Limits) -> Vec<ListenerConfig> {
         if raw.listener.is_empty() {
@@ -58,8 +77,7 @@ impl Validator<'_> {
             );
         }
         let mut names = HashSet::new();
-        let mut addrs = HashSet::new();
-        let mut out = Vec::new();
+        let mut out: Vec<ListenerConfig> = Vec::new();
         for (i, l) in raw.listener.iter().enumerate() {
             let at = |k| [Seg::Key("listener"), Seg::Index(i), Seg::Key(k)];
             if l.name.is_empty() {
@@ -72,8 +90,14 @@ impl Validator<'_> {
             }
             let listen = match l.listen.parse::<SocketAddr>() {
                 Ok(a) => {
-                    if a.port() != 0 && !addrs.insert(a) {
-                        self.error(&at("listen"), format!("{a} is used by another listener"));
+                    if let Some(other) = out.iter().find(|o| addresses_clash(a, o.listen)) {
+                        self.error(
+                            &at("listen"),
+                            format!(
+                                "{a} is used by another listener (\"{}\" on {})",
+                                other.name, other.listen
+                            ),
+                        );
                     }
                     a
                 }
@@ -179,6 +203,24 @@ mod tests {
         fn resolve(&self, r: &ResolverConfig, addr: &ServerAddr) -> io::Result<Vec<SocketAddr>> {
             Offline.resolve(r, addr)
         }
+
+        fn log_file(&self, _: &Path) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn listening_addresses_clash_when_one_socket_would_cover_the_other() {
+        let clash = |a: &str, b: &str| addresses_clash(a.parse().unwrap(), b.parse().unwrap());
+        assert!(clash("127.0.0.1:80", "127.0.0.1:80"));
+        assert!(clash("0.0.0.0:80", "127.0.0.1:80"));
+        assert!(clash("127.0.0.1:80", "[::]:80"));
+        assert!(clash("[::]:80", "[::1]:80"));
+        assert!(clash("[::ffff:127.0.0.1]:80", "127.0.0.1:80"));
+        assert!(!clash("0.0.0.0:80", "[::1]:80"));
+        assert!(!clash("127.0.0.1:80", "127.0.0.2:80"));
+        assert!(!clash("127.0.0.1:80", "127.0.0.1:81"));
+        assert!(!clash("127.0.0.1:0", "127.0.0.1:0"));
     }
 
     #[test]
