@@ -261,6 +261,91 @@ async fn forwarding_fields_are_added_and_host_is_kept() {
     assert_eq!(joined(h, "via").as_deref(), Some("1.0 fred, 1.1 sluice"));
 }
 
+/// A client's `Forwarded` never reaches the origin: sluice's own element
+/// replaces it (RFC 7239), as its `X-Forwarded-Host` and `-Proto` do; and
+/// the fields some origins read as a URL, method or client address are
+/// removed on every route unless the route lists its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_forwarded_and_override_fields_never_reach_the_origin() {
+    let origin = Origin::hello().await;
+    let config = simple_config(&[origin.addr], "")
+        + r#"
+[[route]]
+name = "own-list"
+path_prefix = "/own/"
+pool = "app"
+strip_request_headers = ["X-Secret"]
+"#;
+    // The catch-all route is first in the file: the own-list route needs
+    // its own host to be reached.
+    let config = config.replacen(
+        "name = \"main\"\n",
+        "name = \"main\"\nhosts = [\"front.example\"]\n",
+        1,
+    );
+    let d = Daemon::start(&config);
+    let claims = [
+        ("forwarded", "for=6.6.6.6;host=evil.example;proto=https"),
+        ("x-original-url", "/admin/"),
+        ("x-rewrite-url", "/admin/"),
+        ("x-http-method-override", "DELETE"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x-forwarded-port", "443"),
+        ("x-secret", "s"),
+    ];
+    let with_claims = |path: &str, host: &str| {
+        let mut req = request(Method::GET, path, host, empty());
+        for (name, value) in claims {
+            req.headers_mut().append(name, value.parse().unwrap());
+        }
+        req
+    };
+    let r = h1(d.addr("http"), with_claims("/x", "front.example")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = only_seen(&origin);
+    let h = &seen.headers;
+    assert_eq!(
+        joined(h, "forwarded").as_deref(),
+        Some("for=127.0.0.1;proto=http;host=front.example"),
+        "{h:?}"
+    );
+    for name in [
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-real-ip",
+        "x-forwarded-port",
+    ] {
+        assert!(!h.contains_key(name), "{name} reached the origin: {h:?}");
+    }
+    assert_eq!(h["x-secret"], "s", "not on the default list");
+
+    // Over HTTP/2, with a port in the authority (quoted, RFC 7239 §4).
+    let mut h2 = h2c_conn(d.addr("http")).await;
+    let mut req = h2_request(Method::GET, "http://front.example:8080/y", empty());
+    req.headers_mut()
+        .insert("forwarded", "for=\"[2001:db8::1]\"".parse().unwrap());
+    assert_eq!(h2_send(&mut h2, req).await.status, 200);
+    let seen = origin.seen();
+    let h = &seen.last().expect("the h2 request").headers;
+    assert_eq!(
+        joined(h, "forwarded").as_deref(),
+        Some("for=127.0.0.1;proto=http;host=\"front.example:8080\"")
+    );
+
+    // A route's own list replaces the default one.
+    let r = h1(d.addr("http"), with_claims("/own/z", "other.example")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = origin.seen();
+    let h = &seen.last().expect("the own-list request").headers;
+    assert!(!h.contains_key("x-secret"), "{h:?}");
+    assert_eq!(h["x-real-ip"], "6.6.6.6");
+    assert_eq!(
+        joined(h, "forwarded").as_deref(),
+        Some("for=127.0.0.1;proto=http;host=other.example")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_is_forwarded_exactly_as_the_client_sent_it() {
     let origin = Origin::hello().await;

@@ -111,6 +111,7 @@ pub(crate) struct RawRoute {
     pub cache_key_ignore_params: Option<Vec<String>>,
     #[serde(default)]
     pub compress: bool,
+    pub strip_request_headers: Option<Vec<String>>,
 }
 
 /// `[[route]] rate_limit = { requests, per, burst, key }`.

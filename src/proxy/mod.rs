@@ -217,7 +217,7 @@ async fn proxy(
         }
         (_, upgrade) => {
             let token = upgrade.as_ref().map(|u| &u.token);
-            let fwd = Forward::new(parts, client, token, outcome);
+            let fwd = Forward::new(parts, client, leg.strip(), token, outcome);
             forward(leg, fwd, Some(incoming), upgrade, outcome).await
         }
     };
@@ -279,19 +279,19 @@ async fn through_cache(
         Lookup::Hit(answer) => answer,
         Lookup::Stale { answer, refresh } => {
             if let Some(fill) = refresh {
-                let fwd = Forward::new(parts, client, None, outcome);
+                let fwd = Forward::new(parts, client, leg.strip(), None, outcome);
                 refresh_in_background(leg.snap, leg.route, fill, fwd);
             }
             answer
         }
         Lookup::Miss(mut fill) => {
-            let mut fwd = Forward::new(parts, client, None, outcome);
+            let mut fwd = Forward::new(parts, client, leg.strip(), None, outcome);
             fill.prepare(&mut fwd.method, &mut fwd.head);
             let resp = forward(leg, fwd, None, None, outcome).await;
             Box::pin(fill.finish(cache, set, resp)).await
         }
         Lookup::Pass(pass) => {
-            let fwd = Forward::new(parts, client, None, outcome);
+            let fwd = Forward::new(parts, client, leg.strip(), None, outcome);
             let resp = forward(leg, fwd, Some(incoming), None, outcome).await;
             pass.finish(cache, set, resp)
         }
@@ -338,6 +338,17 @@ struct Leg<'a> {
     limits: &'a Limits,
 }
 
+impl<'a> Leg<'a> {
+    /// The client fields this route removes before forwarding.
+    fn strip(&self) -> &'a [http::HeaderName] {
+        self.snap
+            .config
+            .routes
+            .get(self.route.index)
+            .map_or(&[], |r| &r.strip_request_headers)
+    }
+}
+
 /// Who sent the request: its connection and the authority it named.
 #[derive(Clone, Copy)]
 struct Client<'a> {
@@ -361,12 +372,14 @@ pub(crate) struct Forward {
 
 impl Forward {
     /// The upstream request for a client's request head: hop-by-hop fields
-    /// removed, `X-Forwarded-*`, `Via` and the request id added, and for an
-    /// HTTP/2 request a `Host` (it carries `:authority` instead) and its
-    /// `cookie` fields joined into one.
+    /// and the route's `strip` list removed, `X-Forwarded-*`, `Forwarded`,
+    /// `Via` and the request id added, and for an HTTP/2 request a `Host`
+    /// (it carries `:authority` instead) and its `cookie` fields joined
+    /// into one.
     fn new(
         parts: http::request::Parts,
         client: Client<'_>,
+        strip: &[http::HeaderName],
         upgrade: Option<&HeaderValue>,
         outcome: &observe::Outcome,
     ) -> Forward {
@@ -374,6 +387,7 @@ impl Forward {
         let received = parts.version;
         let mut head = parts.headers;
         headers::strip_hop_by_hop(&mut head, upgrade);
+        headers::strip_fields(&mut head, strip);
         if received >= Version::HTTP_2 {
             headers::join_cookies(&mut head);
         }
