@@ -905,3 +905,97 @@ servers = [ {{ addr = "{}" }} ]
         "hits per origin (api, static, wild, other)"
     );
 }
+
+/// One raw HTTP/1.1 request for `target` (sent byte for byte, as no HTTP
+/// library would); the status and body of the answer.
+async fn raw_get(addr: SocketAddr, target: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET {target} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (buf, complete) = read_raw_response(&mut stream, NoLength::UntilClose).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (end, _) = complete.unwrap_or_else(|| panic!("{target}: no whole response: {text:?}"));
+    let (status, _) = parse_head(&text[..end]).unwrap_or_else(|| panic!("{text:?}"));
+    (status, text[end + 4..].to_string())
+}
+
+/// Every spelling of a path lands on the route its normalised form names,
+/// and the origin is sent that normalised form (query untouched), so that
+/// a `path_prefix` is a boundary proxy and origin agree on. Case stays
+/// significant. `path_normalization = "off"` keeps paths as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_normalised_before_routing_and_forwarding() {
+    let admin = Origin::hello().await;
+    let app = Origin::hello().await;
+    let config = format!(
+        r#"
+[[listener]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "literal"
+listen = "127.0.0.1:0"
+path_normalization = "off"
+
+[[route]]
+name = "admin"
+path_prefix = "/admin/"
+pool = "admin"
+
+[[route]]
+name = "app"
+pool = "app"
+
+[pool.admin]
+servers = [ {{ addr = "{}" }} ]
+
+[pool.app]
+servers = [ {{ addr = "{}" }} ]
+"#,
+        admin.addr, app.addr
+    );
+    let d = Daemon::start(&config);
+    let is = |origin: &Origin| format!("origin {}", origin.addr.port());
+    let cases = [
+        ("/admin/", &admin, "/admin/"),
+        ("//admin/", &admin, "/admin/"),
+        ("/x/../admin/", &admin, "/admin/"),
+        ("/%61dmin/", &admin, "/admin/"),
+        ("/x/%2e%2E/admin/./users", &admin, "/admin/users"),
+        ("/Admin/", &app, "/Admin/"),
+        ("/admin/../x", &app, "/x"),
+        ("/admin%2F..%2Fx", &app, "/admin%2F..%2Fx"),
+        (
+            "/x/../admin/?next=/../%2e%2e",
+            &admin,
+            "/admin/?next=/../%2e%2e",
+        ),
+    ];
+    for (target, origin, sent) in cases {
+        let before = origin.seen().len();
+        let (status, body) = raw_get(d.addr("http"), target).await;
+        assert_eq!(status, 200, "{target}: {body}");
+        assert_eq!(body, is(origin), "{target} went to the wrong pool");
+        let seen = origin.seen();
+        assert_eq!(seen.len(), before + 1, "{target}");
+        let got = seen
+            .last()
+            .unwrap()
+            .uri
+            .path_and_query()
+            .unwrap()
+            .as_str()
+            .to_string();
+        assert_eq!(got, sent, "{target}: what the origin was sent");
+    }
+    // Not a percent-encoding: refused, not guessed at.
+    let (status, _) = raw_get(d.addr("http"), "/admin/%zz").await;
+    assert_eq!(status, 400);
+
+    // With normalisation off, the path is routed and sent as it came.
+    let (status, body) = raw_get(d.addr("literal"), "/x/../admin/").await;
+    assert_eq!((status, body), (200, is(&app)));
+    let sent = app.seen().last().unwrap().uri.to_string();
+    assert_eq!(sent, "/x/../admin/");
+}

@@ -211,6 +211,10 @@ pub(crate) fn effective_toml(c: &Config) -> String {
                     ])),
                 );
             }
+            t.insert(
+                "path_normalization".into(),
+                string(if l.normalize_paths { "on" } else { "off" }),
+            );
             t.insert("limits".into(), Value::Table(limits_table(&l.limits)));
             Value::Table(t)
         })

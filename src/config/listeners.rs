@@ -18,6 +18,10 @@ pub struct ListenerConfig {
     pub limits: Limits,
     /// New connections accepted per unit of time; `None` = unlimited.
     pub max_connection_rate: Option<Rate>,
+    /// `path_normalization = "on"` (the default): request paths are
+    /// normalised before routing, caching and forwarding ([`crate::path`]);
+    /// `"off"` keeps them as sent.
+    pub normalize_paths: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -167,12 +171,24 @@ impl Validator<'_> {
                 ),
                 None => base.clone(),
             };
+            let normalize_paths = match l.path_normalization.as_deref() {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => {
+                    self.error(
+                        &at("path_normalization"),
+                        format!("unknown value \"{other}\"; use \"on\" or \"off\""),
+                    );
+                    true
+                }
+            };
             out.push(ListenerConfig {
                 name: l.name.clone(),
                 listen,
                 tls,
                 limits,
                 max_connection_rate,
+                normalize_paths,
             });
         }
         out

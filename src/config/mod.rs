@@ -153,6 +153,11 @@ impl Config {
         }
     }
 
+    /// Listener `name`'s settings.
+    pub(crate) fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+
     /// The limits that apply on listener `name`: its own `[listener.limits]`
     /// over `[limits]`.
     pub(crate) fn limits_for(&self, name: &str) -> &Limits {

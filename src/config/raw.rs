@@ -68,6 +68,7 @@ pub(crate) struct RawListener {
     /// `[listener.limits]`: overrides of `[limits]` keys for this listener.
     pub limits: Option<RawLimits>,
     pub max_connection_rate: Option<RawConnectionRate>,
+    pub path_normalization: Option<String>,
 }
 
 /// `[[listener]] max_connection_rate = { connections, per, burst }`.

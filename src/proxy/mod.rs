@@ -159,12 +159,16 @@ async fn proxy(
     quota: &mut Option<ratelimit::Decision>,
     outcome: &mut observe::Outcome,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    let limits = snap.config.limits_for(&conn.listener);
+    let listener = snap.config.listener(&conn.listener);
+    let limits = listener.map_or(&snap.config.limits, |l| &l.limits);
     admit(&req, limits)?;
     let authority = headers::authority(req.version(), req.uri(), req.headers(), conn.https)
         .map_err(|e| Refusal::BadAuthority(e.to_string()))?;
     if req.body().size_hint().lower() > limits.max_body_bytes {
         return Err(Refusal::BodyTooLarge);
+    }
+    if listener.is_none_or(|l| l.normalize_paths) {
+        normalise_path(req.uri_mut())?;
     }
     let route = snap
         .router
@@ -227,6 +231,28 @@ async fn proxy(
         }
         None => resp,
     })
+}
+
+/// Puts the normalised path ([`crate::path`]) in `uri`, query untouched,
+/// so that routing, the cache key and the upstream request all use it.
+/// The access log keeps the path as the client sent it.
+fn normalise_path(uri: &mut Uri) -> Result<(), Refusal> {
+    let path = crate::path::normalise(uri.path())
+        .map_err(|_| Refusal::BadRequest("invalid percent-encoding in the path"))?;
+    let std::borrow::Cow::Owned(path) = path else {
+        return Ok(());
+    };
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(target))
+            .map_err(|_| Refusal::BadRequest("invalid path"))?,
+    );
+    *uri = Uri::from_parts(parts).map_err(|_| Refusal::BadRequest("invalid path"))?;
+    Ok(())
 }
 
 /// The request's own limits, before routing: target length, head size and
