@@ -23,6 +23,7 @@ fn route(name: &str, hosts: &[&str], prefix: &str, pool: &str) -> RouteConfig {
         rate_limit: None,
         cache: None,
         compress: false,
+        strip_request_headers: Vec::new().into(),
     }
 }
 

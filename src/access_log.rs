@@ -300,6 +300,37 @@ pub(crate) fn shutdown() {
     }
 }
 
+/// Whether the access log could be opened at `path` as [`configure`] opens
+/// it, without creating it: an existing file must open for appending, a
+/// new one needs its directory. What `--check` asks.
+pub(crate) fn check_path(path: &std::path::Path) -> io::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(io::Error::other(format!(
+            "{} is a directory",
+            path.display()
+        ))),
+        Ok(_) => OpenOptions::new().append(true).open(path).map(drop),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(io::Error::other(format!(
+                    "{} is not a directory",
+                    dir.display()
+                ))),
+                Err(e) => Err(io::Error::new(
+                    e.kind(),
+                    format!("directory {}: {e}", dir.display()),
+                )),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Where lines go. Lines arrive in batches, so there is no buffering here.
 enum Sink {
     Stdout(io::Stdout),

@@ -1,6 +1,7 @@
 //! The real [`Environment`] that config validation checks against:
 //! certificate pairs are loaded from disk by [`crate::tls`], server names
-//! resolved by [`crate::upstream::dns`]. `config` imports neither (its own
+//! resolved by [`crate::upstream::dns`], the access log's file checked by
+//! [`crate::access_log`]. `config` imports neither (its own
 //! tests pass a fake); everything that loads the config file for real
 //! (`--check`, start, reload) goes through [`load_config`].
 
@@ -27,11 +28,15 @@ impl Environment for System {
     fn resolve(&self, resolver: &ResolverConfig, addr: &ServerAddr) -> io::Result<Vec<SocketAddr>> {
         crate::upstream::dns::lookup_blocking(resolver, addr)
     }
+
+    fn log_file(&self, path: &Path) -> io::Result<()> {
+        crate::access_log::check_path(path)
+    }
 }
 
 /// Reads and validates the config file at `path`. TLS certificate and key
-/// files are loaded and server names resolved too, so a config that passes
-/// here will start.
+/// files are loaded, server names resolved and the access log's directory
+/// checked too, so a config that passes here will start.
 pub fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
     Config::load(path, &System)
 }

@@ -28,6 +28,13 @@
 //!   framing are never passed on: hyper gets the bytes before them and then
 //!   a read error, so the body fails; when the head's verdict has not been
 //!   taken yet it is turned into a refusal instead;
+//! - the request target is measured as it arrives: once it passes
+//!   `max_uri_bytes` ([`GuardLimits::max_target_bytes`]) the rest of the
+//!   client's bytes are dropped and hyper gets the request line completed
+//!   with a head asking it to close, whose verdict is
+//!   [`Violation::TargetTooLong`] (414). Without this, a target too long
+//!   for hyper's buffer would be answered 431 by hyper, naming the wrong
+//!   limit;
 //! - after the HTTP/2 preface, a request asking to switch protocols
 //!   (`Upgrade`, `CONNECT`), or anything it cannot follow (a head httparse
 //!   rejects or one over the size limit, which hyper then refuses itself),
@@ -76,6 +83,9 @@ pub enum Violation {
     BadTrailer,
     /// hyper handed over a request the guard was not following.
     Untracked,
+    /// The request target is longer than `max_uri_bytes`: answered 414,
+    /// not 400, and the connection closes.
+    TargetTooLong,
 }
 
 impl Violation {
@@ -93,6 +103,7 @@ impl Violation {
             Violation::BadChunkFraming => "invalid chunked framing",
             Violation::BadTrailer => "invalid trailer section",
             Violation::Untracked => "request framing could not be verified",
+            Violation::TargetTooLong => "request target too long",
         }
     }
 }
@@ -128,6 +139,9 @@ pub struct GuardLimits {
     pub max_head_bytes: usize,
     /// hyper's `max_headers`.
     pub max_headers: usize,
+    /// `max_uri_bytes`: a request target longer than this is cut short
+    /// (see [`TargetScan`]), so that it gets 414 however long the head.
+    pub max_target_bytes: usize,
 }
 
 // ------------------------------------------------------------- verdicts --
@@ -396,6 +410,73 @@ fn target_ok(method: &str, target: &str) -> bool {
     }
 }
 
+// --------------------------------------------------------------- targets --
+
+/// What the guard hands hyper after the part of an overlong request line it
+/// has already passed on: the rest of a request line and a head that asks
+/// hyper to close the connection after its answer. The proxy answers the
+/// request with the [`Violation::TargetTooLong`] verdict queued for it (414)
+/// and never looks at the truncated target.
+const TARGET_CUT: &[u8] = b" HTTP/1.1\r\nconnection: close\r\n\r\n";
+
+/// Where [`TargetScan`] is in a request line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinePhase {
+    /// Before the method: empty lines are skipped, as httparse does.
+    Lead,
+    Method,
+    /// In the target, this many bytes so far.
+    Target(usize),
+    /// Past the target (or not a request line): nothing more to count.
+    Done,
+}
+
+/// Measures the request target of each head as its bytes go by, so that an
+/// overlong target is caught as soon as it passes `max_uri_bytes`: before
+/// the head outgrows hyper's buffer (which hyper would answer 431) and
+/// before the rest of it is buffered at all.
+#[derive(Debug, Clone, Copy)]
+struct TargetScan(LinePhase);
+
+impl TargetScan {
+    /// Follows `bytes`, the next bytes of a head; returns the offset of the
+    /// first target byte beyond `max`.
+    fn overlong(&mut self, bytes: &[u8], max: usize) -> Option<usize> {
+        let mut i = 0;
+        while i < bytes.len() {
+            match self.0 {
+                LinePhase::Lead => match bytes[i] {
+                    b'\r' | b'\n' => i += 1,
+                    _ => self.0 = LinePhase::Method,
+                },
+                LinePhase::Method => match memchr::memchr2(b' ', b'\n', &bytes[i..]) {
+                    Some(n) if bytes[i + n] == b' ' => {
+                        self.0 = LinePhase::Target(0);
+                        i += n + 1;
+                    }
+                    Some(_) => self.0 = LinePhase::Done,
+                    None => return None,
+                },
+                LinePhase::Target(len) => {
+                    let rest = &bytes[i..];
+                    let end = memchr::memchr3(b' ', b'\r', b'\n', rest);
+                    let taken = end.unwrap_or(rest.len());
+                    if len + taken > max {
+                        return Some(i + (max - len));
+                    }
+                    self.0 = match end {
+                        Some(_) => LinePhase::Done,
+                        None => LinePhase::Target(len + taken),
+                    };
+                    i += taken;
+                }
+                LinePhase::Done => return None,
+            }
+        }
+        None
+    }
+}
+
 // ---------------------------------------------------------------- bodies --
 
 /// Hyper's limit for chunk extensions in one body, kept here too.
@@ -450,6 +531,9 @@ enum State {
     Off,
     /// The body broke framing: every read fails.
     Failed(Violation),
+    /// An overlong target was cut short: this much of [`TARGET_CUT`] has
+    /// been passed on; then the connection is only drained.
+    Cut(usize),
 }
 
 /// Bytes from `at` on (in the slice given to [`Tracker::feed`]) break body
@@ -475,6 +559,8 @@ pub(crate) struct Tracker {
     seen_line: bool,
     /// After the current body: wait for the upgrade answer.
     upgrade: bool,
+    /// The current head's request target, measured.
+    target: TargetScan,
     /// Size of the current chunk; remaining data bytes while in `Data`.
     chunk: u64,
     size_digits: u8,
@@ -492,6 +578,7 @@ impl Tracker {
             line: 0,
             seen_line: false,
             upgrade: false,
+            target: TargetScan(LinePhase::Lead),
             chunk: 0,
             size_digits: 0,
             ext_bytes: 0,
@@ -501,7 +588,7 @@ impl Tracker {
 
     /// Whether the guard still reads the connection as HTTP/1.1.
     pub(crate) fn following(&self) -> bool {
-        !matches!(self.state, State::Off | State::Failed(_))
+        !matches!(self.state, State::Off | State::Failed(_) | State::Cut(_))
     }
 
     /// Whether every byte followed so far belongs to a complete request:
@@ -536,8 +623,14 @@ impl Tracker {
         let mut i = 0;
         while i < data.len() {
             i = match self.state {
-                State::Off | State::Failed(_) => return Ok(()),
-                State::Head => self.read_head(data, i),
+                State::Off | State::Failed(_) | State::Cut(_) => return Ok(()),
+                State::Head => {
+                    let max = self.limits.max_target_bytes;
+                    if let Some(at) = self.target.overlong(&data[i..], max) {
+                        return Err(self.cut(i + at));
+                    }
+                    self.read_head(data, i)
+                }
                 State::Fixed(left) => {
                     let n = left.min((data.len() - i) as u64);
                     if n == left {
@@ -570,6 +663,25 @@ impl Tracker {
         self.state = State::Failed(violation);
         self.head = Vec::new();
         Broken { at, violation }
+    }
+
+    /// The target of the head being read passed `max_target_bytes` at `at`:
+    /// its request is refused (414), and what hyper has of it is completed
+    /// with [`TARGET_CUT`].
+    fn cut(&mut self, at: usize) -> Broken {
+        self.head = Vec::new();
+        if self
+            .verdicts
+            .push(Verdict::Reject(Violation::TargetTooLong))
+        {
+            self.state = State::Cut(0);
+        } else {
+            self.off();
+        }
+        Broken {
+            at,
+            violation: Violation::TargetTooLong,
+        }
     }
 
     fn end_body(&mut self) {
@@ -624,6 +736,7 @@ impl Tracker {
             }
             return data.len();
         };
+        self.target = TargetScan(LinePhase::Lead);
         if self.head.len() + end > self.limits.max_head_bytes {
             self.off();
             return data.len();
@@ -866,6 +979,85 @@ impl<S> FramingGuard<S> {
     }
 }
 
+/// Reads of the client's bytes dropped in one poll after a cut, before
+/// letting other tasks run.
+const DRAIN_READS: usize = 16;
+
+/// After a cut, how long and how much of the client's sending is read and
+/// dropped once hyper has answered and closed ([`FramingGuard::linger`]).
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+const LINGER_BYTES: usize = 1 << 20;
+
+impl<S: AsyncRead + Unpin> FramingGuard<S> {
+    /// Whether an overlong target was cut short on this connection.
+    pub(crate) fn was_cut(&self) -> bool {
+        matches!(self.tracker.state, State::Cut(_))
+    }
+
+    /// A lingering close after a cut (as nginx's `lingering_close`): the
+    /// 414 has been written and the write side shut, but a client still
+    /// sending its target has bytes in flight, and closing with unread
+    /// bytes sends a reset that can destroy the 414 before the client
+    /// reads it. So the client's bytes are read and dropped until it
+    /// closes, within [`LINGER_TIME`] and [`LINGER_BYTES`].
+    pub(crate) async fn linger(&mut self) {
+        let inner = &mut self.inner;
+        let drain = async {
+            let mut scratch = [0u8; 4096];
+            let mut total = 0;
+            while total < LINGER_BYTES {
+                let read = std::future::poll_fn(|cx| {
+                    let mut dropped = ReadBuf::new(&mut scratch);
+                    std::task::ready!(Pin::new(&mut *inner).poll_read(cx, &mut dropped))?;
+                    Poll::Ready(Ok::<_, io::Error>(dropped.filled().len()))
+                })
+                .await;
+                match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => total += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    }
+
+    /// Passes on as much of [`TARGET_CUT`] from `sent` on as fits.
+    fn put_cut(&mut self, sent: usize, buf: &mut ReadBuf<'_>) {
+        let n = (TARGET_CUT.len() - sent).min(buf.remaining());
+        buf.put_slice(&TARGET_CUT[sent..sent + n]);
+        self.tracker.state = State::Cut(sent + n);
+    }
+
+    /// After a cut: the rest of [`TARGET_CUT`], then nothing. The client's
+    /// bytes are read and dropped meanwhile, so that a client still sending
+    /// its target is not blocked and the 414 is not lost to a reset when
+    /// the connection closes with bytes unread. Never reports the end of
+    /// the stream, which hyper would take for the client leaving.
+    fn poll_cut(
+        &mut self,
+        cx: &mut Context<'_>,
+        sent: usize,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if sent < TARGET_CUT.len() {
+            self.put_cut(sent, buf);
+            return Poll::Ready(Ok(()));
+        }
+        let mut scratch = [0u8; 4096];
+        for _ in 0..DRAIN_READS {
+            let mut dropped = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut dropped) {
+                Poll::Ready(Ok(())) if !dropped.filled().is_empty() => {}
+                // The end of the stream or an error: nothing will wake this
+                // read again, and hyper needs nothing more from it.
+                Poll::Ready(_) | Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
 fn broken(v: Violation) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, v)
 }
@@ -880,12 +1072,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
         if let Some(v) = this.tracker.failed() {
             return Poll::Ready(Err(broken(v)));
         }
+        if let State::Cut(sent) = this.tracker.state {
+            return this.poll_cut(cx, sent, buf);
+        }
         let before = buf.filled().len();
         std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         if !this.tracker.following() {
             return Poll::Ready(Ok(()));
         }
         if let Err(b) = this.tracker.feed(&buf.filled()[before..]) {
+            if let State::Cut(_) = this.tracker.state {
+                tracing::debug!("request target too long; cut short");
+                // Never an empty read: the cut frees at least the byte it
+                // was found at.
+                buf.set_filled(before + b.at);
+                this.put_cut(0, buf);
+                return Poll::Ready(Ok(()));
+            }
             tracing::debug!(violation = %b.violation, "request body framing broken");
             if b.at == 0 {
                 // Nothing valid to pass on (an empty read would mean EOF).
@@ -907,6 +1110,7 @@ mod tests {
     const LIMITS: GuardLimits = GuardLimits {
         max_head_bytes: 4096,
         max_headers: 100,
+        max_target_bytes: 8 << 10,
     };
 
     /// What feeding some reads produced.
@@ -1429,6 +1633,7 @@ mod tests {
         let limits = GuardLimits {
             max_head_bytes: 64,
             max_headers: 100,
+            max_target_bytes: 8 << 10,
         };
         let long = with_field(&format!("X-Long: {}", "a".repeat(64)));
         for parts in [vec![&long[..]], long.chunks(10).collect()] {
@@ -1447,6 +1652,7 @@ mod tests {
         let limits = GuardLimits {
             max_head_bytes: 4096,
             max_headers: 3,
+            max_target_bytes: 8 << 10,
         };
         let three = b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
         assert_eq!(run_with(limits, &[three]).verdicts, [Verdict::Accept]);
@@ -1457,6 +1663,7 @@ mod tests {
         let limits = GuardLimits {
             max_head_bytes: 1 << 16,
             max_headers: 500,
+            max_target_bytes: 8 << 10,
         };
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..300 {
@@ -1494,6 +1701,88 @@ mod tests {
                 "{te}"
             );
         }
+    }
+
+    const SHORT_TARGETS: GuardLimits = GuardLimits {
+        max_head_bytes: 4096,
+        max_headers: 100,
+        max_target_bytes: 100,
+    };
+
+    #[test]
+    fn a_target_over_max_target_bytes_is_cut_where_it_passes_the_limit() {
+        let line = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "p".repeat(200));
+        let bytes = line.as_bytes();
+        // "GET " and then 100 target bytes pass; the 101st is the cut.
+        let cut = Some((4 + 100, Violation::TargetTooLong));
+        for size in [1, 7, 64, bytes.len()] {
+            let parts: Vec<&[u8]> = bytes.chunks(size).collect();
+            let r = run_with(SHORT_TARGETS, &parts);
+            assert_eq!(r.verdicts, [Verdict::Reject(Violation::TargetTooLong)]);
+            assert_eq!(r.broken, cut, "reads of {size}");
+            assert!(!r.following);
+        }
+        // Well before the head is complete, and however long the head.
+        let partial = format!("\r\nPOST /{}", "p".repeat(150));
+        let r = run_with(SHORT_TARGETS, &[partial.as_bytes()]);
+        assert_eq!(r.broken, Some((2 + 5 + 100, Violation::TargetTooLong)));
+        // A query counts; exactly the limit does not trip it.
+        let query = format!("GET /?{} HTTP/1.1\r\n\r\n", "q".repeat(99));
+        assert_eq!(
+            run_with(SHORT_TARGETS, &[query.as_bytes()]).broken,
+            Some((104, Violation::TargetTooLong))
+        );
+        let exact = format!("GET /{} HTTP/1.1\r\n\r\n", "p".repeat(99));
+        let r = run_with(SHORT_TARGETS, &[exact.as_bytes()]);
+        assert_eq!((r.verdicts, r.broken), (vec![Verdict::Accept], None));
+    }
+
+    #[test]
+    fn each_pipelined_head_has_its_own_target_budget() {
+        let ok = format!(
+            "GET /{} HTTP/1.1\r\nX: {}\r\n\r\n",
+            "p".repeat(99),
+            "v".repeat(200)
+        );
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "p".repeat(100));
+        let bytes = [ok.as_bytes(), ok.as_bytes(), long.as_bytes()].concat();
+        let r = run_with(SHORT_TARGETS, &[&bytes]);
+        assert_eq!(
+            r.verdicts,
+            [
+                Verdict::Accept,
+                Verdict::Accept,
+                Verdict::Reject(Violation::TargetTooLong)
+            ]
+        );
+        assert_eq!(
+            r.broken,
+            Some((2 * ok.len() + 104, Violation::TargetTooLong))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cut_target_reaches_hyper_as_a_complete_head_then_nothing() {
+        use tokio::io::AsyncReadExt;
+        let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "p".repeat(300));
+        let verdicts = Verdicts::new();
+        let mut io = FramingGuard::new(long.as_bytes(), verdicts.clone(), SHORT_TARGETS);
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 16];
+        while seen.len() < 104 + TARGET_CUT.len() {
+            let n = io.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            seen.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(seen, [&long.as_bytes()[..104], TARGET_CUT].concat());
+        assert_eq!(verdicts.next(), Verdict::Reject(Violation::TargetTooLong));
+        // The rest of the client's bytes are dropped, and the end of the
+        // stream is never reported (hyper would take it for the client
+        // leaving before its answer).
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut rest = ReadBuf::new(&mut buf);
+        assert!(Pin::new(&mut io).poll_read(&mut cx, &mut rest).is_pending());
+        assert!(rest.filled().is_empty());
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@
 //! - [`listener`] and [`tls`]: accept loops, TLS termination, HTTP/1.1 + HTTP/2
 //! - [`client_limits`]: per-client connection caps, head and keep-alive timers
 //! - [`framing`]: HTTP/1.1 request framing rules, applied before hyper parses
+//! - [`path`]: request paths normalised before routing
 //! - [`router`]: host and path to route
 //! - [`proxy`]: the request path that ties the others together
 //! - [`ratelimit`]: per-route request limits and per-listener connection rates
@@ -35,6 +36,7 @@ mod io;
 mod lifecycle;
 mod listener;
 mod metrics;
+mod path;
 mod proxy;
 mod ratelimit;
 mod reload;

@@ -115,6 +115,7 @@ mod tests {
             rate_limit: None,
             cache: None,
             compress: false,
+            strip_request_headers: Vec::new().into(),
         }
     }
 

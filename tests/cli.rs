@@ -408,6 +408,101 @@ fn check_reports_duplicate_listener_names() {
     assert_eq!(error_count(&err), 1);
 }
 
+/// The admin API binds beside the listeners: an address a listener holds
+/// (exactly, or under a wildcard) would fail at start, so `--check` fails.
+#[test]
+fn check_refuses_an_admin_listen_a_listener_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_admin = |listener: &str, admin: &str| {
+        VALID.replace("127.0.0.1:0", listener) + &format!("\n[admin]\nlisten = \"{admin}\"\n")
+    };
+    for (i, (listener, admin)) in [
+        ("127.0.0.1:47001", "127.0.0.1:47001"),
+        ("127.0.0.1:47001", "0.0.0.0:47001"),
+        ("[::]:47001", "127.0.0.1:47001"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let text = with_admin(listener, admin);
+        let (path, err) = check_fails(dir.path(), &format!("admin{i}.toml"), &text);
+        assert_error(
+            &err,
+            &path,
+            Some(pos_last(&text, &format!("\"{admin}\""))),
+            "admin.listen",
+            "is used by listener \"http\"",
+        );
+        assert_eq!(error_count(&err), 1);
+    }
+    // Another port, or another address on the same port, starts.
+    for (listener, admin) in [
+        ("127.0.0.1:47001", "127.0.0.1:47002"),
+        ("127.0.0.1:47001", "127.0.0.2:47001"),
+    ] {
+        let (_, code, out, err) = check(dir.path(), "admin_ok.toml", &with_admin(listener, admin));
+        assert_eq!((code, out.trim()), (0, "config OK"), "{err}");
+    }
+}
+
+/// An access log in a directory that does not exist cannot be opened at
+/// start, so `--check` fails; `--check` creates no file where it can be.
+#[test]
+fn check_refuses_an_access_log_in_a_missing_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir").join("access.log");
+    let text = format!("{VALID}\n[access_log]\npath = '{}'\n", missing.display());
+    let (path, err) = check_fails(dir.path(), "log.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "'")),
+        "access_log.path",
+        "the access log cannot be opened",
+    );
+    assert_eq!(error_count(&err), 1);
+
+    let fine = dir.path().join("access.log");
+    let text = format!("{VALID}\n[access_log]\npath = '{}'\n", fine.display());
+    let (_, code, out, err) = check(dir.path(), "log_ok.toml", &text);
+    assert_eq!((code, out.trim()), (0, "config OK"), "{err}");
+    assert!(!fine.exists(), "--check created the log file");
+}
+
+/// Numbers TOML cannot hold (an integer beyond 64 bits, a float beyond
+/// f64) are reported with their file, position and key, every one of them.
+#[test]
+fn check_names_the_key_of_a_number_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = VALID.replace(
+        "servers = [ { addr = \"127.0.0.1:9001\" } ]",
+        "retry_budget = 1e309\nservers = [ { addr = \"127.0.0.1:9001\", weight = 99999999999999999999 } ]",
+    ) + "\n[limits]\nmax_body_bytes = 18446744073709551616\n";
+    let (path, err) = check_fails(dir.path(), "numbers.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "1e309")),
+        "pool.app.retry_budget",
+        "not a finite float",
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "99999999999999999999")),
+        "pool.app.servers[0].weight",
+        "integer out of range",
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "18446744073709551616")),
+        "limits.max_body_bytes",
+        "integer out of range",
+    );
+    assert_eq!(error_count(&err), 3);
+}
+
 #[test]
 fn check_reports_missing_cert_file() {
     let dir = tempfile::tempdir().unwrap();

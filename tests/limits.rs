@@ -232,6 +232,60 @@ async fn overlong_target_gets_414() {
     assert_eq!(origin.hits(), 1);
 }
 
+/// A target longer than `max_uri_bytes` gets 414 even when the request
+/// line alone is more than the head limit: `max_uri_bytes` names what is
+/// wrong, whatever the head's total size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_longer_than_the_head_limit_still_gets_414() {
+    let origin = Origin::hello().await;
+    let d = Daemon::start(&simple_config(&[origin.addr], ""));
+    // 200 KB: over max_uri_bytes (8 KiB) and over max_header_bytes (64 KiB).
+    let r = exchange(d.addr("http"), &target_of(200 * 1024)).await;
+    r.assert_plain_error(414);
+    assert_eq!(r.header("connection"), Some("close"), "{}", r.text);
+    // Just over the head limit too, and with a query.
+    let r = exchange(
+        d.addr("http"),
+        format!(
+            "GET /q?{} HTTP/1.1\r\nHost: a\r\n\r\n",
+            "x".repeat(70 * 1024)
+        )
+        .as_bytes(),
+    )
+    .await;
+    r.assert_plain_error(414);
+    // A long head whose target is short is still 431.
+    let r = exchange(d.addr("http"), &head_with_filler(70 * 1024)).await;
+    assert_eq!(r.status, 431, "{}", r.text);
+    // Behind a request that is answered normally, on the same connection.
+    let mut two = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+    two.extend_from_slice(&target_of(100 * 1024));
+    let mut stream = TcpStream::connect(d.addr("http")).await.unwrap();
+    let _ = stream.write_all(&two).await;
+    // Both answers, up to the close after the 414 (they may arrive in one
+    // read, so they are read as one text).
+    let mut both = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut both)).await;
+    assert!(read.is_ok(), "the connection closes after the 414");
+    let both = String::from_utf8_lossy(&both);
+    let statuses: Vec<&str> = both
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &both[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "414"], "{both}");
+    assert_eq!(origin.hits(), 1);
+    drop(d);
+
+    // A head limit below max_uri_bytes: the target still names the problem.
+    let origin = Origin::hello().await;
+    let d = Daemon::start(&limits_config(origin.addr, "max_header_bytes = \"2KiB\""));
+    let r = exchange(d.addr("http"), &target_of(8 * 1024 + 1)).await;
+    r.assert_plain_error(414);
+    let r = exchange(d.addr("http"), &target_of(4 * 1024)).await;
+    r.assert_plain_error(431);
+    assert_eq!(origin.hits(), 0);
+}
+
 // ----------------------------------------------------------- body limits --
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

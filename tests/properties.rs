@@ -423,6 +423,7 @@ struct Seen {
 const LIMITS: GuardLimits = GuardLimits {
     max_head_bytes: 64 << 10,
     max_headers: 100,
+    max_target_bytes: usize::MAX,
 };
 
 /// Feeds `stream` through a guard in reads cut at `cuts`.

@@ -261,6 +261,91 @@ async fn forwarding_fields_are_added_and_host_is_kept() {
     assert_eq!(joined(h, "via").as_deref(), Some("1.0 fred, 1.1 sluice"));
 }
 
+/// A client's `Forwarded` never reaches the origin: sluice's own element
+/// replaces it (RFC 7239), as its `X-Forwarded-Host` and `-Proto` do; and
+/// the fields some origins read as a URL, method or client address are
+/// removed on every route unless the route lists its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_forwarded_and_override_fields_never_reach_the_origin() {
+    let origin = Origin::hello().await;
+    let config = simple_config(&[origin.addr], "")
+        + r#"
+[[route]]
+name = "own-list"
+path_prefix = "/own/"
+pool = "app"
+strip_request_headers = ["X-Secret"]
+"#;
+    // The catch-all route is first in the file: the own-list route needs
+    // its own host to be reached.
+    let config = config.replacen(
+        "name = \"main\"\n",
+        "name = \"main\"\nhosts = [\"front.example\"]\n",
+        1,
+    );
+    let d = Daemon::start(&config);
+    let claims = [
+        ("forwarded", "for=6.6.6.6;host=evil.example;proto=https"),
+        ("x-original-url", "/admin/"),
+        ("x-rewrite-url", "/admin/"),
+        ("x-http-method-override", "DELETE"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x-forwarded-port", "443"),
+        ("x-secret", "s"),
+    ];
+    let with_claims = |path: &str, host: &str| {
+        let mut req = request(Method::GET, path, host, empty());
+        for (name, value) in claims {
+            req.headers_mut().append(name, value.parse().unwrap());
+        }
+        req
+    };
+    let r = h1(d.addr("http"), with_claims("/x", "front.example")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = only_seen(&origin);
+    let h = &seen.headers;
+    assert_eq!(
+        joined(h, "forwarded").as_deref(),
+        Some("for=127.0.0.1;proto=http;host=front.example"),
+        "{h:?}"
+    );
+    for name in [
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-real-ip",
+        "x-forwarded-port",
+    ] {
+        assert!(!h.contains_key(name), "{name} reached the origin: {h:?}");
+    }
+    assert_eq!(h["x-secret"], "s", "not on the default list");
+
+    // Over HTTP/2, with a port in the authority (quoted, RFC 7239 §4).
+    let mut h2 = h2c_conn(d.addr("http")).await;
+    let mut req = h2_request(Method::GET, "http://front.example:8080/y", empty());
+    req.headers_mut()
+        .insert("forwarded", "for=\"[2001:db8::1]\"".parse().unwrap());
+    assert_eq!(h2_send(&mut h2, req).await.status, 200);
+    let seen = origin.seen();
+    let h = &seen.last().expect("the h2 request").headers;
+    assert_eq!(
+        joined(h, "forwarded").as_deref(),
+        Some("for=127.0.0.1;proto=http;host=\"front.example:8080\"")
+    );
+
+    // A route's own list replaces the default one.
+    let r = h1(d.addr("http"), with_claims("/own/z", "other.example")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = origin.seen();
+    let h = &seen.last().expect("the own-list request").headers;
+    assert!(!h.contains_key("x-secret"), "{h:?}");
+    assert_eq!(h["x-real-ip"], "6.6.6.6");
+    assert_eq!(
+        joined(h, "forwarded").as_deref(),
+        Some("for=127.0.0.1;proto=http;host=other.example")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_is_forwarded_exactly_as_the_client_sent_it() {
     let origin = Origin::hello().await;
@@ -819,4 +904,98 @@ servers = [ {{ addr = "{}" }} ]
         hits, expected_hits,
         "hits per origin (api, static, wild, other)"
     );
+}
+
+/// One raw HTTP/1.1 request for `target` (sent byte for byte, as no HTTP
+/// library would); the status and body of the answer.
+async fn raw_get(addr: SocketAddr, target: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET {target} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (buf, complete) = read_raw_response(&mut stream, NoLength::UntilClose).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (end, _) = complete.unwrap_or_else(|| panic!("{target}: no whole response: {text:?}"));
+    let (status, _) = parse_head(&text[..end]).unwrap_or_else(|| panic!("{text:?}"));
+    (status, text[end + 4..].to_string())
+}
+
+/// Every spelling of a path lands on the route its normalised form names,
+/// and the origin is sent that normalised form (query untouched), so that
+/// a `path_prefix` is a boundary proxy and origin agree on. Case stays
+/// significant. `path_normalization = "off"` keeps paths as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_normalised_before_routing_and_forwarding() {
+    let admin = Origin::hello().await;
+    let app = Origin::hello().await;
+    let config = format!(
+        r#"
+[[listener]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "literal"
+listen = "127.0.0.1:0"
+path_normalization = "off"
+
+[[route]]
+name = "admin"
+path_prefix = "/admin/"
+pool = "admin"
+
+[[route]]
+name = "app"
+pool = "app"
+
+[pool.admin]
+servers = [ {{ addr = "{}" }} ]
+
+[pool.app]
+servers = [ {{ addr = "{}" }} ]
+"#,
+        admin.addr, app.addr
+    );
+    let d = Daemon::start(&config);
+    let is = |origin: &Origin| format!("origin {}", origin.addr.port());
+    let cases = [
+        ("/admin/", &admin, "/admin/"),
+        ("//admin/", &admin, "/admin/"),
+        ("/x/../admin/", &admin, "/admin/"),
+        ("/%61dmin/", &admin, "/admin/"),
+        ("/x/%2e%2E/admin/./users", &admin, "/admin/users"),
+        ("/Admin/", &app, "/Admin/"),
+        ("/admin/../x", &app, "/x"),
+        ("/admin%2F..%2Fx", &app, "/admin%2F..%2Fx"),
+        (
+            "/x/../admin/?next=/../%2e%2e",
+            &admin,
+            "/admin/?next=/../%2e%2e",
+        ),
+    ];
+    for (target, origin, sent) in cases {
+        let before = origin.seen().len();
+        let (status, body) = raw_get(d.addr("http"), target).await;
+        assert_eq!(status, 200, "{target}: {body}");
+        assert_eq!(body, is(origin), "{target} went to the wrong pool");
+        let seen = origin.seen();
+        assert_eq!(seen.len(), before + 1, "{target}");
+        let got = seen
+            .last()
+            .unwrap()
+            .uri
+            .path_and_query()
+            .unwrap()
+            .as_str()
+            .to_string();
+        assert_eq!(got, sent, "{target}: what the origin was sent");
+    }
+    // Not a percent-encoding: refused, not guessed at.
+    let (status, _) = raw_get(d.addr("http"), "/admin/%zz").await;
+    assert_eq!(status, 400);
+
+    // With normalisation off, the path is routed and sent as it came.
+    let (status, body) = raw_get(d.addr("literal"), "/x/../admin/").await;
+    assert_eq!((status, body), (200, is(&app)));
+    let sent = app.seen().last().unwrap().uri.to_string();
+    assert_eq!(sent, "/x/../admin/");
 }

@@ -110,18 +110,22 @@ fuzz_target!(|data: &[u8]| {
         0 => GuardLimits {
             max_head_bytes: 4096,
             max_headers: 100,
+            max_target_bytes: usize::MAX,
         },
         1 => GuardLimits {
             max_head_bytes: 64,
             max_headers: 100,
+            max_target_bytes: usize::MAX,
         },
         2 => GuardLimits {
             max_head_bytes: 256,
             max_headers: 4,
+            max_target_bytes: usize::MAX,
         },
         _ => GuardLimits {
             max_head_bytes: 1 << 16,
             max_headers: 200,
+            max_target_bytes: usize::MAX,
         },
     };
     let cuts = usize::from(cuts % 16);

@@ -51,10 +51,13 @@ impl fmt::Display for ConfigErrors {
 /// stopping at the first: a key that fails (a typo, a bad duration, a wrong
 /// type) is reported, removed from a working copy of the document, and the
 /// rest is read again. Returns the raw config when the remainder reads
-/// cleanly, and the errors found on the way.
-pub(super) fn deserialize(text: &str) -> (Option<RawConfig>, Vec<ConfigError>) {
+/// cleanly, the errors found on the way, and the text that was read (the
+/// file with out-of-range numbers blanked, see [`blank_bad_numbers`]; every
+/// offset in it is the file's).
+pub(super) fn deserialize(text: &str) -> (Option<RawConfig>, Vec<ConfigError>, String) {
+    let (read, blanked) = blank_bad_numbers(text);
     let mut errors = Vec::new();
-    let mut doc = match text.parse::<toml_edit::DocumentMut>() {
+    let mut doc = match read.parse::<toml_edit::DocumentMut>() {
         Ok(doc) => doc,
         Err(e) => {
             errors.push(ConfigError {
@@ -62,14 +65,32 @@ pub(super) fn deserialize(text: &str) -> (Option<RawConfig>, Vec<ConfigError>) {
                 position: e.span().map(|s| line_col(text, s.start)),
                 message: e.message().trim().to_string(),
             });
-            return (None, errors);
+            return (None, errors, read);
         }
     };
-    let original = text.parse::<toml_edit::ImDocument<String>>().ok();
-    let mut current = text.to_string();
+    let original = read.parse::<toml_edit::ImDocument<String>>().ok();
+    // Blanked numbers were reported with their keys; the keys go, so that
+    // their stand-ins are not read as values.
+    let mut pristine = true;
+    for (error, segs) in blanked {
+        if let Some(mut segs) = segs {
+            // An array element goes with its array, keeping the others'
+            // indices.
+            while let Some(OwnedSeg::Index(_)) = segs.last() {
+                segs.pop();
+            }
+            pristine &= !remove(&mut doc, &segs);
+        }
+        errors.push(error);
+    }
+    let mut current = if pristine {
+        read.clone()
+    } else {
+        doc.to_string()
+    };
     for _ in 0..64 {
         let e = match serde_path_to_error::deserialize(toml::Deserializer::new(&current)) {
-            Ok(raw) => return (Some(raw), errors),
+            Ok(raw) => return (Some(raw), errors, read),
             Err(e) => e,
         };
         let segs = owned_segments(e.path());
@@ -77,18 +98,21 @@ pub(super) fn deserialize(text: &str) -> (Option<RawConfig>, Vec<ConfigError>) {
         let inner = e.into_inner();
         let message = inner.message().trim().to_string();
         // A required key that is missing because an earlier error removed
-        // it: already reported, and nothing more can be read safely.
+        // it: already reported, and nothing more can be read safely. A key
+        // already reported (a blanked number in an array) is not reported
+        // twice.
         let cascade = message.starts_with("missing field")
             && errors.iter().any(|r: &ConfigError| r.key.starts_with(&key));
-        if !cascade {
+        let repeated = errors.iter().any(|r| !key.is_empty() && r.key == key);
+        if !cascade && !repeated {
             let unknown_key = message.starts_with("unknown field");
             let position = original
                 .as_ref()
                 .and_then(|d| locate(d, &segs, unknown_key))
                 .map(|offset| line_col(text, offset))
                 .or_else(|| {
-                    // Only the first pass reads the original text.
-                    (errors.is_empty())
+                    // Only a pass over the file's own text has its offsets.
+                    pristine
                         .then(|| inner.span().map(|s| line_col(text, s.start)))
                         .flatten()
                 });
@@ -99,11 +123,168 @@ pub(super) fn deserialize(text: &str) -> (Option<RawConfig>, Vec<ConfigError>) {
             });
         }
         if cascade || !remove(&mut doc, &segs) {
-            return (None, errors);
+            return (None, errors, read);
         }
+        pristine = false;
         current = doc.to_string();
     }
-    (None, errors)
+    (None, errors, read)
+}
+
+/// A number TOML refused: the error, and the path of its key when found.
+type Blanked = (ConfigError, Option<Vec<OwnedSeg>>);
+
+/// The most out-of-range numbers [`blank_bad_numbers`] reports in one file.
+const MAX_BAD_NUMBERS: usize = 32;
+
+/// TOML refuses a whole document over one number it cannot represent (an
+/// integer beyond 64 bits, a float such as `1e309`), and its error names no
+/// key. Each such number is reported here with its key: it is blanked (`0`
+/// padded with spaces, so that every offset stays the file's) and the
+/// document read again, and the key is found at that offset. Returns the
+/// text with every bad number blanked, and one error per number with the
+/// key's path (for removal).
+fn blank_bad_numbers(text: &str) -> (String, Vec<Blanked>) {
+    let mut read = text.to_string();
+    let mut found: Vec<(usize, String)> = Vec::new();
+    while found.len() < MAX_BAD_NUMBERS {
+        let Err(e) = read.parse::<toml_edit::ImDocument<String>>() else {
+            break;
+        };
+        let Some(at) = e.span().map(|s| s.start) else {
+            break;
+        };
+        let Some(len) = number_at(&read, at) else {
+            break;
+        };
+        found.push((at, e.message().trim().to_string()));
+        let blank = format!("0{}", " ".repeat(len - 1));
+        read.replace_range(at..at + len, &blank);
+    }
+    if found.is_empty() {
+        return (read, Vec::new());
+    }
+    let doc = read.parse::<toml_edit::ImDocument<String>>().ok();
+    let errors = found
+        .into_iter()
+        .map(|(at, message)| {
+            let segs = doc.as_ref().and_then(|d| {
+                let mut segs = Vec::new();
+                path_to(d.as_item(), at, &mut segs).then_some(segs)
+            });
+            let error = ConfigError {
+                key: segs.as_deref().map(segs_string).unwrap_or_default(),
+                position: Some(line_col(text, at)),
+                message: number_message(&message),
+            };
+            (error, segs)
+        })
+        .collect();
+    (read, errors)
+}
+
+/// What to say about a value TOML refused: its own words name no limit.
+fn number_message(toml: &str) -> String {
+    if toml.contains("float") {
+        "not a finite float: TOML floats are 64-bit (at most about 1.8e308)".to_string()
+    } else if toml.contains("number too") {
+        "integer out of range: TOML integers are 64-bit signed (-9223372036854775808 to 9223372036854775807)".to_string()
+    } else {
+        toml.to_string()
+    }
+}
+
+/// The length of the number-like token starting at `at` (a digit or a sign
+/// first; then what a TOML number or date may hold), or `None` when there
+/// is none, or it is already a blank `0`.
+fn number_at(text: &str, at: usize) -> Option<usize> {
+    let rest = text.get(at..)?.as_bytes();
+    if !matches!(rest.first()?, b'0'..=b'9' | b'+' | b'-') {
+        return None;
+    }
+    let len = rest
+        .iter()
+        .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-' | b'_')))
+        .unwrap_or(rest.len());
+    (&rest[..len] != b"0").then_some(len)
+}
+
+/// The path to the value whose span starts at `at`, pushed onto `segs`.
+fn path_to(item: &toml_edit::Item, at: usize, segs: &mut Vec<OwnedSeg>) -> bool {
+    use toml_edit::{Item, Value};
+    let within = |span: Option<std::ops::Range<usize>>| span.is_some_and(|s| s.contains(&at));
+    match item {
+        Item::Value(Value::Array(a)) => {
+            for (i, v) in a.iter().enumerate() {
+                segs.push(OwnedSeg::Index(i));
+                if within(v.span()) && path_to_value(v, at, segs) {
+                    return true;
+                }
+                segs.pop();
+            }
+            false
+        }
+        Item::Value(v) => path_to_value(v, at, segs),
+        Item::Table(t) => {
+            for (k, v) in t.iter() {
+                segs.push(OwnedSeg::Key(k.to_string()));
+                if path_to(v, at, segs) {
+                    return true;
+                }
+                segs.pop();
+            }
+            false
+        }
+        Item::ArrayOfTables(a) => {
+            for (i, t) in a.iter().enumerate() {
+                segs.push(OwnedSeg::Index(i));
+                for (k, v) in t.iter() {
+                    segs.push(OwnedSeg::Key(k.to_string()));
+                    if path_to(v, at, segs) {
+                        return true;
+                    }
+                    segs.pop();
+                }
+                segs.pop();
+            }
+            false
+        }
+        Item::None => false,
+    }
+}
+
+fn path_to_value(v: &toml_edit::Value, at: usize, segs: &mut Vec<OwnedSeg>) -> bool {
+    use toml_edit::Value;
+    match v {
+        Value::Array(_) => path_to(&toml_edit::Item::Value(v.clone()), at, segs),
+        Value::InlineTable(t) => {
+            for (k, v) in t.iter() {
+                segs.push(OwnedSeg::Key(k.to_string()));
+                if path_to_value(v, at, segs) {
+                    return true;
+                }
+                segs.pop();
+            }
+            false
+        }
+        v => v.span().is_some_and(|s| s.start == at),
+    }
+}
+
+fn segs_string(segs: &[OwnedSeg]) -> String {
+    let mut out = String::new();
+    for seg in segs {
+        match seg {
+            OwnedSeg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            OwnedSeg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
 }
 
 fn owned_segments(path: &serde_path_to_error::Path) -> Vec<OwnedSeg> {

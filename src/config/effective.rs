@@ -211,6 +211,10 @@ pub(crate) fn effective_toml(c: &Config) -> String {
                     ])),
                 );
             }
+            t.insert(
+                "path_normalization".into(),
+                string(if l.normalize_paths { "on" } else { "off" }),
+            );
             t.insert("limits".into(), Value::Table(limits_table(&l.limits)));
             Value::Table(t)
         })
@@ -247,6 +251,15 @@ pub(crate) fn effective_toml(c: &Config) -> String {
             if r.compress {
                 t.insert("compress".into(), Value::Boolean(true));
             }
+            t.insert(
+                "strip_request_headers".into(),
+                Value::Array(
+                    r.strip_request_headers
+                        .iter()
+                        .map(|h| string(h.as_str()))
+                        .collect(),
+                ),
+            );
             if let Some(spec) = &r.cache {
                 t.insert("cache".into(), Value::Boolean(true));
                 let strings = |v: Vec<String>| Value::Array(v.into_iter().map(string).collect());

@@ -3,7 +3,7 @@
 //! connection rates.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use super::raw::RawConfig;
@@ -18,6 +18,10 @@ pub struct ListenerConfig {
     pub limits: Limits,
     /// New connections accepted per unit of time; `None` = unlimited.
     pub max_connection_rate: Option<Rate>,
+    /// `path_normalization = "on"` (the default): request paths are
+    /// normalised before routing, caching and forwarding ([`crate::path`]);
+    /// `"off"` keeps them as sent.
+    pub normalize_paths: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +53,25 @@ pub struct PairError {
     pub message: String,
 }
 
+/// Whether two listening sockets cannot both be bound: the same port and
+/// the same address, or a wildcard that covers the other (`0.0.0.0` covers
+/// IPv4; `[::]` covers everything, as sluice binds it dual-stack). Port 0
+/// (any free port) never clashes.
+pub(super) fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    x == y || covers(x, y) || covers(y, x)
+}
+
+fn covers(wildcard: IpAddr, other: IpAddr) -> bool {
+    match wildcard {
+        IpAddr::V6(w) => w.is_unspecified(),
+        IpAddr::V4(w) => w.is_unspecified() && other.is_ipv4(),
+    }
+}
+
 impl Validator<'_> {
     pub(super) fn listeners(&mut self, raw: &RawConfig, base: &Limits) -> Vec<ListenerConfig> {
         if raw.listener.is_empty() {
@@ -58,8 +81,7 @@ impl Validator<'_> {
             );
         }
         let mut names = HashSet::new();
-        let mut addrs = HashSet::new();
-        let mut out = Vec::new();
+        let mut out: Vec<ListenerConfig> = Vec::new();
         for (i, l) in raw.listener.iter().enumerate() {
             let at = |k| [Seg::Key("listener"), Seg::Index(i), Seg::Key(k)];
             if l.name.is_empty() {
@@ -72,8 +94,14 @@ impl Validator<'_> {
             }
             let listen = match l.listen.parse::<SocketAddr>() {
                 Ok(a) => {
-                    if a.port() != 0 && !addrs.insert(a) {
-                        self.error(&at("listen"), format!("{a} is used by another listener"));
+                    if let Some(other) = out.iter().find(|o| addresses_clash(a, o.listen)) {
+                        self.error(
+                            &at("listen"),
+                            format!(
+                                "{a} is used by another listener (\"{}\" on {})",
+                                other.name, other.listen
+                            ),
+                        );
                     }
                     a
                 }
@@ -143,12 +171,24 @@ impl Validator<'_> {
                 ),
                 None => base.clone(),
             };
+            let normalize_paths = match l.path_normalization.as_deref() {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => {
+                    self.error(
+                        &at("path_normalization"),
+                        format!("unknown value \"{other}\"; use \"on\" or \"off\""),
+                    );
+                    true
+                }
+            };
             out.push(ListenerConfig {
                 name: l.name.clone(),
                 listen,
                 tls,
                 limits,
                 max_connection_rate,
+                normalize_paths,
             });
         }
         out
@@ -179,6 +219,24 @@ mod tests {
         fn resolve(&self, r: &ResolverConfig, addr: &ServerAddr) -> io::Result<Vec<SocketAddr>> {
             Offline.resolve(r, addr)
         }
+
+        fn log_file(&self, _: &Path) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn listening_addresses_clash_when_one_socket_would_cover_the_other() {
+        let clash = |a: &str, b: &str| addresses_clash(a.parse().unwrap(), b.parse().unwrap());
+        assert!(clash("127.0.0.1:80", "127.0.0.1:80"));
+        assert!(clash("0.0.0.0:80", "127.0.0.1:80"));
+        assert!(clash("127.0.0.1:80", "[::]:80"));
+        assert!(clash("[::]:80", "[::1]:80"));
+        assert!(clash("[::ffff:127.0.0.1]:80", "127.0.0.1:80"));
+        assert!(!clash("0.0.0.0:80", "[::1]:80"));
+        assert!(!clash("127.0.0.1:80", "127.0.0.2:80"));
+        assert!(!clash("127.0.0.1:80", "127.0.0.1:81"));
+        assert!(!clash("127.0.0.1:0", "127.0.0.1:0"));
     }
 
     #[test]

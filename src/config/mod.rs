@@ -82,8 +82,9 @@ pub struct ServerConfig {
 }
 
 /// What validation checks outside the file: that every TLS `{ cert, key }`
-/// pair loads, and that every server name resolves now (like nginx, a name
-/// that does not resolve is an error at `--check` and at start).
+/// pair loads, that every server name resolves now (like nginx, a name
+/// that does not resolve is an error at `--check` and at start), and that
+/// the access log file can be opened.
 ///
 /// `config` itself reads no certificate and asks no DNS server: the caller
 /// passes the real checks (`crate::environment::System`, which uses
@@ -95,6 +96,10 @@ pub trait Environment {
 
     /// The addresses `addr` stands for now, asked of `resolver`.
     fn resolve(&self, resolver: &ResolverConfig, addr: &ServerAddr) -> io::Result<Vec<SocketAddr>>;
+
+    /// Whether the access log can be opened at `path` (an existing file
+    /// for appending, or a new one in an existing directory).
+    fn log_file(&self, path: &Path) -> io::Result<()>;
 }
 
 impl Config {
@@ -120,13 +125,13 @@ impl Config {
             file: path.to_path_buf(),
             errors,
         };
-        let (raw, mut errors) = deserialize(text);
+        let (raw, mut errors, read) = deserialize(text);
         let Some(raw) = raw else {
             return Err(fail(errors));
         };
         let mut v = Validator {
             text,
-            doc: text.parse::<toml_edit::ImDocument<String>>().ok(),
+            doc: read.parse::<toml_edit::ImDocument<String>>().ok(),
             env,
             errors: Vec::new(),
         };
@@ -146,6 +151,11 @@ impl Config {
             errors.sort_by_key(|e| e.position.unwrap_or((usize::MAX, 0)));
             Err(fail(errors))
         }
+    }
+
+    /// Listener `name`'s settings.
+    pub(crate) fn listener(&self, name: &str) -> Option<&ListenerConfig> {
+        self.listeners.iter().find(|l| l.name == name)
     }
 
     /// The limits that apply on listener `name`: its own `[listener.limits]`
@@ -177,6 +187,7 @@ impl Validator<'_> {
         let pools = self.pools(&raw, &resolver);
         let routes = self.routes(&raw, &pools);
         let admin = self.admin(raw.admin.as_ref());
+        self.admin_apart(admin.as_ref(), &listeners);
         let access_log = self.access_log(raw.access_log.as_ref());
         let log = self.log(&raw.log);
         let cache = self.cache(raw.cache.as_ref());
@@ -232,6 +243,10 @@ mod tests {
                     "no such name in the offline test environment",
                 )),
             }
+        }
+
+        fn log_file(&self, _: &Path) -> io::Result<()> {
+            Ok(())
         }
     }
 
@@ -328,6 +343,36 @@ servers = [ { addr = "127.0.0.1:9001", weight = 0 } ]
         let e = parse(&text).unwrap_err();
         assert_eq!(e.errors[0].key, "pool.app.connect_timeout");
         assert!(e.errors[0].message.contains("unknown unit"), "{e}");
+    }
+
+    #[test]
+    fn numbers_toml_cannot_hold_are_reported_with_their_keys() {
+        let text = MINIMAL
+            .replace(
+                "pool = \"app\"",
+                "pool = \"app\"\nname = 1e999\n\n[[route]]\npool = \"app\"\npath_prefix = -99999999999999999999",
+            )
+            .replace("servers = [", "retry_on = [\"connect\", 1e400]\nservers = [");
+        let e = parse(&text).unwrap_err();
+        let keys: Vec<&str> = e.errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "route[0].name",
+                "route[1].path_prefix",
+                "pool.app.retry_on[1]"
+            ],
+            "{e}"
+        );
+        assert!(e.errors.iter().all(|e| e.position.is_some()), "{e}");
+        assert!(e.errors[1].message.contains("integer out of range"), "{e}");
+        // Everything else in the file is still checked.
+        let text = text.replace("listen = \"127.0.0.1:8080\"", "listen = \"nowhere\"");
+        let e = parse(&text).unwrap_err();
+        assert!(
+            e.errors.iter().any(|e| e.key == "listener[0].listen"),
+            "{e}"
+        );
     }
 
     #[test]

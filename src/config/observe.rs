@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{Seg, Validator};
+use super::listeners::addresses_clash;
+use super::{ListenerConfig, Seg, Validator};
 
 /// `[admin]` as written.
 #[derive(Debug, Deserialize)]
@@ -204,6 +205,30 @@ impl Validator<'_> {
         })
     }
 
+    /// The admin listener is bound beside the proxy listeners: an address
+    /// one of them holds would fail at start.
+    pub(super) fn admin_apart(
+        &mut self,
+        admin: Option<&AdminConfig>,
+        listeners: &[ListenerConfig],
+    ) {
+        let Some(admin) = admin else {
+            return;
+        };
+        if let Some(l) = listeners
+            .iter()
+            .find(|l| addresses_clash(admin.listen, l.listen))
+        {
+            self.error(
+                &[Seg::Key("admin"), Seg::Key("listen")],
+                format!(
+                    "{} is used by listener \"{}\" ({}); the admin API needs an address of its own",
+                    admin.listen, l.name, l.listen
+                ),
+            );
+        }
+    }
+
     pub(super) fn access_log(&mut self, raw: Option<&RawAccessLog>) -> Option<AccessLogConfig> {
         let raw = raw?;
         let format = match raw.format.as_str() {
@@ -226,7 +251,16 @@ impl Validator<'_> {
                 );
                 AccessLogTarget::Stdout
             }
-            p => AccessLogTarget::File(PathBuf::from(p)),
+            p => {
+                let path = PathBuf::from(p);
+                if let Err(e) = self.env.log_file(&path) {
+                    self.error(
+                        &[Seg::Key("access_log"), Seg::Key("path")],
+                        format!("the access log cannot be opened at \"{p}\": {e}"),
+                    );
+                }
+                AccessLogTarget::File(path)
+            }
         };
         Some(AccessLogConfig { format, target })
     }

@@ -68,6 +68,7 @@ pub(crate) struct RawListener {
     /// `[listener.limits]`: overrides of `[limits]` keys for this listener.
     pub limits: Option<RawLimits>,
     pub max_connection_rate: Option<RawConnectionRate>,
+    pub path_normalization: Option<String>,
 }
 
 /// `[[listener]] max_connection_rate = { connections, per, burst }`.
@@ -111,6 +112,7 @@ pub(crate) struct RawRoute {
     pub cache_key_ignore_params: Option<Vec<String>>,
     #[serde(default)]
     pub compress: bool,
+    pub strip_request_headers: Option<Vec<String>>,
 }
 
 /// `[[route]] rate_limit = { requests, per, burst, key }`.

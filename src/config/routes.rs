@@ -1,7 +1,11 @@
 //! `[[route]]`: host patterns and path prefixes, the pool each route
-//! sends to, its `rate_limit`, and the `cache` and `compress` switches.
+//! sends to, its `rate_limit`, the `cache` and `compress` switches, and the
+//! client fields it strips before forwarding.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+
+use http::HeaderName;
 
 use super::raw::RawConfig;
 use super::{cache, KeySpec, PoolConfig, Rate, Seg, Validator};
@@ -18,7 +22,37 @@ pub struct RouteConfig {
     pub cache: Option<KeySpec>,
     /// `compress = true`: responses are compressed per `[compression]`.
     pub compress: bool,
+    /// Client request fields removed before forwarding: the route's
+    /// `strip_request_headers`, or [`DEFAULT_STRIP_REQUEST_HEADERS`].
+    /// Parsed once here, so the request path only looks names up.
+    pub strip_request_headers: Arc<[HeaderName]>,
 }
+
+/// Client fields removed before forwarding unless a route says otherwise:
+/// each makes some origin framework change the request's URL, method,
+/// client address, scheme or port, none of them is sluice's to pass on,
+/// and a response they shaped would be cached under the URL as sent.
+pub(crate) const DEFAULT_STRIP_REQUEST_HEADERS: [&str; 14] = [
+    // Path overrides (IIS URL Rewrite, Symfony, Laminas).
+    "x-original-url",
+    "x-rewrite-url",
+    // Method overrides (Rails, Express method-override, Google APIs).
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    // Client address claims (nginx real_ip, Akamai, Rackspace).
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    // Scheme, port and prefix claims sluice does not set (Spring, Rails,
+    // ASP.NET forwarded-header middleware).
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "front-end-https",
+];
 
 /// What a route's request rate is counted by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +79,11 @@ impl Validator<'_> {
         }
         let mut out = Vec::new();
         let mut names = HashSet::new();
+        // One list shared by every route that keeps the default.
+        let default_strip: Arc<[HeaderName]> = DEFAULT_STRIP_REQUEST_HEADERS
+            .iter()
+            .map(|n| HeaderName::from_static(n))
+            .collect();
         for (i, r) in raw.route.iter().enumerate() {
             let at = |k| [Seg::Key("route"), Seg::Index(i), Seg::Key(k)];
             let name = r.name.clone().unwrap_or_else(|| i.to_string());
@@ -121,9 +160,42 @@ impl Validator<'_> {
                 rate_limit,
                 cache,
                 compress: r.compress,
+                strip_request_headers: match &r.strip_request_headers {
+                    Some(names) => self.strip_list(i, names),
+                    None => default_strip.clone(),
+                },
             });
         }
         out
+    }
+}
+
+impl Validator<'_> {
+    /// A route's own `strip_request_headers`: valid field names, never
+    /// `Host` (which the upstream request needs).
+    fn strip_list(&mut self, route: usize, names: &[String]) -> Arc<[HeaderName]> {
+        let mut out = Vec::with_capacity(names.len());
+        for (j, name) in names.iter().enumerate() {
+            let at = [
+                Seg::Key("route"),
+                Seg::Index(route),
+                Seg::Key("strip_request_headers"),
+                Seg::Index(j),
+            ];
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) if h == http::header::HOST => self.error(
+                    &at,
+                    "Host cannot be stripped: the upstream request needs it",
+                ),
+                Ok(h) => {
+                    if !out.contains(&h) {
+                        out.push(h);
+                    }
+                }
+                Err(_) => self.error(&at, format!("\"{name}\" is not a valid header name")),
+            }
+        }
+        out.into()
     }
 }
 
@@ -179,5 +251,49 @@ mod tests {
         assert!(check_host_pattern("example.com:80").is_err());
         assert!(check_host_pattern("*").is_err());
         assert!(check_host_pattern("a..b").is_err());
+    }
+
+    #[test]
+    fn strip_request_headers_defaults_and_replaces() {
+        use crate::config::tests::{parse, MINIMAL};
+        let c = parse(MINIMAL).expect("valid");
+        let default: Vec<&str> = c.routes[0]
+            .strip_request_headers
+            .iter()
+            .map(|h| h.as_str())
+            .collect();
+        assert_eq!(default, DEFAULT_STRIP_REQUEST_HEADERS);
+        let own = MINIMAL.replace(
+            "pool = \"app\"\n",
+            "pool = \"app\"\nstrip_request_headers = [\"X-Secret\", \"x-secret\", \"forwarded\"]\n",
+        );
+        let c = parse(&own).expect("valid");
+        let list: Vec<&str> = c.routes[0]
+            .strip_request_headers
+            .iter()
+            .map(|h| h.as_str())
+            .collect();
+        assert_eq!(list, ["x-secret", "forwarded"]);
+        let none = MINIMAL.replace(
+            "pool = \"app\"\n",
+            "pool = \"app\"\nstrip_request_headers = []\n",
+        );
+        assert!(parse(&none).expect("valid").routes[0]
+            .strip_request_headers
+            .is_empty());
+        let bad = MINIMAL.replace(
+            "pool = \"app\"\n",
+            "pool = \"app\"\nstrip_request_headers = [\"ok\", \"bad name\", \"Host\"]\n",
+        );
+        let e = parse(&bad).unwrap_err();
+        let keys: Vec<&str> = e.errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "route[0].strip_request_headers[1]",
+                "route[0].strip_request_headers[2]"
+            ],
+            "{e}"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Header rules of an HTTP intermediary (RFC 9110 §7.6): hop-by-hop fields
-//! removed in both directions, `X-Forwarded-*` and `Via` added, and the
+//! removed in both directions, a route's list of client fields removed,
+//! `X-Forwarded-*`, `Forwarded` (RFC 7239) and `Via` added, and the
 //! request's authority extracted and normalised for routing.
 //!
 //! Pure functions of a header map, tested below one rule at a time.
@@ -116,8 +117,28 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderV
     }
 }
 
+/// Removes the client's `fields` (a route's `strip_request_headers`).
+/// Usually none is present: one pass over the request's field names, each
+/// first checked against the lengths in the list (one bit test), finds
+/// that without a hash lookup per listed name; nothing is allocated.
+pub(crate) fn strip_fields(headers: &mut HeaderMap, fields: &[HeaderName]) {
+    fn length_bit(name: &HeaderName) -> u64 {
+        1 << name.as_str().len().min(63)
+    }
+    let lengths = fields.iter().fold(0, |m, f| m | length_bit(f));
+    let present = headers
+        .keys()
+        .any(|k| lengths & length_bit(k) != 0 && fields.contains(k));
+    if present {
+        for name in fields {
+            headers.remove(name);
+        }
+    }
+}
+
 /// Appends the client to `X-Forwarded-For`, sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host`, and appends this hop to `Via`.
+/// `X-Forwarded-Host`, replaces any `Forwarded` with this hop's element
+/// ([`forwarded_element`]), and appends this hop to `Via`.
 pub(crate) fn add_forwarding(
     headers: &mut HeaderMap,
     client: IpAddr,
@@ -126,6 +147,7 @@ pub(crate) fn add_forwarding(
     version: Version,
 ) {
     let client = client.to_canonical().to_string();
+    let client = client.as_str();
     let mut xff = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR).iter() {
         if let Ok(v) = v.to_str() {
@@ -136,7 +158,7 @@ pub(crate) fn add_forwarding(
             }
         }
     }
-    xff.push_str(&client);
+    xff.push_str(client);
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
@@ -152,7 +174,57 @@ pub(crate) fn add_forwarding(
             headers.insert(X_FORWARDED_HOST.clone(), v);
         }
     }
+    // The client's own `Forwarded` elements are claims nobody checked, as
+    // its `X-Forwarded-Host` and `-Proto` are: they are dropped, and the
+    // origin sees only what sluice saw.
+    headers.remove(header::FORWARDED);
+    if let Some(v) = forwarded_element(client, https, authority) {
+        headers.insert(header::FORWARDED, v);
+    }
     headers.append(header::VIA, via(version));
+}
+
+/// This hop's `Forwarded` element (RFC 7239 §4): `for` (the client's
+/// address), `proto` and, when the request named one, `host`. A value that
+/// is not a token is a quoted-string: an IPv6 address always is, in
+/// brackets (§6), as is a host with a port.
+fn forwarded_element(client: &str, https: bool, authority: &str) -> Option<HeaderValue> {
+    let mut v = Vec::with_capacity(32 + client.len() + authority.len());
+    v.extend_from_slice(b"for=");
+    if client.contains(':') {
+        v.extend_from_slice(b"\"[");
+        v.extend_from_slice(client.as_bytes());
+        v.extend_from_slice(b"]\"");
+    } else {
+        v.extend_from_slice(client.as_bytes());
+    }
+    v.extend_from_slice(if https {
+        b";proto=https"
+    } else {
+        b";proto=http"
+    });
+    if !authority.is_empty() {
+        v.extend_from_slice(b";host=");
+        push_token_or_quoted(&mut v, authority);
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
+}
+
+/// `value` as a token when it is one, otherwise as a quoted-string (RFC
+/// 9110 §5.6.4), `"` and `\` escaped.
+fn push_token_or_quoted(out: &mut Vec<u8>, value: &str) {
+    if !value.is_empty() && value.bytes().all(grammar::is_tchar) {
+        out.extend_from_slice(value.as_bytes());
+        return;
+    }
+    out.push(b'"');
+    for b in value.bytes() {
+        if matches!(b, b'"' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
 }
 
 /// This hop's `Via` entry: the protocol version received, then our name.
@@ -430,6 +502,81 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "example.com");
         let via: Vec<_> = h.get_all("via").iter().collect();
         assert_eq!(via, ["1.0 fred", "1.1 sluice"]);
+    }
+
+    fn forwarded_for(client: &str, https: bool, authority: &str, sent: &[&str]) -> Vec<String> {
+        let pairs: Vec<(&str, &str)> = sent.iter().map(|v| ("forwarded", *v)).collect();
+        let mut h = map(&pairs);
+        add_forwarding(
+            &mut h,
+            client.parse().unwrap(),
+            https,
+            authority,
+            Version::HTTP_11,
+        );
+        h.get_all("forwarded")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn rfc7239_4_the_clients_forwarded_is_replaced_by_this_hops_element() {
+        assert_eq!(
+            forwarded_for(
+                "192.0.2.60",
+                false,
+                "example.com",
+                &["for=6.6.6.6", "for=unknown;host=evil"]
+            ),
+            ["for=192.0.2.60;proto=http;host=example.com"]
+        );
+        assert_eq!(
+            forwarded_for("::ffff:10.0.0.1", true, "a.example", &[]),
+            ["for=10.0.0.1;proto=https;host=a.example"]
+        );
+        // Without an authority (HTTP/1.0 without Host): no host parameter.
+        assert_eq!(
+            forwarded_for("10.0.0.1", false, "", &[]),
+            ["for=10.0.0.1;proto=http"]
+        );
+    }
+
+    #[test]
+    fn rfc7239_6_ipv6_and_non_token_values_are_quoted() {
+        // §6: an IPv6 address is bracketed, and so quoted.
+        assert_eq!(
+            forwarded_for("2001:db8:cafe::17", false, "example.com", &[]),
+            ["for=\"[2001:db8:cafe::17]\";proto=http;host=example.com"]
+        );
+        // §5.3: a host with a port, or an IPv6 literal, is not a token.
+        assert_eq!(
+            forwarded_for("10.0.0.1", false, "example.com:8080", &[]),
+            ["for=10.0.0.1;proto=http;host=\"example.com:8080\""]
+        );
+        assert_eq!(
+            forwarded_for("::1", false, "[::1]:8080", &[]),
+            ["for=\"[::1]\";proto=http;host=\"[::1]:8080\""]
+        );
+        let mut quoted = Vec::new();
+        push_token_or_quoted(&mut quoted, "a\"b\\c");
+        assert_eq!(quoted, b"\"a\\\"b\\\\c\"");
+    }
+
+    #[test]
+    fn a_routes_strip_list_removes_exactly_those_fields() {
+        let mut h = map(&[
+            ("x-original-url", "/admin"),
+            ("X-Real-IP", "6.6.6.6"),
+            ("x-kept", "yes"),
+        ]);
+        let list = [
+            HeaderName::from_static("x-original-url"),
+            HeaderName::from_static("x-real-ip"),
+        ];
+        strip_fields(&mut h, &list);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-kept"], "yes");
     }
 
     fn auth(version: Version, uri: &str, host: &[&str]) -> Result<Authority, AuthorityError> {

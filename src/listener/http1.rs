@@ -232,7 +232,14 @@ where
     }
     if !activity.parking() {
         // hyper ended the connection itself (and shut the socket down),
-        // or handed it to an upgrade.
+        // or handed it to an upgrade. After a 414 for a target the guard
+        // cut short, the client may still be sending it.
+        if let Some(parts) = session.conn.into_parts() {
+            let mut io = parts.io.into_inner();
+            if io.inner.was_cut() {
+                io.inner.linger().await;
+            }
+        }
         return None;
     }
     let parts = session.conn.into_parts()?;
@@ -289,6 +296,7 @@ mod tests {
         let limits = GuardLimits {
             max_head_bytes: 16 << 10,
             max_headers: 100,
+            max_target_bytes: 8 << 10,
         };
         let guard = FramingGuard::new(
             ClientIo::new(server, activity.clone()),

@@ -113,10 +113,20 @@ fn http_builders(limits: &Limits) -> Builders {
     Builders { h1, h2 }
 }
 
+/// Room in hyper's buffer beyond `max_uri_bytes` for the method and the
+/// head the framing guard completes an overlong target with.
+const TARGET_CUT_ROOM: usize = 1024;
+
 /// hyper's HTTP/1.1 read buffer limit (at least its 8 KiB minimum), which
-/// bounds a request head.
+/// bounds a request head. It also holds a request line cut short at
+/// `max_uri_bytes` ([`crate::framing`]), so that an overlong target gets
+/// 414 even when `max_header_bytes` is smaller; the exact head limit is
+/// then the proxy's check.
 fn h1_max_buf(limits: &Limits) -> usize {
-    limits.max_header_bytes.max(8192)
+    limits
+        .max_header_bytes
+        .max(limits.max_uri_bytes.saturating_add(TARGET_CUT_ROOM))
+        .max(8192)
 }
 
 /// The framing guard buffers at most a head hyper could still parse: hyper's
@@ -125,6 +135,7 @@ fn guard_limits(limits: &Limits) -> GuardLimits {
     GuardLimits {
         max_head_bytes: h1_max_buf(limits) + 8192,
         max_headers: limits.max_header_count,
+        max_target_bytes: limits.max_uri_bytes,
     }
 }
 

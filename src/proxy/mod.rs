@@ -39,7 +39,7 @@ use crate::body::{
 use crate::cache::{self, Lookup};
 use crate::compress::Accepted;
 use crate::config::Limits;
-use crate::framing::{Verdict, Verdicts};
+use crate::framing::{Verdict, Verdicts, Violation};
 use crate::headers;
 use crate::metrics::ListenerMetrics;
 use crate::ratelimit;
@@ -122,6 +122,10 @@ async fn respond_to(
     };
     if let Verdict::Reject(violation) = verdict {
         tracing::debug!(client = %conn.client, %violation, "request framing refused");
+        if violation == Violation::TargetTooLong {
+            // The guard cut the target short and asked hyper to close.
+            return Refusal::UriTooLong.reply();
+        }
         return Refusal::BadRequest(violation.message()).reply();
     }
     let mut quota = None;
@@ -155,12 +159,16 @@ async fn proxy(
     quota: &mut Option<ratelimit::Decision>,
     outcome: &mut observe::Outcome,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    let limits = snap.config.limits_for(&conn.listener);
+    let listener = snap.config.listener(&conn.listener);
+    let limits = listener.map_or(&snap.config.limits, |l| &l.limits);
     admit(&req, limits)?;
     let authority = headers::authority(req.version(), req.uri(), req.headers(), conn.https)
         .map_err(|e| Refusal::BadAuthority(e.to_string()))?;
     if req.body().size_hint().lower() > limits.max_body_bytes {
         return Err(Refusal::BodyTooLarge);
+    }
+    if listener.is_none_or(|l| l.normalize_paths) {
+        normalise_path(req.uri_mut())?;
     }
     let route = snap
         .router
@@ -213,7 +221,7 @@ async fn proxy(
         }
         (_, upgrade) => {
             let token = upgrade.as_ref().map(|u| &u.token);
-            let fwd = Forward::new(parts, client, token, outcome);
+            let fwd = Forward::new(parts, client, leg.strip(), token, outcome);
             forward(leg, fwd, Some(incoming), upgrade, outcome).await
         }
     };
@@ -223,6 +231,28 @@ async fn proxy(
         }
         None => resp,
     })
+}
+
+/// Puts the normalised path ([`crate::path`]) in `uri`, query untouched,
+/// so that routing, the cache key and the upstream request all use it.
+/// The access log keeps the path as the client sent it.
+fn normalise_path(uri: &mut Uri) -> Result<(), Refusal> {
+    let path = crate::path::normalise(uri.path())
+        .map_err(|_| Refusal::BadRequest("invalid percent-encoding in the path"))?;
+    let std::borrow::Cow::Owned(path) = path else {
+        return Ok(());
+    };
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(target))
+            .map_err(|_| Refusal::BadRequest("invalid path"))?,
+    );
+    *uri = Uri::from_parts(parts).map_err(|_| Refusal::BadRequest("invalid path"))?;
+    Ok(())
 }
 
 /// The request's own limits, before routing: target length, head size and
@@ -275,19 +305,19 @@ async fn through_cache(
         Lookup::Hit(answer) => answer,
         Lookup::Stale { answer, refresh } => {
             if let Some(fill) = refresh {
-                let fwd = Forward::new(parts, client, None, outcome);
+                let fwd = Forward::new(parts, client, leg.strip(), None, outcome);
                 refresh_in_background(leg.snap, leg.route, fill, fwd);
             }
             answer
         }
         Lookup::Miss(mut fill) => {
-            let mut fwd = Forward::new(parts, client, None, outcome);
+            let mut fwd = Forward::new(parts, client, leg.strip(), None, outcome);
             fill.prepare(&mut fwd.method, &mut fwd.head);
             let resp = forward(leg, fwd, None, None, outcome).await;
             Box::pin(fill.finish(cache, set, resp)).await
         }
         Lookup::Pass(pass) => {
-            let fwd = Forward::new(parts, client, None, outcome);
+            let fwd = Forward::new(parts, client, leg.strip(), None, outcome);
             let resp = forward(leg, fwd, Some(incoming), None, outcome).await;
             pass.finish(cache, set, resp)
         }
@@ -337,6 +367,17 @@ struct Leg<'a> {
     limits: &'a Limits,
 }
 
+impl<'a> Leg<'a> {
+    /// The client fields this route removes before forwarding.
+    fn strip(&self) -> &'a [http::HeaderName] {
+        self.snap
+            .config
+            .routes
+            .get(self.route.index)
+            .map_or(&[], |r| &r.strip_request_headers)
+    }
+}
+
 /// Who sent the request: its connection and the authority it named.
 #[derive(Clone, Copy)]
 struct Client<'a> {
@@ -360,12 +401,14 @@ pub(crate) struct Forward {
 
 impl Forward {
     /// The upstream request for a client's request head: hop-by-hop fields
-    /// removed, `X-Forwarded-*`, `Via` and the request id added, and for an
-    /// HTTP/2 request a `Host` (it carries `:authority` instead) and its
-    /// `cookie` fields joined into one.
+    /// and the route's `strip` list removed, `X-Forwarded-*`, `Forwarded`,
+    /// `Via` and the request id added, and for an HTTP/2 request a `Host`
+    /// (it carries `:authority` instead) and its `cookie` fields joined
+    /// into one.
     fn new(
         parts: http::request::Parts,
         client: Client<'_>,
+        strip: &[http::HeaderName],
         upgrade: Option<&HeaderValue>,
         outcome: &observe::Outcome,
     ) -> Forward {
@@ -373,6 +416,7 @@ impl Forward {
         let received = parts.version;
         let mut head = parts.headers;
         headers::strip_hop_by_hop(&mut head, upgrade);
+        headers::strip_fields(&mut head, strip);
         if received >= Version::HTTP_2 {
             headers::join_cookies(&mut head);
         }
