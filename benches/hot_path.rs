@@ -96,9 +96,7 @@ fn hot_path(c: &mut Criterion) {
         router.lookup(host, path).map(|r| r.name.as_str()),
         Some("tenants-api")
     );
-    let ctx = PickContext {
-        client_ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 23)),
-    };
+    let ctx = PickContext::client(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 23)));
 
     let mut group = c.benchmark_group("lookup+pick");
     for (label, policy) in [

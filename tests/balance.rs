@@ -380,3 +380,172 @@ async fn http2_requests_on_one_connection_are_balanced() {
     }
     assert_eq!([a.hits(), b.hits(), c.hits()], [13, 13, 13]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_uri_keeps_each_uri_on_one_member_and_moves_only_a_removed_members_uris() {
+    let mut owned = Vec::new();
+    for _ in 0..3 {
+        owned.push(Origin::hello().await);
+    }
+    let origins: Vec<&Origin> = owned.iter().collect();
+    let config = |origins: &[&Origin]| {
+        pool_config("hash", &unweighted(origins), "").replace(
+            "policy = \"hash\"",
+            "policy = \"hash\"\nhash_key = \"uri\"\nbalance_factor = 1.25",
+        )
+    };
+    let d = Daemon::start(&config(&origins));
+    let addr = d.addr("http");
+    let uris: Vec<String> = (0..30).map(|i| format!("/item/{i}?v=2")).collect();
+    let mut conn = Conn::open(addr).await;
+    let mut home: BTreeMap<String, usize> = BTreeMap::new();
+    for uri in &uris {
+        let first = which(&origins, &conn.get(uri).await);
+        for _ in 0..2 {
+            assert_eq!(which(&origins, &conn.get(uri).await), first, "{uri} moved");
+        }
+        home.insert(uri.clone(), first);
+    }
+    let mut per_member: HashMap<usize, usize> = HashMap::new();
+    for &m in home.values() {
+        *per_member.entry(m).or_default() += 1;
+    }
+    assert_eq!(per_member.len(), 3, "30 URIs on only {per_member:?}");
+
+    // One member goes: only its URIs move.
+    let removed = *per_member.iter().max_by_key(|(_, n)| **n).unwrap().0;
+    let remaining: Vec<&Origin> = origins
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != removed)
+        .map(|(_, o)| *o)
+        .collect();
+    d.write_config(&config(&remaining));
+    d.signal("HUP");
+    d.log_count("config reloaded", 1).await;
+    let mut conn = Conn::open(addr).await;
+    let mut moved = 0;
+    for uri in &uris {
+        let now = which(&origins, &conn.get(uri).await);
+        if home[uri] == removed {
+            assert_ne!(now, removed);
+            moved += 1;
+        } else {
+            assert_eq!(now, home[uri], "{uri} moved although its member stayed");
+        }
+    }
+    assert_eq!(moved, per_member[&removed]);
+}
+
+/// The `srv` cookie a response sets, as `name=value`.
+fn set_cookie(r: &Reply) -> Option<String> {
+    let v = r.header("set-cookie")?;
+    assert!(v.contains("; Path=/"), "{v}");
+    assert!(v.contains("; HttpOnly"), "{v}");
+    v.split(';').next().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_cookie_keeps_a_client_on_its_member_and_moves_it_when_the_member_goes() {
+    let mut owned = Vec::new();
+    for _ in 0..3 {
+        owned.push(Origin::hello().await);
+    }
+    let origins: Vec<&Origin> = owned.iter().collect();
+    let config = pool_config("sticky_cookie", &unweighted(&origins), "").replace(
+        "policy = \"sticky_cookie\"",
+        "policy = \"sticky_cookie\"\nretries = 2",
+    ) + "\n[pool.app.sticky]\ncookie = \"srv\"\n";
+    let d = Daemon::start(&config);
+    let addr = d.addr("http");
+    let get_with_cookie = |cookie: Option<String>| async move {
+        let headers: Vec<(&str, String)> = cookie.into_iter().map(|c| ("cookie", c)).collect();
+        let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        h1(
+            addr,
+            request_with_headers(Method::GET, "/", "localhost", &refs),
+        )
+        .await
+    };
+    // A new client is balanced and told where it went.
+    let first = get_with_cookie(None).await;
+    let home = which(&origins, &first);
+    let cookie = set_cookie(&first).expect("a new client gets the cookie");
+    assert!(cookie.starts_with("srv="), "{cookie}");
+    assert!(
+        !cookie.contains(&origins[home].addr.port().to_string()),
+        "the cookie does not carry the address: {cookie}"
+    );
+    // With it, every request goes to the same member, and no new cookie.
+    for _ in 0..6 {
+        let r = get_with_cookie(Some(format!("a=1; {cookie}"))).await;
+        assert_eq!(which(&origins, &r), home);
+        assert_eq!(r.header("set-cookie"), None);
+    }
+    // Its member goes: the client moves, and gets a new cookie.
+    owned.remove(home).kill();
+    let origins: Vec<&Origin> = owned.iter().collect();
+    let moved = get_with_cookie(Some(cookie.clone())).await;
+    let now = which(&origins, &moved);
+    let new_cookie = set_cookie(&moved).expect("a moved client gets a new cookie");
+    assert_ne!(new_cookie, cookie);
+    let again = get_with_cookie(Some(new_cookie)).await;
+    assert_eq!(which(&origins, &again), now);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_with_bounded_loads_spreads_a_hot_uri_within_the_factor() {
+    // Every origin holds each request until the test has seen all 64.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let arrived = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut owned = Vec::new();
+    for _ in 0..3 {
+        let (gate, arrived) = (gate.clone(), arrived.clone());
+        owned.push(
+            Origin::serve(move |_req, addr| {
+                let (gate, arrived) = (gate.clone(), arrived.clone());
+                async move {
+                    arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _permit = gate.acquire().await;
+                    Response::builder()
+                        .header("x-origin", addr.to_string())
+                        .body(full("ok"))
+                        .unwrap()
+                }
+            })
+            .await,
+        );
+    }
+    let origins: Vec<&Origin> = owned.iter().collect();
+    let config = pool_config("hash", &unweighted(&origins), "[server]\nworkers = 1")
+        .replace("policy = \"hash\"", "policy = \"hash\"\nmax_pending = 1000");
+    let d = Daemon::start(&config);
+    let addr = d.addr("http");
+    let mut clients = Vec::new();
+    for _ in 0..64 {
+        clients.push(tokio::spawn(async move { get(addr, "/hot").await }));
+    }
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while arrived.load(std::sync::atomic::Ordering::SeqCst) < 64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "64 requests in flight"
+        );
+        tokio::task::yield_now().await;
+    }
+    // 64 in flight over 3 members: none holds more than ceil(1.25 * 64 / 3).
+    let per_member: Vec<usize> = origins.iter().map(|o| o.hits()).collect();
+    assert_eq!(per_member.iter().sum::<usize>(), 64);
+    assert!(
+        per_member.iter().all(|&n| n <= 27),
+        "a member over the bound: {per_member:?}"
+    );
+    assert!(
+        per_member.contains(&27),
+        "the URI's own member takes its full share: {per_member:?}"
+    );
+    gate.add_permits(64);
+    for c in clients {
+        assert_eq!(c.await.unwrap().status, 200);
+    }
+}

@@ -333,8 +333,47 @@ fn check_reports_unknown_policy() {
         "unknown policy \"fastest\"",
     );
     assert!(
-        err.contains("round_robin, weighted, least_conn or ip_hash"),
+        err.contains("round_robin, weighted, least_conn, ip_hash, hash or sticky_cookie"),
         "{err}"
+    );
+}
+
+#[test]
+fn check_reports_hashing_and_sticky_keys_that_cannot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    // Keys of another policy, a hash key it cannot read, a factor below 1.
+    let text = VALID.replace(
+        "servers = [",
+        "hash_key = \"uri\"\nservers = [",
+    ) + "\n[pool.app.sticky]\ncookie = \"srv\"\n\n[pool.hashed]\npolicy = \"hash\"\nhash_key = \"path\"\nbalance_factor = 0.5\nservers = [ { addr = \"127.0.0.1:9002\" } ]\n";
+    let (path, err) = check_fails(dir.path(), "hashing.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"uri\"")),
+        "pool.app.hash_key",
+        "has no effect unless policy = \"hash\"",
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "[pool.app.sticky]")),
+        "pool.app.sticky",
+        "has no effect unless policy = \"sticky_cookie\"",
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"path\"")),
+        "pool.hashed.hash_key",
+        "unknown hash key \"path\"",
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "0.5")),
+        "pool.hashed.balance_factor",
+        "must be between 1.0",
     );
 }
 

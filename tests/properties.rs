@@ -71,7 +71,7 @@ fn pool(addrs: &[SocketAddr], weights: &[u32]) -> Vec<Arc<Member>> {
 /// The member address ip_hash sends `client` to.
 fn owner(members: &[Arc<Member>], client: IpAddr) -> SocketAddr {
     let b = balancer_for(Policy::IpHash, members);
-    members[b.candidates(members, &PickContext { client_ip: client })[0]].addr
+    members[b.candidates(members, &PickContext::client(client))[0]].addr
 }
 
 /// An upper bound for a Binomial(keys, share) count that a correct hash
@@ -226,7 +226,7 @@ proptest! {
             .flat_map(|(m, &k)| (0..k).map(|_| m.begin()))
             .collect();
         for (i, client) in clients(seed, earlier + 5).into_iter().enumerate() {
-            let c = b.candidates(&members, &PickContext { client_ip: client });
+            let c = b.candidates(&members, &PickContext::client(client));
             if i >= earlier {
                 assert_permutation(&c, members.len())?;
             }

@@ -54,7 +54,7 @@ pub fn primary(
         key.push_str("cookie ");
         key.push_str(cookie);
         key.push('=');
-        if let Some(v) = cookie_value(headers, cookie) {
+        if let Some(v) = crate::headers::cookie_value(headers, cookie) {
             key.push_str(v);
         }
     }
@@ -129,19 +129,6 @@ fn push_joined(key: &mut String, headers: &HeaderMap, name: &HeaderName) {
             first = false;
         }
     }
-}
-
-/// The value of cookie `name` in the request's `Cookie` fields.
-fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (n, v) = pair.trim().split_once('=')?;
-            (n == name).then_some(v.trim())
-        })
 }
 
 #[cfg(test)]

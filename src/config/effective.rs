@@ -119,6 +119,25 @@ fn pool_table(p: &PoolConfig) -> toml::Table {
         ("slow_start", duration(p.slow_start)),
         ("resolve_interval", duration(p.resolve_interval)),
     ]);
+    match p.policy {
+        crate::config::Policy::Hash => {
+            t.insert("hash_key".into(), string(p.hash_key.to_string()));
+            t.insert("balance_factor".into(), Value::Float(p.balance_factor));
+        }
+        crate::config::Policy::StickyCookie => {
+            let s = &p.sticky;
+            t.insert(
+                "sticky".into(),
+                Value::Table(table([
+                    ("cookie", string(&s.cookie)),
+                    ("ttl", duration(s.ttl)),
+                    ("secure", Value::Boolean(s.secure)),
+                    ("http_only", Value::Boolean(s.http_only)),
+                ])),
+            );
+        }
+        _ => {}
+    }
     if let Some(h) = &p.health {
         let ranges: Vec<String> = h
             .expect_status

@@ -35,8 +35,8 @@ pub use observe::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
 pub(crate) use observe::{AdminConfig, LogConfig, LogFormat};
 pub use pools::Policy;
 pub(crate) use pools::{
-    HealthConfig, HealthKind, OutlierConfig, PoolConfig, ResolverConfig, RetryOn, ServerAddr,
-    ServerEntry,
+    HashKey, HealthConfig, HealthKind, OutlierConfig, PoolConfig, ResolverConfig, RetryOn,
+    ServerAddr, ServerEntry, StickyConfig,
 };
 pub use routes::RouteConfig;
 pub(crate) use routes::{RateKey, RateLimitConfig};

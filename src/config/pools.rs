@@ -27,6 +27,10 @@ pub enum Policy {
     Weighted,
     LeastConn,
     IpHash,
+    /// Consistent hashing of [`HashKey`] with bounded loads.
+    Hash,
+    /// A cookie names the member; new clients are balanced as `weighted`.
+    StickyCookie,
 }
 
 impl Policy {
@@ -36,8 +40,44 @@ impl Policy {
             Policy::Weighted => "weighted",
             Policy::LeastConn => "least_conn",
             Policy::IpHash => "ip_hash",
+            Policy::Hash => "hash",
+            Policy::StickyCookie => "sticky_cookie",
         }
     }
+}
+
+/// What `policy = "hash"` hashes for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// Path and query as forwarded.
+    Uri,
+    /// A request header's value (absent: an empty key).
+    Header(http::HeaderName),
+    /// A cookie's value (absent: an empty key).
+    Cookie(String),
+    /// The client's address.
+    Client,
+}
+
+impl fmt::Display for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashKey::Uri => f.write_str("uri"),
+            HashKey::Header(h) => write!(f, "header:{h}"),
+            HashKey::Cookie(c) => write!(f, "cookie:{c}"),
+            HashKey::Client => f.write_str("client"),
+        }
+    }
+}
+
+/// `[pool.NAME.sticky]`: the cookie that keeps a client on its member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    pub cookie: String,
+    /// `Max-Age`; zero = a session cookie.
+    pub ttl: Duration,
+    pub secure: bool,
+    pub http_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +114,11 @@ pub struct PoolConfig {
     pub resolver: ResolverConfig,
     pub health: Option<HealthConfig>,
     pub outlier: OutlierConfig,
+    /// `policy = "hash"`: what is hashed, and the load bound.
+    pub hash_key: HashKey,
+    pub balance_factor: f64,
+    /// `policy = "sticky_cookie"`: the cookie.
+    pub sticky: StickyConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -212,6 +257,106 @@ impl Validator<'_> {
         out
     }
 
+    /// `hash_key` and `balance_factor`, which only `policy = "hash"` reads.
+    fn hashing(&mut self, name: &str, p: &raw::RawPool, policy: Policy) -> (HashKey, f64) {
+        let at = |k| [Seg::Key("pool"), Seg::Key(name), Seg::Key(k)];
+        if policy != Policy::Hash {
+            for (key, set) in [
+                ("hash_key", p.hash_key.is_some()),
+                ("balance_factor", p.balance_factor.is_some()),
+            ] {
+                if set {
+                    self.error(&at(key), "has no effect unless policy = \"hash\"");
+                }
+            }
+        }
+        let key = match p.hash_key.as_deref().unwrap_or("uri") {
+            "uri" => HashKey::Uri,
+            "client" => HashKey::Client,
+            other => match other.split_once(':') {
+                Some(("header", h)) => match http::HeaderName::from_bytes(h.trim().as_bytes()) {
+                    Ok(h) => HashKey::Header(h),
+                    Err(_) => {
+                        self.error(
+                            &at("hash_key"),
+                            format!("\"{h}\" is not a valid header name"),
+                        );
+                        HashKey::Uri
+                    }
+                },
+                Some(("cookie", c)) if is_cookie_name(c.trim()) => {
+                    HashKey::Cookie(c.trim().to_string())
+                }
+                Some(("cookie", c)) => {
+                    self.error(
+                        &at("hash_key"),
+                        format!("\"{c}\" is not a valid cookie name"),
+                    );
+                    HashKey::Uri
+                }
+                _ => {
+                    self.error(
+                        &at("hash_key"),
+                        format!("unknown hash key \"{other}\"; use \"uri\", \"client\", \"header:NAME\" or \"cookie:NAME\""),
+                    );
+                    HashKey::Uri
+                }
+            },
+        };
+        let factor = p.balance_factor.unwrap_or(1.25);
+        if !(1.0..=100.0).contains(&factor) {
+            self.error(
+                &at("balance_factor"),
+                "must be between 1.0 (every member at the average load) and 100.0",
+            );
+        }
+        (
+            key,
+            if factor.is_finite() {
+                factor.clamp(1.0, 100.0)
+            } else {
+                1.25
+            },
+        )
+    }
+
+    /// `[pool.NAME.sticky]`, which only `policy = "sticky_cookie"` reads.
+    fn sticky(&mut self, name: &str, p: &raw::RawPool, policy: Policy) -> StickyConfig {
+        let at = |k| {
+            [
+                Seg::Key("pool"),
+                Seg::Key(name),
+                Seg::Key("sticky"),
+                Seg::Key(k),
+            ]
+        };
+        let default = raw::RawSticky {
+            cookie: "srv".to_string(),
+            ttl: Duration::ZERO,
+            secure: false,
+            http_only: true,
+        };
+        if p.sticky.is_some() && policy != Policy::StickyCookie {
+            self.error(
+                &[Seg::Key("pool"), Seg::Key(name), Seg::Key("sticky")],
+                "has no effect unless policy = \"sticky_cookie\"",
+            );
+        }
+        let s = p.sticky.as_ref().unwrap_or(&default);
+        if !is_cookie_name(&s.cookie) {
+            self.error(
+                &at("cookie"),
+                format!("\"{}\" is not a valid cookie name", s.cookie),
+            );
+        }
+        StickyConfig {
+            cookie: s.cookie.clone(),
+            ttl: s.ttl,
+            secure: s.secure,
+            http_only: s.http_only,
+        }
+    }
+
     pub(super) fn pools(&mut self, raw: &RawConfig, resolver: &ResolverConfig) -> Vec<PoolConfig> {
         let mut out = Vec::new();
         for (name, p) in &raw.pool {
@@ -221,16 +366,20 @@ impl Validator<'_> {
                 "weighted" => Policy::Weighted,
                 "least_conn" => Policy::LeastConn,
                 "ip_hash" => Policy::IpHash,
+                "hash" => Policy::Hash,
+                "sticky_cookie" => Policy::StickyCookie,
                 other => {
                     self.error(
                         &at("policy"),
                         format!(
-                            "unknown policy \"{other}\"; use round_robin, weighted, least_conn or ip_hash"
+                            "unknown policy \"{other}\"; use round_robin, weighted, least_conn, ip_hash, hash or sticky_cookie"
                         ),
                     );
                     Policy::RoundRobin
                 }
             };
+            let (hash_key, balance_factor) = self.hashing(name, p, policy);
+            let sticky = self.sticky(name, p, policy);
             let mut servers = Vec::new();
             let mut seen = HashSet::new();
             for (i, s) in p.servers.iter().enumerate() {
@@ -327,6 +476,9 @@ impl Validator<'_> {
                 retry_budget,
                 min_retries_per_second: p.min_retries_per_second,
                 max_pending: p.max_pending,
+                hash_key,
+                balance_factor,
+                sticky,
                 panic_threshold,
                 slow_start: p.slow_start,
                 resolve_interval: p.resolve_interval.max(Duration::from_millis(1)),
@@ -529,6 +681,14 @@ fn parse_status_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
         out.push((lo, hi));
     }
     Ok(out)
+}
+
+/// An RFC 6265 cookie name: a token.
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
 }
 
 #[cfg(test)]

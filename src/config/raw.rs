@@ -167,6 +167,30 @@ pub(crate) struct RawPool {
     /// `[pool.NAME.outlier]`: passive ejection, on by default.
     #[serde(default)]
     pub outlier: RawOutlier,
+    /// With `policy = "hash"`: what is hashed.
+    pub hash_key: Option<String>,
+    /// With `policy = "hash"`: no member takes more than this times the
+    /// average load.
+    pub balance_factor: Option<f64>,
+    /// `[pool.NAME.sticky]`: the cookie of `policy = "sticky_cookie"`.
+    pub sticky: Option<RawSticky>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSticky {
+    #[serde(default = "srv")]
+    pub cookie: String,
+    #[serde(default, deserialize_with = "de_duration")]
+    pub ttl: Duration,
+    #[serde(default)]
+    pub secure: bool,
+    #[serde(default = "yes")]
+    pub http_only: bool,
+}
+
+fn srv() -> String {
+    "srv".to_string()
 }
 
 #[derive(Debug, Deserialize)]
@@ -365,4 +389,8 @@ fn healthz() -> String {
 }
 fn status_200_399() -> String {
     "200-399".to_string()
+}
+
+fn yes() -> bool {
+    true
 }

@@ -52,6 +52,19 @@ pub(crate) fn upgrade_request(version: Version, headers: &HeaderMap) -> Option<H
     headers.get(header::UPGRADE).cloned()
 }
 
+/// The value of cookie `name` in the request's `Cookie` fields.
+pub(crate) fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (n, v) = pair.trim().split_once('=')?;
+            (n == name).then_some(v.trim())
+        })
+}
+
 /// Joins an HTTP/2 (or HTTP/3) request's `cookie` fields into one
 /// `Cookie` line, pairs separated by `"; "`, for an HTTP/1.1 upstream
 /// (RFC 9113 §8.2.3): HTTP/2 clients may send each cookie as its own field,

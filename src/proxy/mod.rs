@@ -493,7 +493,8 @@ async fn attempts(
     let request_id = RequestId(outcome.request_id.clone());
     let has_body = incoming.as_ref().is_some_and(|b| !b.is_end_stream());
     let idempotent = headers::is_idempotent(&method) && !has_body;
-    let plan = match pool.plan(&PickContext { client_ip }) {
+    let pick = pick_context(&pool.config, client_ip, &head, &path_and_query);
+    let plan = match pool.plan(&pick) {
         Ok(plan) => plan,
         Err(unavailable) => {
             tracing::debug!(pool = %pool.name, "no usable upstream member");
@@ -599,13 +600,19 @@ async fn attempts(
                         return Ok(switching_protocols(resp, token));
                     }
                 }
-                return Ok(respond(
+                let mut resp = respond(
                     resp,
                     UpstreamBody {
                         in_flight,
                         request_id,
                     },
-                ));
+                );
+                if pool.policy == crate::config::Policy::StickyCookie {
+                    if let Some(v) = sticky_cookie(&pool.config.sticky, pick.sticky, &member) {
+                        resp.headers_mut().append(header::SET_COOKIE, v);
+                    }
+                }
+                return Ok(resp);
             }
             Err(e) => {
                 drop(in_flight);
@@ -705,6 +712,64 @@ impl Watch for UpstreamBody {
         }
         self.in_flight.end(end);
     }
+}
+
+/// What the pool's policy looks at: the client, and for `hash` the
+/// request's key, for `sticky_cookie` the member its cookie names.
+fn pick_context(
+    pool: &crate::config::PoolConfig,
+    client_ip: std::net::IpAddr,
+    head: &http::HeaderMap,
+    path_and_query: &str,
+) -> PickContext {
+    use crate::config::{HashKey, Policy};
+    use crate::upstream::balance::key_hash;
+    let mut ctx = PickContext::client(client_ip);
+    match pool.policy {
+        Policy::Hash => {
+            ctx.key = match &pool.hash_key {
+                HashKey::Uri => key_hash(path_and_query.as_bytes()),
+                HashKey::Header(name) => key_hash(head.get(name).map_or(&[][..], |v| v.as_bytes())),
+                HashKey::Cookie(name) => {
+                    key_hash(headers::cookie_value(head, name).unwrap_or("").as_bytes())
+                }
+                HashKey::Client => key_hash(&match client_ip.to_canonical() {
+                    std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                    std::net::IpAddr::V6(v6) => v6.octets(),
+                }),
+            };
+        }
+        Policy::StickyCookie => {
+            ctx.sticky = headers::cookie_value(head, &pool.sticky.cookie)
+                .and_then(|v| u64::from_str_radix(v, 16).ok());
+        }
+        _ => {}
+    }
+    ctx
+}
+
+/// The `Set-Cookie` that keeps a `sticky_cookie` client on `member`, unless
+/// the request's cookie already named it.
+fn sticky_cookie(
+    sticky: &crate::config::StickyConfig,
+    asked: Option<u64>,
+    member: &crate::upstream::member::Member,
+) -> Option<HeaderValue> {
+    let token = crate::upstream::balance::member_token(member);
+    if asked == Some(token) {
+        return None;
+    }
+    let mut v = format!("{}={token:016x}; Path=/", sticky.cookie);
+    if !sticky.ttl.is_zero() {
+        v.push_str(&format!("; Max-Age={}", sticky.ttl.as_secs().max(1)));
+    }
+    if sticky.secure {
+        v.push_str("; Secure");
+    }
+    if sticky.http_only {
+        v.push_str("; HttpOnly");
+    }
+    HeaderValue::from_str(&v).ok()
 }
 
 /// Passes an upstream response to the client with hop-by-hop fields removed;

@@ -1,6 +1,8 @@
 //! Load-balancing policies: `round_robin`, `weighted` (nginx's smooth
-//! weighted round-robin), `least_conn` and `ip_hash` (weighted rendezvous
-//! hashing), behind the [`Balancer`] trait.
+//! weighted round-robin), `least_conn`, `ip_hash` (weighted rendezvous
+//! hashing), `hash` (rendezvous hashing of a request key with bounded
+//! loads) and `sticky_cookie` (the member a cookie names, else `weighted`),
+//! behind the [`Balancer`] trait.
 //!
 //! A balancer does not pick one member; it ranks all of them. The caller
 //! walks the ranking and skips members that are down or have already failed
@@ -26,7 +28,25 @@ use crate::config::Policy;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PickContext {
     pub client_ip: IpAddr,
+    /// `hash`: the hash of the request's key ([`key_hash`]).
+    pub key: u64,
+    /// `sticky_cookie`: the member token the request's cookie carries.
+    pub sticky: Option<u64>,
 }
+
+impl PickContext {
+    /// A request from `client_ip`, with no key and no cookie.
+    pub fn client(client_ip: IpAddr) -> PickContext {
+        PickContext {
+            client_ip,
+            key: 0,
+            sticky: None,
+        }
+    }
+}
+
+/// `balance_factor` when none is configured.
+pub(crate) const DEFAULT_BALANCE_FACTOR: f64 = 1.25;
 
 /// Member indices, most preferred first.
 pub(crate) type Candidates = SmallVec<[usize; 8]>;
@@ -41,11 +61,24 @@ pub trait Balancer: Send + Sync + fmt::Debug {
 /// the same member list (same order) it was built for; `weighted` precomputes
 /// its schedule from the weights here.
 pub fn balancer_for(policy: Policy, members: &[Arc<Member>]) -> Box<dyn Balancer> {
+    bounded_balancer(policy, DEFAULT_BALANCE_FACTOR, members)
+}
+
+/// [`balancer_for`] with `hash`'s load bound (`balance_factor`).
+pub(crate) fn bounded_balancer(
+    policy: Policy,
+    factor: f64,
+    members: &[Arc<Member>],
+) -> Box<dyn Balancer> {
     match policy {
         Policy::RoundRobin => Box::new(RoundRobin::default()),
         Policy::Weighted => Box::new(Weighted::new(members)),
         Policy::LeastConn => Box::new(LeastConn::default()),
         Policy::IpHash => Box::new(IpHash),
+        Policy::Hash => Box::new(BoundedHash { factor }),
+        Policy::StickyCookie => Box::new(Sticky {
+            fallback: Weighted::new(members),
+        }),
     }
 }
 
@@ -375,7 +408,14 @@ fn hrw_score(bits: u64, weight: u32) -> f64 {
 
 impl Balancer for IpHash {
     fn candidates(&self, members: &[Arc<Member>], ctx: &PickContext) -> Candidates {
-        let client = hash_ip(ctx.client_ip, CLIENT_SEED);
+        rendezvous(members, hash_ip(ctx.client_ip, CLIENT_SEED))
+    }
+}
+
+/// Members ranked by weighted rendezvous score for `key`, highest first.
+fn rendezvous(members: &[Arc<Member>], key: u64) -> Candidates {
+    let client = key;
+    {
         let equal_weights = members.windows(2).all(|w| w[0].weight == w[1].weight);
         if equal_weights {
             // The score grows with `u` when weights are equal, so the raw
@@ -399,6 +439,113 @@ impl Balancer for IpHash {
     }
 }
 
+// ---------------------------------------------------------------------------
+// hash
+
+/// A request key hashed as `hash` ranks it: fixed (not `RandomState`), so
+/// every process and restart maps a key to the same member, which is what
+/// lets a tier of sluice instances shard a cache tier by URL.
+pub(crate) fn key_hash(key: &[u8]) -> u64 {
+    let mut h = KEY_SEED;
+    let mut chunks = key.chunks_exact(8);
+    for c in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(c);
+        h = mix64(h ^ u64::from_le_bytes(word));
+    }
+    let mut last = [0u8; 8];
+    let rest = chunks.remainder();
+    last[..rest.len()].copy_from_slice(rest);
+    mix64(h ^ u64::from_le_bytes(last) ^ ((key.len() as u64) << 56))
+}
+
+const KEY_SEED: u64 = 0xa409_3822_299f_31d0;
+
+/// Consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam;
+/// Envoy's and HAProxy's `hash-balance-factor`): members are ranked by
+/// weighted rendezvous score for the request's key, and a member already
+/// holding `factor` times its share of the requests in flight (this one
+/// included) moves behind every member that does not. A key stays on its
+/// member while that member is within the bound, and removing a member
+/// moves only the keys it had.
+#[derive(Debug)]
+struct BoundedHash {
+    factor: f64,
+}
+
+impl Balancer for BoundedHash {
+    fn candidates(&self, members: &[Arc<Member>], ctx: &PickContext) -> Candidates {
+        let ranked = rendezvous(members, ctx.key);
+        let now = now_ms();
+        let up = |m: &Member| m.state_at(now) == super::member::MemberState::Up;
+        let (mut in_flight, mut weights) = (0u64, 0u64);
+        for m in members.iter().filter(|m| up(m)) {
+            in_flight += m.in_flight() as u64;
+            weights += u64::from(m.weight.max(1));
+        }
+        if weights == 0 {
+            return ranked;
+        }
+        // Member i may hold ceil(factor * (in flight + 1) * w_i / W).
+        let total = self.factor * (in_flight + 1) as f64 / weights as f64;
+        let within = |m: &Member| {
+            let cap = (total * f64::from(m.weight.max(1))).ceil();
+            (m.in_flight() as f64) < cap
+        };
+        let mut out = Candidates::with_capacity(ranked.len());
+        out.extend(ranked.iter().copied().filter(|&i| within(&members[i])));
+        out.extend(ranked.iter().copied().filter(|&i| !within(&members[i])));
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------
+// sticky_cookie
+
+/// The opaque token a `sticky_cookie` cookie carries for `m`: fixed, so
+/// every sluice instance and restart reads the same cookie the same way,
+/// and not the member's address.
+pub(crate) fn member_token(m: &Member) -> u64 {
+    mix64(member_key(m) ^ STICKY_SEED)
+}
+
+const STICKY_SEED: u64 = 0x082e_fa98_ec4e_6c89;
+
+/// The member the request's cookie names first, when it is in the pool;
+/// the rest (and clients without a cookie) as `weighted`.
+#[derive(Debug)]
+struct Sticky {
+    fallback: Weighted,
+}
+
+impl Balancer for Sticky {
+    fn candidates(&self, members: &[Arc<Member>], ctx: &PickContext) -> Candidates {
+        let named = ctx
+            .sticky
+            .and_then(|token| members.iter().position(|m| member_token(m) == token));
+        match named {
+            None => self.fallback.candidates(members, ctx),
+            Some(first) => {
+                let mut out = Candidates::with_capacity(members.len());
+                out.push(first);
+                out.extend(
+                    self.fallback
+                        .by_weight
+                        .iter()
+                        .copied()
+                        .filter(|&i| i != first && i < members.len()),
+                );
+                if out.len() != members.len() {
+                    // Not the member list the fallback was built for.
+                    out.truncate(1);
+                    out.extend((0..members.len()).filter(|&i| i != first));
+                }
+                out
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,13 +563,11 @@ mod tests {
     }
 
     fn ctx() -> PickContext {
-        PickContext {
-            client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
-        }
+        PickContext::client(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)))
     }
 
     fn ctx_for(ip: IpAddr) -> PickContext {
-        PickContext { client_ip: ip }
+        PickContext::client(ip)
     }
 
     /// The first choices of `calls` consecutive picks, as letters.
@@ -882,5 +1027,96 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn key_ctx(key: &str) -> PickContext {
+        PickContext {
+            key: key_hash(key.as_bytes()),
+            ..ctx()
+        }
+    }
+
+    #[test]
+    fn hash_keeps_a_key_on_one_member_and_removing_one_moves_only_its_keys() {
+        let all = pool(&[1, 1, 1]);
+        let b = balancer_for(Policy::Hash, &all);
+        let fewer: Vec<Arc<Member>> = vec![all[0].clone(), all[1].clone()];
+        let b_fewer = balancer_for(Policy::Hash, &fewer);
+        let mut per_member = [0usize; 3];
+        let mut moved = 0;
+        for k in 0..3000 {
+            let key = format!("/page/{k}?v=1");
+            let first = b.candidates(&all, &key_ctx(&key));
+            assert_permutation(&first, 3);
+            assert_eq!(first, b.candidates(&all, &key_ctx(&key)), "stable");
+            per_member[first[0]] += 1;
+            let after = fewer[b_fewer.candidates(&fewer, &key_ctx(&key))[0]].addr;
+            if after != all[first[0]].addr {
+                moved += 1;
+                assert_eq!(first[0], 2, "{key} moved off a member that stayed");
+            }
+        }
+        assert_eq!(moved, per_member[2], "only the removed member's keys move");
+        for n in per_member {
+            assert!((800..1200).contains(&n), "{per_member:?}");
+        }
+    }
+
+    #[test]
+    fn hash_with_bounded_loads_keeps_every_member_under_the_bound() {
+        for factor in [1.0, 1.25, 2.0] {
+            let members = pool(&[1, 1, 1]);
+            let b = bounded_balancer(Policy::Hash, factor, &members);
+            // One hot key: 64 concurrent requests for it.
+            let mut held = Vec::new();
+            for _ in 0..64 {
+                let first = b.candidates(&members, &key_ctx("/hot"))[0];
+                held.push(members[first].begin());
+                let total: usize = members.iter().map(|m| m.in_flight()).sum();
+                let bound = (factor * total as f64 / 3.0).ceil() as usize;
+                for m in &members {
+                    assert!(
+                        m.in_flight() <= bound,
+                        "factor {factor}: {} > {bound}",
+                        m.in_flight()
+                    );
+                }
+            }
+            // The key's own member took its full share first.
+            let home = b.candidates(&members, &key_ctx("/hot"));
+            drop(held);
+            assert_eq!(b.candidates(&members, &key_ctx("/hot"))[0], {
+                let idle = balancer_for(Policy::Hash, &members);
+                idle.candidates(&members, &key_ctx("/hot"))[0]
+            });
+            assert_permutation(&home, 3);
+        }
+    }
+
+    #[test]
+    fn sticky_cookie_puts_the_named_member_first_else_weighted() {
+        let members = pool(&[1, 1, 1]);
+        let b = balancer_for(Policy::StickyCookie, &members);
+        for (i, m) in members.iter().enumerate() {
+            let ctx = PickContext {
+                sticky: Some(member_token(m)),
+                ..ctx()
+            };
+            let c = b.candidates(&members, &ctx);
+            assert_permutation(&c, 3);
+            assert_eq!(c[0], i);
+        }
+        // No cookie, or one naming no member: weighted (round robin here).
+        let unknown = PickContext {
+            sticky: Some(42),
+            ..ctx()
+        };
+        let firsts: Vec<usize> = (0..3)
+            .map(|_| b.candidates(&members, &unknown)[0])
+            .collect();
+        assert_eq!(firsts, [0, 1, 2]);
+        // The token is not the address.
+        let token = format!("{:016x}", member_token(&members[0]));
+        assert!(!token.contains("0a000001"));
     }
 }

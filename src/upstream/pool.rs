@@ -24,7 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::oneshot;
 
-use super::balance::{balancer_for, Balancer, PickContext};
+use super::balance::{bounded_balancer, Balancer, PickContext};
 use super::connect::{ClosableConnector, CloseHandle};
 use super::member::{now_ms, InFlight, Member, MemberState};
 use super::outlier::{self, Outcome};
@@ -86,11 +86,12 @@ pub(crate) struct MemberSet {
 impl MemberSet {
     pub(crate) fn new(
         policy: Policy,
+        balance_factor: f64,
         active: Vec<Arc<Member>>,
         draining: Vec<Arc<Member>>,
     ) -> MemberSet {
         MemberSet {
-            balancer: balancer_for(policy, &active),
+            balancer: bounded_balancer(policy, balance_factor, &active),
             active,
             draining,
         }
@@ -187,7 +188,12 @@ impl Pool {
         Pool {
             name: config.name.clone(),
             policy: config.policy,
-            members: ArcSwap::from_pointee(MemberSet::new(config.policy, active, Vec::new())),
+            members: ArcSwap::from_pointee(MemberSet::new(
+                config.policy,
+                config.balance_factor,
+                active,
+                Vec::new(),
+            )),
             clients,
             response_timeout: config.response_timeout,
             config: config.clone(),
@@ -224,8 +230,12 @@ impl Pool {
 
     /// Swaps in a new member set, with a balancer built for it.
     pub(crate) fn set_members(&self, active: Vec<Arc<Member>>, draining: Vec<Arc<Member>>) {
-        self.members
-            .store(Arc::new(MemberSet::new(self.policy, active, draining)));
+        self.members.store(Arc::new(MemberSet::new(
+            self.policy,
+            self.config.balance_factor,
+            active,
+            draining,
+        )));
     }
 
     /// A member for a resolved address of `server`.
