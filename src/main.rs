@@ -38,10 +38,19 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
-        let _ = writeln!(std::io::stdout(), "config OK");
+        let warnings = config.warnings_text();
+        let _ = write!(std::io::stderr(), "{warnings}");
+        let ok = match config.warnings.len() {
+            0 => "config OK".to_string(),
+            n => format!("config OK, {n} warning(s)"),
+        };
+        let _ = writeln!(std::io::stdout(), "{ok}");
         return ExitCode::SUCCESS;
     }
     sluice::init_logging(&config);
+    for line in config.warnings_text().lines() {
+        tracing::warn!("{line}");
+    }
     match sluice::run(cli.config, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -31,6 +31,9 @@ fn try_reload(path: &Path, state: &ArcSwap<Snapshot>) -> Result<(), String> {
             return Err(errors.to_string());
         }
     };
+    for line in config.warnings_text().lines() {
+        tracing::warn!("{line}");
+    }
     let current = state.load();
     let shape = |c: &Config| -> Vec<(String, std::net::SocketAddr, bool)> {
         c.listeners

@@ -472,7 +472,7 @@ fn resolver_and_srv_mistakes_name_their_key() {
             r#"{ addr = "127.0.0.1:80" }"#,
             "[resolver]\nretries = 3",
             "retries",
-            "unknown field",
+            "unknown key",
         ),
     ];
     for (server, extra, key, why) in cases {

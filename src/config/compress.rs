@@ -147,7 +147,11 @@ impl Validator<'_> {
                         Seg::Key("algorithms"),
                         Seg::Index(i),
                     ],
-                    format!("unknown algorithm \"{a}\"; use br, zstd or gzip"),
+                    super::diagnostics::with_suggestion(
+                        format!("unknown algorithm \"{a}\"; use br, zstd or gzip"),
+                        a,
+                        &["br", "zstd", "gzip"],
+                    ),
                 ),
             }
         }
@@ -184,7 +188,11 @@ impl Validator<'_> {
             other => {
                 self.error(
                     &at("level"),
-                    format!("unknown level \"{other}\"; use fast, default or best"),
+                    super::diagnostics::with_suggestion(
+                        format!("unknown level \"{other}\"; use fast, default or best"),
+                        other,
+                        &["fast", "default", "best"],
+                    ),
                 );
                 Level::Fast
             }

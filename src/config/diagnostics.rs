@@ -119,7 +119,7 @@ pub(super) fn deserialize(text: &str) -> (Option<RawConfig>, Vec<ConfigError>, S
             errors.push(ConfigError {
                 key,
                 position,
-                message,
+                message: plain(&message),
             });
         }
         if cascade || !remove(&mut doc, &segs) {
@@ -396,6 +396,18 @@ pub(super) enum Seg<'a> {
 
 impl Validator<'_> {
     pub(super) fn error(&mut self, path: &[Seg], message: impl Into<String>) {
+        let e = self.located(path, message.into());
+        self.errors.push(e);
+    }
+
+    /// Something that works but is probably not what was meant: printed by
+    /// `--check` (which still succeeds) and logged at start and reload.
+    pub(super) fn warn(&mut self, path: &[Seg], message: impl Into<String>) {
+        let w = self.located(path, message.into());
+        self.warnings.push(w);
+    }
+
+    fn located(&self, path: &[Seg], message: String) -> ConfigError {
         let mut key = String::new();
         for seg in path {
             match seg {
@@ -420,10 +432,202 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|d| locate(d, &segs, false))
             .map(|offset| line_col(self.text, offset));
-        self.errors.push(ConfigError {
+        ConfigError {
             key,
             position,
-            message: message.into(),
-        });
+            message,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- wording --
+
+/// The candidate closest to `word` when it is close enough to be a typo
+/// (at most a third of its letters wrong, case aside), for "did you mean".
+pub(super) fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let word = word.to_ascii_lowercase();
+    let allowed = (word.chars().count() / 3).max(1);
+    candidates
+        .iter()
+        .map(|c| (edit_distance(&word, &c.to_ascii_lowercase()), *c))
+        .filter(|&(d, c)| d <= allowed && d < c.len())
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| c)
+}
+
+/// `message` with ` Did you mean "X"?` when `word` looks like a typo of one
+/// of `candidates`.
+pub(super) fn with_suggestion(message: String, word: &str, candidates: &[&str]) -> String {
+    let Some(c) = suggest(word, candidates) else {
+        return message;
+    };
+    match message.split_once("; use ") {
+        Some((what, choices)) => format!("{what}; did you mean \"{c}\"? (use {choices})"),
+        None => format!("{message}; did you mean \"{c}\"?"),
+    }
+}
+
+/// Levenshtein distance, with a swap of two neighbours counting as one
+/// edit (the commonest typo).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut prev2: Vec<usize> = Vec::new();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                cur[j] = cur[j].min(prev2[j - 2] + 1);
+            }
+        }
+        prev2 = std::mem::replace(&mut prev, cur);
+    }
+    prev[b.len()]
+}
+
+/// A deserializer's message in the words of the config file: keys and
+/// values rather than fields and types, what to write instead where that
+/// is plain, and "did you mean" for a misspelt key.
+pub(super) fn plain(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((word, expected)) = rest.split_once('`') {
+            let names = backquoted(expected);
+            let base = format!("unknown key \"{word}\"");
+            return match suggest(word, &names) {
+                Some(c) => format!("{base}; did you mean \"{c}\"?"),
+                None if names.is_empty() => format!("{base}; this table takes no keys"),
+                None => format!("{base}; this table takes {}", names.join(", ")),
+            };
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        if let Some((word, expected)) = rest.split_once('`') {
+            let names = backquoted(expected);
+            return with_suggestion(
+                format!("unknown value \"{word}\"; use {}", names.join(", ")),
+                word,
+                &names,
+            );
+        }
+    }
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        if let Some((word, _)) = rest.split_once('`') {
+            return format!("missing key \"{word}\" (required)");
+        }
+    }
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            if let Some((found, expected)) = rest.split_once(", expected ") {
+                return type_mismatch(found, expected);
+            }
+        }
+    }
+    message.to_string()
+}
+
+/// The names in `` `a`, `b` or `c` ``.
+fn backquoted(text: &str) -> Vec<&str> {
+    text.split('`').skip(1).step_by(2).collect()
+}
+
+fn type_mismatch(found: &str, expected: &str) -> String {
+    let wanted = match expected {
+        "a boolean" => "true or false",
+        "a sequence" => "a list in brackets",
+        "a string" => "a string in quotes",
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number, 0 or more",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a map" => "a table",
+        other if other.starts_with("struct ") => "a table",
+        other => other,
+    };
+    let (kind, value) = match found.split_once(' ') {
+        Some((kind, value)) => (kind, value.trim_matches('`')),
+        None => (found, ""),
+    };
+    let seen = match kind {
+        "string" => format!("the string {value}"),
+        "integer" | "floating" => {
+            let n = value.trim_start_matches("point ").trim_matches('`');
+            format!("the number {n}")
+        }
+        "boolean" => value.to_string(),
+        "sequence" => "a list".to_string(),
+        "map" => "a table".to_string(),
+        _ => found.to_string(),
+    };
+    let mut out = format!("expected {wanted}, found {seen}");
+    // What to write instead, where it is plain.
+    match (expected, kind) {
+        ("a sequence", "string") => out.push_str(&format!("; write [{value}]")),
+        ("a string", "integer" | "floating") => {
+            let n = value.trim_start_matches("point ").trim_matches('`');
+            out.push_str(&format!("; write \"{n}\""));
+        }
+        ("a boolean", "string") if matches!(value, "\"yes\"" | "\"on\"" | "\"1\"") => {
+            out.push_str("; write true");
+        }
+        ("a boolean", "string") if matches!(value, "\"no\"" | "\"off\"" | "\"0\"") => {
+            out.push_str("; write false");
+        }
+        _ => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod wording_tests {
+    use super::*;
+
+    #[test]
+    fn typos_get_a_suggestion_and_strangers_do_not() {
+        let keys = ["policy", "servers", "retries", "retry_on", "max_size"];
+        assert_eq!(suggest("polcy", &keys), Some("policy"));
+        assert_eq!(suggest("plicy", &keys), Some("policy"));
+        assert_eq!(suggest("Policy", &keys), Some("policy"));
+        assert_eq!(suggest("retires", &keys), Some("retries"));
+        assert_eq!(suggest("max_sise", &keys), Some("max_size"));
+        assert_eq!(suggest("colour", &keys), None);
+        assert_eq!(suggest("x", &keys), None);
+    }
+
+    #[test]
+    fn serde_jargon_becomes_plain_words() {
+        assert_eq!(
+            plain("unknown field `polcy`, expected one of `policy`, `servers`"),
+            "unknown key \"polcy\"; did you mean \"policy\"?"
+        );
+        assert_eq!(
+            plain("unknown field `colour`, expected `name` or `listen`"),
+            "unknown key \"colour\"; this table takes name, listen"
+        );
+        assert_eq!(
+            plain("invalid type: string \"example.com\", expected a sequence"),
+            "expected a list in brackets, found the string \"example.com\"; write [\"example.com\"]"
+        );
+        assert_eq!(
+            plain("invalid type: string \"yes\", expected a boolean"),
+            "expected true or false, found the string \"yes\"; write true"
+        );
+        assert_eq!(
+            plain("invalid type: integer `3`, expected a string"),
+            "expected a string in quotes, found the number 3; write \"3\""
+        );
+        assert_eq!(
+            plain("invalid value: integer `-1`, expected u32"),
+            "expected a whole number, 0 or more, found the number -1"
+        );
+        assert_eq!(
+            plain("invalid type: boolean `true`, expected a byte size such as 65536"),
+            "expected a byte size such as 65536, found true"
+        );
+        assert_eq!(
+            plain("missing field `listen`"),
+            "missing key \"listen\" (required)"
+        );
+        assert_eq!(plain("something else"), "something else");
     }
 }

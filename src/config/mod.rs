@@ -72,6 +72,31 @@ pub struct Config {
     pub compression: CompressionConfig,
     /// `[resolver]`: the DNS servers for server names and SRV records.
     pub resolver: ResolverConfig,
+    /// What works but is probably not what was meant (a route no request
+    /// can reach, a pool nothing uses): printed by `--check`, logged at
+    /// start and reload.
+    pub warnings: Vec<ConfigError>,
+}
+
+impl Config {
+    /// The warnings as `file:line:col: warning: key: message` lines.
+    pub fn warnings_text(&self) -> String {
+        let mut out = String::new();
+        for w in &self.warnings {
+            out.push_str(&self.source.display().to_string());
+            if let Some((line, col)) = w.position {
+                out.push_str(&format!(":{line}:{col}"));
+            }
+            out.push_str(": warning: ");
+            if !w.key.is_empty() {
+                out.push_str(&w.key);
+                out.push_str(": ");
+            }
+            out.push_str(&w.message);
+            out.push('\n');
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -134,8 +159,12 @@ impl Config {
             doc: read.parse::<toml_edit::ImDocument<String>>().ok(),
             env,
             errors: Vec::new(),
+            warnings: Vec::new(),
         };
-        let config = v.validate(path, raw);
+        let mut config = v.validate(path, raw);
+        v.warnings
+            .sort_by_key(|w| w.position.unwrap_or((usize::MAX, 0)));
+        config.warnings = std::mem::take(&mut v.warnings);
         // Keys already reported as malformed were dropped before validation;
         // do not report their stand-in defaults a second time.
         let reported: Vec<String> = errors.iter().map(|e| e.key.clone()).collect();
@@ -177,6 +206,7 @@ struct Validator<'t> {
     /// Where certificate pairs are loaded and server names resolved.
     env: &'t dyn Environment,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 impl Validator<'_> {
@@ -186,6 +216,7 @@ impl Validator<'_> {
         let resolver = self.resolver(raw.resolver.as_ref());
         let pools = self.pools(&raw, &resolver);
         let routes = self.routes(&raw, &pools);
+        self.unreachable(&routes, &pools);
         let admin = self.admin(raw.admin.as_ref());
         self.admin_apart(admin.as_ref(), &listeners);
         let access_log = self.access_log(raw.access_log.as_ref());
@@ -214,6 +245,7 @@ impl Validator<'_> {
             cache,
             compression,
             resolver,
+            warnings: Vec::new(),
         }
     }
 }

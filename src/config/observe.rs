@@ -237,7 +237,11 @@ impl Validator<'_> {
             other => {
                 self.error(
                     &[Seg::Key("access_log"), Seg::Key("format")],
-                    format!("unknown format \"{other}\"; use json or combined"),
+                    super::diagnostics::with_suggestion(
+                        format!("unknown format \"{other}\"; use json or combined"),
+                        other,
+                        &["json", "combined"],
+                    ),
                 );
                 AccessLogFormat::Json
             }
@@ -286,7 +290,11 @@ impl Validator<'_> {
                 other => {
                     self.error(
                         &[Seg::Key("log"), Seg::Key("format")],
-                        format!("unknown format \"{other}\"; use pretty or json"),
+                        super::diagnostics::with_suggestion(
+                            format!("unknown format \"{other}\"; use pretty or json"),
+                            other,
+                            &["pretty", "json"],
+                        ),
                     );
                     LogFormat::Pretty
                 }

@@ -371,8 +371,19 @@ impl Validator<'_> {
                 other => {
                     self.error(
                         &at("policy"),
-                        format!(
-                            "unknown policy \"{other}\"; use round_robin, weighted, least_conn, ip_hash, hash or sticky_cookie"
+                        super::diagnostics::with_suggestion(
+                            format!(
+                                "unknown policy \"{other}\"; use round_robin, weighted, least_conn, ip_hash, hash or sticky_cookie"
+                            ),
+                            other,
+                            &[
+                                "round_robin",
+                                "weighted",
+                                "least_conn",
+                                "ip_hash",
+                                "hash",
+                                "sticky_cookie",
+                            ],
                         ),
                     );
                     Policy::RoundRobin
@@ -535,7 +546,11 @@ impl Validator<'_> {
             other => {
                 self.error(
                     &at("kind"),
-                    format!("unknown check kind \"{other}\"; use http or tcp"),
+                    super::diagnostics::with_suggestion(
+                        format!("unknown check kind \"{other}\"; use http or tcp"),
+                        other,
+                        &["http", "tcp"],
+                    ),
                 );
                 HealthKind::Tcp
             }

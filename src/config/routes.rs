@@ -70,6 +70,30 @@ pub struct RateLimitConfig {
 }
 
 impl Validator<'_> {
+    /// Warns of a route an earlier one always answers first (routes match
+    /// in file order) and of a pool no route uses.
+    pub(super) fn unreachable(&mut self, routes: &[RouteConfig], pools: &[PoolConfig]) {
+        for (j, later) in routes.iter().enumerate() {
+            if let Some(earlier) = routes[..j].iter().find(|e| shadows(e, later)) {
+                self.warn(
+                    &[Seg::Key("route"), Seg::Index(j)],
+                    format!(
+                        "route \"{}\" is never used: route \"{}\" before it matches every request it would (routes match in file order; put the narrower one first)",
+                        later.name, earlier.name
+                    ),
+                );
+            }
+        }
+        for pool in pools {
+            if !routes.iter().any(|r| r.pool == pool.name) {
+                self.warn(
+                    &[Seg::Key("pool"), Seg::Key(&pool.name)],
+                    format!("no route uses pool \"{}\"", pool.name),
+                );
+            }
+        }
+    }
+
     pub(super) fn routes(&mut self, raw: &RawConfig, pools: &[PoolConfig]) -> Vec<RouteConfig> {
         if raw.route.is_empty() {
             self.error(
@@ -237,6 +261,33 @@ pub(super) fn check_host_pattern(h: &str) -> Result<(), String> {
         Err(format!(
             "\"{h}\" is not a host name or \"*.suffix\" pattern (no port, no scheme)"
         ))
+    }
+}
+
+/// Whether `earlier` matches every request `later` matches: its prefix is
+/// a prefix of `later`'s, and its hosts cover `later`'s.
+fn shadows(earlier: &RouteConfig, later: &RouteConfig) -> bool {
+    if !later.path_prefix.starts_with(&earlier.path_prefix) {
+        return false;
+    }
+    if earlier.hosts.is_empty() {
+        return true;
+    }
+    !later.hosts.is_empty()
+        && later
+            .hosts
+            .iter()
+            .all(|h| earlier.hosts.iter().any(|e| host_covers(e, h)))
+}
+
+/// Whether host pattern `a` matches every name pattern `b` matches
+/// (lower-cased; `*.suffix` matches names below the suffix).
+fn host_covers(a: &str, b: &str) -> bool {
+    match (a.strip_prefix('*'), b.strip_prefix('*')) {
+        (None, None) => a == b,
+        (None, Some(_)) => false,
+        (Some(suffix), None) => b.len() > suffix.len() && b.ends_with(suffix),
+        (Some(suffix), Some(below)) => below.ends_with(suffix),
     }
 }
 
