@@ -31,6 +31,7 @@ mod compress;
 mod config;
 mod environment;
 mod framing;
+mod handover;
 mod headers;
 mod io;
 mod lifecycle;

@@ -2,7 +2,9 @@
 //! signals. SIGHUP reloads the config file (an invalid one is refused and the
 //! old config keeps serving); SIGTERM and SIGINT stop accepting and drain
 //! in-flight requests for up to `drain_timeout` (the admin `/readyz` turns
-//! 503 at once). SIGUSR1 reopens the access log file.
+//! 503 at once). SIGUSR1 reopens the access log file. SIGUSR2 starts a new
+//! sluice on the same listening sockets and, once it is ready, drains this
+//! one ([`crate::handover`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::admin::{Admin, Health};
 use crate::config::Config;
+use crate::handover::Inherited;
 use crate::listener::{self, Listener};
 use crate::reload::reload;
 use crate::snapshot::Snapshot;
@@ -35,9 +38,10 @@ pub fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
 
 async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let drain_timeout = config.server.drain_timeout;
+    let mut inherited = Inherited::from_env();
     let mut bound = Vec::new();
     for l in &config.listeners {
-        let socket = listener::bind(l.listen)
+        let socket = take_or_bind(&mut inherited, &l.name, l.listen)
             .with_context(|| format!("listener \"{}\": cannot bind {}", l.name, l.listen))?;
         bound.push(Listener {
             name: Arc::from(l.name.as_str()),
@@ -47,11 +51,12 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     }
     let admin_socket = match &config.admin {
         Some(a) => Some(
-            listener::bind(a.listen)
+            take_or_bind(&mut inherited, ADMIN, a.listen)
                 .with_context(|| format!("admin listener: cannot bind {}", a.listen))?,
         ),
         None => None,
     };
+    inherited.close_rest();
     crate::access_log::configure(config.access_log.as_ref())?;
     let snapshot = Snapshot::build(config, None).context("cannot load TLS certificates")?;
     let state: State = Arc::new(ArcSwap::from_pointee(snapshot));
@@ -65,6 +70,7 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
 
     let drain = Arc::new(listener::Drain::new());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -72,12 +78,16 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     // Every worker accepts from every listener: the sockets are shared (one
     // kernel accept queue each), as are the limits on what they accept.
     let mut sockets = Vec::new();
+    // Copies of every listening socket, for a successor (SIGUSR2).
+    let mut handed = Vec::new();
     for l in bound {
         let addr = l.local_addr()?;
         tracing::info!(listener = %l.name, addr = %addr, tls = l.tls, "listening");
         let limits = state.load().config.limits_for(&l.name).clone();
         let shared = listener::Shared::new(&l.name, &state, &limits);
-        sockets.push((l.name, l.tls, l.socket.into_std()?, shared));
+        let socket = l.socket.into_std()?;
+        handed.push((l.name.to_string(), socket.try_clone()?));
+        sockets.push((l.name, l.tls, socket, shared));
     }
     let (closed_tx, mut closed_rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut threads = Vec::new();
@@ -122,6 +132,9 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     drop(closed_tx);
     drop(sockets);
     if let Some(socket) = admin_socket {
+        let socket = socket.into_std()?;
+        handed.push((ADMIN.to_string(), socket.try_clone()?));
+        let socket = tokio::net::TcpListener::from_std(socket)?;
         let addr = socket.local_addr()?;
         tracing::info!(listener = %"admin", addr = %addr, tls = false, "listening");
         let admin = Arc::new(Admin {
@@ -132,7 +145,8 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
         tokio::spawn(crate::admin::serve(socket, admin));
     }
     health.set_ready();
-    tracing::info!(config = %path.display(), "ready");
+    tracing::info!(config = %path.display(), pid = std::process::id(), "ready");
+    crate::handover::signal_ready();
 
     loop {
         tokio::select! {
@@ -141,10 +155,36 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
                 let _ = tokio::task::spawn_blocking(move || reload(&path, &state)).await;
             }
             _ = usr1.recv() => crate::access_log::reopen(),
+            _ = usr2.recv() => {
+                tracing::info!("SIGUSR2: starting a new sluice on these listening sockets");
+                let sockets = handed
+                    .iter()
+                    .map(|(n, s)| Ok((n.clone(), s.try_clone()?)))
+                    .collect::<std::io::Result<Vec<_>>>();
+                let started = match sockets {
+                    Ok(sockets) => tokio::task::spawn_blocking(move || {
+                        crate::handover::start_successor(&sockets)
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string())),
+                    Err(e) => Err(e.to_string()),
+                };
+                match started {
+                    Ok(pid) => {
+                        tracing::info!(pid, "the new sluice is ready; this one stops accepting and drains");
+                        break;
+                    }
+                    Err(e) => tracing::error!(error = %e, "upgrade failed; this sluice keeps serving"),
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    // The copies kept for a successor would keep the sockets open (and
+    // connections queueing on them) after the workers close theirs.
+    drop(handed);
     health.set_draining();
 
     tracing::info!(timeout = ?drain_timeout, "stopping: no new connections, draining in-flight requests");
@@ -162,4 +202,24 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     }
     crate::access_log::shutdown();
     Ok(())
+}
+
+/// The handover name of the admin listener (not a valid listener name).
+const ADMIN: &str = "@admin";
+
+/// The socket a previous sluice (or systemd) handed over for listener
+/// `name` at `addr`, else a newly bound one.
+fn take_or_bind(
+    inherited: &mut Inherited,
+    name: &str,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpListener> {
+    match inherited.take(name, addr) {
+        Some(socket) => {
+            tracing::info!(listener = %name, addr = %addr, "using the inherited socket");
+            socket.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(socket)
+        }
+        None => listener::bind(addr),
+    }
 }

@@ -42,10 +42,13 @@ fn try_reload(path: &Path, state: &ArcSwap<Snapshot>) -> Result<(), String> {
             .collect()
     };
     if shape(&config) != shape(&current.config) {
-        let why = "listener names, addresses or TLS on/off differ from the running ones; \
-                   restart sluice to change listeners";
+        let why = format!(
+            "{}; a reload cannot rebind listeners: send SIGUSR2 to start a new sluice \
+             with this config on the same sockets (no connection is lost), or restart",
+            listener_change(&shape(&current.config), &shape(&config))
+        );
         tracing::error!("reload refused, keeping the running config: {why}");
-        return Err(why.to_string());
+        return Err(why);
     }
     let admin_listen = |c: &Config| c.admin.as_ref().map(|a| a.listen);
     if admin_listen(&config) != admin_listen(&current.config) {
@@ -70,5 +73,76 @@ fn try_reload(path: &Path, state: &ArcSwap<Snapshot>) -> Result<(), String> {
             tracing::error!(error = %e, "reload refused, keeping the running config");
             Err(e.to_string())
         }
+    }
+}
+
+/// Which listener differs between the running (`old`) and the new config.
+fn listener_change(
+    old: &[(String, std::net::SocketAddr, bool)],
+    new: &[(String, std::net::SocketAddr, bool)],
+) -> String {
+    for (name, addr, tls) in new {
+        match old.iter().find(|(n, _, _)| n == name) {
+            None => return format!("listener \"{name}\" ({addr}) is new"),
+            Some((_, a, _)) if a != addr => {
+                return format!("listener \"{name}\" moves from {a} to {addr}")
+            }
+            Some((_, _, t)) if t != tls => {
+                let now = if *tls { "on" } else { "off" };
+                return format!("listener \"{name}\" turns TLS {now}");
+            }
+            Some(_) => {}
+        }
+    }
+    match old
+        .iter()
+        .find(|(n, _, _)| !new.iter().any(|(m, _, _)| m == n))
+    {
+        Some((name, addr, _)) => format!("listener \"{name}\" ({addr}) is gone"),
+        None => "the listeners are in another order".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listener_change;
+
+    #[test]
+    fn a_refused_reload_names_the_listener_that_differs() {
+        let l = |name: &str, addr: &str, tls| (name.to_string(), addr.parse().unwrap(), tls);
+        let old = [
+            l("http", "127.0.0.1:80", false),
+            l("https", "127.0.0.1:443", true),
+        ];
+        let moved = [
+            l("http", "127.0.0.1:8080", false),
+            l("https", "127.0.0.1:443", true),
+        ];
+        assert_eq!(
+            listener_change(&old, &moved),
+            "listener \"http\" moves from 127.0.0.1:80 to 127.0.0.1:8080"
+        );
+        let tls = [
+            l("http", "127.0.0.1:80", true),
+            l("https", "127.0.0.1:443", true),
+        ];
+        assert_eq!(
+            listener_change(&old, &tls),
+            "listener \"http\" turns TLS on"
+        );
+        let gone = [l("http", "127.0.0.1:80", false)];
+        assert_eq!(
+            listener_change(&old, &gone),
+            "listener \"https\" (127.0.0.1:443) is gone"
+        );
+        let added = [
+            old[0].clone(),
+            old[1].clone(),
+            l("alt", "127.0.0.1:81", false),
+        ];
+        assert_eq!(
+            listener_change(&old, &added),
+            "listener \"alt\" (127.0.0.1:81) is new"
+        );
     }
 }

@@ -236,3 +236,127 @@ async fn sigint_exits_0() {
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", d.log());
     assert!(d.log().contains("drained; exiting"), "{}", d.log());
 }
+
+/// Terminates a process this test did not start itself (the sluice a
+/// handover started), when the test ends, however it ends.
+struct Reaper(u32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        signal(self.0, "KILL");
+    }
+}
+
+/// Whether process `pid` still exists (and is not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_hands_the_listeners_to_a_new_process_without_losing_a_request() {
+    let origin = Origin::hello().await;
+    let mut d = Daemon::start(&admin_route_config(origin.addr, "", ""));
+    let addr = d.addr("http");
+    let admin = d.addr("admin");
+    let old_pid = d.pid();
+
+    // Clients keep asking, each request on a new connection, through the
+    // whole handover.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counts = Arc::new(Mutex::new((0usize, Vec::new())));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, counts) = (stop.clone(), counts.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let result = async {
+                    let stream = tokio::net::TcpStream::connect(addr).await?;
+                    let (mut send, conn) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                            .await?;
+                    tokio::spawn(conn);
+                    let resp = send
+                        .send_request(request(Method::GET, "/", "localhost", empty()))
+                        .await?;
+                    let status = resp.status();
+                    resp.into_body().collect().await?;
+                    Ok::<_, BoxError>(status)
+                }
+                .await;
+                let mut c = counts.lock().unwrap();
+                match result {
+                    Ok(s) if s == 200 => c.0 += 1,
+                    Ok(s) => c.1.push(format!("status {s}")),
+                    Err(e) => c.1.push(e.to_string()),
+                }
+            }
+        }));
+    }
+    let served = |n: usize| {
+        let counts = counts.clone();
+        async move {
+            let deadline = std::time::Instant::now() + PATIENCE;
+            let start = counts.lock().unwrap().0;
+            while counts.lock().unwrap().0 < start + n {
+                assert!(std::time::Instant::now() < deadline, "requests stopped");
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    served(50).await;
+
+    d.signal("USR2");
+    let log = d.log_count("this one stops accepting and drains", 1).await;
+    let new_pid: u32 = log
+        .lines()
+        .filter(|l| l.contains("\"ready\"") || l.contains(" ready"))
+        .filter_map(|l| l.split("pid=").nth(1))
+        .filter_map(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .find(|&p| p != old_pid)
+        .expect("the new process logged ready with its pid");
+    let _reaper = Reaper(new_pid);
+    assert!(log.contains("using the inherited socket"), "{log}");
+    assert!(d.wait_exit().success(), "the old sluice drains and exits 0");
+    assert!(alive(new_pid));
+
+    // The new process serves the same addresses, the admin API included.
+    served(50).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in load {
+        t.await.unwrap();
+    }
+    let (ok, failed) = counts.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+
+    signal(new_pid, "TERM");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while alive(new_pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new sluice did not exit"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
+    let origin = Origin::hello().await;
+    let d = Daemon::start(&admin_route_config(origin.addr, "", ""));
+    let addr = d.addr("http");
+    // The new process reads the config again: a broken one stops it.
+    d.write_config("this is not toml [");
+    d.signal("USR2");
+    d.log_count("upgrade failed; this sluice keeps serving", 1)
+        .await;
+    assert_eq!(get(addr, "/").await.status, 200);
+}
