@@ -107,19 +107,8 @@ impl Validator<'_> {
                      (only a route with `redirect` has none)",
                 ),
                 (Some(pool), None) => self.route_pool(&at("pool"), pool, raw, pools),
-                (None, Some(_)) => {
-                    let present = [
-                        ("cache", r.cache),
-                        ("compress", r.compress),
-                        ("strip_request_headers", r.strip_request_headers.is_some()),
-                    ];
-                    for (key, _) in present.iter().filter(|(_, p)| *p) {
-                        self.error(
-                            &at(key),
-                            format!("a redirect route sends nothing upstream, so `{key}` has no effect; remove it"),
-                        );
-                    }
-                }
+                // Checked with the other rules.
+                (None, Some(_)) => {}
             }
             if !r.path_prefix.starts_with('/') {
                 self.error(&at("path_prefix"), "must start with \"/\"");

@@ -463,16 +463,6 @@ const UNTOUCHABLE: [&str; 9] = [
     "upgrade",
 ];
 
-/// The rule keys that shape what goes upstream, which a redirect route
-/// (it sends nothing upstream) may not have.
-const FORWARDING_KEYS: [&str; 5] = [
-    "rewrite",
-    "strip_prefix",
-    "upstream_host",
-    "request_headers",
-    "max_body_bytes",
-];
-
 impl Validator<'_> {
     /// Route `i`'s rules, or `None` when it has none.
     pub(super) fn route_rules(&mut self, i: usize, r: &RawRoute) -> Option<Arc<RouteRules>> {
@@ -495,29 +485,40 @@ impl Validator<'_> {
                     None
                 }
             };
-            let to = self.template(
-                &[
-                    Seg::Key("route"),
-                    Seg::Index(i),
-                    Seg::Key("redirect"),
-                    Seg::Key("to"),
-                ],
-                &raw.to,
-            );
+            let at_to = [
+                Seg::Key("route"),
+                Seg::Index(i),
+                Seg::Key("redirect"),
+                Seg::Key("to"),
+            ];
+            let to = if raw.to.trim().is_empty() {
+                self.error(
+                    &at_to,
+                    "must name where to send the client, such as \"https://example.com$request_uri\"",
+                );
+                None
+            } else {
+                self.template(&at_to, &raw.to)
+            };
             Some(Redirect {
                 status: status?,
                 to: to?,
             })
         });
         if r.redirect.is_some() {
-            let present = [
-                r.rewrite.is_some(),
-                r.strip_prefix.is_some(),
-                r.upstream_host.is_some(),
-                r.request_headers.is_some(),
-                r.max_body_bytes.is_some(),
+            // The keys that shape the upstream request: a redirect route
+            // sends none.
+            let forwarding = [
+                ("rewrite", r.rewrite.is_some()),
+                ("strip_prefix", r.strip_prefix.is_some()),
+                ("upstream_host", r.upstream_host.is_some()),
+                ("request_headers", r.request_headers.is_some()),
+                ("max_body_bytes", r.max_body_bytes.is_some()),
+                ("cache", r.cache),
+                ("compress", r.compress),
+                ("strip_request_headers", r.strip_request_headers.is_some()),
             ];
-            for (key, _) in FORWARDING_KEYS.iter().zip(present).filter(|(_, p)| *p) {
+            for (key, _) in forwarding.into_iter().filter(|(_, present)| *present) {
                 self.error(
                     &at(key),
                     format!("a redirect route sends nothing upstream, so `{key}` has no effect; remove it"),
@@ -987,5 +988,8 @@ servers = [ { addr = "127.0.0.1:9001" } ]
         let e = parse(&forwarding).unwrap_err();
         let keys: Vec<&str> = e.errors.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["route[1].strip_prefix", "route[1].cache"], "{e}");
+        let empty = ISSUE_EXAMPLE.replace("https://example.com$request_uri", " ");
+        let e = parse(&empty).unwrap_err();
+        assert_eq!(e.errors[0].key, "route[1].redirect.to", "{e}");
     }
 }
