@@ -19,11 +19,12 @@ fn route(name: &str, hosts: &[&str], prefix: &str, pool: &str) -> RouteConfig {
         name: name.to_string(),
         hosts: hosts.iter().map(|h| h.to_string()).collect(),
         path_prefix: prefix.to_string(),
-        pool: pool.to_string(),
+        pool: Some(pool.to_string()),
         rate_limit: None,
         cache: None,
         compress: false,
         strip_request_headers: Vec::new().into(),
+        rules: None,
     }
 }
 
@@ -109,7 +110,7 @@ fn hot_path(c: &mut Criterion) {
         group.bench_function(label, |b| {
             b.iter(|| {
                 let route = router.lookup(black_box(host), black_box(path));
-                let pool = route.map_or(0, |r| r.pool);
+                let pool = route.and_then(|r| r.pool).unwrap_or(0);
                 let candidates = balancer.candidates(black_box(&members), black_box(&ctx));
                 black_box((pool, candidates))
             })
@@ -179,6 +180,7 @@ fn observability(c: &mut Criterion) {
             upstream: Some(member),
             upstream_time: Some(Duration::from_micros(300)),
             cache: None,
+            upstream_path: None,
             error: None,
             request_id: HeaderValue::from_static("7f0c1b7e-3a57-4c0e-9d7e-4f7c2c1d2e3f"),
             referer: None,

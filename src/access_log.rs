@@ -72,6 +72,9 @@ pub struct Entry {
     /// From sending to the member to its response head.
     pub upstream_time: Option<Duration>,
     pub cache: Option<&'static str>,
+    /// The path and query sent upstream, when a route's `rewrite` or
+    /// `strip_prefix` changed them (`path` is the one received).
+    pub upstream_path: Option<Box<str>>,
     /// What went wrong after the status was sent (`upstream_body`).
     pub error: Option<&'static str>,
     pub request_id: HeaderValue,
@@ -745,6 +748,10 @@ fn json_line(out: &mut Vec<u8>, e: &Entry) {
         }
         None => out.extend_from_slice(b",\"cache\":null"),
     }
+    if let Some(p) = &e.upstream_path {
+        out.extend_from_slice(b",\"upstream_path\":");
+        json_str(out, p.as_bytes());
+    }
     if let Some(error) = e.error {
         out.extend_from_slice(b",\"error\":");
         json_str(out, error.as_bytes());
@@ -824,6 +831,10 @@ fn combined_line(out: &mut Vec<u8>, e: &Entry, clf: &[u8]) {
     out.extend_from_slice(b" request_id=");
     // Kept ids are restricted to a safe alphabet; generated ones are UUIDs.
     out.extend_from_slice(e.request_id.as_bytes());
+    if let Some(p) = &e.upstream_path {
+        out.extend_from_slice(b" upstream_path=");
+        quoted(out, p.as_bytes());
+    }
     if let Some(error) = e.error {
         out.extend_from_slice(b" error=");
         out.extend_from_slice(error.as_bytes());
@@ -899,6 +910,7 @@ mod tests {
             upstream: Some("127.0.0.1:9001".parse().unwrap()),
             upstream_time: Some(Duration::from_micros(1200)),
             cache: None,
+            upstream_path: None,
             error: None,
             request_id: HeaderValue::from_static("abc"),
             referer: None,

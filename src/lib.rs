@@ -113,7 +113,7 @@ pub mod testing {
     pub mod config {
         pub use crate::config::{
             AccessLogConfig, AccessLogFormat, AccessLogTarget, Coding, Config, IgnoreParams,
-            KeySpec, Level, Policy, RouteConfig,
+            KeySpec, Level, Policy, RouteConfig, RouteRules,
         };
         pub mod units {
             pub use crate::config::units::{parse_duration, parse_size};

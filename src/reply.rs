@@ -36,6 +36,11 @@ pub(crate) enum Refusal {
     BodyTooSlow { close: bool },
     /// No route matches the host and path: 404.
     NoRoute,
+    /// The route's `allow` / `deny` refuses the client's address: 403.
+    Forbidden,
+    /// A route rule could not make a valid request or reply from this one
+    /// (a rewrite or redirect target that is not a valid URI): 500.
+    RuleFailed(&'static str),
     /// The route's rate limit refused the request: 429.
     RateLimited,
     /// `Cache-Control: only-if-cached` and nothing usable stored: 504
@@ -80,6 +85,8 @@ impl Refusal {
             Refusal::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
             Refusal::BodyTooSlow { .. } => (StatusCode::REQUEST_TIMEOUT, "request body too slow"),
             Refusal::NoRoute => (StatusCode::NOT_FOUND, "no route for this host and path"),
+            Refusal::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            Refusal::RuleFailed(m) => (StatusCode::INTERNAL_SERVER_ERROR, *m),
             Refusal::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "too many requests"),
             Refusal::NotCached => (StatusCode::GATEWAY_TIMEOUT, "not in cache (only-if-cached)"),
             Refusal::NoMember { .. } => {

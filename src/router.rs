@@ -16,8 +16,8 @@ pub struct Route {
     pub name: String,
     /// Position in the config's route list (metric handles are kept by it).
     pub index: usize,
-    /// Index into the snapshot's pool list.
-    pub pool: usize,
+    /// Index into the snapshot's pool list; `None` on a redirect route.
+    pub pool: Option<usize>,
     hosts: Box<[HostPattern]>,
     prefix: Box<str>,
 }
@@ -70,13 +70,17 @@ pub struct Router {
 
 impl Router {
     /// `pool_index` maps a pool name to its index; routes whose pool is
-    /// unknown are skipped (config validation already rejects them).
+    /// unknown are skipped (config validation already rejects them). A
+    /// redirect route has no pool.
     pub fn new(routes: &[RouteConfig], pool_index: impl Fn(&str) -> Option<usize>) -> Router {
         let routes = routes
             .iter()
             .enumerate()
             .filter_map(|(index, r)| {
-                let pool = pool_index(&r.pool)?;
+                let pool = match &r.pool {
+                    Some(name) => Some(pool_index(name)?),
+                    None => None,
+                };
                 Some(Route {
                     name: r.name.clone(),
                     index,
@@ -111,11 +115,12 @@ mod tests {
             name: name.to_string(),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             path_prefix: prefix.to_string(),
-            pool: pool.to_string(),
+            pool: Some(pool.to_string()),
             rate_limit: None,
             cache: None,
             compress: false,
             strip_request_headers: Vec::new().into(),
+            rules: None,
         }
     }
 
@@ -158,7 +163,7 @@ mod tests {
         let r = Router::new(&[rc("any", &[], "/", "b")], pools);
         assert_eq!(name(&r, "example.com", "/x"), Some("any"));
         assert_eq!(name(&r, "", "/"), Some("any"));
-        assert_eq!(r.lookup("whatever", "/").map(|r| r.pool), Some(1));
+        assert_eq!(r.lookup("whatever", "/").map(|r| r.pool), Some(Some(1)));
     }
 
     #[test]
@@ -213,7 +218,7 @@ mod tests {
         );
         assert_eq!(r.routes().len(), 1);
         let hit = r.lookup("h", "/").map(|r| (r.name.as_str(), r.pool));
-        assert_eq!(hit, Some(("real", 2)));
+        assert_eq!(hit, Some(("real", Some(2))));
     }
 
     #[test]

@@ -186,6 +186,73 @@ fn pool_table(p: &PoolConfig) -> toml::Table {
 
 /// The running config with every default filled in, as TOML. Private key
 /// paths and the admin token are replaced by `<redacted>`.
+/// A route's rules, as its table's keys.
+fn rules_into(t: &mut toml::Table, r: &super::rules::RouteRules) {
+    use toml::Value;
+    let networks = |list: &[super::observe::Cidr]| {
+        Value::Array(list.iter().map(|n| string(n.to_string())).collect())
+    };
+    if !r.allow.is_empty() {
+        t.insert("allow".into(), networks(&r.allow));
+    }
+    if !r.deny.is_empty() {
+        t.insert("deny".into(), networks(&r.deny));
+    }
+    if let Some(redirect) = &r.redirect {
+        t.insert(
+            "redirect".into(),
+            Value::Table(table([
+                ("to", string(redirect.to.as_str())),
+                ("status", int(redirect.status.as_u16())),
+            ])),
+        );
+    }
+    if let Some(n) = r.max_body_bytes {
+        t.insert("max_body_bytes".into(), int(n));
+    }
+    if let Some(rewrite) = &r.rewrite {
+        t.insert(
+            "rewrite".into(),
+            Value::Table(table([
+                ("pattern", string(rewrite.pattern())),
+                ("to", string(rewrite.to())),
+            ])),
+        );
+    }
+    if let Some(prefix) = &r.strip_prefix {
+        t.insert("strip_prefix".into(), string(&**prefix));
+    }
+    if let Some(host) = r.upstream_host.as_ref().and_then(|h| h.to_str().ok()) {
+        t.insert("upstream_host".into(), string(host));
+    }
+    for (key, edits) in [
+        ("request_headers", &r.request_headers),
+        ("response_headers", &r.response_headers),
+    ] {
+        if edits.is_empty() {
+            continue;
+        }
+        let values = |list: &[(http::HeaderName, super::rules::Template)]| {
+            Value::Table(
+                list.iter()
+                    .map(|(n, v)| (n.to_string(), string(v.as_str())))
+                    .collect(),
+            )
+        };
+        t.insert(
+            key.into(),
+            Value::Table(table([
+                ("set", values(&edits.set)),
+                ("add", values(&edits.add)),
+                (
+                    "remove",
+                    Value::Array(edits.remove.iter().map(|h| string(h.as_str())).collect()),
+                ),
+            ])),
+        );
+    }
+}
+
 pub(crate) fn effective_toml(c: &Config) -> String {
     use toml::Value;
     let mut root = toml::Table::new();
@@ -251,7 +318,9 @@ pub(crate) fn effective_toml(c: &Config) -> String {
                 );
             }
             t.insert("path_prefix".into(), string(&r.path_prefix));
-            t.insert("pool".into(), string(&r.pool));
+            if let Some(pool) = &r.pool {
+                t.insert("pool".into(), string(pool));
+            }
             if let Some(rl) = &r.rate_limit {
                 let key = match &rl.key {
                     crate::config::RateKey::ClientIp => "client_ip".to_string(),
@@ -270,15 +339,20 @@ pub(crate) fn effective_toml(c: &Config) -> String {
             if r.compress {
                 t.insert("compress".into(), Value::Boolean(true));
             }
-            t.insert(
-                "strip_request_headers".into(),
-                Value::Array(
-                    r.strip_request_headers
-                        .iter()
-                        .map(|h| string(h.as_str()))
-                        .collect(),
-                ),
-            );
+            if r.pool.is_some() {
+                t.insert(
+                    "strip_request_headers".into(),
+                    Value::Array(
+                        r.strip_request_headers
+                            .iter()
+                            .map(|h| string(h.as_str()))
+                            .collect(),
+                    ),
+                );
+            }
+            if let Some(rules) = &r.rules {
+                rules_into(&mut t, rules);
+            }
             if let Some(spec) = &r.cache {
                 t.insert("cache".into(), Value::Boolean(true));
                 let strings = |v: Vec<String>| Value::Array(v.into_iter().map(string).collect());

@@ -4,7 +4,7 @@
 //! each naming the file, the key path and, where known, the line and column.
 //!
 //! One file per section: `listeners`, `limits`, `pools` (and `[resolver]`),
-//! `routes`, `cache`, `compress` and `observe` (admin and logs); the raw
+//! `routes` (and their `rules`), `cache`, `compress` and `observe` (admin and logs); the raw
 //! TOML shapes are in `raw`, the units in [`units`], the error types and
 //! their locations in `diagnostics`, and the rendering back to TOML (the
 //! admin API's `/config`) in `effective`. This module holds [`Config`] and
@@ -20,6 +20,7 @@ mod observe;
 mod pools;
 mod raw;
 mod routes;
+mod rules;
 pub(crate) mod units;
 
 pub(crate) use cache::CacheConfig;
@@ -40,6 +41,8 @@ pub(crate) use pools::{
 };
 pub use routes::RouteConfig;
 pub(crate) use routes::{RateKey, RateLimitConfig};
+pub use rules::RouteRules;
+pub(crate) use rules::Vars;
 
 use std::io;
 use std::net::SocketAddr;

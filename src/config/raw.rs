@@ -103,7 +103,8 @@ pub(crate) struct RawRoute {
     pub hosts: Option<Vec<String>>,
     #[serde(default = "slash")]
     pub path_prefix: String,
-    pub pool: String,
+    /// Required unless the route has a `redirect`.
+    pub pool: Option<String>,
     pub rate_limit: Option<RawRateLimit>,
     #[serde(default)]
     pub cache: bool,
@@ -113,6 +114,17 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub compress: bool,
     pub strip_request_headers: Option<Vec<String>>,
+    // The route's rules, checked and compiled in `super::rules`.
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+    pub redirect: Option<super::rules::RawRedirect>,
+    #[serde(default, deserialize_with = "opt_size")]
+    pub max_body_bytes: Option<u64>,
+    pub rewrite: Option<super::rules::RawRewrite>,
+    pub strip_prefix: Option<String>,
+    pub upstream_host: Option<String>,
+    pub request_headers: Option<super::rules::RawHeaderEdits>,
+    pub response_headers: Option<super::rules::RawHeaderEdits>,
 }
 
 /// `[[route]] rate_limit = { requests, per, burst, key }`.

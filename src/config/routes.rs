@@ -1,6 +1,7 @@
 //! `[[route]]`: host patterns and path prefixes, the pool each route
-//! sends to, its `rate_limit`, the `cache` and `compress` switches, and the
-//! client fields it strips before forwarding.
+//! sends to, its `rate_limit`, the `cache` and `compress` switches, the
+//! client fields it strips before forwarding, and its rules (checked and
+//! compiled in [`super::rules`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use http::HeaderName;
 
 use super::raw::RawConfig;
+use super::rules::RouteRules;
 use super::{cache, KeySpec, PoolConfig, Rate, Seg, Validator};
 
 #[derive(Debug, Clone)]
@@ -16,7 +18,8 @@ pub struct RouteConfig {
     /// Lower-cased host patterns: exact names or `*.suffix`. Empty = any host.
     pub hosts: Vec<String>,
     pub path_prefix: String,
-    pub pool: String,
+    /// The pool requests go to; `None` only on a redirect route.
+    pub pool: Option<String>,
     pub rate_limit: Option<RateLimitConfig>,
     /// `cache = true`: what goes into this route's cache keys.
     pub cache: Option<KeySpec>,
@@ -26,6 +29,9 @@ pub struct RouteConfig {
     /// `strip_request_headers`, or [`DEFAULT_STRIP_REQUEST_HEADERS`].
     /// Parsed once here, so the request path only looks names up.
     pub strip_request_headers: Arc<[HeaderName]>,
+    /// `allow`, `deny`, `redirect`, `rewrite` and the other rules; `None`
+    /// when the route has none, so a plain route pays one check.
+    pub rules: Option<Arc<RouteRules>>,
 }
 
 /// Client fields removed before forwarding unless a route says otherwise:
@@ -114,20 +120,19 @@ impl Validator<'_> {
             if !names.insert(name.clone()) {
                 self.error(&at("name"), format!("duplicate route name \"{name}\""));
             }
-            match pools.iter().find(|p| p.name == r.pool) {
-                None => self.error(
+            match (&r.pool, &r.redirect) {
+                (Some(_), Some(_)) => self.error(
                     &at("pool"),
-                    format!(
-                        "no pool named \"{}\"; define it as [pool.{}]",
-                        r.pool, r.pool
-                    ),
+                    "a redirect route sends nothing upstream; remove `pool` (or `redirect`)",
                 ),
-                Some(p) if p.servers.is_empty() && raw.pool[&r.pool].servers.is_empty() => self
-                    .error(
-                        &[Seg::Key("pool"), Seg::Key(&r.pool)],
-                        format!("pool \"{}\" is used by a route but has no servers", r.pool),
-                    ),
-                Some(_) => {}
+                (None, None) => self.error(
+                    &[Seg::Key("route"), Seg::Index(i)],
+                    "`pool` is required: the [pool.NAME] this route sends to \
+                     (only a route with `redirect` has none)",
+                ),
+                (Some(pool), None) => self.route_pool(&at("pool"), pool, raw, pools),
+                // Checked with the other rules.
+                (None, Some(_)) => {}
             }
             if !r.path_prefix.starts_with('/') {
                 self.error(&at("path_prefix"), "must start with \"/\"");
@@ -188,6 +193,7 @@ impl Validator<'_> {
                     Some(names) => self.strip_list(i, names),
                     None => default_strip.clone(),
                 },
+                rules: self.route_rules(i, r),
             });
         }
         out
@@ -195,6 +201,21 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
+    /// A route's `pool` names a pool with servers.
+    fn route_pool(&mut self, at: &[Seg], pool: &str, raw: &RawConfig, pools: &[PoolConfig]) {
+        match pools.iter().find(|p| p.name == pool) {
+            None => self.error(
+                at,
+                format!("no pool named \"{pool}\"; define it as [pool.{pool}]"),
+            ),
+            Some(p) if p.servers.is_empty() && raw.pool[pool].servers.is_empty() => self.error(
+                &[Seg::Key("pool"), Seg::Key(pool)],
+                format!("pool \"{pool}\" is used by a route but has no servers"),
+            ),
+            Some(_) => {}
+        }
+    }
+
     /// A route's own `strip_request_headers`: valid field names, never
     /// `Host` (which the upstream request needs).
     fn strip_list(&mut self, route: usize, names: &[String]) -> Arc<[HeaderName]> {

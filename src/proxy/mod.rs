@@ -1,16 +1,21 @@
 //! The request path, top to bottom, in one place:
 //!
 //! 1. **admit** ([`respond_to`], [`admit`]): the framing guard's verdict,
-//!    the URI, head and body limits, the authority;
-//! 2. **route** ([`crate::router`]) and **limit** ([`crate::ratelimit`]);
+//!    the URI and head limits, the authority;
+//! 2. **route** ([`crate::router`]), the route's **rules** ([`rules`]:
+//!    `allow` / `deny`, a `redirect`, `rewrite` and `strip_prefix`),
+//!    **limit** ([`crate::ratelimit`]) and the body limit (the route's
+//!    `max_body_bytes`, else the listener's);
 //! 3. build the upstream request ([`Forward`]: hop-by-hop fields out,
-//!    forwarding fields in);
+//!    forwarding fields in, the route's `request_headers` and
+//!    `upstream_host`);
 //! 4. on a caching route, **cache lookup** ([`crate::cache::Cache::lookup`]):
 //!    a hit is answered there; a miss comes back as a fill;
 //! 5. **forward** ([`forward`]): members in the pool's order, retries;
 //! 6. **fill**: the response goes back to the cache, which stores it as it
 //!    streams ([`crate::cache::Fill::finish`]);
-//! 7. **compress** ([`crate::compress::apply`]) on the way out;
+//! 7. **compress** ([`crate::compress::apply`]) on the way out, then the
+//!    route's `response_headers`;
 //! 8. **record** ([`observe`]): metrics and the access log when the body
 //!    ends.
 //!
@@ -18,6 +23,7 @@
 //! a [`Refusal`], mapped to its status in [`crate::reply`].
 
 pub(crate) mod observe;
+mod rules;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,7 +44,7 @@ use crate::body::{
 };
 use crate::cache::{self, Lookup};
 use crate::compress::Accepted;
-use crate::config::Limits;
+use crate::config::{Limits, Vars};
 use crate::framing::{Verdict, Verdicts, Violation};
 use crate::headers;
 use crate::metrics::ListenerMetrics;
@@ -148,9 +154,10 @@ async fn respond_to(
     resp
 }
 
-/// Admit, route, limit, then answer through the cache or straight from
-/// the pool, compressing on the way out. `quota` is set when the route has
-/// a rate limit that allowed the request, so that whatever answers it
+/// Admit and route, then answer as [`routed`] does, inside the route's
+/// rules when it has any ([`rules`]: `allow` / `deny` first, its
+/// `response_headers` on whatever answers). `quota` is set when the route
+/// has a rate limit that allowed the request, so that whatever answers it
 /// carries the `RateLimit-*` fields.
 async fn proxy(
     snap: &Arc<Snapshot>,
@@ -164,9 +171,6 @@ async fn proxy(
     admit(&req, limits)?;
     let authority = headers::authority(req.version(), req.uri(), req.headers(), conn.https)
         .map_err(|e| Refusal::BadAuthority(e.to_string()))?;
-    if req.body().size_hint().lower() > limits.max_body_bytes {
-        return Err(Refusal::BodyTooLarge);
-    }
     if listener.is_none_or(|l| l.normalize_paths) {
         normalise_path(req.uri_mut())?;
     }
@@ -174,11 +178,66 @@ async fn proxy(
         .router
         .lookup(&authority.host, req.uri().path())
         .ok_or(Refusal::NoRoute)?;
-    let pool = snap.pools.get(route.pool).ok_or(Refusal::NoRoute)?;
     outcome.route = Some(route.index);
     let span = tracing::Span::current();
     span.record("route", tracing::field::display(&route.name));
-    span.record("pool", tracing::field::display(&pool.name));
+    let leg = Leg {
+        snap,
+        route,
+        limits,
+        max_body_bytes: limits.max_body_bytes,
+        ruled: None,
+    };
+    let client = Client {
+        conn,
+        authority: &authority.authority,
+    };
+    let Some(rules) = snap
+        .config
+        .routes
+        .get(route.index)
+        .and_then(|r| r.rules.as_deref())
+    else {
+        return routed(leg, client, req, quota, outcome).await;
+    };
+    // The values of the rules' variables, taken before the path changes.
+    let request_id = outcome.request_id.clone();
+    let request_uri = req.uri().path_and_query().cloned();
+    let vars = Vars {
+        request_id: request_id.as_ref().map_or(&[], |id| id.as_bytes()),
+        client: conn.client.ip(),
+        host: &authority.host,
+        request_uri: request_uri.as_ref().map_or("/", |pq| pq.as_str()),
+        https: conn.https,
+    };
+    let ruled = rules::Ruled { rules, vars };
+    let leg = Leg {
+        max_body_bytes: rules.max_body_bytes.unwrap_or(limits.max_body_bytes),
+        ruled: Some(ruled),
+        ..leg
+    };
+    // Every answer on the route gets its response_headers, sluice's own
+    // refusals included.
+    let resp = match rules::admit(ruled) {
+        Ok(()) => routed(leg, client, req, quota, outcome)
+            .await
+            .unwrap_or_else(|refusal| refusal.reply()),
+        Err(refusal) => refusal.reply(),
+    };
+    Ok(rules::after(ruled, resp))
+}
+
+/// A routed request, from its rate limit on: answered through the cache
+/// or straight from the pool, compressed on the way out.
+async fn routed(
+    leg: Leg<'_>,
+    client: Client<'_>,
+    mut req: Request<Incoming>,
+    quota: &mut Option<ratelimit::Decision>,
+    outcome: &mut observe::Outcome,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let Leg { snap, route, .. } = leg;
+    let conn = client.conn;
     if let Some(limiter) = snap.rate_limits.get(&route.name) {
         let decision = limiter.check(conn.client.ip().to_canonical(), req.headers());
         if !decision.allowed {
@@ -188,6 +247,20 @@ async fn proxy(
             return Ok(resp);
         }
         *quota = Some(decision);
+    }
+    if let Some(answer) = leg.ruled.and_then(rules::redirect) {
+        return answer;
+    }
+    if req.body().size_hint().lower() > leg.max_body_bytes {
+        return Err(Refusal::BodyTooLarge);
+    }
+    let pool = route
+        .pool
+        .and_then(|p| snap.pools.get(p))
+        .ok_or(Refusal::NoRoute)?;
+    tracing::Span::current().record("pool", tracing::field::display(&pool.name));
+    if let Some(r) = leg.ruled {
+        rules::rewrite(r, req.uri_mut(), outcome)?;
     }
 
     let upgrade = headers::upgrade_request(req.version(), req.headers());
@@ -203,15 +276,6 @@ async fn proxy(
     let compression = route_config
         .filter(|r| r.compress)
         .map(|_| (parts.method.clone(), Accepted::parse(&parts.headers)));
-    let leg = Leg {
-        snap,
-        route,
-        limits,
-    };
-    let client = Client {
-        conn,
-        authority: &authority.authority,
-    };
     let resp = match (route_config.and_then(|r| r.cache.as_ref()), upgrade) {
         (Some(spec), None) => {
             let accepted = compression.as_ref().map(|(_, a)| a);
@@ -221,7 +285,7 @@ async fn proxy(
         }
         (_, upgrade) => {
             let token = upgrade.as_ref().map(|u| &u.token);
-            let fwd = Forward::new(parts, client, leg.strip(), token, outcome);
+            let fwd = Forward::new(parts, leg, client, token, outcome);
             forward(leg, fwd, Some(incoming), upgrade, outcome).await
         }
     };
@@ -246,12 +310,17 @@ fn normalise_path(uri: &mut Uri) -> Result<(), Refusal> {
         Some(q) => format!("{path}?{q}"),
         None => path,
     };
+    set_target(uri, target).map_err(|()| Refusal::BadRequest("invalid path"))
+}
+
+/// Puts `target` (a path and query) in `uri`, keeping its scheme and
+/// authority.
+fn set_target(uri: &mut Uri, target: String) -> Result<(), ()> {
+    let pq =
+        http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(target)).map_err(|_| ())?;
     let mut parts = std::mem::take(uri).into_parts();
-    parts.path_and_query = Some(
-        http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(target))
-            .map_err(|_| Refusal::BadRequest("invalid path"))?,
-    );
-    *uri = Uri::from_parts(parts).map_err(|_| Refusal::BadRequest("invalid path"))?;
+    parts.path_and_query = Some(pq);
+    *uri = Uri::from_parts(parts).map_err(|_| ())?;
     Ok(())
 }
 
@@ -305,19 +374,19 @@ async fn through_cache(
         Lookup::Hit(answer) => answer,
         Lookup::Stale { answer, refresh } => {
             if let Some(fill) = refresh {
-                let fwd = Forward::new(parts, client, leg.strip(), None, outcome);
+                let fwd = Forward::new(parts, leg, client, None, outcome);
                 refresh_in_background(leg.snap, leg.route, fill, fwd);
             }
             answer
         }
         Lookup::Miss(mut fill) => {
-            let mut fwd = Forward::new(parts, client, leg.strip(), None, outcome);
+            let mut fwd = Forward::new(parts, leg, client, None, outcome);
             fill.prepare(&mut fwd.method, &mut fwd.head);
             let resp = forward(leg, fwd, None, None, outcome).await;
             Box::pin(fill.finish(cache, set, resp)).await
         }
         Lookup::Pass(pass) => {
-            let fwd = Forward::new(parts, client, leg.strip(), None, outcome);
+            let fwd = Forward::new(parts, leg, client, None, outcome);
             let resp = forward(leg, fwd, Some(incoming), None, outcome).await;
             pass.finish(cache, set, resp)
         }
@@ -346,6 +415,8 @@ fn refresh_in_background(snap: &Arc<Snapshot>, route: &Route, mut fill: cache::F
             snap: &snap,
             route: &route,
             limits: &limits,
+            max_body_bytes: limits.max_body_bytes,
+            ruled: None,
         };
         let mut outcome = observe::Outcome::default();
         let resp = forward(leg, req, None, None, &mut outcome).await;
@@ -365,6 +436,10 @@ struct Leg<'a> {
     snap: &'a Arc<Snapshot>,
     route: &'a Route,
     limits: &'a Limits,
+    /// The route's `max_body_bytes`, else the listener's.
+    max_body_bytes: u64,
+    /// The route's rules, when it has any.
+    ruled: Option<rules::Ruled<'a>>,
 }
 
 impl<'a> Leg<'a> {
@@ -401,14 +476,15 @@ pub(crate) struct Forward {
 
 impl Forward {
     /// The upstream request for a client's request head: hop-by-hop fields
-    /// and the route's `strip` list removed, `X-Forwarded-*`, `Forwarded`,
-    /// `Via` and the request id added, and for an HTTP/2 request a `Host`
-    /// (it carries `:authority` instead) and its `cookie` fields joined
-    /// into one.
+    /// and the route's `strip_request_headers` removed, `X-Forwarded-*`,
+    /// `Forwarded`, `Via` and the request id added, and for an HTTP/2
+    /// request a `Host` (it carries `:authority` instead) and its `cookie`
+    /// fields joined into one; then the route's `request_headers` and
+    /// `upstream_host`, which have the last word.
     fn new(
         parts: http::request::Parts,
+        leg: Leg<'_>,
         client: Client<'_>,
-        strip: &[http::HeaderName],
         upgrade: Option<&HeaderValue>,
         outcome: &observe::Outcome,
     ) -> Forward {
@@ -416,7 +492,7 @@ impl Forward {
         let received = parts.version;
         let mut head = parts.headers;
         headers::strip_hop_by_hop(&mut head, upgrade);
-        headers::strip_fields(&mut head, strip);
+        headers::strip_fields(&mut head, leg.strip());
         if received >= Version::HTTP_2 {
             headers::join_cookies(&mut head);
         }
@@ -428,6 +504,9 @@ impl Forward {
             if let Ok(v) = HeaderValue::from_str(authority) {
                 head.insert(header::HOST, v);
             }
+        }
+        if let Some(ruled) = leg.ruled {
+            rules::forwarded(ruled, &mut head);
         }
         Forward {
             method: parts.method,
@@ -481,8 +560,11 @@ async fn attempts(
         snap,
         route,
         limits,
+        max_body_bytes,
+        ..
     } = leg;
-    let pool = snap.pools.get(route.pool).ok_or(Refusal::NoRoute)?;
+    let pool_index = route.pool.ok_or(Refusal::NoRoute)?;
+    let pool = snap.pools.get(pool_index).ok_or(Refusal::NoRoute)?;
     let Forward {
         method,
         mut head,
@@ -546,7 +628,7 @@ async fn attempts(
                 limits.body_rate_grace,
                 too_slow.clone(),
             );
-            UploadBody::new(b, limits.max_body_bytes, too_large.clone(), sent_tx)
+            UploadBody::new(b, max_body_bytes, too_large.clone(), sent_tx)
                 .client_failed(client_failed.clone())
                 .boxed()
         } else {
@@ -573,7 +655,7 @@ async fn attempts(
 
         let sent = pool.send(member.addr, up, sent_rx);
         match outcome
-            .attempt(snap, route.pool, &pool.name, member.addr, sent)
+            .attempt(snap, pool_index, &pool.name, member.addr, sent)
             .await
         {
             Ok(mut resp) => {

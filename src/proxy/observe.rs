@@ -34,6 +34,9 @@ pub(crate) struct Outcome {
     pub upstream_time: Option<Duration>,
     /// The cache lookup result, on caching routes.
     pub cache: Option<&'static str>,
+    /// The path and query sent upstream, when the route's `rewrite` or
+    /// `strip_prefix` changed them.
+    pub upstream_path: Option<Box<str>>,
 }
 
 impl Outcome {
@@ -138,6 +141,7 @@ impl Start {
                 upstream: None,
                 upstream_time: None,
                 cache: None,
+                upstream_path: None,
                 error: None,
                 // Moved in from the outcome at the end: no clone to count.
                 request_id: HeaderValue::from_static(""),
@@ -184,6 +188,7 @@ impl Start {
             e.upstream = outcome.upstream;
             e.upstream_time = outcome.upstream_time;
             e.cache = outcome.cache;
+            e.upstream_path = outcome.upstream_path;
         }
         if resp.body().is_end_stream() {
             done.record();
