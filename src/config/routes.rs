@@ -91,7 +91,10 @@ impl Validator<'_> {
             }
         }
         for pool in pools {
-            if !routes.iter().any(|r| r.pool == pool.name) {
+            if !routes
+                .iter()
+                .any(|r| r.pool.as_deref() == Some(pool.name.as_str()))
+            {
                 self.warn(
                     &[Seg::Key("pool"), Seg::Key(&pool.name)],
                     format!("no route uses pool \"{}\"", pool.name),
