@@ -479,3 +479,114 @@ send_proxy_protocol = "{version}"
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_header_comes_before_tls() {
+    let origin = Origin::hello().await;
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.issue(dir.path(), "a", &["a.test"]);
+    let cfg = format!(
+        r#"
+[[listener]]
+name = "https"
+listen = "127.0.0.1:0"
+proxy_protocol = true
+trusted = ["127.0.0.1"]
+[listener.tls]
+certs = [ {{ cert = '{}', key = '{}' }} ]
+
+[[route]]
+pool = "app"
+
+[pool.app]
+servers = [ {{ addr = "{}" }} ]
+"#,
+        cert.display(),
+        key.display(),
+        origin.addr
+    );
+    let d = Daemon::start_in(dir, &cfg);
+    for (alpn, path) in [(&b"h2"[..], "/h2"), (b"http/1.1", "/h1")] {
+        let stream = connect_from(
+            TRUSTED,
+            d.addr("https"),
+            &v2("192.0.2.44:4444", "203.0.113.1:443"),
+        )
+        .await;
+        let config = pki.client_config(&[alpn], &[&rustls::version::TLS13]);
+        let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
+            .await
+            .expect("TLS after the PROXY header");
+        let conn = TlsConn {
+            alpn: tls.get_ref().1.alpn_protocol().map(|p| p.to_vec()),
+            version: None,
+            peer_cert: Vec::new(),
+            stream: tls,
+        };
+        let url = format!("https://a.test{path}");
+        let req = if alpn == b"h2" {
+            h2_request(Method::GET, &url, empty())
+        } else {
+            request(Method::GET, path, "a.test", empty())
+        };
+        let reply = tokio::time::timeout(PATIENCE, tls_send(conn, req))
+            .await
+            .expect("reply in time");
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {reply:?}");
+        let (xff, _) = forwarding(&origin, path);
+        assert_eq!(xff, "192.0.2.44", "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_of_a_proxy_protocol_pool_send_a_local_header() {
+    let (origin, headers) = proxy_origin().await;
+    let cfg = format!(
+        r#"
+[[listener]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[[route]]
+pool = "app"
+
+[pool.app]
+servers = [ {{ addr = "{origin}" }} ]
+send_proxy_protocol = "v2"
+
+[pool.app.health]
+kind = "http"
+interval = "100ms"
+rise = 1
+
+[admin]
+listen = "127.0.0.1:0"
+"#
+    );
+    let d = Daemon::start(&cfg);
+    // The origin drops a connection without a header: a check passes only
+    // with one.
+    let ok = |s: &[Sample]| sum(s, "sluice_health_checks_total", &[("result", "ok")]) >= 1.0;
+    let (text, samples) = scrape_until(d.addr("admin"), ok).await;
+    assert!(ok(&samples), "{text}");
+    assert_eq!(
+        sum(
+            &samples,
+            "sluice_health_checks_total",
+            &[("result", "fail")]
+        ),
+        0.0
+    );
+    assert!(headers.lock().unwrap().iter().all(|h| h == "LOCAL"));
+    // A client's request still names the client.
+    let reply = get(d.addr("http"), "/").await;
+    assert_eq!(
+        reply
+            .header("x-proxy-header")
+            .map(|h| h.starts_with("127.0.0.1:")),
+        Some(true)
+    );
+}
