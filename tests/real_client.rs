@@ -590,3 +590,28 @@ listen = "127.0.0.1:0"
         Some(true)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_client_connection_caps_count_the_client_a_proxy_header_names() {
+    let origin = Origin::hello().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        origin.addr,
+        "proxy_protocol = true\ntrusted = [\"127.0.0.1\"]\n[listener.limits]\nmax_connections_per_client = 1",
+        "",
+    );
+    let d = Daemon::start_in(dir, &cfg);
+    let addr = d.addr("http");
+    let alice = v2("192.0.2.10:5555", "203.0.113.1:80");
+    let mut first = conn(TRUSTED, addr, &alice).await;
+    assert_eq!(get_on(&mut first, "/1", &[]).await.status, StatusCode::OK);
+    // The same client through the same balancer: over its cap.
+    let mut again = alice.clone();
+    again.extend_from_slice(b"GET /2 HTTP/1.1\r\nHost: app.test\r\n\r\n");
+    assert_eq!(refused(TRUSTED, addr, &again).await, b"");
+    // Another client through the same balancer has a slot of its own.
+    let mut bob = conn(TRUSTED, addr, &v2("192.0.2.11:6666", "203.0.113.1:80")).await;
+    assert_eq!(get_on(&mut bob, "/3", &[]).await.status, StatusCode::OK);
+    assert_eq!(get_on(&mut first, "/4", &[]).await.status, StatusCode::OK);
+}

@@ -159,8 +159,10 @@ pub(crate) fn add_forwarding(
     authority: &str,
     version: Version,
 ) {
-    let previous = hops.previous.to_canonical().to_string();
     let client = hops.client.to_canonical().to_string();
+    // Formatted once when they are one address (no trusted forwarder).
+    let previous = (hops.previous.to_canonical() != hops.client.to_canonical())
+        .then(|| hops.previous.to_canonical().to_string());
     let client = client.as_str();
     let mut xff = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR).iter() {
@@ -172,7 +174,7 @@ pub(crate) fn add_forwarding(
             }
         }
     }
-    xff.push_str(&previous);
+    xff.push_str(previous.as_deref().unwrap_or(client));
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
