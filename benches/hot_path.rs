@@ -169,7 +169,8 @@ fn observability(c: &mut Criterion) {
     let entry = || {
         Box::new(Entry {
             ts: SystemTime::now(),
-            client,
+            client: client.ip(),
+            peer: client.ip(),
             method: Method::GET,
             uri: http::Uri::from_static("/assets/app.js?v=3"),
             host_header: Some(HeaderValue::from_static("example.com")),

@@ -55,7 +55,11 @@ const WRITE_CHUNK: usize = 256 << 10;
 pub struct Entry {
     /// When the request head arrived.
     pub ts: SystemTime,
-    pub client: SocketAddr,
+    /// The client: behind a PROXY header or trusted forwarders, the one
+    /// they named.
+    pub client: IpAddr,
+    /// The TCP peer; equal to `client` unless one of those named it.
+    pub peer: IpAddr,
     pub method: Method,
     /// The request target as sent; its path and query are logged, and its
     /// authority (absolute form, HTTP/2's `:authority`) as the host.
@@ -711,7 +715,9 @@ fn json_str(out: &mut Vec<u8>, s: &[u8]) {
 /// Every field after `ts` (which the caller wrote), and the closing brace.
 fn json_line(out: &mut Vec<u8>, e: &Entry) {
     out.extend_from_slice(b"\",\"client\":\"");
-    ip(out, e.client.ip());
+    ip(out, e.client);
+    out.extend_from_slice(b"\",\"peer\":\"");
+    ip(out, e.peer);
     out.extend_from_slice(b"\",\"method\":");
     json_str(out, e.method.as_str().as_bytes());
     out.extend_from_slice(b",\"host\":");
@@ -788,10 +794,10 @@ fn quoted(out: &mut Vec<u8>, s: &[u8]) {
 
 /// The NCSA combined format, then sluice's own fields as `key=value`:
 /// `1.2.3.4 - - [10/Oct/2026:13:55:36 +0000] "GET /a HTTP/1.1" 200 512 "-" "curl/8"
-/// host="example.com" duration_ms=1.234 upstream=10.0.0.1:80 upstream_ms=1.1
-/// cache=- request_id=...` (one line). `clf` is the time as text.
+/// host="example.com" peer=1.2.3.4 duration_ms=1.234 upstream=10.0.0.1:80
+/// upstream_ms=1.1 cache=- request_id=...` (one line). `clf` is the time as text.
 fn combined_line(out: &mut Vec<u8>, e: &Entry, clf: &[u8]) {
-    ip(out, e.client.ip());
+    ip(out, e.client);
     out.extend_from_slice(b" - - [");
     out.extend_from_slice(clf);
     out.extend_from_slice(b"] \"");
@@ -810,6 +816,8 @@ fn combined_line(out: &mut Vec<u8>, e: &Entry, clf: &[u8]) {
     quoted(out, e.user_agent.as_ref().map_or(b"-", |v| v.as_bytes()));
     out.extend_from_slice(b" host=");
     quoted(out, e.host());
+    out.extend_from_slice(b" peer=");
+    ip(out, e.peer);
     out.extend_from_slice(b" duration_ms=");
     millis(out, e.duration);
     match e.upstream {
@@ -898,7 +906,8 @@ mod tests {
     fn entry() -> Entry {
         Entry {
             ts: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-            client: "192.0.2.7:5555".parse().unwrap(),
+            client: "192.0.2.7".parse().unwrap(),
+            peer: "10.0.0.5".parse().unwrap(),
             method: Method::GET,
             uri: Uri::from_static("/a?b=c%20d"),
             // A URI cannot hold a quote; a Host header can.
@@ -927,6 +936,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["ts"], "2023-11-14T22:13:20.123Z");
         assert_eq!(v["client"], "192.0.2.7");
+        assert_eq!(v["peer"], "10.0.0.5");
         assert_eq!(v["host"], "exa\"mple.com");
         assert_eq!(v["path"], "/a?b=c%20d");
         assert_eq!(v["proto"], "HTTP/1.1");
@@ -947,7 +957,8 @@ mod tests {
         assert_eq!(
             s,
             "192.0.2.7 - - [14/Nov/2023:22:13:20 +0000] \"GET /a?b=c%20d HTTP/1.1\" 200 42 \"-\" \"curl/8\" \
-             host=\"exa\\\"mple.com\" duration_ms=1.5 upstream=127.0.0.1:9001 upstream_ms=1.2 cache=- request_id=abc\n"
+             host=\"exa\\\"mple.com\" peer=10.0.0.5 duration_ms=1.5 upstream=127.0.0.1:9001 upstream_ms=1.2 cache=- \
+             request_id=abc\n"
         );
     }
 
@@ -961,7 +972,7 @@ mod tests {
         let mut out = Vec::new();
         f.line(&mut out, &e, AccessLogFormat::Json);
         e.ts += Duration::from_millis(1_877); // 22:13:22.000
-        e.client = "[2001:db8::1]:443".parse().unwrap();
+        e.client = "2001:db8::1".parse().unwrap();
         e.upstream = Some("[::1]:8080".parse().unwrap());
         e.uri = Uri::from_static("https://example.org:8443/x");
         f.line(&mut out, &e, AccessLogFormat::Json);

@@ -7,6 +7,8 @@
 //! - [`environment`]: what validation checks outside the file (certificate
 //!   pairs load, server names resolve), and [`load_config`]
 //! - [`listener`] and [`tls`]: accept loops, TLS termination, HTTP/1.1 + HTTP/2
+//! - [`proxy_protocol`] and [`client_addr`]: who the client really is,
+//!   from a PROXY header or a trusted `X-Forwarded-For`
 //! - [`client_limits`]: per-client connection caps, head and keep-alive timers
 //! - [`framing`]: HTTP/1.1 request framing rules, applied before hyper parses
 //! - [`path`]: request paths normalised before routing
@@ -26,6 +28,7 @@ mod access_log;
 mod admin;
 mod body;
 mod cache;
+mod client_addr;
 mod client_limits;
 mod compress;
 mod config;
@@ -39,6 +42,7 @@ mod listener;
 mod metrics;
 mod path;
 mod proxy;
+mod proxy_protocol;
 mod ratelimit;
 mod reload;
 mod reply;
@@ -136,6 +140,11 @@ pub mod testing {
     }
     pub mod metrics {
         pub use crate::metrics::{class_index, get, method_index, SnapshotMetrics};
+    }
+    pub mod proxy_protocol {
+        pub use crate::proxy_protocol::{
+            encode, parse, Addresses, Header, HeaderError, Parsed, Version, V1_MAX, V2_MAX,
+        };
     }
     pub mod request_id {
         pub use crate::request_id::generate;

@@ -93,6 +93,7 @@ pub struct Metrics {
     pub connections_total: IntCounterVec,
     pub tls_handshakes: IntCounterVec,
     pub tls_handshake_errors: IntCounterVec,
+    pub proxy_protocol_rejected: IntCounterVec,
     pub cache_lookups: PerWorker<IntCounterVec>,
     pub cache_entries: IntGauge,
     pub cache_bytes: IntGauge,
@@ -186,6 +187,11 @@ impl Metrics {
                 "TLS handshakes that failed or timed out, by listener.",
                 &["listener"],
             ),
+            proxy_protocol_rejected: counter_vec(
+                "sluice_proxy_protocol_rejected_total",
+                "Connections closed because of their PROXY header (or its absence), by listener and reason.",
+                &["listener", "reason"],
+            ),
             cache_lookups: PerWorker::new(|| {
                 counter_vec(
                     "sluice_cache_lookups_total",
@@ -248,6 +254,7 @@ impl Metrics {
             Box::new(m.connections_total.clone()),
             Box::new(m.tls_handshakes.clone()),
             Box::new(m.tls_handshake_errors.clone()),
+            Box::new(m.proxy_protocol_rejected.clone()),
             Box::new(m.cache_lookups.clone()),
             Box::new(m.cache_entries.clone()),
             Box::new(m.cache_bytes.clone()),
@@ -668,6 +675,7 @@ fn add_into(sum: &mut proto::Metric, m: &proto::Metric, kind: proto::MetricType)
 pub(crate) struct ListenerMetrics {
     /// The listener's position in the config (stable across reloads).
     pub index: usize,
+    name: String,
     active: [IntGauge; 2],
     total: [IntCounter; 2],
     tls_ok: IntCounter,
@@ -679,6 +687,7 @@ impl ListenerMetrics {
         let m = get();
         ListenerMetrics {
             index,
+            name: name.to_string(),
             active: PROTOCOLS.map(|p| m.connections_active.with_label_values(&[name, p])),
             total: PROTOCOLS.map(|p| m.connections_total.with_label_values(&[name, p])),
             tls_ok: m.tls_handshakes.with_label_values(&[name]),
@@ -701,6 +710,15 @@ impl ListenerMetrics {
     /// as HTTP/1.x, never active.
     pub(crate) fn closed_unknown(&self) {
         self.total[0].inc();
+    }
+
+    /// A connection closed over its PROXY header; `reason` is one of a
+    /// few fixed words, so the series stay bounded.
+    pub(crate) fn proxy_rejected(&self, reason: &'static str) {
+        get()
+            .proxy_protocol_rejected
+            .with_label_values(&[&self.name, reason])
+            .inc();
     }
 
     pub(crate) fn tls_handshake(&self, ok: bool) {

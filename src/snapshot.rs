@@ -32,6 +32,9 @@ pub(crate) struct Snapshot {
     pub metrics: crate::metrics::SnapshotMetrics,
     /// The response cache; carried over by reloads that keep its size.
     pub cache: Arc<crate::cache::Cache>,
+    /// Whether some pool sends PROXY headers upstream: only then does a
+    /// client connection look up the address it was accepted on.
+    pub sends_proxy_protocol: bool,
 }
 
 impl Snapshot {
@@ -71,7 +74,12 @@ impl Snapshot {
         );
         let metrics = crate::metrics::SnapshotMetrics::build(&config, &pools);
         let cache = crate::cache::Cache::carry_over(previous.map(|p| &p.cache), &config.cache);
+        let sends_proxy_protocol = config
+            .pools
+            .iter()
+            .any(|p| p.send_proxy_protocol != crate::config::SendProxy::Off);
         Ok(Snapshot {
+            sends_proxy_protocol,
             cache,
             metrics,
             config: Arc::new(config),

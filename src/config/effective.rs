@@ -118,6 +118,10 @@ fn pool_table(p: &PoolConfig) -> toml::Table {
         ("panic_threshold", Value::Float(p.panic_threshold)),
         ("slow_start", duration(p.slow_start)),
         ("resolve_interval", duration(p.resolve_interval)),
+        (
+            "send_proxy_protocol",
+            string(p.send_proxy_protocol.as_str()),
+        ),
     ]);
     match p.policy {
         crate::config::Policy::Hash => {
@@ -301,6 +305,12 @@ pub(crate) fn effective_toml(c: &Config) -> String {
                 "path_normalization".into(),
                 string(if l.normalize_paths { "on" } else { "off" }),
             );
+            t.insert("proxy_protocol".into(), Value::Boolean(l.proxy_protocol));
+            let nets = |list: &[crate::config::Cidr]| {
+                Value::Array(list.iter().map(|c| string(c.to_string())).collect())
+            };
+            t.insert("trusted".into(), nets(&l.trusted));
+            t.insert("trusted_forwarders".into(), nets(&l.trusted_forwarders));
             t.insert("limits".into(), Value::Table(limits_table(&l.limits)));
             Value::Table(t)
         })

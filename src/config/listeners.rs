@@ -5,7 +5,9 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use super::observe::Cidr;
 use super::raw::RawConfig;
 use super::{Limits, Rate, Seg, Validator};
 
@@ -22,6 +24,14 @@ pub struct ListenerConfig {
     /// normalised before routing, caching and forwarding ([`crate::path`]);
     /// `"off"` keeps them as sent.
     pub normalize_paths: bool,
+    /// `proxy_protocol = true`: every connection starts with a PROXY
+    /// header (v1 or v2), accepted only from a peer in `trusted`.
+    pub proxy_protocol: bool,
+    /// Who may send a PROXY header; required with `proxy_protocol`.
+    pub trusted: Vec<Cidr>,
+    /// Peers whose `X-Forwarded-For` is believed ([`crate::client_addr`]);
+    /// empty = nobody's. Shared with connections, so it is an `Arc`.
+    pub trusted_forwarders: Arc<[Cidr]>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -182,6 +192,33 @@ impl Validator<'_> {
                     true
                 }
             };
+            let trusted = self.cidr_list(&l.trusted, |j| {
+                [
+                    Seg::Key("listener"),
+                    Seg::Index(i),
+                    Seg::Key("trusted"),
+                    Seg::Index(j),
+                ]
+            });
+            if l.proxy_protocol && l.trusted.is_empty() {
+                self.error(
+                    &at("proxy_protocol"),
+                    "needs the networks allowed to send a PROXY header, e.g. trusted = [\"10.0.0.0/8\"]",
+                );
+            } else if !l.proxy_protocol && !l.trusted.is_empty() {
+                self.error(
+                    &at("trusted"),
+                    "lists who may send a PROXY header, but proxy_protocol is off; set proxy_protocol = true or remove trusted",
+                );
+            }
+            let trusted_forwarders = self.cidr_list(&l.trusted_forwarders, |j| {
+                [
+                    Seg::Key("listener"),
+                    Seg::Index(i),
+                    Seg::Key("trusted_forwarders"),
+                    Seg::Index(j),
+                ]
+            });
             out.push(ListenerConfig {
                 name: l.name.clone(),
                 listen,
@@ -189,7 +226,26 @@ impl Validator<'_> {
                 limits,
                 max_connection_rate,
                 normalize_paths,
+                proxy_protocol: l.proxy_protocol,
+                trusted,
+                trusted_forwarders: trusted_forwarders.into(),
             });
+        }
+        out
+    }
+
+    /// A list of networks ([`Cidr`]); each bad entry is reported at `at(index)`.
+    fn cidr_list<const N: usize>(
+        &mut self,
+        list: &[String],
+        at: impl Fn(usize) -> [Seg<'static>; N],
+    ) -> Vec<Cidr> {
+        let mut out = Vec::with_capacity(list.len());
+        for (j, text) in list.iter().enumerate() {
+            match Cidr::parse(text) {
+                Ok(c) => out.push(c),
+                Err(why) => self.error(&at(j), why),
+            }
         }
         out
     }
@@ -237,6 +293,52 @@ mod tests {
         assert!(!clash("127.0.0.1:80", "127.0.0.2:80"));
         assert!(!clash("127.0.0.1:80", "127.0.0.1:81"));
         assert!(!clash("127.0.0.1:0", "127.0.0.1:0"));
+    }
+
+    #[test]
+    fn proxy_protocol_and_forwarder_networks_are_checked() {
+        let with = |extra: &str| {
+            MINIMAL.replace(
+                "listen = \"127.0.0.1:8080\"\n",
+                &format!("listen = \"127.0.0.1:8080\"\n{extra}\n"),
+            )
+        };
+        let c = parse(&with(
+            "proxy_protocol = true\ntrusted = [\"10.0.0.0/8\", \"::1\"]\ntrusted_forwarders = [\"192.0.2.0/24\"]",
+        ))
+        .expect("valid");
+        let l = &c.listeners[0];
+        assert!(l.proxy_protocol);
+        assert_eq!(l.trusted.len(), 2);
+        assert!(l.trusted_forwarders[0].contains("192.0.2.9".parse().unwrap()));
+        let defaults = parse(MINIMAL).expect("valid");
+        assert!(!defaults.listeners[0].proxy_protocol);
+        assert!(defaults.listeners[0].trusted_forwarders.is_empty());
+
+        let errors = |extra: &str| {
+            Config::parse(Path::new("t.toml"), &with(extra), &Offline)
+                .unwrap_err()
+                .errors
+                .into_iter()
+                .map(|e| (e.key, e.position.is_some()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            errors("proxy_protocol = true"),
+            [("listener[0].proxy_protocol".to_string(), true)]
+        );
+        assert_eq!(
+            errors("trusted = [\"10.0.0.0/8\"]"),
+            [("listener[0].trusted".to_string(), true)]
+        );
+        assert_eq!(
+            errors("proxy_protocol = true\ntrusted = [\"10.0.0.0/33\"]"),
+            [("listener[0].trusted[0]".to_string(), true)]
+        );
+        assert_eq!(
+            errors("trusted_forwarders = [\"10.0.0.0/8\", \"nonsense\"]"),
+            [("listener[0].trusted_forwarders[1]".to_string(), true)]
+        );
     }
 
     #[test]

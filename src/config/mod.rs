@@ -33,11 +33,11 @@ pub(crate) use effective::effective_toml;
 pub(crate) use limits::{Limits, Rate};
 pub(crate) use listeners::{CertPair, ListenerConfig, PairError, PairPart, TlsConfig};
 pub use observe::{AccessLogConfig, AccessLogFormat, AccessLogTarget};
-pub(crate) use observe::{AdminConfig, LogConfig, LogFormat};
+pub(crate) use observe::{AdminConfig, Cidr, LogConfig, LogFormat};
 pub use pools::Policy;
 pub(crate) use pools::{
     HashKey, HealthConfig, HealthKind, OutlierConfig, PoolConfig, ResolverConfig, RetryOn,
-    ServerAddr, ServerEntry, StickyConfig,
+    SendProxy, ServerAddr, ServerEntry, StickyConfig,
 };
 pub use routes::RouteConfig;
 pub(crate) use routes::{RateKey, RateLimitConfig};

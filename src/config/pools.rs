@@ -70,6 +70,35 @@ impl fmt::Display for HashKey {
     }
 }
 
+/// `send_proxy_protocol`: whether each upstream connection starts with a
+/// PROXY header naming the client, and in which version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SendProxy {
+    #[default]
+    Off,
+    V1,
+    V2,
+}
+
+impl SendProxy {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            SendProxy::Off => "off",
+            SendProxy::V1 => "v1",
+            SendProxy::V2 => "v2",
+        }
+    }
+
+    /// The header version to send, if any.
+    pub(crate) fn version(self) -> Option<crate::proxy_protocol::Version> {
+        match self {
+            SendProxy::Off => None,
+            SendProxy::V1 => Some(crate::proxy_protocol::Version::V1),
+            SendProxy::V2 => Some(crate::proxy_protocol::Version::V2),
+        }
+    }
+}
+
 /// `[pool.NAME.sticky]`: the cookie that keeps a client on its member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StickyConfig {
@@ -119,6 +148,9 @@ pub struct PoolConfig {
     pub balance_factor: f64,
     /// `policy = "sticky_cookie"`: the cookie.
     pub sticky: StickyConfig,
+    /// Not `Off`: every request gets a new connection that starts with a
+    /// PROXY header (connections are never shared between clients).
+    pub send_proxy_protocol: SendProxy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -473,6 +505,18 @@ impl Validator<'_> {
             if p.response_timeout.is_zero() {
                 self.error(&at("response_timeout"), "must be greater than zero");
             }
+            let send_proxy_protocol = match p.send_proxy_protocol.as_deref() {
+                None | Some("off") => SendProxy::Off,
+                Some("v1") => SendProxy::V1,
+                Some("v2") => SendProxy::V2,
+                Some(other) => {
+                    self.error(
+                        &at("send_proxy_protocol"),
+                        format!("unknown value \"{other}\"; use \"off\", \"v1\" or \"v2\""),
+                    );
+                    SendProxy::Off
+                }
+            };
             out.push(PoolConfig {
                 name: name.clone(),
                 policy,
@@ -496,6 +540,7 @@ impl Validator<'_> {
                 resolver: resolver.clone(),
                 health,
                 outlier,
+                send_proxy_protocol,
             });
         }
         out

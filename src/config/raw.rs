@@ -69,6 +69,12 @@ pub(crate) struct RawListener {
     pub limits: Option<RawLimits>,
     pub max_connection_rate: Option<RawConnectionRate>,
     pub path_normalization: Option<String>,
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    #[serde(default)]
+    pub trusted: Vec<String>,
+    #[serde(default)]
+    pub trusted_forwarders: Vec<String>,
 }
 
 /// `[[listener]] max_connection_rate = { connections, per, burst }`.
@@ -174,6 +180,7 @@ pub(crate) struct RawPool {
     pub slow_start: Duration,
     #[serde(default = "d_30s", deserialize_with = "de_duration")]
     pub resolve_interval: Duration,
+    pub send_proxy_protocol: Option<String>,
     /// `[pool.NAME.health]`: active checks; absent = none.
     pub health: Option<RawHealth>,
     /// `[pool.NAME.outlier]`: passive ejection, on by default.

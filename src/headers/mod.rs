@@ -149,17 +149,33 @@ pub(crate) fn strip_fields(headers: &mut HeaderMap, fields: &[HeaderName]) {
     }
 }
 
-/// Appends the client to `X-Forwarded-For`, sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host`, replaces any `Forwarded` with this hop's element
+/// Who a request came from, for the forwarding fields.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hops {
+    /// Whoever sent us the request: the connection's client (a PROXY
+    /// header's source, else the TCP peer). Appended to `X-Forwarded-For`,
+    /// as every proxy on the way does.
+    pub previous: IpAddr,
+    /// The client itself, found behind trusted forwarders; equal to
+    /// `previous` otherwise. Named in `Forwarded: for=`.
+    pub client: IpAddr,
+}
+
+/// Appends the previous hop to `X-Forwarded-For` (the chain as received is
+/// kept), sets `X-Forwarded-Proto` and `X-Forwarded-Host`, replaces any
+/// `Forwarded` with this hop's element naming the client
 /// ([`forwarded_element`]), and appends this hop to `Via`.
 pub(crate) fn add_forwarding(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    hops: Hops,
     https: bool,
     authority: &str,
     version: Version,
 ) {
-    let client = client.to_canonical().to_string();
+    let client = hops.client.to_canonical().to_string();
+    // Formatted once when they are one address (no trusted forwarder).
+    let previous = (hops.previous.to_canonical() != hops.client.to_canonical())
+        .then(|| hops.previous.to_canonical().to_string());
     let client = client.as_str();
     let mut xff = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR).iter() {
@@ -171,7 +187,7 @@ pub(crate) fn add_forwarding(
             }
         }
     }
-    xff.push_str(client);
+    xff.push_str(previous.as_deref().unwrap_or(client));
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
@@ -503,9 +519,13 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("via", "1.0 fred"),
         ]);
+        let ip = "::ffff:127.0.0.9".parse().unwrap();
         add_forwarding(
             &mut h,
-            "::ffff:127.0.0.9".parse().unwrap(),
+            Hops {
+                previous: ip,
+                client: ip,
+            },
             false,
             "example.com",
             Version::HTTP_11,
@@ -517,12 +537,35 @@ mod tests {
         assert_eq!(via, ["1.0 fred", "1.1 sluice"]);
     }
 
+    /// Behind a trusted forwarder, the chain as received gets that
+    /// forwarder appended, and `Forwarded` names the client it found.
+    #[test]
+    fn forwarding_behind_a_trusted_forwarder_names_the_client() {
+        let mut h = map(&[("x-forwarded-for", "192.0.2.7")]);
+        add_forwarding(
+            &mut h,
+            Hops {
+                previous: "10.0.0.5".parse().unwrap(),
+                client: "192.0.2.7".parse().unwrap(),
+            },
+            false,
+            "example.com",
+            Version::HTTP_11,
+        );
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7, 10.0.0.5");
+        assert_eq!(h["forwarded"], "for=192.0.2.7;proto=http;host=example.com");
+    }
+
     fn forwarded_for(client: &str, https: bool, authority: &str, sent: &[&str]) -> Vec<String> {
         let pairs: Vec<(&str, &str)> = sent.iter().map(|v| ("forwarded", *v)).collect();
         let mut h = map(&pairs);
+        let ip = client.parse().unwrap();
         add_forwarding(
             &mut h,
-            client.parse().unwrap(),
+            Hops {
+                previous: ip,
+                client: ip,
+            },
             https,
             authority,
             Version::HTTP_11,

@@ -6,6 +6,11 @@
 //! HTTP/1.1 bytes pass through the framing guard ([`crate::framing`]) on
 //! their way to hyper, and idle HTTP/1.1 connections are parked
 //! ([`http1`]).
+//!
+//! On a listener with `proxy_protocol = true`, a connection from a peer
+//! outside `trusted` is closed at once; from a trusted one, its PROXY
+//! header ([`crate::proxy_protocol`]) is read first, before TLS, and names
+//! the client.
 
 mod http1;
 
@@ -23,10 +28,11 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::body::ProxyBody;
 use crate::client_limits::{Activity, ClientIo, PerClient};
-use crate::config::Limits;
+use crate::config::{Cidr, Limits};
 use crate::framing::{FramingGuard, GuardLimits, Verdicts};
 use crate::metrics::ListenerMetrics;
 use crate::proxy::{self, ConnInfo};
+use crate::proxy_protocol;
 use crate::snapshot::State;
 
 /// A busier worker waits up to this many rounds of [`ACCEPT_DEFER`] before
@@ -181,6 +187,13 @@ pub(crate) async fn serve(
         per_client,
         metrics,
     } = shared;
+    let ctx = Context {
+        name: listener.name.clone(),
+        tls: listener.tls,
+        state: state.clone(),
+        per_client,
+        metrics: metrics.clone(),
+    };
     // hyper settings, rebuilt only when a reload changes the limits.
     let mut settings: Option<(Limits, Arc<Builders>)> = None;
     loop {
@@ -199,7 +212,7 @@ pub(crate) async fn serve(
             }
             tokio::time::sleep(ACCEPT_DEFER).await;
         }
-        let (stream, client) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.socket.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -214,34 +227,39 @@ pub(crate) async fn serve(
         if let Some(rate) = state.load().connection_rates.get(&*listener.name) {
             if !rate.allow() {
                 // Dropping the stream closes it before anything is read.
-                tracing::debug!(listener = %listener.name, client = %client, "new-connection rate exceeded; closing");
+                tracing::debug!(listener = %listener.name, client = %peer, "new-connection rate exceeded; closing");
                 continue;
             }
         }
-        // The rest of the connection-level limits follow reloads: a new
+        // The rest of the connection-level settings follow reloads: a new
         // connection gets the current ones.
-        let limits = state.load().config.limits_for(&listener.name).clone();
-        let Some(slot) = per_client.try_acquire(client.ip(), limits.max_connections_per_client)
-        else {
-            // Closed before anything is read; counted per listener.
-            tracing::debug!(listener = %listener.name, client = %client, "max_connections_per_client reached; closing");
-            continue;
+        let (limits, proxy_protocol, forwarders, want_local) = {
+            let snap = state.load();
+            let config = snap.config.listener(&listener.name);
+            let limits = config.map_or(&snap.config.limits, |l| &l.limits).clone();
+            let proxy_protocol = match config {
+                Some(l) if l.proxy_protocol => {
+                    Some(l.trusted.iter().any(|net| net.contains(peer.ip())))
+                }
+                _ => None,
+            };
+            let forwarders = config
+                .map(|l| l.trusted_forwarders.clone())
+                .filter(|f| !f.is_empty());
+            (
+                limits,
+                proxy_protocol,
+                forwarders,
+                snap.sends_proxy_protocol,
+            )
         };
+        if proxy_protocol == Some(false) {
+            // Not a balancer we know: its header, if any, would be a lie.
+            metrics.proxy_rejected("untrusted");
+            tracing::warn!(listener = %listener.name, peer = %peer, reason = "untrusted", "PROXY header not accepted from this peer; closing");
+            continue;
+        }
         let _ = stream.set_nodelay(true);
-        let activity = Activity::new(
-            limits.header_read_timeout,
-            limits.keepalive_timeout,
-            Some(PARK_AFTER),
-        );
-        let stream = ClientIo::new(stream, activity.clone());
-        let conn = Arc::new(ConnInfo {
-            client,
-            listener: listener.name.clone(),
-            https: listener.tls,
-            framing: Verdicts::new(),
-            metrics: metrics.clone(),
-            protocol: Default::default(),
-        });
         let builders = match &settings {
             Some((built_for, builders)) if *built_for == limits => builders.clone(),
             _ => {
@@ -250,32 +268,152 @@ pub(crate) async fn serve(
                 builders
             }
         };
-        let guard = guard_limits(&limits);
-        let service = service(state.clone(), conn.clone(), activity.clone());
-        let held = Held {
-            _open: crate::workers::OpenConnection::new(),
-            _permit: permit,
-            _slot: slot,
-            conn: conn.clone(),
+        // The head timer starts now: a PROXY header is read within it too.
+        let activity = Activity::new(
+            limits.header_read_timeout,
+            limits.keepalive_timeout,
+            Some(PARK_AFTER),
+        );
+        let accepted = Accepted {
+            stream,
+            peer,
+            permit,
+            open: crate::workers::OpenConnection::new(),
+            draining: drain.watch(),
+            activity,
+            builders,
+            guard: guard_limits(&limits),
+            max_per_client: limits.max_connections_per_client,
+            forwarders,
         };
-        let draining = drain.watch();
-        // One task per connection, of a different type per kind: a plain
-        // connection's task is the HTTP/1.1 loop itself, and reserves
-        // nothing for TLS or HTTP/2.
-        if listener.tls {
-            let state = state.clone();
-            tokio::spawn(Box::pin(serve_tls(
-                stream, held, state, builders, service, draining, guard,
-            )));
-        } else {
-            // Plain TCP: HTTP/1.1 or h2c prior knowledge; the guard steps
-            // aside after the HTTP/2 preface.
-            let io = http1::Parkable::new(
-                FramingGuard::new(stream, conn.framing.clone(), guard),
-                activity,
-            );
-            tokio::spawn(http1::serve(io, service, builders, draining, held, true));
+        if proxy_protocol.is_none() {
+            let local = if want_local {
+                accepted.stream.local_addr().ok()
+            } else {
+                None
+            };
+            start(accepted, peer, local, &ctx);
+            continue;
         }
+        // The header is read on the connection's own task, never holding
+        // up the accept loop; the per-client cap then counts the client it
+        // names.
+        let ctx = ctx.clone();
+        let timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let mut accepted = accepted;
+            let read = tokio::time::timeout(timeout, proxy_protocol::read(&mut accepted.stream));
+            let header = match read.await {
+                Ok(Ok(header)) => header,
+                Ok(Err(e)) => {
+                    ctx.metrics.proxy_rejected(e.reason());
+                    tracing::warn!(listener = %ctx.name, peer = %accepted.peer, reason = e.reason(), error = %e, "PROXY header refused; closing");
+                    return;
+                }
+                Err(_) => {
+                    ctx.metrics.proxy_rejected("timeout");
+                    tracing::warn!(listener = %ctx.name, peer = %accepted.peer, reason = "timeout", "no PROXY header within header_read_timeout; closing");
+                    return;
+                }
+            };
+            let (client, local) = match header.addresses {
+                Some(a) => (a.source, Some(a.destination)),
+                // LOCAL / UNKNOWN: the balancer speaks for itself.
+                None => (
+                    accepted.peer,
+                    accepted.stream.local_addr().ok().filter(|_| want_local),
+                ),
+            };
+            start(accepted, client, local, &ctx);
+        });
+    }
+}
+
+/// What starting a connection needs from its listener.
+#[derive(Clone)]
+struct Context {
+    name: Arc<str>,
+    tls: bool,
+    state: State,
+    per_client: Arc<PerClient>,
+    metrics: Arc<ListenerMetrics>,
+}
+
+/// An accepted connection, before its client is known for certain.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    open: crate::workers::OpenConnection,
+    draining: Draining,
+    activity: Arc<Activity>,
+    builders: Arc<Builders>,
+    guard: GuardLimits,
+    max_per_client: usize,
+    /// The listener's `trusted_forwarders`, when it has any.
+    forwarders: Option<Arc<[Cidr]>>,
+}
+
+/// Serves `accepted` on a task of its own, now that its client is known:
+/// `client` is the address a PROXY header named, else the TCP peer, and is
+/// what `max_connections_per_client` counts; `local` is the address the
+/// client connected to, when a pool needs it for its own PROXY headers.
+fn start(accepted: Accepted, client: SocketAddr, local: Option<SocketAddr>, ctx: &Context) {
+    let Accepted {
+        stream,
+        peer,
+        permit,
+        open,
+        draining,
+        activity,
+        builders,
+        guard,
+        max_per_client,
+        forwarders,
+    } = accepted;
+    let Some(slot) = ctx.per_client.try_acquire(client.ip(), max_per_client) else {
+        // Closed before anything is read; counted per listener.
+        tracing::debug!(listener = %ctx.name, client = %client, "max_connections_per_client reached; closing");
+        return;
+    };
+    // Decided once per connection: a request on a connection from anyone
+    // else pays nothing for the listener's trusted_forwarders.
+    let forwarders = forwarders.filter(|nets| nets.iter().any(|n| n.contains(client.ip())));
+    let stream = ClientIo::new(stream, activity.clone());
+    let conn = Arc::new(ConnInfo {
+        client,
+        peer,
+        local,
+        forwarders,
+        listener: ctx.name.clone(),
+        https: ctx.tls,
+        framing: Verdicts::new(),
+        metrics: ctx.metrics.clone(),
+        protocol: Default::default(),
+    });
+    let service = service(ctx.state.clone(), conn.clone(), activity.clone());
+    let held = Held {
+        _open: open,
+        _permit: permit,
+        _slot: slot,
+        conn: conn.clone(),
+    };
+    // One task per connection, of a different type per kind: a plain
+    // connection's task is the HTTP/1.1 loop itself, and reserves nothing
+    // for TLS or HTTP/2.
+    if ctx.tls {
+        let state = ctx.state.clone();
+        tokio::spawn(Box::pin(serve_tls(
+            stream, held, state, builders, service, draining, guard,
+        )));
+    } else {
+        // Plain TCP: HTTP/1.1 or h2c prior knowledge; the guard steps
+        // aside after the HTTP/2 preface.
+        let io = http1::Parkable::new(
+            FramingGuard::new(stream, conn.framing.clone(), guard),
+            activity,
+        );
+        tokio::spawn(http1::serve(io, service, builders, draining, held, true));
     }
 }
 

@@ -26,7 +26,7 @@ pub(crate) mod observe;
 mod rules;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,7 +60,17 @@ use crate::upstream::retry;
 /// What the proxy knows about the client connection a request came on.
 #[derive(Debug)]
 pub(crate) struct ConnInfo {
+    /// The connection's client: the source a PROXY header named, else the
+    /// TCP peer. What `X-Forwarded-For` gets appended.
     pub client: SocketAddr,
+    /// The TCP peer (the balancer, when a PROXY header named the client).
+    pub peer: SocketAddr,
+    /// The address the client connected to (a PROXY header's destination,
+    /// else the socket's), known only when some pool sends PROXY headers.
+    pub local: Option<SocketAddr>,
+    /// The listener's `trusted_forwarders`, present only when `client` is
+    /// one of them: its requests' `X-Forwarded-For` then names the client.
+    pub forwarders: Option<Arc<[crate::config::Cidr]>>,
     pub listener: Arc<str>,
     pub https: bool,
     /// The framing guard's verdicts on this connection's HTTP/1.x requests.
@@ -69,6 +79,19 @@ pub(crate) struct ConnInfo {
     pub metrics: Arc<ListenerMetrics>,
     /// HTTP/1.x or HTTP/2, once known.
     pub protocol: observe::ConnProtocol,
+}
+
+impl ConnInfo {
+    /// The client a request on this connection comes from: behind a
+    /// trusted forwarder, what its `X-Forwarded-For` says
+    /// ([`crate::client_addr`]); otherwise the connection's client.
+    /// Canonical (IPv4-mapped IPv6 as IPv4).
+    pub(crate) fn client_for(&self, headers: &http::HeaderMap) -> IpAddr {
+        match &self.forwarders {
+            None => self.client.ip().to_canonical(),
+            Some(trusted) => crate::client_addr::behind(self.client.ip(), headers, trusted),
+        }
+    }
 }
 
 /// Handles one client request. Never fails: every error becomes a response.
@@ -85,10 +108,12 @@ pub(crate) async fn handle(
     conn.protocol.learn(req.version(), &conn.metrics);
     let snap = state.load_full();
     let request_id = crate::request_id::of(req.headers());
+    let client = conn.client_for(req.headers());
     let record = observe::Start::new(
         &req,
         started,
-        conn.client,
+        client,
+        conn.peer.ip(),
         conn.metrics.index,
         snap.config.access_log.as_ref().map(|c| c.format),
     );
@@ -107,7 +132,7 @@ pub(crate) async fn handle(
         request_id: Some(request_id.clone()),
         ..Default::default()
     };
-    let mut resp = respond_to(&snap, &conn, req, &mut outcome)
+    let mut resp = respond_to(&snap, &conn, client, req, &mut outcome)
         .instrument(span)
         .await;
     crate::request_id::stamp(resp.headers_mut(), request_id);
@@ -117,6 +142,7 @@ pub(crate) async fn handle(
 async fn respond_to(
     snap: &Arc<Snapshot>,
     conn: &ConnInfo,
+    client: IpAddr,
     req: Request<Incoming>,
     outcome: &mut observe::Outcome,
 ) -> Response<ProxyBody> {
@@ -127,7 +153,7 @@ async fn respond_to(
         _ => Verdict::Accept,
     };
     if let Verdict::Reject(violation) = verdict {
-        tracing::debug!(client = %conn.client, %violation, "request framing refused");
+        tracing::debug!(%client, %violation, "request framing refused");
         if violation == Violation::TargetTooLong {
             // The guard cut the target short and asked hyper to close.
             return Refusal::UriTooLong.reply();
@@ -135,7 +161,7 @@ async fn respond_to(
         return Refusal::BadRequest(violation.message()).reply();
     }
     let mut quota = None;
-    let mut resp = match proxy(snap, conn, req, &mut quota, outcome).await {
+    let mut resp = match proxy(snap, conn, client, req, &mut quota, outcome).await {
         Ok(resp) => resp,
         Err(refusal) => refusal.reply(),
     };
@@ -162,6 +188,7 @@ async fn respond_to(
 async fn proxy(
     snap: &Arc<Snapshot>,
     conn: &ConnInfo,
+    client_ip: IpAddr,
     mut req: Request<Incoming>,
     quota: &mut Option<ratelimit::Decision>,
     outcome: &mut observe::Outcome,
@@ -190,6 +217,7 @@ async fn proxy(
     };
     let client = Client {
         conn,
+        ip: client_ip,
         authority: &authority.authority,
     };
     let Some(rules) = snap
@@ -205,7 +233,7 @@ async fn proxy(
     let request_uri = req.uri().path_and_query().cloned();
     let vars = Vars {
         request_id: request_id.as_ref().map_or(&[], |id| id.as_bytes()),
-        client: conn.client.ip(),
+        client: client_ip,
         host: &authority.host,
         request_uri: request_uri.as_ref().map_or("/", |pq| pq.as_str()),
         https: conn.https,
@@ -237,11 +265,11 @@ async fn routed(
     outcome: &mut observe::Outcome,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let Leg { snap, route, .. } = leg;
-    let conn = client.conn;
+    let client_ip = client.ip;
     if let Some(limiter) = snap.rate_limits.get(&route.name) {
-        let decision = limiter.check(conn.client.ip().to_canonical(), req.headers());
+        let decision = limiter.check(client_ip, req.headers());
         if !decision.allowed {
-            tracing::debug!(route = %route.name, client = %conn.client, "rate limited");
+            tracing::debug!(route = %route.name, client = %client_ip, "rate limited");
             let mut resp = Refusal::RateLimited.reply();
             decision.apply(resp.headers_mut());
             return Ok(resp);
@@ -367,7 +395,7 @@ async fn through_cache(
         method: &parts.method,
         head: &parts.headers,
         has_body: !incoming.is_end_stream(),
-        peer: client.conn.client.ip(),
+        peer: client.ip,
         accepted,
     };
     match cache.lookup(set, asked).await {
@@ -453,10 +481,12 @@ impl<'a> Leg<'a> {
     }
 }
 
-/// Who sent the request: its connection and the authority it named.
+/// Who sent the request: its connection, the client's address (behind any
+/// trusted forwarders) and the authority it named.
 #[derive(Clone, Copy)]
 struct Client<'a> {
     conn: &'a ConnInfo,
+    ip: IpAddr,
     authority: &'a str,
 }
 
@@ -471,7 +501,10 @@ pub(crate) struct Forward {
     /// The client's HTTP version.
     pub received: Version,
     /// For `ip_hash` balancing.
-    pub client_ip: std::net::IpAddr,
+    pub client_ip: IpAddr,
+    /// For a pool's PROXY headers: the client (its port only when the
+    /// connection is the client's own) and the address it connected to.
+    pub proxied: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl Forward {
@@ -488,7 +521,11 @@ impl Forward {
         upgrade: Option<&HeaderValue>,
         outcome: &observe::Outcome,
     ) -> Forward {
-        let Client { conn, authority } = client;
+        let Client {
+            conn,
+            ip,
+            authority,
+        } = client;
         let received = parts.version;
         let mut head = parts.headers;
         headers::strip_hop_by_hop(&mut head, upgrade);
@@ -496,7 +533,16 @@ impl Forward {
         if received >= Version::HTTP_2 {
             headers::join_cookies(&mut head);
         }
-        headers::add_forwarding(&mut head, conn.client.ip(), conn.https, authority, received);
+        headers::add_forwarding(
+            &mut head,
+            headers::Hops {
+                previous: conn.client.ip(),
+                client: ip,
+            },
+            conn.https,
+            authority,
+            received,
+        );
         if let Some(id) = &outcome.request_id {
             head.insert(crate::request_id::X_REQUEST_ID.clone(), id.clone());
         }
@@ -517,7 +563,15 @@ impl Forward {
                 .map_or("/", |pq| pq.as_str())
                 .to_string(),
             received,
-            client_ip: conn.client.ip().to_canonical(),
+            client_ip: ip,
+            proxied: conn.local.map(|local| {
+                let port = if ip == conn.client.ip().to_canonical() {
+                    conn.client.port()
+                } else {
+                    0
+                };
+                (SocketAddr::new(ip, port), local)
+            }),
         }
     }
 }
@@ -571,6 +625,7 @@ async fn attempts(
         path_and_query,
         received,
         client_ip,
+        proxied,
     } = req;
     let request_id = RequestId(outcome.request_id.clone());
     let has_body = incoming.as_ref().is_some_and(|b| !b.is_end_stream());
@@ -653,7 +708,7 @@ async fn attempts(
             }
         }
 
-        let sent = pool.send(member.addr, up, sent_rx);
+        let sent = pool.send(member.addr, up, sent_rx, proxied);
         match outcome
             .attempt(snap, pool_index, &pool.name, member.addr, sent)
             .await

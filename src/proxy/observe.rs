@@ -4,7 +4,7 @@
 //! metrics. Recording happens when the response body ends (or is dropped),
 //! so the duration and byte count cover the whole response.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -116,7 +116,8 @@ impl Start {
     pub(crate) fn new<B>(
         req: &Request<B>,
         started: Instant,
-        client: SocketAddr,
+        client: IpAddr,
+        peer: IpAddr,
         listener: usize,
         access_log: Option<AccessLogFormat>,
     ) -> Start {
@@ -128,6 +129,7 @@ impl Start {
             Box::new(Entry {
                 ts: access_log::wall_clock(started),
                 client,
+                peer,
                 method: req.method().clone(),
                 uri: req.uri().clone(),
                 host_header: match req.uri().authority() {

@@ -8,6 +8,10 @@
 //! every read and write, so hyper drops it instead of returning it to the
 //! pool, even when it has already buffered the whole message and whatever
 //! the member sent after it.
+//!
+//! [`send_once`] is the other way to a member, for pools that send PROXY
+//! headers: one request on a new connection that starts with the header,
+//! never pooled.
 
 use std::future::Future;
 use std::io;
@@ -20,7 +24,9 @@ use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 
-use crate::body::BoxError;
+use crate::body::{BoxError, ProxyBody};
+
+use super::pool::UpstreamError;
 
 /// Closes one upstream connection; found in the extensions of every
 /// response the pool's client returns.
@@ -139,4 +145,63 @@ impl<T: Write + Unpin> Write for Closable<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// Sends `req` on a new connection to `addr` that starts with `header` (a
+/// PROXY header), and waits for the response head. The connection closes
+/// once the response (or an upgraded tunnel) is done with it.
+pub(crate) async fn send_once(
+    addr: std::net::SocketAddr,
+    connect_timeout: std::time::Duration,
+    header: Vec<u8>,
+    mut req: http::Request<ProxyBody>,
+) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+    use tokio::io::AsyncWriteExt;
+    let connecting = tokio::net::TcpStream::connect(addr);
+    let mut stream = match tokio::time::timeout(connect_timeout, connecting).await {
+        Err(_) => return Err(UpstreamError::ConnectTimeout { addr }),
+        Ok(Err(e)) => {
+            return Err(UpstreamError::Connect {
+                addr,
+                reason: e.to_string(),
+            })
+        }
+        Ok(Ok(stream)) => stream,
+    };
+    let _ = stream.set_nodelay(true);
+    // Nothing of the request has been sent yet: a failure here is still a
+    // failure to connect, as far as retries are concerned.
+    stream
+        .write_all(&header)
+        .await
+        .map_err(|e| UpstreamError::Connect {
+            addr,
+            reason: format!("sending the PROXY header: {e}"),
+        })?;
+    let before_response = |e: hyper::Error| UpstreamError::BeforeResponse {
+        addr,
+        reason: e.to_string(),
+    };
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(before_response)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(member = %addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    // On a connection of its own, the target is origin-form (RFC 9112
+    // §3.2.1), as the pooled client writes it.
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .parse::<http::Uri>()
+        .map_err(|e| UpstreamError::BeforeResponse {
+            addr,
+            reason: e.to_string(),
+        })?;
+    *req.uri_mut() = target;
+    send.send_request(req).await.map_err(before_response)
 }

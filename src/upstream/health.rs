@@ -24,7 +24,9 @@ use super::pool::Pool;
 use crate::config::{HealthConfig, HealthKind};
 
 /// Checks the members of `pool` until it is dropped.
-pub(crate) async fn run(pool: Weak<Pool>, health: HealthConfig) {
+/// `preamble` is written first on every check connection: the PROXY
+/// header (LOCAL) that a pool with `send_proxy_protocol` owes its members.
+pub(crate) async fn run(pool: Weak<Pool>, health: HealthConfig, preamble: &'static [u8]) {
     let health = Arc::new(health);
     loop {
         let round = tokio::time::Instant::now();
@@ -38,7 +40,7 @@ pub(crate) async fn run(pool: Weak<Pool>, health: HealthConfig) {
             let jitter = health.interval.mul_f64(fastrand::f64() * 0.25);
             probes.spawn(async move {
                 tokio::time::sleep(jitter).await;
-                let result = probe(&health, m.addr, &m.server).await;
+                let result = probe(&health, m.addr, &m.server, preamble).await;
                 apply(&m, result, &health);
             });
         }
@@ -64,9 +66,14 @@ fn apply(m: &Member, result: CheckResult, health: &HealthConfig) {
 }
 
 /// One check of `addr`, bounded by the check's `timeout`.
-pub(crate) async fn probe(health: &HealthConfig, addr: SocketAddr, host: &str) -> CheckResult {
+pub(crate) async fn probe(
+    health: &HealthConfig,
+    addr: SocketAddr,
+    host: &str,
+    preamble: &[u8],
+) -> CheckResult {
     let at = SystemTime::now();
-    let outcome = tokio::time::timeout(health.timeout, attempt(health, addr, host)).await;
+    let outcome = tokio::time::timeout(health.timeout, attempt(health, addr, host, preamble)).await;
     let (ok, status, error) = match outcome {
         Ok(Ok(None)) => (true, None, None),
         Ok(Ok(Some(s))) if health.expects(s) => (true, Some(s), None),
@@ -92,10 +99,18 @@ async fn attempt(
     health: &HealthConfig,
     addr: SocketAddr,
     host: &str,
+    preamble: &[u8],
 ) -> Result<Option<u16>, String> {
-    let stream = TcpStream::connect(addr)
+    let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    if !preamble.is_empty() {
+        use tokio::io::AsyncWriteExt;
+        stream
+            .write_all(preamble)
+            .await
+            .map_err(|e| format!("PROXY header: {e}"))?;
+    }
     if health.kind == HealthKind::Tcp {
         return Ok(None);
     }
@@ -164,7 +179,13 @@ mod tests {
             (500, false),
         ] {
             let (addr, mut seen) = origin(status).await;
-            let r = probe(&config(HealthKind::Http, 2000), addr, "app.internal:8080").await;
+            let r = probe(
+                &config(HealthKind::Http, 2000),
+                addr,
+                "app.internal:8080",
+                b"",
+            )
+            .await;
             assert_eq!(r.ok, ok, "{status}: {r:?}");
             assert_eq!(r.status, Some(status));
             let head = seen.recv().await.unwrap();
@@ -180,11 +201,17 @@ mod tests {
     #[tokio::test]
     async fn tcp_check_passes_on_accept_and_fails_on_refusal() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let r = probe(&config(HealthKind::Tcp, 2000), l.local_addr().unwrap(), "x").await;
+        let r = probe(
+            &config(HealthKind::Tcp, 2000),
+            l.local_addr().unwrap(),
+            "x",
+            b"",
+        )
+        .await;
         assert!(r.ok, "{r:?}");
         let dead = l.local_addr().unwrap();
         drop(l);
-        let r = probe(&config(HealthKind::Tcp, 2000), dead, "x").await;
+        let r = probe(&config(HealthKind::Tcp, 2000), dead, "x", b"").await;
         assert!(!r.ok);
         assert!(r.error.unwrap().contains("connect"));
     }
@@ -200,7 +227,7 @@ mod tests {
                 held.push(s);
             }
         });
-        let r = probe(&config(HealthKind::Http, 100), addr, "x").await;
+        let r = probe(&config(HealthKind::Http, 100), addr, "x", b"").await;
         assert!(!r.ok);
         assert!(
             r.error.as_deref().unwrap_or("").contains("timed out"),

@@ -214,7 +214,15 @@ impl Pool {
         let pool = Arc::new(Pool::new(config));
         if tokio::runtime::Handle::try_current().is_ok() {
             if let Some(health) = &config.health {
-                tokio::spawn(super::health::run(Arc::downgrade(&pool), health.clone()));
+                let preamble = config
+                    .send_proxy_protocol
+                    .version()
+                    .map_or(&b""[..], crate::proxy_protocol::local);
+                tokio::spawn(super::health::run(
+                    Arc::downgrade(&pool),
+                    health.clone(),
+                    preamble,
+                ));
             }
             if config.servers.iter().any(|s| s.addr.is_name()) {
                 tokio::spawn(super::dns::run(Arc::downgrade(&pool)));
@@ -372,21 +380,51 @@ impl Pool {
     /// Sends `req` (whose URI must already be absolute and point at the
     /// member) and waits for the response head. The response timeout starts
     /// once `sent` fires, i.e. when the whole request body has gone out.
+    ///
+    /// With `send_proxy_protocol`, the request goes over a connection of
+    /// its own that starts with a PROXY header naming `proxied` (client,
+    /// and the address it connected to): a header is per connection, and a
+    /// connection must never carry one client's requests under another's
+    /// name, so such a pool keeps no idle connections.
     pub async fn send(
         &self,
         addr: SocketAddr,
         req: http::Request<ProxyBody>,
         sent: oneshot::Receiver<()>,
+        proxied: Option<(SocketAddr, SocketAddr)>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let client = &self.clients[crate::workers::index() % self.clients.len()];
-        let response = client.request(req);
+        let response = async {
+            match self.config.send_proxy_protocol.version() {
+                None => {
+                    let client = &self.clients[crate::workers::index() % self.clients.len()];
+                    client.request(req).await.map_err(|e| classify(addr, e))
+                }
+                Some(version) => {
+                    let header = match proxied {
+                        Some((source, destination)) => {
+                            crate::proxy_protocol::encode(version, source, destination)
+                        }
+                        None => crate::proxy_protocol::local(version).to_vec(),
+                    };
+                    // Boxed: pools without PROXY headers should not carry
+                    // this path's state in every request's future.
+                    Box::pin(super::connect::send_once(
+                        addr,
+                        self.config.connect_timeout,
+                        header,
+                        req,
+                    ))
+                    .await
+                }
+            }
+        };
         let deadline = async {
             // If the body is dropped unsent the request fails on its own.
             let _ = sent.await;
             tokio::time::sleep(self.response_timeout).await;
         };
         tokio::select! {
-            r = response => r.map_err(|e| classify(addr, e)).and_then(|resp| checked(addr, resp)),
+            r = response => r.and_then(|resp| checked(addr, resp)),
             () = deadline => Err(UpstreamError::ResponseTimeout { addr, after: self.response_timeout }),
         }
     }
