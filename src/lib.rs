@@ -17,6 +17,8 @@
 //! - [`snapshot`]: the immutable runtime state swapped on reload
 //! - [`reload`]: the config file read again and a new snapshot swapped in
 //! - [`lifecycle`]: start-up, signals (SIGHUP reloads) and graceful drain
+//! - [`notify`] and [`fd_limit`]: what a service manager sees and grants:
+//!   systemd readiness notifications, the open-file limit
 //! - [`metrics`], [`admin`], [`access_log`], [`request_id`]: what operators
 //!   watch: Prometheus metrics, the admin API, one log line per request
 
@@ -30,12 +32,14 @@ mod client_limits;
 mod compress;
 mod config;
 mod environment;
+mod fd_limit;
 mod framing;
 mod headers;
 mod io;
 mod lifecycle;
 mod listener;
 mod metrics;
+mod notify;
 mod path;
 mod proxy;
 mod ratelimit;

@@ -2,7 +2,8 @@
 //! signals. SIGHUP reloads the config file (an invalid one is refused and the
 //! old config keeps serving); SIGTERM and SIGINT stop accepting and drain
 //! in-flight requests for up to `drain_timeout` (the admin `/readyz` turns
-//! 503 at once). SIGUSR1 reopens the access log file.
+//! 503 at once). SIGUSR1 reopens the access log file. Under systemd each of
+//! these steps is reported to the service manager ([`crate::notify`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::workers;
 /// ([`crate::workers`]).
 pub fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     workers::set_count(workers::resolve(config.server.workers));
+    crate::fd_limit::raise(&config, workers::count());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -133,6 +135,7 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     }
     health.set_ready();
     tracing::info!(config = %path.display(), "ready");
+    crate::notify::ready();
 
     loop {
         tokio::select! {
@@ -146,6 +149,7 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
         }
     }
     health.set_draining();
+    crate::notify::stopping();
 
     tracing::info!(timeout = ?drain_timeout, "stopping: no new connections, draining in-flight requests");
     let _ = stop_tx.send(true);
