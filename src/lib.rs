@@ -19,6 +19,7 @@
 //! - [`lifecycle`]: start-up, signals (SIGHUP reloads) and graceful drain
 //! - [`notify`] and [`fd_limit`]: what a service manager sees and grants:
 //!   systemd readiness notifications, the open-file limit
+//! - [`probe`]: `--health-check URL`, a container's HEALTHCHECK
 //! - [`metrics`], [`admin`], [`access_log`], [`request_id`]: what operators
 //!   watch: Prometheus metrics, the admin API, one log line per request
 
@@ -41,6 +42,7 @@ mod listener;
 mod metrics;
 mod notify;
 mod path;
+mod probe;
 mod proxy;
 mod ratelimit;
 mod reload;
@@ -55,6 +57,7 @@ mod workers;
 pub use config::{Config, ConfigErrors};
 pub use environment::{load_config, upstream_addrs};
 pub use lifecycle::run;
+pub use probe::health_check;
 
 /// Sets up `tracing` output on stderr as `[log]` says; `RUST_LOG`, when
 /// set, wins over `[log] level`.

@@ -409,6 +409,46 @@ servers = [ { addr = "127.0.0.1:9001", weight = 0 } ]
         assert_eq!(pair.cert, Path::new("certs/a.pem"));
     }
 
+    /// Like [`Offline`], but every name resolves (to one address), as the
+    /// cluster's DNS would answer for a Kubernetes Service.
+    struct AnyName;
+
+    impl Environment for AnyName {
+        fn load_pair(&self, _: &CertPair) -> Result<(), PairError> {
+            Ok(())
+        }
+
+        fn resolve(&self, _: &ResolverConfig, _: &ServerAddr) -> io::Result<Vec<SocketAddr>> {
+            Ok(vec![SocketAddr::from(([10, 0, 0, 1], 8080))])
+        }
+
+        fn log_file(&self, _: &Path) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_kubernetes_configmaps_sluice_toml_is_valid() {
+        let yaml = include_str!("../../deploy/kubernetes/configmap.yaml");
+        let mut lines = yaml.lines().skip_while(|l| l.trim() != "sluice.toml: |");
+        assert!(lines.next().is_some(), "no sluice.toml in the ConfigMap");
+        let toml: String = lines
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+            .collect();
+        let c = Config::parse(Path::new("/etc/sluice/sluice.toml"), &toml, &AnyName)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.listeners[0].listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(
+            c.admin.map(|a| a.listen),
+            Some("0.0.0.0:9090".parse().unwrap())
+        );
+        assert!(matches!(
+            &c.pools[0].servers[0].addr,
+            ServerAddr::Srv { name } if name.starts_with("_http._tcp.app.")
+        ));
+    }
+
     #[test]
     fn empty_file_explains_what_is_missing() {
         let e = parse("").unwrap_err();

@@ -1,7 +1,8 @@
-//! Running under a service manager: systemd's readiness and reload
-//! notifications on `NOTIFY_SOCKET`, relative paths in a config resolved
-//! against its own directory (whatever the working directory is), and the
-//! open-file limit raised to what `max_connections` needs.
+//! Running under a service manager or in a container: systemd's readiness
+//! and reload notifications on `NOTIFY_SOCKET`, relative paths in a config
+//! resolved against its own directory (whatever the working directory is),
+//! the open-file limit raised to what `max_connections` needs, and
+//! `--health-check URL` as a container's HEALTHCHECK.
 
 mod common;
 use common::*;
@@ -213,4 +214,35 @@ fn a_hard_open_file_limit_below_the_need_is_used_and_warned_about() {
         "{}",
         d.log()
     );
+}
+
+#[test]
+fn health_check_exits_0_on_a_2xx_from_the_admin_api_and_1_otherwise() {
+    let config = simple_config(&[dead_addr()], "") + "\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let mut d = Daemon::start(&config);
+    let admin = d.addr("admin");
+    let anywhere = tempfile::tempdir().unwrap();
+    let probe = |path: &str| {
+        let url = format!("http://{admin}{path}");
+        run_cli(&["--health-check", &url], anywhere.path())
+    };
+
+    for path in ["/healthz", "/readyz"] {
+        let (code, out, err) = probe(path);
+        assert_eq!(code, 0, "{path}: {err}");
+        assert!(out.contains(" 200 "), "{path}: {out}");
+    }
+    let (code, _, err) = probe("/no-such-page");
+    assert_eq!(code, 1);
+    assert!(err.contains("404"), "{err}");
+
+    d.signal("TERM");
+    assert!(d.wait_exit().success());
+    let (code, _, err) = probe("/healthz");
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot connect"), "{err}");
+
+    let (code, _, err) = run_cli(&["--health-check", "localhost:9090"], anywhere.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("http://"), "{err}");
 }
