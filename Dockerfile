@@ -8,17 +8,23 @@ COPY examples ./examples
 RUN cargo build --release --locked --bin sluice \
     && strip target/release/sluice
 
-# Runtime stage: a slim Debian with only the binary and its config,
-# running as an unprivileged user.
+# Runtime stage: a slim Debian with the binary and the container config
+# only (no demo certificate or key), running as an unprivileged user.
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --home-dir /opt/sluice --shell /usr/sbin/nologin sluice
-WORKDIR /opt/sluice
+RUN groupadd --system --gid 10001 sluice \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home \
+       --home-dir /nonexistent --shell /usr/sbin/nologin sluice
 COPY --from=build /src/target/release/sluice /usr/local/bin/sluice
-COPY --chown=sluice:sluice config ./config
-USER sluice
-# The shipped config's listeners; mount your own config over
-# /opt/sluice/config/sluice.toml and listen on 0.0.0.0 inside the container.
-EXPOSE 8080 8443
+# Listens on 0.0.0.0:8080, admin API on 0.0.0.0:9090. Mount your own config
+# over this file, and certificates and keys as secrets (see the file).
+COPY config/sluice.container.toml /etc/sluice/sluice.toml
+# Numeric, so that Kubernetes' runAsNonRoot can check it.
+USER 10001:10001
+EXPOSE 8080 9090
 STOPSIGNAL SIGTERM
+# sluice asks its own admin API: no curl in the image. A config without an
+# [admin] listener on port 9090 needs its own HEALTHCHECK (or NONE).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["/usr/local/bin/sluice", "--health-check", "http://127.0.0.1:9090/healthz"]
 ENTRYPOINT ["/usr/local/bin/sluice"]
-CMD ["--config", "config/sluice.toml"]
+CMD ["--config", "/etc/sluice/sluice.toml"]

@@ -138,6 +138,11 @@ fn set_cloexec(fd: RawFd, on: bool) {
     }
 }
 
+/// Whether an older sluice started this one (on SIGUSR2).
+pub(crate) fn is_successor() -> bool {
+    std::env::var_os(READY_FD).is_some()
+}
+
 /// Tells the process that started this one (on SIGUSR2) that this one is
 /// ready, when there is one.
 pub(crate) fn signal_ready() {

@@ -19,6 +19,9 @@
 //! - [`snapshot`]: the immutable runtime state swapped on reload
 //! - [`reload`]: the config file read again and a new snapshot swapped in
 //! - [`lifecycle`]: start-up, signals (SIGHUP reloads) and graceful drain
+//! - [`notify`] and [`fd_limit`]: what a service manager sees and grants:
+//!   systemd readiness notifications, the open-file limit
+//! - [`probe`]: `--health-check URL`, a container's HEALTHCHECK
 //! - [`metrics`], [`admin`], [`access_log`], [`request_id`]: what operators
 //!   watch: Prometheus metrics, the admin API, one log line per request
 
@@ -33,6 +36,7 @@ mod client_limits;
 mod compress;
 mod config;
 mod environment;
+mod fd_limit;
 mod framing;
 mod handover;
 mod headers;
@@ -40,7 +44,9 @@ mod io;
 mod lifecycle;
 mod listener;
 mod metrics;
+mod notify;
 mod path;
+mod probe;
 mod proxy;
 mod proxy_protocol;
 mod ratelimit;
@@ -56,6 +62,7 @@ mod workers;
 pub use config::{Config, ConfigErrors};
 pub use environment::{load_config, upstream_addrs};
 pub use lifecycle::run;
+pub use probe::health_check;
 
 /// Sets up `tracing` output on stderr as `[log]` says; `RUST_LOG`, when
 /// set, wins over `[log] level`.

@@ -4,7 +4,8 @@
 //! in-flight requests for up to `drain_timeout` (the admin `/readyz` turns
 //! 503 at once). SIGUSR1 reopens the access log file. SIGUSR2 starts a new
 //! sluice on the same listening sockets and, once it is ready, drains this
-//! one ([`crate::handover`]).
+//! one ([`crate::handover`]). Under systemd each of these steps is reported
+//! to the service manager ([`crate::notify`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::workers;
 /// ([`crate::workers`]).
 pub fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     workers::set_count(workers::resolve(config.server.workers));
+    crate::fd_limit::raise(&config, workers::count());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -146,8 +148,14 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     }
     health.set_ready();
     tracing::info!(config = %path.display(), pid = std::process::id(), "ready");
+    if crate::handover::is_successor() {
+        crate::notify::took_over();
+    } else {
+        crate::notify::ready();
+    }
     crate::handover::signal_ready();
 
+    let mut handed_over = false;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -173,6 +181,7 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
                 match started {
                     Ok(pid) => {
                         tracing::info!(pid, "the new sluice is ready; this one stops accepting and drains");
+                        handed_over = true;
                         break;
                     }
                     Err(e) => tracing::error!(error = %e, "upgrade failed; this sluice keeps serving"),
@@ -186,6 +195,10 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     // connections queueing on them) after the workers close theirs.
     drop(handed);
     health.set_draining();
+    if !handed_over {
+        // After a handover the service goes on in the new process.
+        crate::notify::stopping();
+    }
 
     tracing::info!(timeout = ?drain_timeout, "stopping: no new connections, draining in-flight requests");
     let _ = stop_tx.send(true);

@@ -20,10 +20,27 @@ struct Cli {
     /// Validate the config (including TLS certificates and keys) and exit.
     #[arg(long)]
     check: bool,
+    /// GET URL (http://HOST:PORT/PATH, e.g. the admin API's /healthz) and
+    /// exit 0 on a 2xx answer, 1 otherwise; no config is read. For a
+    /// container's HEALTHCHECK.
+    #[arg(long, value_name = "URL", conflicts_with = "check")]
+    health_check: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(url) = &cli.health_check {
+        return match sluice::health_check(url) {
+            Ok(status) => {
+                let _ = writeln!(std::io::stdout(), "{status}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                let _ = writeln!(std::io::stderr(), "unhealthy: {why}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match sluice::load_config(&cli.config) {
         Ok(c) => c,
         Err(errors) => {

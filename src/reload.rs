@@ -18,8 +18,12 @@ pub(crate) fn reload(path: &Path, state: &ArcSwap<Snapshot>) -> Result<(), Strin
     // One reload at a time, whichever way it was asked for.
     static RELOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = RELOADING.lock().unwrap_or_else(|e| e.into_inner());
+    // systemd shows the unit as reloading until READY=1 follows, whether
+    // the reload came from `systemctl reload` or from the admin API.
+    crate::notify::reloading();
     let result = try_reload(path, state);
     crate::metrics::get().reload(result.is_ok());
+    crate::notify::reloaded(result.is_ok());
     result
 }
 

@@ -210,6 +210,7 @@ fn check_accepts_shipped_config() {
     for args in [
         &["--check"][..],
         &["--check", "--config", "config/sluice.toml"],
+        &["--check", "--config", "config/sluice.container.toml"],
     ] {
         let (code, out, err) = run_cli(args, root);
         assert_eq!(code, 0, "{args:?}: stderr:\n{err}");

@@ -141,8 +141,8 @@ impl Validator<'_> {
                 let mut certs = Vec::new();
                 for (j, pair) in t.certs.iter().enumerate() {
                     let pair = CertPair {
-                        cert: PathBuf::from(&pair.cert),
-                        key: PathBuf::from(&pair.key),
+                        cert: self.file_path(&pair.cert),
+                        key: self.file_path(&pair.key),
                     };
                     if let Err(e) = self.env.load_pair(&pair) {
                         let field = match e.part {

@@ -55,8 +55,10 @@ use raw::RawConfig;
 /// A fully validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The file this was loaded from; relative certificate paths resolve
-    /// against the working directory, as nginx and HAProxy do.
+    /// The file this was loaded from. Relative file paths in it
+    /// (certificates, keys, the access log) were resolved against its
+    /// directory, so a unit or container may start sluice from any working
+    /// directory.
     pub source: PathBuf,
     pub server: ServerConfig,
     pub listeners: Vec<ListenerConfig>,
@@ -158,6 +160,7 @@ impl Config {
             return Err(fail(errors));
         };
         let mut v = Validator {
+            base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             text,
             doc: read.parse::<toml_edit::ImDocument<String>>().ok(),
             env,
@@ -204,6 +207,9 @@ impl Config {
 /// the environment for checks outside the file, and the problems found.
 /// Each section's checks are methods in that section's file.
 struct Validator<'t> {
+    /// The config file's directory, which relative file paths in it are
+    /// resolved against (see [`Validator::file_path`]).
+    base: PathBuf,
     text: &'t str,
     doc: Option<toml_edit::ImDocument<String>>,
     /// Where certificate pairs are loaded and server names resolved.
@@ -213,6 +219,13 @@ struct Validator<'t> {
 }
 
 impl Validator<'_> {
+    /// A file path as written in the config, resolved against the config
+    /// file's directory when relative: the file and what it names move
+    /// together, whatever the daemon's working directory is.
+    fn file_path(&self, written: &str) -> PathBuf {
+        self.base.join(written)
+    }
+
     fn validate(&mut self, path: &Path, raw: RawConfig) -> Config {
         let limits = self.limits(&Limits::default(), &raw.limits, &[Seg::Key("limits")]);
         let listeners = self.listeners(&raw, &limits);
@@ -408,6 +421,67 @@ servers = [ { addr = "127.0.0.1:9001", weight = 0 } ]
             e.errors.iter().any(|e| e.key == "listener[0].listen"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn relative_file_paths_resolve_against_the_config_files_directory() {
+        let text = MINIMAL.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\n[listener.tls]\ncerts = [ { cert = \"certs/a.pem\", key = \"/keys/a.key\" } ]",
+        ) + "\n[access_log]\npath = \"../log/access.log\"\n";
+        let c =
+            Config::parse(Path::new("/etc/sluice/sluice.toml"), &text, &Offline).expect("valid");
+        let pair = &c.listeners[0].tls.as_ref().expect("tls").certs[0];
+        assert_eq!(pair.cert, Path::new("/etc/sluice/certs/a.pem"));
+        assert_eq!(pair.key, Path::new("/keys/a.key"), "absolute paths stay");
+        assert_eq!(
+            c.access_log.expect("access log").target,
+            AccessLogTarget::File(PathBuf::from("/etc/sluice/../log/access.log"))
+        );
+        // A config named without a directory: its directory is the working one.
+        let c = Config::parse(Path::new("sluice.toml"), &text, &Offline).expect("valid");
+        let pair = &c.listeners[0].tls.as_ref().expect("tls").certs[0];
+        assert_eq!(pair.cert, Path::new("certs/a.pem"));
+    }
+
+    /// Like [`Offline`], but every name resolves (to one address), as the
+    /// cluster's DNS would answer for a Kubernetes Service.
+    struct AnyName;
+
+    impl Environment for AnyName {
+        fn load_pair(&self, _: &CertPair) -> Result<(), PairError> {
+            Ok(())
+        }
+
+        fn resolve(&self, _: &ResolverConfig, _: &ServerAddr) -> io::Result<Vec<SocketAddr>> {
+            Ok(vec![SocketAddr::from(([10, 0, 0, 1], 8080))])
+        }
+
+        fn log_file(&self, _: &Path) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_kubernetes_configmaps_sluice_toml_is_valid() {
+        let yaml = include_str!("../../deploy/kubernetes/configmap.yaml");
+        let mut lines = yaml.lines().skip_while(|l| l.trim() != "sluice.toml: |");
+        assert!(lines.next().is_some(), "no sluice.toml in the ConfigMap");
+        let toml: String = lines
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+            .collect();
+        let c = Config::parse(Path::new("/etc/sluice/sluice.toml"), &toml, &AnyName)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.listeners[0].listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(
+            c.admin.map(|a| a.listen),
+            Some("0.0.0.0:9090".parse().unwrap())
+        );
+        assert!(matches!(
+            &c.pools[0].servers[0].addr,
+            ServerAddr::Srv { name } if name.starts_with("_http._tcp.app.")
+        ));
     }
 
     #[test]

@@ -256,11 +256,14 @@ impl Validator<'_> {
                 AccessLogTarget::Stdout
             }
             p => {
-                let path = PathBuf::from(p);
+                let path = self.file_path(p);
                 if let Err(e) = self.env.log_file(&path) {
                     self.error(
                         &[Seg::Key("access_log"), Seg::Key("path")],
-                        format!("the access log cannot be opened at \"{p}\": {e}"),
+                        format!(
+                            "the access log cannot be opened at \"{}\": {e}",
+                            path.display()
+                        ),
                     );
                 }
                 AccessLogTarget::File(path)

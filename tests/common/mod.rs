@@ -95,12 +95,27 @@ impl Daemon {
     /// Like [`Daemon::start_in`], logging what `rust_log` (a `RUST_LOG`
     /// filter) lets through.
     pub fn start_logging(dir: tempfile::TempDir, config: &str, rust_log: &str) -> Daemon {
+        Daemon::start_with(dir, config, |command| {
+            command.env("RUST_LOG", rust_log);
+        })
+    }
+
+    /// Like [`Daemon::start_in`], with `setup` adjusting the command first
+    /// (environment, working directory, resource limits).
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        config: &str,
+        setup: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let config_path = dir.path().join("sluice.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", rust_log)
+            .env("RUST_LOG", "info");
+        setup(&mut command);
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
