@@ -241,6 +241,11 @@ impl Activity {
         true
     }
 
+    /// Requests whose response has not been sent completely.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.lock().in_flight
+    }
+
     /// The hyper session is ending to park the connection.
     pub(crate) fn parking(&self) -> bool {
         self.lock().parking

@@ -262,11 +262,52 @@ async fn sigusr2_hands_the_listeners_to_a_new_process_without_losing_a_request()
     let admin = d.addr("admin");
     let old_pid = d.pid();
 
-    // Clients keep asking, each request on a new connection, through the
-    // whole handover.
+    // Clients keep asking through the whole handover: some with a new
+    // connection for each request, some on keep-alive connections (a new
+    // one only after a response said `Connection: close`, as wrk and
+    // browsers do).
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let counts = Arc::new(Mutex::new((0usize, Vec::new())));
     let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, counts) = (stop.clone(), counts.clone());
+        load.push(tokio::spawn(async move {
+            let mut conn = None;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let result = async {
+                    if conn.is_none() {
+                        conn = Some(h1_conn(addr).await);
+                    }
+                    let send = conn.as_mut().expect("a connection");
+                    send.ready().await?;
+                    let resp = send
+                        .send_request(request(Method::GET, "/", "localhost", empty()))
+                        .await?;
+                    let status = resp.status();
+                    let close = resp
+                        .headers()
+                        .get("connection")
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                    resp.into_body().collect().await?;
+                    if close {
+                        conn = None;
+                    }
+                    Ok::<_, BoxError>(status)
+                }
+                .await;
+                let mut c = counts.lock().unwrap();
+                match result {
+                    Ok(s) if s == 200 => c.0 += 1,
+                    Ok(s) => c.1.push(format!("status {s}")),
+                    Err(e) => {
+                        c.1.push(format!("keep-alive: {e}"));
+                        drop(c);
+                        conn = None;
+                    }
+                }
+            }
+        }));
+    }
     for _ in 0..4 {
         let (stop, counts) = (stop.clone(), counts.clone());
         load.push(tokio::spawn(async move {

@@ -28,7 +28,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::{h2_boxed, Builders, Draining, Handler, H2_PREFACE};
+use super::{h2_boxed, Builders, Draining, Handler, DRAIN_IDLE_GRACE, H2_PREFACE};
 use crate::client_limits::Activity;
 use crate::framing::FramingGuard;
 
@@ -165,7 +165,15 @@ pub(super) async fn serve<S, Svc, K>(
         if io.prefix.is_empty() || h2_preface {
             tokio::select! {
                 biased;
-                _ = draining.signalled() => break,
+                _ = draining.signalled() => {
+                    // Parked and the server drains: the client may have
+                    // sent its next request already. Serve it if it comes
+                    // soon (its response closes the connection).
+                    match tokio::time::timeout(DRAIN_IDLE_GRACE, io.read_ahead()).await {
+                        Ok(Ok(true)) => {}
+                        _ => break,
+                    }
+                }
                 read = io.read_ahead() => match read {
                     Ok(true) => {}
                     Ok(false) => break,
@@ -220,10 +228,26 @@ where
     let ended = tokio::select! {
         ended = &mut session => ended,
         _ = draining.signalled() => {
-            // Closes an idle session at once; a request in flight
+            // Idle between requests, the client's next one may be on its
+            // way: wait a moment for it (every response now says
+            // `Connection: close`, so hyper closes after it). Then hyper
+            // closes an idle session at once, and a request in flight
             // finishes with `Connection: close`.
-            Pin::new(&mut *session.conn).graceful_shutdown();
-            (&mut session).await
+            let mut ended = None;
+            if activity.in_flight() == 0 {
+                let grace = tokio::time::sleep(DRAIN_IDLE_GRACE);
+                tokio::select! {
+                    e = &mut session => ended = Some(e),
+                    () = grace => {}
+                }
+            }
+            match ended {
+                Some(e) => e,
+                None => {
+                    Pin::new(&mut *session.conn).graceful_shutdown();
+                    (&mut session).await
+                }
+            }
         }
     };
     if let Err(e) = ended {

@@ -15,6 +15,7 @@
 mod http1;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -391,7 +392,12 @@ fn start(accepted: Accepted, client: SocketAddr, local: Option<SocketAddr>, ctx:
         metrics: ctx.metrics.clone(),
         protocol: Default::default(),
     });
-    let service = service(ctx.state.clone(), conn.clone(), activity.clone());
+    let service = service(
+        ctx.state.clone(),
+        conn.clone(),
+        activity.clone(),
+        draining.flag(),
+    );
     let held = Held {
         _open: open,
         _permit: permit,
@@ -451,16 +457,34 @@ impl<T> Handler for T where
 
 /// The request handler of one client connection: each request is in flight
 /// (for [`Activity`]) until its response body has been sent.
-fn service(state: State, conn: Arc<ConnInfo>, activity: Arc<Activity>) -> impl Handler {
+fn service(
+    state: State,
+    conn: Arc<ConnInfo>,
+    activity: Arc<Activity>,
+    draining: Arc<AtomicBool>,
+) -> impl Handler {
     service_fn(move |req: hyper::Request<Incoming>| {
         let in_flight = activity.begin_request(&req);
+        let h1 = req.version() < http::Version::HTTP_2;
+        let draining = draining.clone();
         // Boxed once here: hyper moves the service's future into its
         // dispatcher (HTTP/1.1) or into a task per stream (HTTP/2), and a
         // boxed request future is a pointer to move, not kilobytes to copy
         // on every request; an idle HTTP/1.1 connection also keeps only a
         // pointer-sized slot for the next one.
         let handled = Box::pin(proxy::handle(state.clone(), conn.clone(), req));
-        async move { Ok::<_, std::convert::Infallible>(in_flight.attach(handled.await?)) }
+        async move {
+            let mut resp = handled.await?;
+            if h1 && draining.load(Ordering::Relaxed) {
+                // The server drains: this connection takes no further
+                // request (hyper closes it after this response).
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(in_flight.attach(resp))
+        }
     })
 }
 
@@ -565,12 +589,15 @@ async fn serve_h2<I, Svc>(
 #[derive(Debug)]
 pub(crate) struct Drain {
     tx: watch::Sender<bool>,
+    /// The same news for the request path, read on every response.
+    now: Arc<AtomicBool>,
 }
 
 impl Drain {
     pub(crate) fn new() -> Drain {
         Drain {
             tx: watch::Sender::new(false),
+            now: Arc::default(),
         }
     }
 
@@ -579,22 +606,38 @@ impl Drain {
     fn watch(&self) -> Draining {
         Draining {
             rx: self.tx.subscribe(),
+            now: self.now.clone(),
         }
     }
 
     /// Signals every connection, then waits until all have closed.
     pub(crate) async fn stop(&self) {
+        self.now.store(true, Ordering::Relaxed);
         self.tx.send_replace(true);
         self.tx.closed().await;
     }
 }
 
+/// How long a drain leaves an idle HTTP/1.1 keep-alive connection open for
+/// the client's next request (answered, with `Connection: close`) before
+/// closing it. A client may have sent that request already: closing under
+/// it would lose it, and a client cannot tell whether a request that got
+/// no answer was processed.
+pub(crate) const DRAIN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Held by one connection for its lifetime.
 struct Draining {
     rx: watch::Receiver<bool>,
+    now: Arc<AtomicBool>,
 }
 
 impl Draining {
+    /// The flag the request path reads: responses on HTTP/1.x then carry
+    /// `Connection: close`.
+    fn flag(&self) -> Arc<AtomicBool> {
+        self.now.clone()
+    }
+
     /// Resolves once the server drains (at once if it already does).
     async fn signalled(&mut self) {
         while !*self.rx.borrow_and_update() {
