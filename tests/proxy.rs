@@ -999,3 +999,25 @@ servers = [ {{ addr = "{}" }} ]
     let sent = app.seen().last().unwrap().uri.to_string();
     assert_eq!(sent, "/x/../admin/");
 }
+
+/// An upstream response head must fit in about 64 KiB, the most sluice buffers
+/// of an upstream connection (as much as a client's request head may be):
+/// a larger one is a bad response (502), never a partial one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_head_beyond_64_kib_is_a_502() {
+    let origin = Origin::serve(|req: Request<Incoming>, _| async move {
+        let size: usize = req.uri().path()[1..].parse().unwrap_or(0);
+        Response::builder()
+            .header("x-big", "v".repeat(size))
+            .body(full("ok"))
+            .unwrap()
+    })
+    .await;
+    let d = Daemon::start(&simple_config(&[origin.addr], "retries = 0"));
+    let addr = d.addr("http");
+    let fits = get(addr, &format!("/{}", 60 << 10)).await;
+    assert_eq!(fits.status, 200);
+    assert_eq!(fits.header("x-big").map(str::len), Some(60 << 10));
+    let too_big = get(addr, &format!("/{}", 200 << 10)).await;
+    assert_eq!(too_big.status, 502);
+}

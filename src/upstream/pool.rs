@@ -181,6 +181,7 @@ impl Pool {
                     .timer(TokioTimer::new())
                     .pool_idle_timeout(config.idle_timeout)
                     .pool_max_idle_per_host(config.max_idle_per_server)
+                    .http1_max_buf_size(UPSTREAM_READ_BUF)
                     .set_host(false)
                     .build(ClosableConnector::new(connector.clone()))
             })
@@ -429,6 +430,13 @@ impl Pool {
         }
     }
 }
+
+/// The most an upstream HTTP/1.1 connection buffers of what it reads: a
+/// response head must fit (64 KiB, as much as a client request head may
+/// be), and a body is read no further ahead than this of a client that
+/// reads slowly (hyper's default, 400 KiB, costs that much per slow
+/// client).
+const UPSTREAM_READ_BUF: usize = 64 << 10;
 
 /// A resolved address of one configured server.
 #[derive(Debug, Clone, PartialEq, Eq)]
