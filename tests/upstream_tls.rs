@@ -74,6 +74,17 @@ impl TlsOrigin {
 /// an `h2` offer would be picked); with `clients`, a client certificate
 /// issued by that CA is required.
 async fn tls_origin(cert: &Path, key: &Path, clients: Option<&TestPki>) -> TlsOrigin {
+    tls_origin_with(cert, key, clients, false).await
+}
+
+/// [`tls_origin`]; with `proxy_v1`, each connection starts with a PROXY v1
+/// line before the TLS handshake (recorded in `paths` as `PROXY ...`).
+async fn tls_origin_with(
+    cert: &Path,
+    key: &Path,
+    clients: Option<&TestPki>,
+    proxy_v1: bool,
+) -> TlsOrigin {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .unwrap()
@@ -114,6 +125,19 @@ async fn tls_origin(cert: &Path, key: &Path, clients: Option<&TestPki>) -> TlsOr
             let (acceptor, seen, hits) = (acceptor.clone(), seen.clone(), hits.clone());
             let notify = notify.clone();
             tokio::spawn(async move {
+                let mut stream = stream;
+                if proxy_v1 {
+                    use tokio::io::AsyncReadExt;
+                    let mut line = Vec::new();
+                    while !line.ends_with(b"\r\n") {
+                        let Ok(b) = stream.read_u8().await else {
+                            return;
+                        };
+                        line.push(b);
+                    }
+                    let line = String::from_utf8_lossy(&line).trim_end().to_string();
+                    hits.lock().unwrap().push(line);
+                }
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
                 };
@@ -326,6 +350,29 @@ async fn an_mtls_origin_refuses_without_a_client_certificate_and_serves_with_one
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reads_a_changed_ca_file_under_an_unchanged_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let (cert, key) = pki.issue(dir.path(), "api", &["api.internal"]);
+    // At first, ca.pem holds another CA: the member is not trusted.
+    let ca = TestPki::new().write_ca(dir.path(), "ca");
+    let origin = tls_origin(&cert, &key, None).await;
+    let text = config(
+        &[origin.addr],
+        "",
+        "server_name = \"api.internal\"\nca = 'ca.pem'",
+        "",
+    );
+    let d = Daemon::start_in(dir, &text);
+    assert_eq!(get(d.addr("http"), "/").await.status, 502);
+    assert_eq!(pki.write_ca(d.dir.path(), "ca"), ca);
+    d.signal("HUP");
+    d.log_count("config reloaded", 1).await;
+    let r = get(d.addr("http"), "/").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_false_accepts_an_unknown_certificate_and_warns_at_start_and_reload() {
     let dir = tempfile::tempdir().unwrap();
     // Issued by a CA that sluice is never told about.
@@ -374,6 +421,29 @@ async fn health_checks_go_over_tls() {
         assert_eq!(r.text(), format!("tls origin {}", good.addr.port()));
     }
     assert!(tls_errors(&d, plain.addr, "handshake").await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_sending_proxy_headers_starts_tls_after_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let ca = pki.write_ca(dir.path(), "ca");
+    let (cert, key) = pki.issue(dir.path(), "api", &["api.internal"]);
+    let origin = tls_origin_with(&cert, &key, None, true).await;
+    let text = config(
+        &[origin.addr],
+        "send_proxy_protocol = \"v1\"",
+        &format!("server_name = \"api.internal\"\nca = '{}'", ca.display()),
+        "",
+    );
+    let d = Daemon::start_in(dir, &text);
+    let r = get(d.addr("http"), "/p").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let paths = origin.paths();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert!(paths[0].starts_with("PROXY TCP4 127.0.0.1 "), "{paths:?}");
+    assert_eq!(paths[1], "/p");
+    assert_eq!(origin.handshakes()[0].sni.as_deref(), Some("api.internal"));
 }
 
 // ---------------------------------------------------------------- --check --
@@ -444,4 +514,30 @@ fn check_reports_a_missing_ca_a_mismatched_pair_and_an_alpn_without_http11() {
     let good = config(&[addr], "", "alpn = [\"http/1.1\"]\nverify = false", "");
     let (code, err) = check(dir.path(), &good);
     assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_config_shows_the_tls_table_and_it_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    let ca = pki.write_ca(dir.path(), "ca");
+    let (cert, key) = pki.issue(dir.path(), "client", &["sluice.client"]);
+    let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    // Relative paths: resolved against the config file's directory.
+    let tls = "server_name = \"api.internal\"\nca = 'ca.pem'\ncert = 'client.pem'\nkey = 'client.key'\nalpn = [\"http/1.1\"]";
+    let d = Daemon::start_in(dir, &config(&[addr], "", tls, ""));
+    let shown = get(d.addr("admin"), "/config").await.text();
+    for expected in [
+        "server_name = \"api.internal\"".to_string(),
+        format!("ca = \"{}\"", ca.display()),
+        format!("cert = \"{}\"", cert.display()),
+        format!("key = \"{}\"", key.display()),
+        "verify = true".to_string(),
+        "alpn = [\"http/1.1\"]".to_string(),
+    ] {
+        assert!(shown.contains(&expected), "{expected} in\n{shown}");
+    }
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (code, err) = check(elsewhere.path(), &shown);
+    assert_eq!(code, 0, "{err}\n{shown}");
 }
