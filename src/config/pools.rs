@@ -966,4 +966,29 @@ mod tests {
             assert!(parse_status_ranges(bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn upstream_tls_defaults_and_half_pairs() {
+        let p = &parse(&format!("{MINIMAL}[pool.app.tls]\n"))
+            .expect("valid")
+            .pools[0];
+        let tls = p.tls.as_ref().expect("tls");
+        assert!(tls.verify);
+        assert_eq!(tls.alpn, ["h2", "http/1.1"]);
+        assert_eq!(
+            (&tls.server_name, &tls.ca, &tls.client),
+            (&None, &None, &None)
+        );
+        assert!(parse(&format!("{MINIMAL}[pool.app.tls]\nalpn = []\n")).is_ok());
+
+        let e = parse(&format!("{MINIMAL}[pool.app.tls]\ncert = \"c.pem\"\n")).unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert_eq!(e.errors[0].key, "pool.app.tls.cert");
+        let e = parse(&format!("{MINIMAL}[pool.app.tls]\nkey = \"k.pem\"\n")).unwrap_err();
+        assert_eq!(e.errors[0].key, "pool.app.tls.key");
+        let e = parse(&format!("{MINIMAL}[pool.app.tls]\nalpn = [\"h3\"]\n")).unwrap_err();
+        assert!(e.errors[0].message.contains("unknown protocol"), "{e:?}");
+        let e = parse(&format!("{MINIMAL}[pool.app.tls]\nserver_name = \"a b\"\n")).unwrap_err();
+        assert_eq!(e.errors[0].key, "pool.app.tls.server_name");
+    }
 }

@@ -378,4 +378,30 @@ mod tests {
         let c: SocketAddr = "10.0.0.3:443".parse().expect("addr");
         assert_eq!(tls.name_for(c), ServerName::from(c.ip()));
     }
+
+    #[test]
+    fn reasons_of_rustls_errors() {
+        use rustls::{AlertDescription as A, CertificateError};
+        for (e, want) in [
+            (
+                rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+                Reason::Certificate,
+            ),
+            (
+                rustls::Error::AlertReceived(A::CertificateRequired),
+                Reason::Certificate,
+            ),
+            (
+                rustls::Error::AlertReceived(A::UnknownCA),
+                Reason::Certificate,
+            ),
+            (
+                rustls::Error::AlertReceived(A::HandshakeFailure),
+                Reason::Handshake,
+            ),
+            (rustls::Error::NoApplicationProtocol, Reason::Handshake),
+        ] {
+            assert_eq!(Reason::of(&e), want, "{e}");
+        }
+    }
 }
