@@ -25,6 +25,12 @@ impl Environment for System {
             .map_err(PairError::from)
     }
 
+    fn load_ca(&self, path: &Path) -> Result<(), String> {
+        crate::upstream::tls::load_ca(path)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     fn resolve(&self, resolver: &ResolverConfig, addr: &ServerAddr) -> io::Result<Vec<SocketAddr>> {
         crate::upstream::dns::lookup_blocking(resolver, addr)
     }

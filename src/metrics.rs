@@ -759,6 +759,10 @@ const BODY_ERRORS: (&str, &str) = (
     "sluice_upstream_body_errors_total",
     "Response bodies from the member that failed or ended early after their head.",
 );
+const TLS_ERRORS: (&str, &str) = (
+    "sluice_upstream_tls_errors_total",
+    "TLS connections to the member that failed, by reason (certificate, handshake, timeout).",
+);
 const RETRIES: (&str, &str) = (
     "sluice_upstream_retries_total",
     "Retries (attempts after the first) made in the pool.",
@@ -771,6 +775,7 @@ struct UpstreamVecs {
     ejections: IntCounterVec,
     checks: IntCounterVec,
     body_errors: IntCounterVec,
+    tls_errors: IntCounterVec,
     retries: IntCounterVec,
 }
 
@@ -786,6 +791,7 @@ impl UpstreamVecs {
                 &["pool", "member", "result"],
             ),
             body_errors: counter_vec(BODY_ERRORS.0, BODY_ERRORS.1, &["pool", "member"]),
+            tls_errors: counter_vec(TLS_ERRORS.0, TLS_ERRORS.1, &["pool", "member", "reason"]),
             retries: counter_vec(RETRIES.0, RETRIES.1, &["pool"]),
         }
     }
@@ -797,6 +803,7 @@ impl UpstreamVecs {
             Box::new(self.ejections),
             Box::new(self.checks),
             Box::new(self.body_errors),
+            Box::new(self.tls_errors),
             Box::new(self.retries),
         ]
     }
@@ -870,6 +877,18 @@ impl Collector for UpstreamCollector {
                     for (result, n) in [("ok", seen.checks_ok), ("fail", seen.checks_failed)] {
                         v.checks
                             .with_label_values(&[labels[0], labels[1], result])
+                            .inc_by(n);
+                    }
+                }
+                if let Some(tls) = pool.tls() {
+                    for (addr, reason, n) in tls.errors() {
+                        let addr = addr.to_string();
+                        v.tls_errors
+                            .with_label_values(&[
+                                pool.name.as_str(),
+                                addr.as_str(),
+                                reason.as_str(),
+                            ])
                             .inc_by(n);
                     }
                 }

@@ -11,6 +11,7 @@ use crate::ratelimit::{self, ConnectionLimiter, RouteLimiter};
 use crate::router::Router;
 use crate::tls::{self, TlsError};
 use crate::upstream::pool::Pool;
+use crate::upstream::tls::UpstreamTls;
 
 /// Shared, swappable runtime state: requests load the current snapshot,
 /// a reload stores a new one.
@@ -42,20 +43,29 @@ impl Snapshot {
     /// change are carried over from `previous`, keeping their idle upstream
     /// connections and balancing position.
     pub(crate) fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, TlsError> {
-        let pools: Vec<Arc<Pool>> = config
-            .pools
-            .iter()
-            .map(|pc| {
-                previous
-                    .and_then(|prev| {
-                        prev.pools
-                            .iter()
-                            .find(|p| p.name == pc.name && p.config == *pc)
-                            .cloned()
-                    })
-                    .unwrap_or_else(|| Pool::start(pc))
-            })
-            .collect();
+        let mut pools: Vec<Arc<Pool>> = Vec::with_capacity(config.pools.len());
+        for pc in &config.pools {
+            // A pool with TLS is always built anew, so a reload re-reads
+            // its CA, certificate and key files (and warns again about
+            // `verify = false`).
+            let kept = previous.and_then(|prev| {
+                prev.pools
+                    .iter()
+                    .find(|p| p.name == pc.name && p.config == *pc && pc.tls.is_none())
+                    .cloned()
+            });
+            let pool = match kept {
+                Some(p) => p,
+                None => {
+                    let tls = match &pc.tls {
+                        Some(t) => Some(Arc::new(UpstreamTls::load(&pc.name, t)?)),
+                        None => None,
+                    };
+                    Pool::start(pc, tls)
+                }
+            };
+            pools.push(pool);
+        }
         let router = Router::new(&config.routes, |name| {
             pools.iter().position(|p| p.name == name)
         });

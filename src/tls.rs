@@ -25,12 +25,21 @@ pub(crate) enum TlsError {
     BadKey { path: PathBuf, reason: String },
     #[error("private key {path} does not match certificate {cert}")]
     Mismatch { path: PathBuf, cert: PathBuf },
+    #[error("cannot read CA file {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    #[error("CA file {path} holds no usable PEM certificate")]
+    NoCa { path: PathBuf },
+    #[error("cannot build the TLS client config: {reason}")]
+    Client { reason: String },
 }
 
 impl TlsError {
     pub(crate) fn part(&self) -> Part {
         match self {
-            TlsError::CertFile { .. } | TlsError::NoCert { .. } => Part::Cert,
+            TlsError::CertFile { .. }
+            | TlsError::NoCert { .. }
+            | TlsError::CaFile { .. }
+            | TlsError::NoCa { .. } => Part::Cert,
             _ => Part::Key,
         }
     }
@@ -46,7 +55,7 @@ impl From<TlsError> for PairError {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -171,6 +171,23 @@ fn pool_table(p: &PoolConfig) -> toml::Table {
             ])),
         );
     }
+    if let Some(tls) = &p.tls {
+        let mut u = table([
+            ("verify", Value::Boolean(tls.verify)),
+            ("alpn", Value::Array(tls.alpn.iter().map(string).collect())),
+        ]);
+        if let Some(name) = &tls.server_name {
+            u.insert("server_name".into(), string(name));
+        }
+        if let Some(ca) = &tls.ca {
+            u.insert("ca".into(), string(ca.display().to_string()));
+        }
+        if let Some(pair) = &tls.client {
+            u.insert("cert".into(), string(pair.cert.display().to_string()));
+            u.insert("key".into(), string(pair.key.display().to_string()));
+        }
+        t.insert("tls".into(), Value::Table(u));
+    }
     let o = &p.outlier;
     t.insert(
         "outlier".into(),

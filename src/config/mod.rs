@@ -37,7 +37,7 @@ pub(crate) use observe::{AdminConfig, Cidr, LogConfig, LogFormat};
 pub use pools::Policy;
 pub(crate) use pools::{
     HashKey, HealthConfig, HealthKind, OutlierConfig, PoolConfig, ResolverConfig, RetryOn,
-    SendProxy, ServerAddr, ServerEntry, StickyConfig,
+    SendProxy, ServerAddr, ServerEntry, StickyConfig, UpstreamTlsConfig,
 };
 pub use routes::RouteConfig;
 pub(crate) use routes::{RateKey, RateLimitConfig};
@@ -123,6 +123,12 @@ pub trait Environment {
     /// Loads the certificate chain and private key of `pair` and checks
     /// that they match.
     fn load_pair(&self, pair: &CertPair) -> Result<(), PairError>;
+
+    /// Loads the trusted roots of a pool's `[pool.NAME.tls] ca` file: at
+    /// least one PEM certificate. The message is reported at `ca`.
+    fn load_ca(&self, _path: &Path) -> Result<(), String> {
+        Ok(())
+    }
 
     /// The addresses `addr` stands for now, asked of `resolver`.
     fn resolve(&self, resolver: &ResolverConfig, addr: &ServerAddr) -> io::Result<Vec<SocketAddr>>;

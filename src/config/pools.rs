@@ -6,11 +6,12 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{self, RawConfig};
 use super::routes::{check_host_pattern, dns_labels_ok};
-use super::{Seg, Validator};
+use super::{CertPair, PairPart, Seg, Validator};
 
 /// Where server names are looked up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -151,6 +152,24 @@ pub struct PoolConfig {
     /// Not `Off`: every request gets a new connection that starts with a
     /// PROXY header (connections are never shared between clients).
     pub send_proxy_protocol: SendProxy,
+    /// `[pool.NAME.tls]`: TLS (and mTLS) to every member.
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// `[pool.NAME.tls]`, with paths resolved against the config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTlsConfig {
+    /// SNI and the name verified; `None` = each server's configured host
+    /// (or IP).
+    pub server_name: Option<String>,
+    /// Trusted roots (PEM); `None` = the system's.
+    pub ca: Option<PathBuf>,
+    /// The client certificate and key for mTLS.
+    pub client: Option<CertPair>,
+    /// `false` accepts any certificate (logged at start and reload).
+    pub verify: bool,
+    /// As written; only `http/1.1` is offered until h2 to upstreams lands.
+    pub alpn: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -541,6 +560,7 @@ impl Validator<'_> {
                 health,
                 outlier,
                 send_proxy_protocol,
+                tls: p.tls.as_ref().map(|t| self.upstream_tls(name, t)),
             });
         }
         out
@@ -548,6 +568,79 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
+    /// `[pool.NAME.tls]`: the CA file and the client pair are loaded (as
+    /// listeners' pairs are), so `--check` catches what start would.
+    fn upstream_tls(&mut self, pool: &str, t: &raw::RawUpstreamTls) -> UpstreamTlsConfig {
+        let at = |k| {
+            [
+                Seg::Key("pool"),
+                Seg::Key(pool),
+                Seg::Key("tls"),
+                Seg::Key(k),
+            ]
+        };
+        if let Some(name) = &t.server_name {
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                self.error(
+                    &at("server_name"),
+                    format!("\"{name}\" is not a DNS name or IP address"),
+                );
+            }
+        }
+        let ca = t.ca.as_ref().map(|c| self.file_path(c));
+        if let Some(path) = &ca {
+            if let Err(e) = self.env.load_ca(path) {
+                self.error(&at("ca"), e);
+            }
+        }
+        let client = match (&t.cert, &t.key) {
+            (Some(cert), Some(key)) => {
+                let pair = CertPair {
+                    cert: self.file_path(cert),
+                    key: self.file_path(key),
+                };
+                if let Err(e) = self.env.load_pair(&pair) {
+                    let field = match e.part {
+                        PairPart::Cert => "cert",
+                        PairPart::Key => "key",
+                    };
+                    self.error(&at(field), e.message);
+                }
+                Some(pair)
+            }
+            (Some(_), None) => {
+                self.error(&at("cert"), "a client certificate needs its key: add key");
+                None
+            }
+            (None, Some(_)) => {
+                self.error(&at("key"), "a client key needs its certificate: add cert");
+                None
+            }
+            (None, None) => None,
+        };
+        for p in &t.alpn {
+            if p != "h2" && p != "http/1.1" {
+                self.error(
+                    &at("alpn"),
+                    format!("unknown protocol \"{p}\"; use \"h2\" or \"http/1.1\""),
+                );
+            }
+        }
+        if !t.alpn.is_empty() && !t.alpn.iter().any(|p| p == "http/1.1") {
+            self.error(
+                &at("alpn"),
+                "h2 to upstreams is not supported yet: include \"http/1.1\"",
+            );
+        }
+        UpstreamTlsConfig {
+            server_name: t.server_name.clone(),
+            ca,
+            client,
+            verify: t.verify,
+            alpn: t.alpn.clone(),
+        }
+    }
+
     /// `retry_on`: which failures are retried.
     fn retry_on(&mut self, pool: &str, list: &[String]) -> RetryOn {
         let mut out = RetryOn::default();
@@ -872,5 +965,30 @@ mod tests {
         for bad in ["", "2xx", "399-200", "99", "200-600", "200,"] {
             assert!(parse_status_ranges(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn upstream_tls_defaults_and_half_pairs() {
+        let p = &parse(&format!("{MINIMAL}[pool.app.tls]\n"))
+            .expect("valid")
+            .pools[0];
+        let tls = p.tls.as_ref().expect("tls");
+        assert!(tls.verify);
+        assert_eq!(tls.alpn, ["h2", "http/1.1"]);
+        assert_eq!(
+            (&tls.server_name, &tls.ca, &tls.client),
+            (&None, &None, &None)
+        );
+        assert!(parse(&format!("{MINIMAL}[pool.app.tls]\nalpn = []\n")).is_ok());
+
+        let e = parse(&format!("{MINIMAL}[pool.app.tls]\ncert = \"c.pem\"\n")).unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert_eq!(e.errors[0].key, "pool.app.tls.cert");
+        let e = parse(&format!("{MINIMAL}[pool.app.tls]\nkey = \"k.pem\"\n")).unwrap_err();
+        assert_eq!(e.errors[0].key, "pool.app.tls.key");
+        let e = parse(&format!("{MINIMAL}[pool.app.tls]\nalpn = [\"h3\"]\n")).unwrap_err();
+        assert!(e.errors[0].message.contains("unknown protocol"), "{e:?}");
+        let e = parse(&format!("{MINIMAL}[pool.app.tls]\nserver_name = \"a b\"\n")).unwrap_err();
+        assert_eq!(e.errors[0].key, "pool.app.tls.server_name");
     }
 }

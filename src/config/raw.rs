@@ -193,6 +193,25 @@ pub(crate) struct RawPool {
     pub balance_factor: Option<f64>,
     /// `[pool.NAME.sticky]`: the cookie of `policy = "sticky_cookie"`.
     pub sticky: Option<RawSticky>,
+    /// `[pool.NAME.tls]`: TLS to the members; absent = plain HTTP.
+    pub tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    pub server_name: Option<String>,
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    #[serde(default = "yes")]
+    pub verify: bool,
+    #[serde(default = "upstream_alpn")]
+    pub alpn: Vec<String>,
+}
+
+fn upstream_alpn() -> Vec<String> {
+    vec!["h2".to_string(), "http/1.1".to_string()]
 }
 
 #[derive(Debug, Deserialize)]

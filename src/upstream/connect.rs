@@ -12,6 +12,10 @@
 //! [`send_once`] is the other way to a member, for pools that send PROXY
 //! headers: one request on a new connection that starts with the header,
 //! never pooled.
+//!
+//! For a pool with `[pool.NAME.tls]`, both wrap the TCP connection in TLS
+//! ([`super::tls`]); the request URI stays `http://member`, the pool's
+//! config decides. `connect_timeout` covers TCP and the TLS handshake.
 
 use std::future::Future;
 use std::io;
@@ -23,10 +27,14 @@ use std::task::{Context, Poll};
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::body::{BoxError, ProxyBody};
 
 use super::pool::UpstreamError;
+use super::tls::UpstreamTls;
 
 /// Closes one upstream connection; found in the extensions of every
 /// response the pool's client returns.
@@ -40,22 +48,108 @@ impl CloseHandle {
     }
 }
 
-/// An `HttpConnector` whose connections are [`Closable`].
+/// An `HttpConnector` whose connections are [`Closable`], over TLS when
+/// the pool has it.
 #[derive(Debug, Clone)]
 pub(crate) struct ClosableConnector {
     inner: HttpConnector,
+    tls: Option<Arc<UpstreamTls>>,
+    connect_timeout: std::time::Duration,
 }
 
 impl ClosableConnector {
-    pub(crate) fn new(inner: HttpConnector) -> ClosableConnector {
-        ClosableConnector { inner }
+    pub(crate) fn new(
+        inner: HttpConnector,
+        tls: Option<Arc<UpstreamTls>>,
+        connect_timeout: std::time::Duration,
+    ) -> ClosableConnector {
+        ClosableConnector {
+            inner,
+            tls,
+            connect_timeout,
+        }
+    }
+}
+
+/// A connection to a member: plain TCP, or TLS over it.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    Plain(TokioIo<TcpStream>),
+    /// Boxed: a TLS stream is over a kilobyte, plain TCP a few words.
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+}
+
+impl Connection for Stream {
+    fn connected(&self) -> Connected {
+        match self {
+            Stream::Plain(io) => io.connected(),
+            Stream::Tls(io) => io.inner().get_ref().0.connected(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Stream::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Stream::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Stream::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(io) => io.is_write_vectored(),
+            Stream::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_flush(cx),
+            Stream::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Stream::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
 type Connecting<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
 impl tower_service::Service<Uri> for ClosableConnector {
-    type Response = Closable<<HttpConnector as tower_service::Service<Uri>>::Response>;
+    type Response = Closable<Stream>;
     type Error = BoxError;
     type Future = Connecting<Self::Response>;
 
@@ -64,9 +158,19 @@ impl tower_service::Service<Uri> for ClosableConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
         let connecting = self.inner.call(uri);
+        let tls = self.tls.clone();
         Box::pin(async move {
-            let inner = connecting.await?;
+            let tcp = connecting.await?;
+            let inner = match tls {
+                None => Stream::Plain(tcp),
+                Some(tls) => {
+                    let addr = tcp.inner().peer_addr()?;
+                    let stream = tls.handshake(addr, tcp.into_inner(), deadline).await?;
+                    Stream::Tls(Box::new(TokioIo::new(stream)))
+                }
+            };
             Ok(Closable {
                 inner,
                 closed: Arc::new(AtomicBool::new(false)),
@@ -153,10 +257,12 @@ impl<T: Write + Unpin> Write for Closable<T> {
 pub(crate) async fn send_once(
     addr: std::net::SocketAddr,
     connect_timeout: std::time::Duration,
+    tls: Option<&UpstreamTls>,
     header: Vec<u8>,
-    mut req: http::Request<ProxyBody>,
+    req: http::Request<ProxyBody>,
 ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
     use tokio::io::AsyncWriteExt;
+    let deadline = tokio::time::Instant::now() + connect_timeout;
     let connecting = tokio::net::TcpStream::connect(addr);
     let mut stream = match tokio::time::timeout(connect_timeout, connecting).await {
         Err(_) => return Err(UpstreamError::ConnectTimeout { addr }),
@@ -178,14 +284,40 @@ pub(crate) async fn send_once(
             addr,
             reason: format!("sending the PROXY header: {e}"),
         })?;
+    match tls {
+        None => send_on(addr, stream, req).await,
+        Some(tls) => {
+            let stream =
+                tls.handshake(addr, stream, deadline)
+                    .await
+                    .map_err(|e| match e.kind() {
+                        io::ErrorKind::TimedOut => UpstreamError::ConnectTimeout { addr },
+                        _ => UpstreamError::Connect {
+                            addr,
+                            reason: e.to_string(),
+                        },
+                    })?;
+            send_on(addr, stream, req).await
+        }
+    }
+}
+
+/// Sends `req` as the only request on `stream`.
+async fn send_on<S>(
+    addr: std::net::SocketAddr,
+    stream: S,
+    mut req: http::Request<ProxyBody>,
+) -> Result<http::Response<hyper::body::Incoming>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let before_response = |e: hyper::Error| UpstreamError::BeforeResponse {
         addr,
         reason: e.to_string(),
     };
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(before_response)?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(before_response)?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(member = %addr, error = %e, "upstream connection ended with an error");

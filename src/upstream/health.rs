@@ -7,7 +7,8 @@
 //! An `http` check sends `GET path` with the member's configured server
 //! address as `Host` and passes on a status in `expect_status`; a `tcp`
 //! check passes when the connection is accepted. Either fails after
-//! `timeout`.
+//! `timeout`. A pool with TLS checks over TLS too (a `tcp` check then
+//! passes once the handshake does), sharing the pool's session cache.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -21,12 +22,18 @@ use tokio::net::TcpStream;
 
 use super::member::{CheckResult, Member, MemberState};
 use super::pool::Pool;
+use super::tls::UpstreamTls;
 use crate::config::{HealthConfig, HealthKind};
 
 /// Checks the members of `pool` until it is dropped.
 /// `preamble` is written first on every check connection: the PROXY
 /// header (LOCAL) that a pool with `send_proxy_protocol` owes its members.
-pub(crate) async fn run(pool: Weak<Pool>, health: HealthConfig, preamble: &'static [u8]) {
+pub(crate) async fn run(
+    pool: Weak<Pool>,
+    health: HealthConfig,
+    preamble: &'static [u8],
+    tls: Option<Arc<UpstreamTls>>,
+) {
     let health = Arc::new(health);
     loop {
         let round = tokio::time::Instant::now();
@@ -37,10 +44,11 @@ pub(crate) async fn run(pool: Weak<Pool>, health: HealthConfig, preamble: &'stat
         let mut probes = tokio::task::JoinSet::new();
         for m in members {
             let health = health.clone();
+            let tls = tls.clone();
             let jitter = health.interval.mul_f64(fastrand::f64() * 0.25);
             probes.spawn(async move {
                 tokio::time::sleep(jitter).await;
-                let result = probe(&health, m.addr, &m.server, preamble).await;
+                let result = probe(&health, m.addr, &m.server, preamble, tls.as_deref()).await;
                 apply(&m, result, &health);
             });
         }
@@ -71,9 +79,11 @@ pub(crate) async fn probe(
     addr: SocketAddr,
     host: &str,
     preamble: &[u8],
+    tls: Option<&UpstreamTls>,
 ) -> CheckResult {
     let at = SystemTime::now();
-    let outcome = tokio::time::timeout(health.timeout, attempt(health, addr, host, preamble)).await;
+    let outcome =
+        tokio::time::timeout(health.timeout, attempt(health, addr, host, preamble, tls)).await;
     let (ok, status, error) = match outcome {
         Ok(Ok(None)) => (true, None, None),
         Ok(Ok(Some(s))) if health.expects(s) => (true, Some(s), None),
@@ -100,6 +110,7 @@ async fn attempt(
     addr: SocketAddr,
     host: &str,
     preamble: &[u8],
+    tls: Option<&UpstreamTls>,
 ) -> Result<Option<u16>, String> {
     let mut stream = TcpStream::connect(addr)
         .await
@@ -111,10 +122,29 @@ async fn attempt(
             .await
             .map_err(|e| format!("PROXY header: {e}"))?;
     }
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => check_on(health, host, stream).await,
+        Some(tls) => {
+            // The check's own `timeout` bounds the handshake.
+            let deadline = tokio::time::Instant::now() + health.timeout;
+            let stream = tls
+                .handshake(addr, stream, deadline)
+                .await
+                .map_err(|e| e.to_string())?;
+            check_on(health, host, stream).await
+        }
+    }
+}
+
+/// The `http` check's request on a connected `stream`; `tcp` passes.
+async fn check_on<S>(health: &HealthConfig, host: &str, stream: S) -> Result<Option<u16>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     if health.kind == HealthKind::Tcp {
         return Ok(None);
     }
-    let _ = stream.set_nodelay(true);
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
@@ -184,6 +214,7 @@ mod tests {
                 addr,
                 "app.internal:8080",
                 b"",
+                None,
             )
             .await;
             assert_eq!(r.ok, ok, "{status}: {r:?}");
@@ -206,12 +237,13 @@ mod tests {
             l.local_addr().unwrap(),
             "x",
             b"",
+            None,
         )
         .await;
         assert!(r.ok, "{r:?}");
         let dead = l.local_addr().unwrap();
         drop(l);
-        let r = probe(&config(HealthKind::Tcp, 2000), dead, "x", b"").await;
+        let r = probe(&config(HealthKind::Tcp, 2000), dead, "x", b"", None).await;
         assert!(!r.ok);
         assert!(r.error.unwrap().contains("connect"));
     }
@@ -227,7 +259,7 @@ mod tests {
                 held.push(s);
             }
         });
-        let r = probe(&config(HealthKind::Http, 100), addr, "x", b"").await;
+        let r = probe(&config(HealthKind::Http, 100), addr, "x", b"", None).await;
         assert!(!r.ok);
         assert!(
             r.error.as_deref().unwrap_or("").contains("timed out"),

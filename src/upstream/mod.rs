@@ -11,3 +11,4 @@ pub(crate) mod outlier;
 pub(crate) mod pool;
 pub(crate) mod retry;
 pub(crate) mod status;
+pub(crate) mod tls;

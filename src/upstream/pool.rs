@@ -29,6 +29,7 @@ use super::connect::{ClosableConnector, CloseHandle};
 use super::member::{now_ms, InFlight, Member, MemberState};
 use super::outlier::{self, Outcome};
 use super::retry::RetryBudget;
+use super::tls::UpstreamTls;
 use crate::body::ProxyBody;
 use crate::config::{Policy, PoolConfig, ServerEntry};
 
@@ -136,6 +137,8 @@ pub struct Pool {
     pending: AtomicUsize,
     slot_freed: Arc<Notify>,
     panicking: AtomicBool,
+    /// `[pool.NAME.tls]`, loaded: shared by every connection to the pool.
+    tls: Option<Arc<UpstreamTls>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -148,9 +151,16 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A pool with its members resolved (names with the blocking system
-    /// resolver) and no background tasks; see [`Pool::start`].
+    /// A pool without upstream TLS (for benches and tests); see
+    /// [`Pool::with_tls`].
     pub fn new(config: &PoolConfig) -> Pool {
+        Pool::with_tls(config, None)
+    }
+
+    /// A pool with its members resolved (names with the blocking system
+    /// resolver) and no background tasks; see [`Pool::start`]. `tls` is
+    /// `config.tls` loaded ([`UpstreamTls::load`]).
+    pub(crate) fn with_tls(config: &PoolConfig, tls: Option<Arc<UpstreamTls>>) -> Pool {
         let slot_freed = Arc::new(Notify::new());
         let name: Arc<str> = Arc::from(config.name.as_str());
         let mut active = Vec::new();
@@ -166,6 +176,7 @@ impl Pool {
                         &name,
                         &slot_freed,
                         &Wanted::of(server, addr),
+                        tls.as_deref(),
                     )));
                 }
             }
@@ -183,7 +194,11 @@ impl Pool {
                     .pool_max_idle_per_host(config.max_idle_per_server)
                     .http1_max_buf_size(UPSTREAM_READ_BUF)
                     .set_host(false)
-                    .build(ClosableConnector::new(connector.clone()))
+                    .build(ClosableConnector::new(
+                        connector.clone(),
+                        tls.clone(),
+                        config.connect_timeout,
+                    ))
             })
             .collect();
         Pool {
@@ -203,6 +218,7 @@ impl Pool {
             pending: AtomicUsize::new(0),
             slot_freed,
             panicking: AtomicBool::new(false),
+            tls,
         }
     }
 
@@ -211,8 +227,8 @@ impl Pool {
     /// DNS re-resolution (when a server is a name). The tasks hold only a
     /// weak reference and end once the pool is dropped (a reload removed or
     /// replaced it and its last request finished).
-    pub(crate) fn start(config: &PoolConfig) -> Arc<Pool> {
-        let pool = Arc::new(Pool::new(config));
+    pub(crate) fn start(config: &PoolConfig, tls: Option<Arc<UpstreamTls>>) -> Arc<Pool> {
+        let pool = Arc::new(Pool::with_tls(config, tls.clone()));
         if tokio::runtime::Handle::try_current().is_ok() {
             if let Some(health) = &config.health {
                 let preamble = config
@@ -223,6 +239,7 @@ impl Pool {
                     Arc::downgrade(&pool),
                     health.clone(),
                     preamble,
+                    tls,
                 ));
             }
             if config.servers.iter().any(|s| s.addr.is_name()) {
@@ -250,7 +267,18 @@ impl Pool {
     /// A member for a resolved address of `server`.
     pub(crate) fn member_for(&self, wanted: &Wanted) -> Arc<Member> {
         let name: Arc<str> = Arc::from(self.name.as_str());
-        Arc::new(new_member(&self.config, &name, &self.slot_freed, wanted))
+        Arc::new(new_member(
+            &self.config,
+            &name,
+            &self.slot_freed,
+            wanted,
+            self.tls.as_deref(),
+        ))
+    }
+
+    /// The pool's TLS client, with its error counts.
+    pub(crate) fn tls(&self) -> Option<&UpstreamTls> {
+        self.tls.as_deref()
     }
 
     /// Retries made for requests to this pool.
@@ -398,7 +426,10 @@ impl Pool {
             match self.config.send_proxy_protocol.version() {
                 None => {
                     let client = &self.clients[crate::workers::index() % self.clients.len()];
-                    client.request(req).await.map_err(|e| classify(addr, e))
+                    client
+                        .request(req)
+                        .await
+                        .map_err(|e| classify(addr, e, self.tls.as_deref()))
                 }
                 Some(version) => {
                     let header = match proxied {
@@ -412,6 +443,7 @@ impl Pool {
                     Box::pin(super::connect::send_once(
                         addr,
                         self.config.connect_timeout,
+                        self.tls.as_deref(),
                         header,
                         req,
                     ))
@@ -459,7 +491,16 @@ impl Wanted {
     }
 }
 
-fn new_member(config: &PoolConfig, pool: &Arc<str>, freed: &Arc<Notify>, w: &Wanted) -> Member {
+fn new_member(
+    config: &PoolConfig,
+    pool: &Arc<str>,
+    freed: &Arc<Notify>,
+    w: &Wanted,
+    tls: Option<&UpstreamTls>,
+) -> Member {
+    if let Some(tls) = tls {
+        tls.register(w.addr, &w.server);
+    }
     Member::new(w.addr, w.weight)
         .with_max_connections(w.max_connections, freed.clone())
         .with_slow_start(config.slow_start)
@@ -506,16 +547,35 @@ fn checked(
     }
 }
 
-fn classify(addr: SocketAddr, e: hyper_util::client::legacy::Error) -> UpstreamError {
+/// A failure of the connector (TCP or the TLS handshake) is a connect
+/// failure. So is a TLS alert on the first read: in TLS 1.3 a member that
+/// refuses our client certificate says so only after the client's side of
+/// the handshake is done, and such a member has seen no request.
+fn classify(
+    addr: SocketAddr,
+    e: hyper_util::client::legacy::Error,
+    tls: Option<&UpstreamTls>,
+) -> UpstreamError {
     let mut reason = e.to_string();
     let mut source = e.source();
     let mut timed_out = false;
+    let mut refused = None;
     while let Some(s) = source {
         reason = s.to_string();
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+            if let Some(alert @ rustls::Error::AlertReceived(_)) = super::tls::rustls_error(io) {
+                refused = Some(super::tls::Reason::of(alert));
+            }
         }
         source = s.source();
+    }
+    if let (Some(why), Some(tls), false) = (refused, tls, e.is_connect()) {
+        tls.count(addr, why);
+        return UpstreamError::Connect {
+            addr,
+            reason: format!("TLS ({}): {reason}", why.as_str()),
+        };
     }
     if e.is_connect() {
         if timed_out {

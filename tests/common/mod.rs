@@ -879,6 +879,18 @@ impl TestPki {
         (cert_path, key_path)
     }
 
+    /// The CA certificate (DER), for a verifier that trusts it.
+    pub fn ca_der(&self) -> rustls_pki_types::CertificateDer<'static> {
+        self.ca.der().clone()
+    }
+
+    /// Writes the CA certificate as `<stem>.pem` in `dir`; returns its path.
+    pub fn write_ca(&self, dir: &Path, stem: &str) -> PathBuf {
+        let path = dir.join(format!("{stem}.pem"));
+        std::fs::write(&path, self.ca.pem()).unwrap();
+        path
+    }
+
     /// A client config trusting this CA, offering `alpn`, limited to
     /// `versions`.
     pub fn client_config(
