@@ -112,7 +112,7 @@ fn adopt(fd: RawFd) -> Option<TcpListener> {
     // SAFETY: `fd` was handed to this process for this purpose (by the
     // old sluice or systemd) and nothing else in it owns the descriptor.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    set_cloexec(owned.as_raw_fd(), true);
+    set_cloexec(owned.as_raw_fd());
     let socket = TcpListener::from(owned);
     match socket.local_addr() {
         Ok(_) => Some(socket),
@@ -123,17 +123,12 @@ fn adopt(fd: RawFd) -> Option<TcpListener> {
     }
 }
 
-fn set_cloexec(fd: RawFd, on: bool) {
+fn set_cloexec(fd: RawFd) {
     // SAFETY: fcntl on a descriptor this process owns; no memory involved.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFD);
         if flags >= 0 {
-            let flags = if on {
-                flags | libc::FD_CLOEXEC
-            } else {
-                flags & !libc::FD_CLOEXEC
-            };
-            libc::fcntl(fd, libc::F_SETFD, flags);
+            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
         }
     }
 }
@@ -183,10 +178,7 @@ pub(crate) fn start_successor(sockets: &[(String, TcpListener)]) -> Result<u32, 
     // that moving one never overwrites another.
     let mut copies = Vec::new();
     for (name, socket) in sockets {
-        let copy = socket.try_clone()?;
-        let high = dup_above(copy.as_raw_fd(), 64)?;
-        drop(copy);
-        copies.push((name.clone(), high));
+        copies.push((name.clone(), dup_above(socket.as_raw_fd(), 64)?));
     }
     let (mut ready_read, ready_write) = pipe()?;
     let ready_high = dup_above(ready_write.as_raw_fd(), 64)?;

@@ -281,10 +281,7 @@ impl Validator<'_> {
             }
         }
         for (j, c) in raw.key_cookies.unwrap_or_default().iter().enumerate() {
-            let ok = !c.is_empty()
-                && c.bytes()
-                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
-            if ok {
+            if super::is_cookie_name(c) {
                 spec.cookies.push(c.clone());
             } else {
                 self.error(

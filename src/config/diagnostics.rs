@@ -33,17 +33,29 @@ impl fmt::Display for ConfigErrors {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}", self.file.display())?;
-            if let Some((line, col)) = e.position {
-                write!(f, ":{line}:{col}")?;
-            }
-            if e.key.is_empty() {
-                write!(f, ": {}", e.message)?;
-            } else {
-                write!(f, ": {}: {}", e.key, e.message)?;
-            }
+            e.write_line(f, &self.file, "")?;
         }
         Ok(())
+    }
+}
+
+impl ConfigError {
+    /// `file:line:col: {tag}key: message` (no position or key when unknown).
+    pub(super) fn write_line(
+        &self,
+        out: &mut impl fmt::Write,
+        file: &std::path::Path,
+        tag: &str,
+    ) -> fmt::Result {
+        write!(out, "{}", file.display())?;
+        if let Some((line, col)) = self.position {
+            write!(out, ":{line}:{col}")?;
+        }
+        write!(out, ": {tag}")?;
+        if !self.key.is_empty() {
+            write!(out, "{}: ", self.key)?;
+        }
+        out.write_str(&self.message)
     }
 }
 

@@ -88,16 +88,8 @@ impl Config {
     pub fn warnings_text(&self) -> String {
         let mut out = String::new();
         for w in &self.warnings {
-            out.push_str(&self.source.display().to_string());
-            if let Some((line, col)) = w.position {
-                out.push_str(&format!(":{line}:{col}"));
-            }
-            out.push_str(": warning: ");
-            if !w.key.is_empty() {
-                out.push_str(&w.key);
-                out.push_str(": ");
-            }
-            out.push_str(&w.message);
+            // Writing to a String cannot fail.
+            let _ = w.write_line(&mut out, &self.source, "warning: ");
             out.push('\n');
         }
         out
@@ -270,6 +262,14 @@ impl Validator<'_> {
             warnings: Vec::new(),
         }
     }
+}
+
+/// An RFC 6265 cookie name: a token (visible ASCII, no separators).
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
 }
 
 #[cfg(test)]

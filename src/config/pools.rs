@@ -335,7 +335,7 @@ impl Validator<'_> {
                         HashKey::Uri
                     }
                 },
-                Some(("cookie", c)) if is_cookie_name(c.trim()) => {
+                Some(("cookie", c)) if super::is_cookie_name(c.trim()) => {
                     HashKey::Cookie(c.trim().to_string())
                 }
                 Some(("cookie", c)) => {
@@ -381,12 +381,7 @@ impl Validator<'_> {
                 Seg::Key(k),
             ]
         };
-        let default = raw::RawSticky {
-            cookie: "srv".to_string(),
-            ttl: Duration::ZERO,
-            secure: false,
-            http_only: true,
-        };
+        let default = raw::RawSticky::default();
         if p.sticky.is_some() && policy != Policy::StickyCookie {
             self.error(
                 &[Seg::Key("pool"), Seg::Key(name), Seg::Key("sticky")],
@@ -394,7 +389,7 @@ impl Validator<'_> {
             );
         }
         let s = p.sticky.as_ref().unwrap_or(&default);
-        if !is_cookie_name(&s.cookie) {
+        if !super::is_cookie_name(&s.cookie) {
             self.error(
                 &at("cookie"),
                 format!("\"{}\" is not a valid cookie name", s.cookie),
@@ -834,14 +829,6 @@ fn parse_status_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
         out.push((lo, hi));
     }
     Ok(out)
-}
-
-/// An RFC 6265 cookie name: a token.
-fn is_cookie_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
 }
 
 #[cfg(test)]

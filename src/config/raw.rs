@@ -227,6 +227,17 @@ pub(crate) struct RawSticky {
     pub http_only: bool,
 }
 
+impl Default for RawSticky {
+    fn default() -> Self {
+        RawSticky {
+            cookie: srv(),
+            ttl: Duration::ZERO,
+            secure: false,
+            http_only: yes(),
+        }
+    }
+}
+
 fn srv() -> String {
     "srv".to_string()
 }

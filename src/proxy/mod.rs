@@ -860,7 +860,7 @@ fn pick_context(
     path_and_query: &str,
 ) -> PickContext {
     use crate::config::{HashKey, Policy};
-    use crate::upstream::balance::key_hash;
+    use crate::upstream::balance::{client_key_hash, key_hash};
     let mut ctx = PickContext::client(client_ip);
     match pool.policy {
         Policy::Hash => {
@@ -870,10 +870,7 @@ fn pick_context(
                 HashKey::Cookie(name) => {
                     key_hash(headers::cookie_value(head, name).unwrap_or("").as_bytes())
                 }
-                HashKey::Client => key_hash(&match client_ip.to_canonical() {
-                    std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-                    std::net::IpAddr::V6(v6) => v6.octets(),
-                }),
+                HashKey::Client => client_key_hash(client_ip),
             };
         }
         Policy::StickyCookie => {

@@ -414,28 +414,25 @@ impl Balancer for IpHash {
 
 /// Members ranked by weighted rendezvous score for `key`, highest first.
 fn rendezvous(members: &[Arc<Member>], key: u64) -> Candidates {
-    let client = key;
-    {
-        let equal_weights = members.windows(2).all(|w| w[0].weight == w[1].weight);
-        if equal_weights {
-            // The score grows with `u` when weights are equal, so the raw
-            // bits rank the same way without the logarithm.
-            let mut ranked: SmallVec<[(u64, usize); 8]> = members
-                .iter()
-                .enumerate()
-                .map(|(i, m)| (pair_bits(client, member_key(m)), i))
-                .collect();
-            ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            ranked.iter().map(|r| r.1).collect()
-        } else {
-            let mut ranked: SmallVec<[(f64, usize); 8]> = members
-                .iter()
-                .enumerate()
-                .map(|(i, m)| (hrw_score(pair_bits(client, member_key(m)), m.weight), i))
-                .collect();
-            ranked.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            ranked.iter().map(|r| r.1).collect()
-        }
+    let equal_weights = members.windows(2).all(|w| w[0].weight == w[1].weight);
+    if equal_weights {
+        // The score grows with `u` when weights are equal, so the raw
+        // bits rank the same way without the logarithm.
+        let mut ranked: SmallVec<[(u64, usize); 8]> = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (pair_bits(key, member_key(m)), i))
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        ranked.iter().map(|r| r.1).collect()
+    } else {
+        let mut ranked: SmallVec<[(f64, usize); 8]> = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (hrw_score(pair_bits(key, member_key(m)), m.weight), i))
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        ranked.iter().map(|r| r.1).collect()
     }
 }
 
@@ -460,6 +457,12 @@ pub(crate) fn key_hash(key: &[u8]) -> u64 {
 }
 
 const KEY_SEED: u64 = 0xa409_3822_299f_31d0;
+
+/// `hash_key = "client"`: the client's address as [`key_hash`] takes it
+/// (IPv4 in its IPv4-mapped IPv6 form, as `ip_hash` reads it).
+pub(crate) fn client_key_hash(ip: IpAddr) -> u64 {
+    key_hash(&ip_bits(ip).to_be_bytes())
+}
 
 /// Consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam;
 /// Envoy's and HAProxy's `hash-balance-factor`): members are ranked by
