@@ -100,6 +100,9 @@ pub struct Metrics {
     pub cache_evictions: IntCounter,
     pub cache_fill_bytes: IntGauge,
     pub cache_fill_budget_exceeded: IntCounterVec,
+    pub cache_purges_published: IntCounter,
+    pub cache_purges_received: IntCounter,
+    pub cache_purge_resubscribe_flushes: IntCounter,
     pub compression_in: IntCounterVec,
     pub compression_out: IntCounterVec,
     pub config_reloads: IntCounterVec,
@@ -218,6 +221,21 @@ impl Metrics {
                 "Fills that streamed on uncached because in-flight fills held max_fill_memory, by route.",
                 &["route"],
             ),
+            cache_purges_published: IntCounter::new(
+                "sluice_cache_purges_published_total",
+                "Purges this instance published for the others ([cache.purge] fanout).",
+            )
+            .expect("valid metric"),
+            cache_purges_received: IntCounter::new(
+                "sluice_cache_purges_received_total",
+                "Purges received from other instances and applied here.",
+            )
+            .expect("valid metric"),
+            cache_purge_resubscribe_flushes: IntCounter::new(
+                "sluice_cache_purge_resubscribe_flushes_total",
+                "Times the memory tier was emptied because the purge subscription was lost (purges may have been missed).",
+            )
+            .expect("valid metric"),
             compression_in: counter_vec(
                 "sluice_compression_bytes_in_total",
                 "Bytes fed to the compressor, by algorithm.",
@@ -261,6 +279,9 @@ impl Metrics {
             Box::new(m.cache_evictions.clone()),
             Box::new(m.cache_fill_bytes.clone()),
             Box::new(m.cache_fill_budget_exceeded.clone()),
+            Box::new(m.cache_purges_published.clone()),
+            Box::new(m.cache_purges_received.clone()),
+            Box::new(m.cache_purge_resubscribe_flushes.clone()),
             Box::new(m.compression_in.clone()),
             Box::new(m.compression_out.clone()),
             Box::new(m.config_reloads.clone()),
@@ -970,6 +991,9 @@ mod tests {
             "sluice_cache_bytes",
             "sluice_cache_evictions_total",
             "sluice_access_log_dropped_total",
+            "sluice_cache_purges_published_total",
+            "sluice_cache_purges_received_total",
+            "sluice_cache_purge_resubscribe_flushes_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}:\n{text}");
         }

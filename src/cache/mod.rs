@@ -11,7 +11,8 @@
 //! - [`serve`]: answers made from an entry (HEAD, 304, ranges, `Age`,
 //!   `Cache-Status`).
 //! - [`purge`]: invalidation after unsafe methods and purge by URL, prefix,
-//!   tag or everything.
+//!   tag or everything; [`fanout`]: the same purges published to, and
+//!   received from, the other instances through Redis.
 //!
 //! - [`verdict`]: sluice's storing and lifetime rules (Surrogate-Control
 //!   over RFC 9111, `max_object_size`).
@@ -27,6 +28,7 @@
 //! `Pass`: forwarded as they are, and [`Pass::finish`] invalidates after an
 //! unsafe method's success.
 
+pub(crate) mod fanout;
 pub(crate) mod fill;
 pub(crate) mod filling;
 pub(crate) mod key;

@@ -178,15 +178,36 @@ pub(crate) fn purge_request(
 /// Runs a purge, logs it, and gives the JSON answer: `{"purged":N}`, with
 /// `"soft":true` for a soft one.
 pub(crate) fn run(store: &dyn Store, target: &Target, soft: bool) -> String {
+    answer(apply(store, target, soft), soft, None)
+}
+
+/// Runs a purge (soft: marks stale) and logs it; returns how many
+/// responses it named.
+pub(crate) fn apply(store: &dyn Store, target: &Target, soft: bool) -> u64 {
     if soft {
         let purged = soft_purge(store, target, SystemTime::now());
         tracing::info!(?target, purged, "cache soft purge");
-        format!("{{\"purged\":{purged},\"soft\":true}}")
+        purged
     } else {
         let purged = purge(store, target);
         tracing::info!(?target, purged, "cache purge");
-        format!("{{\"purged\":{purged}}}")
+        purged
     }
+}
+
+/// The JSON answer to a purge: `{"purged":N}`, with `"soft":true` for a
+/// soft one and `"published":true|false` when it was also sent to the
+/// other instances (`[cache.purge] fanout`).
+pub(crate) fn answer(purged: u64, soft: bool, published: Option<bool>) -> String {
+    let mut text = format!("{{\"purged\":{purged}");
+    if soft {
+        text.push_str(",\"soft\":true");
+    }
+    if let Some(published) = published {
+        text.push_str(&format!(",\"published\":{published}"));
+    }
+    text.push('}');
+    text
 }
 
 #[cfg(test)]

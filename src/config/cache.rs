@@ -10,6 +10,7 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use super::observe::Cidr;
+use super::redis::RedisEndpoint;
 use super::units::{de_duration, de_opt_size, de_size};
 use super::{Seg, Validator};
 
@@ -38,6 +39,21 @@ pub(crate) struct RawCache {
     pub purge_allow: Vec<String>,
     #[serde(default = "d_targeted_fields")]
     pub targeted_fields: Vec<String>,
+    #[serde(default)]
+    pub purge: RawPurge,
+}
+
+/// `[cache.purge]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPurge {
+    /// `"none"` (the default) or `"redis"`.
+    #[serde(default)]
+    pub fanout: Option<String>,
+    pub url: Option<String>,
+    #[serde(default)]
+    pub cluster: Vec<String>,
+    pub key_prefix: Option<String>,
 }
 
 impl Default for RawCache {
@@ -53,6 +69,7 @@ impl Default for RawCache {
             store_set_cookie: false,
             purge_allow: Vec::new(),
             targeted_fields: d_targeted_fields(),
+            purge: RawPurge::default(),
         }
     }
 }
@@ -111,7 +128,29 @@ pub struct CacheConfig {
     pub purge_allow: Vec<Cidr>,
     /// RFC 9213 targeted fields this cache obeys, in precedence order.
     pub targeted_fields: Vec<HeaderName>,
+    /// `[cache.purge] fanout`: where purges are published so that every
+    /// instance applies them; `None` = this instance only.
+    pub fanout: Option<FanoutConfig>,
 }
+
+/// `[cache.purge] fanout = "redis"`: purges go out on a Redis channel and
+/// come in from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutConfig {
+    pub redis: RedisEndpoint,
+    /// The Redis key prefix; the channel is `<key_prefix>purge`.
+    pub key_prefix: String,
+}
+
+impl FanoutConfig {
+    /// The pub/sub channel purges travel on.
+    pub fn channel(&self) -> String {
+        format!("{}purge", self.key_prefix)
+    }
+}
+
+/// The default Redis key prefix (`key_prefix`).
+pub(crate) const DEFAULT_KEY_PREFIX: &str = "sluice:";
 
 impl Default for CacheConfig {
     fn default() -> Self {
@@ -119,6 +158,7 @@ impl Default for CacheConfig {
             &RawCache::default(),
             Vec::new(),
             vec![HeaderName::from_static("cdn-cache-control")],
+            None,
         )
     }
 }
@@ -129,6 +169,7 @@ impl CacheConfig {
         raw: &RawCache,
         purge_allow: Vec<Cidr>,
         targeted_fields: Vec<HeaderName>,
+        fanout: Option<FanoutConfig>,
     ) -> CacheConfig {
         CacheConfig {
             max_size: raw.max_size,
@@ -143,6 +184,7 @@ impl CacheConfig {
             store_set_cookie: raw.store_set_cookie,
             purge_allow,
             targeted_fields,
+            fanout,
         }
     }
 }
@@ -247,7 +289,52 @@ impl Validator<'_> {
                 Err(_) => self.error(&at, format!("\"{f}\" is not a valid header name")),
             }
         }
-        CacheConfig::from_raw(raw, purge_allow, targeted)
+        let fanout = self.fanout(&raw.purge);
+        CacheConfig::from_raw(raw, purge_allow, targeted, fanout)
+    }
+
+    /// `[cache.purge]`: the fan-out and the Redis it goes through.
+    fn fanout(&mut self, raw: &RawPurge) -> Option<FanoutConfig> {
+        let table = [Seg::Key("cache"), Seg::Key("purge")];
+        let at = |k| [Seg::Key("cache"), Seg::Key("purge"), Seg::Key(k)];
+        let redis = match raw.fanout.as_deref() {
+            None | Some("none") => {
+                for (key, set) in [
+                    ("url", raw.url.is_some()),
+                    ("cluster", !raw.cluster.is_empty()),
+                    ("key_prefix", raw.key_prefix.is_some()),
+                ] {
+                    if set {
+                        self.error(&at(key), "has no effect without fanout = \"redis\"");
+                    }
+                }
+                return None;
+            }
+            Some("redis") => self.redis_endpoint(&table, raw.url.as_deref(), &raw.cluster),
+            Some(other) => {
+                self.error(
+                    &at("fanout"),
+                    format!("\"{other}\" is not a fan-out; use \"redis\" or \"none\""),
+                );
+                return None;
+            }
+        };
+        let Some(redis) = redis else {
+            if raw.url.is_none() && raw.cluster.is_empty() {
+                self.error(
+                    &at("fanout"),
+                    "\"redis\" needs url or cluster in [cache.purge]",
+                );
+            }
+            return None;
+        };
+        Some(FanoutConfig {
+            redis,
+            key_prefix: raw
+                .key_prefix
+                .clone()
+                .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string()),
+        })
     }
 
     /// A route's cache settings: `None` unless it sets `cache = true`.

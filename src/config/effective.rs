@@ -12,7 +12,7 @@ const REDACTED: &str = "<redacted>";
 /// A duration the config parser reads back: whole seconds or milliseconds.
 fn duration(d: Duration) -> toml::Value {
     let ms = d.as_millis();
-    let text = if ms % 1000 == 0 {
+    let text = if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -64,6 +64,26 @@ fn limits_table(l: &Limits) -> toml::Table {
             int(l.h2_max_local_error_reset_streams),
         ),
     ])
+}
+
+/// `[cache.purge]`, with any Redis password redacted.
+fn purge_table(c: &Config) -> toml::Table {
+    use crate::config::{redact_url, RedisEndpoint};
+    let Some(f) = &c.cache.fanout else {
+        return table([("fanout", string("none"))]);
+    };
+    let mut t = table([
+        ("fanout", string("redis")),
+        ("key_prefix", string(&f.key_prefix)),
+    ]);
+    match &f.redis {
+        RedisEndpoint::Single(url) => t.insert("url".into(), string(redact_url(url))),
+        RedisEndpoint::Cluster(nodes) => t.insert(
+            "cluster".into(),
+            toml::Value::Array(nodes.iter().map(|n| string(redact_url(n))).collect()),
+        ),
+    };
+    t
 }
 
 fn pool_table(p: &PoolConfig) -> toml::Table {
@@ -477,6 +497,9 @@ pub(crate) fn effective_toml(c: &Config) -> String {
             ),
         ])),
     );
+    if let Some(Value::Table(cache_table)) = root.get_mut("cache") {
+        cache_table.insert("purge".into(), Value::Table(purge_table(c)));
+    }
     let z = &c.compression;
     root.insert(
         "compression".into(),
@@ -539,5 +562,35 @@ allow = ["10.0.0.0/8"]
         assert_eq!(again.pools, c.pools);
         assert_eq!(again.listeners, c.listeners);
         assert_eq!(again.limits, c.limits);
+    }
+
+    #[test]
+    fn purge_fanout_reads_back_without_its_password() {
+        let text = r#"
+[[listener]]
+name = "http"
+listen = "127.0.0.1:8080"
+
+[[route]]
+pool = "app"
+
+[pool.app]
+servers = [ { addr = "127.0.0.1:9001" } ]
+
+[cache.purge]
+fanout = "redis"
+cluster = ["redis://:pw1@10.0.0.1:7000", "redis://10.0.0.2:7000"]
+key_prefix = "shop:"
+"#;
+        let env = Offline;
+        let c = Config::parse(std::path::Path::new("t.toml"), text, &env).unwrap();
+        let out = effective_toml(&c);
+        assert!(!out.contains("pw1"), "{out}");
+        let again = Config::parse(std::path::Path::new("t.toml"), &out, &env)
+            .unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let fanout = again.cache.fanout.expect("fan-out kept");
+        assert_eq!(fanout.key_prefix, "shop:");
+        assert_eq!(fanout.channel(), "shop:purge");
+        assert_eq!(fanout.redis.urls()[1], "redis://10.0.0.2:7000", "{out}");
     }
 }

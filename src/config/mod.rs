@@ -19,11 +19,13 @@ mod listeners;
 mod observe;
 mod pools;
 mod raw;
+mod redis;
 mod routes;
 mod rules;
 pub(crate) mod units;
 
-pub(crate) use cache::CacheConfig;
+pub(crate) use self::redis::{redact_url, RedisEndpoint};
+pub(crate) use cache::{CacheConfig, FanoutConfig};
 pub use cache::{IgnoreParams, KeySpec};
 pub(crate) use compress::CompressionConfig;
 pub use compress::{Coding, Level};

@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub mod exposition;
 pub mod raw;
+pub mod redis;
 #[allow(unused_imports)]
 pub use exposition::*;
 #[allow(unused_imports)]
