@@ -200,7 +200,7 @@ async fn handle(admin: &Admin, client: SocketAddr, req: Request<Incoming>) -> Re
             let _ = req.into_body().collect().await;
             match target {
                 Ok((target, soft)) => {
-                    let answer = crate::cache::purge::run(snap.cache.store.as_ref(), &target, soft);
+                    let answer = snap.cache.purge(&target, soft).await;
                     typed(answer + "\n", "application/json")
                 }
                 Err(why) => text(StatusCode::BAD_REQUEST, why + "\n"),

@@ -38,6 +38,9 @@ pub(crate) struct RawCache {
     pub purge_allow: Vec<String>,
     #[serde(default = "d_targeted_fields")]
     pub targeted_fields: Vec<String>,
+    /// `[cache.l2]`: the second tier, if any.
+    #[serde(default)]
+    pub l2: Option<super::cache_tier::RawL2>,
 }
 
 impl Default for RawCache {
@@ -53,6 +56,7 @@ impl Default for RawCache {
             store_set_cookie: false,
             purge_allow: Vec::new(),
             targeted_fields: d_targeted_fields(),
+            l2: None,
         }
     }
 }
@@ -111,6 +115,8 @@ pub struct CacheConfig {
     pub purge_allow: Vec<Cidr>,
     /// RFC 9213 targeted fields this cache obeys, in precedence order.
     pub targeted_fields: Vec<HeaderName>,
+    /// The second tier (`[cache.l2]`), if any.
+    pub(crate) l2: Option<super::cache_tier::L2Config>,
 }
 
 impl Default for CacheConfig {
@@ -119,16 +125,19 @@ impl Default for CacheConfig {
             &RawCache::default(),
             Vec::new(),
             vec![HeaderName::from_static("cdn-cache-control")],
+            None,
         )
     }
 }
 
 impl CacheConfig {
-    /// `raw`'s values, with `purge_allow` and `targeted_fields` parsed.
+    /// `raw`'s values, with `purge_allow`, `targeted_fields` and `l2`
+    /// validated.
     fn from_raw(
         raw: &RawCache,
         purge_allow: Vec<Cidr>,
         targeted_fields: Vec<HeaderName>,
+        l2: Option<super::cache_tier::L2Config>,
     ) -> CacheConfig {
         CacheConfig {
             max_size: raw.max_size,
@@ -143,6 +152,7 @@ impl CacheConfig {
             store_set_cookie: raw.store_set_cookie,
             purge_allow,
             targeted_fields,
+            l2,
         }
     }
 }
@@ -247,7 +257,8 @@ impl Validator<'_> {
                 Err(_) => self.error(&at, format!("\"{f}\" is not a valid header name")),
             }
         }
-        CacheConfig::from_raw(raw, purge_allow, targeted)
+        let l2 = self.cache_l2(raw.l2.as_ref());
+        CacheConfig::from_raw(raw, purge_allow, targeted, l2)
     }
 
     /// A route's cache settings: `None` unless it sets `cache = true`.
