@@ -205,16 +205,13 @@ async fn handle(admin: &Admin, client: SocketAddr, req: Request<Incoming>) -> Re
             let _ = req.into_body().collect().await;
             match target {
                 Ok((target, soft)) => {
-                    use crate::cache::purge;
-                    let purged = purge::apply(snap.cache.store.as_ref(), &target, soft);
-                    let published = match &admin.fanout {
-                        Some(fanout) => Some(fanout.publish(&target, soft).await),
-                        None => None,
-                    };
-                    typed(
-                        purge::answer(purged, soft, published) + "\n",
-                        "application/json",
-                    )
+                    let mut answer = snap.cache.purge(&target, soft).await;
+                    if let Some(fanout) = &admin.fanout {
+                        let published = fanout.publish(&target, soft).await;
+                        answer.pop();
+                        answer.push_str(&format!(",\"published\":{published}}}"));
+                    }
+                    typed(answer + "\n", "application/json")
                 }
                 Err(why) => text(StatusCode::BAD_REQUEST, why + "\n"),
             }

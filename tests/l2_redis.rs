@@ -1,27 +1,39 @@
-//! Several sluice instances sharing one Redis: purges published by one
-//! instance reach the others (`[cache.purge] fanout = "redis"`), and an
-//! instance that lost its subscription empties its memory tier when it
-//! subscribes again. Real `redis-server` processes, real sluice processes,
-//! one real origin.
+//! Several sluice instances sharing one Redis: the Redis tier
+//! (`[cache.l2] kind = "redis"`) makes a page fetched through one instance a
+//! hit on the others; purges published by one instance reach the others
+//! (`[cache.purge] fanout`), and an instance that lost its subscription
+//! empties its memory tier when it subscribes again; Redis stopped, paused
+//! or holding garbage costs no client an error. A three-node Redis Cluster
+//! does the same. Real `redis-server` processes, real sluice processes, one
+//! real origin.
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis::Redis;
+use common::redis::{Redis, RedisCluster};
 use common::*;
 use http::{Method, Response};
 
 const HOST: &str = "example.com";
 
-/// An origin whose every page may be cached for ten minutes.
+/// An origin whose every page may be cached for ten minutes; each answer
+/// carries its number in `x-answer`, so that a copy can be told from a
+/// newer one.
 async fn cacheable_origin() -> Origin {
-    Origin::serve(|req, _| async move {
-        Response::builder()
-            .header("cache-control", "max-age=600")
-            .header("surrogate-key", "shop")
-            .body(full(format!("page {}", req.uri().path())))
-            .unwrap()
+    let answers = Arc::new(AtomicUsize::new(0));
+    Origin::serve(move |req, _| {
+        let n = answers.fetch_add(1, Ordering::SeqCst);
+        async move {
+            Response::builder()
+                .header("cache-control", "max-age=600")
+                .header("x-answer", n.to_string())
+                .header("surrogate-key", "shop")
+                .body(full(format!("page {}", req.uri().path())))
+                .unwrap()
+        }
     })
     .await
 }
@@ -29,6 +41,12 @@ async fn cacheable_origin() -> Origin {
 /// A caching route to `origin` with an admin listener, plus `tables`.
 fn config(origin: std::net::SocketAddr, tables: &str) -> String {
     admin_route_config(origin, "cache = true", tables)
+}
+
+/// A Redis tier on `endpoint` (`url = "..."` or `cluster = [...]`); the
+/// purge fan-out comes with it.
+fn tier_table(endpoint: &str) -> String {
+    format!("[cache.l2]\nkind = \"redis\"\n{endpoint}\ntimeout = \"200ms\"\n")
 }
 
 fn fanout_table(redis_url: &str) -> String {
@@ -47,13 +65,63 @@ async fn admin_post(d: &Daemon, path: &str) -> Reply {
     .await
 }
 
+/// Fetches `path` until the cache answers it itself, or panics at the
+/// deadline.
+async fn until_hit(d: &Daemon, path: &str) -> Reply {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let r = fetch(d, path).await;
+        if is_hit(&r) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "{path} never became a hit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `path` until its answer is not the copy numbered `old`.
+async fn until_new_answer(d: &Daemon, path: &str, old: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let r = fetch(d, path).await;
+        if r.header("x-answer").is_some_and(|n| n != old) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path}: still answer {old}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls until `keys` (Redis's count of keys) reaches `n`.
+fn until_keys(keys: impl Fn() -> u64, n: u64) {
+    let deadline = Instant::now() + PATIENCE;
+    while keys() < n {
+        assert!(Instant::now() < deadline, "Redis never held {n} keys");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn from_l2(r: &Reply) -> bool {
+    is_hit(r)
+        && r.header("cache-status")
+            .is_some_and(|s| s.contains("detail=l2"))
+}
+
 /// Polls `path` until the cache no longer answers it from storage, or
 /// panics at the deadline. Each poll that misses refills the cache, so
 /// callers look at the first miss only.
 async fn until_miss(d: &Daemon, path: &str) {
     let deadline = Instant::now() + PATIENCE;
-    while is_hit(&fetch(d, path).await) {
-        assert!(Instant::now() < deadline, "{path} is still cached");
+    loop {
+        let r = fetch(d, path).await;
+        if !is_hit(&r) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} is still cached: {:?}",
+            r.header("cache-status")
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -162,4 +230,162 @@ fn fanout_keys_are_checked() {
             "{tables}: {text}"
         );
     }
+}
+
+/// One page fetched through A, then asked of B and C: each answers it from
+/// Redis (`detail=l2`), and the origin saw one request. A purge sent to C
+/// is gone from A and B, and from Redis.
+async fn shared_then_purged(instances: &[Daemon], origin: &Origin, keys: impl Fn() -> u64) {
+    let (a, b, c) = (&instances[0], &instances[1], &instances[2]);
+    let first = fetch(a, "/page").await;
+    assert_eq!(
+        (first.status.as_u16(), first.text()),
+        (200, "page /page".into())
+    );
+    assert!(!is_hit(&first));
+    let stored = first.header("x-answer").expect("x-answer").to_string();
+    // The entry and its tag set, stored off the request path.
+    until_keys(&keys, 2);
+    for d in [b, c] {
+        let r = fetch(d, "/page").await;
+        assert!(from_l2(&r), "{:?}", r.header("cache-status"));
+        assert_eq!(r.text(), "page /page");
+        assert!(r.header("age").is_some());
+        assert!(is_hit(&fetch(d, "/page").await), "promoted to memory");
+    }
+    assert_eq!(origin.hits(), 1, "one origin request for three instances");
+
+    let purge = admin_post(c, "/cache/purge?url=http%3A%2F%2Fexample.com%2Fpage").await;
+    let answer = purge.text();
+    assert!(
+        answer.contains("\"purged\":1")
+            && answer.contains("\"l2_purged\":1")
+            && answer.contains("\"published\":true"),
+        "{answer}"
+    );
+    // Gone everywhere: the next answer is a new one from the origin (the
+    // first instance to ask shares it through Redis again).
+    for d in [a, b, c] {
+        until_new_answer(d, "/page", &stored).await;
+    }
+    // The new copy and the tag set.
+    until_keys(&keys, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_fetched_through_one_instance_is_a_hit_on_the_others() {
+    let redis = Redis::start();
+    let origin = cacheable_origin().await;
+    let text = config(
+        origin.addr,
+        &tier_table(&format!("url = \"{}\"", redis.url())),
+    );
+    let instances: Vec<Daemon> = (0..3).map(|_| Daemon::start(&text)).collect();
+    for d in &instances {
+        d.wait_for_log("purge fan-out subscribed");
+        d.wait_for_log("cache tier connected to Redis");
+    }
+    shared_then_purged(&instances, &origin, || redis.dbsize()).await;
+    let (_, samples) = scrape(instances[1].addr("admin")).await;
+    assert!(
+        value(
+            &samples,
+            "sluice_cache_tier_lookups_total",
+            &[("tier", "redis"), ("result", "hit")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "sluice_cache_tier_circuit_open",
+            &[("tier", "redis")]
+        ),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_serves_as_the_tier() {
+    let cluster = RedisCluster::start(3);
+    let origin = cacheable_origin().await;
+    let text = config(
+        origin.addr,
+        &tier_table(&format!("cluster = {}", cluster.toml_list())),
+    );
+    let instances: Vec<Daemon> = (0..3).map(|_| Daemon::start(&text)).collect();
+    for d in &instances {
+        d.wait_for_log("purge fan-out subscribed");
+        d.wait_for_log("cache tier connected to Redis");
+    }
+    shared_then_purged(&instances, &origin, || cluster.dbsize()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_paused_or_holding_garbage_costs_no_client_an_error() {
+    let mut redis = Redis::start();
+    let origin = cacheable_origin().await;
+    let text = config(
+        origin.addr,
+        &tier_table(&format!("url = \"{}\"", redis.url())),
+    );
+    let a = Daemon::start(&text);
+    let b = Daemon::start(&text);
+    a.wait_for_log("cache tier connected to Redis");
+    b.wait_for_log("cache tier connected to Redis");
+
+    // Garbage under a page's key is a miss (and is deleted), never served.
+    redis.command(&["SET", "sluice:http://example.com/garbage", "not a record"]);
+    let r = fetch(&a, "/garbage").await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "page /garbage".into()));
+    assert!(!is_hit(&r));
+
+    // Stopped while requests flow: every request is answered.
+    redis.stop();
+    for i in 0..40 {
+        let path = format!("/down/{i}");
+        for d in [&a, &b] {
+            let r = fetch(d, &path).await;
+            assert_eq!((r.status.as_u16(), r.text()), (200, format!("page {path}")));
+        }
+    }
+    let (_, samples) = scrape(a.addr("admin")).await;
+    assert_eq!(
+        value(
+            &samples,
+            "sluice_cache_tier_circuit_open",
+            &[("tier", "redis")]
+        ),
+        1.0,
+        "repeated failures open the circuit"
+    );
+
+    // Restarted: filling again, and shared again.
+    redis.restart();
+    let deadline = Instant::now() + PATIENCE;
+    let mut i = 0;
+    loop {
+        let path = format!("/back/{i}");
+        assert_eq!(fetch(&a, &path).await.status, 200);
+        let stored = redis.command(&["EXISTS", &format!("sluice:http://example.com{path}")]);
+        if stored.trim() == ":1" {
+            assert!(from_l2(&until_hit(&b, &path).await));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the tier never filled again");
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Paused (DEBUG SLEEP): requests go on, answered by memory and origin.
+    let pause = common::redis::send_command(redis.port, &["DEBUG", "SLEEP", "2"])
+        .expect("send DEBUG SLEEP");
+    for i in 0..10 {
+        let path = format!("/paused/{i}");
+        for d in [&a, &b] {
+            let r = fetch(d, &path).await;
+            assert_eq!((r.status.as_u16(), r.text()), (200, format!("page {path}")));
+        }
+    }
+    let slept = common::redis::read_reply(pause).expect("DEBUG SLEEP answers");
+    assert!(slept.starts_with("+OK"), "{slept}");
 }

@@ -242,7 +242,7 @@ impl Fanout {
         loop {
             tokio::select! {
                 msg = stream.next() => match msg {
-                    Some(msg) => self.apply(msg.get_payload_bytes(), cache),
+                    Some(msg) => self.apply(msg.get_payload_bytes(), cache).await,
                     None => return,
                 },
                 _ = ping.tick() => {
@@ -255,7 +255,7 @@ impl Fanout {
         }
     }
 
-    fn apply(&self, payload: &[u8], cache: &CacheSource) {
+    async fn apply(&self, payload: &[u8], cache: &CacheSource) {
         let Some(msg) = std::str::from_utf8(payload).ok().and_then(Message::decode) else {
             tracing::warn!(channel = %self.channel, "ignored a message that is not a purge");
             return;
@@ -264,9 +264,8 @@ impl Fanout {
             return;
         }
         crate::metrics::get().cache_purges_received.inc();
-        let cache = cache();
-        let purged = purge::apply(cache.store.as_ref(), &msg.target, msg.soft);
-        tracing::info!(from = %msg.from, target = ?msg.target, soft = msg.soft, purged, "purge received");
+        tracing::info!(from = %msg.from, target = ?msg.target, soft = msg.soft, "purge received");
+        cache().purge_received(&msg.target, msg.soft).await;
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
+use super::cache_tier::{L2Config, L2Kind};
 use super::observe::Cidr;
 use super::redis::RedisEndpoint;
 use super::units::{de_duration, de_opt_size, de_size};
@@ -41,6 +42,9 @@ pub(crate) struct RawCache {
     pub targeted_fields: Vec<String>,
     #[serde(default)]
     pub purge: RawPurge,
+    /// `[cache.l2]`: the second tier, if any.
+    #[serde(default)]
+    pub l2: Option<super::cache_tier::RawL2>,
 }
 
 /// `[cache.purge]` as written.
@@ -70,6 +74,7 @@ impl Default for RawCache {
             purge_allow: Vec::new(),
             targeted_fields: d_targeted_fields(),
             purge: RawPurge::default(),
+            l2: None,
         }
     }
 }
@@ -131,6 +136,8 @@ pub struct CacheConfig {
     /// `[cache.purge] fanout`: where purges are published so that every
     /// instance applies them; `None` = this instance only.
     pub fanout: Option<FanoutConfig>,
+    /// The second tier (`[cache.l2]`), if any.
+    pub(crate) l2: Option<super::cache_tier::L2Config>,
 }
 
 /// `[cache.purge] fanout = "redis"`: purges go out on a Redis channel and
@@ -159,17 +166,20 @@ impl Default for CacheConfig {
             Vec::new(),
             vec![HeaderName::from_static("cdn-cache-control")],
             None,
+            None,
         )
     }
 }
 
 impl CacheConfig {
-    /// `raw`'s values, with `purge_allow` and `targeted_fields` parsed.
+    /// `raw`'s values, with `purge_allow`, `targeted_fields` and `l2`
+    /// validated.
     fn from_raw(
         raw: &RawCache,
         purge_allow: Vec<Cidr>,
         targeted_fields: Vec<HeaderName>,
         fanout: Option<FanoutConfig>,
+        l2: Option<super::cache_tier::L2Config>,
     ) -> CacheConfig {
         CacheConfig {
             max_size: raw.max_size,
@@ -185,6 +195,7 @@ impl CacheConfig {
             purge_allow,
             targeted_fields,
             fanout,
+            l2,
         }
     }
 }
@@ -289,16 +300,32 @@ impl Validator<'_> {
                 Err(_) => self.error(&at, format!("\"{f}\" is not a valid header name")),
             }
         }
-        let fanout = self.fanout(&raw.purge);
-        CacheConfig::from_raw(raw, purge_allow, targeted, fanout)
+        let mut l2 = self.cache_l2(raw.l2.as_ref());
+        if let Some(L2Config {
+            kind: L2Kind::Redis(r),
+            ..
+        }) = &mut l2
+        {
+            r.stale = raw.serve_stale_on_error.max(raw.stale_if_unreachable);
+        }
+        let fanout = self.fanout(&raw.purge, l2.as_ref());
+        CacheConfig::from_raw(raw, purge_allow, targeted, fanout, l2)
     }
 
-    /// `[cache.purge]`: the fan-out and the Redis it goes through.
-    fn fanout(&mut self, raw: &RawPurge) -> Option<FanoutConfig> {
+    /// `[cache.purge]`: the fan-out and the Redis it goes through. With a
+    /// Redis tier, the fan-out is on unless `fanout = "none"`, and goes
+    /// through the tier's Redis and `key_prefix` unless the table names
+    /// others.
+    fn fanout(&mut self, raw: &RawPurge, l2: Option<&L2Config>) -> Option<FanoutConfig> {
         let table = [Seg::Key("cache"), Seg::Key("purge")];
         let at = |k| [Seg::Key("cache"), Seg::Key("purge"), Seg::Key(k)];
-        let redis = match raw.fanout.as_deref() {
-            None | Some("none") => {
+        let tier = match l2.map(|l| &l.kind) {
+            Some(L2Kind::Redis(r)) => Some(r),
+            _ => None,
+        };
+        match (raw.fanout.as_deref(), tier) {
+            (Some("redis"), _) | (None, Some(_)) => {}
+            (None | Some("none"), _) => {
                 for (key, set) in [
                     ("url", raw.url.is_some()),
                     ("cluster", !raw.cluster.is_empty()),
@@ -310,31 +337,32 @@ impl Validator<'_> {
                 }
                 return None;
             }
-            Some("redis") => self.redis_endpoint(&table, raw.url.as_deref(), &raw.cluster),
-            Some(other) => {
+            (Some(other), _) => {
                 self.error(
                     &at("fanout"),
                     format!("\"{other}\" is not a fan-out; use \"redis\" or \"none\""),
                 );
                 return None;
             }
-        };
-        let Some(redis) = redis else {
-            if raw.url.is_none() && raw.cluster.is_empty() {
+        }
+        let redis = if raw.url.is_none() && raw.cluster.is_empty() {
+            let Some(tier) = tier else {
                 self.error(
                     &at("fanout"),
-                    "\"redis\" needs url or cluster in [cache.purge]",
+                    "\"redis\" needs url or cluster here (or a [cache.l2] of kind = \"redis\")",
                 );
-            }
-            return None;
+                return None;
+            };
+            tier.endpoint.clone()
+        } else {
+            self.redis_endpoint(&table, raw.url.as_deref(), &raw.cluster)?
         };
-        Some(FanoutConfig {
-            redis,
-            key_prefix: raw
-                .key_prefix
-                .clone()
-                .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string()),
-        })
+        let key_prefix = raw
+            .key_prefix
+            .clone()
+            .or_else(|| tier.map(|t| t.key_prefix.clone()))
+            .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string());
+        Some(FanoutConfig { redis, key_prefix })
     }
 
     /// A route's cache settings: `None` unless it sets `cache = true`.

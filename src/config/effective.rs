@@ -68,7 +68,6 @@ fn limits_table(l: &Limits) -> toml::Table {
 
 /// `[cache.purge]`, with any Redis password redacted.
 fn purge_table(c: &Config) -> toml::Table {
-    use crate::config::{redact_url, RedisEndpoint};
     let Some(f) = &c.cache.fanout else {
         return table([("fanout", string("none"))]);
     };
@@ -76,14 +75,20 @@ fn purge_table(c: &Config) -> toml::Table {
         ("fanout", string("redis")),
         ("key_prefix", string(&f.key_prefix)),
     ]);
-    match &f.redis {
+    redis_keys(&mut t, &f.redis);
+    t
+}
+
+/// `url` or `cluster`, passwords redacted.
+fn redis_keys(t: &mut toml::Table, endpoint: &crate::config::RedisEndpoint) {
+    use crate::config::{redact_url, RedisEndpoint};
+    match endpoint {
         RedisEndpoint::Single(url) => t.insert("url".into(), string(redact_url(url))),
         RedisEndpoint::Cluster(nodes) => t.insert(
             "cluster".into(),
             toml::Value::Array(nodes.iter().map(|n| string(redact_url(n))).collect()),
         ),
     };
-    t
 }
 
 fn pool_table(p: &PoolConfig) -> toml::Table {
@@ -500,6 +505,9 @@ pub(crate) fn effective_toml(c: &Config) -> String {
     if let Some(Value::Table(cache_table)) = root.get_mut("cache") {
         cache_table.insert("purge".into(), Value::Table(purge_table(c)));
     }
+    if let (Some(l2), Some(Value::Table(t))) = (&cache.l2, root.get_mut("cache")) {
+        t.insert("l2".into(), Value::Table(cache_l2(l2)));
+    }
     let z = &c.compression;
     root.insert(
         "compression".into(),
@@ -525,6 +533,27 @@ pub(crate) fn effective_toml(c: &Config) -> String {
         ])),
     );
     toml::to_string(&root).unwrap_or_else(|e| format!("# cannot render the config: {e}\n"))
+}
+
+/// `[cache.l2]`: the kind's own keys and the shared ones.
+fn cache_l2(l2: &crate::config::L2Config) -> toml::Table {
+    let mut t = table([
+        ("kind", string(l2.kind.name())),
+        ("max_object_size", int(l2.max_object_size)),
+        ("store_queue", int(l2.store_queue as u64)),
+    ]);
+    match &l2.kind {
+        crate::config::L2Kind::Disk(d) => {
+            t.insert("path".into(), string(d.path.display().to_string()));
+            t.insert("max_size".into(), int(d.max_size));
+        }
+        crate::config::L2Kind::Redis(r) => {
+            redis_keys(&mut t, &r.endpoint);
+            t.insert("timeout".into(), duration(r.timeout));
+            t.insert("key_prefix".into(), string(&r.key_prefix));
+        }
+    }
+    t
 }
 
 #[cfg(test)]

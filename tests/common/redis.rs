@@ -22,13 +22,24 @@ fn free_port() -> u16 {
 /// Sends one command in RESP and returns the raw reply (what one read
 /// gives; enough for the short replies the helpers ask for).
 pub fn redis_command(port: u16, args: &[&str]) -> std::io::Result<String> {
+    read_reply(send_command(port, args)?)
+}
+
+/// Sends one command without waiting for its reply (read it later with
+/// [`read_reply`]): for commands that block the server, like `DEBUG SLEEP`.
+pub fn send_command(port: u16, args: &[&str]) -> std::io::Result<TcpStream> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = format!("*{}\r\n", args.len());
     for a in args {
         req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
     }
     stream.write_all(req.as_bytes())?;
+    Ok(stream)
+}
+
+/// The reply to a command sent with [`send_command`].
+pub fn read_reply(mut stream: TcpStream) -> std::io::Result<String> {
     let mut buf = vec![0; 64 * 1024];
     let n = stream.read(&mut buf)?;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
@@ -78,6 +89,7 @@ impl Redis {
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
+            .args(["--enable-debug-command", "local"])
             .arg("--dir")
             .arg(self.dir.path());
         if let Some(bus) = self.cluster_port {
