@@ -795,6 +795,15 @@ pub async fn h1(addr: SocketAddr, req: Request<TestBody>) -> Reply {
     collect(resp).await
 }
 
+/// `POST path` to the daemon's admin listener (a purge, a reload).
+pub async fn admin_post(d: &Daemon, path: &str) -> Reply {
+    h1(
+        d.addr("admin"),
+        request(Method::POST, path, "admin", empty()),
+    )
+    .await
+}
+
 /// `GET path` with `Host: localhost` over HTTP/1.1.
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     h1(addr, request(Method::GET, path, "localhost", empty())).await
