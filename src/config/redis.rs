@@ -113,6 +113,53 @@ mod tests {
         assert_eq!(redact_url("redis://h:1/2"), "redis://h:1/2");
     }
 
+    const BASE: &str = r#"
+[[listener]]
+name = "http"
+listen = "127.0.0.1:8080"
+
+[[route]]
+pool = "app"
+cache = true
+
+[pool.app]
+servers = [ { addr = "127.0.0.1:9001" } ]
+"#;
+
+    #[test]
+    fn a_redis_tier_has_its_defaults_and_brings_the_fanout() {
+        use crate::config::{L2Kind, RedisTierConfig};
+        use std::time::Duration;
+        let text = format!(
+            "{BASE}\n[cache]\nserve_stale_on_error = \"2h\"\n\n[cache.l2]\nkind = \"redis\"\nurl = \"redis://10.0.0.1:6379/2\"\nkey_prefix = \"shop:\"\n"
+        );
+        let c = crate::config::tests::parse(&text).unwrap();
+        let l2 = c.cache.l2.as_ref().expect("a second tier");
+        assert_eq!(l2.max_object_size, 1 << 20);
+        let L2Kind::Redis(r) = &l2.kind else {
+            panic!("{:?}", l2.kind)
+        };
+        assert_eq!(
+            *r,
+            RedisTierConfig {
+                endpoint: RedisEndpoint::Single("redis://10.0.0.1:6379/2".into()),
+                timeout: Duration::from_millis(20),
+                key_prefix: "shop:".into(),
+                stale: Duration::from_secs(7200),
+            }
+        );
+        let fanout = c.cache.fanout.expect("on with a Redis tier");
+        assert_eq!(fanout.redis, r.endpoint);
+        assert_eq!(fanout.channel(), "shop:purge");
+
+        let off = format!("{text}\n[cache.purge]\nfanout = \"none\"\n");
+        assert!(crate::config::tests::parse(&off)
+            .unwrap()
+            .cache
+            .fanout
+            .is_none());
+    }
+
     #[test]
     fn only_plain_redis_urls_pass() {
         assert!(check_url("redis://127.0.0.1:6379/0").is_ok());
