@@ -75,8 +75,6 @@ pub(crate) struct Admin {
     pub health: Arc<Health>,
     /// The config file, for `POST /reload`.
     pub config_path: PathBuf,
-    /// Where purges are published for the other instances, if anywhere.
-    pub fanout: Option<Arc<crate::cache::fanout::Fanout>>,
 }
 
 type AdminBody = Full<Bytes>;
@@ -206,11 +204,7 @@ async fn handle(admin: &Admin, client: SocketAddr, req: Request<Incoming>) -> Re
             match target {
                 Ok((target, soft)) => {
                     let mut answer = snap.cache.purge(&target, soft).await;
-                    if let Some(fanout) = &admin.fanout {
-                        let published = fanout.publish(&target, soft).await;
-                        answer.pop();
-                        answer.push_str(&format!(",\"published\":{published}}}"));
-                    }
+                    crate::cache::fanout::announce(&mut answer, &target, soft).await;
                     typed(answer + "\n", "application/json")
                 }
                 Err(why) => text(StatusCode::BAD_REQUEST, why + "\n"),

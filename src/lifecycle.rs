@@ -65,16 +65,10 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let watched = state.clone();
     crate::metrics::get().watch_upstreams(Box::new(move || watched.load().pools.clone()));
     let health = Arc::new(Health::default());
-    let fanout = state.load().config.cache.fanout.as_ref().map(|f| {
-        let fanout = Arc::new(crate::cache::fanout::Fanout::new(f));
+    if let Some(f) = &state.load().config.cache.fanout {
         let watched = state.clone();
-        tokio::spawn(
-            fanout
-                .clone()
-                .subscribe(Box::new(move || watched.load().cache.clone())),
-        );
-        fanout
-    });
+        crate::cache::fanout::start(f, Box::new(move || watched.load().cache.clone()));
+    }
 
     // Handlers go in before anything is served or "ready" is logged: until
     // then SIGHUP, SIGTERM and SIGINT would kill the process outright.
@@ -153,7 +147,6 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
             state: state.clone(),
             health: health.clone(),
             config_path: path.clone(),
-            fanout,
         });
         tokio::spawn(crate::admin::serve(socket, admin));
     }

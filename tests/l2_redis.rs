@@ -121,7 +121,13 @@ async fn metric(d: &Daemon, name: &str) -> f64 {
 async fn a_purge_sent_to_one_instance_reaches_the_others() {
     let redis = Redis::start();
     let origin = cacheable_origin().await;
-    let text = config(origin.addr, &fanout_table(&redis.url()));
+    let text = config(
+        origin.addr,
+        &format!(
+            "[cache]\npurge_allow = [\"127.0.0.1/32\"]\n{}",
+            fanout_table(&redis.url())
+        ),
+    );
     let instances: Vec<Daemon> = (0..3).map(|_| Daemon::start(&text)).collect();
     for d in &instances {
         d.wait_for_log("purge fan-out subscribed");
@@ -144,14 +150,27 @@ async fn a_purge_sent_to_one_instance_reaches_the_others() {
     until_miss(b, "/b").await;
     until_miss(c, "/b").await;
 
-    assert_eq!(metric(a, "sluice_cache_purges_published_total").await, 1.0);
-    assert_eq!(metric(c, "sluice_cache_purges_published_total").await, 1.0);
-    assert_eq!(metric(b, "sluice_cache_purges_received_total").await, 2.0);
-    assert_eq!(
-        metric(a, "sluice_cache_purges_received_total").await,
-        1.0,
-        "its own purge is not applied twice"
-    );
+    // A PURGE request on a proxy listener goes out too.
+    fetch(a, "/b").await;
+    assert!(is_hit(&fetch(a, "/b").await));
+    let method = Method::from_bytes(b"PURGE").unwrap();
+    let purge = h1(b.addr("http"), request(method, "/b", HOST, empty())).await;
+    assert_eq!(purge.text().trim(), r#"{"purged":1,"published":true}"#);
+    until_miss(a, "/b").await;
+
+    // Each published one purge and applied the two others', not its own.
+    for d in [a, b, c] {
+        assert_eq!(metric(d, "sluice_cache_purges_published_total").await, 1.0);
+        let received = scrape_until(d.addr("admin"), |s| {
+            value(s, "sluice_cache_purges_received_total", &[]) >= 2.0
+        })
+        .await
+        .1;
+        assert_eq!(
+            value(&received, "sluice_cache_purges_received_total", &[]),
+            2.0
+        );
+    }
 }
 
 #[tokio::test]

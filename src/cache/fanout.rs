@@ -1,7 +1,7 @@
 //! Purges that reach every instance (`[cache.purge] fanout = "redis"`).
 //!
-//! A purge applied here through the admin API is published on the Redis
-//! channel `<key_prefix>purge`; every instance subscribes to that channel
+//! A purge applied here through the admin API or a `PURGE` request is
+//! published on the Redis channel `<key_prefix>purge`; every instance subscribes to that channel
 //! and applies what arrives to its own cache, skipping its own messages
 //! (already applied). Redis pub/sub delivers only to those listening at the
 //! moment, so an instance whose subscription dropped may have missed
@@ -10,7 +10,7 @@
 //! In a Redis Cluster a message published on any node reaches subscribers
 //! on every node, so one connection to any seed node is enough.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -40,8 +40,36 @@ const VERSION: &str = "sluice-purge/1";
 /// Where the subscriber finds the cache to purge: the current snapshot's.
 pub(crate) type CacheSource = Box<dyn Fn() -> Arc<Cache> + Send + Sync>;
 
-/// The publishing side, shared by the admin API, and the identity that
-/// tells this instance's messages from the others'.
+/// The process's fan-out, once [`start`] ran (`[cache.purge]` is read at
+/// start only, so there is one per process).
+static INSTALLED: OnceLock<Arc<Fanout>> = OnceLock::new();
+
+/// Turns the fan-out on: purges are published from now on, and a task on
+/// the calling (control thread's) runtime subscribes and applies the other
+/// instances' purges to the cache `cache` returns.
+pub(crate) fn start(config: &FanoutConfig, cache: CacheSource) {
+    let fanout = Arc::new(Fanout::new(config));
+    if INSTALLED.set(fanout.clone()).is_ok() {
+        tokio::spawn(fanout.subscribe(cache));
+    }
+}
+
+/// Publishes a purge this instance applied (admin API or `PURGE`) when the
+/// fan-out is on, and says so in its JSON answer: `"published":true`, or
+/// `false` when Redis could not be reached.
+pub(crate) async fn announce(answer: &mut String, target: &Target, soft: bool) {
+    let Some(fanout) = INSTALLED.get() else {
+        return;
+    };
+    let published = fanout.publish(target, soft).await;
+    if answer.ends_with('}') {
+        answer.pop();
+        answer.push_str(&format!(",\"published\":{published}}}"));
+    }
+}
+
+/// The publishing side and the identity that tells this instance's
+/// messages from the others'.
 pub(crate) struct Fanout {
     config: FanoutConfig,
     channel: String,
@@ -107,7 +135,7 @@ impl Message {
 }
 
 impl Fanout {
-    pub(crate) fn new(config: &FanoutConfig) -> Fanout {
+    fn new(config: &FanoutConfig) -> Fanout {
         Fanout {
             channel: config.channel(),
             config: config.clone(),
@@ -119,7 +147,7 @@ impl Fanout {
     /// Publishes a purge this instance has applied; whether Redis took it.
     /// A failure is logged: the other instances keep their copies until
     /// they expire or are purged again.
-    pub(crate) async fn publish(&self, target: &Target, soft: bool) -> bool {
+    async fn publish(&self, target: &Target, soft: bool) -> bool {
         let payload = Message {
             from: self.me.clone(),
             target: target.clone(),
@@ -175,8 +203,8 @@ impl Fanout {
 
     /// Keeps this instance subscribed for as long as the process runs,
     /// applying each purge from another instance to the cache `cache`
-    /// returns. Spawn it once, on the control thread's runtime.
-    pub(crate) async fn subscribe(self: Arc<Self>, cache: CacheSource) {
+    /// returns.
+    async fn subscribe(self: Arc<Self>, cache: CacheSource) {
         let urls = self.config.redis.urls();
         // Set once purges may have gone by unseen: while not subscribed.
         let mut missed = false;

@@ -180,7 +180,9 @@ pub(crate) async fn purge_request(
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"soft"));
     let url = key::url_of(primary).to_string();
     let target = Target::Url(url.clone());
-    reply::json(StatusCode::OK, &cache.purge(&target, soft).await)
+    let mut answer = cache.purge(&target, soft).await;
+    super::fanout::announce(&mut answer, &target, soft).await;
+    reply::json(StatusCode::OK, &answer)
 }
 
 /// Runs a purge, logs it, and gives the JSON answer: `{"purged":N}`, with
