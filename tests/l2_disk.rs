@@ -154,6 +154,54 @@ async fn a_page_cached_before_kill_9_is_a_hit_after_restart_counting_the_downtim
 }
 
 #[tokio::test]
+async fn vary_variants_come_back_from_disk_each_to_its_own_requests() {
+    let o = Origin::serve(|req: Request<Incoming>, _| async move {
+        let lang = req
+            .headers()
+            .get("accept-language")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string();
+        Response::builder()
+            .header("cache-control", "max-age=600")
+            .header("vary", "accept-language")
+            .body(full(format!("page in {lang}")))
+            .unwrap()
+    })
+    .await;
+    let cfg = config(o.addr, "", "");
+    let d = Daemon::start(&cfg);
+    let ask = |d: &Daemon, lang: &'static str| {
+        let addr = d.addr("http");
+        async move {
+            h1(
+                addr,
+                request_with_headers(Method::GET, "/v", HOST, &[("accept-language", lang)]),
+            )
+            .await
+        }
+    };
+    ask(&d, "en").await;
+    ask(&d, "fr").await;
+    // Two variants and the Vary marker under the URL.
+    disk_objects(&d, 3.0).await;
+    let d = kill_and_restart(d, &cfg);
+    for lang in ["fr", "en"] {
+        let r = ask(&d, lang).await;
+        assert_eq!(r.text(), format!("page in {lang}"));
+        assert!(
+            status_of(&r).contains("detail=l2"),
+            "{lang}: {}",
+            status_of(&r)
+        );
+    }
+    assert_eq!(o.hits(), 2);
+    let other = ask(&d, "de").await;
+    assert_eq!(other.text(), "page in de");
+    assert_eq!(o.hits(), 3, "a variant not stored goes to the origin");
+}
+
+#[tokio::test]
 async fn a_truncated_or_altered_record_is_a_miss_never_a_short_body() {
     let o = origin().await;
     let size = 200_000;

@@ -111,7 +111,7 @@ impl Index {
     fn forget(&mut self, hash: u128) -> Option<Meta> {
         let meta = self.records.remove(&hash)?;
         self.lru.remove(&meta.used);
-        self.bytes -= meta.size;
+        self.bytes = self.bytes.saturating_sub(meta.size);
         Some(meta)
     }
 
@@ -222,7 +222,7 @@ impl DiskTier {
                 break;
             };
             if let Some(meta) = index.records.remove(&h) {
-                index.bytes -= meta.size;
+                index.bytes = index.bytes.saturating_sub(meta.size);
                 let _ = fs::remove_file(self.path_of(h));
             }
         }
@@ -521,7 +521,7 @@ impl DiskTier {
 }
 
 /// A stored body read from its file, block by block, each checked.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct FileSource {
     file: Arc<File>,
     body_offset: u64,
@@ -536,40 +536,68 @@ struct FileSource {
 impl BodySource for FileSource {
     fn open(&self, from: u64, to: u64) -> ProxyBody {
         let (tx, rx) = mpsc::channel(4);
-        let file = self.file.clone();
-        let (offset, section_len, to) = (self.body_offset, self.section_len, to.min(self.body_len));
-        let (path, tier) = (self.path.clone(), self.tier.clone());
-        runtime().spawn_blocking(move || {
-            let mut block = vec![0u8; BLOCK + 4];
-            let mut pos = from;
-            while pos < to {
-                let i = pos / BLOCK as u64;
-                let (start, stored) = record::block_span(i, section_len);
-                let buf = &mut block[..stored as usize];
-                let checked = read_exact_or_truncated(&file, buf, offset + start)
-                    .and_then(|()| record::check_block(buf).map_err(TierError::from));
-                let data = match checked {
-                    Ok(data) => data,
-                    Err(e) => {
-                        tier.metrics.failed(&e);
-                        tier.discard(&path, &file, &e);
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                };
-                let skip = (pos - i * BLOCK as u64) as usize;
-                let end = ((to - i * BLOCK as u64) as usize).min(data.len());
-                let piece = Bytes::copy_from_slice(&data[skip..end]);
-                pos += piece.len() as u64;
-                if tx.blocking_send(Ok(piece)).is_err() {
-                    return;
-                }
-            }
-        });
+        let source = Arc::new(self.clone());
+        let to = to.min(self.body_len);
+        runtime().spawn(source.stream(from, to, tx));
         http_body_util::BodyExt::boxed(FileBody {
             rx,
             left: to.saturating_sub(from),
         })
+    }
+}
+
+impl FileSource {
+    /// Sends bytes `from..to`, one checked block read at a time on the
+    /// blocking pool; waiting for a slow client holds no thread.
+    async fn stream(
+        self: Arc<Self>,
+        from: u64,
+        to: u64,
+        tx: mpsc::Sender<Result<Bytes, TierError>>,
+    ) {
+        let mut pos = from;
+        while pos < to {
+            let me = self.clone();
+            let read = runtime().spawn_blocking(move || me.block(pos, to)).await;
+            let piece = match read {
+                Ok(Ok(piece)) => piece,
+                Ok(Err(e)) => {
+                    self.tier.metrics.failed(&e);
+                    let (tier, path, file) =
+                        (self.tier.clone(), self.path.clone(), self.file.clone());
+                    let discarded = runtime().spawn_blocking(move || {
+                        tier.discard(&path, &file, &e);
+                        e
+                    });
+                    let e = discarded.await.unwrap_or(TierError::Closed);
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+                Err(_) => {
+                    let _ = tx.send(Err(TierError::Closed)).await;
+                    return;
+                }
+            };
+            pos += piece.len() as u64;
+            if tx.send(Ok(piece)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The bytes from `pos` to the end of its block (or `to`), checked.
+    fn block(&self, pos: u64, to: u64) -> Result<Bytes, TierError> {
+        let i = pos / BLOCK as u64;
+        let (start, stored) = record::block_span(i, self.section_len);
+        let mut buf = vec![0u8; stored as usize];
+        read_exact_or_truncated(&self.file, &mut buf, self.body_offset + start)?;
+        let data = record::check_block(&buf)?;
+        let skip = (pos - i * BLOCK as u64) as usize;
+        let end = ((to - i * BLOCK as u64) as usize).min(data.len());
+        data.get(skip..end)
+            .filter(|d| !d.is_empty())
+            .map(Bytes::copy_from_slice)
+            .ok_or(TierError::Record(RecordError::Truncated))
     }
 }
 

@@ -149,7 +149,7 @@ pub(crate) fn runtime() -> &'static tokio::runtime::Handle {
         .get_or_init(|| {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
-                .max_blocking_threads(16)
+                .max_blocking_threads(64)
                 .thread_name("sluice-l2")
                 .enable_all()
                 .build()
@@ -425,13 +425,13 @@ async fn drain(tier: Arc<dyn Tier>, mut jobs: mpsc::Receiver<Job>, metrics: Tier
 
 /// Bytes a spill may have waiting for the disk before it gives up (the
 /// fill never waits for the tier).
-const SPILL_QUEUE_BYTES: u64 = 8 << 20;
+const SPILL_QUEUE_BYTES: u64 = 16 << 20;
 
 /// A fill's body on its way to the tier as a stream: frames go through a
 /// bounded queue to a blocking writer. A fill that outruns the writer
 /// abandons the spill (counted as a dropped store) instead of waiting.
 pub(crate) struct Spill {
-    frames: Option<std::sync::mpsc::Sender<SpillFrame>>,
+    frames: Option<mpsc::UnboundedSender<SpillFrame>>,
     /// Bytes sent and not yet written.
     queued: Arc<std::sync::atomic::AtomicU64>,
     dropped: IntCounter,
@@ -444,39 +444,81 @@ enum SpillFrame {
     Commit,
 }
 
+/// The tier's side of a [`Spill`]: each frame written on the blocking
+/// pool, one at a time, holding no thread while it waits for the next (a
+/// slow origin must not pin the pool).
+async fn write_spill(
+    tier: Arc<dyn Tier>,
+    key: String,
+    entry: Entry,
+    mut frames: mpsc::UnboundedReceiver<SpillFrame>,
+    queued: Arc<std::sync::atomic::AtomicU64>,
+    metrics: TierMetrics,
+) {
+    let opened = runtime()
+        .spawn_blocking(move || tier.spill(&key, &entry))
+        .await;
+    let Ok(Some(mut writer)) = opened else {
+        return;
+    };
+    let mut batch = Vec::new();
+    loop {
+        // Everything queued goes in one trip to the blocking pool: frames
+        // are small, and one trip each would fall behind the network.
+        let Some(first) = frames.recv().await else {
+            return;
+        };
+        let mut commit = false;
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            match frame {
+                SpillFrame::Data(data) => batch.push(data),
+                SpillFrame::Commit => {
+                    commit = true;
+                    break;
+                }
+            }
+            next = frames.try_recv().ok();
+        }
+        let n: u64 = batch.iter().map(|d| d.len() as u64).sum();
+        let step = runtime()
+            .spawn_blocking(move || {
+                let step = batch.iter().try_for_each(|d| writer.write(d));
+                batch.clear();
+                (writer, batch, step)
+            })
+            .await;
+        queued.fetch_sub(n, Ordering::Relaxed);
+        match step {
+            Ok((w, b, Ok(()))) => {
+                writer = w;
+                batch = b;
+            }
+            Ok((_, _, Err(e))) => {
+                metrics.failed(&e);
+                return;
+            }
+            Err(_) => return,
+        }
+        if commit {
+            let committed = runtime().spawn_blocking(move || writer.commit()).await;
+            if let Ok(Err(e)) = committed {
+                metrics.failed(&e);
+            }
+            return;
+        }
+    }
+}
+
 impl Spill {
     fn start(l2: &L2, head: &Head) -> Spill {
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let written = queued.clone();
         let tier = l2.tier.clone();
         let metrics = l2.metrics.clone();
         let key = head.key.clone();
         let entry = head.entry.clone();
-        runtime().spawn_blocking(move || {
-            let Some(mut writer) = tier.spill(&key, &entry) else {
-                return;
-            };
-            for frame in rx {
-                let step = match frame {
-                    SpillFrame::Data(data) => {
-                        let step = writer.write(&data);
-                        written.fetch_sub(data.len() as u64, Ordering::Relaxed);
-                        step
-                    }
-                    SpillFrame::Commit => {
-                        if let Err(e) = writer.commit() {
-                            metrics.failed(&e);
-                        }
-                        return;
-                    }
-                };
-                if let Err(e) = step {
-                    metrics.failed(&e);
-                    return;
-                }
-            }
-        });
+        runtime().spawn(write_spill(tier, key, entry, rx, queued.clone(), metrics));
         Spill {
             frames: Some(tx),
             queued,
