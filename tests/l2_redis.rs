@@ -462,3 +462,39 @@ async fn redis_stopped_paused_or_holding_garbage_costs_no_client_an_error() {
     let slept = common::redis::read_reply(pause).expect("DEBUG SLEEP answers");
     assert!(slept.starts_with("+OK"), "{slept}");
 }
+
+/// A soft purge rewrites the copy in Redis as stale (keeping it): an
+/// instance that reads it from there does not serve it as fresh, and goes
+/// back to the origin.
+#[tokio::test]
+async fn a_soft_purge_leaves_the_redis_copy_stale() {
+    let redis = Redis::start();
+    let origin = cacheable_origin().await;
+    let text = config(
+        origin.addr,
+        &tier_table(&format!("url = \"{}\"", redis.url())),
+    );
+    let a = Daemon::start(&text);
+    a.wait_for_log("cache tier connected to Redis");
+    fetch(&a, "/soft").await;
+    until_keys(|| redis.dbsize(), 2);
+
+    let purge = admin_post(
+        &a,
+        "/cache/purge?url=http%3A%2F%2Fexample.com%2Fsoft&soft=true",
+    )
+    .await;
+    let answer = purge.text();
+    assert!(
+        answer.contains("\"soft\":true") && answer.contains("\"l2_purged\":1"),
+        "{answer}"
+    );
+    assert_eq!(redis.dbsize(), 2, "kept, not removed");
+
+    let b = Daemon::start(&text);
+    b.wait_for_log("cache tier connected to Redis");
+    let r = fetch(&b, "/soft").await;
+    assert_eq!(r.status, 200);
+    assert!(!is_hit(&r), "{:?}", r.header("cache-status"));
+    assert_eq!(origin.hits(), 2, "the stale copy was not served as fresh");
+}
