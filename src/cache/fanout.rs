@@ -1,9 +1,10 @@
 //! Purges that reach every instance (`[cache.purge] fanout = "redis"`).
 //!
 //! A purge applied here through the admin API or a `PURGE` request is
-//! published on the Redis channel `<key_prefix>purge`; every instance subscribes to that channel
-//! and applies what arrives to its own cache, skipping its own messages
-//! (already applied). Redis pub/sub delivers only to those listening at the
+//! published on the Redis channel `<key_prefix>purge`; every instance
+//! subscribes to that channel and applies what arrives to its own memory
+//! and disk tiers (a shared Redis tier was purged by the sender), skipping
+//! its own messages (already applied). Redis pub/sub delivers only to those listening at the
 //! moment, so an instance whose subscription dropped may have missed
 //! purges: when it subscribes again it empties its memory tier, says so in
 //! the log and counts it in `sluice_cache_purge_resubscribe_flushes_total`.
