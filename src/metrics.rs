@@ -104,6 +104,10 @@ pub struct Metrics {
     pub cache_purges_received: IntCounter,
     pub cache_purge_resubscribe_flushes: IntCounter,
     pub cache_tier_lookups: IntCounterVec,
+    /// `cache_tier_lookups{tier="memory"}` for `hit` and `miss`, resolved
+    /// once: every cached request counts one, and a labelled lookup costs
+    /// a hash of the labels.
+    pub cache_memory_lookups: [IntCounter; 2],
     pub cache_tier_duration: HistogramVec,
     pub cache_tier_store_dropped: IntCounterVec,
     pub cache_tier_bytes: IntGaugeVec,
@@ -147,6 +151,11 @@ fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
 
 impl Metrics {
     fn new() -> Metrics {
+        let tier_lookups = counter_vec(
+            "sluice_cache_tier_lookups_total",
+            "Cache lookups per tier (memory, then the second tier), by result.",
+            &["tier", "result"],
+        );
         let m = Metrics {
             registry: Registry::new(),
             requests: PerWorker::new(|| {
@@ -243,11 +252,11 @@ impl Metrics {
                 "Times the memory tier was emptied because the purge subscription was lost (purges may have been missed).",
             )
             .expect("valid metric"),
-            cache_tier_lookups: counter_vec(
-                "sluice_cache_tier_lookups_total",
-                "Cache lookups per tier (memory, then the second tier), by result.",
-                &["tier", "result"],
-            ),
+            cache_tier_lookups: tier_lookups.clone(),
+            cache_memory_lookups: [
+                tier_lookups.with_label_values(&["memory", "hit"]),
+                tier_lookups.with_label_values(&["memory", "miss"]),
+            ],
             cache_tier_duration: histogram_vec(
                 "sluice_cache_tier_duration_seconds",
                 "Time a second-tier lookup took, hit or miss.",

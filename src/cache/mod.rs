@@ -401,10 +401,7 @@ impl Cache {
         let now = SystemTime::now();
         let mut found = self.find(&req.primary, req.head);
         let memory_hit = found.entry.is_some();
-        crate::metrics::get()
-            .cache_tier_lookups
-            .with_label_values(&["memory", if memory_hit { "hit" } else { "miss" }])
-            .inc();
+        crate::metrics::get().cache_memory_lookups[usize::from(!memory_hit)].inc();
         let mut from_l2 = None;
         if let (false, Some(l2)) = (memory_hit, &self.l2) {
             let (l2_found, streamed) = self.find_l2(l2, &req.primary, req.head, found).await;
