@@ -132,9 +132,14 @@ pub(crate) async fn handle(
         request_id: Some(request_id.clone()),
         ..Default::default()
     };
+    let grpc = crate::grpc::is_call(req.headers());
     let mut resp = respond_to(&snap, &conn, client, req, &mut outcome)
         .instrument(span)
         .await;
+    if grpc {
+        // sluice's own errors, in the shape a gRPC client reads.
+        resp = crate::grpc::answer(resp);
+    }
     crate::request_id::stamp(resp.headers_mut(), request_id);
     Ok(record.finish(snap, outcome, resp))
 }
@@ -298,7 +303,11 @@ async fn routed(
         (Some(client), Some(token)) => Some(Upgrade { client, token }),
         _ => None,
     };
-    let route_config = snap.config.routes.get(route.index);
+    // A gRPC call is never cached or compressed: its messages are framed
+    // (and compressed, if at all) by gRPC itself, and its outcome is in
+    // trailers that a stored copy would not replay.
+    let grpc = crate::grpc::is_call(&parts.headers);
+    let route_config = snap.config.routes.get(route.index).filter(|_| !grpc);
     // With `compress = true` the response is compressed (or decoded) for
     // this client on its way out, whoever produced it.
     let compression = route_config
@@ -533,6 +542,11 @@ impl Forward {
         if received >= Version::HTTP_2 {
             headers::join_cookies(&mut head);
         }
+        if crate::grpc::is_call(&head) {
+            // Hop-by-hop, but gRPC servers require it: it says the client
+            // reads trailers, and sluice passes them on.
+            head.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         headers::add_forwarding(
             &mut head,
             headers::Hops {
@@ -628,6 +642,9 @@ async fn attempts(
         proxied,
     } = req;
     let request_id = RequestId(outcome.request_id.clone());
+    // A gRPC call's own deadline, when it has one: it bounds every attempt
+    // (the pool's response_timeout still applies when it is shorter).
+    let deadline = crate::grpc::timeout(&head).map(|t| tokio::time::Instant::now() + t);
     let has_body = incoming.as_ref().is_some_and(|b| !b.is_end_stream());
     let idempotent = headers::is_idempotent(&method) && !has_body;
     let pick = pick_context(&pool.config, client_ip, &head, &path_and_query);
@@ -709,10 +726,20 @@ async fn attempts(
         }
 
         let sent = pool.send(member.addr, up, sent_rx, proxied);
-        match outcome
-            .attempt(snap, pool_index, &pool.name, member.addr, sent)
-            .await
-        {
+        let attempt = outcome.attempt(snap, pool_index, &pool.name, member.addr, sent);
+        let result = match deadline {
+            None => attempt.await,
+            Some(at) => match tokio::time::timeout_at(at, attempt).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // The client's deadline, not the member's failure: not
+                    // reported for ejection, and nothing is left to retry.
+                    tracing::debug!(pool = %pool.name, member = %member.addr, "gRPC deadline passed");
+                    return Err(Refusal::UpstreamTimedOut);
+                }
+            },
+        };
+        match result {
             Ok(mut resp) => {
                 let status = resp.status();
                 pool.report(&member, Outcome::Response(status.as_u16()));

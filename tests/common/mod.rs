@@ -591,6 +591,34 @@ pub fn change(member: SocketAddr, from: &str, to: &str) -> String {
     format!("member={member} from={from} to={to}")
 }
 
+/// `GET /upstreams` on the admin listener, parsed.
+pub async fn upstreams(admin: SocketAddr) -> serde_json::Value {
+    let r = h1(
+        admin,
+        request(Method::GET, "/upstreams", "localhost", empty()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
+}
+
+/// The member object for `addr` in pool `app`.
+pub fn member(v: &serde_json::Value, addr: SocketAddr) -> serde_json::Value {
+    let pool = v["pools"]
+        .as_array()
+        .expect("pools")
+        .iter()
+        .find(|p| p["name"] == "app")
+        .unwrap_or_else(|| panic!("no pool app: {v}"));
+    pool["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["addr"] == addr.to_string().as_str())
+        .unwrap_or_else(|| panic!("no member {addr}: {v}"))
+        .clone()
+}
+
 // ---------------------------------------------------------------- configs --
 
 /// A config with one plain listener `http` on an ephemeral port, one route
