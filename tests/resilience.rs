@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use http::{Method, Response};
+use http::Response;
 use http_body_util::BodyExt;
 use serde_json::Value;
 
