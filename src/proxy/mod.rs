@@ -645,6 +645,14 @@ async fn attempts(
     // A gRPC call's own deadline, when it has one: it bounds every attempt
     // (the pool's response_timeout still applies when it is shorter).
     let deadline = crate::grpc::timeout(&head).map(|t| tokio::time::Instant::now() + t);
+    // A gRPC call's request stream may rest between messages for as long
+    // as the call lasts (a bidirectional chat, a subscription): it is not
+    // an upload, and min_body_rate would cut it off.
+    let min_body_rate = if crate::grpc::is_call(&head) {
+        0
+    } else {
+        limits.min_body_rate
+    };
     let has_body = incoming.as_ref().is_some_and(|b| !b.is_end_stream());
     let idempotent = headers::is_idempotent(&method) && !has_body;
     let pick = pick_context(&pool.config, client_ip, &head, &path_and_query);
@@ -696,7 +704,7 @@ async fn attempts(
         let body = if let Some(slot) = &incoming {
             let b = MinRateBody::new(
                 Reclaimable::new(slot),
-                limits.min_body_rate,
+                min_body_rate,
                 limits.body_rate_grace,
                 too_slow.clone(),
             );
