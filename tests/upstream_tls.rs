@@ -1,6 +1,6 @@
 //! TLS and mTLS to upstreams (`[pool.NAME.tls]`) through the real daemon,
 //! in front of real TLS origins on 127.0.0.1: verification against `ca`,
-//! SNI, ALPN (only `http/1.1` for now), client certificates, `verify =
+//! SNI, ALPN (`h2` picked means HTTP/2 to the member), client certificates, `verify =
 //! false`, session resumption, failed handshakes as connect failures
 //! (retried, ejected, counted in `sluice_upstream_tls_errors_total`),
 //! health checks over TLS, and `--check` on the files.
@@ -26,7 +26,8 @@ struct Handshake {
     resumed: bool,
 }
 
-/// An HTTP/1.1 origin behind TLS, answering `tls origin <port>`.
+/// An origin behind TLS answering `tls origin <port>` in HTTP/1.1 or
+/// HTTP/2, whichever ALPN picked, with the version in `x-version`.
 struct TlsOrigin {
     addr: SocketAddr,
     handshakes: Arc<Mutex<Vec<Handshake>>>,
@@ -150,16 +151,20 @@ async fn tls_origin_with(
                 let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                     hits.lock().unwrap().push(req.uri().path().to_string());
                     notify.notify_waiters();
+                    let version = format!("{:?}", req.version());
                     async move {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(full(format!(
-                            "tls origin {}",
-                            addr.port()
-                        ))))
+                        let mut resp =
+                            http::Response::new(full(format!("tls origin {}", addr.port())));
+                        resp.headers_mut()
+                            .insert("x-version", version.parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
             });
         }
     });
@@ -218,7 +223,7 @@ async fn tls_errors(d: &Daemon, member: SocketAddr, reason: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verified_upstream_gets_sni_http11_and_resumes_sessions() {
+async fn verified_upstream_gets_sni_and_h2_by_alpn_and_resumes_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new();
     let ca = pki.write_ca(dir.path(), "ca");
@@ -239,13 +244,13 @@ async fn verified_upstream_gets_sni_http11_and_resumes_sessions() {
         let r = get(d.addr("http"), "/x").await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.text(), format!("tls origin {}", origin.addr.port()));
+        assert_eq!(r.header("x-version"), Some("HTTP/2.0"));
     }
     let seen = origin.handshakes();
     assert_eq!(seen.len(), 3, "{seen:?}");
     for h in &seen {
         assert_eq!(h.sni.as_deref(), Some("api.internal"), "{seen:?}");
-        // h2 to upstreams is not there yet: only http/1.1 is offered.
-        assert_eq!(h.alpn.as_deref(), Some(&b"http/1.1"[..]), "{seen:?}");
+        assert_eq!(h.alpn.as_deref(), Some(&b"h2"[..]), "{seen:?}");
     }
     assert!(!seen[0].resumed, "{seen:?}");
     assert!(
@@ -465,7 +470,7 @@ fn at(text: &str, needle: &str) -> String {
 }
 
 #[test]
-fn check_reports_a_missing_ca_a_mismatched_pair_and_an_alpn_without_http11() {
+fn check_reports_a_missing_ca_a_mismatched_pair_and_an_unknown_alpn_protocol() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new();
     let (cert, _) = pki.issue(dir.path(), "one", &["sluice.client"]);
@@ -476,7 +481,7 @@ fn check_reports_a_missing_ca_a_mismatched_pair_and_an_alpn_without_http11() {
         &[addr],
         "",
         &format!(
-            "ca = '{}'\ncert = '{}'\nkey = '{}'\nalpn = [\"h2\"]",
+            "ca = '{}'\ncert = '{}'\nkey = '{}'\nalpn = [\"h3\"]",
             missing.display(),
             cert.display(),
             other_key.display()
@@ -498,9 +503,9 @@ fn check_reports_a_missing_ca_a_mismatched_pair_and_an_alpn_without_http11() {
             "does not match certificate",
         ),
         (
-            "[\"h2\"]".to_string(),
+            "[\"h3\"]".to_string(),
             "pool.app.tls.alpn",
-            "h2 to upstreams is not supported yet",
+            "unknown protocol \"h3\"",
         ),
     ] {
         let prefix = format!("{file}:{}: {key}: ", at(&text, &needle));

@@ -122,6 +122,7 @@ fn pool_table(p: &PoolConfig) -> toml::Table {
             "send_proxy_protocol",
             string(p.send_proxy_protocol.as_str()),
         ),
+        ("protocol", string(p.protocol.as_str())),
     ]);
     match p.policy {
         crate::config::Policy::Hash => {

@@ -37,7 +37,7 @@ pub(crate) use observe::{AdminConfig, Cidr, LogConfig, LogFormat};
 pub use pools::Policy;
 pub(crate) use pools::{
     HashKey, HealthConfig, HealthKind, OutlierConfig, PoolConfig, ResolverConfig, RetryOn,
-    SendProxy, ServerAddr, ServerEntry, StickyConfig, UpstreamTlsConfig,
+    SendProxy, ServerAddr, ServerEntry, StickyConfig, UpstreamProtocol, UpstreamTlsConfig,
 };
 pub use routes::RouteConfig;
 pub(crate) use routes::{RateKey, RateLimitConfig};

@@ -71,6 +71,25 @@ impl fmt::Display for HashKey {
     }
 }
 
+/// `protocol`: how a pool speaks to its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over plain TCP; over TLS, what the member picks by ALPN.
+    #[default]
+    Auto,
+    /// HTTP/2 by prior knowledge over plain TCP.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Auto => "auto",
+            UpstreamProtocol::H2c => "h2c",
+        }
+    }
+}
+
 /// `send_proxy_protocol`: whether each upstream connection starts with a
 /// PROXY header naming the client, and in which version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -152,6 +171,8 @@ pub struct PoolConfig {
     /// Not `Off`: every request gets a new connection that starts with a
     /// PROXY header (connections are never shared between clients).
     pub send_proxy_protocol: SendProxy,
+    /// `protocol`: HTTP/1.1 or ALPN's pick, or h2c.
+    pub protocol: UpstreamProtocol,
     /// `[pool.NAME.tls]`: TLS (and mTLS) to every member.
     pub tls: Option<UpstreamTlsConfig>,
 }
@@ -535,6 +556,24 @@ impl Validator<'_> {
                     SendProxy::Off
                 }
             };
+            let protocol = match p.protocol.as_deref() {
+                None | Some("auto") => UpstreamProtocol::Auto,
+                Some("h2c") if p.tls.is_some() => {
+                    self.error(
+                        &at("protocol"),
+                        "h2c is HTTP/2 over plain TCP, but this pool has [tls]; over TLS, h2 is chosen by ALPN (tls.alpn)",
+                    );
+                    UpstreamProtocol::Auto
+                }
+                Some("h2c") => UpstreamProtocol::H2c,
+                Some(other) => {
+                    self.error(
+                        &at("protocol"),
+                        format!("unknown value \"{other}\"; use \"auto\" or \"h2c\""),
+                    );
+                    UpstreamProtocol::Auto
+                }
+            };
             out.push(PoolConfig {
                 name: name.clone(),
                 policy,
@@ -559,6 +598,7 @@ impl Validator<'_> {
                 health,
                 outlier,
                 send_proxy_protocol,
+                protocol,
                 tls: p.tls.as_ref().map(|t| self.upstream_tls(name, t)),
             });
         }
@@ -624,12 +664,6 @@ impl Validator<'_> {
                     format!("unknown protocol \"{p}\"; use \"h2\" or \"http/1.1\""),
                 );
             }
-        }
-        if !t.alpn.is_empty() && !t.alpn.iter().any(|p| p == "http/1.1") {
-            self.error(
-                &at("alpn"),
-                "h2 to upstreams is not supported yet: include \"http/1.1\"",
-            );
         }
         UpstreamTlsConfig {
             server_name: t.server_name.clone(),

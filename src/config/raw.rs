@@ -181,6 +181,7 @@ pub(crate) struct RawPool {
     #[serde(default = "d_30s", deserialize_with = "de_duration")]
     pub resolve_interval: Duration,
     pub send_proxy_protocol: Option<String>,
+    pub protocol: Option<String>,
     /// `[pool.NAME.health]`: active checks; absent = none.
     pub health: Option<RawHealth>,
     /// `[pool.NAME.outlier]`: passive ejection, on by default.

@@ -1,43 +1,219 @@
-//! The pools' connector: hyper-util's `HttpConnector`, with connections that
-//! can be closed from outside.
+//! One connection to a member: TCP (with an optional PROXY header first),
+//! TLS over it when the pool has `[pool.NAME.tls]`, then the HTTP handshake
+//! for the protocol the pool speaks: HTTP/2 when the member picked `h2` by
+//! ALPN or the pool says `protocol = "h2c"`, HTTP/1.1 otherwise.
+//! `connect_timeout` covers TCP and the TLS handshake.
 //!
-//! Every response carries a [`CloseHandle`] for the connection it came on
-//! (through hyper-util's connection extras). When sluice refuses a response
-//! head whose framing is ambiguous (see [`crate::framing::check_response_head`]),
-//! it closes the connection with it: from then on the connection fails
-//! every read and write, so hyper drops it instead of returning it to the
-//! pool, even when it has already buffered the whole message and whatever
-//! the member sent after it.
-//!
-//! [`send_once`] is the other way to a member, for pools that send PROXY
-//! headers: one request on a new connection that starts with the header,
-//! never pooled.
-//!
-//! For a pool with `[pool.NAME.tls]`, both wrap the TCP connection in TLS
-//! ([`super::tls`]); the request URI stays `http://member`, the pool's
-//! config decides. `connect_timeout` covers TCP and the TLS handshake.
+//! An HTTP/1.1 connection can be closed from outside with its
+//! [`CloseHandle`]: when sluice refuses a response head whose framing is
+//! ambiguous (see [`crate::framing::check_response_head`]), it closes the
+//! connection with it, so that neither that message nor anything the member
+//! sent after it is read as a response, even what hyper already buffered.
 
-use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use http::Uri;
+use http_body::Body;
+use hyper::client::conn::{http1, http2};
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::body::{BoxError, ProxyBody};
+use crate::body::BoxError;
+use crate::config::UpstreamProtocol;
 
 use super::pool::UpstreamError;
 use super::tls::UpstreamTls;
 
-/// Closes one upstream connection; found in the extensions of every
-/// response the pool's client returns.
+/// The most an upstream HTTP/1.1 connection buffers of what it reads: a
+/// response head must fit (64 KiB, as much as a client request head may
+/// be), and a body is read no further ahead than this of a client that
+/// reads slowly (hyper's default, 400 KiB, costs that much per slow
+/// client).
+pub(crate) const UPSTREAM_READ_BUF: usize = 64 << 10;
+
+/// HTTP/2 flow-control windows towards members: how much one stream (and
+/// all streams of a connection) may have in flight unread. hyper's client
+/// defaults (2 MiB and 5 MiB) would let one stalled client pin megabytes;
+/// these match the HTTP/1.1 read buffer's reach while keeping a fast
+/// stream's throughput on a low-latency link.
+const H2_STREAM_WINDOW: u32 = 256 << 10;
+const H2_CONNECTION_WINDOW: u32 = 1 << 20;
+
+/// A ready-to-use connection's sending half, by protocol.
+pub(crate) enum Sender<B> {
+    H1 {
+        send: http1::SendRequest<B>,
+        close: CloseHandle,
+    },
+    H2(http2::SendRequest<B>),
+}
+
+/// Makes connections to one pool's members.
+#[derive(Debug, Clone)]
+pub(crate) struct Connector {
+    pub connect_timeout: Duration,
+    pub tls: Option<Arc<UpstreamTls>>,
+    pub protocol: UpstreamProtocol,
+}
+
+impl Connector {
+    /// A new connection to `addr` that starts with `preamble` (a PROXY
+    /// header, or nothing), handshaken for the pool's protocol. Failures
+    /// before any request byte went out are connect failures.
+    pub(crate) async fn connect<B>(
+        &self,
+        addr: SocketAddr,
+        preamble: &[u8],
+    ) -> Result<Sender<B>, UpstreamError>
+    where
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let stream = self.stream(addr, preamble, deadline).await?;
+        let h2 = match &stream {
+            Stream::Plain(_) => self.protocol == UpstreamProtocol::H2c,
+            Stream::Tls(tls) => tls.io.inner().get_ref().1.alpn_protocol() == Some(b"h2"),
+        };
+        let failed = |e: hyper::Error| {
+            self.refused_by_tls(addr, &e)
+                .unwrap_or_else(|| UpstreamError::Connect {
+                    addr,
+                    reason: format!("HTTP handshake: {e}"),
+                })
+        };
+        if h2 {
+            let (send, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .max_header_list_size(UPSTREAM_READ_BUF as u32)
+                .handshake(stream)
+                .await
+                .map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(member = %addr, error = %e, "upstream h2 connection ended with an error");
+                }
+            });
+            return Ok(Sender::H2(send));
+        }
+        let closed = Arc::new(AtomicBool::new(false));
+        let io = Closable {
+            inner: stream,
+            closed: closed.clone(),
+        };
+        let (send, conn) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_READ_BUF)
+            .handshake(io)
+            .await
+            .map_err(failed)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(member = %addr, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(Sender::H1 {
+            send,
+            close: CloseHandle(closed),
+        })
+    }
+
+    /// A TLS alert from the member behind `e` (counted where it was
+    /// read, see [`TlsIo`]), as a connect failure: in TLS 1.3 a member that
+    /// refuses our client certificate says so only after the client's side
+    /// of the handshake is done, on the first read, and such a member has
+    /// seen no request.
+    pub(crate) fn refused_by_tls(
+        &self,
+        addr: SocketAddr,
+        e: &(dyn std::error::Error + 'static),
+    ) -> Option<UpstreamError> {
+        self.tls.as_ref()?;
+        let mut source = Some(e);
+        while let Some(s) = source {
+            let typed = s
+                .downcast_ref::<io::Error>()
+                .and_then(super::tls::rustls_error);
+            // HTTP/2 keeps an IO error's kind and text only.
+            let alert = match typed {
+                Some(alert @ rustls::Error::AlertReceived(_)) => Some(alert.to_string()),
+                _ => s
+                    .downcast_ref::<h2::Error>()
+                    .filter(|h2| h2.is_io())
+                    .map(ToString::to_string)
+                    .filter(|text| text.contains("received fatal alert")),
+            };
+            if let Some(alert) = alert {
+                return Some(UpstreamError::Connect {
+                    addr,
+                    reason: format!("TLS: {alert}"),
+                });
+            }
+            source = s.source();
+        }
+        None
+    }
+
+    /// TCP, the preamble, and TLS when the pool has it, by `deadline`.
+    pub(crate) async fn stream(
+        &self,
+        addr: SocketAddr,
+        preamble: &[u8],
+        deadline: tokio::time::Instant,
+    ) -> Result<Stream, UpstreamError> {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+            Err(_) => return Err(UpstreamError::ConnectTimeout { addr }),
+            Ok(Err(e)) => {
+                return Err(UpstreamError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })
+            }
+            Ok(Ok(tcp)) => tcp,
+        };
+        let _ = tcp.set_nodelay(true);
+        if !preamble.is_empty() {
+            // Nothing of the request has been sent yet: a failure here is
+            // still a failure to connect, as far as retries are concerned.
+            tcp.write_all(preamble)
+                .await
+                .map_err(|e| UpstreamError::Connect {
+                    addr,
+                    reason: format!("sending the PROXY header: {e}"),
+                })?;
+        }
+        let Some(tls) = &self.tls else {
+            return Ok(Stream::Plain(TokioIo::new(tcp)));
+        };
+        match tls.handshake(addr, tcp, deadline).await {
+            Ok(stream) => Ok(Stream::Tls(Box::new(TlsIo {
+                io: TokioIo::new(stream),
+                tls: tls.clone(),
+                addr,
+            }))),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                Err(UpstreamError::ConnectTimeout { addr })
+            }
+            Err(e) => Err(UpstreamError::Connect {
+                addr,
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Closes one upstream HTTP/1.1 connection; found in the extensions of
+/// every response that came on one.
 #[derive(Debug, Clone)]
 pub(crate) struct CloseHandle(Arc<AtomicBool>);
 
@@ -48,44 +224,20 @@ impl CloseHandle {
     }
 }
 
-/// An `HttpConnector` whose connections are [`Closable`], over TLS when
-/// the pool has it.
-#[derive(Debug, Clone)]
-pub(crate) struct ClosableConnector {
-    inner: HttpConnector,
-    tls: Option<Arc<UpstreamTls>>,
-    connect_timeout: std::time::Duration,
-}
-
-impl ClosableConnector {
-    pub(crate) fn new(
-        inner: HttpConnector,
-        tls: Option<Arc<UpstreamTls>>,
-        connect_timeout: std::time::Duration,
-    ) -> ClosableConnector {
-        ClosableConnector {
-            inner,
-            tls,
-            connect_timeout,
-        }
-    }
-}
-
 /// A connection to a member: plain TCP, or TLS over it.
 #[derive(Debug)]
 pub(crate) enum Stream {
     Plain(TokioIo<TcpStream>),
     /// Boxed: a TLS stream is over a kilobyte, plain TCP a few words.
-    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+    Tls(Box<TlsIo>),
 }
 
-impl Connection for Stream {
-    fn connected(&self) -> Connected {
-        match self {
-            Stream::Plain(io) => io.connected(),
-            Stream::Tls(io) => io.inner().get_ref().0.connected(),
-        }
-    }
+/// A TLS connection to a member, which counts the alert that ends it.
+#[derive(Debug)]
+pub(crate) struct TlsIo {
+    io: TokioIo<TlsStream<TcpStream>>,
+    tls: Arc<UpstreamTls>,
+    addr: SocketAddr,
 }
 
 impl Read for Stream {
@@ -96,7 +248,19 @@ impl Read for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(io) => Pin::new(io).poll_read(cx, buf),
-            Stream::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+            Stream::Tls(t) => {
+                let read = Pin::new(&mut t.io).poll_read(cx, buf);
+                if let Poll::Ready(Err(e)) = &read {
+                    // Counted here, where the error still has its type:
+                    // over HTTP/2 only its text gets further.
+                    if let Some(alert @ rustls::Error::AlertReceived(_)) =
+                        super::tls::rustls_error(e)
+                    {
+                        t.tls.count(t.addr, super::tls::Reason::of(alert));
+                    }
+                }
+                read
+            }
         }
     }
 }
@@ -109,7 +273,7 @@ impl Write for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(io) => Pin::new(io).poll_write(cx, buf),
-            Stream::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+            Stream::Tls(t) => Pin::new(&mut t.io).poll_write(cx, buf),
         }
     }
 
@@ -120,62 +284,29 @@ impl Write for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
-            Stream::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Tls(t) => Pin::new(&mut t.io).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Plain(io) => io.is_write_vectored(),
-            Stream::Tls(io) => io.is_write_vectored(),
+            Stream::Tls(t) => t.io.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(io) => Pin::new(io).poll_flush(cx),
-            Stream::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+            Stream::Tls(t) => Pin::new(&mut t.io).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(io) => Pin::new(io).poll_shutdown(cx),
-            Stream::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+            Stream::Tls(t) => Pin::new(&mut t.io).poll_shutdown(cx),
         }
-    }
-}
-
-type Connecting<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
-
-impl tower_service::Service<Uri> for ClosableConnector {
-    type Response = Closable<Stream>;
-    type Error = BoxError;
-    type Future = Connecting<Self::Response>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let deadline = tokio::time::Instant::now() + self.connect_timeout;
-        let connecting = self.inner.call(uri);
-        let tls = self.tls.clone();
-        Box::pin(async move {
-            let tcp = connecting.await?;
-            let inner = match tls {
-                None => Stream::Plain(tcp),
-                Some(tls) => {
-                    let addr = tcp.inner().peer_addr()?;
-                    let stream = tls.handshake(addr, tcp.into_inner(), deadline).await?;
-                    Stream::Tls(Box::new(TokioIo::new(stream)))
-                }
-            };
-            Ok(Closable {
-                inner,
-                closed: Arc::new(AtomicBool::new(false)),
-            })
-        })
     }
 }
 
@@ -196,14 +327,6 @@ impl<T> Closable<T> {
         } else {
             Ok(())
         }
-    }
-}
-
-impl<T: Connection> Connection for Closable<T> {
-    fn connected(&self) -> Connected {
-        self.inner
-            .connected()
-            .extra(CloseHandle(self.closed.clone()))
     }
 }
 
@@ -249,91 +372,4 @@ impl<T: Write + Unpin> Write for Closable<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-}
-
-/// Sends `req` on a new connection to `addr` that starts with `header` (a
-/// PROXY header), and waits for the response head. The connection closes
-/// once the response (or an upgraded tunnel) is done with it.
-pub(crate) async fn send_once(
-    addr: std::net::SocketAddr,
-    connect_timeout: std::time::Duration,
-    tls: Option<&UpstreamTls>,
-    header: Vec<u8>,
-    req: http::Request<ProxyBody>,
-) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
-    use tokio::io::AsyncWriteExt;
-    let deadline = tokio::time::Instant::now() + connect_timeout;
-    let connecting = tokio::net::TcpStream::connect(addr);
-    let mut stream = match tokio::time::timeout(connect_timeout, connecting).await {
-        Err(_) => return Err(UpstreamError::ConnectTimeout { addr }),
-        Ok(Err(e)) => {
-            return Err(UpstreamError::Connect {
-                addr,
-                reason: e.to_string(),
-            })
-        }
-        Ok(Ok(stream)) => stream,
-    };
-    let _ = stream.set_nodelay(true);
-    // Nothing of the request has been sent yet: a failure here is still a
-    // failure to connect, as far as retries are concerned.
-    stream
-        .write_all(&header)
-        .await
-        .map_err(|e| UpstreamError::Connect {
-            addr,
-            reason: format!("sending the PROXY header: {e}"),
-        })?;
-    match tls {
-        None => send_on(addr, stream, req).await,
-        Some(tls) => {
-            let stream =
-                tls.handshake(addr, stream, deadline)
-                    .await
-                    .map_err(|e| match e.kind() {
-                        io::ErrorKind::TimedOut => UpstreamError::ConnectTimeout { addr },
-                        _ => UpstreamError::Connect {
-                            addr,
-                            reason: e.to_string(),
-                        },
-                    })?;
-            send_on(addr, stream, req).await
-        }
-    }
-}
-
-/// Sends `req` as the only request on `stream`.
-async fn send_on<S>(
-    addr: std::net::SocketAddr,
-    stream: S,
-    mut req: http::Request<ProxyBody>,
-) -> Result<http::Response<hyper::body::Incoming>, UpstreamError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let before_response = |e: hyper::Error| UpstreamError::BeforeResponse {
-        addr,
-        reason: e.to_string(),
-    };
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(before_response)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(member = %addr, error = %e, "upstream connection ended with an error");
-        }
-    });
-    // On a connection of its own, the target is origin-form (RFC 9112
-    // §3.2.1), as the pooled client writes it.
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .parse::<http::Uri>()
-        .map_err(|e| UpstreamError::BeforeResponse {
-            addr,
-            reason: e.to_string(),
-        })?;
-    *req.uri_mut() = target;
-    send.send_request(req).await.map_err(before_response)
 }

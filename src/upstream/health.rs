@@ -7,24 +7,25 @@
 //! An `http` check sends `GET path` with the member's configured server
 //! address as `Host` and passes on a status in `expect_status`; a `tcp`
 //! check passes when the connection is accepted. Either fails after
-//! `timeout`. A `grpc` check calls the standard `grpc.health.v1.Health/
-//! Check` over HTTP/2 (h2c, or h2 over the pool's TLS) and passes only on
-//! `SERVING`. A pool with TLS checks over TLS too (a `tcp` check then
-//! passes once the handshake does), sharing the pool's session cache.
+//! `timeout`. A pool with TLS checks over TLS too (a `tcp` check then
+//! passes once the handshake does), sharing the pool's session cache; an
+//! `http` check speaks the protocol the pool's requests do (HTTP/2 for
+//! `protocol = "h2c"` or a member that picks `h2` by ALPN). A `grpc`
+//! check calls the standard `grpc.health.v1.Health/Check` over HTTP/2
+//! (h2c, or h2 over the pool's TLS) and passes only on `SERVING`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{header, Request};
+use http::{header, Request, Uri};
 use http_body_util::{BodyExt, Empty, Full, Limited};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use hyper_util::rt::TokioExecutor;
 
+use super::connect::{Connector, Sender};
 use super::member::{CheckResult, Member, MemberState};
 use super::pool::Pool;
-use super::tls::UpstreamTls;
 use crate::config::{HealthConfig, HealthKind};
 
 /// Checks the members of `pool` until it is dropped.
@@ -34,9 +35,10 @@ pub(crate) async fn run(
     pool: Weak<Pool>,
     health: HealthConfig,
     preamble: &'static [u8],
-    tls: Option<Arc<UpstreamTls>>,
+    connector: Connector,
 ) {
     let health = Arc::new(health);
+    let connector = Arc::new(connector);
     loop {
         let round = tokio::time::Instant::now();
         let members: Vec<Arc<Member>> = match pool.upgrade() {
@@ -46,11 +48,11 @@ pub(crate) async fn run(
         let mut probes = tokio::task::JoinSet::new();
         for m in members {
             let health = health.clone();
-            let tls = tls.clone();
+            let connector = connector.clone();
             let jitter = health.interval.mul_f64(fastrand::f64() * 0.25);
             probes.spawn(async move {
                 tokio::time::sleep(jitter).await;
-                let result = probe(&health, m.addr, &m.server, preamble, tls.as_deref()).await;
+                let result = probe(&health, m.addr, &m.server, preamble, &connector).await;
                 apply(&m, result, &health);
             });
         }
@@ -81,11 +83,14 @@ pub(crate) async fn probe(
     addr: SocketAddr,
     host: &str,
     preamble: &[u8],
-    tls: Option<&UpstreamTls>,
+    connector: &Connector,
 ) -> CheckResult {
     let at = SystemTime::now();
-    let outcome =
-        tokio::time::timeout(health.timeout, attempt(health, addr, host, preamble, tls)).await;
+    let outcome = tokio::time::timeout(
+        health.timeout,
+        attempt(health, addr, host, preamble, connector),
+    )
+    .await;
     let (ok, status, error) = match outcome {
         Ok(Ok(None)) => (true, None, None),
         Ok(Ok(Some(s))) if health.expects(s) => (true, Some(s), None),
@@ -112,61 +117,60 @@ async fn attempt(
     addr: SocketAddr,
     host: &str,
     preamble: &[u8],
-    tls: Option<&UpstreamTls>,
+    connector: &Connector,
 ) -> Result<Option<u16>, String> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    if !preamble.is_empty() {
-        use tokio::io::AsyncWriteExt;
-        stream
-            .write_all(preamble)
+    if health.kind == HealthKind::Grpc {
+        // Always HTTP/2, whatever the pool's protocol: gRPC needs it.
+        let deadline = tokio::time::Instant::now() + health.timeout;
+        let stream = connector
+            .stream(addr, preamble, deadline)
             .await
-            .map_err(|e| format!("PROXY header: {e}"))?;
+            .map_err(|e| e.to_string())?;
+        let scheme = if connector.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        return grpc_check(health, host, scheme, stream).await;
     }
-    let _ = stream.set_nodelay(true);
-    match tls {
-        None if health.kind == HealthKind::Grpc => grpc_check(health, host, "http", stream).await,
-        None => check_on(health, host, stream).await,
-        Some(tls) => {
-            // The check's own `timeout` bounds the handshake.
-            let deadline = tokio::time::Instant::now() + health.timeout;
-            let stream = tls
-                .handshake(addr, stream, deadline)
-                .await
-                .map_err(|e| e.to_string())?;
-            if health.kind == HealthKind::Grpc {
-                return grpc_check(health, host, "https", stream).await;
-            }
-            check_on(health, host, stream).await
-        }
-    }
-}
-
-/// The `http` check's request on a connected `stream`; `tcp` passes.
-async fn check_on<S>(health: &HealthConfig, host: &str, stream: S) -> Result<Option<u16>, String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
     if health.kind == HealthKind::Tcp {
+        let deadline = tokio::time::Instant::now() + health.timeout;
+        connector
+            .stream(addr, preamble, deadline)
+            .await
+            .map_err(|e| e.to_string())?;
         return Ok(None);
     }
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
     let req = Request::get(health.path.as_str())
-        .header(header::HOST, host)
         .header(header::USER_AGENT, "sluice-health-check")
-        .header(header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("request: {e}"))?;
-    let resp = send
-        .send_request(req)
+    let resp = match connector
+        .connect(addr, preamble)
         .await
-        .map_err(|e| format!("request: {e}"))?;
+        .map_err(|e| e.to_string())?
+    {
+        Sender::H1 { mut send, .. } => {
+            let mut req = req;
+            let headers = req.headers_mut();
+            headers.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            if let Ok(v) = header::HeaderValue::from_str(host) {
+                headers.insert(header::HOST, v);
+            }
+            send.send_request(req).await
+        }
+        Sender::H2(mut send) => {
+            // HTTP/2 names the site in `:authority`.
+            let mut req = req;
+            let uri = Uri::try_from(format!("http://{host}{}", health.path));
+            *req.uri_mut() = uri.map_err(|e| format!("request: {e}"))?;
+            send.send_request(req).await
+        }
+    };
+    let resp = resp.map_err(|e| format!("request: {e}"))?;
     Ok(Some(resp.status().as_u16()))
 }
 
@@ -180,12 +184,11 @@ async fn grpc_check<S>(
     stream: S,
 ) -> Result<Option<u16>, String>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    S: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static,
 {
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), stream)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -363,6 +366,14 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn plain() -> Connector {
+        Connector {
+            connect_timeout: Duration::from_secs(2),
+            tls: None,
+            protocol: crate::config::UpstreamProtocol::Auto,
+        }
+    }
+
     fn config(kind: HealthKind, timeout_ms: u64) -> HealthConfig {
         HealthConfig {
             kind,
@@ -409,7 +420,7 @@ mod tests {
                 addr,
                 "app.internal:8080",
                 b"",
-                None,
+                &plain(),
             )
             .await;
             assert_eq!(r.ok, ok, "{status}: {r:?}");
@@ -432,13 +443,13 @@ mod tests {
             l.local_addr().unwrap(),
             "x",
             b"",
-            None,
+            &plain(),
         )
         .await;
         assert!(r.ok, "{r:?}");
         let dead = l.local_addr().unwrap();
         drop(l);
-        let r = probe(&config(HealthKind::Tcp, 2000), dead, "x", b"", None).await;
+        let r = probe(&config(HealthKind::Tcp, 2000), dead, "x", b"", &plain()).await;
         assert!(!r.ok);
         assert!(r.error.unwrap().contains("connect"));
     }
@@ -454,7 +465,7 @@ mod tests {
                 held.push(s);
             }
         });
-        let r = probe(&config(HealthKind::Http, 100), addr, "x", b"", None).await;
+        let r = probe(&config(HealthKind::Http, 100), addr, "x", b"", &plain()).await;
         assert!(!r.ok);
         assert!(
             r.error.as_deref().unwrap_or("").contains("timed out"),

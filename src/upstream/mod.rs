@@ -3,6 +3,7 @@
 //! checks, passive ejection, DNS re-resolution, retry budgets).
 
 pub(crate) mod balance;
+pub(crate) mod client;
 pub(crate) mod connect;
 pub(crate) mod dns;
 pub(crate) mod health;

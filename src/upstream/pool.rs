@@ -8,7 +8,6 @@
 //! classifies the failure so the proxy can decide between retrying, 502 and
 //! 504, and [`Pool::report`] feeds the outcome to passive ejection.
 
-use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,13 +18,11 @@ use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::oneshot;
 
 use super::balance::{bounded_balancer, Balancer, PickContext};
-use super::connect::{ClosableConnector, CloseHandle};
+use super::client::Client;
+use super::connect::{CloseHandle, Connector};
 use super::member::{now_ms, InFlight, Member, MemberState};
 use super::outlier::{self, Outcome};
 use super::retry::RetryBudget;
@@ -49,6 +46,18 @@ pub enum UpstreamError {
     /// not HTTP, before a response head arrived.
     #[error("{addr} failed before responding: {reason}")]
     BeforeResponse { addr: SocketAddr, reason: String },
+    /// The member refused the request without processing it (an HTTP/2
+    /// stream above a graceful `GOAWAY`'s last stream id, or reset with
+    /// `REFUSED_STREAM`): safe to send again.
+    #[error("{addr} refused the request unprocessed: {reason}")]
+    Refused { addr: SocketAddr, reason: String },
+    /// The request cannot be sent in the member's protocol (an `Upgrade`
+    /// to an HTTP/2 member): nothing was sent.
+    #[error("{addr}: {reason}")]
+    Unsupported {
+        addr: SocketAddr,
+        reason: &'static str,
+    },
     /// The member's response head parsed, but its framing is ambiguous or
     /// not relayable (both Content-Length and Transfer-Encoding, a coding
     /// other than chunked): the connection was closed, nothing relayed.
@@ -61,7 +70,10 @@ impl UpstreamError {
     pub(crate) fn request_may_have_reached_member(&self) -> bool {
         !matches!(
             self,
-            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. }
+            UpstreamError::Connect { .. }
+                | UpstreamError::ConnectTimeout { .. }
+                | UpstreamError::Refused { .. }
+                | UpstreamError::Unsupported { .. }
         )
     }
 
@@ -125,9 +137,8 @@ pub struct Pool {
     pub name: String,
     pub policy: Policy,
     members: ArcSwap<MemberSet>,
-    /// One client (and so one idle-connection pool) per worker thread, so a
-    /// request and its upstream connection live on the same thread.
-    clients: Box<[Client<ClosableConnector, ProxyBody>]>,
+    /// The pool's connections to its members, per worker thread.
+    client: Arc<Client>,
     response_timeout: Duration,
     /// The config this pool was built from, to keep it across reloads when
     /// unchanged (idle connections and balancer position survive).
@@ -181,26 +192,16 @@ impl Pool {
                 }
             }
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let clients = (0..crate::workers::count())
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .pool_idle_timeout(config.idle_timeout)
-                    .pool_max_idle_per_host(config.max_idle_per_server)
-                    .http1_max_buf_size(UPSTREAM_READ_BUF)
-                    .set_host(false)
-                    .build(ClosableConnector::new(
-                        connector.clone(),
-                        tls.clone(),
-                        config.connect_timeout,
-                    ))
-            })
-            .collect();
+        let connector = Connector {
+            connect_timeout: config.connect_timeout,
+            tls: tls.clone(),
+            protocol: config.protocol,
+        };
+        let client = Arc::new(Client::new(
+            connector,
+            config.idle_timeout,
+            config.max_idle_per_server,
+        ));
         Pool {
             name: config.name.clone(),
             policy: config.policy,
@@ -210,7 +211,7 @@ impl Pool {
                 active,
                 Vec::new(),
             )),
-            clients,
+            client,
             response_timeout: config.response_timeout,
             config: config.clone(),
             budget: RetryBudget::new(config.retry_budget, config.min_retries_per_second),
@@ -230,16 +231,25 @@ impl Pool {
     pub(crate) fn start(config: &PoolConfig, tls: Option<Arc<UpstreamTls>>) -> Arc<Pool> {
         let pool = Arc::new(Pool::with_tls(config, tls.clone()));
         if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(super::client::sweep(
+                Arc::downgrade(&pool.client),
+                config.idle_timeout / 4,
+            ));
             if let Some(health) = &config.health {
                 let preamble = config
                     .send_proxy_protocol
                     .version()
                     .map_or(&b""[..], crate::proxy_protocol::local);
+                let connector = Connector {
+                    connect_timeout: health.timeout,
+                    tls,
+                    protocol: config.protocol,
+                };
                 tokio::spawn(super::health::run(
                     Arc::downgrade(&pool),
                     health.clone(),
                     preamble,
-                    tls,
+                    connector,
                 ));
             }
             if config.servers.iter().any(|s| s.addr.is_name()) {
@@ -424,13 +434,7 @@ impl Pool {
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let response = async {
             match self.config.send_proxy_protocol.version() {
-                None => {
-                    let client = &self.clients[crate::workers::index() % self.clients.len()];
-                    client
-                        .request(req)
-                        .await
-                        .map_err(|e| classify(addr, e, self.tls.as_deref()))
-                }
+                None => self.client.send(addr, req).await,
                 Some(version) => {
                     let header = match proxied {
                         Some((source, destination)) => {
@@ -440,14 +444,7 @@ impl Pool {
                     };
                     // Boxed: pools without PROXY headers should not carry
                     // this path's state in every request's future.
-                    Box::pin(super::connect::send_once(
-                        addr,
-                        self.config.connect_timeout,
-                        self.tls.as_deref(),
-                        header,
-                        req,
-                    ))
-                    .await
+                    Box::pin(self.client.send_once(addr, &header, req)).await
                 }
             }
         };
@@ -462,13 +459,6 @@ impl Pool {
         }
     }
 }
-
-/// The most an upstream HTTP/1.1 connection buffers of what it reads: a
-/// response head must fit (64 KiB, as much as a client request head may
-/// be), and a body is read no further ahead than this of a client that
-/// reads slowly (hyper's default, 400 KiB, costs that much per slow
-/// client).
-const UPSTREAM_READ_BUF: usize = 64 << 10;
 
 /// A resolved address of one configured server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -544,46 +534,5 @@ fn checked(
                 reason: violation.to_string(),
             })
         }
-    }
-}
-
-/// A failure of the connector (TCP or the TLS handshake) is a connect
-/// failure. So is a TLS alert on the first read: in TLS 1.3 a member that
-/// refuses our client certificate says so only after the client's side of
-/// the handshake is done, and such a member has seen no request.
-fn classify(
-    addr: SocketAddr,
-    e: hyper_util::client::legacy::Error,
-    tls: Option<&UpstreamTls>,
-) -> UpstreamError {
-    let mut reason = e.to_string();
-    let mut source = e.source();
-    let mut timed_out = false;
-    let mut refused = None;
-    while let Some(s) = source {
-        reason = s.to_string();
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
-            if let Some(alert @ rustls::Error::AlertReceived(_)) = super::tls::rustls_error(io) {
-                refused = Some(super::tls::Reason::of(alert));
-            }
-        }
-        source = s.source();
-    }
-    if let (Some(why), Some(tls), false) = (refused, tls, e.is_connect()) {
-        tls.count(addr, why);
-        return UpstreamError::Connect {
-            addr,
-            reason: format!("TLS ({}): {reason}", why.as_str()),
-        };
-    }
-    if e.is_connect() {
-        if timed_out {
-            UpstreamError::ConnectTimeout { addr }
-        } else {
-            UpstreamError::Connect { addr, reason }
-        }
-    } else {
-        UpstreamError::BeforeResponse { addr, reason }
     }
 }

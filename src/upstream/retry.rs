@@ -36,8 +36,12 @@ pub(crate) fn after_error(
             (Outcome::ConnectFailure, retry_on.connect)
         }
         UpstreamError::BeforeResponse { .. } => (Outcome::ConnectFailure, retry_on.reset),
+        // A member draining its connection is not failing.
+        UpstreamError::Refused { .. } => (Outcome::Neutral, retry_on.connect),
         UpstreamError::ResponseTimeout { .. } => (Outcome::ConnectFailure, retry_on.timeout),
-        UpstreamError::BadResponse { .. } => (Outcome::Neutral, false),
+        UpstreamError::BadResponse { .. } | UpstreamError::Unsupported { .. } => {
+            (Outcome::Neutral, false)
+        }
     };
     let may_retry = if idempotent {
         listed

@@ -6,8 +6,8 @@
 //! shares its session cache and resumes sessions. A pool with TLS is built
 //! anew on every reload, which re-reads its CA, certificate and key files.
 //!
-//! Only `http/1.1` is offered by ALPN (when `alpn` is not empty): HTTP/2 to
-//! upstreams is not there yet, so `h2` is never picked.
+//! ALPN offers the pool's `alpn` list; a member that picks `h2` is spoken
+//! to in HTTP/2 ([`super::connect`]).
 //!
 //! A failed handshake is a connect failure (retried, fed to ejection) and
 //! is counted per member and [`Reason`].
@@ -153,10 +153,7 @@ impl UpstreamTls {
             }
             None => builder.with_no_client_auth(),
         };
-        // h2 comes with HTTP/2 to upstreams; until then only http/1.1.
-        if !config.alpn.is_empty() {
-            client.alpn_protocols = vec![b"http/1.1".to_vec()];
-        }
+        client.alpn_protocols = config.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         let fixed = match &config.server_name {
             Some(name) => {
                 Some(

@@ -1,0 +1,456 @@
+//! A pool's connections to its members, kept per worker thread: a request
+//! and its upstream connection live on the same thread, and taking or
+//! giving back a connection is a short uncontended lock, never a task or a
+//! channel of its own.
+//!
+//! HTTP/1.1 connections carry one exchange at a time. A connection goes
+//! back on its member's list as soon as the response head is in; it is
+//! ready for the next request once hyper has read that response's body to
+//! its end, and [`Client::send`] takes the most recently used ready one.
+//! At most `max_idle_per_server` ready connections stay per member and
+//! worker; those idle for `idle_timeout` are closed by a sweep.
+//!
+//! An HTTP/2 member gets one connection per worker that every request
+//! shares; the h2 crate keeps the streams within the member's
+//! `MAX_CONCURRENT_STREAMS` (the others wait their turn). A `GOAWAY` closes
+//! the connection to new streams while those in flight finish; the next
+//! request opens a new one. A request the member refused unprocessed (its
+//! stream above `GOAWAY`'s last stream id, or reset with `REFUSED_STREAM`)
+//! is sent again on a new connection when it has no body, and otherwise
+//! reported as not having reached the member, so the proxy may retry it.
+
+use std::collections::HashMap;
+use std::error::Error as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use http::{header, Request, Response, Uri};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+
+use super::connect::{CloseHandle, Connector, Sender};
+use super::pool::UpstreamError;
+use crate::body::ProxyBody;
+use crate::config::UpstreamProtocol;
+
+/// One worker's connections to one member.
+#[derive(Default)]
+struct Conns {
+    /// HTTP/1.1 connections, most recently used last: busy ones (their
+    /// response body still streaming) and ready ones.
+    h1: Vec<H1>,
+    /// The shared HTTP/2 connection, once the member has spoken h2.
+    h2: Option<http2::SendRequest<ProxyBody>>,
+    /// Whether the member picked HTTP/2 (by ALPN, or `h2c`).
+    speaks_h2: bool,
+    /// Taken by the one request connecting to an HTTP/2 member.
+    gate: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+struct H1 {
+    send: http1::SendRequest<ProxyBody>,
+    close: CloseHandle,
+    /// When a sweep first saw it ready (idle).
+    idle_since: Option<Instant>,
+}
+
+/// The connections of one pool, per worker.
+pub(crate) struct Client {
+    connector: Connector,
+    idle_timeout: Duration,
+    max_idle: usize,
+    workers: Box<[Mutex<HashMap<SocketAddr, Conns>>]>,
+}
+
+/// A connection taken for one request.
+enum Taken {
+    H1(H1),
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+impl Client {
+    pub(crate) fn new(connector: Connector, idle_timeout: Duration, max_idle: usize) -> Client {
+        Client {
+            connector,
+            idle_timeout,
+            max_idle,
+            workers: (0..crate::workers::count())
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Conns>> {
+        let slot = &self.workers[crate::workers::index() % self.workers.len()];
+        slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A ready connection to `addr`, if the worker has one.
+    fn take(&self, addr: SocketAddr) -> Option<Taken> {
+        let mut map = self.conns();
+        let conns = map.get_mut(&addr)?;
+        if let Some(h2) = &conns.h2 {
+            if h2.is_ready() {
+                return Some(Taken::H2(h2.clone()));
+            }
+            conns.h2 = None;
+        }
+        let mut i = conns.h1.len();
+        while i > 0 {
+            i -= 1;
+            let c = &conns.h1[i];
+            if c.send.is_closed() {
+                conns.h1.swap_remove(i);
+            } else if c.send.is_ready() {
+                // `remove`, not `swap_remove`: the rest keep their order,
+                // most recently used last.
+                return Some(Taken::H1(conns.h1.remove(i)));
+            }
+        }
+        None
+    }
+
+    /// Keeps an HTTP/1.1 connection whose response head has arrived.
+    fn give_back(&self, addr: SocketAddr, mut conn: H1) {
+        if self.max_idle == 0 || conn.send.is_closed() {
+            return;
+        }
+        conn.idle_since = None;
+        self.conns().entry(addr).or_default().h1.push(conn);
+    }
+
+    /// Sends `req` to the member at `addr` on a pooled connection, or a new
+    /// one, and waits for the response head. `req`'s URI is the member's
+    /// (`http://addr/path`); its `Host` field names the site.
+    pub(crate) async fn send(
+        &self,
+        addr: SocketAddr,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut req = req;
+        match self.take(addr) {
+            Some(Taken::H1(conn)) => match self.send_h1(addr, conn, req).await {
+                Ok(resp) => return Ok(resp),
+                // Closed before the request was written (the member closed
+                // the idle connection as it was taken): the request is
+                // untouched and goes on a new connection.
+                Err(Unsent::Back(r)) => req = r,
+                Err(Unsent::Failed(e)) => return Err(e),
+            },
+            Some(Taken::H2(send)) => return self.send_h2(addr, send, req, true).await,
+            None => {}
+        }
+        // Requests that find no connection to an HTTP/2 member wait for the
+        // first of them to make one, and then share it.
+        let gate = self.h2_gate(addr);
+        let _turn = match gate {
+            Some(gate) => {
+                let turn = gate.lock_owned().await;
+                if let Some(Taken::H2(send)) = self.take(addr) {
+                    drop(turn);
+                    return self.send_h2(addr, send, req, true).await;
+                }
+                Some(turn)
+            }
+            None => None,
+        };
+        match self.connector.connect(addr, &[]).await? {
+            Sender::H1 { send, close } => {
+                let conn = H1 {
+                    send,
+                    close,
+                    idle_since: None,
+                };
+                match self.send_h1(addr, conn, req).await {
+                    Ok(resp) => Ok(resp),
+                    Err(Unsent::Back(_)) => Err(UpstreamError::BeforeResponse {
+                        addr,
+                        reason: "the new connection closed before the request was sent".into(),
+                    }),
+                    Err(Unsent::Failed(e)) => Err(e),
+                }
+            }
+            Sender::H2(send) => {
+                self.keep_h2(addr, &send);
+                drop(_turn);
+                self.send_h2(addr, send, req, true).await
+            }
+        }
+    }
+
+    /// For a member that speaks HTTP/2 (`h2c`, or it picked `h2` before),
+    /// the lock that lets one request at a time connect to it.
+    fn h2_gate(&self, addr: SocketAddr) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        let mut map = self.conns();
+        let conns = map.entry(addr).or_default();
+        if self.connector.protocol != UpstreamProtocol::H2c && !conns.speaks_h2 {
+            return None;
+        }
+        Some(conns.gate.get_or_insert_with(Default::default).clone())
+    }
+
+    /// Keeps a new HTTP/2 connection for the worker's next requests.
+    fn keep_h2(&self, addr: SocketAddr, send: &http2::SendRequest<ProxyBody>) {
+        let mut map = self.conns();
+        let conns = map.entry(addr).or_default();
+        conns.speaks_h2 = true;
+        if self.max_idle > 0 {
+            conns.h2 = Some(send.clone());
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        addr: SocketAddr,
+        mut conn: H1,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, Unsent> {
+        // HTTP/1.1 to a server: the target in origin form (RFC 9112 §3.2.1).
+        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        *req.uri_mut() = Uri::try_from(target).map_err(|e| {
+            Unsent::Failed(UpstreamError::BeforeResponse {
+                addr,
+                reason: e.to_string(),
+            })
+        })?;
+        let sending = conn.send.try_send_request(req);
+        let close = conn.close.clone();
+        match sending.await {
+            Ok(mut resp) => {
+                self.give_back(addr, conn);
+                resp.extensions_mut().insert(close);
+                Ok(resp)
+            }
+            Err(mut e) => match e.take_message() {
+                Some(req) if e.error().is_canceled() => Err(Unsent::Back(req)),
+                _ => Err(Unsent::Failed(failure(addr, e.error(), &self.connector))),
+            },
+        }
+    }
+
+    /// Sends on an HTTP/2 connection. A bodiless request the member
+    /// refused unprocessed is sent once more, on a new connection.
+    async fn send_h2(
+        &self,
+        addr: SocketAddr,
+        mut send: http2::SendRequest<ProxyBody>,
+        req: Request<ProxyBody>,
+        may_resend: bool,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let req = h2_form(addr, req)?;
+        let again = (may_resend && req.body().is_end_stream()).then(|| {
+            let mut copy = Request::new(crate::body::empty());
+            *copy.method_mut() = req.method().clone();
+            *copy.uri_mut() = req.uri().clone();
+            *copy.headers_mut() = req.headers().clone();
+            copy
+        });
+        let e = match send.try_send_request(req).await {
+            Ok(resp) => return Ok(resp),
+            Err(mut e) => {
+                let unsent = e.take_message();
+                let e = failure(addr, e.error(), &self.connector);
+                match (unsent, again) {
+                    // Nothing of it went out: the connection was closing.
+                    (Some(req), _) => req,
+                    (None, Some(req)) if refused(&e) => req,
+                    _ => return Err(e),
+                }
+            }
+        };
+        // The connection is going away: forget it, and use a new one.
+        self.forget_h2(addr, &send);
+        let req = e;
+        match self.connector.connect(addr, &[]).await? {
+            Sender::H2(send) => {
+                self.keep_h2(addr, &send);
+                let mut send = send;
+                send.try_send_request(req)
+                    .await
+                    .map_err(|e| failure(addr, e.error(), &self.connector))
+            }
+            Sender::H1 { send, close } => {
+                // The member now speaks HTTP/1.1: its site goes back in `Host`.
+                let mut req = req;
+                let host = req
+                    .uri()
+                    .authority()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
+                if let Some(host) = host {
+                    req.headers_mut().entry(header::HOST).or_insert(host);
+                }
+                let conn = H1 {
+                    send,
+                    close,
+                    idle_since: None,
+                };
+                self.send_h1(addr, conn, req).await.map_err(|u| match u {
+                    Unsent::Failed(e) => e,
+                    Unsent::Back(_) => UpstreamError::BeforeResponse {
+                        addr,
+                        reason: "the new connection closed before the request was sent".into(),
+                    },
+                })
+            }
+        }
+    }
+
+    /// One request on a new connection that starts with `preamble` (a
+    /// PROXY header), never pooled: the connection closes once the
+    /// response (or an upgraded tunnel) is done with it.
+    pub(crate) async fn send_once(
+        &self,
+        addr: SocketAddr,
+        preamble: &[u8],
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match self.connector.connect(addr, preamble).await? {
+            Sender::H1 { mut send, close } => {
+                let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+                *req.uri_mut() =
+                    Uri::try_from(target).map_err(|e| UpstreamError::BeforeResponse {
+                        addr,
+                        reason: e.to_string(),
+                    })?;
+                let mut resp = send
+                    .send_request(req)
+                    .await
+                    .map_err(|e| failure(addr, &e, &self.connector))?;
+                resp.extensions_mut().insert(close);
+                Ok(resp)
+            }
+            Sender::H2(mut send) => send
+                .send_request(h2_form(addr, req)?)
+                .await
+                .map_err(|e| failure(addr, &e, &self.connector)),
+        }
+    }
+
+    fn forget_h2(&self, addr: SocketAddr, send: &http2::SendRequest<ProxyBody>) {
+        let mut map = self.conns();
+        if let Some(conns) = map.get_mut(&addr) {
+            if conns
+                .h2
+                .as_ref()
+                .is_some_and(|h2| h2.is_closed() || !send.is_ready())
+            {
+                conns.h2 = None;
+            }
+        }
+    }
+
+    /// Closes connections idle for `idle_timeout` and forgets closed ones;
+    /// beyond `max_idle` ready connections per member, the least recently
+    /// used go.
+    fn sweep(&self, now: Instant) {
+        for slot in self.workers.iter() {
+            let mut map = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            map.retain(|_, conns| {
+                if conns.h2.as_ref().is_some_and(|h2| h2.is_closed()) {
+                    conns.h2 = None;
+                }
+                let mut ready = conns.h1.iter().filter(|c| c.send.is_ready()).count();
+                conns.h1.retain_mut(|c| {
+                    if c.send.is_closed() {
+                        return false;
+                    }
+                    if !c.send.is_ready() {
+                        c.idle_since = None;
+                        return true;
+                    }
+                    let since = *c.idle_since.get_or_insert(now);
+                    if ready > self.max_idle || now.duration_since(since) >= self.idle_timeout {
+                        ready -= 1;
+                        return false;
+                    }
+                    true
+                });
+                conns.h2.is_some() || !conns.h1.is_empty() || conns.speaks_h2
+            });
+        }
+    }
+}
+
+/// Sweeps `client`'s idle connections until it is dropped.
+pub(crate) async fn sweep(client: Weak<Client>, every: Duration) {
+    let every = every.max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        match client.upgrade() {
+            Some(c) => c.sweep(Instant::now()),
+            None => return,
+        }
+    }
+}
+
+/// A request not sent on a reused connection, or why it failed.
+enum Unsent {
+    Back(Request<ProxyBody>),
+    Failed(UpstreamError),
+}
+
+/// An HTTP/2 request names its site in `:authority` (from the client's
+/// `Host`) rather than in a `Host` field. HTTP/2 has no `101`, so an
+/// `Upgrade` request cannot be sent at all.
+fn h2_form(
+    addr: SocketAddr,
+    mut req: Request<ProxyBody>,
+) -> Result<Request<ProxyBody>, UpstreamError> {
+    if req.headers().contains_key(header::UPGRADE) {
+        return Err(UpstreamError::Unsupported {
+            addr,
+            reason: "an Upgrade request cannot go to an HTTP/2 member",
+        });
+    }
+    let Some(host) = req.headers_mut().remove(header::HOST) else {
+        return Ok(req);
+    };
+    let scheme = req.uri().scheme_str().unwrap_or("http");
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let uri = host
+        .to_str()
+        .ok()
+        .and_then(|h| Uri::try_from(format!("{scheme}://{h}{target}")).ok());
+    match uri {
+        Some(uri) => *req.uri_mut() = uri,
+        // Not a valid authority: keep the member's, and the field.
+        None => {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+    Ok(req)
+}
+
+/// Whether the member refused the request without processing it.
+fn refused(e: &UpstreamError) -> bool {
+    matches!(e, UpstreamError::Refused { .. })
+}
+
+/// What a failed exchange comes to. A TLS alert on the first read is a
+/// connect failure: in TLS 1.3 a member that refuses our client certificate
+/// says so only after the client's side of the handshake is done, and such
+/// a member has seen no request. An HTTP/2 stream refused unprocessed is
+/// [`UpstreamError::Refused`].
+fn failure(addr: SocketAddr, e: &hyper::Error, connector: &Connector) -> UpstreamError {
+    if let Some(e) = connector.refused_by_tls(addr, e) {
+        return e;
+    }
+    let mut reason = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        reason = s.to_string();
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            // A graceful GOAWAY (NO_ERROR) fails only the streams above
+            // its last stream id, which the member promises it ignored.
+            let unprocessed = h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR));
+            if unprocessed {
+                return UpstreamError::Refused { addr, reason };
+            }
+        }
+        source = s.source();
+    }
+    UpstreamError::BeforeResponse { addr, reason }
+}
