@@ -243,6 +243,51 @@ impl tonic::server::StreamingService<Note> for Chat {
     }
 }
 
+/// Terminates TLS (with `cert` / `key`, offering ALPN `h2`) on an
+/// ephemeral port and relays each connection's bytes to the gRPC server
+/// at `backend`: the server behind TLS, for pools with `[pool.NAME.tls]`.
+/// Stops with the returned task.
+pub async fn tls_front(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    backend: SocketAddr,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .expect("cert file")
+        .collect::<Result<_, _>>()
+        .expect("certs");
+    let key = PrivateKeyDer::from_pem_file(key).expect("key file");
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("cert and key");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
 // ---------------------------------------------------------------- client --
 
 /// A gRPC client over h2c to `addr` (a [`GrpcServer`], or sluice in front
