@@ -317,7 +317,7 @@ fall = 1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_health_checks_go_over_the_pools_tls() {
+async fn calls_and_grpc_health_checks_go_over_the_pools_tls() {
     let server = GrpcServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new();
@@ -343,6 +343,21 @@ fall = 1
     let d = Daemon::start_in(dir, &config(&[front], &pool, ""));
     let admin = d.addr("admin");
     until_state(admin, front, "up").await;
+    // Calls go the same way: h2, picked by ALPN, over the pool's TLS.
+    let mut client = GrpcClient::connect(d.addr("http")).await;
+    let answer = client
+        .unary(UNARY, Note::text("over tls"))
+        .await
+        .expect("unary");
+    assert_eq!(answer.text, "echo: over tls");
+    let status = client
+        .unary(FAIL, Note::text("tls"))
+        .await
+        .expect_err("fails");
+    assert_eq!(
+        (status.code(), status.message()),
+        (FAIL_CODE, "refused: tls")
+    );
     // The whole server (service "") goes NOT_SERVING.
     server.set_serving("", false).await;
     let down = until_state(admin, front, "down").await;
