@@ -730,7 +730,9 @@ impl Validator<'_> {
         if !h.path.starts_with('/') || http::uri::PathAndQuery::try_from(h.path.as_str()).is_err() {
             self.error(&at("path"), "must be a path starting with \"/\"");
         }
-        if h.service.is_some() && kind != HealthKind::Grpc {
+        // (After a misspelt kind, its own error says enough.)
+        let known = matches!(h.kind.as_str(), "http" | "tcp" | "grpc");
+        if h.service.is_some() && known && kind != HealthKind::Grpc {
             self.error(
                 &at("service"),
                 "only a kind = \"grpc\" check names a service",
