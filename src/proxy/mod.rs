@@ -514,6 +514,8 @@ pub(crate) struct Forward {
     /// For a pool's PROXY headers: the client (its port only when the
     /// connection is the client's own) and the address it connected to.
     pub proxied: Option<(SocketAddr, SocketAddr)>,
+    /// A gRPC call ([`crate::grpc::is_call`]).
+    pub grpc: bool,
 }
 
 impl Forward {
@@ -542,7 +544,8 @@ impl Forward {
         if received >= Version::HTTP_2 {
             headers::join_cookies(&mut head);
         }
-        if crate::grpc::is_call(&head) {
+        let grpc = crate::grpc::is_call(&head);
+        if grpc {
             // Hop-by-hop, but gRPC servers require it: it says the client
             // reads trailers, and sluice passes them on.
             head.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -586,6 +589,7 @@ impl Forward {
                 };
                 (SocketAddr::new(ip, port), local)
             }),
+            grpc,
         }
     }
 }
@@ -640,19 +644,19 @@ async fn attempts(
         received,
         client_ip,
         proxied,
+        grpc,
     } = req;
     let request_id = RequestId(outcome.request_id.clone());
     // A gRPC call's own deadline, when it has one: it bounds every attempt
     // (the pool's response_timeout still applies when it is shorter).
-    let deadline = crate::grpc::timeout(&head).map(|t| tokio::time::Instant::now() + t);
+    let deadline = grpc
+        .then(|| crate::grpc::timeout(&head))
+        .flatten()
+        .map(|t| tokio::time::Instant::now() + t);
     // A gRPC call's request stream may rest between messages for as long
     // as the call lasts (a bidirectional chat, a subscription): it is not
     // an upload, and min_body_rate would cut it off.
-    let min_body_rate = if crate::grpc::is_call(&head) {
-        0
-    } else {
-        limits.min_body_rate
-    };
+    let min_body_rate = if grpc { 0 } else { limits.min_body_rate };
     let has_body = incoming.as_ref().is_some_and(|b| !b.is_end_stream());
     let idempotent = headers::is_idempotent(&method) && !has_body;
     let pick = pick_context(&pool.config, client_ip, &head, &path_and_query);
