@@ -327,8 +327,7 @@ fn normalise(raw: &[u8], https: bool) -> Result<Authority, AuthorityError> {
     if text.is_empty() || text.contains('@') {
         return Err(AuthorityError::InvalidHost);
     }
-    let lower = text.to_ascii_lowercase();
-    let (host, port) = if let Some(rest) = lower.strip_prefix('[') {
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         // IPv6 literal: "[::1]" or "[::1]:8080".
         let end = rest.find(']').ok_or(AuthorityError::InvalidHost)?;
         let literal = &rest[..end];
@@ -341,11 +340,11 @@ fn normalise(raw: &[u8], https: bool) -> Result<Authority, AuthorityError> {
             None if after.is_empty() => None,
             None => return Err(AuthorityError::InvalidHost),
         };
-        (&lower[..end + 2], port)
+        (&text[..end + 2], port)
     } else {
-        match lower.rsplit_once(':') {
+        match text.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
-            None => (lower.as_str(), None),
+            None => (text, None),
         }
     };
     if !host.starts_with('[') {
@@ -369,15 +368,21 @@ fn normalise(raw: &[u8], https: bool) -> Result<Authority, AuthorityError> {
             (n != default).then_some(n)
         }
     };
-    let host = host.trim_end_matches('.').to_string();
+    let host = host.trim_end_matches('.');
     if host.is_empty() {
         // Only dots: nothing left to route on.
         return Err(AuthorityError::InvalidHost);
     }
-    let authority = match port {
-        Some(p) => format!("{host}:{p}"),
-        None => host.clone(),
-    };
+    // Two strings built once, lower-cased as they are copied (this runs on
+    // every request).
+    let mut authority = String::with_capacity(host.len() + 6);
+    authority.push_str(host);
+    authority.make_ascii_lowercase();
+    let host = authority.clone();
+    if let Some(p) = port {
+        authority.push(':');
+        authority.push_str(itoa::Buffer::new().format(p));
+    }
     Ok(Authority { host, authority })
 }
 

@@ -323,7 +323,8 @@ async fn routed(
         (_, upgrade) => {
             let token = upgrade.as_ref().map(|u| &u.token);
             let fwd = Forward::new(parts, leg, client, token, outcome);
-            forward(leg, fwd, Some(incoming), upgrade, outcome).await
+            // Boxed, as in `through_cache`: see there.
+            Box::pin(forward(leg, fwd, Some(incoming), upgrade, outcome)).await
         }
     };
     Ok(match compression {
@@ -416,15 +417,18 @@ async fn through_cache(
             }
             answer
         }
+        // The trips upstream are boxed: their futures are kilobytes, and
+        // inline they would make every request's future (hits included)
+        // that large, copied whole each time it is moved.
         Lookup::Miss(mut fill) => {
             let mut fwd = Forward::new(parts, leg, client, None, outcome);
             fill.prepare(&mut fwd.method, &mut fwd.head);
-            let resp = forward(leg, fwd, None, None, outcome).await;
+            let resp = Box::pin(forward(leg, fwd, None, None, outcome)).await;
             Box::pin(fill.finish(cache, set, resp)).await
         }
         Lookup::Pass(pass) => {
             let fwd = Forward::new(parts, leg, client, None, outcome);
-            let resp = forward(leg, fwd, Some(incoming), None, outcome).await;
+            let resp = Box::pin(forward(leg, fwd, Some(incoming), None, outcome)).await;
             pass.finish(cache, set, resp)
         }
     }
