@@ -1,8 +1,9 @@
 //! gRPC through sluice, with a real tonic server and client: calls of
-//! every kind with their trailers intact, sluice's own errors in the shape
-//! a gRPC client reads (`grpc-status` 14 for a dead pool, 4 when the
-//! call's `grpc-timeout` passes, 8 when rate limited), and `kind = "grpc"`
-//! health checks following the standard health service.
+//! every kind (unary, client, server and bidirectional streaming) with
+//! their trailers intact, over h2c and over the pool's TLS; sluice's own
+//! errors in the shape a gRPC client reads (`grpc-status` 14 for a dead
+//! pool, 4 when a deadline passes, 8 when rate limited); and
+//! `kind = "grpc"` health checks following the standard health service.
 
 mod common;
 #[path = "common/grpc.rs"]
@@ -110,6 +111,12 @@ async fn calls_of_every_kind_pass_through_with_their_trailers() {
         Some("kept"),
         "{status:?}"
     );
+
+    let joined = client
+        .collect(&["a", "b", "c"])
+        .await
+        .expect("client streaming");
+    assert_eq!(joined, "a+b+c");
 
     let texts = client.stream("tick", 5).await.expect("server streaming");
     assert_eq!(texts, ["tick 0", "tick 1", "tick 2", "tick 3", "tick 4"]);

@@ -1,7 +1,7 @@
 //! A real gRPC server and client (tonic) for the tests: an h2c server on
-//! 127.0.0.1 with a small `test.Echo` service (unary, server streaming,
-//! bidirectional streaming, a call that fails with a status and message,
-//! a slow call) and the standard `grpc.health.v1.Health` service, whose
+//! 127.0.0.1 with a small `test.Echo` service (unary, client streaming,
+//! server streaming, bidirectional streaming, a call that fails with a
+//! status and message, a slow call) and the standard `grpc.health.v1.Health` service, whose
 //! serving status a test flips. The messages are derived by hand with
 //! prost, so no `protoc` is needed.
 //!
@@ -57,6 +57,7 @@ pub const FAIL_TRAILER: &str = "x-fail-detail";
 
 pub const UNARY: &str = "/test.Echo/Unary";
 pub const STREAM: &str = "/test.Echo/Stream";
+pub const COLLECT: &str = "/test.Echo/Collect";
 pub const CHAT: &str = "/test.Echo/Chat";
 pub const FAIL: &str = "/test.Echo/Fail";
 pub const SLOW: &str = "/test.Echo/Slow";
@@ -154,6 +155,7 @@ where
                 SLOW => grpc.unary(Slow, req).await,
                 FAIL => grpc.unary(Fail, req).await,
                 STREAM => grpc.server_streaming(Fanout, req).await,
+                COLLECT => grpc.client_streaming(Collect, req).await,
                 CHAT => grpc.streaming(Chat, req).await,
                 _ => Status::unimplemented("no such method").into_http(),
             })
@@ -222,6 +224,25 @@ impl tonic::server::ServerStreamingService<Note> for Fanout {
             Ok(Response::new(
                 Box::pin(tokio_stream::iter(notes)) as NoteStream
             ))
+        })
+    }
+}
+
+/// `Collect`: one answer once the request stream ends, its texts joined
+/// with `+`.
+struct Collect;
+
+impl tonic::server::ClientStreamingService<Note> for Collect {
+    type Response = Note;
+    type Future = BoxFuture<Response<Note>, Status>;
+    fn call(&mut self, req: Request<Streaming<Note>>) -> Self::Future {
+        let mut incoming = req.into_inner();
+        Box::pin(async move {
+            let mut texts = Vec::new();
+            while let Some(note) = incoming.message().await? {
+                texts.push(note.text);
+            }
+            Ok(Response::new(Note::text(&texts.join("+"))))
         })
     }
 }
@@ -351,6 +372,21 @@ impl GrpcClient {
             texts.push(note.text);
         }
         Ok(texts)
+    }
+
+    /// `Collect`: sends `texts` as a stream, returns the one answer.
+    pub async fn collect(&mut self, texts: &[&str]) -> Result<String, Status> {
+        self.ready().await;
+        let codec = ProstCodec::<Note, Note>::default();
+        let notes: Vec<Note> = texts.iter().map(|t| Note::text(t)).collect();
+        self.inner
+            .client_streaming(
+                Request::new(tokio_stream::iter(notes)),
+                PathAndQuery::from_static(COLLECT),
+                codec,
+            )
+            .await
+            .map(|r| r.into_inner().text)
     }
 
     /// Opens a `Chat`: send notes with [`Chat::say`], which waits for each
