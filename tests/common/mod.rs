@@ -871,6 +871,42 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
 
 // ---------------------------------------------------------------- TLS --
 
+/// A rustls server config for a test origin with `cert` / `key`; with
+/// `clients`, a client certificate issued by that CA is required. No ALPN:
+/// the caller sets what it offers.
+pub fn tls_server_config(
+    cert: &Path,
+    key: &Path,
+    clients: Option<&TestPki>,
+) -> rustls::ServerConfig {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match clients {
+        Some(pki) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(pki.ca_der()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    builder.with_single_cert(certs, key).unwrap()
+}
+
 /// A throwaway certificate authority that issues leaf certificates into a
 /// temp dir and builds client configs that trust it.
 pub struct TestPki {
