@@ -17,34 +17,11 @@ use grpc_fixture::*;
 use http::Method;
 use tonic::Code;
 
-/// An h2c-capable listener `http`, route `main` to pool `app` with
-/// `servers`, `pool_extra` in `[pool.app]`, `route_extra` in the route,
-/// and an admin listener.
-fn config(servers: &[SocketAddr], pool_extra: &str, route_extra: &str) -> String {
-    let list: Vec<String> = servers
-        .iter()
-        .map(|a| format!("{{ addr = \"{a}\" }}"))
-        .collect();
-    format!(
-        r#"
-[[listener]]
-name = "http"
-listen = "127.0.0.1:0"
-
-[[route]]
-name = "main"
-pool = "app"
-{route_extra}
-
-[pool.app]
-servers = [ {} ]
-{pool_extra}
-
-[admin]
-listen = "127.0.0.1:0"
-"#,
-        list.join(", ")
-    )
+/// A listener `http` (HTTP/1.1 and h2c), route `main` with `route_extra`
+/// to pool `app` with the one server `server` and `pool_extra` keys, and
+/// an admin listener.
+fn config(server: SocketAddr, pool_extra: &str, route_extra: &str) -> String {
+    admin_route_config(server, route_extra, pool_extra)
 }
 
 /// A unary call's request as raw HTTP/2, for what a tonic client hides:
@@ -87,7 +64,7 @@ const H2C: &str = "protocol = \"h2c\"";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_of_every_kind_pass_through_with_their_trailers() {
     let server = GrpcServer::start().await;
-    let d = Daemon::start(&config(&[server.addr], H2C, ""));
+    let d = Daemon::start(&config(server.addr, H2C, ""));
     let mut client = GrpcClient::connect(d.addr("http")).await;
 
     let answer = client
@@ -137,7 +114,7 @@ async fn calls_of_every_kind_pass_through_with_their_trailers() {
 async fn a_stream_may_rest_between_messages_longer_than_the_upload_grace() {
     let server = GrpcServer::start().await;
     let limits = "\n[limits]\nmin_body_rate = \"1KiB\"\nbody_rate_grace = \"100ms\"\n";
-    let d = Daemon::start(&(config(&[server.addr], H2C, "") + limits));
+    let d = Daemon::start(&(config(server.addr, H2C, "") + limits));
     let mut client = GrpcClient::connect(d.addr("http")).await;
     let mut chat = client.chat().await.expect("chat opens");
     assert_eq!(chat.say("first").await.expect("answer"), "echo: first");
@@ -152,7 +129,7 @@ async fn a_stream_may_rest_between_messages_longer_than_the_upload_grace() {
 async fn grpc_answers_are_never_compressed_or_cached() {
     let server = GrpcServer::start().await;
     let tables = "\n[compression]\ntypes = [\"application/*\"]\nmin_size = \"0B\"\n";
-    let d = Daemon::start(&(config(&[server.addr], H2C, "compress = true\ncache = true") + tables));
+    let d = Daemon::start(&(config(server.addr, H2C, "compress = true\ncache = true") + tables));
     let addr = d.addr("http");
     let mut h2 = h2c_conn(addr).await;
     for _ in 0..2 {
@@ -180,7 +157,7 @@ async fn grpc_answers_are_never_compressed_or_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_grpc_pool_answers_unavailable() {
-    let d = Daemon::start(&config(&[dead_addr()], H2C, ""));
+    let d = Daemon::start(&config(dead_addr(), H2C, ""));
     let addr = d.addr("http");
 
     let mut client = GrpcClient::connect(addr).await;
@@ -210,7 +187,7 @@ async fn the_shorter_of_grpc_timeout_and_response_timeout_ends_the_call_deadline
     // The member takes the call and never answers; the pool would wait
     // a minute, the call's own deadline is 300 ms.
     let origin = silent().await;
-    let d = Daemon::start(&config(&[origin.addr], "response_timeout = \"60s\"", ""));
+    let d = Daemon::start(&config(origin.addr, "response_timeout = \"60s\"", ""));
     let addr = d.addr("http");
     let mut h2 = h2c_conn(addr).await;
     // More calls than the outlier detector's consecutive_failures (5):
@@ -231,7 +208,7 @@ async fn the_shorter_of_grpc_timeout_and_response_timeout_ends_the_call_deadline
     // too, and would race sluice to answer.)
     let server = GrpcServer::start().await;
     let pool = format!("{H2C}\nresponse_timeout = \"300ms\"");
-    let d = Daemon::start(&config(&[server.addr], &pool, ""));
+    let d = Daemon::start(&config(server.addr, &pool, ""));
     let mut client = GrpcClient::connect(d.addr("http")).await;
     let mut req = tonic::Request::new(Note {
         text: "zzz".to_string(),
@@ -248,7 +225,7 @@ async fn the_shorter_of_grpc_timeout_and_response_timeout_ends_the_call_deadline
 
     // A malformed grpc-timeout is ignored: only the pool's timeout counts.
     let origin = silent().await;
-    let d = Daemon::start(&config(&[origin.addr], "response_timeout = \"300ms\"", ""));
+    let d = Daemon::start(&config(origin.addr, "response_timeout = \"300ms\"", ""));
     let addr = d.addr("http");
     let mut h2 = h2c_conn(addr).await;
     let r = h2_send(&mut h2, raw_call(addr, &[("grpc-timeout", "1 second")])).await;
@@ -258,7 +235,7 @@ async fn the_shorter_of_grpc_timeout_and_response_timeout_ends_the_call_deadline
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_call_is_resource_exhausted() {
     let d = Daemon::start(&config(
-        &[dead_addr()],
+        dead_addr(),
         "",
         "rate_limit = { requests = 1, per = \"1h\", burst = 1 }",
     ));
@@ -298,7 +275,7 @@ timeout = "2s"
 rise = 1
 fall = 1
 "#;
-    let d = Daemon::start(&config(&[server.addr], health, ""));
+    let d = Daemon::start(&config(server.addr, health, ""));
     let admin = d.addr("admin");
     let up = until_state(admin, server.addr, "up").await;
     assert_eq!(up["last_check"]["ok"], true, "{up}");
@@ -314,7 +291,7 @@ fall = 1
     // A service the server does not know is an error (NOT_FOUND): down.
     drop(d);
     let d = Daemon::start(&config(
-        &[server.addr],
+        server.addr,
         &health.replace("test.Echo", "no.Such"),
         "",
     ));
@@ -347,7 +324,7 @@ fall = 1
 "#,
         ca.display()
     );
-    let d = Daemon::start_in(dir, &config(&[front], &pool, ""));
+    let d = Daemon::start_in(dir, &config(front, &pool, ""));
     let admin = d.addr("admin");
     until_state(admin, front, "up").await;
     // Calls go the same way: h2, picked by ALPN, over the pool's TLS.
