@@ -18,7 +18,10 @@
 //! A purge answers `{"purged": N}`, the number of responses removed. With
 //! `&soft=true` the responses are marked stale instead of removed
 //! (`{"purged": N, "soft": true}`): they keep serving where stale content
-//! is allowed while the next request revalidates them.
+//! is allowed while the next request revalidates them. With
+//! `[cache.purge] fanout`, the purge is also published to the other
+//! instances and the answer says whether that worked
+//! (`"published": true`); `N` counts this instance's responses only.
 //!
 //! Clients outside `allow` get 403; with a `token`, requests without
 //! `Authorization: Bearer <token>` get 401 (except `/healthz` and
@@ -200,7 +203,8 @@ async fn handle(admin: &Admin, client: SocketAddr, req: Request<Incoming>) -> Re
             let _ = req.into_body().collect().await;
             match target {
                 Ok((target, soft)) => {
-                    let answer = crate::cache::purge::run(snap.cache.store.as_ref(), &target, soft);
+                    let mut answer = snap.cache.purge(&target, soft).await;
+                    crate::cache::fanout::announce(&mut answer, &target, soft).await;
                     typed(answer + "\n", "application/json")
                 }
                 Err(why) => text(StatusCode::BAD_REQUEST, why + "\n"),

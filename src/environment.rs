@@ -38,6 +38,11 @@ impl Environment for System {
     fn log_file(&self, path: &Path) -> io::Result<()> {
         crate::access_log::check_path(path)
     }
+
+    fn cache_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)?;
+        tempfile::tempfile_in(path).map(drop)
+    }
 }
 
 /// Reads and validates the config file at `path`. TLS certificate and key

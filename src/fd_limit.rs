@@ -188,6 +188,10 @@ mod tests {
             fn log_file(&self, _: &std::path::Path) -> std::io::Result<()> {
                 Ok(())
             }
+
+            fn cache_dir(&self, _: &std::path::Path) -> std::io::Result<()> {
+                Ok(())
+            }
         }
         let text = r#"
 [[listener]]

@@ -65,6 +65,10 @@ async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let watched = state.clone();
     crate::metrics::get().watch_upstreams(Box::new(move || watched.load().pools.clone()));
     let health = Arc::new(Health::default());
+    if let Some(f) = &state.load().config.cache.fanout {
+        let watched = state.clone();
+        crate::cache::fanout::start(f, Box::new(move || watched.load().cache.clone()));
+    }
 
     // Handlers go in before anything is served or "ready" is logged: until
     // then SIGHUP, SIGTERM and SIGINT would kill the process outright.

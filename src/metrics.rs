@@ -100,6 +100,16 @@ pub struct Metrics {
     pub cache_evictions: IntCounter,
     pub cache_fill_bytes: IntGauge,
     pub cache_fill_budget_exceeded: IntCounterVec,
+    pub cache_purges_published: IntCounter,
+    pub cache_purges_received: IntCounter,
+    pub cache_purge_resubscribe_flushes: IntCounter,
+    pub cache_tier_lookups: IntCounterVec,
+    pub cache_tier_duration: HistogramVec,
+    pub cache_tier_store_dropped: IntCounterVec,
+    pub cache_tier_bytes: IntGaugeVec,
+    pub cache_tier_objects: IntGaugeVec,
+    pub cache_tier_errors: IntCounterVec,
+    pub cache_tier_circuit_open: IntGaugeVec,
     pub compression_in: IntCounterVec,
     pub compression_out: IntCounterVec,
     pub config_reloads: IntCounterVec,
@@ -218,6 +228,56 @@ impl Metrics {
                 "Fills that streamed on uncached because in-flight fills held max_fill_memory, by route.",
                 &["route"],
             ),
+            cache_purges_published: IntCounter::new(
+                "sluice_cache_purges_published_total",
+                "Purges this instance published for the others ([cache.purge] fanout).",
+            )
+            .expect("valid metric"),
+            cache_purges_received: IntCounter::new(
+                "sluice_cache_purges_received_total",
+                "Purges received from other instances and applied here.",
+            )
+            .expect("valid metric"),
+            cache_purge_resubscribe_flushes: IntCounter::new(
+                "sluice_cache_purge_resubscribe_flushes_total",
+                "Times the memory tier was emptied because the purge subscription was lost (purges may have been missed).",
+            )
+            .expect("valid metric"),
+            cache_tier_lookups: counter_vec(
+                "sluice_cache_tier_lookups_total",
+                "Cache lookups per tier (memory, then the second tier), by result.",
+                &["tier", "result"],
+            ),
+            cache_tier_duration: histogram_vec(
+                "sluice_cache_tier_duration_seconds",
+                "Time a second-tier lookup took, hit or miss.",
+                &["tier"],
+            ),
+            cache_tier_store_dropped: counter_vec(
+                "sluice_cache_tier_store_dropped_total",
+                "Stores to a second tier dropped because its queue was full.",
+                &["tier"],
+            ),
+            cache_tier_bytes: gauge_vec(
+                "sluice_cache_tier_bytes",
+                "Bytes held by a cache tier.",
+                &["tier"],
+            ),
+            cache_tier_objects: gauge_vec(
+                "sluice_cache_tier_objects",
+                "Objects (responses and Vary markers) held by a cache tier.",
+                &["tier"],
+            ),
+            cache_tier_errors: counter_vec(
+                "sluice_cache_tier_errors_total",
+                "Second-tier operations that failed, by reason (io, checksum, truncated, malformed, ...).",
+                &["tier", "reason"],
+            ),
+            cache_tier_circuit_open: gauge_vec(
+                "sluice_cache_tier_circuit_open",
+                "1 while a tier's circuit breaker is open (the tier is not asked), else 0.",
+                &["tier"],
+            ),
             compression_in: counter_vec(
                 "sluice_compression_bytes_in_total",
                 "Bytes fed to the compressor, by algorithm.",
@@ -261,6 +321,16 @@ impl Metrics {
             Box::new(m.cache_evictions.clone()),
             Box::new(m.cache_fill_bytes.clone()),
             Box::new(m.cache_fill_budget_exceeded.clone()),
+            Box::new(m.cache_purges_published.clone()),
+            Box::new(m.cache_purges_received.clone()),
+            Box::new(m.cache_purge_resubscribe_flushes.clone()),
+            Box::new(m.cache_tier_lookups.clone()),
+            Box::new(m.cache_tier_duration.clone()),
+            Box::new(m.cache_tier_store_dropped.clone()),
+            Box::new(m.cache_tier_bytes.clone()),
+            Box::new(m.cache_tier_objects.clone()),
+            Box::new(m.cache_tier_errors.clone()),
+            Box::new(m.cache_tier_circuit_open.clone()),
             Box::new(m.compression_in.clone()),
             Box::new(m.compression_out.clone()),
             Box::new(m.config_reloads.clone()),
@@ -970,6 +1040,9 @@ mod tests {
             "sluice_cache_bytes",
             "sluice_cache_evictions_total",
             "sluice_access_log_dropped_total",
+            "sluice_cache_purges_published_total",
+            "sluice_cache_purges_received_total",
+            "sluice_cache_purge_resubscribe_flushes_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}:\n{text}");
         }

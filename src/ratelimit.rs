@@ -178,8 +178,8 @@ impl Decision {
 
 fn ceil_secs(d: Duration) -> u64 {
     let nanos = d.as_nanos();
-    let secs =
-        nanos / u128::from(NANOS_PER_SEC) + u128::from(nanos % u128::from(NANOS_PER_SEC) != 0);
+    let secs = nanos / u128::from(NANOS_PER_SEC)
+        + u128::from(!nanos.is_multiple_of(u128::from(NANOS_PER_SEC)));
     u64::try_from(secs).unwrap_or(u64::MAX)
 }
 

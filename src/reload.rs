@@ -61,6 +61,12 @@ fn try_reload(path: &Path, state: &ArcSwap<Snapshot>) -> Result<(), String> {
         tracing::error!("reload refused, keeping the running config: {why}");
         return Err(why.to_string());
     }
+    if config.cache.fanout != current.config.cache.fanout {
+        tracing::warn!(
+            "[cache.purge] changed: the purge subscription is set up at start, \
+             the change takes effect at the next restart"
+        );
+    }
     if config.access_log != current.config.access_log {
         if let Err(e) = crate::access_log::configure(config.access_log.as_ref()) {
             tracing::error!(error = %e, "reload refused, keeping the running config");

@@ -143,14 +143,6 @@ fn status_of(r: &Reply) -> &str {
     r.header("cache-status").unwrap_or("")
 }
 
-async fn admin_post(d: &Daemon, path: &str) -> Reply {
-    h1(
-        d.addr("admin"),
-        request(Method::POST, path, "admin", empty()),
-    )
-    .await
-}
-
 /// A response stored, then a second request answered from the cache.
 async fn stored_then_hit(d: &Daemon, o: &Scripted, path: &str) -> (Reply, Reply) {
     let first = fetch(d, path).await;

@@ -960,3 +960,59 @@ fn check_warns_of_a_shadowed_route_and_an_unused_pool() {
     assert_eq!((code, out.trim()), (0, "config OK, 1 warning(s)"), "{err}");
     assert!(!err.contains("never used"), "{err}");
 }
+
+#[test]
+fn check_reports_bad_cache_l2_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{VALID}\n[cache.l2]\nkind = \"floppy\"\n");
+    let (path, err) = check_fails(dir.path(), "l2-kind.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"floppy\"")),
+        "cache.l2.kind",
+        "\"floppy\" is not a cache tier; use \"disk\"",
+    );
+
+    let text = format!(
+        "{VALID}\n[cache.l2]\nkind = \"disk\"\nmax_size = \"1MiB\"\nmax_object_size = \"2MiB\"\nstore_queue = 0\n"
+    );
+    let (path, err) = check_fails(dir.path(), "l2-disk.toml", &text);
+    let named = |key: &str, message: &str| {
+        err.lines().any(|l| {
+            l.starts_with(path.to_str().unwrap())
+                && l.contains(&format!("{key}: "))
+                && l.contains(message)
+        })
+    };
+    assert!(
+        named("cache.l2.path", "is required for kind = \"disk\""),
+        "{err}"
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"2MiB\"")),
+        "cache.l2.max_object_size",
+        "2097152 bytes is more than max_size (1048576 bytes)",
+    );
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "0\n")),
+        "cache.l2.store_queue",
+        "must be at least 1",
+    );
+
+    // A path sluice cannot make a directory of.
+    std::fs::write(dir.path().join("a-file"), "").unwrap();
+    let text = format!("{VALID}\n[cache.l2]\nkind = \"disk\"\npath = \"a-file/cache\"\n");
+    let (path, err) = check_fails(dir.path(), "l2-path.toml", &text);
+    assert_error(
+        &err,
+        &path,
+        Some(pos(&text, "\"a-file/cache\"")),
+        "cache.l2.path",
+        "cannot use",
+    );
+}

@@ -32,6 +32,7 @@ use http_body_util::BodyExt;
 use prometheus::IntCounter;
 
 use super::store::Entry;
+use super::tier::Spill;
 use crate::body::{BoxError, ProxyBody};
 
 /// How far a relay reads ahead of its slowest client.
@@ -146,6 +147,18 @@ pub(crate) enum Outcome {
     /// The origin's body failed or ended early: nothing stored, and every
     /// reader's body ends with an error.
     Failed,
+}
+
+/// What [`Filling::push`] did with a frame.
+#[derive(Debug, PartialEq, Eq)]
+enum Push {
+    /// Kept for the store.
+    Storing,
+    /// The fill stopped storing with this frame; `kept` is every byte
+    /// before it.
+    Stopped { kept: Bytes },
+    /// Relayed; the frame starts at byte `at`.
+    Relaying { at: u64 },
 }
 
 enum Shared {
@@ -292,6 +305,17 @@ impl Filling {
         true
     }
 
+    /// Publishes the head of a response too large for memory: a relay
+    /// from its first byte (its body goes to the second tier, if anywhere),
+    /// which nobody joins.
+    pub(crate) fn open_relay(&self, head: Arc<Head>) {
+        let mut s = self.lock();
+        s.head = Shared::Ready(head);
+        s.storing = false;
+        s.outcome = Outcome::TooLarge;
+        wake_all(&mut s);
+    }
+
     /// The leader's response will not be shared.
     pub(crate) fn refuse(&self) {
         let mut s = self.lock();
@@ -365,20 +389,21 @@ impl Filling {
         self.lock().received
     }
 
-    /// Appends a frame from the origin. Returns `false` when the fill has
-    /// just stopped storing, so that its registration can go.
-    fn push(&self, data: Bytes, max_object_size: u64) -> bool {
+    /// Appends a frame from the origin and says what the fill does with it.
+    fn push(&self, data: Bytes, max_object_size: u64) -> Push {
         let n = data.len() as u64;
         let mut s = self.lock();
         let was_storing = s.storing;
+        let at = s.received;
+        let mut kept = None;
         if s.storing {
             if s.received + n > max_object_size {
-                Self::stop_storing(&mut s, Outcome::TooLarge);
+                kept = Some(Self::stop_storing(&mut s, Outcome::TooLarge));
             } else if !self.budget.reserve(n) {
                 if let Some(c) = &s.over_budget {
                     c.inc();
                 }
-                Self::stop_storing(&mut s, Outcome::OverBudget);
+                kept = Some(Self::stop_storing(&mut s, Outcome::OverBudget));
             }
         }
         if s.storing {
@@ -386,7 +411,6 @@ impl Filling {
         } else {
             // A relay's window is counted whatever the limit.
             self.budget.add(n);
-            let at = s.received;
             s.chunks.push_back((at, data));
         }
         s.counted += n;
@@ -395,20 +419,25 @@ impl Filling {
             self.trim(&mut s);
         }
         wake_all(&mut s);
-        !was_storing || s.storing
+        match kept {
+            Some(kept) => Push::Stopped { kept },
+            None if was_storing => Push::Storing,
+            None => Push::Relaying { at },
+        }
     }
 
     /// Turns the fill into a relay: what was received so far becomes its
-    /// first chunk.
-    fn stop_storing(s: &mut State, why: Outcome) {
+    /// first chunk, and is returned (for a second tier taking the body).
+    fn stop_storing(s: &mut State, why: Outcome) -> Bytes {
         s.storing = false;
         s.outcome = why;
         let kept = s.buf.split().freeze();
         s.buf = BytesMut::new();
         if !kept.is_empty() {
-            s.chunks.push_back((0, kept));
+            s.chunks.push_back((0, kept.clone()));
         }
         tracing::debug!(reason = ?why, "fill stops storing and relays");
+        kept
     }
 
     /// Drops the chunks every live reader has read past (a relay's).
@@ -512,7 +541,9 @@ fn wake_all(s: &mut State) {
 /// Reads the origin's body into `filling` at the origin's pace (a relay's
 /// at its readers'), then calls `store` with the whole body when it was
 /// kept. `registration` (the key's coalescing entry) goes as soon as the
-/// fill stops storing, so that later requests do not join it.
+/// fill stops storing, so that later requests do not join it. A body the
+/// fill does not keep (too large, over budget) goes to the second tier
+/// from its first byte when `spill` gives a [`Spill`] for it.
 pub(crate) async fn drive<R>(
     filling: Arc<Filling>,
     mut body: ProxyBody,
@@ -520,8 +551,13 @@ pub(crate) async fn drive<R>(
     expected: Option<u64>,
     registration: R,
     store: impl FnOnce(Bytes),
+    spill: Option<SpillStart>,
 ) {
     let mut registration = Some(registration);
+    let mut spill = match spill {
+        Some(start) => Spilling::Unasked(start),
+        None => Spilling::Off,
+    };
     loop {
         let next = poll_fn(|cx| match filling.poll_room(cx) {
             Poll::Ready(true) => Pin::new(&mut body).poll_frame(cx).map(Some),
@@ -537,8 +573,22 @@ pub(crate) async fn drive<R>(
         match next {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
-                    if !data.is_empty() && !filling.push(data, max_object_size) {
-                        registration = None;
+                    if data.is_empty() {
+                        continue;
+                    }
+                    match filling.push(data.clone(), max_object_size) {
+                        Push::Storing => {}
+                        Push::Stopped { kept } => {
+                            registration = None;
+                            spill.start(&[kept, data]);
+                        }
+                        Push::Relaying { at: 0 } => {
+                            // A relay from the start (too large for
+                            // memory): nobody joins it.
+                            registration = None;
+                            spill.start(&[data]);
+                        }
+                        Push::Relaying { .. } => spill.write(data),
                     }
                 }
             }
@@ -560,9 +610,53 @@ pub(crate) async fn drive<R>(
     if let Some(whole) = filling.end(true) {
         store(whole);
     }
+    if let Spilling::Active(s) = spill {
+        s.commit();
+    }
     // Dropped last: until now a request for the key joins this fill; from
     // now on it finds the stored entry.
     drop(registration);
+}
+
+/// Opens the second tier's writer for a body the fill does not keep.
+pub(crate) type SpillStart = Box<dyn FnOnce() -> Option<Spill> + Send>;
+
+/// A fill's body on its way to the second tier, if it goes there.
+enum Spilling {
+    /// Not asked yet: asked when the fill stops storing (or relays from
+    /// its first byte).
+    Unasked(SpillStart),
+    Active(Spill),
+    Off,
+}
+
+impl Spilling {
+    /// Asks for a spill, with the body's bytes so far.
+    fn start(&mut self, first: &[Bytes]) {
+        let next = match std::mem::replace(self, Spilling::Off) {
+            Spilling::Unasked(start) => match start() {
+                Some(mut s) => {
+                    for data in first {
+                        s.write(data.clone());
+                    }
+                    Spilling::Active(s)
+                }
+                None => Spilling::Off,
+            },
+            other => other,
+        };
+        *self = next;
+    }
+
+    fn write(&mut self, data: Bytes) {
+        match self {
+            Spilling::Active(s) => s.write(data),
+            // A body that began relaying past its first byte cannot be
+            // spilled whole.
+            Spilling::Unasked(_) => *self = Spilling::Off,
+            Spilling::Off => {}
+        }
+    }
 }
 
 /// One client's copy of a fill's body, from its own position.
@@ -726,9 +820,15 @@ mod tests {
         let (tx, body) = origin();
         let stored = Arc::new(Mutex::new(None));
         let s2 = stored.clone();
-        let driver = tokio::spawn(drive(f.clone(), body, 1 << 20, None, (), move |b| {
-            *s2.lock().unwrap() = Some(b)
-        }));
+        let driver = tokio::spawn(drive(
+            f.clone(),
+            body,
+            1 << 20,
+            None,
+            (),
+            move |b| *s2.lock().unwrap() = Some(b),
+            None,
+        ));
         for _ in 0..100 {
             tx.send(Ok(Bytes::from(vec![7u8; 1000]))).await.unwrap();
         }
@@ -750,7 +850,7 @@ mod tests {
         let f = Filling::new(Arc::new(Budget::new(1 << 20)));
         assert!(f.open(head(None), counter()));
         let (tx, body) = origin();
-        let driver = tokio::spawn(drive(f.clone(), body, 1 << 20, None, (), |_| {}));
+        let driver = tokio::spawn(drive(f.clone(), body, 1 << 20, None, (), |_| {}, None));
         tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
         while f.received() < 3 {
             tokio::task::yield_now().await;
@@ -774,9 +874,15 @@ mod tests {
         let (tx, body) = origin();
         let stored = Arc::new(Mutex::new(false));
         let s2 = stored.clone();
-        let driver = tokio::spawn(drive(f.clone(), body, 1 << 20, None, (), move |_| {
-            *s2.lock().unwrap() = true
-        }));
+        let driver = tokio::spawn(drive(
+            f.clone(),
+            body,
+            1 << 20,
+            None,
+            (),
+            move |_| *s2.lock().unwrap() = true,
+            None,
+        ));
         tx.send(Ok(Bytes::from_static(b"part"))).await.unwrap();
         tx.send(Err("cut".into())).await.unwrap();
         driver.await.unwrap();
@@ -792,9 +898,15 @@ mod tests {
         assert!(f.open(head(Some(10)), counter()));
         let a = f.reader(0, None, true).unwrap();
         let (tx, body) = origin();
-        let driver = tokio::spawn(drive(f.clone(), body, 1 << 20, Some(10), (), |_| {
-            panic!("stored")
-        }));
+        let driver = tokio::spawn(drive(
+            f.clone(),
+            body,
+            1 << 20,
+            Some(10),
+            (),
+            |_| panic!("stored"),
+            None,
+        ));
         tx.send(Ok(Bytes::from_static(b"four"))).await.unwrap();
         drop(tx);
         driver.await.unwrap();
@@ -809,7 +921,7 @@ mod tests {
         assert!(f.open(head(Some(60)), c.clone()));
         let reader = f.reader(0, Some(60), true).unwrap();
         let (tx, body) = origin();
-        let driver = tokio::spawn(drive(f.clone(), body, 1 << 20, Some(60), (), |_| {}));
+        let driver = tokio::spawn(drive(f.clone(), body, 1 << 20, Some(60), (), |_| {}, None));
         tx.send(Ok(Bytes::from(vec![0u8; 60]))).await.unwrap();
         drop(tx);
         driver.await.unwrap();
@@ -831,9 +943,15 @@ mod tests {
         assert!(f.open(head(None), c.clone()));
         let mut reader = f.reader(0, None, true).unwrap();
         let (tx, body) = origin();
-        let driver = tokio::spawn(drive(f.clone(), body, 1 << 30, None, (), |_| {
-            panic!("stored")
-        }));
+        let driver = tokio::spawn(drive(
+            f.clone(),
+            body,
+            1 << 30,
+            None,
+            (),
+            |_| panic!("stored"),
+            None,
+        ));
         let chunk = Bytes::from(vec![1u8; 16 << 10]);
         let total = 64usize;
         let feeder = tokio::spawn(async move {
@@ -869,7 +987,7 @@ mod tests {
         assert!(f.open(head(None), counter()));
         let mut reader = f.reader(0, None, true).unwrap();
         let (tx, body) = origin();
-        let driver = tokio::spawn(drive(f.clone(), body, 1 << 20, None, (), |_| {}));
+        let driver = tokio::spawn(drive(f.clone(), body, 1 << 20, None, (), |_| {}, None));
         tx.send(Ok(Bytes::from(vec![1u8; 3 * FRAME])))
             .await
             .unwrap();
@@ -891,7 +1009,7 @@ mod tests {
         assert!(f.open(head(None), counter()));
         let r = f.reader(0, None, true).unwrap();
         let (tx, body) = origin();
-        let driver = tokio::spawn(drive(f.clone(), body, 10, None, (), |_| panic!()));
+        let driver = tokio::spawn(drive(f.clone(), body, 10, None, (), |_| panic!(), None));
         tx.send(Ok(Bytes::from(vec![0u8; 20]))).await.unwrap();
         while f.received() < 20 {
             tokio::task::yield_now().await;

@@ -11,10 +11,13 @@
 //! - [`serve`]: answers made from an entry (HEAD, 304, ranges, `Age`,
 //!   `Cache-Status`).
 //! - [`purge`]: invalidation after unsafe methods and purge by URL, prefix,
-//!   tag or everything.
+//!   tag or everything; [`fanout`]: the same purges published to, and
+//!   received from, the other instances through Redis.
 //!
 //! - [`verdict`]: sluice's storing and lifetime rules (Surrogate-Control
 //!   over RFC 9111, `max_object_size`).
+//! - [`tier`]: the second tier (`[cache.l2]`) behind memory: looked up on
+//!   a memory miss, fed off the request path, purged with memory.
 //!
 //! The cache returns decisions; the proxy goes upstream. [`Cache::lookup`]
 //! answers a GET or HEAD with a [`Lookup`]: a usable entry is a `Hit`; a
@@ -27,6 +30,7 @@
 //! `Pass`: forwarded as they are, and [`Pass::finish`] invalidates after an
 //! unsafe method's success.
 
+pub(crate) mod fanout;
 pub(crate) mod fill;
 pub(crate) mod filling;
 pub(crate) mod key;
@@ -36,6 +40,7 @@ pub(crate) mod serve;
 pub(crate) mod store;
 pub(crate) mod surrogate;
 pub(crate) mod targeted;
+pub(crate) mod tier;
 pub(crate) mod verdict;
 
 use std::net::IpAddr;
@@ -60,7 +65,10 @@ use store::{Entry, MemoryStore, Object, Store};
 /// reloads; a new `max_size` gets a new store holding the old one's entries.
 #[derive(Debug)]
 pub(crate) struct Cache {
+    /// The memory tier.
     pub store: Arc<dyn Store>,
+    /// The second tier, when `[cache.l2]` configures one.
+    pub l2: Option<Arc<tier::L2>>,
     fills: Arc<Fills>,
     /// What fills in flight hold, against `max_fill_memory`.
     budget: Arc<Budget>,
@@ -68,10 +76,24 @@ pub(crate) struct Cache {
 }
 
 impl Cache {
+    /// A new cache; its second tier is opened here (one that cannot be
+    /// opened is logged, and the cache runs on memory alone).
     pub(crate) fn new(config: &CacheConfig) -> Cache {
+        let l2 = config.l2.as_ref().and_then(|c| {
+            tier::L2::open(c, config.max_object_size)
+                .inspect_err(|e| {
+                    tracing::error!(tier = c.kind.name(), error = %e, "cannot open the cache's second tier; running without it")
+                })
+                .ok()
+        });
+        Cache::with_l2(config, l2)
+    }
+
+    fn with_l2(config: &CacheConfig, l2: Option<Arc<tier::L2>>) -> Cache {
         let evictions = crate::metrics::get().cache_evictions.clone();
         Cache {
             store: Arc::new(MemoryStore::new(config.max_size, move || evictions.inc())),
+            l2,
             fills: Arc::default(),
             budget: Arc::new(Budget::new(config.max_fill_memory)),
             max_size: config.max_size,
@@ -88,10 +110,13 @@ impl Cache {
             return Arc::new(Cache::new(config));
         };
         previous.budget.set_limit(config.max_fill_memory);
+        if previous.l2.as_ref().map(|l2| &l2.config) != config.l2.as_ref() {
+            tracing::warn!("[cache.l2] changed: the change takes effect at the next restart");
+        }
         if previous.max_size == config.max_size {
             return previous.clone();
         }
-        let mut resized = Cache::new(config);
+        let mut resized = Cache::with_l2(config, previous.l2.clone());
         resized.fills = previous.fills.clone();
         resized.budget = previous.budget.clone();
         previous.store.each(&mut |key, object| {
@@ -109,6 +134,102 @@ impl Cache {
             .set(i64::try_from(self.store.bytes()).unwrap_or(i64::MAX));
         m.cache_fill_bytes
             .set(i64::try_from(self.budget.used()).unwrap_or(i64::MAX));
+        m.cache_tier_bytes
+            .with_label_values(&["memory"])
+            .set(i64::try_from(self.store.bytes()).unwrap_or(i64::MAX));
+        m.cache_tier_objects
+            .with_label_values(&["memory"])
+            .set(i64::try_from(self.store.entries()).unwrap_or(i64::MAX));
+        if let Some(l2) = &self.l2 {
+            l2.refresh_gauges();
+        }
+    }
+
+    /// Stores `object` under `key` in memory and offers it to the second
+    /// tier.
+    fn keep(&self, key: String, object: Arc<Object>) {
+        if let Some(l2) = &self.l2 {
+            l2.offer(&key, &object);
+        }
+        self.store.insert(key, object);
+    }
+
+    /// Runs a purge on every tier, logs it, and gives the JSON answer:
+    /// `{"purged":N}` (the memory tier's count), with `"soft":true` for a
+    /// soft one and `"l2_purged":M` (or `"l2_error"`) with a second tier.
+    pub(crate) async fn purge(&self, target: &purge::Target, soft: bool) -> String {
+        let mut answer = purge::run(self.store.as_ref(), target, soft);
+        if let Some(l2) = &self.l2 {
+            let tail = match l2.purge(target, soft).await {
+                Ok(n) => {
+                    tracing::info!(?target, purged = n, tier = l2.name(), "cache tier purge");
+                    format!(",\"l2_purged\":{n}}}")
+                }
+                Err(e) => {
+                    tracing::warn!(?target, tier = l2.name(), error = %e, "cache tier purge failed");
+                    format!(",\"l2_error\":\"{}\"}}", e.reason())
+                }
+            };
+            answer.pop();
+            answer.push_str(&tail);
+        }
+        answer
+    }
+
+    /// Applies a purge another instance published (`[cache.purge] fanout`)
+    /// to this instance's own tiers: memory, and a disk tier. A shared
+    /// (Redis) tier was purged by the instance that published it.
+    pub(crate) async fn purge_received(&self, target: &purge::Target, soft: bool) -> String {
+        match &self.l2 {
+            Some(l2) if matches!(l2.config.kind, crate::config::L2Kind::Redis(_)) => {
+                purge::run(self.store.as_ref(), target, soft)
+            }
+            _ => self.purge(target, soft).await,
+        }
+    }
+
+    /// The second tier's answer for a request that memory missed: the
+    /// response (promoted to memory when held whole) or a streamed one.
+    /// `memory` is what the memory tier found (a `Vary` marker names the
+    /// variant key to ask for).
+    async fn find_l2(
+        &self,
+        l2: &tier::L2,
+        primary: &str,
+        req: &HeaderMap,
+        memory: Found,
+    ) -> (Found, Option<tier::Streamed>) {
+        let mut found = memory;
+        let key = match &found.variant {
+            Some(variant) => variant.clone(),
+            None => match l2.get(primary).await {
+                None => return (found, None),
+                Some(tier::Fetched::Object(o)) => match &*o {
+                    Object::Vary { names, id } => {
+                        let variant = key::variant(primary, *id, names, req);
+                        self.store.insert(primary.to_string(), o.clone());
+                        found.variant = Some(variant.clone());
+                        found.fwd = "vary-miss";
+                        variant
+                    }
+                    Object::Response(_) => {
+                        self.store.insert(primary.to_string(), o.clone());
+                        found.entry = Some(o);
+                        return (found, None);
+                    }
+                },
+                Some(tier::Fetched::Streamed(s)) => return (found, Some(s)),
+            },
+        };
+        match l2.get(&key).await {
+            Some(tier::Fetched::Object(o)) if matches!(*o, Object::Response(_)) => {
+                self.store.insert(key, o.clone());
+                found.entry = Some(o);
+                (found, None)
+            }
+            Some(tier::Fetched::Streamed(s)) => (found, Some(s)),
+            _ => (found, None),
+        }
     }
 
     /// Finds the stored response for a request whose primary key is
@@ -255,7 +376,8 @@ impl Cache {
     /// `lock_timeout`) when another request is already filling its key.
     pub(crate) async fn lookup(&self, set: Settings<'_>, req: Request<'_>) -> Lookup {
         if req.method.as_str() == "PURGE" {
-            let resp = purge::purge_request(self, set.cache, req.peer, &req.primary, req.head);
+            let resp =
+                purge::purge_request(self, set.cache, req.peer, &req.primary, req.head).await;
             return Lookup::Hit(Answer { resp, result: None });
         }
         let readable = *req.method == Method::GET || *req.method == Method::HEAD;
@@ -277,7 +399,23 @@ impl Cache {
         let asked = Directives::of(req.head);
         // One clock reading decides freshness and sets `Age`.
         let now = SystemTime::now();
-        let found = self.find(&req.primary, req.head);
+        let mut found = self.find(&req.primary, req.head);
+        let memory_hit = found.entry.is_some();
+        crate::metrics::get()
+            .cache_tier_lookups
+            .with_label_values(&["memory", if memory_hit { "hit" } else { "miss" }])
+            .inc();
+        let mut from_l2 = None;
+        if let (false, Some(l2)) = (memory_hit, &self.l2) {
+            let (l2_found, streamed) = self.find_l2(l2, &req.primary, req.head, found).await;
+            found = l2_found;
+            if let Some(s) = streamed {
+                if let Some(answer) = streamed_hit(set, &s, view, &asked, now) {
+                    return Lookup::Hit(answer);
+                }
+            }
+            from_l2 = found.entry.is_some().then_some("l2");
+        }
         let mut fwd = found.fwd;
         let mut stale = None;
         if let Some(object) = &found.entry {
@@ -285,7 +423,7 @@ impl Cache {
                 let served = (entry, found.key(&req.primary));
                 match asked.usable(entry, now) {
                     Use::Fresh => {
-                        return Lookup::Hit(self.hit(set, "hit", served, view, None, now))
+                        return Lookup::Hit(self.hit(set, "hit", served, view, from_l2, now))
                     }
                     Use::StaleAllowed => {
                         let detail = Some("max-stale");
@@ -450,8 +588,7 @@ impl Cache {
                     .and_then(entry_of)
                     .is_some_and(|e| std::ptr::eq(e, entry))
                 {
-                    self.store
-                        .insert(key.to_string(), Arc::new(Object::Response(entry.clone())));
+                    self.keep(key.to_string(), Arc::new(Object::Response(entry.clone())));
                 }
                 Copy::Encoded(coding, bytes)
             }
@@ -493,6 +630,34 @@ async fn follow(
     Some(Answer {
         resp,
         result: Some("coalesced"),
+    })
+}
+
+/// A response the second tier streams (too large for memory), served
+/// when fresh (or stale where the client allows it); otherwise the
+/// request goes upstream as a plain miss (the body is not revalidated).
+fn streamed_hit(
+    set: Settings<'_>,
+    s: &tier::Streamed,
+    view: View<'_>,
+    asked: &Directives,
+    now: SystemTime,
+) -> Option<Answer> {
+    let (result, detail) = match asked.usable(&s.entry, now) {
+        Use::Fresh => ("hit", "l2"),
+        Use::StaleAllowed => ("stale", "max-stale"),
+        _ => return None,
+    };
+    let age = s.entry.age(now);
+    let mut resp = serve::from_source(&s.entry, s.length, &s.body, view.method, view.head, age);
+    let status = Status::Hit {
+        ttl: serve::ttl(&s.entry, age),
+        detail: Some(detail),
+    };
+    status_header(set.cache, &mut resp, &status);
+    Some(Answer {
+        resp,
+        result: Some(result),
     })
 }
 
@@ -550,7 +715,12 @@ impl Pass {
             && !reply::is_generated(&resp)
             && (status.is_success() || status.is_redirection())
         {
-            purge::invalidate(cache.store.as_ref(), &self.primary, resp.headers());
+            let gone = purge::invalidate(cache.store.as_ref(), &self.primary, resp.headers());
+            if let Some(l2) = &cache.l2 {
+                for key in gone {
+                    l2.invalidate(key);
+                }
+            }
         }
         fill::take_tags(resp.headers_mut());
         let fwd = if self.safe { "bypass" } else { "method" };
@@ -649,9 +819,7 @@ impl Fill {
                 let fresh = refreshed(entry, resp.headers(), fields, request_time, response_time);
                 let age = fresh.age(SystemTime::now());
                 let mut out = serve::from_entry(&fresh, view.method, view.head, age, None);
-                cache
-                    .store
-                    .insert(key.clone(), Arc::new(Object::Response(fresh)));
+                cache.keep(key.clone(), Arc::new(Object::Response(fresh)));
                 drop(guard);
                 status_header(cfg, &mut out, &Status::forward(fwd, Some(304), true));
                 return Answer {
@@ -690,6 +858,10 @@ impl Fill {
         let rules = policy::StoreRules {
             store_set_cookie: cfg.store_set_cookie,
         };
+        // A second tier may take what memory would not.
+        let object_limit = cache.l2.as_ref().map_or(cfg.max_object_size, |l2| {
+            l2.max_object_size().max(cfg.max_object_size)
+        });
         let verdict = verdict::storable(
             view.head,
             &asked.cc,
@@ -697,7 +869,7 @@ impl Fill {
             &parts.headers,
             directives.1.then_some(&directives.0),
             &rules,
-            cfg.max_object_size,
+            object_limit,
         );
         if let Err(why) = verdict {
             tracing::trace!(reason = %why, "response not stored");
@@ -748,7 +920,12 @@ impl Fill {
         let over_budget = crate::metrics::get()
             .cache_fill_budget_exceeded
             .with_label_values(&[set.route]);
-        if !filling.open(shared.clone(), over_budget) {
+        // Too large for memory, not for the second tier: relayed to the
+        // client and written to the tier as it arrives.
+        let l2_only = length.is_some_and(|n| n > cfg.max_object_size);
+        if l2_only {
+            filling.open_relay(shared.clone());
+        } else if !filling.open(shared.clone(), over_budget) {
             // No room in the fill budget for this body: it streams on,
             // uncached, and the followers go on their own.
             drop(guard);
@@ -779,6 +956,11 @@ impl Fill {
         };
         let store = cache.store.clone();
         let placed = shared.clone();
+        let l2 = cache.l2.clone();
+        let spill = cache.l2.clone().map(|l2| {
+            let head = shared.clone();
+            Box::new(move || l2.spill(&head)) as filling::SpillStart
+        });
         tokio::spawn(filling::drive(
             filling,
             upstream_body,
@@ -786,8 +968,12 @@ impl Fill {
             length,
             guard,
             move |body| {
-                fill::store(store.as_ref(), &placed, body);
+                let entry = fill::store(store.as_ref(), &placed, body);
+                if let Some(l2) = &l2 {
+                    l2.offer_fill(&placed, &entry);
+                }
             },
+            spill,
         ));
         // A fill that has not started keeps every byte: a reader is had.
         let mut out = out.unwrap_or_else(|| Refusal::UpstreamFailed.reply());

@@ -66,13 +66,20 @@ pub(crate) fn soft_purge(store: &dyn Store, target: &Target, now: SystemTime) ->
 
 impl Target {
     fn matches(&self, key: &str, object: &Object) -> bool {
+        let tags = match object {
+            Object::Response(e) => Some(&*e.tags),
+            Object::Vary { .. } => None,
+        };
+        self.names(key, tags)
+    }
+
+    /// Whether the target names what is stored under `key`: a response
+    /// with `tags`, or a `Vary` marker (`None`).
+    pub(crate) fn names(&self, key: &str, tags: Option<&[Box<str>]>) -> bool {
         match self {
             Target::Url(url) => same_url(key, url),
             Target::Prefix(prefix) => key::url_of(key).starts_with(prefix.as_str()),
-            Target::Tag(tag) => match object {
-                Object::Response(e) => e.tags.iter().any(|t| **t == **tag),
-                Object::Vary { .. } => false,
-            },
+            Target::Tag(tag) => tags.is_some_and(|tags| tags.iter().any(|t| **t == **tag)),
             Target::All => true,
         }
     }
@@ -112,16 +119,16 @@ pub(crate) fn canonical_url(text: &str) -> Result<String, String> {
 
 /// RFC 9111 §4.4: after a non-error response to an unsafe method, the
 /// target URI and the `Location` / `Content-Location` URIs on the same
-/// host are invalidated.
-pub(crate) fn invalidate(store: &dyn Store, primary: &str, resp: &HeaderMap) {
+/// host are invalidated. Returns the keys removed from `store`, for the
+/// other tiers.
+pub(crate) fn invalidate(store: &dyn Store, primary: &str, resp: &HeaderMap) -> Vec<String> {
     let url = key::url_of(primary);
     let extras = &primary[url.len()..];
-    let purge_one = |u: &str| {
-        if extras.is_empty() {
-            store.remove(u);
-        } else {
-            store.remove(&format!("{u}{extras}"));
-        }
+    let mut gone = Vec::new();
+    let mut purge_one = |u: &str| {
+        let key = format!("{u}{extras}");
+        store.remove(&key);
+        gone.push(key);
     };
     purge_one(url);
     let origin = origin_of(url);
@@ -138,6 +145,7 @@ pub(crate) fn invalidate(store: &dyn Store, primary: &str, resp: &HeaderMap) {
             }
         }
     }
+    gone
 }
 
 /// `scheme://authority` of a canonical URL.
@@ -154,7 +162,7 @@ static SLUICE_PURGE: header::HeaderName = header::HeaderName::from_static("sluic
 
 /// `PURGE` on a caching route: allowed from `[cache] purge_allow` only;
 /// soft with `Sluice-Purge: soft`.
-pub(crate) fn purge_request(
+pub(crate) async fn purge_request(
     cache: &Cache,
     cfg: &CacheConfig,
     peer: IpAddr,
@@ -172,7 +180,9 @@ pub(crate) fn purge_request(
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"soft"));
     let url = key::url_of(primary).to_string();
     let target = Target::Url(url.clone());
-    reply::json(StatusCode::OK, &run(cache.store.as_ref(), &target, soft))
+    let mut answer = cache.purge(&target, soft).await;
+    super::fanout::announce(&mut answer, &target, soft).await;
+    reply::json(StatusCode::OK, &answer)
 }
 
 /// Runs a purge, logs it, and gives the JSON answer: `{"purged":N}`, with

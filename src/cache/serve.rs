@@ -167,6 +167,27 @@ pub(crate) fn from_fill(
     answer(&head.entry, method, req, headers, head.length, true, body)
 }
 
+/// The response from an entry whose body (`len` bytes) stays in a second
+/// tier and is streamed from it.
+pub(crate) fn from_source(
+    entry: &Entry,
+    len: u64,
+    source: &Arc<dyn super::tier::BodySource>,
+    method: &Method,
+    req: &HeaderMap,
+    age: Duration,
+) -> Response<ProxyBody> {
+    let headers = head_of(entry, age);
+    let body = |range: Option<(u64, u64)>| {
+        Some(match range {
+            Some((first, last)) => source.open(first, last + 1),
+            None => source.open(0, len),
+        })
+    };
+    answer(entry, method, req, headers, Some(len), true, body)
+        .unwrap_or_else(|| Response::new(body::empty()))
+}
+
 /// The head an entry is served with: `Age` set, `Surrogate-Control` gone.
 fn head_of(entry: &Entry, age: Duration) -> HeaderMap {
     let mut headers = entry.headers.clone();

@@ -9,7 +9,9 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
+use super::cache_tier::{L2Config, L2Kind};
 use super::observe::Cidr;
+use super::redis::RedisEndpoint;
 use super::units::{de_duration, de_opt_size, de_size};
 use super::{Seg, Validator};
 
@@ -38,6 +40,24 @@ pub(crate) struct RawCache {
     pub purge_allow: Vec<String>,
     #[serde(default = "d_targeted_fields")]
     pub targeted_fields: Vec<String>,
+    #[serde(default)]
+    pub purge: RawPurge,
+    /// `[cache.l2]`: the second tier, if any.
+    #[serde(default)]
+    pub l2: Option<super::cache_tier::RawL2>,
+}
+
+/// `[cache.purge]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPurge {
+    /// `"none"` (the default) or `"redis"`.
+    #[serde(default)]
+    pub fanout: Option<String>,
+    pub url: Option<String>,
+    #[serde(default)]
+    pub cluster: Vec<String>,
+    pub key_prefix: Option<String>,
 }
 
 impl Default for RawCache {
@@ -53,6 +73,8 @@ impl Default for RawCache {
             store_set_cookie: false,
             purge_allow: Vec::new(),
             targeted_fields: d_targeted_fields(),
+            purge: RawPurge::default(),
+            l2: None,
         }
     }
 }
@@ -111,7 +133,31 @@ pub struct CacheConfig {
     pub purge_allow: Vec<Cidr>,
     /// RFC 9213 targeted fields this cache obeys, in precedence order.
     pub targeted_fields: Vec<HeaderName>,
+    /// `[cache.purge] fanout`: where purges are published so that every
+    /// instance applies them; `None` = this instance only.
+    pub fanout: Option<FanoutConfig>,
+    /// The second tier (`[cache.l2]`), if any.
+    pub(crate) l2: Option<super::cache_tier::L2Config>,
 }
+
+/// `[cache.purge] fanout = "redis"`: purges go out on a Redis channel and
+/// come in from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutConfig {
+    pub redis: RedisEndpoint,
+    /// The Redis key prefix; the channel is `<key_prefix>purge`.
+    pub key_prefix: String,
+}
+
+impl FanoutConfig {
+    /// The pub/sub channel purges travel on.
+    pub fn channel(&self) -> String {
+        format!("{}purge", self.key_prefix)
+    }
+}
+
+/// The default Redis key prefix (`key_prefix`).
+pub(crate) const DEFAULT_KEY_PREFIX: &str = "sluice:";
 
 impl Default for CacheConfig {
     fn default() -> Self {
@@ -119,16 +165,21 @@ impl Default for CacheConfig {
             &RawCache::default(),
             Vec::new(),
             vec![HeaderName::from_static("cdn-cache-control")],
+            None,
+            None,
         )
     }
 }
 
 impl CacheConfig {
-    /// `raw`'s values, with `purge_allow` and `targeted_fields` parsed.
+    /// `raw`'s values, with `purge_allow`, `targeted_fields` and `l2`
+    /// validated.
     fn from_raw(
         raw: &RawCache,
         purge_allow: Vec<Cidr>,
         targeted_fields: Vec<HeaderName>,
+        fanout: Option<FanoutConfig>,
+        l2: Option<super::cache_tier::L2Config>,
     ) -> CacheConfig {
         CacheConfig {
             max_size: raw.max_size,
@@ -143,6 +194,8 @@ impl CacheConfig {
             store_set_cookie: raw.store_set_cookie,
             purge_allow,
             targeted_fields,
+            fanout,
+            l2,
         }
     }
 }
@@ -247,7 +300,69 @@ impl Validator<'_> {
                 Err(_) => self.error(&at, format!("\"{f}\" is not a valid header name")),
             }
         }
-        CacheConfig::from_raw(raw, purge_allow, targeted)
+        let mut l2 = self.cache_l2(raw.l2.as_ref());
+        if let Some(L2Config {
+            kind: L2Kind::Redis(r),
+            ..
+        }) = &mut l2
+        {
+            r.stale = raw.serve_stale_on_error.max(raw.stale_if_unreachable);
+        }
+        let fanout = self.fanout(&raw.purge, l2.as_ref());
+        CacheConfig::from_raw(raw, purge_allow, targeted, fanout, l2)
+    }
+
+    /// `[cache.purge]`: the fan-out and the Redis it goes through. With a
+    /// Redis tier, the fan-out is on unless `fanout = "none"`, and goes
+    /// through the tier's Redis and `key_prefix` unless the table names
+    /// others.
+    fn fanout(&mut self, raw: &RawPurge, l2: Option<&L2Config>) -> Option<FanoutConfig> {
+        let table = [Seg::Key("cache"), Seg::Key("purge")];
+        let at = |k| [Seg::Key("cache"), Seg::Key("purge"), Seg::Key(k)];
+        let tier = match l2.map(|l| &l.kind) {
+            Some(L2Kind::Redis(r)) => Some(r),
+            _ => None,
+        };
+        match (raw.fanout.as_deref(), tier) {
+            (Some("redis"), _) | (None, Some(_)) => {}
+            (None | Some("none"), _) => {
+                for (key, set) in [
+                    ("url", raw.url.is_some()),
+                    ("cluster", !raw.cluster.is_empty()),
+                    ("key_prefix", raw.key_prefix.is_some()),
+                ] {
+                    if set {
+                        self.error(&at(key), "has no effect without fanout = \"redis\"");
+                    }
+                }
+                return None;
+            }
+            (Some(other), _) => {
+                self.error(
+                    &at("fanout"),
+                    format!("\"{other}\" is not a fan-out; use \"redis\" or \"none\""),
+                );
+                return None;
+            }
+        }
+        let redis = if raw.url.is_none() && raw.cluster.is_empty() {
+            let Some(tier) = tier else {
+                self.error(
+                    &at("fanout"),
+                    "\"redis\" needs url or cluster here (or a [cache.l2] of kind = \"redis\")",
+                );
+                return None;
+            };
+            tier.endpoint.clone()
+        } else {
+            self.redis_endpoint(&table, raw.url.as_deref(), &raw.cluster)?
+        };
+        let key_prefix = raw
+            .key_prefix
+            .clone()
+            .or_else(|| tier.map(|t| t.key_prefix.clone()))
+            .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string());
+        Some(FanoutConfig { redis, key_prefix })
     }
 
     /// A route's cache settings: `None` unless it sets `cache = true`.

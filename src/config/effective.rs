@@ -12,7 +12,7 @@ const REDACTED: &str = "<redacted>";
 /// A duration the config parser reads back: whole seconds or milliseconds.
 fn duration(d: Duration) -> toml::Value {
     let ms = d.as_millis();
-    let text = if ms % 1000 == 0 {
+    let text = if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -64,6 +64,31 @@ fn limits_table(l: &Limits) -> toml::Table {
             int(l.h2_max_local_error_reset_streams),
         ),
     ])
+}
+
+/// `[cache.purge]`, with any Redis password redacted.
+fn purge_table(c: &Config) -> toml::Table {
+    let Some(f) = &c.cache.fanout else {
+        return table([("fanout", string("none"))]);
+    };
+    let mut t = table([
+        ("fanout", string("redis")),
+        ("key_prefix", string(&f.key_prefix)),
+    ]);
+    redis_keys(&mut t, &f.redis);
+    t
+}
+
+/// `url` or `cluster`, passwords redacted.
+fn redis_keys(t: &mut toml::Table, endpoint: &crate::config::RedisEndpoint) {
+    use crate::config::{redact_url, RedisEndpoint};
+    match endpoint {
+        RedisEndpoint::Single(url) => t.insert("url".into(), string(redact_url(url))),
+        RedisEndpoint::Cluster(nodes) => t.insert(
+            "cluster".into(),
+            toml::Value::Array(nodes.iter().map(|n| string(redact_url(n))).collect()),
+        ),
+    };
 }
 
 fn pool_table(p: &PoolConfig) -> toml::Table {
@@ -480,6 +505,12 @@ pub(crate) fn effective_toml(c: &Config) -> String {
             ),
         ])),
     );
+    if let Some(Value::Table(cache_table)) = root.get_mut("cache") {
+        cache_table.insert("purge".into(), Value::Table(purge_table(c)));
+    }
+    if let (Some(l2), Some(Value::Table(t))) = (&cache.l2, root.get_mut("cache")) {
+        t.insert("l2".into(), Value::Table(cache_l2(l2)));
+    }
     let z = &c.compression;
     root.insert(
         "compression".into(),
@@ -505,6 +536,27 @@ pub(crate) fn effective_toml(c: &Config) -> String {
         ])),
     );
     toml::to_string(&root).unwrap_or_else(|e| format!("# cannot render the config: {e}\n"))
+}
+
+/// `[cache.l2]`: the kind's own keys and the shared ones.
+fn cache_l2(l2: &crate::config::L2Config) -> toml::Table {
+    let mut t = table([
+        ("kind", string(l2.kind.name())),
+        ("max_object_size", int(l2.max_object_size)),
+        ("store_queue", int(l2.store_queue as u64)),
+    ]);
+    match &l2.kind {
+        crate::config::L2Kind::Disk(d) => {
+            t.insert("path".into(), string(d.path.display().to_string()));
+            t.insert("max_size".into(), int(d.max_size));
+        }
+        crate::config::L2Kind::Redis(r) => {
+            redis_keys(&mut t, &r.endpoint);
+            t.insert("timeout".into(), duration(r.timeout));
+            t.insert("key_prefix".into(), string(&r.key_prefix));
+        }
+    }
+    t
 }
 
 #[cfg(test)]
@@ -542,5 +594,35 @@ allow = ["10.0.0.0/8"]
         assert_eq!(again.pools, c.pools);
         assert_eq!(again.listeners, c.listeners);
         assert_eq!(again.limits, c.limits);
+    }
+
+    #[test]
+    fn purge_fanout_reads_back_without_its_password() {
+        let text = r#"
+[[listener]]
+name = "http"
+listen = "127.0.0.1:8080"
+
+[[route]]
+pool = "app"
+
+[pool.app]
+servers = [ { addr = "127.0.0.1:9001" } ]
+
+[cache.purge]
+fanout = "redis"
+cluster = ["redis://:pw1@10.0.0.1:7000", "redis://10.0.0.2:7000"]
+key_prefix = "shop:"
+"#;
+        let env = Offline;
+        let c = Config::parse(std::path::Path::new("t.toml"), text, &env).unwrap();
+        let out = effective_toml(&c);
+        assert!(!out.contains("pw1"), "{out}");
+        let again = Config::parse(std::path::Path::new("t.toml"), &out, &env)
+            .unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let fanout = again.cache.fanout.expect("fan-out kept");
+        assert_eq!(fanout.key_prefix, "shop:");
+        assert_eq!(fanout.channel(), "shop:purge");
+        assert_eq!(fanout.redis.urls()[1], "redis://10.0.0.2:7000", "{out}");
     }
 }

@@ -279,6 +279,10 @@ mod tests {
         fn log_file(&self, _: &Path) -> io::Result<()> {
             Ok(())
         }
+
+        fn cache_dir(&self, _: &Path) -> io::Result<()> {
+            Ok(())
+        }
     }
 
     #[test]

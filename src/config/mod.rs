@@ -11,6 +11,7 @@
 //! the load and validate entry.
 
 mod cache;
+mod cache_tier;
 mod compress;
 mod diagnostics;
 mod effective;
@@ -19,12 +20,15 @@ mod listeners;
 mod observe;
 mod pools;
 mod raw;
+mod redis;
 mod routes;
 mod rules;
 pub(crate) mod units;
 
-pub(crate) use cache::CacheConfig;
+pub(crate) use self::redis::{redact_url, RedisEndpoint};
+pub(crate) use cache::{CacheConfig, FanoutConfig};
 pub use cache::{IgnoreParams, KeySpec};
+pub(crate) use cache_tier::{DiskConfig, L2Config, L2Kind, RedisTierConfig};
 pub(crate) use compress::CompressionConfig;
 pub use compress::{Coding, Level};
 pub(crate) use diagnostics::ConfigError;
@@ -128,6 +132,10 @@ pub trait Environment {
     /// Whether the access log can be opened at `path` (an existing file
     /// for appending, or a new one in an existing directory).
     fn log_file(&self, path: &Path) -> io::Result<()>;
+
+    /// Creates the directory of a disk cache tier if needed and checks
+    /// that sluice can write in it.
+    fn cache_dir(&self, path: &Path) -> io::Result<()>;
 }
 
 impl Config {
@@ -302,6 +310,10 @@ mod tests {
         fn log_file(&self, _: &Path) -> io::Result<()> {
             Ok(())
         }
+
+        fn cache_dir(&self, _: &Path) -> io::Result<()> {
+            Ok(())
+        }
     }
 
     pub(super) fn parse(text: &str) -> Result<Config, ConfigErrors> {
@@ -464,6 +476,10 @@ servers = [ { addr = "127.0.0.1:9001", weight = 0 } ]
         }
 
         fn log_file(&self, _: &Path) -> io::Result<()> {
+            Ok(())
+        }
+
+        fn cache_dir(&self, _: &Path) -> io::Result<()> {
             Ok(())
         }
     }

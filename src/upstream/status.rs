@@ -54,7 +54,7 @@ fn member_json(m: &Member, now: u64, with_checks: bool) -> Value {
         m.request_streaks()
     };
     let milli = m.effective_weight_milli(now);
-    let effective: Value = if milli % 1000 == 0 {
+    let effective: Value = if milli.is_multiple_of(1000) {
         json!(milli / 1000)
     } else {
         json!((milli as f64 / 10.0).round() / 100.0)

@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub mod exposition;
 pub mod raw;
+pub mod redis;
 #[allow(unused_imports)]
 pub use exposition::*;
 #[allow(unused_imports)]
@@ -820,6 +821,15 @@ pub async fn h1(addr: SocketAddr, req: Request<TestBody>) -> Reply {
         .expect("h1 response in time")
         .expect("h1 response");
     collect(resp).await
+}
+
+/// `POST path` to the daemon's admin listener (a purge, a reload).
+pub async fn admin_post(d: &Daemon, path: &str) -> Reply {
+    h1(
+        d.addr("admin"),
+        request(Method::POST, path, "admin", empty()),
+    )
+    .await
 }
 
 /// `GET path` with `Host: localhost` over HTTP/1.1.
