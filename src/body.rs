@@ -532,3 +532,72 @@ mod min_rate_tests {
         drop(tx);
     }
 }
+
+#[cfg(test)]
+mod trailer_tests {
+    use super::*;
+
+    /// A body of one data frame and then trailers, as a gRPC call's
+    /// response (and a request with trailers) has.
+    struct WithTrailers(Vec<Frame<Bytes>>);
+
+    impl Body for WithTrailers {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            let next = (!self.0.is_empty()).then(|| self.0.remove(0));
+            Poll::Ready(next.map(Ok))
+        }
+    }
+
+    fn call() -> WithTrailers {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("9"));
+        trailers.insert("grpc-message", http::HeaderValue::from_static("no"));
+        WithTrailers(vec![
+            Frame::data(Bytes::from_static(b"\0\0\0\0\0")),
+            Frame::trailers(trailers),
+        ])
+    }
+
+    async fn trailers_of<B>(body: B) -> http::HeaderMap
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::fmt::Debug,
+    {
+        let collected = body.collect().await.expect("body");
+        collected
+            .trailers()
+            .cloned()
+            .expect("trailers came through")
+    }
+
+    struct Nothing;
+    impl Watch for Nothing {
+        fn end(self, _how: End) {}
+    }
+
+    #[tokio::test]
+    async fn every_wrapper_passes_trailers_on() {
+        let t = trailers_of(Watched::new(call(), Nothing)).await;
+        assert_eq!(t["grpc-status"], "9");
+        assert_eq!(t["grpc-message"], "no");
+
+        // The upload side: a request body kept for retries, under the
+        // rate floor and the size limit.
+        let slot = Reclaimable::slot(call());
+        let rate = MinRateBody::new(
+            Reclaimable::new(&slot),
+            1024,
+            std::time::Duration::from_secs(10),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (sent, _sent_rx) = oneshot::channel();
+        let upload = UploadBody::new(rate, 1 << 20, Arc::new(AtomicBool::new(false)), sent);
+        let t = trailers_of(upload).await;
+        assert_eq!(t["grpc-status"], "9");
+    }
+}

@@ -38,6 +38,7 @@ mod config;
 mod environment;
 mod fd_limit;
 mod framing;
+mod grpc;
 mod handover;
 mod headers;
 mod io;

@@ -615,3 +615,108 @@ async fn per_client_connection_caps_count_the_client_a_proxy_header_names() {
     assert_eq!(get_on(&mut bob, "/3", &[]).await.status, StatusCode::OK);
     assert_eq!(get_on(&mut first, "/4", &[]).await.status, StatusCode::OK);
 }
+
+/// A real HAProxy (the Debian package's `/usr/sbin/haproxy`) in TCP mode on
+/// an ephemeral port, passing every connection to `backend` with a PROXY v2
+/// header (`send-proxy-v2`) that names `source` as the client. Killed on
+/// drop.
+struct Haproxy {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    const BIN: &'static str = "/usr/sbin/haproxy";
+
+    async fn start(backend: SocketAddr, source: SocketAddr) -> Haproxy {
+        assert!(
+            std::path::Path::new(Self::BIN).exists(),
+            "{} is missing: install the haproxy package (.ci/run does)",
+            Self::BIN
+        );
+        // A port that was free a moment ago; readiness is then proven by
+        // connecting, below.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("haproxy.cfg");
+        // `set-src` makes the client one no test machine connects from, so
+        // the access log can only have it from the PROXY header.
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n    maxconn 64\n\
+                 defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+                 frontend fe\n    bind {addr}\n\
+                 \x20   tcp-request connection set-src ipv4({})\n\
+                 \x20   tcp-request connection set-src-port int({})\n\
+                 \x20   default_backend be\n\
+                 backend be\n    server s1 {backend} send-proxy-v2\n",
+                source.ip(),
+                source.port(),
+            ),
+        )
+        .expect("write haproxy.cfg");
+        let child = std::process::Command::new(Self::BIN)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn haproxy");
+        let mut h = Haproxy {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while TcpStream::connect(addr).await.is_err() {
+            if let Ok(Some(status)) = h.child.try_wait() {
+                panic!("haproxy exited before listening: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "haproxy never listened on {addr}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        h
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_send_proxy_v2_names_the_original_client() {
+    let origin = Origin::hello().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        origin.addr,
+        "proxy_protocol = true\ntrusted = [\"127.0.0.1/32\"]",
+        "",
+    );
+    let d = Daemon::start_in(dir, &cfg);
+    let client: SocketAddr = "192.0.2.7:4242".parse().unwrap();
+    let haproxy = Haproxy::start(d.addr("http"), client).await;
+
+    let mut send = conn(TRUSTED, haproxy.addr, b"").await;
+    let reply = get_on(&mut send, "/through-haproxy", &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+
+    let lines = file_lines(&d.dir.path().join("access.log"), 1);
+    let line = logged(&lines, "/through-haproxy");
+    assert_eq!(line["client"], "192.0.2.7", "{line}");
+    assert_eq!(line["peer"], "127.0.0.1", "{line}");
+    let (xff, _) = forwarding(&origin, "/through-haproxy");
+    assert_eq!(xff, "192.0.2.7");
+}

@@ -10,37 +10,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use http::{Method, Response};
+use http::Response;
 use http_body_util::BodyExt;
 use serde_json::Value;
-
-/// `GET /upstreams` on the admin listener, parsed.
-async fn upstreams(admin: SocketAddr) -> Value {
-    let r = h1(
-        admin,
-        request(Method::GET, "/upstreams", "localhost", empty()),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
-}
-
-/// The member object for `addr` in pool `app`.
-fn member(v: &Value, addr: SocketAddr) -> Value {
-    let pool = v["pools"]
-        .as_array()
-        .expect("pools")
-        .iter()
-        .find(|p| p["name"] == "app")
-        .unwrap_or_else(|| panic!("no pool app: {v}"));
-    pool["members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .find(|m| m["addr"] == addr.to_string().as_str())
-        .unwrap_or_else(|| panic!("no member {addr}: {v}"))
-        .clone()
-}
 
 fn num(v: &Value, key: &str) -> f64 {
     v[key]

@@ -183,19 +183,21 @@ fn pool_table(p: &PoolConfig) -> toml::Table {
         let kind = match h.kind {
             crate::config::HealthKind::Http => "http",
             crate::config::HealthKind::Tcp => "tcp",
+            crate::config::HealthKind::Grpc => "grpc",
         };
-        t.insert(
-            "health".into(),
-            Value::Table(table([
-                ("kind", string(kind)),
-                ("path", string(&h.path)),
-                ("expect_status", string(ranges.join(","))),
-                ("interval", duration(h.interval)),
-                ("timeout", duration(h.timeout)),
-                ("rise", int(h.rise)),
-                ("fall", int(h.fall)),
-            ])),
-        );
+        let mut health = table([
+            ("kind", string(kind)),
+            ("path", string(&h.path)),
+            ("expect_status", string(ranges.join(","))),
+            ("interval", duration(h.interval)),
+            ("timeout", duration(h.timeout)),
+            ("rise", int(h.rise)),
+            ("fall", int(h.fall)),
+        ]);
+        if h.kind == crate::config::HealthKind::Grpc {
+            health.insert("service".into(), string(&h.service));
+        }
+        t.insert("health".into(), Value::Table(health));
     }
     if let Some(tls) = &p.tls {
         let mut u = table([

@@ -264,6 +264,8 @@ impl RetryOn {
 pub enum HealthKind {
     Http,
     Tcp,
+    /// The standard `grpc.health.v1.Health/Check` over HTTP/2.
+    Grpc,
 }
 
 /// `[pool.NAME.health]`: active checks.
@@ -271,6 +273,8 @@ pub enum HealthKind {
 pub struct HealthConfig {
     pub kind: HealthKind,
     pub path: String,
+    /// The service a `grpc` check names (`""`: the whole server).
+    pub service: String,
     /// Inclusive ranges of statuses that pass.
     pub expect_status: Vec<(u16, u16)>,
     pub interval: Duration,
@@ -710,13 +714,14 @@ impl Validator<'_> {
         let kind = match h.kind.as_str() {
             "http" => HealthKind::Http,
             "tcp" => HealthKind::Tcp,
+            "grpc" => HealthKind::Grpc,
             other => {
                 self.error(
                     &at("kind"),
                     super::diagnostics::with_suggestion(
-                        format!("unknown check kind \"{other}\"; use http or tcp"),
+                        format!("unknown check kind \"{other}\"; use http, tcp or grpc"),
                         other,
-                        &["http", "tcp"],
+                        &["http", "tcp", "grpc"],
                     ),
                 );
                 HealthKind::Tcp
@@ -724,6 +729,14 @@ impl Validator<'_> {
         };
         if !h.path.starts_with('/') || http::uri::PathAndQuery::try_from(h.path.as_str()).is_err() {
             self.error(&at("path"), "must be a path starting with \"/\"");
+        }
+        // (After a misspelt kind, its own error says enough.)
+        let known = matches!(h.kind.as_str(), "http" | "tcp" | "grpc");
+        if h.service.is_some() && known && kind != HealthKind::Grpc {
+            self.error(
+                &at("service"),
+                "only a kind = \"grpc\" check names a service",
+            );
         }
         let expect_status = parse_status_ranges(&h.expect_status).unwrap_or_else(|why| {
             self.error(&at("expect_status"), why);
@@ -744,6 +757,7 @@ impl Validator<'_> {
         HealthConfig {
             kind,
             path: h.path.clone(),
+            service: h.service.clone().unwrap_or_default(),
             expect_status,
             interval: h.interval.max(Duration::from_millis(1)),
             timeout: h.timeout.max(Duration::from_millis(1)),
@@ -920,6 +934,27 @@ mod tests {
         assert_eq!(h.interval, Duration::from_secs(2));
         assert_eq!(h.timeout, Duration::from_secs(1));
         assert_eq!((h.rise, h.fall), (2, 3));
+    }
+
+    #[test]
+    fn grpc_checks_name_a_service_and_only_they_do() {
+        let c = parse(&(MINIMAL.to_string() + "\n[pool.app.health]\nkind = \"grpc\"\n"))
+            .expect("valid");
+        let h = c.pools[0].health.as_ref().expect("health");
+        assert_eq!((h.kind, h.service.as_str()), (HealthKind::Grpc, ""));
+        let c = parse(
+            &(MINIMAL.to_string()
+                + "\n[pool.app.health]\nkind = \"grpc\"\nservice = \"shop.Cart\"\n"),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.pools[0].health.as_ref().expect("health").service,
+            "shop.Cart"
+        );
+        let e = parse(&(MINIMAL.to_string() + "\n[pool.app.health]\nservice = \"shop.Cart\"\n"))
+            .unwrap_err();
+        let keys: Vec<&str> = e.errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["pool.app.health.service"]);
     }
 
     #[test]

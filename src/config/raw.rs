@@ -250,6 +250,9 @@ pub(crate) struct RawHealth {
     pub kind: String,
     #[serde(default = "healthz")]
     pub path: String,
+    /// The service a `grpc` check asks about; `""` is the server as a whole.
+    #[serde(default)]
+    pub service: Option<String>,
     #[serde(default = "status_200_399")]
     pub expect_status: String,
     #[serde(default = "d_2s", deserialize_with = "de_duration")]

@@ -132,9 +132,14 @@ pub(crate) async fn handle(
         request_id: Some(request_id.clone()),
         ..Default::default()
     };
+    let grpc = crate::grpc::is_call(req.headers());
     let mut resp = respond_to(&snap, &conn, client, req, &mut outcome)
         .instrument(span)
         .await;
+    if grpc {
+        // sluice's own errors, in the shape a gRPC client reads.
+        resp = crate::grpc::answer(resp);
+    }
     crate::request_id::stamp(resp.headers_mut(), request_id);
     Ok(record.finish(snap, outcome, resp))
 }
@@ -298,7 +303,11 @@ async fn routed(
         (Some(client), Some(token)) => Some(Upgrade { client, token }),
         _ => None,
     };
-    let route_config = snap.config.routes.get(route.index);
+    // A gRPC call is never cached or compressed: its messages are framed
+    // (and compressed, if at all) by gRPC itself, and its outcome is in
+    // trailers that a stored copy would not replay.
+    let grpc = crate::grpc::is_call(&parts.headers);
+    let route_config = snap.config.routes.get(route.index).filter(|_| !grpc);
     // With `compress = true` the response is compressed (or decoded) for
     // this client on its way out, whoever produced it.
     let compression = route_config
@@ -509,6 +518,8 @@ pub(crate) struct Forward {
     /// For a pool's PROXY headers: the client (its port only when the
     /// connection is the client's own) and the address it connected to.
     pub proxied: Option<(SocketAddr, SocketAddr)>,
+    /// A gRPC call ([`crate::grpc::is_call`]).
+    pub grpc: bool,
 }
 
 impl Forward {
@@ -536,6 +547,12 @@ impl Forward {
         headers::strip_fields(&mut head, leg.strip());
         if received >= Version::HTTP_2 {
             headers::join_cookies(&mut head);
+        }
+        let grpc = crate::grpc::is_call(&head);
+        if grpc {
+            // Hop-by-hop, but gRPC servers require it: it says the client
+            // reads trailers, and sluice passes them on.
+            head.insert(header::TE, HeaderValue::from_static("trailers"));
         }
         headers::add_forwarding(
             &mut head,
@@ -576,6 +593,7 @@ impl Forward {
                 };
                 (SocketAddr::new(ip, port), local)
             }),
+            grpc,
         }
     }
 }
@@ -630,8 +648,19 @@ async fn attempts(
         received,
         client_ip,
         proxied,
+        grpc,
     } = req;
     let request_id = RequestId(outcome.request_id.clone());
+    // A gRPC call's own deadline, when it has one: it bounds every attempt
+    // (the pool's response_timeout still applies when it is shorter).
+    let deadline = grpc
+        .then(|| crate::grpc::timeout(&head))
+        .flatten()
+        .map(|t| tokio::time::Instant::now() + t);
+    // A gRPC call's request stream may rest between messages for as long
+    // as the call lasts (a bidirectional chat, a subscription): it is not
+    // an upload, and min_body_rate would cut it off.
+    let min_body_rate = if grpc { 0 } else { limits.min_body_rate };
     let has_body = incoming.as_ref().is_some_and(|b| !b.is_end_stream());
     let idempotent = headers::is_idempotent(&method) && !has_body;
     let pick = pick_context(&pool.config, client_ip, &head, &path_and_query);
@@ -683,7 +712,7 @@ async fn attempts(
         let body = if let Some(slot) = &incoming {
             let b = MinRateBody::new(
                 Reclaimable::new(slot),
-                limits.min_body_rate,
+                min_body_rate,
                 limits.body_rate_grace,
                 too_slow.clone(),
             );
@@ -713,10 +742,20 @@ async fn attempts(
         }
 
         let sent = pool.send(member.addr, up, sent_rx, proxied);
-        match outcome
-            .attempt(snap, pool_index, &pool.name, member.addr, sent)
-            .await
-        {
+        let attempt = outcome.attempt(snap, pool_index, &pool.name, member.addr, sent);
+        let result = match deadline {
+            None => attempt.await,
+            Some(at) => match tokio::time::timeout_at(at, attempt).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // The client's deadline, not the member's failure: not
+                    // reported for ejection, and nothing is left to retry.
+                    tracing::debug!(pool = %pool.name, member = %member.addr, "gRPC deadline passed");
+                    return Err(Refusal::UpstreamTimedOut);
+                }
+            },
+        };
+        match result {
             Ok(mut resp) => {
                 let status = resp.status();
                 pool.report(&member, Outcome::Response(status.as_u16()));

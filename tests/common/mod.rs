@@ -592,6 +592,34 @@ pub fn change(member: SocketAddr, from: &str, to: &str) -> String {
     format!("member={member} from={from} to={to}")
 }
 
+/// `GET /upstreams` on the admin listener, parsed.
+pub async fn upstreams(admin: SocketAddr) -> serde_json::Value {
+    let r = h1(
+        admin,
+        request(Method::GET, "/upstreams", "localhost", empty()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
+}
+
+/// The member object for `addr` in pool `app`.
+pub fn member(v: &serde_json::Value, addr: SocketAddr) -> serde_json::Value {
+    let pool = v["pools"]
+        .as_array()
+        .expect("pools")
+        .iter()
+        .find(|p| p["name"] == "app")
+        .unwrap_or_else(|| panic!("no pool app: {v}"));
+    pool["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["addr"] == addr.to_string().as_str())
+        .unwrap_or_else(|| panic!("no member {addr}: {v}"))
+        .clone()
+}
+
 // ---------------------------------------------------------------- configs --
 
 /// A config with one plain listener `http` on an ephemeral port, one route
@@ -852,6 +880,42 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
 }
 
 // ---------------------------------------------------------------- TLS --
+
+/// A rustls server config for a test origin with `cert` / `key`; with
+/// `clients`, a client certificate issued by that CA is required. No ALPN:
+/// the caller sets what it offers.
+pub fn tls_server_config(
+    cert: &Path,
+    key: &Path,
+    clients: Option<&TestPki>,
+) -> rustls::ServerConfig {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match clients {
+        Some(pki) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(pki.ca_der()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    builder.with_single_cert(certs, key).unwrap()
+}
 
 /// A throwaway certificate authority that issues leaf certificates into a
 /// temp dir and builds client configs that trust it.
