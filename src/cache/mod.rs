@@ -376,8 +376,15 @@ impl Cache {
     /// `lock_timeout`) when another request is already filling its key.
     pub(crate) async fn lookup(&self, set: Settings<'_>, req: Request<'_>) -> Lookup {
         if req.method.as_str() == "PURGE" {
-            let resp =
-                purge::purge_request(self, set.cache, req.peer, &req.primary, req.head).await;
+            // Boxed, as is every rare path through a lookup's future.
+            let resp = Box::pin(purge::purge_request(
+                self,
+                set.cache,
+                req.peer,
+                &req.primary,
+                req.head,
+            ))
+            .await;
             return Lookup::Hit(Answer { resp, result: None });
         }
         let readable = *req.method == Method::GET || *req.method == Method::HEAD;
@@ -404,7 +411,10 @@ impl Cache {
         crate::metrics::get().cache_memory_lookups[usize::from(!memory_hit)].inc();
         let mut from_l2 = None;
         if let (false, Some(l2)) = (memory_hit, &self.l2) {
-            let (l2_found, streamed) = self.find_l2(l2, &req.primary, req.head, found).await;
+            // Boxed: a second-tier read is a large future, and inline it
+            // would be part of every cached request's, hits included.
+            let (l2_found, streamed) =
+                Box::pin(self.find_l2(l2, &req.primary, req.head, found)).await;
             found = l2_found;
             if let Some(s) = streamed {
                 if let Some(answer) = streamed_hit(set, &s, view, &asked, now) {

@@ -172,6 +172,9 @@ pub(crate) fn add_forwarding(
     authority: &str,
     version: Version,
 ) {
+    // Room for the fields added here and after (request id, Host), made
+    // at once rather than by growing the map field by field.
+    headers.reserve(7);
     let client = hops.client.to_canonical().to_string();
     // Formatted once when they are one address (no trusted forwarder).
     let previous = (hops.previous.to_canonical() != hops.client.to_canonical())

@@ -156,7 +156,9 @@ impl Client {
             }
             None => None,
         };
-        match self.connector.connect(addr, &[]).await? {
+        // Boxed: a connect (TLS handshake included) is a large future, and
+        // inline it would be part of every request's, copied on each move.
+        match Box::pin(self.connector.connect(addr, &[])).await? {
             Sender::H1 { send, close } => {
                 let conn = H1 {
                     send,
@@ -263,7 +265,7 @@ impl Client {
         // The connection is going away: forget it, and use a new one.
         self.forget_h2(addr, &send);
         let req = e;
-        match self.connector.connect(addr, &[]).await? {
+        match Box::pin(self.connector.connect(addr, &[])).await? {
             Sender::H2(send) => {
                 self.keep_h2(addr, &send);
                 let mut send = send;
