@@ -153,6 +153,7 @@ where
 /// Not an `async fn`: one keeps a copy of every argument beside the copy its
 /// body works on, for the connection's lifetime; a block captures them
 /// once.
+#[allow(clippy::manual_async_fn)]
 pub(super) fn serve<S, Svc, K>(
     mut io: Parkable<FramingGuard<S>>,
     mut service: Svc,

@@ -518,6 +518,7 @@ where
 /// protocol's state is boxed at its exact size. Inline, they were reserved
 /// side by side for the whole connection, beside a second copy of the
 /// arguments: a 5.9 KiB task per idle HTTP/2 connection.
+#[allow(clippy::manual_async_fn)]
 fn serve_tls<Svc>(
     stream: ClientIo<TcpStream>,
     held: Held,
