@@ -69,6 +69,7 @@
 #                          sluice-b +92, HAProxy +93, nginx +94 (all 127.0.0.1)
 #   SLUICE_BIN [<target dir>/release/sluice]   the sluice under test
 #   SLUICE_BIN_B [unset]   a second sluice build, run as the extra peer "sluice-b" in the same rounds
+#   ONLY [unset]           peers to run, e.g. "sluice" or "sluice sluice-b" (default: every peer)
 #   FLOOR_BIN [<target dir>/release/examples/floor]
 #   SKIP_INSTALL [0]       1: never call apt-get
 #   SKIP_BUILD [0]         1: build nothing (the binaries must exist)
@@ -96,6 +97,7 @@ SKIP_INSTALL=${SKIP_INSTALL:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 SLUICE_BIN_B=${SLUICE_BIN_B:-}
+ONLY=${ONLY:-}
 
 ORIGIN_A=$((PORT_BASE + 1))
 ORIGIN_B=$((PORT_BASE + 2))
@@ -163,7 +165,9 @@ fi
 SLUICE_BIN=${SLUICE_BIN:-$TARGET_DIR/release/sluice}
 FLOOR_BIN=${FLOOR_BIN:-$TARGET_DIR/release/examples/floor}
 [ -x "$SLUICE_BIN" ] || die "no $SLUICE_BIN"
-[ -x "$FLOOR_BIN" ] || die "no $FLOOR_BIN"
+# wanted PEER: whether ONLY (when set) names PEER.
+wanted() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
+wanted floor && { [ -x "$FLOOR_BIN" ] || die "no $FLOOR_BIN"; }
 [ -z "$SLUICE_BIN_B" ] || [ -x "$SLUICE_BIN_B" ] || die "no $SLUICE_BIN_B (SLUICE_BIN_B)"
 SLUICES=(sluice)
 [ -z "$SLUICE_BIN_B" ] || SLUICES+=(sluice-b)
@@ -437,10 +441,15 @@ stop_peer() {
 }
 
 start_origin_nginx
-for p in floor "${SLUICES[@]}" haproxy nginx varnish; do start_peer "$p"; done
+for p in floor "${SLUICES[@]}" haproxy nginx varnish; do wanted "$p" && start_peer "$p"; done
 
 # ---------------------------------------------------------------- targets ---
 targets_of() {
+    local t
+    for t in $(all_targets_of "$1"); do wanted "$t" && printf '%s ' "$t"; done
+    return 0
+}
+all_targets_of() {
     case $1 in
         hit | p99* | idle) echo "floor ${SLUICES[*]} haproxy nginx varnish" ;;
         miss) echo "origin ${SLUICES[*]} haproxy nginx varnish" ;;

@@ -149,59 +149,67 @@ where
 /// A plain connection's task is this future, and a parked connection
 /// holds nothing else, so it is kept small: what a session needs lives in
 /// a box for the session's lifetime only, HTTP/2 in another.
-pub(super) async fn serve<S, Svc, K>(
+///
+/// Not an `async fn`: one keeps a copy of every argument beside the copy its
+/// body works on, for the connection's lifetime; a block captures them
+/// once.
+#[allow(clippy::manual_async_fn)]
+pub(super) fn serve<S, Svc, K>(
     mut io: Parkable<FramingGuard<S>>,
     mut service: Svc,
     builders: Arc<Builders>,
     mut draining: Draining,
     held: K,
     mut h2_preface: bool,
-) where
+) -> impl Future<Output = ()>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     Svc: Handler,
     K: Send + 'static,
 {
-    loop {
-        if io.prefix.is_empty() || h2_preface {
-            tokio::select! {
-                biased;
-                _ = draining.signalled() => {
-                    // Parked and the server drains: the client may have
-                    // sent its next request already. Serve it if it comes
-                    // soon (its response closes the connection).
-                    match tokio::time::timeout(DRAIN_IDLE_GRACE, io.read_ahead()).await {
-                        Ok(Ok(true)) => {}
-                        _ => break,
+    async move {
+        loop {
+            if io.prefix.is_empty() || h2_preface {
+                tokio::select! {
+                    biased;
+                    _ = draining.signalled() => {
+                        // Parked and the server drains: the client may have
+                        // sent its next request already. Serve it if it comes
+                        // soon (its response closes the connection).
+                        match tokio::time::timeout(DRAIN_IDLE_GRACE, io.read_ahead()).await {
+                            Ok(Ok(true)) => {}
+                            _ => break,
+                        }
                     }
+                    read = io.read_ahead() => match read {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "client connection ended with an error");
+                            return;
+                        }
+                    },
                 }
-                read = io.read_ahead() => match read {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "client connection ended with an error");
-                        return;
+            }
+            if h2_preface {
+                let n = io.prefix.len().min(H2_PREFACE.len());
+                if io.prefix[..n] == H2_PREFACE[..n] {
+                    if n == H2_PREFACE.len() {
+                        return h2_boxed(io, builders, service, draining, held).await;
                     }
-                },
+                    continue;
+                }
+                h2_preface = false;
+            }
+            match Box::pin(session(io, service, &builders.h1, &mut draining)).await {
+                Some((parked, svc)) => (io, service) = (parked, svc),
+                None => return,
             }
         }
-        if h2_preface {
-            let n = io.prefix.len().min(H2_PREFACE.len());
-            if io.prefix[..n] == H2_PREFACE[..n] {
-                if n == H2_PREFACE.len() {
-                    return h2_boxed(io, builders, service, draining, held).await;
-                }
-                continue;
-            }
-            h2_preface = false;
-        }
-        match Box::pin(session(io, service, &builders.h1, &mut draining)).await {
-            Some((parked, svc)) => (io, service) = (parked, svc),
-            None => return,
-        }
+        // Parked when the client left, the idle timeout passed or the server
+        // drains: say goodbye properly (TLS close_notify, FIN).
+        let _ = io.shutdown().await;
     }
-    // Parked when the client left, the idle timeout passed or the server
-    // drains: say goodbye properly (TLS close_notify, FIN).
-    let _ = io.shutdown().await;
 }
 
 /// One hyper session: until the connection is parked (the stream and the
