@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# User-space instructions per request, counted by callgrind: a measure of
+# the cost of a request that a busy, shared machine does not blur.
+#
+#   KEEP_TMP=1 SCENARIOS=hit REPEATS=1 DURATION=1s bash benches/race.sh   # once: writes the configs
+#   bash benches/instructions.sh /tmp/sluice-race.XXXX /1k       # a 1 KiB cache hit
+#   bash benches/instructions.sh /tmp/sluice-race.XXXX /miss/1k  # a proxied miss
+#   TARGET=floor bash benches/instructions.sh /tmp/sluice-race.XXXX /1k  # hyper alone
+#
+# The race's sluice config (one worker) in front of two floor processes
+# standing in for the origins; 500 warm-up requests, counters zeroed, then
+# N requests (h2load --h1 -c4) and a dump. Needs valgrind and h2load.
+#
+# Environment: SLUICE_BIN [target/release/sluice], FLOOR_BIN
+# [target/release/examples/floor], N [5000], PORT_BASE [19200] (as the race
+# that wrote DIR), TARGET [sluice] or floor.
+set -euo pipefail
+dir=${1:?usage: instructions.sh RACE_TMP_DIR [PATH]}
+path=${2:-/1k}
+cd "$(dirname "$0")/.."
+SLUICE_BIN=${SLUICE_BIN:-target/release/sluice}
+FLOOR_BIN=${FLOOR_BIN:-target/release/examples/floor}
+N=${N:-5000}
+PORT_BASE=${PORT_BASE:-19200}
+TARGET=${TARGET:-sluice}
+out=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$out"; }
+trap cleanup EXIT
+
+for port in $((PORT_BASE + 1)) $((PORT_BASE + 2)); do
+    "$FLOOR_BIN" "127.0.0.1:$port" >/dev/null 2>&1 &
+    pids+=($!)
+done
+if [ "$TARGET" = floor ]; then
+    port=$((PORT_BASE + 80))
+    valgrind --tool=callgrind --callgrind-out-file="$out/cg.%p" "$FLOOR_BIN" "127.0.0.1:$port" \
+        >/dev/null 2>&1 &
+else
+    port=$((PORT_BASE + 81))
+    valgrind --tool=callgrind --callgrind-out-file="$out/cg.%p" "$SLUICE_BIN" -c "$dir/sluice.toml" \
+        >/dev/null 2>&1 &
+fi
+vg=$!
+pids+=("$vg")
+url="http://127.0.0.1:$port$path"
+for _ in $(seq 150); do
+    curl -s -o /dev/null "$url" && break
+    sleep 0.2
+done
+h2load --h1 -n 500 -c 4 "$url" >/dev/null
+callgrind_control -z "$vg" >/dev/null 2>&1
+h2load --h1 -n "$N" -c 4 "$url" | grep -E '^requests'
+callgrind_control -d "$vg" >/dev/null 2>&1
+total=$(callgrind_annotate "$(ls "$out"/cg.*.1 | head -1)" 2>/dev/null |
+    awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+echo "$TARGET $path: $((total / N)) instructions per request"
