@@ -507,6 +507,22 @@ pub(crate) fn effective_toml(c: &Config) -> String {
     toml::to_string(&root).unwrap_or_else(|e| format!("# cannot render the config: {e}\n"))
 }
 
+/// `[cache.l2]`: the kind's own keys and the shared ones.
+fn cache_l2(l2: &crate::config::L2Config) -> toml::Table {
+    let mut t = table([
+        ("kind", string(l2.kind.name())),
+        ("max_object_size", int(l2.max_object_size)),
+        ("store_queue", int(l2.store_queue as u64)),
+    ]);
+    match &l2.kind {
+        crate::config::L2Kind::Disk(d) => {
+            t.insert("path".into(), string(d.path.display().to_string()));
+            t.insert("max_size".into(), int(d.max_size));
+        }
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,20 +559,4 @@ allow = ["10.0.0.0/8"]
         assert_eq!(again.listeners, c.listeners);
         assert_eq!(again.limits, c.limits);
     }
-}
-
-/// `[cache.l2]`: the kind's own keys and the shared ones.
-fn cache_l2(l2: &crate::config::L2Config) -> toml::Table {
-    let mut t = table([
-        ("kind", string(l2.kind.name())),
-        ("max_object_size", int(l2.max_object_size)),
-        ("store_queue", int(l2.store_queue as u64)),
-    ]);
-    match &l2.kind {
-        crate::config::L2Kind::Disk(d) => {
-            t.insert("path".into(), string(d.path.display().to_string()));
-            t.insert("max_size".into(), int(d.max_size));
-        }
-    }
-    t
 }

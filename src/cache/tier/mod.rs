@@ -74,7 +74,7 @@ pub(crate) enum Fetched {
     Object(Arc<Object>),
     /// A response too large to hold whole: its head, and its body streamed
     /// from the tier.
-    Streamed(Streamed),
+    Streamed(Box<Streamed>),
 }
 
 /// A response whose body stays in the tier.
