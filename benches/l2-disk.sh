@@ -176,9 +176,9 @@ request = function()
 end
 EOF
 log "hits from disk: random pages over $ENTRIES, memory $MEM_SIZE"
-hits_before=$(metric 'sluice_cache_tier_lookups_total{tier="disk",result="hit"}')
+hits_before=$(metric 'sluice_cache_tier_lookups_total{result="hit",tier="disk"}')
 wrk_run "$TMP/wrk-disk.txt" sluice "$DURATION" "http://127.0.0.1:$PROXY_PORT/" -s "$TMP/random.lua"
-hits_after=$(metric 'sluice_cache_tier_lookups_total{tier="disk",result="hit"}')
+hits_after=$(metric 'sluice_cache_tier_lookups_total{result="hit",tier="disk"}')
 tier_sum=$(metric 'sluice_cache_tier_duration_seconds_sum{tier="disk"}')
 tier_count=$(metric 'sluice_cache_tier_duration_seconds_count{tier="disk"}')
 log "hits from memory: one page"

@@ -580,15 +580,15 @@ pub(crate) async fn drive<R>(
                         Push::Storing => {}
                         Push::Stopped { kept } => {
                             registration = None;
-                            spill.start(&[kept, data]);
+                            spill.start([kept, data]).await;
                         }
                         Push::Relaying { at: 0 } => {
                             // A relay from the start (too large for
                             // memory): nobody joins it.
                             registration = None;
-                            spill.start(&[data]);
+                            spill.start([data]).await;
                         }
-                        Push::Relaying { .. } => spill.write(data),
+                        Push::Relaying { .. } => spill.write(data).await,
                     }
                 }
             }
@@ -632,12 +632,12 @@ enum Spilling {
 
 impl Spilling {
     /// Asks for a spill, with the body's bytes so far.
-    fn start(&mut self, first: &[Bytes]) {
+    async fn start<const N: usize>(&mut self, first: [Bytes; N]) {
         let next = match std::mem::replace(self, Spilling::Off) {
             Spilling::Unasked(start) => match start() {
                 Some(mut s) => {
                     for data in first {
-                        s.write(data.clone());
+                        s.write(data).await;
                     }
                     Spilling::Active(s)
                 }
@@ -648,9 +648,11 @@ impl Spilling {
         *self = next;
     }
 
-    fn write(&mut self, data: Bytes) {
+    /// Waits while the tier is 16 MiB behind: the body is
+    /// then read from the origin at the disk's pace.
+    async fn write(&mut self, data: Bytes) {
         match self {
-            Spilling::Active(s) => s.write(data),
+            Spilling::Active(s) => s.write(data).await,
             // A body that began relaying past its first byte cannot be
             // spilled whole.
             Spilling::Unasked(_) => *self = Spilling::Off,

@@ -198,7 +198,7 @@ impl Cache {
         primary: &str,
         req: &HeaderMap,
         memory: Found,
-    ) -> (Found, Option<tier::Streamed>) {
+    ) -> (Found, Option<Box<tier::Streamed>>) {
         let mut found = memory;
         let key = match &found.variant {
             Some(variant) => variant.clone(),

@@ -137,10 +137,11 @@ impl DiskTier {
         metrics: TierMetrics,
     ) -> Result<Arc<DiskTier>, TierError> {
         let records = config.path.join(LAYOUT);
-        let tmp = config.path.join(TMP);
         fs::create_dir_all(&records)?;
-        // Leftovers of writes a crash interrupted.
-        let _ = fs::remove_dir_all(&tmp);
+        clear_tmp(&config.path.join(TMP));
+        // Each process writes in a directory of its own: during an upgrade
+        // in place the old and the new process share `path`.
+        let tmp = config.path.join(TMP).join(std::process::id().to_string());
         fs::create_dir_all(&tmp)?;
         let (done, ready) = watch::channel(false);
         let tier = Arc::new_cyclic(|me| DiskTier {
@@ -327,11 +328,11 @@ impl DiskTier {
             path: self.path_of(hash(key)),
             tier: self.clone(),
         };
-        Ok(Some(Fetched::Streamed(Streamed {
+        Ok(Some(Fetched::Streamed(Box::new(Streamed {
             entry,
             length: decoded.body_len,
             body: Arc::new(source),
-        })))
+        }))))
     }
 
     fn put_blocking(&self, key: &str, object: &Object) -> Result<(), TierError> {
@@ -378,6 +379,28 @@ impl DiskTier {
             }
         }
         Ok(responses)
+    }
+}
+
+/// Removes the leftovers of writes a crash interrupted: the temporary
+/// directories of processes no longer running.
+fn clear_tmp(tmp: &Path) {
+    let Ok(dirs) = fs::read_dir(tmp) else {
+        return;
+    };
+    for dir in dirs.flatten() {
+        let running = dir
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            // A directory named after this process is an earlier one's
+            // with the same pid (pid 1 in a container).
+            .is_some_and(|pid| {
+                pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
+            });
+        if !running {
+            let _ = fs::remove_dir_all(dir.path());
+        }
     }
 }
 

@@ -29,7 +29,6 @@ pub(crate) mod redis;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -85,7 +84,7 @@ pub(crate) enum Fetched {
     Object(Arc<Object>),
     /// A response too large to hold whole: its head, and its body streamed
     /// from the tier.
-    Streamed(Streamed),
+    Streamed(Box<Streamed>),
 }
 
 /// A response whose body stays in the tier.
@@ -423,36 +422,35 @@ async fn drain(tier: Arc<dyn Tier>, mut jobs: mpsc::Receiver<Job>, metrics: Tier
     }
 }
 
-/// Bytes a spill may have waiting for the disk before it gives up (the
-/// fill never waits for the tier).
-const SPILL_QUEUE_BYTES: u64 = 16 << 20;
+/// Bytes a spill may have waiting for the disk; beyond them the fill waits
+/// for the disk (it reads the origin no faster than the disk writes).
+const SPILL_QUEUE_BYTES: usize = 16 << 20;
 
 /// A fill's body on its way to the tier as a stream: frames go through a
-/// bounded queue to a blocking writer. A fill that outruns the writer
-/// abandons the spill (counted as a dropped store) instead of waiting.
+/// queue of at most [`SPILL_QUEUE_BYTES`] to a writer on the blocking pool.
 pub(crate) struct Spill {
     frames: Option<mpsc::UnboundedSender<SpillFrame>>,
-    /// Bytes sent and not yet written.
-    queued: Arc<std::sync::atomic::AtomicU64>,
-    dropped: IntCounter,
+    /// Room in the queue, in bytes: each frame holds its share until
+    /// written.
+    room: Arc<tokio::sync::Semaphore>,
     max_object_size: u64,
     written: u64,
 }
 
 enum SpillFrame {
-    Data(bytes::Bytes),
+    Data(bytes::Bytes, tokio::sync::OwnedSemaphorePermit),
     Commit,
 }
 
-/// The tier's side of a [`Spill`]: each frame written on the blocking
-/// pool, one at a time, holding no thread while it waits for the next (a
-/// slow origin must not pin the pool).
+/// The tier's side of a [`Spill`]: what is queued is written in one call
+/// on the blocking pool (frames are small; a call each would fall behind
+/// the network), holding no thread while it waits for more (a slow origin
+/// must not pin the pool).
 async fn write_spill(
     tier: Arc<dyn Tier>,
     key: String,
     entry: Entry,
     mut frames: mpsc::UnboundedReceiver<SpillFrame>,
-    queued: Arc<std::sync::atomic::AtomicU64>,
     metrics: TierMetrics,
 ) {
     let opened = runtime()
@@ -463,8 +461,6 @@ async fn write_spill(
     };
     let mut batch = Vec::new();
     loop {
-        // Everything queued goes in one trip to the blocking pool: frames
-        // are small, and one trip each would fall behind the network.
         let Some(first) = frames.recv().await else {
             return;
         };
@@ -472,7 +468,7 @@ async fn write_spill(
         let mut next = Some(first);
         while let Some(frame) = next.take() {
             match frame {
-                SpillFrame::Data(data) => batch.push(data),
+                SpillFrame::Data(data, permit) => batch.push((data, permit)),
                 SpillFrame::Commit => {
                     commit = true;
                     break;
@@ -480,15 +476,14 @@ async fn write_spill(
             }
             next = frames.try_recv().ok();
         }
-        let n: u64 = batch.iter().map(|d| d.len() as u64).sum();
         let step = runtime()
             .spawn_blocking(move || {
-                let step = batch.iter().try_for_each(|d| writer.write(d));
+                let step = batch.iter().try_for_each(|(d, _)| writer.write(d));
+                // Written: the room goes back to the fill.
                 batch.clear();
                 (writer, batch, step)
             })
             .await;
-        queued.fetch_sub(n, Ordering::Relaxed);
         match step {
             Ok((w, b, Ok(()))) => {
                 writer = w;
@@ -513,38 +508,41 @@ async fn write_spill(
 impl Spill {
     fn start(l2: &L2, head: &Head) -> Spill {
         let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let tier = l2.tier.clone();
         let metrics = l2.metrics.clone();
         let key = head.key.clone();
         let entry = head.entry.clone();
-        runtime().spawn(write_spill(tier, key, entry, rx, queued.clone(), metrics));
+        runtime().spawn(write_spill(tier, key, entry, rx, metrics));
         Spill {
             frames: Some(tx),
-            queued,
-            dropped: l2.metrics.dropped.clone(),
+            room: Arc::new(tokio::sync::Semaphore::new(SPILL_QUEUE_BYTES)),
             max_object_size: l2.max_object_size,
             written: 0,
         }
     }
 
-    /// Passes on the next bytes of the body.
-    pub(crate) fn write(&mut self, data: bytes::Bytes) {
-        let Some(frames) = &self.frames else { return };
-        let n = data.len() as u64;
-        self.written += n;
+    /// Passes on the next bytes of the body, once the queue has room for
+    /// them.
+    pub(crate) async fn write(&mut self, data: bytes::Bytes) {
+        if self.frames.is_none() {
+            return;
+        }
+        self.written += data.len() as u64;
         if self.written > self.max_object_size {
             self.frames = None;
             return;
         }
-        if self.queued.load(Ordering::Relaxed) + n > SPILL_QUEUE_BYTES {
-            // The disk is behind: the whole spill is abandoned.
-            self.dropped.inc();
+        let share = u32::try_from(data.len().min(SPILL_QUEUE_BYTES)).unwrap_or(u32::MAX);
+        let Ok(permit) = self.room.clone().acquire_many_owned(share).await else {
             self.frames = None;
             return;
-        }
-        self.queued.fetch_add(n, Ordering::Relaxed);
-        if frames.send(SpillFrame::Data(data)).is_err() {
+        };
+        let sent = self
+            .frames
+            .as_ref()
+            .is_some_and(|f| f.send(SpillFrame::Data(data, permit)).is_ok());
+        if !sent {
+            // The writer gave up (an error, counted there).
             self.frames = None;
         }
     }
