@@ -131,12 +131,12 @@ impl Client {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut req = req;
         match self.take(addr) {
-            Some(Taken::H1(conn)) => match self.send_h1(addr, conn, req).await {
+            Some(Taken::H1(conn)) => match self.send_h1(addr, conn, req, true).await {
                 Ok(resp) => return Ok(resp),
                 // Closed before the request was written (the member closed
                 // the idle connection as it was taken): the request is
                 // untouched and goes on a new connection.
-                Err(Unsent::Back(r)) => req = r,
+                Err(Unsent::Back(r, _)) => req = r,
                 Err(Unsent::Failed(e)) => return Err(e),
             },
             Some(Taken::H2(send)) => return self.send_h2(addr, send, req, true).await,
@@ -159,21 +159,7 @@ impl Client {
         // Boxed: a connect (TLS handshake included) is a large future, and
         // inline it would be part of every request's, copied on each move.
         match Box::pin(self.connector.connect(addr, &[])).await? {
-            Sender::H1 { send, close } => {
-                let conn = H1 {
-                    send,
-                    close,
-                    idle_since: None,
-                };
-                match self.send_h1(addr, conn, req).await {
-                    Ok(resp) => Ok(resp),
-                    Err(Unsent::Back(_)) => Err(UpstreamError::BeforeResponse {
-                        addr,
-                        reason: "the new connection closed before the request was sent".into(),
-                    }),
-                    Err(Unsent::Failed(e)) => Err(e),
-                }
-            }
+            Sender::H1 { send, close } => self.send_h1_new(addr, send, close, req, true).await,
             Sender::H2(send) => {
                 self.keep_h2(addr, &send);
                 drop(_turn);
@@ -203,11 +189,14 @@ impl Client {
         }
     }
 
+    /// Sends on an HTTP/1.1 connection; with `pooled`, the connection goes
+    /// back on the worker's list once the response head is in.
     async fn send_h1(
         &self,
         addr: SocketAddr,
         mut conn: H1,
         mut req: Request<ProxyBody>,
+        pooled: bool,
     ) -> Result<Response<Incoming>, Unsent> {
         // HTTP/1.1 to a server: the target in origin form (RFC 9112 §3.2.1).
         let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
@@ -221,15 +210,42 @@ impl Client {
         let close = conn.close.clone();
         match sending.await {
             Ok(mut resp) => {
-                self.give_back(addr, conn);
+                if pooled {
+                    self.give_back(addr, conn);
+                }
                 resp.extensions_mut().insert(close);
                 Ok(resp)
             }
-            Err(mut e) => match e.take_message() {
-                Some(req) if e.error().is_canceled() => Err(Unsent::Back(req)),
-                _ => Err(Unsent::Failed(failure(addr, e.error(), &self.connector))),
-            },
+            Err(mut e) => {
+                let failed = failure(addr, e.error(), &self.connector);
+                match e.take_message() {
+                    Some(req) if e.error().is_canceled() => Err(Unsent::Back(req, failed)),
+                    _ => Err(Unsent::Failed(failed)),
+                }
+            }
         }
+    }
+
+    /// Sends on a new HTTP/1.1 connection: one that closes before taking
+    /// the request is a failure, not a reason to try another.
+    async fn send_h1_new(
+        &self,
+        addr: SocketAddr,
+        send: http1::SendRequest<ProxyBody>,
+        close: CloseHandle,
+        req: Request<ProxyBody>,
+        pooled: bool,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let conn = H1 {
+            send,
+            close,
+            idle_since: None,
+        };
+        self.send_h1(addr, conn, req, pooled)
+            .await
+            .map_err(|u| match u {
+                Unsent::Failed(e) | Unsent::Back(_, e) => e,
+            })
     }
 
     /// Sends on an HTTP/2 connection. A bodiless request the member
@@ -283,18 +299,7 @@ impl Client {
                 if let Some(host) = host {
                     req.headers_mut().entry(header::HOST).or_insert(host);
                 }
-                let conn = H1 {
-                    send,
-                    close,
-                    idle_since: None,
-                };
-                self.send_h1(addr, conn, req).await.map_err(|u| match u {
-                    Unsent::Failed(e) => e,
-                    Unsent::Back(_) => UpstreamError::BeforeResponse {
-                        addr,
-                        reason: "the new connection closed before the request was sent".into(),
-                    },
-                })
+                self.send_h1_new(addr, send, close, req, true).await
             }
         }
     }
@@ -306,23 +311,10 @@ impl Client {
         &self,
         addr: SocketAddr,
         preamble: &[u8],
-        mut req: Request<ProxyBody>,
+        req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         match self.connector.connect(addr, preamble).await? {
-            Sender::H1 { mut send, close } => {
-                let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-                *req.uri_mut() =
-                    Uri::try_from(target).map_err(|e| UpstreamError::BeforeResponse {
-                        addr,
-                        reason: e.to_string(),
-                    })?;
-                let mut resp = send
-                    .send_request(req)
-                    .await
-                    .map_err(|e| failure(addr, &e, &self.connector))?;
-                resp.extensions_mut().insert(close);
-                Ok(resp)
-            }
+            Sender::H1 { send, close } => self.send_h1_new(addr, send, close, req, false).await,
             Sender::H2(mut send) => send
                 .send_request(h2_form(addr, req)?)
                 .await
@@ -387,9 +379,10 @@ pub(crate) async fn sweep(client: Weak<Client>, every: Duration) {
     }
 }
 
-/// A request not sent on a reused connection, or why it failed.
+/// Why a request failed on an HTTP/1.1 connection; `Back` when the
+/// connection closed before any of it was written, with the request.
 enum Unsent {
-    Back(Request<ProxyBody>),
+    Back(Request<ProxyBody>, UpstreamError),
     Failed(UpstreamError),
 }
 
