@@ -155,33 +155,9 @@ async fn tls_origin_with(
 /// Listener `http`, route to pool `app` (`servers`, then `pool_extra`
 /// keys), `[pool.app.tls]` with `tls`, then `tables`, and an admin listener.
 fn config(servers: &[SocketAddr], pool_extra: &str, tls: &str, tables: &str) -> String {
-    let list: Vec<String> = servers
-        .iter()
-        .map(|a| format!("{{ addr = \"{a}\" }}"))
-        .collect();
-    format!(
-        r#"
-[[listener]]
-name = "http"
-listen = "127.0.0.1:0"
-
-[[route]]
-name = "main"
-pool = "app"
-
-[pool.app]
-servers = [ {} ]
-{pool_extra}
-
-[pool.app.tls]
-{tls}
-
-{tables}
-
-[admin]
-listen = "127.0.0.1:0"
-"#,
-        list.join(", ")
+    simple_config(
+        servers,
+        &format!("{pool_extra}\n\n[pool.app.tls]\n{tls}\n\n{tables}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n"),
     )
 }
 
