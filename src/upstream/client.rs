@@ -136,7 +136,7 @@ impl Client {
                 // Closed before the request was written (the member closed
                 // the idle connection as it was taken): the request is
                 // untouched and goes on a new connection.
-                Err(Unsent::Back(r, _)) => req = r,
+                Err(Unsent::Back(r, _)) => req = *r,
                 Err(Unsent::Failed(e)) => return Err(e),
             },
             Some(Taken::H2(send)) => return self.send_h2(addr, send, req, true).await,
@@ -219,7 +219,9 @@ impl Client {
             Err(mut e) => {
                 let failed = failure(addr, e.error(), &self.connector);
                 match e.take_message() {
-                    Some(req) if e.error().is_canceled() => Err(Unsent::Back(req, failed)),
+                    Some(req) if e.error().is_canceled() => {
+                        Err(Unsent::Back(Box::new(req), failed))
+                    }
                     _ => Err(Unsent::Failed(failed)),
                 }
             }
@@ -382,7 +384,8 @@ pub(crate) async fn sweep(client: Weak<Client>, every: Duration) {
 /// Why a request failed on an HTTP/1.1 connection; `Back` when the
 /// connection closed before any of it was written, with the request.
 enum Unsent {
-    Back(Request<ProxyBody>, UpstreamError),
+    /// Boxed: rare, and a request head is a few hundred bytes.
+    Back(Box<Request<ProxyBody>>, UpstreamError),
     Failed(UpstreamError),
 }
 
