@@ -236,7 +236,7 @@ async fn refusing_origin() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHa
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bodiless_request_refused_unprocessed_is_sent_again_on_a_new_connection() {
+async fn a_bodiless_request_refused_unprocessed_is_sent_again() {
     let (origin, answered, task) = refusing_origin().await;
     // No retries: the resend is the client's own, not the proxy's.
     let d = Daemon::start(&h2c_config(origin, "retries = 0"));

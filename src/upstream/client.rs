@@ -16,7 +16,8 @@
 //! the connection to new streams while those in flight finish; the next
 //! request opens a new one. A request the member refused unprocessed (its
 //! stream above `GOAWAY`'s last stream id, or reset with `REFUSED_STREAM`)
-//! is sent again on a new connection when it has no body, and otherwise
+//! is sent again when it has no body (after `REFUSED_STREAM` on the same
+//! connection, which carries on; after `GOAWAY` on a new one), and otherwise
 //! reported as not having reached the member, so the proxy may retry it.
 
 use std::collections::HashMap;
@@ -251,7 +252,8 @@ impl Client {
     }
 
     /// Sends on an HTTP/2 connection. A bodiless request the member
-    /// refused unprocessed is sent once more, on a new connection.
+    /// refused unprocessed is sent once more: on the same connection after
+    /// `REFUSED_STREAM`, on a new one when the connection is going away.
     async fn send_h2(
         &self,
         addr: SocketAddr,
@@ -267,22 +269,31 @@ impl Client {
             *copy.headers_mut() = req.headers().clone();
             copy
         });
-        let e = match send.try_send_request(req).await {
+        let (req, going_away) = match send.try_send_request(req).await {
             Ok(resp) => return Ok(resp),
             Err(mut e) => {
                 let unsent = e.take_message();
+                let going_away = went_away(e.error());
                 let e = failure(addr, e.error(), &self.connector);
                 match (unsent, again) {
                     // Nothing of it went out: the connection was closing.
-                    (Some(req), _) => req,
-                    (None, Some(req)) if refused(&e) => req,
+                    (Some(req), _) => (req, true),
+                    (None, Some(req)) if refused(&e) => (req, going_away),
                     _ => return Err(e),
                 }
             }
         };
+        if !going_away && send.is_ready() {
+            // One stream refused (REFUSED_STREAM: say, beyond the member's
+            // stream limit before its SETTINGS had arrived) on a connection
+            // that carries on: the request goes on it again.
+            return send
+                .try_send_request(req)
+                .await
+                .map_err(|e| failure(addr, e.error(), &self.connector));
+        }
         // The connection is going away: forget it, and use a new one.
         self.forget_h2(addr, &send);
-        let req = e;
         match Box::pin(self.connector.connect(addr, &[])).await? {
             Sender::H2(send) => {
                 self.keep_h2(addr, &send);
@@ -419,6 +430,19 @@ fn h2_form(
         }
     }
     Ok(req)
+}
+
+/// Whether `e` came from the member's `GOAWAY`: its connection takes no
+/// new streams.
+fn went_away(e: &hyper::Error) -> bool {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.is_go_away();
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Whether the member refused the request without processing it.
