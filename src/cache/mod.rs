@@ -334,6 +334,88 @@ pub(crate) enum Lookup {
     Pass(Pass),
 }
 
+/// A lookup decided at once, or the wait before it can be (boxed: a
+/// cache hit, the common case, should not carry the wait's state).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per request and matched at once; boxing `Now` would allocate on every hit"
+)]
+pub(crate) enum Looked<'a> {
+    Now(Lookup),
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Lookup> + Send + 'a>>),
+}
+
+/// [`Cache::decide`]'s answer: a lookup, or a request to follow another's
+/// fill of the same key.
+enum Decided {
+    Now(Lookup),
+    Follow(Follower),
+}
+
+/// A request with nothing usable in the cache: what its fill is made of.
+/// Owned, as a fill is: it outlives the client's request head.
+struct Missed {
+    primary: String,
+    method: Method,
+    head: HeaderMap,
+    accepted: Option<Accepted>,
+    asked: Directives,
+    /// The key to store under: the variant's, else the primary.
+    key: String,
+    stale: Option<Arc<Object>>,
+    fwd: &'static str,
+}
+
+impl Missed {
+    fn fill(self, guard: Option<FillGuard>) -> Lookup {
+        Lookup::Miss(Fill {
+            primary: self.primary,
+            method: self.method,
+            head: self.head,
+            accepted: self.accepted,
+            asked: self.asked,
+            key: self.key,
+            stale: self.stale,
+            fwd: self.fwd,
+            guard,
+            request_time: SystemTime::now(),
+        })
+    }
+}
+
+/// A request that found another filling its key.
+struct Follower {
+    filling: Arc<Filling>,
+    missed: Missed,
+}
+
+impl Follower {
+    /// Served from the other request's fill when it can be ([`follow`]);
+    /// else the request goes upstream on its own.
+    async fn wait(self, set: Settings<'_>) -> Lookup {
+        let m = &self.missed;
+        let view = View {
+            method: &m.method,
+            head: &m.head,
+            accepted: m.accepted.as_ref(),
+        };
+        if let Some(answer) = follow(set, self.filling, &m.asked, view).await {
+            return Lookup::Hit(answer);
+        }
+        self.missed.fill(None)
+    }
+}
+
+impl<'a> Request<'a> {
+    fn view(&self) -> View<'a> {
+        View {
+            method: self.method,
+            head: self.head,
+            accepted: self.accepted,
+        }
+    }
+}
+
 /// A response and the cache's result for the metrics and access log
 /// (`hit`, `miss`, `stale`, `revalidated`, `bypass`, `coalesced`).
 pub(crate) struct Answer {
@@ -372,20 +454,18 @@ impl Directives {
 }
 
 impl Cache {
-    /// Decides how a request on a caching route is answered. Waits (up to
-    /// `lock_timeout`) when another request is already filling its key.
-    pub(crate) async fn lookup(&self, set: Settings<'_>, req: Request<'_>) -> Lookup {
+    /// Decides how a request on a caching route is answered: at once when
+    /// the memory tier has the answer (a hit builds no future at all), or
+    /// after a wait for what cannot be had at once: a `PURGE`, a
+    /// second-tier read, or another request already filling the key (up to
+    /// `lock_timeout`).
+    pub(crate) fn lookup<'a>(&'a self, set: Settings<'a>, req: Request<'_>) -> Looked<'a> {
         if req.method.as_str() == "PURGE" {
-            // Boxed, as is every rare path through a lookup's future.
-            let resp = Box::pin(purge::purge_request(
-                self,
-                set.cache,
-                req.peer,
-                &req.primary,
-                req.head,
-            ))
-            .await;
-            return Lookup::Hit(Answer { resp, result: None });
+            let (peer, primary, head) = (req.peer, req.primary, req.head.clone());
+            return Looked::Later(Box::pin(async move {
+                let resp = purge::purge_request(self, set.cache, peer, &primary, &head).await;
+                Lookup::Hit(Answer { resp, result: None })
+            }));
         }
         let readable = *req.method == Method::GET || *req.method == Method::HEAD;
         if !readable || req.has_body {
@@ -393,36 +473,64 @@ impl Cache {
                 *req.method,
                 Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
             );
-            return Lookup::Pass(Pass {
+            return Looked::Now(Lookup::Pass(Pass {
                 primary: req.primary,
                 safe,
-            });
+            }));
         }
-        let view = View {
-            method: req.method,
-            head: req.head,
-            accepted: req.accepted,
-        };
         let asked = Directives::of(req.head);
         // One clock reading decides freshness and sets `Age`.
         let now = SystemTime::now();
-        let mut found = self.find(&req.primary, req.head);
+        let found = self.find(&req.primary, req.head);
         let memory_hit = found.entry.is_some();
         crate::metrics::get().cache_memory_lookups[usize::from(!memory_hit)].inc();
-        let mut from_l2 = None;
-        if let (false, Some(l2)) = (memory_hit, &self.l2) {
-            // Boxed: a second-tier read is a large future, and inline it
-            // would be part of every cached request's, hits included.
-            let (l2_found, streamed) =
-                Box::pin(self.find_l2(l2, &req.primary, req.head, found)).await;
-            found = l2_found;
-            if let Some(s) = streamed {
-                if let Some(answer) = streamed_hit(set, &s, view, &asked, now) {
-                    return Lookup::Hit(answer);
-                }
+        match (memory_hit, &self.l2) {
+            (false, Some(l2)) => {
+                // The wait outlives the client's head: it works on a copy.
+                let (method, head) = (req.method.clone(), req.head.clone());
+                let accepted = req.accepted.cloned();
+                let primary = req.primary;
+                Looked::Later(Box::pin(async move {
+                    let req = Request {
+                        primary,
+                        method: &method,
+                        head: &head,
+                        has_body: false,
+                        peer: req.peer,
+                        accepted: accepted.as_ref(),
+                    };
+                    let (found, streamed) = self.find_l2(l2, &req.primary, req.head, found).await;
+                    if let Some(s) = streamed {
+                        if let Some(answer) = streamed_hit(set, &s, req.view(), &asked, now) {
+                            return Lookup::Hit(answer);
+                        }
+                    }
+                    let from_l2 = found.entry.is_some().then_some("l2");
+                    match self.decide(set, req, asked, found, from_l2, now) {
+                        Decided::Now(lookup) => lookup,
+                        Decided::Follow(follower) => follower.wait(set).await,
+                    }
+                }))
             }
-            from_l2 = found.entry.is_some().then_some("l2");
+            _ => match self.decide(set, req, asked, found, None, now) {
+                Decided::Now(lookup) => Looked::Now(lookup),
+                Decided::Follow(follower) => Looked::Later(Box::pin(follower.wait(set))),
+            },
         }
+    }
+
+    /// The lookup's decision once the tiers have been read: `found` is what
+    /// they hold, `from_l2` the hit detail when it came from the second.
+    fn decide(
+        &self,
+        set: Settings<'_>,
+        req: Request<'_>,
+        asked: Directives,
+        found: Found,
+        from_l2: Option<&'static str>,
+        now: SystemTime,
+    ) -> Decided {
+        let view = req.view();
         let mut fwd = found.fwd;
         let mut stale = None;
         if let Some(object) = &found.entry {
@@ -430,17 +538,19 @@ impl Cache {
                 let served = (entry, found.key(&req.primary));
                 match asked.usable(entry, now) {
                     Use::Fresh => {
-                        return Lookup::Hit(self.hit(set, "hit", served, view, from_l2, now))
+                        let answer = self.hit(set, "hit", served, view, from_l2, now);
+                        return Decided::Now(Lookup::Hit(answer));
                     }
                     Use::StaleAllowed => {
                         let detail = Some("max-stale");
-                        return Lookup::Hit(self.hit(set, "stale", served, view, detail, now));
+                        let answer = self.hit(set, "stale", served, view, detail, now);
+                        return Decided::Now(Lookup::Hit(answer));
                     }
                     Use::StaleWhileRevalidate => {
                         let detail = Some("stale-while-revalidate");
                         let answer = self.hit(set, "stale", served, view, detail, now);
                         let refresh = self.refresh(&req, found.key(&req.primary), object.clone());
-                        return Lookup::Stale { answer, refresh };
+                        return Decided::Now(Lookup::Stale { answer, refresh });
                     }
                     Use::Revalidate => {
                         let by_request = asked.cc.no_cache
@@ -457,35 +567,26 @@ impl Cache {
             // RFC 9111 §5.2.1.7: nothing usable without going upstream.
             let mut resp = Refusal::NotCached.reply();
             status_header(set.cache, &mut resp, &Status::forward(fwd, None, false));
-            return Lookup::Hit(Answer {
+            return Decided::Now(Lookup::Hit(Answer {
                 resp,
                 result: Some("miss"),
-            });
+            }));
         }
-        let guard = match self.fills.join(found.key(&req.primary), &self.budget) {
-            Join::Leader(guard) => Some(guard),
-            Join::Follower(filling) => {
-                // Boxed: rare, and it would make every lookup's future larger.
-                if let Some(answer) = Box::pin(follow(set, filling, &asked, view)).await {
-                    return Lookup::Hit(answer);
-                }
-                // The leader's response could not be shared: go on our own.
-                None
-            }
-        };
-        let key = found.variant.unwrap_or_else(|| req.primary.clone());
-        Lookup::Miss(Fill {
-            primary: req.primary,
+        let join = self.fills.join(found.key(&req.primary), &self.budget);
+        let missed = Missed {
+            key: found.variant.unwrap_or_else(|| req.primary.clone()),
             method: req.method.clone(),
             head: req.head.clone(),
             accepted: req.accepted.cloned(),
+            primary: req.primary,
             asked,
-            key,
             stale,
             fwd,
-            guard,
-            request_time: SystemTime::now(),
-        })
+        };
+        match join {
+            Join::Leader(guard) => Decided::Now(missed.fill(Some(guard))),
+            Join::Follower(filling) => Decided::Follow(Follower { filling, missed }),
+        }
     }
 
     /// The background revalidation of a stale entry served now, unless

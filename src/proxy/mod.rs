@@ -26,7 +26,9 @@ pub(crate) mod observe;
 mod rules;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,7 +44,7 @@ use tracing::Instrument as _;
 use crate::body::{
     self, BoxError, End, MinRateBody, ProxyBody, Reclaimable, UploadBody, Watch, Watched,
 };
-use crate::cache::{self, Lookup};
+use crate::cache::{self, Looked, Lookup};
 use crate::compress::Accepted;
 use crate::config::{Limits, Vars};
 use crate::framing::{Verdict, Verdicts, Violation};
@@ -99,6 +101,12 @@ impl ConnInfo {
 /// Every request gets an id ([`crate::request_id`]) and a tracing span (at
 /// `debug`), and is counted in the metrics and the access log once its
 /// response ends.
+///
+/// The path up to the first wait ([`begin`]) is plain code: a cache hit
+/// is answered without a future of its own, and what must wait (a trip
+/// upstream, a second-tier read) is one boxed future, so that this
+/// request's future stays small (it is moved whole into hyper, and every
+/// nested `async fn` would make it as large as its largest path).
 pub(crate) async fn handle(
     state: State,
     conn: Arc<ConnInfo>,
@@ -133,9 +141,17 @@ pub(crate) async fn handle(
         ..Default::default()
     };
     let grpc = crate::grpc::is_call(req.headers());
-    let mut resp = respond_to(&snap, &conn, client, req, &mut outcome)
-        .instrument(span)
-        .await;
+    let mut held = None;
+    let mut out = Outbound::default();
+    let resp = {
+        let step =
+            span.in_scope(|| begin(&snap, &conn, client, req, &mut held, &mut out, &mut outcome));
+        match step {
+            Step::Answer(resp) => resp,
+            Step::Wait(wait) => wait.instrument(span).await,
+        }
+    };
+    let mut resp = out.apply(&conn, resp);
     if grpc {
         // sluice's own errors, in the shape a gRPC client reads.
         resp = crate::grpc::answer(resp);
@@ -144,13 +160,71 @@ pub(crate) async fn handle(
     Ok(record.finish(snap, outcome, resp))
 }
 
-async fn respond_to(
-    snap: &Arc<Snapshot>,
-    conn: &ConnInfo,
+/// A request answered at once, or the wait for its answer.
+enum Step<'a> {
+    Answer(Response<ProxyBody>),
+    Wait(Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>>),
+}
+
+/// What a request's answer gets on its way out, whatever produced it (a
+/// hit, the pool, a refusal), set as the request goes through [`begin`].
+#[derive(Default)]
+struct Outbound<'a> {
+    /// The route's rules, once the request reached them: their
+    /// `response_headers`.
+    ruled: Option<rules::Ruled<'a>>,
+    /// A rate limit that allowed the request: the `RateLimit-*` fields.
+    quota: Option<ratelimit::Decision>,
+    /// An upgrade request ([`Verdict::AcceptUpgrade`]).
+    upgrade: bool,
+}
+
+impl Outbound<'_> {
+    fn apply(self, conn: &ConnInfo, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+        let mut resp = match self.ruled {
+            Some(ruled) => rules::after(ruled, resp),
+            None => resp,
+        };
+        if let Some(quota) = self.quota {
+            quota.apply(resp.headers_mut());
+        }
+        // An upgrade request answered without switching: the connection
+        // stays HTTP/1.1 only if the guard can pick it up again.
+        if self.upgrade
+            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+            && !conn.framing.resume()
+        {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+/// What a request's answer borrows that the request itself does not keep:
+/// held by [`handle`] for as long as the answer takes.
+struct Held {
+    authority: headers::Authority,
+    /// The values of the rules' variables, on a route with rules.
+    request_uri: Option<http::uri::PathAndQuery>,
+    request_id: Option<HeaderValue>,
+    /// With `compress = true`: the method and the client's
+    /// `Accept-Encoding`, for the response to be compressed (or decoded)
+    /// for this client on its way out, whoever produced it.
+    compression: Option<(Method, Accepted)>,
+}
+
+/// The request path up to its first wait: the framing guard's verdict,
+/// then admit and route ([`proxy`]).
+fn begin<'a>(
+    snap: &'a Arc<Snapshot>,
+    conn: &'a ConnInfo,
     client: IpAddr,
     req: Request<Incoming>,
-    outcome: &mut observe::Outcome,
-) -> Response<ProxyBody> {
+    held: &'a mut Option<Held>,
+    out: &mut Outbound<'a>,
+    outcome: &'a mut observe::Outcome,
+) -> Step<'a> {
     // One verdict per HTTP/1.x request, taken before anything else looks at
     // it: a request whose framing is in doubt is never routed.
     let verdict = match req.version() {
@@ -161,43 +235,27 @@ async fn respond_to(
         tracing::debug!(%client, %violation, "request framing refused");
         if violation == Violation::TargetTooLong {
             // The guard cut the target short and asked hyper to close.
-            return Refusal::UriTooLong.reply();
+            return Step::Answer(Refusal::UriTooLong.reply());
         }
-        return Refusal::BadRequest(violation.message()).reply();
+        return Step::Answer(Refusal::BadRequest(violation.message()).reply());
     }
-    let mut quota = None;
-    let mut resp = match proxy(snap, conn, client, req, &mut quota, outcome).await {
-        Ok(resp) => resp,
-        Err(refusal) => refusal.reply(),
-    };
-    if let Some(quota) = quota {
-        quota.apply(resp.headers_mut());
-    }
-    // An upgrade request answered without switching: the connection stays
-    // HTTP/1.1 only if the guard can pick it up again.
-    if verdict == Verdict::AcceptUpgrade
-        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-        && !conn.framing.resume()
-    {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
+    out.upgrade = verdict == Verdict::AcceptUpgrade;
+    proxy(snap, conn, client, req, held, out, outcome)
+        .unwrap_or_else(|refusal| Step::Answer(refusal.reply()))
 }
 
 /// Admit and route, then answer as [`routed`] does, inside the route's
 /// rules when it has any ([`rules`]: `allow` / `deny` first, its
-/// `response_headers` on whatever answers). `quota` is set when the route
-/// has a rate limit that allowed the request, so that whatever answers it
-/// carries the `RateLimit-*` fields.
-async fn proxy(
-    snap: &Arc<Snapshot>,
-    conn: &ConnInfo,
+/// `response_headers` on whatever answers, through `out`).
+fn proxy<'a>(
+    snap: &'a Arc<Snapshot>,
+    conn: &'a ConnInfo,
     client_ip: IpAddr,
     mut req: Request<Incoming>,
-    quota: &mut Option<ratelimit::Decision>,
-    outcome: &mut observe::Outcome,
-) -> Result<Response<ProxyBody>, Refusal> {
+    held: &'a mut Option<Held>,
+    out: &mut Outbound<'a>,
+    outcome: &'a mut observe::Outcome,
+) -> Result<Step<'a>, Refusal> {
     let listener = snap.config.listener(&conn.listener);
     let limits = listener.map_or(&snap.config.limits, |l| &l.limits);
     admit(&req, limits)?;
@@ -213,62 +271,69 @@ async fn proxy(
     outcome.route = Some(route.index);
     let span = tracing::Span::current();
     span.record("route", tracing::field::display(&route.name));
+    let route_config = snap.config.routes.get(route.index);
+    let rules = route_config.and_then(|r| r.rules.as_deref());
+    // A gRPC call is never cached or compressed: its messages are framed
+    // (and compressed, if at all) by gRPC itself, and its outcome is in
+    // trailers that a stored copy would not replay.
+    let grpc = crate::grpc::is_call(req.headers());
+    let compression = route_config
+        .filter(|r| r.compress && !grpc)
+        .map(|_| (req.method().clone(), Accepted::parse(req.headers())));
+    let held = &*held.insert(Held {
+        authority,
+        // The values of the rules' variables, taken before the path changes.
+        request_uri: rules.and(req.uri().path_and_query().cloned()),
+        request_id: rules.and(outcome.request_id.clone()),
+        compression,
+    });
     let leg = Leg {
         snap,
         route,
         limits,
         max_body_bytes: limits.max_body_bytes,
         ruled: None,
+        grpc,
     };
     let client = Client {
         conn,
         ip: client_ip,
-        authority: &authority.authority,
+        authority: &held.authority.authority,
     };
-    let Some(rules) = snap
-        .config
-        .routes
-        .get(route.index)
-        .and_then(|r| r.rules.as_deref())
-    else {
-        return routed(leg, client, req, quota, outcome).await;
+    let compression = held.compression.as_ref();
+    let Some(rules) = rules else {
+        return routed(leg, client, req, compression, out, outcome);
     };
-    // The values of the rules' variables, taken before the path changes.
-    let request_id = outcome.request_id.clone();
-    let request_uri = req.uri().path_and_query().cloned();
     let vars = Vars {
-        request_id: request_id.as_ref().map_or(&[], |id| id.as_bytes()),
+        request_id: held.request_id.as_ref().map_or(&[], |id| id.as_bytes()),
         client: client_ip,
-        host: &authority.host,
-        request_uri: request_uri.as_ref().map_or("/", |pq| pq.as_str()),
+        host: &held.authority.host,
+        request_uri: held.request_uri.as_ref().map_or("/", |pq| pq.as_str()),
         https: conn.https,
     };
     let ruled = rules::Ruled { rules, vars };
+    // Every answer on the route gets its response_headers, sluice's own
+    // refusals included.
+    out.ruled = Some(ruled);
+    rules::admit(ruled)?;
     let leg = Leg {
         max_body_bytes: rules.max_body_bytes.unwrap_or(limits.max_body_bytes),
         ruled: Some(ruled),
         ..leg
     };
-    // Every answer on the route gets its response_headers, sluice's own
-    // refusals included.
-    let resp = match rules::admit(ruled) {
-        Ok(()) => routed(leg, client, req, quota, outcome)
-            .await
-            .unwrap_or_else(|refusal| refusal.reply()),
-        Err(refusal) => refusal.reply(),
-    };
-    Ok(rules::after(ruled, resp))
+    routed(leg, client, req, compression, out, outcome)
 }
 
 /// A routed request, from its rate limit on: answered through the cache
 /// or straight from the pool, compressed on the way out.
-async fn routed(
-    leg: Leg<'_>,
-    client: Client<'_>,
+fn routed<'a>(
+    leg: Leg<'a>,
+    client: Client<'a>,
     mut req: Request<Incoming>,
-    quota: &mut Option<ratelimit::Decision>,
-    outcome: &mut observe::Outcome,
-) -> Result<Response<ProxyBody>, Refusal> {
+    compression: Option<&'a (Method, Accepted)>,
+    out: &mut Outbound<'a>,
+    outcome: &'a mut observe::Outcome,
+) -> Result<Step<'a>, Refusal> {
     let Leg { snap, route, .. } = leg;
     let client_ip = client.ip;
     if let Some(limiter) = snap.rate_limits.get(&route.name) {
@@ -277,12 +342,12 @@ async fn routed(
             tracing::debug!(route = %route.name, client = %client_ip, "rate limited");
             let mut resp = Refusal::RateLimited.reply();
             decision.apply(resp.headers_mut());
-            return Ok(resp);
+            return Ok(Step::Answer(resp));
         }
-        *quota = Some(decision);
+        out.quota = Some(decision);
     }
     if let Some(answer) = leg.ruled.and_then(rules::redirect) {
-        return answer;
+        return answer.map(Step::Answer);
     }
     if req.body().size_hint().lower() > leg.max_body_bytes {
         return Err(Refusal::BodyTooLarge);
@@ -303,36 +368,40 @@ async fn routed(
         (Some(client), Some(token)) => Some(Upgrade { client, token }),
         _ => None,
     };
-    // A gRPC call is never cached or compressed: its messages are framed
-    // (and compressed, if at all) by gRPC itself, and its outcome is in
-    // trailers that a stored copy would not replay.
-    let grpc = crate::grpc::is_call(&parts.headers);
-    let route_config = snap.config.routes.get(route.index).filter(|_| !grpc);
-    // With `compress = true` the response is compressed (or decoded) for
-    // this client on its way out, whoever produced it.
-    let compression = route_config
-        .filter(|r| r.compress)
-        .map(|_| (parts.method.clone(), Accepted::parse(&parts.headers)));
-    let resp = match (route_config.and_then(|r| r.cache.as_ref()), upgrade) {
+    let spec = snap
+        .config
+        .routes
+        .get(route.index)
+        .and_then(|r| r.cache.as_ref())
+        .filter(|_| !leg.grpc);
+    Ok(match (spec, upgrade) {
         (Some(spec), None) => {
-            let accepted = compression.as_ref().map(|(_, a)| a);
-            let answer = through_cache(leg, client, parts, incoming, spec, accepted, outcome).await;
-            outcome.cache = answer.result;
-            answer.resp
+            through_cache(leg, client, parts, incoming, spec, compression, outcome)
         }
         (_, upgrade) => {
             let token = upgrade.as_ref().map(|u| &u.token);
             let fwd = Forward::new(parts, leg, client, token, outcome);
-            // Boxed, as in `through_cache`: see there.
-            Box::pin(forward(leg, fwd, Some(incoming), upgrade, outcome)).await
+            Step::Wait(Box::pin(async move {
+                let resp = forward(leg, fwd, Some(incoming), upgrade, outcome).await;
+                compressed(snap, compression, resp)
+            }))
         }
-    };
-    Ok(match compression {
+    })
+}
+
+/// The response compressed (or decoded) for the client, on a route with
+/// `compress = true` ([`Held::compression`]).
+fn compressed(
+    snap: &Snapshot,
+    compression: Option<&(Method, Accepted)>,
+    resp: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    match compression {
         Some((method, accepted)) => {
-            crate::compress::apply(&snap.config.compression, &method, &accepted, resp)
+            crate::compress::apply(&snap.config.compression, method, accepted, resp)
         }
         None => resp,
-    })
+    }
 }
 
 /// Puts the normalised path ([`crate::path`]) in `uri`, query untouched,
@@ -380,18 +449,18 @@ fn admit(req: &Request<Incoming>, limits: &Limits) -> Result<(), Refusal> {
 }
 
 /// The cached path: the cache decides on the client's request as it came
-/// (a hit builds nothing for the upstream); a miss or a pass is forwarded
-/// by the proxy, and a fill's response goes back to the cache to store.
-async fn through_cache(
-    leg: Leg<'_>,
-    client: Client<'_>,
+/// (a hit builds nothing for the upstream, and is answered here at once);
+/// a miss or a pass is forwarded by the proxy, and a fill's response goes
+/// back to the cache to store.
+fn through_cache<'a>(
+    leg: Leg<'a>,
+    client: Client<'a>,
     parts: http::request::Parts,
     incoming: Incoming,
     spec: &crate::config::KeySpec,
-    accepted: Option<&Accepted>,
-    outcome: &mut observe::Outcome,
-) -> cache::Answer {
-    let cache = &leg.snap.cache;
+    compression: Option<&'a (Method, Accepted)>,
+    outcome: &'a mut observe::Outcome,
+) -> Step<'a> {
     let set = settings(leg.snap, leg.route);
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let asked = cache::Request {
@@ -406,9 +475,40 @@ async fn through_cache(
         head: &parts.headers,
         has_body: !incoming.is_end_stream(),
         peer: client.ip,
-        accepted,
+        accepted: compression.map(|(_, a)| a),
     };
-    match cache.lookup(set, asked).await {
+    let looked = match leg.snap.cache.lookup(set, asked) {
+        Looked::Now(Lookup::Hit(answer)) => {
+            outcome.cache = answer.result;
+            return Step::Answer(compressed(leg.snap, compression, answer.resp));
+        }
+        looked => looked,
+    };
+    Step::Wait(Box::pin(async move {
+        let lookup = match looked {
+            Looked::Now(lookup) => lookup,
+            Looked::Later(wait) => wait.await,
+        };
+        let answer = looked_up(leg, client, parts, incoming, lookup, outcome).await;
+        outcome.cache = answer.result;
+        compressed(leg.snap, compression, answer.resp)
+    }))
+}
+
+/// What the cache decided, carried out: a miss forwarded and filled, a
+/// pass forwarded, a stale answer's revalidation started off the request
+/// path.
+async fn looked_up(
+    leg: Leg<'_>,
+    client: Client<'_>,
+    parts: http::request::Parts,
+    incoming: Incoming,
+    lookup: Lookup,
+    outcome: &mut observe::Outcome,
+) -> cache::Answer {
+    let cache = &leg.snap.cache;
+    let set = settings(leg.snap, leg.route);
+    match lookup {
         Lookup::Hit(answer) => answer,
         Lookup::Stale { answer, refresh } => {
             if let Some(fill) = refresh {
@@ -417,18 +517,16 @@ async fn through_cache(
             }
             answer
         }
-        // The trips upstream are boxed: their futures are kilobytes, and
-        // inline they would make every request's future (hits included)
-        // that large, copied whole each time it is moved.
         Lookup::Miss(mut fill) => {
             let mut fwd = Forward::new(parts, leg, client, None, outcome);
             fill.prepare(&mut fwd.method, &mut fwd.head);
-            let resp = Box::pin(forward(leg, fwd, None, None, outcome)).await;
+            let resp = forward(leg, fwd, None, None, outcome).await;
+            // Boxed: the fill's future is large, and rarely waits.
             Box::pin(fill.finish(cache, set, resp)).await
         }
         Lookup::Pass(pass) => {
             let fwd = Forward::new(parts, leg, client, None, outcome);
-            let resp = Box::pin(forward(leg, fwd, Some(incoming), None, outcome)).await;
+            let resp = forward(leg, fwd, Some(incoming), None, outcome).await;
             pass.finish(cache, set, resp)
         }
     }
@@ -458,6 +556,7 @@ fn refresh_in_background(snap: &Arc<Snapshot>, route: &Route, mut fill: cache::F
             limits: &limits,
             max_body_bytes: limits.max_body_bytes,
             ruled: None,
+            grpc: false,
         };
         let mut outcome = observe::Outcome::default();
         let resp = forward(leg, req, None, None, &mut outcome).await;
@@ -481,6 +580,8 @@ struct Leg<'a> {
     max_body_bytes: u64,
     /// The route's rules, when it has any.
     ruled: Option<rules::Ruled<'a>>,
+    /// A gRPC call ([`crate::grpc::is_call`]): never cached or compressed.
+    grpc: bool,
 }
 
 impl<'a> Leg<'a> {
