@@ -198,6 +198,9 @@ pub(crate) fn stored_head(headers: &HeaderMap) -> HeaderMap {
     let mut h = headers.clone();
     h.remove(header::SET_COOKIE);
     h.remove(header::AGE);
+    // Room for the fields every hit adds to its copy (a clone keeps the
+    // table's size), so that no hit rehashes it.
+    h.reserve(super::serve::HIT_FIELDS);
     h
 }
 

@@ -441,9 +441,20 @@ struct Directives {
 
 impl Directives {
     fn of(head: &HeaderMap) -> Directives {
+        // Most requests carry neither field, and one pass over the names of
+        // a small head costs less than a hashed lookup per field.
+        let (mut cc, mut pragma) = (false, false);
+        for name in head.keys() {
+            cc |= name == header::CACHE_CONTROL;
+            pragma |= name == header::PRAGMA;
+        }
         Directives {
-            cc: CacheControl::parse(head),
-            pragma: policy::pragma_no_cache(head),
+            cc: if cc {
+                CacheControl::parse(head)
+            } else {
+                CacheControl::default()
+            },
+            pragma: pragma && policy::pragma_no_cache(head),
         }
     }
 

@@ -189,15 +189,28 @@ pub(crate) fn from_source(
 }
 
 /// The head an entry is served with: `Age` set, `Surrogate-Control` gone.
+/// The fields a hit adds to the stored head: Age, Content-Length,
+/// Cache-Status, X-Request-Id, Via.
+pub(crate) const HIT_FIELDS: usize = 5;
+
 fn head_of(entry: &Entry, age: Duration) -> HeaderMap {
     let mut headers = entry.headers.clone();
-    // A clone has no spare room: make it once for the fields every hit
-    // adds (Age, Content-Length, Cache-Status, X-Request-Id, Via), rather
-    // than grow the map field by field.
-    headers.reserve(5);
+    // Room for the fields every hit adds, made once rather than field by
+    // field (the stored head has it already: [`super::fill::stored_head`]).
+    headers.reserve(HIT_FIELDS);
     headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
     headers.remove(&super::surrogate::SURROGATE_CONTROL);
     headers
+}
+
+/// Whether `headers` has exactly one Content-Length, reading `len` as
+/// sluice would write it.
+fn says_length(headers: &HeaderMap, len: u64) -> bool {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => v.as_bytes() == itoa::Buffer::new().format(len).as_bytes(),
+        _ => false,
+    }
 }
 
 /// A 304, a 206/416 (when `len` is known and `rangeable`), a HEAD or the
@@ -224,9 +237,15 @@ fn answer(
         }
     }
     match len {
-        Some(len) => headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len)),
-        None => headers.remove(header::CONTENT_LENGTH),
-    };
+        // The stored head usually has it right already.
+        Some(len) if !says_length(&headers, len) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        Some(_) => {}
+        None => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    }
     let body = if head_only {
         body::empty()
     } else {
