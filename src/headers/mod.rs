@@ -282,12 +282,24 @@ pub enum AuthorityError {
     Mismatch,
 }
 
-/// The request's authority: `host` lower-cased without port for routing,
-/// and `authority` (host plus any non-default port) to forward as `Host`.
+/// The request's authority: [`host`](Authority::host) lower-cased without
+/// port for routing, and [`authority`](Authority::authority) (host plus any
+/// non-default port) to forward as `Host`. One string: the host is its
+/// start.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Authority {
-    pub host: String,
-    pub authority: String,
+    text: String,
+    host_len: usize,
+}
+
+impl Authority {
+    pub fn host(&self) -> &str {
+        self.text.get(..self.host_len).unwrap_or_default()
+    }
+
+    pub fn authority(&self) -> &str {
+        &self.text
+    }
 }
 
 /// Extracts the authority from the target URI and the Host field (RFC 9112
@@ -317,8 +329,8 @@ pub fn authority(
         (Some(a), _) | (None, Some(a)) => Ok(a),
         (None, None) if version == Version::HTTP_10 || version == Version::HTTP_09 => {
             Ok(Authority {
-                host: String::new(),
-                authority: String::new(),
+                text: String::new(),
+                host_len: 0,
             })
         }
         (None, None) => Err(AuthorityError::MissingHost),
@@ -376,17 +388,16 @@ fn normalise(raw: &[u8], https: bool) -> Result<Authority, AuthorityError> {
         // Only dots: nothing left to route on.
         return Err(AuthorityError::InvalidHost);
     }
-    // Two strings built once, lower-cased as they are copied (this runs on
-    // every request).
-    let mut authority = String::with_capacity(host.len() + 6);
-    authority.push_str(host);
-    authority.make_ascii_lowercase();
-    let host = authority.clone();
+    // One string, lower-cased as it is copied (this runs on every request).
+    let mut text = String::with_capacity(host.len() + 6);
+    text.push_str(host);
+    text.make_ascii_lowercase();
+    let host_len = text.len();
     if let Some(p) = port {
-        authority.push(':');
-        authority.push_str(itoa::Buffer::new().format(p));
+        text.push(':');
+        text.push_str(itoa::Buffer::new().format(p));
     }
-    Ok(Authority { host, authority })
+    Ok(Authority { text, host_len })
 }
 
 /// A message's `Content-Length` as a number (`None` when absent or not one).
@@ -684,13 +695,13 @@ mod tests {
     #[test]
     fn authority_is_normalised() {
         let a = auth(Version::HTTP_11, "/", &["Example.COM:80"]).unwrap();
-        assert_eq!(a.host, "example.com");
-        assert_eq!(a.authority, "example.com");
+        assert_eq!(a.host(), "example.com");
+        assert_eq!(a.authority(), "example.com");
         let a = auth(Version::HTTP_11, "/", &["example.com:8080"]).unwrap();
-        assert_eq!(a.host, "example.com");
-        assert_eq!(a.authority, "example.com:8080");
+        assert_eq!(a.host(), "example.com");
+        assert_eq!(a.authority(), "example.com:8080");
         let a = auth(Version::HTTP_11, "/", &["[::1]:80"]).unwrap();
-        assert_eq!(a.host, "[::1]");
+        assert_eq!(a.host(), "[::1]");
     }
 
     #[test]
@@ -708,7 +719,7 @@ mod tests {
             auth(Version::HTTP_2, "http://.:8080/", &[]),
             Err(AuthorityError::InvalidHost)
         );
-        assert_eq!(auth(Version::HTTP_11, "/", &["a.."]).unwrap().host, "a");
+        assert_eq!(auth(Version::HTTP_11, "/", &["a.."]).unwrap().host(), "a");
     }
 
     #[test]
@@ -723,7 +734,7 @@ mod tests {
     #[test]
     fn rfc9113_8_3_1_authority_without_host_is_enough() {
         let a = auth(Version::HTTP_2, "https://a.com/x", &[]).unwrap();
-        assert_eq!(a.host, "a.com");
+        assert_eq!(a.host(), "a.com");
     }
 
     #[test]

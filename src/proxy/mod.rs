@@ -266,7 +266,7 @@ fn proxy<'a>(
     }
     let route = snap
         .router
-        .lookup(&authority.host, req.uri().path())
+        .lookup(authority.host(), req.uri().path())
         .ok_or(Refusal::NoRoute)?;
     outcome.route = Some(route.index);
     let span = tracing::Span::current();
@@ -298,7 +298,7 @@ fn proxy<'a>(
     let client = Client {
         conn,
         ip: client_ip,
-        authority: &held.authority.authority,
+        authority: held.authority.authority(),
     };
     let compression = held.compression.as_ref();
     let Some(rules) = rules else {
@@ -307,7 +307,7 @@ fn proxy<'a>(
     let vars = Vars {
         request_id: held.request_id.as_ref().map_or(&[], |id| id.as_bytes()),
         client: client_ip,
-        host: &held.authority.host,
+        host: held.authority.host(),
         request_uri: held.request_uri.as_ref().map_or("/", |pq| pq.as_str()),
         https: conn.https,
     };
