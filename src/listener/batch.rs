@@ -48,9 +48,10 @@ pub(super) fn batched<S>(io: S) -> (Batched<S>, Batch<S>) {
     (Batched(inner.clone()), Batch(inner))
 }
 
-/// Both handles live on one task and never lock across an await, so the
-/// lock is never contended; a poisoned one (a panic on that task) holds
-/// nothing another caller could see half-done.
+/// Both handles live on one task and never hold the lock across an await,
+/// so it is never contended. A panic while it is held ends that task and
+/// both handles with it; a poisoned lock is taken anyway rather than
+/// adding a panic path.
 fn lock<S>(inner: &Mutex<Inner<S>>) -> MutexGuard<'_, Inner<S>> {
     inner
         .lock()
