@@ -579,6 +579,9 @@ where
     }
 }
 
+/// hyper's HTTP/2 connection over a batched stream.
+type HyperH2<I, Svc> = h2::Connection<TokioIo<batch::Batched<I>>, Svc, TokioExecutor>;
+
 /// An HTTP/2 connection: hyper's, boxed at its exact size (kilobytes: the
 /// h2 crate's codec and stream store, and the stream it serves), with what
 /// it writes in one poll sent together when the poll returns
@@ -588,7 +591,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     Svc: Handler,
 {
-    conn: std::pin::Pin<Box<h2::Connection<TokioIo<batch::Batched<I>>, Svc, TokioExecutor>>>,
+    conn: std::pin::Pin<Box<HyperH2<I, Svc>>>,
     batch: batch::Batch<I>,
 }
 
