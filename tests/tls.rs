@@ -518,3 +518,111 @@ async fn sighup_with_broken_certificate_keeps_serving_old_one() {
     let r = send(conn, request(Method::GET, "/", "a.test", empty())).await;
     assert_eq!(r.status, 200);
 }
+
+/// An HTTP/2 client on a fresh TLS connection to `d` (ALPN h2).
+async fn h2_over_tls(
+    pki: &TestPki,
+    d: &Daemon,
+) -> hyper::client::conn::http2::SendRequest<TestBody> {
+    let conn = handshake(d.addr("https"), "a.test", pki.client_config(&[b"h2"], BOTH)).await;
+    assert_eq!(conn.alpn.as_deref(), Some(&b"h2"[..]));
+    let (send, c) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(conn.stream),
+    )
+    .await
+    .expect("h2 over TLS");
+    tokio::spawn(c);
+    send
+}
+
+// sluice holds what it writes to an HTTP/2 connection until hyper's poll
+// of it returns: a streamed response must still go out piece by piece.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streamed_response_reaches_the_client_while_the_origin_holds_the_rest() {
+    use http_body_util::BodyExt;
+    let (senders_tx, mut senders) = tokio::sync::mpsc::unbounded_channel();
+    let origin = Origin::serve(move |_req, _addr| {
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+        let _ = senders_tx.send(tx);
+        async move {
+            http::Response::builder()
+                .body(ChanBody(rx).boxed())
+                .unwrap()
+        }
+    })
+    .await;
+    let pki = TestPki::new();
+    let (d, _certs) = tls_daemon(&pki, origin.addr);
+    let mut send = h2_over_tls(&pki, &d).await;
+    let resp = tokio::time::timeout(
+        PATIENCE,
+        send.send_request(h2_request(Method::GET, "https://a.test/stream", empty())),
+    )
+    .await
+    .expect("head in time")
+    .expect("response");
+    assert_eq!(resp.status(), 200);
+    let tx = senders.recv().await.expect("the origin got the request");
+    let mut body = resp.into_body();
+    tx.send(bytes::Bytes::from_static(b"first")).await.unwrap();
+    assert_eq!(next_data(&mut body).await.as_deref(), Some(&b"first"[..]));
+    tx.send(bytes::Bytes::from_static(b"second")).await.unwrap();
+    assert_eq!(next_data(&mut body).await.as_deref(), Some(&b"second"[..]));
+    drop(tx);
+    assert_eq!(next_data(&mut body).await, None);
+}
+
+/// The next non-empty data frame of `body`, None at its end.
+async fn next_data(body: &mut hyper::body::Incoming) -> Option<bytes::Bytes> {
+    use http_body_util::BodyExt;
+    loop {
+        let frame = tokio::time::timeout(PATIENCE, body.frame())
+            .await
+            .expect("a frame in time")?;
+        if let Ok(data) = frame.expect("body frame").into_data() {
+            if !data.is_empty() {
+                return Some(data);
+            }
+        }
+    }
+}
+
+// Many responses ready at once, each larger than what sluice holds before
+// writing (16 KiB), and more than the socket takes at once: every body
+// arrives whole, on the stream that asked for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_h2_streams_over_tls_each_get_their_whole_body() {
+    let origin = Origin::serve(|req, _addr| async move {
+        let n: usize = req.uri().path()[1..].parse().unwrap_or(0);
+        let byte = b'a' + (n % 26) as u8;
+        http::Response::builder()
+            .body(full(vec![byte; 40_000 + n]))
+            .unwrap()
+    })
+    .await;
+    let pki = TestPki::new();
+    let (d, _certs) = tls_daemon(&pki, origin.addr);
+    let send = h2_over_tls(&pki, &d).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..40usize {
+        let mut send = send.clone();
+        calls.spawn(async move {
+            let url = format!("https://a.test/{n}");
+            (
+                n,
+                h2_send(&mut send, h2_request(Method::GET, &url, empty())).await,
+            )
+        });
+    }
+    while let Some(call) = calls.join_next().await {
+        let (n, r) = call.expect("call");
+        assert_eq!(r.status, 200, "stream {n}");
+        let byte = b'a' + (n % 26) as u8;
+        assert_eq!(r.body.len(), 40_000 + n, "stream {n}");
+        assert!(
+            r.body.iter().all(|b| *b == byte),
+            "stream {n} got another's bytes"
+        );
+    }
+}

@@ -12,6 +12,7 @@
 //! header ([`crate::proxy_protocol`]) is read first, before TLS, and names
 //! the client.
 
+mod batch;
 mod http1;
 
 use std::net::SocketAddr;
@@ -578,9 +579,21 @@ where
     }
 }
 
-/// An HTTP/2 connection, boxed at its exact size (kilobytes: the h2
-/// crate's codec and stream store, and the stream it serves).
-type H2Connection<I, Svc> = std::pin::Pin<Box<h2::Connection<TokioIo<I>, Svc, TokioExecutor>>>;
+/// hyper's HTTP/2 connection over a batched stream.
+type HyperH2<I, Svc> = h2::Connection<TokioIo<batch::Batched<I>>, Svc, TokioExecutor>;
+
+/// An HTTP/2 connection: hyper's, boxed at its exact size (kilobytes: the
+/// h2 crate's codec and stream store, and the stream it serves), with what
+/// it writes in one poll sent together when the poll returns
+/// ([`batch`]).
+struct H2Connection<I, Svc>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Svc: Handler,
+{
+    conn: std::pin::Pin<Box<HyperH2<I, Svc>>>,
+    batch: batch::Batch<I>,
+}
 
 fn h2_connection<I, Svc>(
     io: I,
@@ -591,7 +604,45 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     Svc: Handler,
 {
-    Box::pin(builder.serve_connection(TokioIo::new(io), service))
+    let (io, batch) = batch::batched(io);
+    H2Connection {
+        conn: Box::pin(builder.serve_connection(TokioIo::new(io), service)),
+        batch,
+    }
+}
+
+/// Why an HTTP/2 connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum H2Ended {
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error("cannot write to the client: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+impl<I, Svc> std::future::Future for H2Connection<I, Svc>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Svc: Handler,
+{
+    type Output = Result<(), H2Ended>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        // An ended connection has sent what it holds (hyper shuts the
+        // stream down) or has nobody left to send it to.
+        if let Poll::Ready(ended) = self.conn.as_mut().poll(cx) {
+            return Poll::Ready(ended.map_err(H2Ended::from));
+        }
+        match self.batch.poll_send(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            // Pending: the socket wakes this task when it has room.
+            Poll::Ready(Ok(())) | Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// Serves HTTP/2 until the client leaves or the server has drained it.
@@ -601,9 +652,9 @@ where
     Svc: Handler,
 {
     let ended = tokio::select! {
-        ended = conn.as_mut() => ended,
+        ended = &mut conn => ended,
         _ = draining.signalled() => {
-            conn.as_mut().graceful_shutdown();
+            conn.conn.as_mut().graceful_shutdown();
             conn.await
         }
     };
