@@ -1,6 +1,6 @@
 //! The request path, top to bottom, in one place:
 //!
-//! 1. **admit** ([`respond_to`], [`admit`]): the framing guard's verdict,
+//! 1. **admit** ([`begin`], [`admit`]): the framing guard's verdict,
 //!    the URI and head limits, the authority;
 //! 2. **route** ([`crate::router`]), the route's **rules** ([`rules`]:
 //!    `allow` / `deny`, a `redirect`, `rewrite` and `strip_prefix`),
@@ -18,6 +18,10 @@
 //!    route's `response_headers`;
 //! 8. **record** ([`observe`]): metrics and the access log when the body
 //!    ends.
+//!
+//! Steps 1 to 4 are plain functions: a cache hit is answered without a
+//! future of its own, and what has to wait is one boxed future
+//! ([`Step::Wait`]) that [`handle`] awaits.
 //!
 //! Nothing below calls back into this module. Every refusal and failure is
 //! a [`Refusal`], mapped to its status in [`crate::reply`].
