@@ -473,7 +473,7 @@ fn service(
         // boxed request future is a pointer to move, not kilobytes to copy
         // on every request; an idle HTTP/1.1 connection also keeps only a
         // pointer-sized slot for the next one.
-        let handled = Box::pin(proxy::handle(state.clone(), conn.clone(), req));
+        let handled = boxed(|| proxy::handle(state.clone(), conn.clone(), req));
         async move {
             let mut resp = handled.await?;
             if h1 && draining.load(Ordering::Relaxed) {
@@ -487,6 +487,14 @@ fn service(
             Ok::<_, std::convert::Infallible>(in_flight.attach(resp))
         }
     })
+}
+
+/// `make()`'s future, built in its box. `Box::pin(make())` builds it on the
+/// stack and then copies all of it into the box, kilobytes (the size of its
+/// largest state) where only its arguments are set; writing it into a box
+/// allocated first lets it be built in place.
+fn boxed<F: Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
 /// HTTP/2 after its prior-knowledge preface, behind one pointer: its state
