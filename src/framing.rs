@@ -53,6 +53,7 @@ use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -167,14 +168,28 @@ enum Switch {
 
 #[derive(Debug)]
 struct Shared {
+    /// Plain [`Verdict::Accept`]s at the front of the queue, before
+    /// everything in `rest`: the common hand-over, one atomic operation on
+    /// each side. An accept goes here only while `rest` is empty, so these
+    /// always come first.
+    accepts: AtomicUsize,
+    /// `rest.queue.len()`, readable without the lock.
+    rest_len: AtomicUsize,
+    rest: Mutex<Rest>,
+}
+
+#[derive(Debug)]
+struct Rest {
+    /// The verdicts after the counted accepts, in order.
     queue: VecDeque<Verdict>,
     switch: Switch,
 }
 
 /// One connection's verdicts, in request order: pushed by the guard as heads
-/// complete, taken by the proxy once per HTTP/1.x request.
+/// complete, taken by the proxy once per HTTP/1.x request. One pusher (the
+/// guard) and one taker (the proxy).
 #[derive(Debug, Clone)]
-pub struct Verdicts(Arc<Mutex<Shared>>);
+pub struct Verdicts(Arc<Shared>);
 
 impl Default for Verdicts {
     fn default() -> Self {
@@ -184,24 +199,39 @@ impl Default for Verdicts {
 
 impl Verdicts {
     pub fn new() -> Verdicts {
-        Verdicts(Arc::new(Mutex::new(Shared {
-            queue: VecDeque::new(),
-            switch: Switch::None,
-        })))
+        Verdicts(Arc::new(Shared {
+            accepts: AtomicUsize::new(0),
+            rest_len: AtomicUsize::new(0),
+            rest: Mutex::new(Rest {
+                queue: VecDeque::new(),
+                switch: Switch::None,
+            }),
+        }))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Rest> {
+        self.0.rest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes one counted accept, if there is one.
+    fn take_accept(&self) -> bool {
+        self.0
+            .accepts
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// The verdict on the next HTTP/1.x request hyper hands over. hyper
     /// cannot have parsed a head the guard has not seen, so an empty queue
     /// means the guard was not following: refuse.
     pub fn next(&self) -> Verdict {
-        self.lock()
-            .queue
-            .pop_front()
-            .unwrap_or(Verdict::Reject(Violation::Untracked))
+        if self.take_accept() {
+            return Verdict::Accept;
+        }
+        let mut rest = self.lock();
+        let next = rest.queue.pop_front();
+        self.0.rest_len.store(rest.queue.len(), Ordering::Release);
+        next.unwrap_or(Verdict::Reject(Violation::Untracked))
     }
 
     /// After an [`Verdict::AcceptUpgrade`] request was answered without
@@ -222,22 +252,36 @@ impl Verdicts {
 
     /// Queues a verdict; false when the queue is full.
     fn push(&self, verdict: Verdict) -> bool {
-        let mut s = self.lock();
-        if s.queue.len() >= MAX_QUEUED {
+        let accepts = self.0.accepts.load(Ordering::Acquire);
+        let rest_len = self.0.rest_len.load(Ordering::Acquire);
+        if accepts + rest_len >= MAX_QUEUED {
             return false;
         }
+        if verdict == Verdict::Accept && rest_len == 0 {
+            // Only the pusher adds to `rest`, so it stays empty meanwhile.
+            self.0.accepts.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
+        let mut s = self.lock();
         if verdict == Verdict::AcceptUpgrade {
             s.switch = Switch::Awaiting;
         }
         s.queue.push_back(verdict);
+        self.0.rest_len.store(s.queue.len(), Ordering::Release);
         true
     }
 
     /// Turns the latest verdict into a refusal if the proxy has not taken it
     /// yet (its body turned out to be broken).
     fn refuse_last(&self, violation: Violation) {
-        if let Some(last) = self.lock().queue.back_mut() {
+        let mut s = self.lock();
+        if let Some(last) = s.queue.back_mut() {
             *last = Verdict::Reject(violation);
+        } else if self.take_accept() {
+            // The latest is the last counted accept: it becomes the only
+            // verdict after the others.
+            s.queue.push_back(Verdict::Reject(violation));
+            self.0.rest_len.store(s.queue.len(), Ordering::Release);
         }
     }
 
@@ -1302,7 +1346,11 @@ mod tests {
             }
             offset += part.len();
         }
-        let queued = verdicts.lock().queue.drain(..).collect();
+        let queued = std::iter::from_fn(|| match verdicts.next() {
+            Verdict::Reject(Violation::Untracked) => None,
+            v => Some(v),
+        })
+        .collect();
         Run {
             verdicts: queued,
             broken,
