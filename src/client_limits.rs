@@ -30,6 +30,7 @@ use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -121,6 +122,9 @@ pub(crate) struct Activity {
     keepalive_timeout: Duration,
     /// HTTP/1.1: idle this long, the connection is parked; `None` never.
     park_after: Option<Duration>,
+    /// `State::park_due`, readable without the lock: the server loop asks
+    /// after every poll of hyper, and the answer is almost always no.
+    park_hint: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -172,6 +176,7 @@ impl Activity {
             header_read_timeout,
             keepalive_timeout,
             park_after,
+            park_hint: AtomicBool::new(false),
             state: Mutex::new(State {
                 in_flight: 0,
                 requests: 0,
@@ -232,11 +237,15 @@ impl Activity {
     /// Whether the connection should be parked now; if so, it is from here
     /// on marked as parking (see [`Activity::parking`]).
     pub(crate) fn take_park(&self) -> bool {
+        if !self.park_hint.load(Ordering::Relaxed) {
+            return false;
+        }
         let mut s = self.lock();
         if !s.park_due || !s.parkable() {
             return false;
         }
         s.park_due = false;
+        self.park_hint.store(false, Ordering::Relaxed);
         s.parking = true;
         true
     }
@@ -257,6 +266,7 @@ impl Activity {
         let mut s = self.lock();
         s.session = Session::default();
         s.park_due = false;
+        self.park_hint.store(false, Ordering::Relaxed);
         s.parking = false;
         s.parks += 1;
     }
@@ -301,7 +311,9 @@ impl Activity {
     }
 
     fn park_due(&self) {
-        self.lock().park_due = true;
+        let mut s = self.lock();
+        s.park_due = true;
+        self.park_hint.store(true, Ordering::Relaxed);
     }
 
     /// The current deadline, remembering `waker` as the reader to wake.

@@ -42,16 +42,18 @@
 //!   while the guard is not following gets [`Violation::Untracked`]: fail
 //!   closed.
 //!
-//! The common case costs one memchr pass over each head, one httparse call
-//! per head with uninitialised header slots, and no allocation per read; a
-//! head split across reads is carried in one reused buffer bounded by the
-//! limit given to [`GuardLimits`].
+//! The common case (a whole head in one read, no body, plain ASCII fields)
+//! costs one pass over the head ([`common_head`]) and no allocation; any
+//! other head costs a memchr pass and one httparse call with uninitialised
+//! header slots, and a head split across reads is carried in one reused
+//! buffer bounded by the limit given to [`GuardLimits`].
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -166,14 +168,28 @@ enum Switch {
 
 #[derive(Debug)]
 struct Shared {
+    /// Plain [`Verdict::Accept`]s at the front of the queue, before
+    /// everything in `rest`: the common hand-over, one atomic operation on
+    /// each side. An accept goes here only while `rest` is empty, so these
+    /// always come first.
+    accepts: AtomicUsize,
+    /// `rest.queue.len()`, readable without the lock.
+    rest_len: AtomicUsize,
+    rest: Mutex<Rest>,
+}
+
+#[derive(Debug)]
+struct Rest {
+    /// The verdicts after the counted accepts, in order.
     queue: VecDeque<Verdict>,
     switch: Switch,
 }
 
 /// One connection's verdicts, in request order: pushed by the guard as heads
-/// complete, taken by the proxy once per HTTP/1.x request.
+/// complete, taken by the proxy once per HTTP/1.x request. One pusher (the
+/// guard) and one taker (the proxy).
 #[derive(Debug, Clone)]
-pub struct Verdicts(Arc<Mutex<Shared>>);
+pub struct Verdicts(Arc<Shared>);
 
 impl Default for Verdicts {
     fn default() -> Self {
@@ -183,24 +199,39 @@ impl Default for Verdicts {
 
 impl Verdicts {
     pub fn new() -> Verdicts {
-        Verdicts(Arc::new(Mutex::new(Shared {
-            queue: VecDeque::new(),
-            switch: Switch::None,
-        })))
+        Verdicts(Arc::new(Shared {
+            accepts: AtomicUsize::new(0),
+            rest_len: AtomicUsize::new(0),
+            rest: Mutex::new(Rest {
+                queue: VecDeque::new(),
+                switch: Switch::None,
+            }),
+        }))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Rest> {
+        self.0.rest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes one counted accept, if there is one.
+    fn take_accept(&self) -> bool {
+        self.0
+            .accepts
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// The verdict on the next HTTP/1.x request hyper hands over. hyper
     /// cannot have parsed a head the guard has not seen, so an empty queue
     /// means the guard was not following: refuse.
     pub fn next(&self) -> Verdict {
-        self.lock()
-            .queue
-            .pop_front()
-            .unwrap_or(Verdict::Reject(Violation::Untracked))
+        if self.take_accept() {
+            return Verdict::Accept;
+        }
+        let mut rest = self.lock();
+        let next = rest.queue.pop_front();
+        self.0.rest_len.store(rest.queue.len(), Ordering::Release);
+        next.unwrap_or(Verdict::Reject(Violation::Untracked))
     }
 
     /// After an [`Verdict::AcceptUpgrade`] request was answered without
@@ -221,22 +252,36 @@ impl Verdicts {
 
     /// Queues a verdict; false when the queue is full.
     fn push(&self, verdict: Verdict) -> bool {
-        let mut s = self.lock();
-        if s.queue.len() >= MAX_QUEUED {
+        let accepts = self.0.accepts.load(Ordering::Acquire);
+        let rest_len = self.0.rest_len.load(Ordering::Acquire);
+        if accepts + rest_len >= MAX_QUEUED {
             return false;
         }
+        if verdict == Verdict::Accept && rest_len == 0 {
+            // Only the pusher adds to `rest`, so it stays empty meanwhile.
+            self.0.accepts.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
+        let mut s = self.lock();
         if verdict == Verdict::AcceptUpgrade {
             s.switch = Switch::Awaiting;
         }
         s.queue.push_back(verdict);
+        self.0.rest_len.store(s.queue.len(), Ordering::Release);
         true
     }
 
     /// Turns the latest verdict into a refusal if the proxy has not taken it
     /// yet (its body turned out to be broken).
     fn refuse_last(&self, violation: Violation) {
-        if let Some(last) = self.lock().queue.back_mut() {
+        let mut s = self.lock();
+        if let Some(last) = s.queue.back_mut() {
             *last = Verdict::Reject(violation);
+        } else if self.take_accept() {
+            // The latest is the last counted accept: it becomes the only
+            // verdict after the others.
+            s.queue.push_back(Verdict::Reject(violation));
+            self.0.rest_len.store(s.queue.len(), Ordering::Release);
         }
     }
 
@@ -408,6 +453,111 @@ fn target_ok(method: &str, target: &str) -> bool {
             scheme(b"http://") || scheme(b"https://")
         }
     }
+}
+
+// ---------------------------------------------------------- common heads --
+
+/// The common request head, read in one pass: a request line with an
+/// origin-form target and HTTP/1.0 or 1.1, then fields of visible ASCII and
+/// spaces, none of them Content-Length, Transfer-Encoding or Upgrade, all
+/// within `limits`. Returns the head's length when `bytes` starts with such
+/// a head, complete: [`judge`] would accept it as a request with no body and
+/// no protocol switch, so the guard queues that verdict without httparse.
+///
+/// Anything else is `None` and goes to the full path, which reads it
+/// exactly as before: a partial head, leading empty lines, `CONNECT`, any
+/// other target form, a field that frames a body or switches protocols, a
+/// tab or obs-text, or anything malformed. Every rule here is narrower than
+/// httparse's grammar (one space between request-line parts, `tchar` names
+/// ending in a colon, CRLF or LF line ends, at most `max_headers` fields),
+/// so a head taken here is one httparse, hence hyper, parses the same way.
+fn common_head(bytes: &[u8], limits: &GuardLimits) -> Option<usize> {
+    let method = bytes.iter().position(|&b| !is_token(b))?;
+    if method == 0 || bytes[method] != b' ' || &bytes[..method] == b"CONNECT" {
+        return None;
+    }
+    let target_at = method + 1;
+    let target = bytes.get(target_at..)?;
+    let len = target.iter().position(|&b| !is_visible(b))?;
+    if target.first() != Some(&b'/') || target[len] != b' ' || len > limits.max_target_bytes {
+        return None;
+    }
+    let version_at = target_at + len + 1;
+    let version = bytes.get(version_at..version_at + 8)?;
+    if version != b"HTTP/1.1" && version != b"HTTP/1.0" {
+        return None;
+    }
+    let mut i = line_end(bytes, version_at + 8)?;
+    let mut fields = 0;
+    let end = loop {
+        if let Some(end) = line_end(bytes, i) {
+            break end;
+        }
+        fields += 1;
+        let line = bytes.get(i..)?;
+        let name = line.iter().position(|&b| !is_token(b))?;
+        if fields > limits.max_headers
+            || name == 0
+            || line[name] != b':'
+            || frames_or_switches(&line[..name])
+        {
+            return None;
+        }
+        let value = &line[name + 1..];
+        i = line_end(bytes, i + name + 1 + plain_run(value))?;
+    };
+    (end <= limits.max_head_bytes).then_some(end)
+}
+
+/// Past the line end (CRLF, or the bare LF httparse also takes) at `i`.
+fn line_end(bytes: &[u8], i: usize) -> Option<usize> {
+    match bytes.get(i..)? {
+        [b'\r', b'\n', ..] => Some(i + 2),
+        [b'\n', ..] => Some(i + 1),
+        _ => None,
+    }
+}
+
+/// Content-Length, Transfer-Encoding or Upgrade: fields that give a request
+/// a body or ask to switch protocols, left to the full path.
+fn frames_or_switches(name: &[u8]) -> bool {
+    match name.len() {
+        14 => name.eq_ignore_ascii_case(b"content-length"),
+        17 => name.eq_ignore_ascii_case(b"transfer-encoding"),
+        7 => name.eq_ignore_ascii_case(b"upgrade"),
+        _ => false,
+    }
+}
+
+/// A visible ASCII character (`VCHAR`).
+fn is_visible(b: u8) -> bool {
+    (0x21..=0x7e).contains(&b)
+}
+
+/// How many bytes `s` starts with that are spaces or visible ASCII: a field
+/// value in its common form. Eight bytes at a time while none is a control
+/// character, DEL or obs-text.
+fn plain_run(s: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let (words, _) = s.as_chunks::<8>();
+    let mut n = 0;
+    for word in words {
+        let x = u64::from_le_bytes(*word);
+        // A byte below 0x20 borrows into its top bit; 0x7f carries into
+        // it; obs-text has it already. A borrow or carry across bytes only
+        // starts at such a byte, so the test is exact for the word.
+        let below = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let above = (x.wrapping_add(ONES) | x) & HIGH;
+        if below | above != 0 {
+            break;
+        }
+        n += 8;
+    }
+    n + s[n..]
+        .iter()
+        .take_while(|&&b| b == b' ' || is_visible(b))
+        .count()
 }
 
 // --------------------------------------------------------------- targets --
@@ -624,13 +774,22 @@ impl Tracker {
         while i < data.len() {
             i = match self.state {
                 State::Off | State::Failed(_) | State::Cut(_) => return Ok(()),
-                State::Head => {
-                    let max = self.limits.max_target_bytes;
-                    if let Some(at) = self.target.overlong(&data[i..], max) {
-                        return Err(self.cut(i + at));
+                State::Head => match self.common_head(&data[i..]) {
+                    Some(end) => {
+                        let accept = Outcome::Accept {
+                            body: BodyKind::None,
+                            upgrade: false,
+                        };
+                        self.judged(accept, data.len(), i + end)
                     }
-                    self.read_head(data, i)
-                }
+                    None => {
+                        let max = self.limits.max_target_bytes;
+                        if let Some(at) = self.target.overlong(&data[i..], max) {
+                            return Err(self.cut(i + at));
+                        }
+                        self.read_head(data, i)
+                    }
+                },
                 State::Fixed(left) => {
                     let n = left.min((data.len() - i) as u64);
                     if n == left {
@@ -749,6 +908,29 @@ impl Tracker {
             self.head.clear();
             outcome
         };
+        self.judged(outcome, data.len(), i + end)
+    }
+
+    /// The head `data[i..]` starts with, when it is complete and common
+    /// ([`common_head`]) and nothing of the current head was read before:
+    /// its length. With this state the full path would scan, measure and
+    /// judge the same bytes to the same end (an accepted head with no body),
+    /// leaving the line and target scans where they start.
+    fn common_head(&self, rest: &[u8]) -> Option<usize> {
+        let fresh = self.head.is_empty()
+            && self.line == 0
+            && !self.seen_line
+            && self.target.0 == LinePhase::Lead;
+        if fresh {
+            common_head(rest, &self.limits)
+        } else {
+            None
+        }
+    }
+
+    /// Acts on the judgement of a head that ended at `next` in a read of
+    /// `len` bytes; returns where reading goes on.
+    fn judged(&mut self, outcome: Outcome, len: usize, next: usize) -> usize {
         match outcome {
             Outcome::Accept { body, upgrade } => {
                 let verdict = if upgrade {
@@ -758,7 +940,7 @@ impl Tracker {
                 };
                 if !self.verdicts.push(verdict) {
                     self.off();
-                    return data.len();
+                    return len;
                 }
                 self.upgrade = upgrade;
                 match body {
@@ -769,16 +951,16 @@ impl Tracker {
                         self.start_chunk();
                     }
                 }
-                i + end
+                next
             }
             Outcome::Refuse(v) => {
                 self.verdicts.push(Verdict::Reject(v));
                 self.off();
-                data.len()
+                len
             }
             Outcome::Http2 | Outcome::Unparsed => {
                 self.off();
-                data.len()
+                len
             }
         }
     }
@@ -928,10 +1110,39 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// `tchar` (RFC 9110 §5.6.2).
+/// `tchar` (RFC 9110 §5.6.2): a byte of a method or a field name.
 fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
+
+/// [`is_token`] as a table: it runs on every byte of every field name.
+const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    table
+};
 
 // -------------------------------------------------------------- responses --
 
@@ -1135,7 +1346,11 @@ mod tests {
             }
             offset += part.len();
         }
-        let queued = verdicts.lock().queue.drain(..).collect();
+        let queued = std::iter::from_fn(|| match verdicts.next() {
+            Verdict::Reject(Violation::Untracked) => None,
+            v => Some(v),
+        })
+        .collect();
         Run {
             verdicts: queued,
             broken,
@@ -1680,6 +1895,150 @@ mod tests {
         let r = run(&[&bytes]);
         assert_eq!(r.verdicts.len(), MAX_QUEUED);
         assert!(!r.following);
+    }
+
+    #[test]
+    fn common_heads_are_read_in_one_pass_and_others_are_not() {
+        let common: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a?b=c HTTP/1.1\nHost: a\nAccept: */*\n\n",
+            b"HEAD /x HTTP/1.0\r\n\r\n",
+            b"DELETE /x HTTP/1.1\r\nHost: a\r\nX-Empty:\r\nX-Spaces:  a b  \r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Lengths: 5\r\n\r\n",
+        ];
+        for head in common {
+            assert_eq!(common_head(head, &LIMITS), Some(head.len()), "{head:?}");
+            // What follows the head is not read.
+            let more = [*head, b"GET /next HTTP/1.1\r\n"].concat();
+            assert_eq!(common_head(&more, &LIMITS), Some(head.len()), "{head:?}");
+        }
+        let uncommon: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r",
+            b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\n",
+            b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+            b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1 \r\nHost: a\r\n\r\n",
+            b"GET /\x7f HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUPGRADE: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+            b"GET / HTTP/1.1\r\n Host: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\n: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\tb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: \xc3\xa9\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\x00\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\x7f\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r \n",
+        ];
+        for head in uncommon {
+            assert_eq!(common_head(head, &LIMITS), None, "{head:?}");
+        }
+        // Each limit sends a head over it to the full path.
+        let head = b"GET /abcd HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n";
+        for (limits, taken) in [
+            (LIMITS, true),
+            (
+                GuardLimits {
+                    max_target_bytes: 5,
+                    ..LIMITS
+                },
+                true,
+            ),
+            (
+                GuardLimits {
+                    max_target_bytes: 4,
+                    ..LIMITS
+                },
+                false,
+            ),
+            (
+                GuardLimits {
+                    max_headers: 2,
+                    ..LIMITS
+                },
+                true,
+            ),
+            (
+                GuardLimits {
+                    max_headers: 1,
+                    ..LIMITS
+                },
+                false,
+            ),
+            (
+                GuardLimits {
+                    max_head_bytes: head.len(),
+                    ..LIMITS
+                },
+                true,
+            ),
+            (
+                GuardLimits {
+                    max_head_bytes: head.len() - 1,
+                    ..LIMITS
+                },
+                false,
+            ),
+        ] {
+            assert_eq!(common_head(head, &limits).is_some(), taken, "{limits:?}");
+        }
+    }
+
+    #[test]
+    fn plain_runs_stop_at_the_first_byte_outside_space_and_vchar() {
+        for len in 0..24 {
+            for bad in [0u8, b'\t', b'\r', b'\n', 0x1f, 0x7f, 0x80, 0xff] {
+                let mut value = vec![b'a'; len];
+                value.extend_from_slice(&[bad, b'b', b' ', b'~']);
+                assert_eq!(plain_run(&value), len, "{value:?}");
+            }
+            let all: Vec<u8> = (b' '..=b'~').cycle().skip(len).take(len * 3).collect();
+            assert_eq!(plain_run(&all), all.len());
+        }
+    }
+
+    /// Every one-byte change to a common head (each byte value at each
+    /// position, and each byte removed), read whole (where the one-pass
+    /// path can take it) and byte by byte (where it never can): the
+    /// verdicts, breaks and states are the same.
+    #[test]
+    fn common_heads_and_their_edits_get_the_full_paths_verdict() {
+        let head: &[u8] = b"GET /a HTTP/1.1\r\nHost: a b\nX:\r\n\r\nGET /b HTTP/1.0\r\n\r\n";
+        let mut edited = Vec::new();
+        for at in 0..head.len() {
+            for b in 0..=255u8 {
+                let mut e = head.to_vec();
+                e[at] = b;
+                edited.push(e);
+            }
+            let mut e = head.to_vec();
+            e.remove(at);
+            edited.push(e);
+        }
+        let mut taken = 0;
+        for bytes in &edited {
+            taken += usize::from(common_head(bytes, &LIMITS).is_some());
+            let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+            assert_eq!(
+                run(&[bytes]),
+                run(&singles),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        assert!(
+            taken > edited.len() / 4,
+            "the one-pass path was taken {taken} times"
+        );
     }
 
     #[test]

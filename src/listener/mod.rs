@@ -15,6 +15,7 @@
 mod batch;
 mod http1;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -473,7 +474,7 @@ fn service(
         // boxed request future is a pointer to move, not kilobytes to copy
         // on every request; an idle HTTP/1.1 connection also keeps only a
         // pointer-sized slot for the next one.
-        let handled = Box::pin(proxy::handle(state.clone(), conn.clone(), req));
+        let handled = boxed(|| proxy::handle(state.clone(), conn.clone(), req));
         async move {
             let mut resp = handled.await?;
             if h1 && draining.load(Ordering::Relaxed) {
@@ -487,6 +488,14 @@ fn service(
             Ok::<_, std::convert::Infallible>(in_flight.attach(resp))
         }
     })
+}
+
+/// `make()`'s future, built in its box. `Box::pin(make())` builds it on the
+/// stack and then copies all of it into the box, kilobytes (the size of its
+/// largest state) where only its arguments are set; writing it into a box
+/// allocated first lets it be built in place.
+fn boxed<F: Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
 /// HTTP/2 after its prior-knowledge preface, behind one pointer: its state
@@ -684,8 +693,10 @@ impl Drain {
     /// A connection's view of the drain; the drain waits for it to be
     /// dropped.
     fn watch(&self) -> Draining {
+        let rx = self.tx.subscribe();
         Draining {
-            rx: self.tx.subscribe(),
+            probe: rx.clone(),
+            rx,
             now: self.now.clone(),
         }
     }
@@ -708,6 +719,9 @@ pub(crate) const DRAIN_IDLE_GRACE: std::time::Duration = std::time::Duration::fr
 /// Held by one connection for its lifetime.
 struct Draining {
     rx: watch::Receiver<bool>,
+    /// Never marked seen: whether anything was sent (or the drain went
+    /// away) since the connection started, in one atomic load.
+    probe: watch::Receiver<bool>,
     now: Arc<AtomicBool>,
 }
 
@@ -719,11 +733,83 @@ impl Draining {
     }
 
     /// Resolves once the server drains (at once if it already does).
-    async fn signalled(&mut self) {
-        while !*self.rx.borrow_and_update() {
-            if self.rx.changed().await.is_err() {
-                return;
-            }
+    ///
+    /// Polled beside hyper on every wake of a connection's task. Once the
+    /// wait is registered with this task's waker, a poll reads only the
+    /// channel's version until something is sent, instead of taking the
+    /// channel's waiter lock each time: the registered waker is the one a
+    /// send wakes.
+    fn signalled(&mut self) -> impl Future<Output = ()> + '_ {
+        let Draining { rx, probe, .. } = self;
+        async move {
+            let mut wait = std::pin::pin!(async {
+                while !*rx.borrow_and_update() {
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut registered: Option<std::task::Waker> = None;
+            std::future::poll_fn(|cx| {
+                let quiet = matches!(probe.has_changed(), Ok(false));
+                if quiet && registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    return std::task::Poll::Pending;
+                }
+                let polled = wait.as_mut().poll(cx);
+                if polled.is_pending() {
+                    registered = Some(cx.waker().clone());
+                }
+                polled
+            })
+            .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Poll;
+
+    use super::*;
+
+    /// Polls `fut` once with the task's own waker: whether it is pending.
+    async fn pending<F: Future + Unpin>(fut: &mut F) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *fut).poll(cx).is_pending()))
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_wait_polled_on_every_wake_still_hears_the_drain() {
+        let drain = Arc::new(Drain::new());
+        let mut draining = drain.watch();
+        let mut signalled = Box::pin(draining.signalled());
+        for _ in 0..3 {
+            assert!(pending(&mut signalled).await, "no drain yet");
+        }
+        let stop = tokio::spawn({
+            let drain = drain.clone();
+            async move { drain.stop().await }
+        });
+        tokio::time::timeout(Duration::from_secs(10), signalled)
+            .await
+            .expect("the drain was heard");
+        // Heard at once by a wait that starts after the drain, too.
+        assert!(!pending(&mut Box::pin(draining.signalled())).await);
+        drop(draining);
+        stop.await
+            .expect("the drain ended once the connection let go");
+    }
+
+    #[tokio::test]
+    async fn a_wait_ends_when_the_drain_goes_away() {
+        let drain = Drain::new();
+        let mut draining = drain.watch();
+        let mut signalled = Box::pin(draining.signalled());
+        assert!(pending(&mut signalled).await);
+        assert!(pending(&mut signalled).await);
+        drop(drain);
+        tokio::time::timeout(Duration::from_secs(10), signalled)
+            .await
+            .expect("a closed channel ends the wait");
     }
 }
