@@ -618,8 +618,11 @@ async fn forward(
 ) -> Response<ProxyBody> {
     // Boxed: the retry loop's state is large, and a request's future is
     // moved (copied) a few times on its way into hyper; a cache hit should
-    // not pay for the state of a trip it does not make.
-    match Box::pin(attempts(leg, req, incoming, upgrade, outcome)).await {
+    // not pay for the state of a trip it does not make. In a statement of
+    // its own, so that the unboxed future is not a temporary that lives on
+    // through the await (as it would in the `match` scrutinee).
+    let trip = Box::pin(attempts(leg, req, incoming, upgrade, outcome));
+    match trip.await {
         Ok(resp) => resp,
         Err(refusal) => refusal.reply(),
     }
@@ -741,8 +744,11 @@ async fn attempts(
             }
         }
 
-        let sent = pool.send(member.addr, up, sent_rx, proxied);
-        let attempt = outcome.attempt(snap, pool_index, &pool.name, member.addr, sent);
+        // Pinned here, once: the attempt's record takes it by reference.
+        // A future passed on by value keeps its space in both states
+        // (this one's is boxed, that is copied, for every request).
+        let mut sending = std::pin::pin!(pool.send(member.addr, up, sent_rx, proxied));
+        let attempt = outcome.attempt(snap, pool_index, &pool.name, member.addr, sending.as_mut());
         let result = match deadline {
             None => attempt.await,
             Some(at) => match tokio::time::timeout_at(at, attempt).await {

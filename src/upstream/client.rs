@@ -128,9 +128,8 @@ impl Client {
     pub(crate) async fn send(
         &self,
         addr: SocketAddr,
-        req: Request<ProxyBody>,
+        mut req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut req = req;
         match self.take(addr) {
             Some(Taken::H1(conn)) => match self.send_h1(addr, conn, req, true).await {
                 Ok(resp) => return Ok(resp),
@@ -159,8 +158,18 @@ impl Client {
         };
         // Boxed: a connect (TLS handshake included) is a large future, and
         // inline it would be part of every request's, copied on each move.
-        match Box::pin(self.connector.connect(addr, &[])).await? {
-            Sender::H1 { send, close } => self.send_h1_new(addr, send, close, req, true).await,
+        // Each in a statement of its own: a temporary lives to the end of
+        // its statement, and one in a `match` scrutinee through every arm,
+        // awaits included, so the unboxed future would keep its space here.
+        let connect = Box::pin(self.connector.connect(addr, &[]));
+        let sender = connect.await?;
+        match sender {
+            Sender::H1 { send, close } => {
+                // A new connection is rare beside a pooled one: its state
+                // is boxed too.
+                let first = Box::pin(self.send_h1_new(addr, send, close, req, true));
+                first.await
+            }
             Sender::H2(send) => {
                 self.keep_h2(addr, &send);
                 drop(_turn);
@@ -294,7 +303,9 @@ impl Client {
         }
         // The connection is going away: forget it, and use a new one.
         self.forget_h2(addr, &send);
-        match Box::pin(self.connector.connect(addr, &[])).await? {
+        let connect = Box::pin(self.connector.connect(addr, &[]));
+        let sender = connect.await?;
+        match sender {
             Sender::H2(send) => {
                 self.keep_h2(addr, &send);
                 let mut send = send;
@@ -312,7 +323,10 @@ impl Client {
                 if let Some(host) = host {
                     req.headers_mut().entry(header::HOST).or_insert(host);
                 }
-                self.send_h1_new(addr, send, close, req, true).await
+                // Boxed: rare, and inline it would be part of every h2
+                // request's state.
+                let first = Box::pin(self.send_h1_new(addr, send, close, req, true));
+                first.await
             }
         }
     }

@@ -432,31 +432,44 @@ impl Pool {
         sent: oneshot::Receiver<()>,
         proxied: Option<(SocketAddr, SocketAddr)>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let response = async {
-            match self.config.send_proxy_protocol.version() {
-                None => self.client.send(addr, req).await,
-                Some(version) => {
-                    let header = match proxied {
-                        Some((source, destination)) => {
-                            crate::proxy_protocol::encode(version, source, destination)
-                        }
-                        None => crate::proxy_protocol::local(version).to_vec(),
-                    };
-                    // Boxed: pools without PROXY headers should not carry
-                    // this path's state in every request's future.
-                    Box::pin(self.client.send_once(addr, &header, req)).await
-                }
-            }
-        };
-        let deadline = async {
+        let after = self.response_timeout;
+        let deadline = async move {
             // If the body is dropped unsent the request fails on its own.
             let _ = sent.await;
-            tokio::time::sleep(self.response_timeout).await;
+            tokio::time::sleep(after).await;
         };
+        // The exchange is made inside the select!, not bound to a name
+        // first: a future bound and then moved keeps its space in this
+        // one's state too, and this one is part of every attempt's.
         tokio::select! {
-            r = response => r.and_then(|resp| checked(addr, resp)),
-            () = deadline => Err(UpstreamError::ResponseTimeout { addr, after: self.response_timeout }),
+            r = self.exchange(addr, req, proxied) => r.and_then(|resp| checked(addr, resp)),
+            () = deadline => Err(UpstreamError::ResponseTimeout { addr, after }),
         }
+    }
+
+    /// One request and its response head, on the worker's pooled
+    /// connections or, with `send_proxy_protocol`, on a connection of its
+    /// own.
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        req: http::Request<ProxyBody>,
+        proxied: Option<(SocketAddr, SocketAddr)>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let Some(version) = self.config.send_proxy_protocol.version() else {
+            return self.client.send(addr, req).await;
+        };
+        let header = match proxied {
+            Some((source, destination)) => {
+                crate::proxy_protocol::encode(version, source, destination)
+            }
+            None => crate::proxy_protocol::local(version).to_vec(),
+        };
+        // Boxed, in a statement of its own (a temporary lives to the end of
+        // its statement, the await included): pools without PROXY headers
+        // should not carry this path's state in every request's future.
+        let once = Box::pin(self.client.send_once(addr, &header, req));
+        once.await
     }
 }
 
