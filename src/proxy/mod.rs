@@ -510,7 +510,7 @@ struct Client<'a> {
 pub(crate) struct Forward {
     pub method: Method,
     pub head: http::HeaderMap,
-    pub path_and_query: String,
+    pub path_and_query: http::uri::PathAndQuery,
     /// The client's HTTP version.
     pub received: Version,
     /// For `ip_hash` balancing.
@@ -581,8 +581,8 @@ impl Forward {
             path_and_query: parts
                 .uri
                 .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .to_string(),
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
             received,
             client_ip: ip,
             proxied: conn.local.map(|local| {
@@ -666,7 +666,7 @@ async fn attempts(
     let min_body_rate = if grpc { 0 } else { limits.min_body_rate };
     let has_body = incoming.as_ref().is_some_and(|b| !b.is_end_stream());
     let idempotent = headers::is_idempotent(&method) && !has_body;
-    let pick = pick_context(&pool.config, client_ip, &head, &path_and_query);
+    let pick = pick_context(&pool.config, client_ip, &head, path_and_query.as_str());
     let plan = match pool.plan(&pick) {
         Ok(plan) => plan,
         Err(unavailable) => {
@@ -726,8 +726,13 @@ async fn attempts(
             let _ = sent_tx.send(());
             body::empty()
         };
-        let uri = Uri::try_from(format!("http://{}{}", member.addr, path_and_query))
-            .map_err(|_| Refusal::BadRequest("invalid request target"))?;
+        // The target in origin form, as an HTTP/1.1 member reads it (RFC
+        // 9112 §3.2.1); an HTTP/2 member's authority is made from `Host`
+        // where it is sent. `*` (OPTIONS) has no origin form to send.
+        if !path_and_query.as_str().starts_with('/') {
+            return Err(Refusal::BadRequest("invalid request target"));
+        }
+        let uri = Uri::from(path_and_query.clone());
         let mut up = Request::new(body);
         *up.method_mut() = method.clone();
         *up.uri_mut() = uri;

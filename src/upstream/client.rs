@@ -208,14 +208,17 @@ impl Client {
         mut req: Request<ProxyBody>,
         pooled: bool,
     ) -> Result<Response<Incoming>, Unsent> {
-        // HTTP/1.1 to a server: the target in origin form (RFC 9112 §3.2.1).
-        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        *req.uri_mut() = Uri::try_from(target).map_err(|e| {
-            Unsent::Failed(UpstreamError::BeforeResponse {
-                addr,
-                reason: e.to_string(),
-            })
-        })?;
+        // HTTP/1.1 to a server: the target in origin form (RFC 9112 §3.2.1),
+        // as the proxy makes it; an absolute one is cut down to it.
+        if req.uri().authority().is_some() || req.uri().scheme().is_some() {
+            let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            *req.uri_mut() = Uri::try_from(target).map_err(|e| {
+                Unsent::Failed(UpstreamError::BeforeResponse {
+                    addr,
+                    reason: e.to_string(),
+                })
+            })?;
+        }
         let sending = conn.send.try_send_request(req);
         let close = conn.close.clone();
         match sending.await {
@@ -427,20 +430,29 @@ fn h2_form(
             reason: "an Upgrade request cannot go to an HTTP/2 member",
         });
     }
-    let Some(host) = req.headers_mut().remove(header::HOST) else {
-        return Ok(req);
-    };
+    let host = req.headers_mut().remove(header::HOST);
     let scheme = req.uri().scheme_str().unwrap_or("http");
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let uri = host
-        .to_str()
-        .ok()
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
         .and_then(|h| Uri::try_from(format!("{scheme}://{h}{target}")).ok());
     match uri {
         Some(uri) => *req.uri_mut() = uri,
-        // Not a valid authority: keep the member's, and the field.
+        // No valid authority in `Host`: the member's, and the field kept.
         None => {
-            req.headers_mut().insert(header::HOST, host);
+            if req.uri().authority().is_none() {
+                let member = Uri::try_from(format!("{scheme}://{addr}{target}")).map_err(|e| {
+                    UpstreamError::BeforeResponse {
+                        addr,
+                        reason: e.to_string(),
+                    }
+                })?;
+                *req.uri_mut() = member;
+            }
+            if let Some(host) = host {
+                req.headers_mut().insert(header::HOST, host);
+            }
         }
     }
     Ok(req)
