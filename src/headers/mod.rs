@@ -207,18 +207,29 @@ pub(crate) fn add_forwarding(
     );
     // Without an authority (HTTP/1.0 with no Host) there is nothing to
     // report; never pass on a value the client made up.
-    headers.remove(&X_FORWARDED_HOST);
-    if !authority.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(authority) {
+    // (`insert` replaces every value the client sent; `remove` is for when
+    // there is nothing to put in their place.)
+    let host = (!authority.is_empty())
+        .then(|| HeaderValue::from_str(authority).ok())
+        .flatten();
+    match host {
+        Some(v) => {
             headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
         }
     }
     // The client's own `Forwarded` elements are claims nobody checked, as
     // its `X-Forwarded-Host` and `-Proto` are: they are dropped, and the
     // origin sees only what sluice saw.
-    headers.remove(header::FORWARDED);
-    if let Some(v) = forwarded_element(client, https, authority) {
-        headers.insert(header::FORWARDED, v);
+    match forwarded_element(client, https, authority) {
+        Some(v) => {
+            headers.insert(header::FORWARDED, v);
+        }
+        None => {
+            headers.remove(header::FORWARDED);
+        }
     }
     headers.append(header::VIA, via(version));
 }
@@ -616,6 +627,26 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-for"], "192.0.2.7, 10.0.0.5");
         assert_eq!(h["forwarded"], "for=192.0.2.7;proto=http;host=example.com");
+    }
+
+    #[test]
+    fn the_clients_x_forwarded_host_is_replaced_or_dropped() {
+        for (authority, expected) in [("example.com", &["example.com"][..]), ("", &[])] {
+            let mut h = map(&[("x-forwarded-host", "evil"), ("x-forwarded-host", "evil2")]);
+            let ip = "10.0.0.1".parse().unwrap();
+            add_forwarding(
+                &mut h,
+                Hops {
+                    previous: ip,
+                    client: ip,
+                },
+                false,
+                authority,
+                Version::HTTP_11,
+            );
+            let sent: Vec<_> = h.get_all("x-forwarded-host").iter().collect();
+            assert_eq!(sent, expected, "authority {authority:?}");
+        }
     }
 
     fn forwarded_for(client: &str, https: bool, authority: &str, sent: &[&str]) -> Vec<String> {
