@@ -682,11 +682,10 @@ async fn attempts(
     } else {
         1
     };
-    let too_large = Arc::new(AtomicBool::new(false));
-    let too_slow = Arc::new(AtomicBool::new(false));
-    let client_failed = Arc::new(AtomicBool::new(false));
-    // Only a request with a body pays for keeping it aside.
+    // Only a request with a body pays for keeping it aside, and for the
+    // flags its wrappers raise.
     let incoming = incoming.filter(|_| has_body).map(Reclaimable::slot);
+    let failures = incoming.is_some().then(UploadFailures::default);
     let mut upgrade = upgrade;
     let mut last_error = None;
     let mut last_status = None;
@@ -711,20 +710,23 @@ async fn attempts(
             Acquired::Exhausted => break,
         };
         let more = attempt + 1 < attempts && next < plan.len();
-        let (sent_tx, sent_rx) = oneshot::channel();
-        let body = if let Some(slot) = &incoming {
-            let b = MinRateBody::new(
-                Reclaimable::new(slot),
-                min_body_rate,
-                limits.body_rate_grace,
-                too_slow.clone(),
-            );
-            UploadBody::new(b, max_body_bytes, too_large.clone(), sent_tx)
-                .client_failed(client_failed.clone())
-                .boxed()
-        } else {
-            let _ = sent_tx.send(());
-            body::empty()
+        // `sent` fires when the body has gone out; without one, the
+        // request is sent once its head is, and no channel is needed.
+        let (body, sent_rx) = match (&incoming, &failures) {
+            (Some(slot), Some(failures)) => {
+                let (sent_tx, sent_rx) = oneshot::channel();
+                let b = MinRateBody::new(
+                    Reclaimable::new(slot),
+                    min_body_rate,
+                    limits.body_rate_grace,
+                    failures.too_slow.clone(),
+                );
+                let body = UploadBody::new(b, max_body_bytes, failures.too_large.clone(), sent_tx)
+                    .client_failed(failures.client_failed.clone())
+                    .boxed();
+                (body, Some(sent_rx))
+            }
+            _ => (body::empty(), None),
         };
         // The target in origin form, as an HTTP/1.1 member reads it (RFC
         // 9112 §3.2.1); an HTTP/2 member's authority is made from `Host`
@@ -807,18 +809,21 @@ async fn attempts(
             }
             Err(e) => {
                 drop(in_flight);
-                if too_large.load(Ordering::Relaxed) {
-                    return Err(Refusal::BodyTooLarge);
-                }
-                if too_slow.load(Ordering::Relaxed) {
-                    return Err(Refusal::BodyTooSlow {
-                        close: received < Version::HTTP_2,
-                    });
-                }
-                if client_failed.load(Ordering::Relaxed) {
-                    // The client's body broke (bad chunked framing, or it
-                    // ended early): the client's fault, not the member's.
-                    return Err(Refusal::BadRequest("malformed or incomplete request body"));
+                if let Some(failures) = &failures {
+                    if failures.too_large.load(Ordering::Relaxed) {
+                        return Err(Refusal::BodyTooLarge);
+                    }
+                    if failures.too_slow.load(Ordering::Relaxed) {
+                        return Err(Refusal::BodyTooSlow {
+                            close: received < Version::HTTP_2,
+                        });
+                    }
+                    if failures.client_failed.load(Ordering::Relaxed) {
+                        // The client's body broke (bad chunked framing, or
+                        // it ended early): the client's fault, not the
+                        // member's.
+                        return Err(Refusal::BadRequest("malformed or incomplete request body"));
+                    }
                 }
                 let untouched = incoming.as_ref().is_none_or(Reclaimable::untouched);
                 let (kind, may_retry) = retry::after_error(&e, &retry_on, idempotent, untouched);
@@ -852,6 +857,16 @@ async fn attempts(
             Refusal::NoServers
         }
     })
+}
+
+/// What an upload's wrappers report when an attempt fails: its body went
+/// over `max_body_bytes`, came slower than `min_body_rate`, or broke on the
+/// client's side.
+#[derive(Default)]
+struct UploadFailures {
+    too_large: Arc<AtomicBool>,
+    too_slow: Arc<AtomicBool>,
+    client_failed: Arc<AtomicBool>,
 }
 
 /// The context for a warning about a request: the request's own span when

@@ -170,8 +170,9 @@ impl Client {
     }
 
     /// Sends `req` to the member at `addr` on a pooled connection, or a new
-    /// one, and waits for the response head. `req`'s URI is the member's
-    /// (`http://addr/path`); its `Host` field names the site.
+    /// one, and waits for the response head. `req`'s target is in origin
+    /// form (an absolute one is cut down to it); its `Host` field names the
+    /// site.
     pub(crate) async fn send(
         &self,
         addr: SocketAddr,

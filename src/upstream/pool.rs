@@ -416,9 +416,10 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (whose URI must already be absolute and point at the
-    /// member) and waits for the response head. The response timeout starts
-    /// once `sent` fires, i.e. when the whole request body has gone out.
+    /// Sends `req` (its target in origin form, its `Host` naming the site)
+    /// to the member at `addr` and waits for the response head. The response timeout starts
+    /// once `sent` fires, i.e. when the whole request body has gone out (at
+    /// once when there is no `sent`: a request without a body).
     ///
     /// With `send_proxy_protocol`, the request goes over a connection of
     /// its own that starts with a PROXY header naming `proxied` (client,
@@ -429,13 +430,15 @@ impl Pool {
         &self,
         addr: SocketAddr,
         req: http::Request<ProxyBody>,
-        sent: oneshot::Receiver<()>,
+        sent: Option<oneshot::Receiver<()>>,
         proxied: Option<(SocketAddr, SocketAddr)>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let after = self.response_timeout;
         let deadline = async move {
             // If the body is dropped unsent the request fails on its own.
-            let _ = sent.await;
+            if let Some(sent) = sent {
+                let _ = sent.await;
+            }
             tokio::time::sleep(after).await;
         };
         // The exchange is made inside the select!, not bound to a name
