@@ -115,14 +115,21 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// When `upgrade` is given, `Connection: upgrade` and `Upgrade` are put back
 /// so the switch reaches the other side.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in fixed_hop_by_hop() {
-        headers.remove(name);
+    // Most messages carry none of them (`Connection` included): one pass
+    // over the field names, compared with the fixed set (standard names by
+    // their tag), finds that out without a hash lookup per name. Every
+    // forwarded request and response comes through here.
+    let fixed = fixed_hop_by_hop();
+    if headers.keys().any(|k| fixed.contains(&k)) {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        for name in fixed {
+            headers.remove(name);
+        }
     }
     if let Some(token) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -175,10 +182,10 @@ pub(crate) fn add_forwarding(
     // Room for the fields added here and after (request id, Host), made
     // at once rather than by growing the map field by field.
     headers.reserve(7);
-    let client = hops.client.to_canonical().to_string();
+    let client = ip_text(hops.client.to_canonical());
     // Formatted once when they are one address (no trusted forwarder).
     let previous = (hops.previous.to_canonical() != hops.client.to_canonical())
-        .then(|| hops.previous.to_canonical().to_string());
+        .then(|| ip_text(hops.previous.to_canonical()));
     let client = client.as_str();
     let mut xff = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR).iter() {
@@ -200,20 +207,50 @@ pub(crate) fn add_forwarding(
     );
     // Without an authority (HTTP/1.0 with no Host) there is nothing to
     // report; never pass on a value the client made up.
-    headers.remove(&X_FORWARDED_HOST);
-    if !authority.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(authority) {
+    // (`insert` replaces every value the client sent; `remove` is for when
+    // there is nothing to put in their place.)
+    let host = (!authority.is_empty())
+        .then(|| HeaderValue::from_str(authority).ok())
+        .flatten();
+    match host {
+        Some(v) => {
             headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
         }
     }
     // The client's own `Forwarded` elements are claims nobody checked, as
     // its `X-Forwarded-Host` and `-Proto` are: they are dropped, and the
     // origin sees only what sluice saw.
-    headers.remove(header::FORWARDED);
-    if let Some(v) = forwarded_element(client, https, authority) {
-        headers.insert(header::FORWARDED, v);
+    match forwarded_element(client, https, authority) {
+        Some(v) => {
+            headers.insert(header::FORWARDED, v);
+        }
+        None => {
+            headers.remove(header::FORWARDED);
+        }
     }
     headers.append(header::VIA, via(version));
+}
+
+/// `ip` as text, an IPv4 address without `core::fmt` (whose padding and
+/// width handling cost ten times as much, on every forwarded request).
+fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut text = String::with_capacity(15);
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push('.');
+                }
+                text.push_str(digits.format(octet));
+            }
+            text
+        }
+        IpAddr::V6(v6) => v6.to_string(),
+    }
 }
 
 /// This hop's `Forwarded` element (RFC 7239 §4): `for` (the client's
@@ -455,6 +492,34 @@ mod tests {
     }
 
     #[test]
+    fn rfc9110_7_6_1_each_fixed_field_alone_is_removed() {
+        for name in fixed_hop_by_hop() {
+            let mut h = map(&[(name.as_str(), "x"), ("x-kept", "yes")]);
+            strip_hop_by_hop(&mut h, None);
+            assert_eq!(h.len(), 1, "{name}: {h:?}");
+            assert_eq!(h["x-kept"], "yes");
+        }
+        let mut h = map(&[("host", "a"), ("x-kept", "yes"), ("x-kept", "too")]);
+        strip_hop_by_hop(&mut h, None);
+        assert_eq!(h.len(), 3, "nothing hop-by-hop: {h:?}");
+    }
+
+    #[test]
+    fn addresses_are_written_as_displayed() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.200.3.45",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
+
+    #[test]
     fn rfc9113_8_2_3_cookie_fields_are_joined() {
         let mut h = map(&[
             ("cookie", "a=1"),
@@ -573,6 +638,26 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-for"], "192.0.2.7, 10.0.0.5");
         assert_eq!(h["forwarded"], "for=192.0.2.7;proto=http;host=example.com");
+    }
+
+    #[test]
+    fn the_clients_x_forwarded_host_is_replaced_or_dropped() {
+        for (authority, expected) in [("example.com", &["example.com"][..]), ("", &[])] {
+            let mut h = map(&[("x-forwarded-host", "evil"), ("x-forwarded-host", "evil2")]);
+            let ip = "10.0.0.1".parse().unwrap();
+            add_forwarding(
+                &mut h,
+                Hops {
+                    previous: ip,
+                    client: ip,
+                },
+                false,
+                authority,
+                Version::HTTP_11,
+            );
+            let sent: Vec<_> = h.get_all("x-forwarded-host").iter().collect();
+            assert_eq!(sent, expected, "authority {authority:?}");
+        }
     }
 
     fn forwarded_for(client: &str, https: bool, authority: &str, sent: &[&str]) -> Vec<String> {

@@ -615,7 +615,7 @@ struct Client<'a> {
 pub(crate) struct Forward {
     pub method: Method,
     pub head: http::HeaderMap,
-    pub path_and_query: String,
+    pub path_and_query: http::uri::PathAndQuery,
     /// The client's HTTP version.
     pub received: Version,
     /// For `ip_hash` balancing.
@@ -686,8 +686,8 @@ impl Forward {
             path_and_query: parts
                 .uri
                 .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .to_string(),
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
             received,
             client_ip: ip,
             proxied: conn.local.map(|local| {
@@ -723,8 +723,11 @@ async fn forward(
 ) -> Response<ProxyBody> {
     // Boxed: the retry loop's state is large, and a request's future is
     // moved (copied) a few times on its way into hyper; a cache hit should
-    // not pay for the state of a trip it does not make.
-    match Box::pin(attempts(leg, req, incoming, upgrade, outcome)).await {
+    // not pay for the state of a trip it does not make. In a statement of
+    // its own, so that the unboxed future is not a temporary that lives on
+    // through the await (as it would in the `match` scrutinee).
+    let trip = Box::pin(attempts(leg, req, incoming, upgrade, outcome));
+    match trip.await {
         Ok(resp) => resp,
         Err(refusal) => refusal.reply(),
     }
@@ -768,7 +771,7 @@ async fn attempts(
     let min_body_rate = if grpc { 0 } else { limits.min_body_rate };
     let has_body = incoming.as_ref().is_some_and(|b| !b.is_end_stream());
     let idempotent = headers::is_idempotent(&method) && !has_body;
-    let pick = pick_context(&pool.config, client_ip, &head, &path_and_query);
+    let pick = pick_context(&pool.config, client_ip, &head, path_and_query.as_str());
     let plan = match pool.plan(&pick) {
         Ok(plan) => plan,
         Err(unavailable) => {
@@ -784,11 +787,10 @@ async fn attempts(
     } else {
         1
     };
-    let too_large = Arc::new(AtomicBool::new(false));
-    let too_slow = Arc::new(AtomicBool::new(false));
-    let client_failed = Arc::new(AtomicBool::new(false));
-    // Only a request with a body pays for keeping it aside.
+    // Only a request with a body pays for keeping it aside, and for the
+    // flags its wrappers raise.
     let incoming = incoming.filter(|_| has_body).map(Reclaimable::slot);
+    let failures = incoming.is_some().then(UploadFailures::default);
     let mut upgrade = upgrade;
     let mut last_error = None;
     let mut last_status = None;
@@ -813,23 +815,31 @@ async fn attempts(
             Acquired::Exhausted => break,
         };
         let more = attempt + 1 < attempts && next < plan.len();
-        let (sent_tx, sent_rx) = oneshot::channel();
-        let body = if let Some(slot) = &incoming {
-            let b = MinRateBody::new(
-                Reclaimable::new(slot),
-                min_body_rate,
-                limits.body_rate_grace,
-                too_slow.clone(),
-            );
-            UploadBody::new(b, max_body_bytes, too_large.clone(), sent_tx)
-                .client_failed(client_failed.clone())
-                .boxed()
-        } else {
-            let _ = sent_tx.send(());
-            body::empty()
+        // `sent` fires when the body has gone out; without one, the
+        // request is sent once its head is, and no channel is needed.
+        let (body, sent_rx) = match (&incoming, &failures) {
+            (Some(slot), Some(failures)) => {
+                let (sent_tx, sent_rx) = oneshot::channel();
+                let b = MinRateBody::new(
+                    Reclaimable::new(slot),
+                    min_body_rate,
+                    limits.body_rate_grace,
+                    failures.too_slow.clone(),
+                );
+                let body = UploadBody::new(b, max_body_bytes, failures.too_large.clone(), sent_tx)
+                    .client_failed(failures.client_failed.clone())
+                    .boxed();
+                (body, Some(sent_rx))
+            }
+            _ => (body::empty(), None),
         };
-        let uri = Uri::try_from(format!("http://{}{}", member.addr, path_and_query))
-            .map_err(|_| Refusal::BadRequest("invalid request target"))?;
+        // The target in origin form, as an HTTP/1.1 member reads it (RFC
+        // 9112 §3.2.1); an HTTP/2 member's authority is made from `Host`
+        // where it is sent. `*` (OPTIONS) has no origin form to send.
+        if !path_and_query.as_str().starts_with('/') {
+            return Err(Refusal::BadRequest("invalid request target"));
+        }
+        let uri = Uri::from(path_and_query.clone());
         let mut up = Request::new(body);
         *up.method_mut() = method.clone();
         *up.uri_mut() = uri;
@@ -846,8 +856,11 @@ async fn attempts(
             }
         }
 
-        let sent = pool.send(member.addr, up, sent_rx, proxied);
-        let attempt = outcome.attempt(snap, pool_index, &pool.name, member.addr, sent);
+        // Pinned here, once: the attempt's record takes it by reference.
+        // A future passed on by value keeps its space in both states
+        // (this one's is boxed, that is copied, for every request).
+        let mut sending = std::pin::pin!(pool.send(member.addr, up, sent_rx, proxied));
+        let attempt = outcome.attempt(snap, pool_index, &pool.name, member.addr, sending.as_mut());
         let result = match deadline {
             None => attempt.await,
             Some(at) => match tokio::time::timeout_at(at, attempt).await {
@@ -901,18 +914,21 @@ async fn attempts(
             }
             Err(e) => {
                 drop(in_flight);
-                if too_large.load(Ordering::Relaxed) {
-                    return Err(Refusal::BodyTooLarge);
-                }
-                if too_slow.load(Ordering::Relaxed) {
-                    return Err(Refusal::BodyTooSlow {
-                        close: received < Version::HTTP_2,
-                    });
-                }
-                if client_failed.load(Ordering::Relaxed) {
-                    // The client's body broke (bad chunked framing, or it
-                    // ended early): the client's fault, not the member's.
-                    return Err(Refusal::BadRequest("malformed or incomplete request body"));
+                if let Some(failures) = &failures {
+                    if failures.too_large.load(Ordering::Relaxed) {
+                        return Err(Refusal::BodyTooLarge);
+                    }
+                    if failures.too_slow.load(Ordering::Relaxed) {
+                        return Err(Refusal::BodyTooSlow {
+                            close: received < Version::HTTP_2,
+                        });
+                    }
+                    if failures.client_failed.load(Ordering::Relaxed) {
+                        // The client's body broke (bad chunked framing, or
+                        // it ended early): the client's fault, not the
+                        // member's.
+                        return Err(Refusal::BadRequest("malformed or incomplete request body"));
+                    }
                 }
                 let untouched = incoming.as_ref().is_none_or(Reclaimable::untouched);
                 let (kind, may_retry) = retry::after_error(&e, &retry_on, idempotent, untouched);
@@ -946,6 +962,16 @@ async fn attempts(
             Refusal::NoServers
         }
     })
+}
+
+/// What an upload's wrappers report when an attempt fails: its body went
+/// over `max_body_bytes`, came slower than `min_body_rate`, or broke on the
+/// client's side.
+#[derive(Default)]
+struct UploadFailures {
+    too_large: Arc<AtomicBool>,
+    too_slow: Arc<AtomicBool>,
+    client_failed: Arc<AtomicBool>,
 }
 
 /// The context for a warning about a request: the request's own span when

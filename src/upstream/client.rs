@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::error::Error as _;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -62,7 +63,53 @@ pub(crate) struct Client {
     connector: Connector,
     idle_timeout: Duration,
     max_idle: usize,
-    workers: Box<[Mutex<HashMap<SocketAddr, Conns>>]>,
+    workers: Box<[Mutex<ByMember>]>,
+}
+
+/// One worker's connections, by member address.
+type ByMember = HashMap<SocketAddr, Conns, BuildHasherDefault<AddrHasher>>;
+
+/// A multiply-rotate hash for member addresses, which come from the
+/// config and DNS, never from a client, so need no defence against
+/// chosen collisions. SipHash, the default, cost more than the rest of
+/// taking a connection and giving it back (twice per request).
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl AddrHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        // A product's low bits depend only on the low bits of its factors:
+        // the high half, well mixed, is folded into them.
+        self.0 ^ (self.0 >> 32)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.add(u64::from(b));
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
 }
 
 /// A connection taken for one request.
@@ -78,12 +125,12 @@ impl Client {
             idle_timeout,
             max_idle,
             workers: (0..crate::workers::count())
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|_| Mutex::new(ByMember::default()))
                 .collect(),
         }
     }
 
-    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Conns>> {
+    fn conns(&self) -> std::sync::MutexGuard<'_, ByMember> {
         let slot = &self.workers[crate::workers::index() % self.workers.len()];
         slot.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -123,14 +170,14 @@ impl Client {
     }
 
     /// Sends `req` to the member at `addr` on a pooled connection, or a new
-    /// one, and waits for the response head. `req`'s URI is the member's
-    /// (`http://addr/path`); its `Host` field names the site.
+    /// one, and waits for the response head. `req`'s target is in origin
+    /// form (an absolute one is cut down to it); its `Host` field names the
+    /// site.
     pub(crate) async fn send(
         &self,
         addr: SocketAddr,
-        req: Request<ProxyBody>,
+        mut req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut req = req;
         match self.take(addr) {
             Some(Taken::H1(conn)) => match self.send_h1(addr, conn, req, true).await {
                 Ok(resp) => return Ok(resp),
@@ -159,8 +206,18 @@ impl Client {
         };
         // Boxed: a connect (TLS handshake included) is a large future, and
         // inline it would be part of every request's, copied on each move.
-        match Box::pin(self.connector.connect(addr, &[])).await? {
-            Sender::H1 { send, close } => self.send_h1_new(addr, send, close, req, true).await,
+        // Each in a statement of its own: a temporary lives to the end of
+        // its statement, and one in a `match` scrutinee through every arm,
+        // awaits included, so the unboxed future would keep its space here.
+        let connect = Box::pin(self.connector.connect(addr, &[]));
+        let sender = connect.await?;
+        match sender {
+            Sender::H1 { send, close } => {
+                // A new connection is rare beside a pooled one: its state
+                // is boxed too.
+                let first = Box::pin(self.send_h1_new(addr, send, close, req, true));
+                first.await
+            }
             Sender::H2(send) => {
                 self.keep_h2(addr, &send);
                 drop(_turn);
@@ -199,14 +256,17 @@ impl Client {
         mut req: Request<ProxyBody>,
         pooled: bool,
     ) -> Result<Response<Incoming>, Unsent> {
-        // HTTP/1.1 to a server: the target in origin form (RFC 9112 §3.2.1).
-        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        *req.uri_mut() = Uri::try_from(target).map_err(|e| {
-            Unsent::Failed(UpstreamError::BeforeResponse {
-                addr,
-                reason: e.to_string(),
-            })
-        })?;
+        // HTTP/1.1 to a server: the target in origin form (RFC 9112 §3.2.1),
+        // as the proxy makes it; an absolute one is cut down to it.
+        if req.uri().authority().is_some() || req.uri().scheme().is_some() {
+            let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            *req.uri_mut() = Uri::try_from(target).map_err(|e| {
+                Unsent::Failed(UpstreamError::BeforeResponse {
+                    addr,
+                    reason: e.to_string(),
+                })
+            })?;
+        }
         let sending = conn.send.try_send_request(req);
         let close = conn.close.clone();
         match sending.await {
@@ -294,7 +354,9 @@ impl Client {
         }
         // The connection is going away: forget it, and use a new one.
         self.forget_h2(addr, &send);
-        match Box::pin(self.connector.connect(addr, &[])).await? {
+        let connect = Box::pin(self.connector.connect(addr, &[]));
+        let sender = connect.await?;
+        match sender {
             Sender::H2(send) => {
                 self.keep_h2(addr, &send);
                 let mut send = send;
@@ -312,7 +374,10 @@ impl Client {
                 if let Some(host) = host {
                     req.headers_mut().entry(header::HOST).or_insert(host);
                 }
-                self.send_h1_new(addr, send, close, req, true).await
+                // Boxed: rare, and inline it would be part of every h2
+                // request's state.
+                let first = Box::pin(self.send_h1_new(addr, send, close, req, true));
+                first.await
             }
         }
     }
@@ -413,20 +478,29 @@ fn h2_form(
             reason: "an Upgrade request cannot go to an HTTP/2 member",
         });
     }
-    let Some(host) = req.headers_mut().remove(header::HOST) else {
-        return Ok(req);
-    };
+    let host = req.headers_mut().remove(header::HOST);
     let scheme = req.uri().scheme_str().unwrap_or("http");
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let uri = host
-        .to_str()
-        .ok()
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
         .and_then(|h| Uri::try_from(format!("{scheme}://{h}{target}")).ok());
     match uri {
         Some(uri) => *req.uri_mut() = uri,
-        // Not a valid authority: keep the member's, and the field.
+        // No valid authority in `Host`: the member's, and the field kept.
         None => {
-            req.headers_mut().insert(header::HOST, host);
+            if req.uri().authority().is_none() {
+                let member = Uri::try_from(format!("{scheme}://{addr}{target}")).map_err(|e| {
+                    UpstreamError::BeforeResponse {
+                        addr,
+                        reason: e.to_string(),
+                    }
+                })?;
+                *req.uri_mut() = member;
+            }
+            if let Some(host) = host {
+                req.headers_mut().insert(header::HOST, host);
+            }
         }
     }
     Ok(req)
@@ -475,4 +549,27 @@ fn failure(addr: SocketAddr, e: &hyper::Error, connector: &Connector) -> Upstrea
         source = s.source();
     }
     UpstreamError::BeforeResponse { addr, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    /// hashbrown picks a bucket by the low bits and a tag by the top 7:
+    /// member addresses that differ in a port or an octet must spread
+    /// over both.
+    #[test]
+    fn member_addresses_spread_over_buckets_and_tags() {
+        let build = BuildHasherDefault::<AddrHasher>::default();
+        let addrs: Vec<SocketAddr> = (0..128u16)
+            .map(|i| SocketAddr::from(([10, 0, (i % 4) as u8, (i / 4) as u8], 8080 + i % 3)))
+            .collect();
+        let hashes: Vec<u64> = addrs.iter().map(|a| build.hash_one(a)).collect();
+        let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        let buckets: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 127).collect();
+        assert!(tags.len() >= 48, "{} tags", tags.len());
+        assert!(buckets.len() >= 48, "{} buckets", buckets.len());
+    }
 }

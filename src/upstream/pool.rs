@@ -416,9 +416,10 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (whose URI must already be absolute and point at the
-    /// member) and waits for the response head. The response timeout starts
-    /// once `sent` fires, i.e. when the whole request body has gone out.
+    /// Sends `req` (its target in origin form, its `Host` naming the site)
+    /// to the member at `addr` and waits for the response head. The response timeout starts
+    /// once `sent` fires, i.e. when the whole request body has gone out (at
+    /// once when there is no `sent`: a request without a body).
     ///
     /// With `send_proxy_protocol`, the request goes over a connection of
     /// its own that starts with a PROXY header naming `proxied` (client,
@@ -429,34 +430,49 @@ impl Pool {
         &self,
         addr: SocketAddr,
         req: http::Request<ProxyBody>,
-        sent: oneshot::Receiver<()>,
+        sent: Option<oneshot::Receiver<()>>,
         proxied: Option<(SocketAddr, SocketAddr)>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let response = async {
-            match self.config.send_proxy_protocol.version() {
-                None => self.client.send(addr, req).await,
-                Some(version) => {
-                    let header = match proxied {
-                        Some((source, destination)) => {
-                            crate::proxy_protocol::encode(version, source, destination)
-                        }
-                        None => crate::proxy_protocol::local(version).to_vec(),
-                    };
-                    // Boxed: pools without PROXY headers should not carry
-                    // this path's state in every request's future.
-                    Box::pin(self.client.send_once(addr, &header, req)).await
-                }
-            }
-        };
-        let deadline = async {
+        let after = self.response_timeout;
+        let deadline = async move {
             // If the body is dropped unsent the request fails on its own.
-            let _ = sent.await;
-            tokio::time::sleep(self.response_timeout).await;
+            if let Some(sent) = sent {
+                let _ = sent.await;
+            }
+            tokio::time::sleep(after).await;
         };
+        // The exchange is made inside the select!, not bound to a name
+        // first: a future bound and then moved keeps its space in this
+        // one's state too, and this one is part of every attempt's.
         tokio::select! {
-            r = response => r.and_then(|resp| checked(addr, resp)),
-            () = deadline => Err(UpstreamError::ResponseTimeout { addr, after: self.response_timeout }),
+            r = self.exchange(addr, req, proxied) => r.and_then(|resp| checked(addr, resp)),
+            () = deadline => Err(UpstreamError::ResponseTimeout { addr, after }),
         }
+    }
+
+    /// One request and its response head, on the worker's pooled
+    /// connections or, with `send_proxy_protocol`, on a connection of its
+    /// own.
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        req: http::Request<ProxyBody>,
+        proxied: Option<(SocketAddr, SocketAddr)>,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let Some(version) = self.config.send_proxy_protocol.version() else {
+            return self.client.send(addr, req).await;
+        };
+        let header = match proxied {
+            Some((source, destination)) => {
+                crate::proxy_protocol::encode(version, source, destination)
+            }
+            None => crate::proxy_protocol::local(version).to_vec(),
+        };
+        // Boxed, in a statement of its own (a temporary lives to the end of
+        // its statement, the await included): pools without PROXY headers
+        // should not carry this path's state in every request's future.
+        let once = Box::pin(self.client.send_once(addr, &header, req));
+        once.await
     }
 }
 
