@@ -36,11 +36,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::body::{End, ProxyBody, Watch, Watched};
+use crate::body::{End, ProxyBody, Watch};
 use http_body::Body as _;
 
 // ------------------------------------------------------------ per client --
@@ -362,27 +361,38 @@ pub(crate) struct InFlight {
 
 impl InFlight {
     /// Keeps the request in flight until `resp`'s body has been sent (or
-    /// dropped). A protocol switch hands the connection to the tunnel,
-    /// which these timers no longer govern.
+    /// dropped), in a body wrapper of its own: for the listener's tests,
+    /// which serve without the proxy. The proxy keeps it in the wrapper
+    /// that records the request ([`InFlight::sent`]).
+    #[cfg(test)]
     pub(crate) fn attach(self, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+        use http_body_util::BodyExt;
+        match self.sent(&resp) {
+            Some(in_flight) => {
+                resp.map(|inner| crate::body::Watched::new(inner, in_flight).boxed())
+            }
+            None => resp,
+        }
+    }
+
+    /// The response head is out: what stays in flight while its body is
+    /// sent, to be dropped when the body ends. `None` when the request
+    /// ends here: nothing left to send (a 304, a HEAD, an empty body), or
+    /// a protocol switch, which hands the connection to the tunnel that
+    /// these timers no longer govern.
+    pub(crate) fn sent(self, resp: &Response<ProxyBody>) -> Option<InFlight> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(a) = &self.activity {
                 a.upgraded();
             }
-            return resp;
+            return None;
         }
         if resp.headers().contains_key(http::header::CONNECTION) {
             if let Some(a) = &self.activity {
                 a.closing();
             }
         }
-        if resp.body().is_end_stream() {
-            // Nothing left to send (a 304, a HEAD, an empty body): the
-            // request ends here (dropping `self` releases it), without a
-            // body wrapper to allocate.
-            return resp;
-        }
-        resp.map(|inner| Watched::new(inner, self).boxed())
+        (!resp.body().is_end_stream()).then_some(self)
     }
 
     fn release(&mut self) {

@@ -466,27 +466,16 @@ fn service(
     draining: Arc<AtomicBool>,
 ) -> impl Handler {
     service_fn(move |req: hyper::Request<Incoming>| {
-        let in_flight = activity.begin_request(&req);
-        let h1 = req.version() < http::Version::HTTP_2;
-        let draining = draining.clone();
+        let sendoff = proxy::Sendoff {
+            in_flight: activity.begin_request(&req),
+            draining: (req.version() < http::Version::HTTP_2).then(|| draining.clone()),
+        };
         // Boxed once here: hyper moves the service's future into its
         // dispatcher (HTTP/1.1) or into a task per stream (HTTP/2), and a
         // boxed request future is a pointer to move, not kilobytes to copy
         // on every request; an idle HTTP/1.1 connection also keeps only a
         // pointer-sized slot for the next one.
-        let handled = boxed(|| proxy::handle(state.clone(), conn.clone(), req));
-        async move {
-            let mut resp = handled.await?;
-            if h1 && draining.load(Ordering::Relaxed) {
-                // The server drains: this connection takes no further
-                // request (hyper closes it after this response).
-                resp.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-            }
-            Ok::<_, std::convert::Infallible>(in_flight.attach(resp))
-        }
+        boxed(|| proxy::handle(state.clone(), conn.clone(), req, sendoff))
     })
 }
 

@@ -115,6 +115,7 @@ pub(crate) async fn handle(
     state: State,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
+    sendoff: Sendoff,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     conn.protocol.learn(req.version(), &conn.metrics);
@@ -161,7 +162,23 @@ pub(crate) async fn handle(
         resp = crate::grpc::answer(resp);
     }
     crate::request_id::stamp(resp.headers_mut(), request_id);
-    Ok(record.finish(snap, outcome, resp))
+    if sendoff.draining.is_some_and(|d| d.load(Ordering::Relaxed)) {
+        // The server drains: this connection takes no further request
+        // (hyper closes it after this response).
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(record.finish(snap, outcome, resp, sendoff.in_flight))
+}
+
+/// What the client connection asks of each of its responses.
+pub(crate) struct Sendoff {
+    /// The request stays in flight for the connection's timers until its
+    /// response body has been sent.
+    pub in_flight: crate::client_limits::InFlight,
+    /// On HTTP/1.x, the server's drain flag: while it drains, a response
+    /// says `Connection: close`.
+    pub draining: Option<Arc<AtomicBool>>,
 }
 
 /// A request answered at once, or the wait for its answer.

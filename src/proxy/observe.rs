@@ -17,6 +17,7 @@ use http_body_util::BodyExt;
 
 use crate::access_log::{self, Entry};
 use crate::body::{End, ProxyBody, Watch, Watched};
+use crate::client_limits::InFlight;
 use crate::config::AccessLogFormat;
 use crate::metrics::{self, ListenerMetrics};
 use crate::snapshot::Snapshot;
@@ -163,13 +164,20 @@ impl Start {
 
     /// Attaches the recording to `resp`: done now for an empty body, else
     /// when its body ends or is dropped.
+    ///
+    /// `in_flight` is the connection's hold on the request
+    /// ([`InFlight::sent`]), released with the record: one body wrapper
+    /// for both.
     pub(crate) fn finish(
         self,
         snap: Arc<Snapshot>,
         outcome: Outcome,
         resp: Response<ProxyBody>,
+        in_flight: InFlight,
     ) -> Response<ProxyBody> {
+        let in_flight = in_flight.sent(&resp);
         let mut done = Done {
+            _in_flight: in_flight,
             snap,
             listener: self.listener,
             route: outcome.route,
@@ -201,6 +209,8 @@ impl Start {
 }
 
 struct Done {
+    /// Released (dropped) with the record.
+    _in_flight: Option<InFlight>,
     snap: Arc<Snapshot>,
     listener: usize,
     route: Option<usize>,
