@@ -352,57 +352,30 @@ enum Decided {
     Follow(Follower),
 }
 
-/// A request with nothing usable in the cache: what its fill is made of.
-/// Owned, as a fill is: it outlives the client's request head.
-struct Missed {
-    primary: String,
-    method: Method,
-    head: HeaderMap,
-    accepted: Option<Accepted>,
-    asked: Directives,
-    /// The key to store under: the variant's, else the primary.
-    key: String,
-    stale: Option<Arc<Object>>,
-    fwd: &'static str,
-}
-
-impl Missed {
-    fn fill(self, guard: Option<FillGuard>) -> Lookup {
-        Lookup::Miss(Fill {
-            primary: self.primary,
-            method: self.method,
-            head: self.head,
-            accepted: self.accepted,
-            asked: self.asked,
-            key: self.key,
-            stale: self.stale,
-            fwd: self.fwd,
-            guard,
-            request_time: SystemTime::now(),
-        })
-    }
-}
-
-/// A request that found another filling its key.
+/// A request that found another filling its key, and its own fill should
+/// it have to go upstream after all.
 struct Follower {
     filling: Arc<Filling>,
-    missed: Missed,
+    fill: Fill,
 }
 
 impl Follower {
     /// Served from the other request's fill when it can be ([`follow`]);
     /// else the request goes upstream on its own.
     async fn wait(self, set: Settings<'_>) -> Lookup {
-        let m = &self.missed;
+        let f = &self.fill;
         let view = View {
-            method: &m.method,
-            head: &m.head,
-            accepted: m.accepted.as_ref(),
+            method: &f.method,
+            head: &f.head,
+            accepted: f.accepted.as_ref(),
         };
-        if let Some(answer) = follow(set, self.filling, &m.asked, view).await {
+        if let Some(answer) = follow(set, self.filling, &f.asked, view).await {
             return Lookup::Hit(answer);
         }
-        self.missed.fill(None)
+        // Its trip upstream starts now, not when it began to wait.
+        let mut fill = self.fill;
+        fill.request_time = SystemTime::now();
+        Lookup::Miss(fill)
     }
 }
 
@@ -584,7 +557,7 @@ impl Cache {
             }));
         }
         let join = self.fills.join(found.key(&req.primary), &self.budget);
-        let missed = Missed {
+        let mut fill = Fill {
             key: found.variant.unwrap_or_else(|| req.primary.clone()),
             method: req.method.clone(),
             head: req.head.clone(),
@@ -593,10 +566,15 @@ impl Cache {
             asked,
             stale,
             fwd,
+            guard: None,
+            request_time: SystemTime::now(),
         };
         match join {
-            Join::Leader(guard) => Decided::Now(missed.fill(Some(guard))),
-            Join::Follower(filling) => Decided::Follow(Follower { filling, missed }),
+            Join::Leader(guard) => {
+                fill.guard = Some(guard);
+                Decided::Now(Lookup::Miss(fill))
+            }
+            Join::Follower(filling) => Decided::Follow(Follower { filling, fill }),
         }
     }
 

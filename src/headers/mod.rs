@@ -604,16 +604,7 @@ mod tests {
             ("via", "1.0 fred"),
         ]);
         let ip = "::ffff:127.0.0.9".parse().unwrap();
-        add_forwarding(
-            &mut h,
-            Hops {
-                previous: ip,
-                client: ip,
-            },
-            false,
-            "example.com",
-            Version::HTTP_11,
-        );
+        forward(&mut h, ip, ip, false, "example.com");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
@@ -626,15 +617,12 @@ mod tests {
     #[test]
     fn forwarding_behind_a_trusted_forwarder_names_the_client() {
         let mut h = map(&[("x-forwarded-for", "192.0.2.7")]);
-        add_forwarding(
+        forward(
             &mut h,
-            Hops {
-                previous: "10.0.0.5".parse().unwrap(),
-                client: "192.0.2.7".parse().unwrap(),
-            },
+            "10.0.0.5".parse().unwrap(),
+            "192.0.2.7".parse().unwrap(),
             false,
             "example.com",
-            Version::HTTP_11,
         );
         assert_eq!(h["x-forwarded-for"], "192.0.2.7, 10.0.0.5");
         assert_eq!(h["forwarded"], "for=192.0.2.7;proto=http;host=example.com");
@@ -645,35 +633,29 @@ mod tests {
         for (authority, expected) in [("example.com", &["example.com"][..]), ("", &[])] {
             let mut h = map(&[("x-forwarded-host", "evil"), ("x-forwarded-host", "evil2")]);
             let ip = "10.0.0.1".parse().unwrap();
-            add_forwarding(
-                &mut h,
-                Hops {
-                    previous: ip,
-                    client: ip,
-                },
-                false,
-                authority,
-                Version::HTTP_11,
-            );
+            forward(&mut h, ip, ip, false, authority);
             let sent: Vec<_> = h.get_all("x-forwarded-host").iter().collect();
             assert_eq!(sent, expected, "authority {authority:?}");
         }
+    }
+
+    /// `add_forwarding` for an HTTP/1.1 request from `client`, received
+    /// from `previous`.
+    fn forward(h: &mut HeaderMap, previous: IpAddr, client: IpAddr, https: bool, authority: &str) {
+        add_forwarding(
+            h,
+            Hops { previous, client },
+            https,
+            authority,
+            Version::HTTP_11,
+        );
     }
 
     fn forwarded_for(client: &str, https: bool, authority: &str, sent: &[&str]) -> Vec<String> {
         let pairs: Vec<(&str, &str)> = sent.iter().map(|v| ("forwarded", *v)).collect();
         let mut h = map(&pairs);
         let ip = client.parse().unwrap();
-        add_forwarding(
-            &mut h,
-            Hops {
-                previous: ip,
-                client: ip,
-            },
-            https,
-            authority,
-            Version::HTTP_11,
-        );
+        forward(&mut h, ip, ip, https, authority);
         h.get_all("forwarded")
             .iter()
             .map(|v| v.to_str().unwrap().to_string())
