@@ -44,13 +44,17 @@ impl Outcome {
     /// Times one upstream attempt and records it: the member's
     /// `sluice_upstream_*` metrics when a response head arrived, and the
     /// member and time for the access log either way.
+    ///
+    /// `send` is pinned by the caller and taken by reference: a future
+    /// taken by value would be stored twice in this one's state (the
+    /// parameter and the awaited value), and the exchange is kilobytes.
     pub(crate) async fn attempt<T, E, F>(
         &mut self,
         snap: &Snapshot,
         pool: usize,
         pool_name: &str,
         addr: SocketAddr,
-        send: F,
+        send: std::pin::Pin<&mut F>,
     ) -> Result<Response<T>, E>
     where
         F: std::future::Future<Output = Result<Response<T>, E>>,
