@@ -145,9 +145,11 @@ pub(crate) async fn handle(
         request_id: Some(request_id.clone()),
         ..Default::default()
     };
-    let grpc = crate::grpc::is_call(req.headers());
     let mut held = None;
-    let mut out = Outbound::default();
+    let mut out = Outbound {
+        grpc: crate::grpc::is_call(req.headers()),
+        ..Default::default()
+    };
     let resp = {
         let step =
             span.in_scope(|| begin(&snap, &conn, client, req, &mut held, &mut out, &mut outcome));
@@ -157,10 +159,6 @@ pub(crate) async fn handle(
         }
     };
     let mut resp = out.apply(&conn, resp);
-    if grpc {
-        // sluice's own errors, in the shape a gRPC client reads.
-        resp = crate::grpc::answer(resp);
-    }
     crate::request_id::stamp(resp.headers_mut(), request_id);
     if sendoff.draining.is_some_and(|d| d.load(Ordering::Relaxed)) {
         // The server drains: this connection takes no further request
@@ -198,6 +196,10 @@ struct Outbound<'a> {
     quota: Option<ratelimit::Decision>,
     /// An upgrade request ([`Verdict::AcceptUpgrade`]).
     upgrade: bool,
+    /// A gRPC call ([`crate::grpc::is_call`]): sluice's own errors go out
+    /// in the shape a gRPC client reads. Known before anything else, and
+    /// read by [`proxy`] too.
+    grpc: bool,
 }
 
 impl Outbound<'_> {
@@ -217,6 +219,9 @@ impl Outbound<'_> {
         {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if self.grpc {
+            resp = crate::grpc::answer(resp);
         }
         resp
     }
@@ -297,7 +302,7 @@ fn proxy<'a>(
     // A gRPC call is never cached or compressed: its messages are framed
     // (and compressed, if at all) by gRPC itself, and its outcome is in
     // trailers that a stored copy would not replay.
-    let grpc = crate::grpc::is_call(req.headers());
+    let grpc = out.grpc;
     let compression = route_config
         .filter(|r| r.compress && !grpc)
         .map(|_| (req.method().clone(), Accepted::parse(req.headers())));
