@@ -630,9 +630,9 @@ impl TargetScan {
 // ---------------------------------------------------------------- bodies --
 
 /// Hyper's limit for chunk extensions in one body, kept here too.
-const MAX_EXTENSION_BYTES: usize = 16 << 10;
+const MAX_EXTENSION_BYTES: u32 = 16 << 10;
 /// Trailer section size (hyper's default limit).
-const MAX_TRAILER_BYTES: usize = 16 << 10;
+const MAX_TRAILER_BYTES: u32 = 16 << 10;
 /// Hex digits in one chunk size, leading zeros included.
 const MAX_SIZE_DIGITS: u8 = 32;
 
@@ -714,8 +714,8 @@ pub(crate) struct Tracker {
     /// Size of the current chunk; remaining data bytes while in `Data`.
     chunk: u64,
     size_digits: u8,
-    ext_bytes: usize,
-    trailer_bytes: usize,
+    ext_bytes: u32,
+    trailer_bytes: u32,
 }
 
 impl Tracker {
@@ -1692,7 +1692,7 @@ mod tests {
             );
         }
         let mut long = b"0\r\nX: ".to_vec();
-        long.extend(std::iter::repeat_n(b'a', MAX_TRAILER_BYTES));
+        long.extend(std::iter::repeat_n(b'a', MAX_TRAILER_BYTES as usize));
         assert!(matches!(
             chunked(&long).broken,
             Some((_, Violation::BadTrailer))

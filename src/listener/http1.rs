@@ -158,7 +158,7 @@ pub(super) fn serve<S, Svc, K>(
     mut io: Parkable<FramingGuard<S>>,
     mut service: Svc,
     builders: Arc<Builders>,
-    mut draining: Draining,
+    draining: Draining,
     held: K,
     mut h2_preface: bool,
 ) -> impl Future<Output = ()>
@@ -176,7 +176,10 @@ where
                         // Parked and the server drains: the client may have
                         // sent its next request already. Serve it if it comes
                         // soon (its response closes the connection).
-                        match tokio::time::timeout(DRAIN_IDLE_GRACE, io.read_ahead()).await {
+                        // Boxed: rare, and inline its timer would be part of
+                        // every parked connection.
+                        let next = Box::pin(tokio::time::timeout(DRAIN_IDLE_GRACE, io.read_ahead()));
+                        match next.await {
                             Ok(Ok(true)) => {}
                             _ => break,
                         }
@@ -201,7 +204,7 @@ where
                 }
                 h2_preface = false;
             }
-            match Box::pin(session(io, service, &builders.h1, &mut draining)).await {
+            match Box::pin(session(io, service, &builders.h1, &draining)).await {
                 Some((parked, svc)) => (io, service) = (parked, svc),
                 None => return,
             }
@@ -218,7 +221,7 @@ async fn session<S, Svc>(
     io: Parkable<FramingGuard<S>>,
     service: Svc,
     builder: &http1::Builder,
-    draining: &mut Draining,
+    draining: &Draining,
 ) -> Option<(Parkable<FramingGuard<S>>, Svc)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -235,7 +238,7 @@ where
     };
     let ended = tokio::select! {
         ended = &mut session => ended,
-        _ = draining.signalled() => {
+        _ = draining.signalled_busy() => {
             // Idle between requests, the client's next one may be on its
             // way: wait a moment for it (every response now says
             // `Connection: close`, so hyper closes after it). Then hyper

@@ -27,7 +27,7 @@ use hyper::service::{service_fn, HttpService};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::body::ProxyBody;
 use crate::client_limits::{Activity, ClientIo, PerClient};
@@ -493,7 +493,7 @@ fn h2_boxed<S, Svc, K>(
     io: http1::Parkable<FramingGuard<S>>,
     builders: Arc<Builders>,
     service: Svc,
-    mut draining: Draining,
+    draining: Draining,
     held: K,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 where
@@ -505,7 +505,7 @@ where
     // for the stream it was handed beside the connection that took it.
     let conn = h2_connection(io, &builders.h2, service);
     Box::pin(async move {
-        serve_h2(conn, &mut draining).await;
+        serve_h2(conn, &draining).await;
         drop(held);
     })
 }
@@ -524,7 +524,7 @@ fn serve_tls<Svc>(
     state: State,
     builders: Arc<Builders>,
     service: Svc,
-    mut draining: Draining,
+    draining: Draining,
     guard: GuardLimits,
 ) -> impl std::future::Future<Output = ()>
 where
@@ -565,7 +565,7 @@ where
         conn.protocol.learn(version, &conn.metrics);
         let activity = tls.get_ref().0.activity().clone();
         if h2 {
-            serve_h2(h2_connection(tls, &builders.h2, service), &mut draining).await;
+            serve_h2(h2_connection(tls, &builders.h2, service), &draining).await;
         } else {
             // HTTP/1.1 (or no ALPN): the framing guard reads the plaintext.
             let io = http1::Parkable::new(
@@ -644,14 +644,14 @@ where
 }
 
 /// Serves HTTP/2 until the client leaves or the server has drained it.
-async fn serve_h2<I, Svc>(mut conn: H2Connection<I, Svc>, draining: &mut Draining)
+async fn serve_h2<I, Svc>(mut conn: H2Connection<I, Svc>, draining: &Draining)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     Svc: Handler,
 {
     let ended = tokio::select! {
         ended = &mut conn => ended,
-        _ = draining.signalled() => {
+        _ = draining.signalled_busy() => {
             conn.conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -666,35 +666,51 @@ where
 /// have.
 #[derive(Debug)]
 pub(crate) struct Drain {
-    tx: watch::Sender<bool>,
-    /// The same news for the request path, read on every response.
+    /// Sends nothing: each connection holds a receiver, and the drain ends
+    /// when the last one is dropped.
+    tx: watch::Sender<()>,
+    /// Set once the drain starts; read by the request path on every
+    /// response, and by a waiting connection on every wake.
     now: Arc<AtomicBool>,
+    /// Wakes the connections waiting for the drain.
+    notify: Arc<Notify>,
 }
 
 impl Drain {
     pub(crate) fn new() -> Drain {
         Drain {
-            tx: watch::Sender::new(false),
+            tx: watch::Sender::new(()),
             now: Arc::default(),
+            notify: Arc::default(),
         }
     }
 
     /// A connection's view of the drain; the drain waits for it to be
     /// dropped.
     fn watch(&self) -> Draining {
-        let rx = self.tx.subscribe();
         Draining {
-            probe: rx.clone(),
-            rx,
+            _live: self.tx.subscribe(),
             now: self.now.clone(),
+            notify: self.notify.clone(),
         }
     }
 
     /// Signals every connection, then waits until all have closed.
     pub(crate) async fn stop(&self) {
-        self.now.store(true, Ordering::Relaxed);
-        self.tx.send_replace(true);
+        // The flag first: a connection that starts waiting after the
+        // notification below finds it set.
+        self.now.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
         self.tx.closed().await;
+    }
+}
+
+/// A drain that goes away unstopped lets its connections go as a stop
+/// would: nothing is left to tell them later.
+impl Drop for Drain {
+    fn drop(&mut self) {
+        self.now.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
     }
 }
 
@@ -707,11 +723,9 @@ pub(crate) const DRAIN_IDLE_GRACE: std::time::Duration = std::time::Duration::fr
 
 /// Held by one connection for its lifetime.
 struct Draining {
-    rx: watch::Receiver<bool>,
-    /// Never marked seen: whether anything was sent (or the drain went
-    /// away) since the connection started, in one atomic load.
-    probe: watch::Receiver<bool>,
+    _live: watch::Receiver<()>,
     now: Arc<AtomicBool>,
+    notify: Arc<Notify>,
 }
 
 impl Draining {
@@ -721,37 +735,40 @@ impl Draining {
         self.now.clone()
     }
 
-    /// Resolves once the server drains (at once if it already does).
-    ///
-    /// Polled beside hyper on every wake of a connection's task. Once the
-    /// wait is registered with this task's waker, a poll reads only the
-    /// channel's version until something is sent, instead of taking the
-    /// channel's waiter lock each time: the registered waker is the one a
-    /// send wakes.
-    fn signalled(&mut self) -> impl Future<Output = ()> + '_ {
-        let Draining { rx, probe, .. } = self;
-        async move {
-            let mut wait = std::pin::pin!(async {
-                while !*rx.borrow_and_update() {
-                    if rx.changed().await.is_err() {
-                        return;
-                    }
-                }
-            });
-            let mut registered: Option<std::task::Waker> = None;
-            std::future::poll_fn(|cx| {
-                let quiet = matches!(probe.has_changed(), Ok(false));
-                if quiet && registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    return std::task::Poll::Pending;
-                }
-                let polled = wait.as_mut().poll(cx);
-                if polled.is_pending() {
-                    registered = Some(cx.waker().clone());
-                }
-                polled
-            })
-            .await
+    /// Resolves once the server drains (at once if it already does). For a
+    /// wait polled seldom, a parked connection's: the smallest future, a
+    /// `Notify` waiter.
+    async fn signalled(&self) {
+        let mut notified = std::pin::pin!(self.notify.notified());
+        notified.as_mut().enable();
+        if !self.now.load(Ordering::SeqCst) {
+            notified.await;
         }
+    }
+
+    /// [`signalled`](Self::signalled), for a wait polled beside hyper on
+    /// every wake of a serving connection's task: once the wait is
+    /// registered with this task's waker, a poll reads only the flag
+    /// instead of taking the waiter lock (the registered waker is the one
+    /// the drain wakes).
+    async fn signalled_busy(&self) {
+        let mut notified = std::pin::pin!(self.notify.notified());
+        notified.as_mut().enable();
+        let mut registered: Option<std::task::Waker> = None;
+        std::future::poll_fn(|cx| {
+            if self.now.load(Ordering::SeqCst) {
+                return std::task::Poll::Ready(());
+            }
+            if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                return std::task::Poll::Pending;
+            }
+            let polled = notified.as_mut().poll(cx);
+            if polled.is_pending() {
+                registered = Some(cx.waker().clone());
+            }
+            polled
+        })
+        .await
     }
 }
 
@@ -770,8 +787,8 @@ mod tests {
     #[tokio::test]
     async fn a_wait_polled_on_every_wake_still_hears_the_drain() {
         let drain = Arc::new(Drain::new());
-        let mut draining = drain.watch();
-        let mut signalled = Box::pin(draining.signalled());
+        let draining = drain.watch();
+        let mut signalled = Box::pin(draining.signalled_busy());
         for _ in 0..3 {
             assert!(pending(&mut signalled).await, "no drain yet");
         }
@@ -784,6 +801,7 @@ mod tests {
             .expect("the drain was heard");
         // Heard at once by a wait that starts after the drain, too.
         assert!(!pending(&mut Box::pin(draining.signalled())).await);
+        assert!(!pending(&mut Box::pin(draining.signalled_busy())).await);
         drop(draining);
         stop.await
             .expect("the drain ended once the connection let go");
@@ -792,7 +810,7 @@ mod tests {
     #[tokio::test]
     async fn a_wait_ends_when_the_drain_goes_away() {
         let drain = Drain::new();
-        let mut draining = drain.watch();
+        let draining = drain.watch();
         let mut signalled = Box::pin(draining.signalled());
         assert!(pending(&mut signalled).await);
         assert!(pending(&mut signalled).await);
