@@ -374,58 +374,77 @@ pub fn authority(
     }
 }
 
+/// A Host value (or a target's authority) checked and normalised: the host
+/// lower-cased without trailing dots, the port dropped when it is the
+/// scheme's default.
+///
+/// A registered name or IPv4 address, as every request has, is read in one
+/// pass: host characters up to a colon, then the port's digits; any other
+/// byte (`@`, a second colon, non-ASCII) makes it invalid.
 fn normalise(raw: &[u8], https: bool) -> Result<Authority, AuthorityError> {
+    if raw.first() == Some(&b'[') {
+        return bracketed(raw, https);
+    }
+    let split = raw
+        .iter()
+        .position(|&b| !is_host_byte(b))
+        .unwrap_or(raw.len());
+    let (host, rest) = raw.split_at(split);
+    let port = match rest.split_first() {
+        None => None,
+        Some((b':', digits)) => Some(port_of(digits)?),
+        Some(_) => return Err(AuthorityError::InvalidHost),
+    };
+    finish(host, port, https)
+}
+
+fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')
+}
+
+/// An IPv6 literal: "[::1]" or "[::1]:8080".
+fn bracketed(raw: &[u8], https: bool) -> Result<Authority, AuthorityError> {
     let text = std::str::from_utf8(raw).map_err(|_| AuthorityError::InvalidHost)?;
-    if text.is_empty() || text.contains('@') {
+    if text.contains('@') {
         return Err(AuthorityError::InvalidHost);
     }
-    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        // IPv6 literal: "[::1]" or "[::1]:8080".
-        let end = rest.find(']').ok_or(AuthorityError::InvalidHost)?;
-        let literal = &rest[..end];
-        literal
-            .parse::<std::net::Ipv6Addr>()
-            .map_err(|_| AuthorityError::InvalidHost)?;
-        let after = &rest[end + 1..];
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p),
-            None if after.is_empty() => None,
-            None => return Err(AuthorityError::InvalidHost),
-        };
-        (&text[..end + 2], port)
-    } else {
-        match text.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (text, None),
-        }
+    let end = text.find(']').ok_or(AuthorityError::InvalidHost)?;
+    text[1..end]
+        .parse::<std::net::Ipv6Addr>()
+        .map_err(|_| AuthorityError::InvalidHost)?;
+    let port = match &raw[end + 1..] {
+        [] => None,
+        [b':', digits @ ..] => Some(port_of(digits)?),
+        _ => return Err(AuthorityError::InvalidHost),
     };
-    if !host.starts_with('[') {
-        let ok = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-        if !ok {
+    finish(&raw[..=end], port, https)
+}
+
+/// A port: one or more digits (leading zeros allowed), at most 65535.
+fn port_of(digits: &[u8]) -> Result<u16, AuthorityError> {
+    if digits.is_empty() {
+        return Err(AuthorityError::InvalidHost);
+    }
+    digits.iter().try_fold(0u16, |n, &d| {
+        if !d.is_ascii_digit() {
             return Err(AuthorityError::InvalidHost);
         }
-    }
-    let port = match port {
-        None => None,
-        Some(p) => {
-            let n: u16 = if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(AuthorityError::InvalidHost);
-            } else {
-                p.parse().map_err(|_| AuthorityError::InvalidHost)?
-            };
-            let default = if https { 443 } else { 80 };
-            (n != default).then_some(n)
-        }
-    };
-    let host = host.trim_end_matches('.');
+        n.checked_mul(10)
+            .and_then(|n| n.checked_add(u16::from(d - b'0')))
+            .ok_or(AuthorityError::InvalidHost)
+    })
+}
+
+/// The authority of `host` (checked ASCII) and `port`, in one string.
+fn finish(host: &[u8], port: Option<u16>, https: bool) -> Result<Authority, AuthorityError> {
+    let default = if https { 443 } else { 80 };
+    let port = port.filter(|&p| p != default);
+    let trimmed = host.len() - host.iter().rev().take_while(|&&b| b == b'.').count();
+    let host = std::str::from_utf8(&host[..trimmed]).map_err(|_| AuthorityError::InvalidHost)?;
     if host.is_empty() {
-        // Only dots: nothing left to route on.
+        // Empty, or only dots: nothing left to route on.
         return Err(AuthorityError::InvalidHost);
     }
-    // One string, lower-cased as it is copied (this runs on every request).
     let mut text = String::with_capacity(host.len() + 6);
     text.push_str(host);
     text.make_ascii_lowercase();
@@ -787,6 +806,105 @@ mod tests {
             Err(AuthorityError::InvalidHost)
         );
         assert_eq!(auth(Version::HTTP_11, "/", &["a.."]).unwrap().host(), "a");
+    }
+
+    /// The authority check as it was written before its one-pass form
+    /// (string splitting), kept as the oracle for it.
+    fn reference(raw: &[u8], https: bool) -> Result<(String, usize), AuthorityError> {
+        let text = std::str::from_utf8(raw).map_err(|_| AuthorityError::InvalidHost)?;
+        if text.is_empty() || text.contains('@') {
+            return Err(AuthorityError::InvalidHost);
+        }
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let end = rest.find(']').ok_or(AuthorityError::InvalidHost)?;
+            rest[..end]
+                .parse::<std::net::Ipv6Addr>()
+                .map_err(|_| AuthorityError::InvalidHost)?;
+            let after = &rest[end + 1..];
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => return Err(AuthorityError::InvalidHost),
+            };
+            (&text[..end + 2], port)
+        } else {
+            match text.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (text, None),
+            }
+        };
+        if !host.starts_with('[') && (host.is_empty() || !host.bytes().all(is_host_byte)) {
+            return Err(AuthorityError::InvalidHost);
+        }
+        let port = match port {
+            None => None,
+            Some(p) if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(AuthorityError::InvalidHost)
+            }
+            Some(p) => Some(p.parse::<u16>().map_err(|_| AuthorityError::InvalidHost)?),
+        };
+        let port = port.filter(|&p| p != if https { 443 } else { 80 });
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if host.is_empty() {
+            return Err(AuthorityError::InvalidHost);
+        }
+        let host_len = host.len();
+        Ok(match port {
+            Some(p) => (format!("{host}:{p}"), host_len),
+            None => (host, host_len),
+        })
+    }
+
+    #[test]
+    fn one_pass_authority_agrees_with_the_reference_on_every_one_byte_edit() {
+        let seeds: [&[u8]; 10] = [
+            b"Example.COM:8080",
+            b"a.b-c_d:80",
+            b"127.0.0.1:443",
+            b"[::1]:8080",
+            b"[2001:DB8::1]",
+            b"host..:65535",
+            b"h:0080",
+            b"x",
+            b"a:65536",
+            b"user@host:80",
+        ];
+        let bytes = [
+            b'a', b'Z', b'0', b'9', b':', b'.', b'-', b'_', b'@', b'[', b']', b' ', b'/', b'%',
+            0x80, 0xff,
+        ];
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        for seed in seeds {
+            inputs.push(seed.to_vec());
+            for i in 0..=seed.len() {
+                for &b in &bytes {
+                    let mut v = seed.to_vec();
+                    v.insert(i, b);
+                    inputs.push(v);
+                    if i < seed.len() {
+                        let mut v = seed.to_vec();
+                        v[i] = b;
+                        inputs.push(v);
+                    }
+                }
+                if i < seed.len() {
+                    let mut v = seed.to_vec();
+                    v.remove(i);
+                    inputs.push(v);
+                }
+            }
+        }
+        for raw in &inputs {
+            for https in [false, true] {
+                let got = normalise(raw, https).map(|a| (a.text, a.host_len));
+                assert_eq!(
+                    got,
+                    reference(raw, https),
+                    "{:?} https={https}",
+                    String::from_utf8_lossy(raw)
+                );
+            }
+        }
     }
 
     #[test]
