@@ -437,22 +437,31 @@ impl<S> ClientIo<S> {
         &self.activity
     }
 
-    /// Whether `deadline` has passed; otherwise arms the timer to wake `cx`.
+    /// Whether `deadline` has passed; otherwise arms the timer to wake `cx`
+    /// by then.
+    ///
+    /// A timer armed for an earlier moment is left as it is: the deadline
+    /// moves later with every request (the idle clock restarts), and
+    /// moving a timer costs more than the early wake-up, which finds the
+    /// deadline not yet due and moves the timer then, once.
     fn expired(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
         if Instant::now() >= deadline {
             return true;
         }
-        match &mut self.timer {
-            Some((at, sleep)) => {
-                if *at != deadline {
-                    sleep.as_mut().reset(deadline);
-                    *at = deadline;
-                }
-            }
-            None => self.timer = Some((deadline, Box::pin(tokio::time::sleep_until(deadline)))),
+        let (at, sleep) = self
+            .timer
+            .get_or_insert_with(|| (deadline, Box::pin(tokio::time::sleep_until(deadline))));
+        if *at > deadline {
+            sleep.as_mut().reset(deadline);
+            *at = deadline;
         }
-        let (_, sleep) = self.timer.as_mut().expect("armed above");
-        sleep.as_mut().poll(cx).is_ready()
+        if sleep.as_mut().poll(cx).is_ready() {
+            // An early timer went off: on to the deadline itself.
+            sleep.as_mut().reset(deadline);
+            *at = deadline;
+            return sleep.as_mut().poll(cx).is_ready();
+        }
+        false
     }
 }
 
