@@ -20,7 +20,9 @@
 # [target/release/examples/floor], N [5000, h2-tls 20000], PORT_BASE [19200]
 # (as the race that wrote DIR), TARGET [sluice] or floor, PROTO [h1] or
 # h2-tls (sluice only), CG_OUT [none]: where to keep the callgrind profile
-# (for callgrind_annotate --inclusive=yes).
+# (for callgrind_annotate --inclusive=yes), BREAKDOWN [0]: 1 also prints
+# the instructions per request by crate, and libc's memcpy by the crate
+# calling it (benches/callgrind_crates.py).
 set -euo pipefail
 dir=${1:?usage: instructions.sh RACE_TMP_DIR [PATH]}
 path=${2:-/1k}
@@ -77,3 +79,4 @@ profile=$(ls "$out"/cg.*.1 | head -1)
 total=$(callgrind_annotate "$profile" 2>/dev/null |
     awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
 echo "$TARGET $PROTO $path: $((total / N)) instructions per request"
+[ "${BREAKDOWN:-0}" = 0 ] || python3 benches/callgrind_crates.py "$profile" "$N"

@@ -11,6 +11,14 @@
 //! the stream hyper reads and writes, whose flush holds the bytes, and
 //! [`Batch`], with which the connection's task sends them once hyper's poll
 //! has returned ([`Batch::poll_send`]). Shutdown always sends what is held.
+//!
+//! Reads are cut short the same way: once the stream has nothing to read
+//! during a poll, further reads in that poll say so at once
+//! ([`Batch::begin_poll`] starts a poll). The h2 crate reads the stream
+//! again each time hyper asks it for the next request, 13 times per ten
+//! responses under `h2load -m10`, and each read that finds nothing went
+//! down through the TLS session and the socket's timers for about 550
+//! instructions.
 
 use std::io;
 use std::pin::Pin;
@@ -30,6 +38,12 @@ struct Inner<S> {
     held: Vec<u8>,
     /// Bytes went to `io` since its last flush.
     unflushed: bool,
+    /// `io` had nothing to read during the current poll of the
+    /// connection's task. The read that found nothing left the task's
+    /// waker with the socket (and its timers), so whatever arrives later
+    /// wakes the task for another poll, which reads it; on a worker's
+    /// single-threaded runtime nothing arrives during a poll anyway.
+    read_blocked: bool,
 }
 
 /// The stream side: what hyper's HTTP/2 connection reads from and writes to.
@@ -44,6 +58,7 @@ pub(super) fn batched<S>(io: S) -> (Batched<S>, Batch<S>) {
         io,
         held: Vec::new(),
         unflushed: false,
+        read_blocked: false,
     }));
     (Batched(inner.clone()), Batch(inner))
 }
@@ -114,6 +129,14 @@ impl<S: AsyncWrite + Unpin> Inner<S> {
     }
 }
 
+impl<S> Batch<S> {
+    /// Called as the connection's task starts a poll of hyper's
+    /// connection: reads go to the stream again.
+    pub(super) fn begin_poll(&self) {
+        lock(&self.0).read_blocked = false;
+    }
+}
+
 impl<S: AsyncWrite + Unpin> Batch<S> {
     /// Sends what hyper wrote during its last poll. Pending means the
     /// socket is full and will wake the task when it has room.
@@ -128,7 +151,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Batched<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut lock(&self.0).io).poll_read(cx, buf)
+        let mut inner = lock(&self.0);
+        if inner.read_blocked {
+            return Poll::Pending;
+        }
+        let read = Pin::new(&mut inner.io).poll_read(cx, buf);
+        inner.read_blocked = read.is_pending();
+        read
     }
 }
 
@@ -162,5 +191,50 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Batched<S> {
         let mut inner = lock(&self.0);
         ready!(inner.poll_send(cx))?;
         Pin::new(&mut inner.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Waker;
+
+    /// A stream with nothing to read, counting the reads that reach it.
+    struct Empty(Arc<AtomicUsize>);
+
+    impl AsyncRead for Empty {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            _buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn an_empty_stream_is_read_once_per_poll() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let (mut stream, batch) = batched(Empty(reads.clone()));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut space = [0u8; 16];
+        let mut read = || {
+            let mut buf = ReadBuf::new(&mut space);
+            Pin::new(&mut stream)
+                .poll_read(&mut cx, &mut buf)
+                .is_pending()
+        };
+        batch.begin_poll();
+        assert!(read() && read() && read());
+        assert_eq!(reads.load(Ordering::Relaxed), 1, "one read per poll");
+        batch.begin_poll();
+        assert!(read());
+        assert_eq!(
+            reads.load(Ordering::Relaxed),
+            2,
+            "the next poll reads again"
+        );
     }
 }

@@ -630,6 +630,7 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         use std::task::Poll;
+        self.batch.begin_poll();
         // An ended connection has sent what it holds (hyper shuts the
         // stream down) or has nobody left to send it to.
         if let Poll::Ready(ended) = self.conn.as_mut().poll(cx) {
