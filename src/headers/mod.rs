@@ -15,6 +15,7 @@ pub(crate) mod conditional;
 pub(crate) mod grammar;
 
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Uri, Version};
@@ -323,9 +324,11 @@ pub enum AuthorityError {
 /// port for routing, and [`authority`](Authority::authority) (host plus any
 /// non-default port) to forward as `Host`. One string: the host is its
 /// start.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authority {
-    text: String,
+    /// Shared: a connection's requests nearly all name one authority
+    /// ([`LastAuthority`]).
+    text: Arc<str>,
     host_len: usize,
 }
 
@@ -348,17 +351,58 @@ pub fn authority(
     headers: &HeaderMap,
     https: bool,
 ) -> Result<Authority, AuthorityError> {
+    authority_by(version, uri, headers, |raw| normalise(raw, https))
+}
+
+/// The authority a connection's requests last named, with the bytes it was
+/// read from. The requests on one connection (keep-alive, or HTTP/2
+/// streams) nearly always name the same site: a request naming the same
+/// bytes takes the checked result instead of checking them again.
+#[derive(Debug, Default)]
+pub(crate) struct LastAuthority(Mutex<Option<(Box<[u8]>, Authority)>>);
+
+impl LastAuthority {
+    /// [`authority`], for a request on this connection.
+    pub(crate) fn authority(
+        &self,
+        version: Version,
+        uri: &Uri,
+        headers: &HeaderMap,
+        https: bool,
+    ) -> Result<Authority, AuthorityError> {
+        authority_by(version, uri, headers, |raw| self.normalise(raw, https))
+    }
+
+    fn normalise(&self, raw: &[u8], https: bool) -> Result<Authority, AuthorityError> {
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((bytes, known)) = &*last {
+            if **bytes == *raw {
+                return Ok(known.clone());
+            }
+        }
+        let fresh = normalise(raw, https)?;
+        *last = Some((raw.into(), fresh.clone()));
+        Ok(fresh)
+    }
+}
+
+fn authority_by(
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+    mut normalise: impl FnMut(&[u8]) -> Result<Authority, AuthorityError>,
+) -> Result<Authority, AuthorityError> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let host_field = hosts.next();
     if hosts.next().is_some() {
         return Err(AuthorityError::DuplicateHost);
     }
     let from_field = match host_field {
-        Some(v) => Some(normalise(v.as_bytes(), https)?),
+        Some(v) => Some(normalise(v.as_bytes())?),
         None => None,
     };
     let from_uri = match uri.authority() {
-        Some(a) => Some(normalise(a.as_str().as_bytes(), https)?),
+        Some(a) => Some(normalise(a.as_str().as_bytes())?),
         None => None,
     };
     match (from_uri, from_field) {
@@ -366,7 +410,7 @@ pub fn authority(
         (Some(a), _) | (None, Some(a)) => Ok(a),
         (None, None) if version == Version::HTTP_10 || version == Version::HTTP_09 => {
             Ok(Authority {
-                text: String::new(),
+                text: Arc::from(""),
                 host_len: 0,
             })
         }
@@ -453,7 +497,10 @@ fn finish(host: &[u8], port: Option<u16>, https: bool) -> Result<Authority, Auth
         text.push(':');
         text.push_str(itoa::Buffer::new().format(p));
     }
-    Ok(Authority { text, host_len })
+    Ok(Authority {
+        text: Arc::from(text),
+        host_len,
+    })
 }
 
 /// A message's `Content-Length` as a number (`None` when absent or not one).
@@ -896,7 +943,7 @@ mod tests {
         }
         for raw in &inputs {
             for https in [false, true] {
-                let got = normalise(raw, https).map(|a| (a.text, a.host_len));
+                let got = normalise(raw, https).map(|a| (a.text.to_string(), a.host_len));
                 assert_eq!(
                     got,
                     reference(raw, https),
@@ -905,6 +952,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_connection_remembers_its_last_authority_and_checks_a_new_one() {
+        let last = LastAuthority::default();
+        let ask = |host: &str| {
+            last.authority(
+                Version::HTTP_11,
+                &"/".parse().unwrap(),
+                &map(&[("host", host)]),
+                false,
+            )
+        };
+        let a = ask("Example.COM:80").unwrap();
+        assert_eq!(a.authority(), "example.com");
+        let again = ask("Example.COM:80").unwrap();
+        assert!(Arc::ptr_eq(&a.text, &again.text), "the remembered answer");
+        assert_eq!(
+            ask("other.example:8080").unwrap().authority(),
+            "other.example:8080"
+        );
+        assert_eq!(ask("bad host"), Err(AuthorityError::InvalidHost));
+        // A refused one is not remembered; the last good one still is.
+        assert_eq!(ask("bad host"), Err(AuthorityError::InvalidHost));
+        let h2 = last.authority(
+            Version::HTTP_2,
+            &"https://other.example:8080/x".parse().unwrap(),
+            &HeaderMap::new(),
+            false,
+        );
+        assert_eq!(h2.unwrap().host(), "other.example");
+        assert_eq!(
+            last.authority(
+                Version::HTTP_11,
+                &"http://a.com/x".parse().unwrap(),
+                &map(&[("host", "b.com")]),
+                false
+            ),
+            Err(AuthorityError::Mismatch)
+        );
     }
 
     #[test]

@@ -393,6 +393,7 @@ fn start(accepted: Accepted, client: SocketAddr, local: Option<SocketAddr>, ctx:
         framing: Verdicts::new(),
         metrics: ctx.metrics.clone(),
         protocol: Default::default(),
+        last_authority: Default::default(),
     });
     let service = service(
         ctx.state.clone(),

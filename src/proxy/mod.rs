@@ -85,6 +85,8 @@ pub(crate) struct ConnInfo {
     pub metrics: Arc<ListenerMetrics>,
     /// HTTP/1.x or HTTP/2, once known.
     pub protocol: observe::ConnProtocol,
+    /// The authority this connection's requests last named.
+    pub last_authority: headers::LastAuthority,
 }
 
 impl ConnInfo {
@@ -285,7 +287,8 @@ fn proxy<'a>(
     let listener = snap.config.listener(&conn.listener);
     let limits = listener.map_or(&snap.config.limits, |l| &l.limits);
     admit(&req, limits)?;
-    let authority = headers::authority(req.version(), req.uri(), req.headers(), conn.https)
+    let authority = (conn.last_authority)
+        .authority(req.version(), req.uri(), req.headers(), conn.https)
         .map_err(|e| Refusal::BadAuthority(e.to_string()))?;
     if listener.is_none_or(|l| l.normalize_paths) {
         normalise_path(req.uri_mut())?;
