@@ -59,6 +59,8 @@ use crate::reply::Refusal;
 use crate::router::Route;
 use crate::snapshot::{Snapshot, State};
 use crate::upstream::balance::PickContext;
+use crate::upstream::client::ResponseBody;
+use crate::upstream::h1::Upgraded;
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::Acquired;
 use crate::upstream::retry;
@@ -896,7 +898,7 @@ async fn attempts(
             },
         };
         match result {
-            Ok(mut resp) => {
+            Ok(resp) => {
                 let status = resp.status();
                 pool.report(&member, Outcome::Response(status.as_u16()));
                 if idempotent && more && retry_on.status(status.as_u16()) && pool.take_retry() {
@@ -915,9 +917,9 @@ async fn attempts(
                 }
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(Upgrade { client, token }) = upgrade.take() {
-                        let upstream_side = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(client, upstream_side, in_flight));
-                        return Ok(switching_protocols(resp, token));
+                        let (parts, body) = resp.into_parts();
+                        tokio::spawn(tunnel(client, body.upgraded(), in_flight));
+                        return Ok(switching_protocols(parts, token));
                     }
                 }
                 let mut resp = respond(
@@ -1104,7 +1106,7 @@ fn sticky_cookie(
 
 /// Passes an upstream response to the client with hop-by-hop fields removed;
 /// the member stays in flight until the body ends.
-fn respond(resp: Response<Incoming>, in_flight: UpstreamBody) -> Response<ProxyBody> {
+fn respond(resp: Response<ResponseBody>, in_flight: UpstreamBody) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, None);
     parts
@@ -1114,8 +1116,10 @@ fn respond(resp: Response<Incoming>, in_flight: UpstreamBody) -> Response<ProxyB
     Response::from_parts(parts, body.boxed())
 }
 
-fn switching_protocols(resp: Response<Incoming>, token: HeaderValue) -> Response<ProxyBody> {
-    let (mut parts, _) = resp.into_parts();
+fn switching_protocols(
+    mut parts: http::response::Parts,
+    token: HeaderValue,
+) -> Response<ProxyBody> {
     headers::strip_hop_by_hop(&mut parts.headers, Some(&token));
     parts
         .headers
@@ -1126,13 +1130,16 @@ fn switching_protocols(resp: Response<Incoming>, token: HeaderValue) -> Response
 /// Copies bytes both ways between an upgraded client and member connection.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    upstream: Option<Upgraded>,
     _in_flight: crate::upstream::member::InFlight,
 ) {
-    match tokio::try_join!(client, upstream) {
-        Ok((c, u)) => {
+    let Some(mut u) = upstream else {
+        tracing::debug!("upgrade failed: the member's connection cannot be switched");
+        return;
+    };
+    match client.await {
+        Ok(c) => {
             let mut c = TokioIo::new(c);
-            let mut u = TokioIo::new(u);
             if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
                 tracing::debug!(error = %e, "upgraded connection ended");
             }

@@ -17,12 +17,11 @@ use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 use tokio::sync::Notify;
 
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use super::balance::{bounded_balancer, Balancer, PickContext};
-use super::client::Client;
-use super::connect::{CloseHandle, Connector};
+use super::client::{Client, ResponseBody};
+use super::connect::Connector;
 use super::member::{now_ms, InFlight, Member, MemberState};
 use super::outlier::{self, Outcome};
 use super::retry::RetryBudget;
@@ -32,7 +31,7 @@ use crate::config::{Policy, PoolConfig, ServerEntry};
 
 /// Why one attempt against a member failed.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// TCP connect was refused or failed: nothing reached the member.
     #[error("connect to {addr} failed: {reason}")]
     Connect { addr: SocketAddr, reason: String },
@@ -426,13 +425,13 @@ impl Pool {
     /// and the address it connected to): a header is per connection, and a
     /// connection must never carry one client's requests under another's
     /// name, so such a pool keeps no idle connections.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         addr: SocketAddr,
         req: http::Request<ProxyBody>,
         sent: Option<oneshot::Receiver<()>>,
         proxied: Option<(SocketAddr, SocketAddr)>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    ) -> Result<http::Response<ResponseBody>, UpstreamError> {
         let after = self.response_timeout;
         let deadline = async move {
             // If the body is dropped unsent the request fails on its own.
@@ -445,7 +444,7 @@ impl Pool {
         // first: a future bound and then moved keeps its space in this
         // one's state too, and this one is part of every attempt's.
         tokio::select! {
-            r = self.exchange(addr, req, proxied) => r.and_then(|resp| checked(addr, resp)),
+            r = self.exchange(addr, req, proxied) => r,
             () = deadline => Err(UpstreamError::ResponseTimeout { addr, after }),
         }
     }
@@ -458,7 +457,7 @@ impl Pool {
         addr: SocketAddr,
         req: http::Request<ProxyBody>,
         proxied: Option<(SocketAddr, SocketAddr)>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    ) -> Result<http::Response<ResponseBody>, UpstreamError> {
         let Some(version) = self.config.send_proxy_protocol.version() else {
             return self.client.send(addr, req).await;
         };
@@ -530,25 +529,5 @@ impl<'a> Pending<'a> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Refuses a response head with ambiguous framing, closing its connection
-/// so that neither this message nor anything after it is read as a response.
-fn checked(
-    addr: SocketAddr,
-    resp: http::Response<Incoming>,
-) -> Result<http::Response<Incoming>, UpstreamError> {
-    match crate::framing::check_response_head(resp.headers()) {
-        Ok(()) => Ok(resp),
-        Err(violation) => {
-            if let Some(handle) = resp.extensions().get::<CloseHandle>() {
-                handle.close();
-            }
-            Err(UpstreamError::BadResponse {
-                addr,
-                reason: violation.to_string(),
-            })
-        }
     }
 }

@@ -1,0 +1,357 @@
+//! The request side of an HTTP/1.1 exchange: how the body is framed (the
+//! rules hyper's client follows, so members see what they saw before),
+//! the head encoded, and the body streamed from its [`ProxyBody`] one frame
+//! at a time, each frame written with its framing in one vectored write.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{request, HeaderMap, Method};
+use http_body::Body as _;
+use tokio::io::AsyncWrite;
+
+use super::read::content_length;
+use super::Error;
+use crate::body::ProxyBody;
+use crate::upstream::connect::Stream;
+
+/// How the request body is delimited on the wire.
+#[derive(Debug)]
+enum Framing {
+    /// This many bytes are still to go; more from the body are dropped.
+    Length(u64),
+    /// Chunked; trailers go out only for the names its `Trailer` field
+    /// lists (hyper's rule: a member is told which to expect).
+    Chunked { trailers: Vec<HeaderName> },
+}
+
+/// Fields that never go in a trailer section (RFC 9110 §6.5.1), as hyper
+/// leaves them out.
+fn allowed_in_trailers(name: &HeaderName) -> bool {
+    !matches!(
+        *name,
+        header::AUTHORIZATION
+            | header::CACHE_CONTROL
+            | header::CONTENT_ENCODING
+            | header::CONTENT_LENGTH
+            | header::CONTENT_RANGE
+            | header::CONTENT_TYPE
+            | header::HOST
+            | header::MAX_FORWARDS
+            | header::SET_COOKIE
+            | header::TRAILER
+            | header::TRANSFER_ENCODING
+            | header::TE
+    )
+}
+
+/// Decides the body's framing from the head and the body, adjusting the
+/// head's framing fields: an explicit `Transfer-Encoding` makes it chunked
+/// (and drops `Content-Length`), else an explicit `Content-Length` is kept,
+/// else a body of known size gets one, else the body is chunked, except
+/// after `GET`, `HEAD` and `CONNECT`, which are sent without one. A body
+/// that has already ended is sent as none.
+fn framing(parts: &mut request::Parts, body: &ProxyBody) -> Option<Framing> {
+    let headers = &mut parts.headers;
+    if body.is_end_stream() {
+        headers.remove(header::TRANSFER_ENCODING);
+        return None;
+    }
+    let length = content_length(headers).ok().flatten();
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if length.is_some() {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        if !super::read::is_chunked(headers) {
+            headers.append(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
+        return Some(Framing::Chunked {
+            trailers: declared_trailers(headers),
+        });
+    }
+    if let Some(n) = length {
+        return Some(Framing::Length(n));
+    }
+    if let Some(n) = body.size_hint().exact() {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        return Some(Framing::Length(n));
+    }
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) {
+        return Some(Framing::Length(0));
+    }
+    headers.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    Some(Framing::Chunked {
+        trailers: declared_trailers(headers),
+    })
+}
+
+/// The field names a request's `Trailer` fields announce.
+fn declared_trailers(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::TRAILER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Encodes the request line and fields. The target is in origin form.
+fn encode_head(parts: &request::Parts, out: &mut BytesMut) {
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let method = parts.method.as_str();
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    out.reserve(method.len() + target.len() + 13 + fields);
+    out.put_slice(method.as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(target.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    encode_fields(&parts.headers, out);
+    out.put_slice(b"\r\n");
+}
+
+fn encode_fields(headers: &HeaderMap, out: &mut BytesMut) {
+    for (name, value) in headers {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+}
+
+/// A request on its way out: what is encoded and not yet written, and the
+/// body still to read.
+pub(super) struct Upload {
+    /// `None` once the body has ended (or there was none).
+    body: Option<ProxyBody>,
+    framing: Option<Framing>,
+    /// A data frame being written, after the bytes in the connection's
+    /// write buffer (head, chunk size line) and before `post`.
+    data: Bytes,
+    post: &'static [u8],
+    /// Whether any byte has been written (before that, a failed write
+    /// means the member saw nothing of the request).
+    pub(super) wrote_any: bool,
+}
+
+impl Upload {
+    /// Frames the request, encodes its head into `out`, and keeps the
+    /// body to stream.
+    pub(super) fn new(parts: &mut request::Parts, body: ProxyBody, out: &mut BytesMut) -> Upload {
+        let framing = framing(parts, &body);
+        encode_head(parts, out);
+        // A body with no room (`GET` with a body of unknown length) is
+        // dropped unread, as hyper drops it.
+        let body = match framing {
+            None | Some(Framing::Length(0)) => None,
+            Some(_) => Some(body),
+        };
+        Upload {
+            body,
+            framing,
+            data: Bytes::new(),
+            post: b"",
+            wrote_any: false,
+        }
+    }
+
+    /// The body, unread but for the data frame not yet written, for a
+    /// request that goes on another connection (nothing was written).
+    pub(super) fn into_body(self) -> ProxyBody {
+        use http_body_util::BodyExt;
+        let rest = self.body.unwrap_or_else(crate::body::empty);
+        if self.data.is_empty() {
+            return rest;
+        }
+        Prepended {
+            first: Some(self.data),
+            rest,
+        }
+        .boxed()
+    }
+
+    /// Writes what is encoded and reads on from the body until the whole
+    /// request is written and flushed (`Ready(Ok)`), or the body or the
+    /// connection cannot go on now.
+    pub(super) fn poll(
+        &mut self,
+        io: &mut Stream,
+        out: &mut BytesMut,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Error>> {
+        loop {
+            while !out.is_empty() || !self.data.is_empty() || !self.post.is_empty() {
+                let slices = [
+                    IoSlice::new(out),
+                    IoSlice::new(&self.data),
+                    IoSlice::new(self.post),
+                ];
+                let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))
+                    .map_err(Error::Write)?;
+                if n == 0 {
+                    return Poll::Ready(Err(Error::Write(io::ErrorKind::WriteZero.into())));
+                }
+                self.wrote_any = true;
+                let mut n = n;
+                let k = n.min(out.len());
+                out.advance(k);
+                n -= k;
+                let k = n.min(self.data.len());
+                self.data.advance(k);
+                n -= k;
+                self.post = &self.post[n.min(self.post.len())..];
+            }
+            out.clear();
+            let Some(body) = &mut self.body else {
+                ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(Error::Write)?;
+                return Poll::Ready(Ok(()));
+            };
+            let frame = match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => {
+                    // Whatever a TLS layer holds goes out while the body waits.
+                    ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(Error::Write)?;
+                    return Poll::Pending;
+                }
+                Poll::Ready(None) => {
+                    self.end(out)?;
+                    continue;
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.body = None;
+                    return Poll::Ready(Err(Error::Body(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            let frame = match frame.into_data() {
+                Ok(data) => {
+                    self.push_data(data, out);
+                    if self.body.as_ref().is_some_and(|b| b.is_end_stream()) {
+                        self.end(out)?;
+                    }
+                    continue;
+                }
+                Err(frame) => frame,
+            };
+            if let Ok(trailers) = frame.into_trailers() {
+                self.push_trailers(&trailers, out);
+                self.end(out)?;
+            }
+        }
+    }
+
+    fn push_data(&mut self, mut data: Bytes, out: &mut BytesMut) {
+        if data.is_empty() {
+            return;
+        }
+        match &mut self.framing {
+            Some(Framing::Length(left)) => {
+                // More than the declared length: the rest is not sent, as
+                // hyper does, and the body is not read on.
+                if data.len() as u64 >= *left {
+                    data.truncate(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left = 0;
+                    self.body = None;
+                    self.framing = None;
+                } else {
+                    *left -= data.len() as u64;
+                }
+                self.data = data;
+            }
+            Some(Framing::Chunked { .. }) => {
+                use std::fmt::Write as _;
+                let _ = write!(ByteWriter(out), "{:X}\r\n", data.len());
+                self.data = data;
+                self.post = b"\r\n";
+            }
+            None => {}
+        }
+    }
+
+    fn push_trailers(&mut self, trailers: &HeaderMap, out: &mut BytesMut) {
+        let Some(Framing::Chunked { trailers: declared }) = &self.framing else {
+            return;
+        };
+        let mut kept = HeaderMap::new();
+        for (name, value) in trailers {
+            if declared.contains(name) && allowed_in_trailers(name) {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+        out.put_slice(b"0\r\n");
+        encode_fields(&kept, out);
+        out.put_slice(b"\r\n");
+        self.framing = None;
+        self.body = None;
+    }
+
+    /// The body ended: the last chunk, or a check that the declared length
+    /// went out whole.
+    fn end(&mut self, out: &mut BytesMut) -> Result<(), Error> {
+        self.body = None;
+        match self.framing.take() {
+            Some(Framing::Chunked { .. }) => out.put_slice(b"0\r\n\r\n"),
+            Some(Framing::Length(left)) if left > 0 => return Err(Error::BodyShort { left }),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// `fmt::Write` into a `BytesMut`, for a chunk size line.
+struct ByteWriter<'a>(&'a mut BytesMut);
+
+impl std::fmt::Write for ByteWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.put_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// A data frame already read from a body, then the rest of that body.
+struct Prepended {
+    first: Option<Bytes>,
+    rest: ProxyBody,
+}
+
+impl http_body::Body for Prepended {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(first))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let first = self.first.as_ref().map_or(0, |b| b.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower() + first);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + first);
+        }
+        hint
+    }
+}
