@@ -59,7 +59,7 @@ use crate::reply::Refusal;
 use crate::router::Route;
 use crate::snapshot::{Snapshot, State};
 use crate::upstream::balance::PickContext;
-use crate::upstream::client::ResponseBody;
+use crate::upstream::client::{Outgoing, ResponseBody};
 use crate::upstream::h1::Upgraded;
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::Acquired;
@@ -816,6 +816,9 @@ async fn attempts(
     let incoming = incoming.filter(|_| has_body).map(Reclaimable::slot);
     let failures = incoming.is_some().then(UploadFailures::default);
     let mut upgrade = upgrade;
+    // Whether `Host` in `head` is the member's (for an HTTP/1.0 client
+    // without one), to be replaced by the next member's.
+    let mut member_host = false;
     let mut last_error = None;
     let mut last_status = None;
     let mut next = 0;
@@ -863,27 +866,25 @@ async fn attempts(
         if !path_and_query.as_str().starts_with('/') {
             return Err(Refusal::BadRequest("invalid request target"));
         }
-        let uri = Uri::from(path_and_query.clone());
-        let mut up = Request::new(body);
-        *up.method_mut() = method.clone();
-        *up.uri_mut() = uri;
-        *up.version_mut() = Version::HTTP_11;
-        *up.headers_mut() = if attempt + 1 < attempts {
-            head.clone()
-        } else {
-            std::mem::take(&mut head)
-        };
-        if !up.headers().contains_key(header::HOST) {
-            // An HTTP/1.0 client without Host: HTTP/1.1 upstreams need one.
+        if member_host || !head.contains_key(header::HOST) {
+            // An HTTP/1.0 client without Host: HTTP/1.1 upstreams need one,
+            // the member's own (each attempt's).
             if let Ok(v) = HeaderValue::from_str(&member.addr.to_string()) {
-                up.headers_mut().insert(header::HOST, v);
+                head.insert(header::HOST, v);
+                member_host = true;
             }
         }
+        // Borrowed, not copied: every attempt sends the same head.
+        let up = Outgoing {
+            method: &method,
+            target: &path_and_query,
+            headers: &head,
+        };
 
         // Pinned here, once: the attempt's record takes it by reference.
         // A future passed on by value keeps its space in both states
         // (this one's is boxed, that is copied, for every request).
-        let mut sending = std::pin::pin!(pool.send(member.addr, up, sent_rx, proxied));
+        let mut sending = std::pin::pin!(pool.send(member.addr, up, body, sent_rx, proxied));
         let attempt = outcome.attempt(snap, pool_index, &pool.name, member.addr, sending.as_mut());
         let result = match deadline {
             None => attempt.await,

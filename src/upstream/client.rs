@@ -177,25 +177,24 @@ impl Client {
         });
     }
 
-    /// Sends `req` to the member at `addr` on a pooled connection, or a new
-    /// one, and waits for the response head. `req`'s target is in origin
-    /// form (an absolute one is cut down to it); its `Host` field names the
-    /// site.
+    /// Sends the request `out` with `body` to the member at `addr` on a
+    /// pooled connection, or a new one, and waits for the response head.
     pub(crate) async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
-        mut req: Request<ProxyBody>,
+        out: Outgoing<'_>,
+        mut body: ProxyBody,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         match self.take(addr) {
-            Some(Taken::H1(conn)) => match self.send_h1(addr, conn, req, true, true).await {
+            Some(Taken::H1(conn)) => match self.send_h1(addr, conn, out, body, true, true).await {
                 Ok(resp) => return Ok(resp),
                 // Closed before the request was written (the member closed
                 // the idle connection as it was taken): the request is
                 // untouched and goes on a new connection.
-                Err(Unsent::Back(r, _)) => req = *r,
+                Err(Unsent::Back(b, _)) => body = b,
                 Err(Unsent::Failed(e)) => return Err(e),
             },
-            Some(Taken::H2(send)) => return self.send_h2(addr, send, req).await,
+            Some(Taken::H2(send)) => return self.send_h2(addr, send, out, body).await,
             None => {}
         }
         // Requests that find no connection to an HTTP/2 member wait for the
@@ -206,7 +205,7 @@ impl Client {
                 let turn = gate.lock_owned().await;
                 if let Some(Taken::H2(send)) = self.take(addr) {
                     drop(turn);
-                    return self.send_h2(addr, send, req).await;
+                    return self.send_h2(addr, send, out, body).await;
                 }
                 Some(turn)
             }
@@ -223,13 +222,13 @@ impl Client {
             Sender::H1(conn) => {
                 // A new connection is rare beside a pooled one: its state
                 // is boxed too.
-                let first = Box::pin(self.send_h1_new(addr, conn, req, true));
+                let first = Box::pin(self.send_h1_new(addr, conn, out, body, true));
                 first.await
             }
             Sender::H2(send) => {
                 self.keep_h2(addr, &send);
                 drop(_turn);
-                self.send_h2(addr, send, req).await
+                self.send_h2(addr, send, out, body).await
             }
         }
     }
@@ -262,22 +261,12 @@ impl Client {
         self: &Arc<Self>,
         addr: SocketAddr,
         conn: h1::Conn,
-        mut req: Request<ProxyBody>,
+        out: Outgoing<'_>,
+        body: ProxyBody,
         reused: bool,
         pooled: bool,
     ) -> Result<Response<ResponseBody>, Unsent> {
-        // HTTP/1.1 to a server: the target in origin form (RFC 9112 §3.2.1),
-        // as the proxy makes it; an absolute one is cut down to it.
-        if req.uri().authority().is_some() || req.uri().scheme().is_some() {
-            let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-            *req.uri_mut() = Uri::try_from(target).map_err(|e| {
-                Unsent::Failed(UpstreamError::BeforeResponse {
-                    addr,
-                    reason: e.to_string(),
-                })
-            })?;
-        }
-        match h1::send(conn, req, reused).await {
+        match h1::send(conn, &out, body, reused).await {
             Ok(resp) => {
                 let (parts, mut body) = resp.into_parts();
                 let mut home = pooled.then(|| Home {
@@ -298,7 +287,7 @@ impl Client {
             Err(h1::Failed { error, unsent }) => {
                 let failed = self.h1_failure(addr, &error);
                 match unsent {
-                    Some(req) => Err(Unsent::Back(req, failed)),
+                    Some(body) => Err(Unsent::Back(body, failed)),
                     None => Err(Unsent::Failed(failed)),
                 }
             }
@@ -335,10 +324,11 @@ impl Client {
         self: &Arc<Self>,
         addr: SocketAddr,
         conn: h1::Conn,
-        req: Request<ProxyBody>,
+        out: Outgoing<'_>,
+        body: ProxyBody,
         pooled: bool,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        self.send_h1(addr, conn, req, false, pooled)
+        self.send_h1(addr, conn, out, body, false, pooled)
             .await
             .map_err(|u| match u {
                 Unsent::Failed(e) | Unsent::Back(_, e) => e,
@@ -351,9 +341,10 @@ impl Client {
         self: &Arc<Self>,
         addr: SocketAddr,
         send: http2::SendRequest<ProxyBody>,
-        req: Request<ProxyBody>,
+        out: Outgoing<'_>,
+        body: ProxyBody,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        self.send_h2_stream(addr, send, req, true).await
+        self.send_h2_stream(addr, send, out, body).await
     }
 
     /// Sends on an HTTP/2 connection. A bodiless request the member
@@ -363,11 +354,11 @@ impl Client {
         self: &Arc<Self>,
         addr: SocketAddr,
         mut send: http2::SendRequest<ProxyBody>,
-        req: Request<ProxyBody>,
-        may_resend: bool,
+        out: Outgoing<'_>,
+        body: ProxyBody,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let req = h2_form(addr, req)?;
-        let again = (may_resend && req.body().is_end_stream()).then(|| {
+        let req = h2_form(addr, out.to_request(body))?;
+        let again = req.body().is_end_stream().then(|| {
             let mut copy = Request::new(crate::body::empty());
             *copy.method_mut() = req.method().clone();
             *copy.uri_mut() = req.uri().clone();
@@ -411,18 +402,10 @@ impl Client {
                 }
             }
             Sender::H1(conn) => {
-                // The member now speaks HTTP/1.1: its site goes back in `Host`.
-                let mut req = req;
-                let host = req
-                    .uri()
-                    .authority()
-                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
-                if let Some(host) = host {
-                    req.headers_mut().entry(header::HOST).or_insert(host);
-                }
-                // Boxed: rare, and inline it would be part of every h2
-                // request's state.
-                let first = Box::pin(self.send_h1_new(addr, conn, req, true));
+                // The member now speaks HTTP/1.1: the head as the proxy
+                // made it. Boxed: rare, and inline it would be part of
+                // every h2 request's state.
+                let first = Box::pin(self.send_h1_new(addr, conn, out, req.into_body(), true));
                 first.await
             }
         }
@@ -435,11 +418,15 @@ impl Client {
         self: &Arc<Self>,
         addr: SocketAddr,
         preamble: &[u8],
-        req: Request<ProxyBody>,
+        out: Outgoing<'_>,
+        body: ProxyBody,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         match self.connector.connect(addr, preamble).await? {
-            Sender::H1(conn) => self.send_h1_new(addr, conn, req, false).await,
-            Sender::H2(mut send) => match send.send_request(h2_form(addr, req)?).await {
+            Sender::H1(conn) => self.send_h1_new(addr, conn, out, body, false).await,
+            Sender::H2(mut send) => match send
+                .send_request(h2_form(addr, out.to_request(body))?)
+                .await
+            {
                 Ok(resp) => checked(addr, resp),
                 Err(e) => Err(failure(addr, &e, &self.connector)),
             },
@@ -587,9 +574,33 @@ fn checked(
 /// Why a request failed on an HTTP/1.1 connection; `Back` when the
 /// connection closed before any of it was written, with the request.
 enum Unsent {
-    /// Boxed: rare, and a request head is a few hundred bytes.
-    Back(Box<Request<ProxyBody>>, UpstreamError),
+    /// The body, unread (the head is the caller's).
+    Back(ProxyBody, UpstreamError),
     Failed(UpstreamError),
+}
+
+/// A request head as the proxy forwards it, borrowed: every attempt, and a
+/// second try on a new connection, sends the same head without a copy of
+/// it, and over HTTP/1.1 it is encoded straight from the proxy's.
+#[derive(Clone, Copy)]
+pub(crate) struct Outgoing<'a> {
+    pub method: &'a http::Method,
+    /// The target in origin form (RFC 9112 §3.2.1); an HTTP/2 member's
+    /// authority is made from `Host` (see [`h2_form`]).
+    pub target: &'a http::uri::PathAndQuery,
+    /// `Host` naming the site, the forwarding fields, and the rest.
+    pub headers: &'a http::HeaderMap,
+}
+
+impl Outgoing<'_> {
+    /// The request, owned, for hyper's HTTP/2 client.
+    fn to_request(self, body: ProxyBody) -> Request<ProxyBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = Uri::from(self.target.clone());
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
 }
 
 /// An HTTP/2 request names its site in `:authority` (from the client's

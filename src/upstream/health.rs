@@ -151,8 +151,8 @@ async fn attempt(
         .map_err(|e| e.to_string())?
     {
         Sender::H1(conn) => {
-            let mut req = req.map(|_| crate::body::empty());
-            let headers = req.headers_mut();
+            let (mut parts, _) = req.into_parts();
+            let headers = &mut parts.headers;
             headers.insert(
                 header::CONNECTION,
                 header::HeaderValue::from_static("close"),
@@ -160,7 +160,17 @@ async fn attempt(
             if let Ok(v) = header::HeaderValue::from_str(host) {
                 headers.insert(header::HOST, v);
             }
-            super::h1::send(conn, req, false)
+            let target = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            let out = super::client::Outgoing {
+                method: &parts.method,
+                target: &target,
+                headers: &parts.headers,
+            };
+            super::h1::send(conn, &out, crate::body::empty(), false)
                 .await
                 .map(|resp| resp.status())
                 .map_err(|f| format!("request: {}", f.error))?

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio::sync::oneshot;
 
 use super::balance::{bounded_balancer, Balancer, PickContext};
-use super::client::{Client, ResponseBody};
+use super::client::{Client, Outgoing, ResponseBody};
 use super::connect::Connector;
 use super::member::{now_ms, InFlight, Member, MemberState};
 use super::outlier::{self, Outcome};
@@ -415,8 +415,8 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (its target in origin form, its `Host` naming the site)
-    /// to the member at `addr` and waits for the response head. The response timeout starts
+    /// Sends the request `out` with `body` to the member at `addr` and
+    /// waits for the response head. The response timeout starts
     /// once `sent` fires, i.e. when the whole request body has gone out (at
     /// once when there is no `sent`: a request without a body).
     ///
@@ -428,7 +428,8 @@ impl Pool {
     pub(crate) async fn send(
         &self,
         addr: SocketAddr,
-        req: http::Request<ProxyBody>,
+        out: Outgoing<'_>,
+        body: ProxyBody,
         sent: Option<oneshot::Receiver<()>>,
         proxied: Option<(SocketAddr, SocketAddr)>,
     ) -> Result<http::Response<ResponseBody>, UpstreamError> {
@@ -444,7 +445,7 @@ impl Pool {
         // first: a future bound and then moved keeps its space in this
         // one's state too, and this one is part of every attempt's.
         tokio::select! {
-            r = self.exchange(addr, req, proxied) => r,
+            r = self.exchange(addr, out, body, proxied) => r,
             () = deadline => Err(UpstreamError::ResponseTimeout { addr, after }),
         }
     }
@@ -455,11 +456,12 @@ impl Pool {
     async fn exchange(
         &self,
         addr: SocketAddr,
-        req: http::Request<ProxyBody>,
+        out: Outgoing<'_>,
+        body: ProxyBody,
         proxied: Option<(SocketAddr, SocketAddr)>,
     ) -> Result<http::Response<ResponseBody>, UpstreamError> {
         let Some(version) = self.config.send_proxy_protocol.version() else {
-            return self.client.send(addr, req).await;
+            return self.client.send(addr, out, body).await;
         };
         let header = match proxied {
             Some((source, destination)) => {
@@ -470,7 +472,7 @@ impl Pool {
         // Boxed, in a statement of its own (a temporary lives to the end of
         // its statement, the await included): pools without PROXY headers
         // should not carry this path's state in every request's future.
-        let once = Box::pin(self.client.send_once(addr, &header, req));
+        let once = Box::pin(self.client.send_once(addr, &header, out, body));
         once.await
     }
 }

@@ -20,10 +20,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, Request, Response};
+use http::{Method, Response};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::client::Outgoing;
 use super::connect::Stream;
 use crate::body::{BoxError, ProxyBody};
 use crate::framing::Violation;
@@ -57,12 +58,12 @@ pub(crate) enum Error {
     Chunked(&'static str),
 }
 
-/// A failed exchange; `unsent` is the request, whole, when none of it
-/// reached the member (a pooled connection found closed on the first
-/// write), so that it can go on another connection.
+/// A failed exchange; `unsent` is the request's body, unread, when none of
+/// the request reached the member (a pooled connection found closed on the
+/// first write), so that it can go on another connection.
 pub(crate) struct Failed {
     pub error: Error,
-    pub unsent: Option<Box<Request<ProxyBody>>>,
+    pub unsent: Option<ProxyBody>,
 }
 
 /// An HTTP/1.1 connection to a member, between exchanges or in one.
@@ -101,18 +102,18 @@ impl Conn {
     }
 }
 
-/// Sends `req` on `conn` and reads the response head. `req`'s target is
-/// in origin form and its fields are as they go out (the body's framing
-/// fields aside, see `write`). `reused`: the connection carried a request
-/// before, so a first write that fails gives the request back.
+/// Sends the request `out` with `body` on `conn` and reads the response
+/// head. Its fields go out as they are (the body's framing fields aside,
+/// see `write`). `reused`: the connection carried a request before, so a
+/// first write that fails gives the body back.
 pub(crate) async fn send(
     mut conn: Conn,
-    req: Request<ProxyBody>,
+    out: &Outgoing<'_>,
+    body: ProxyBody,
     reused: bool,
 ) -> Result<Response<Body>, Failed> {
-    let (mut parts, body) = req.into_parts();
-    let mut up = write::Upload::new(&mut parts, body, &mut conn.wbuf);
-    let asked_close = parts
+    let mut up = write::Upload::new(out, body, &mut conn.wbuf);
+    let asked_close = out
         .headers
         .get_all(http::header::CONNECTION)
         .iter()
@@ -130,16 +131,14 @@ pub(crate) async fn send(
                 Poll::Pending => {}
             }
         }
-        poll_head(&mut conn, &parts.method, cx)
+        poll_head(&mut conn, out.method, cx)
     })
     .await;
     let head = match head {
         Ok(head) => head,
         Err(error) => {
-            let unsent = (reused && !up.wrote_any && matches!(error, Error::Write(_))).then(|| {
-                conn.wbuf.clear();
-                Box::new(Request::from_parts(parts, up.into_body()))
-            });
+            let unsent = (reused && !up.wrote_any && matches!(error, Error::Write(_)))
+                .then(|| up.into_body());
             return Err(Failed { error, unsent });
         }
     };

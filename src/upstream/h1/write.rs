@@ -8,14 +8,15 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
-use http::{request, HeaderMap, Method};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, Method};
 use http_body::Body as _;
 use tokio::io::AsyncWrite;
 
 use super::read::content_length;
 use super::Error;
 use crate::body::ProxyBody;
+use crate::upstream::client::Outgoing;
 use crate::upstream::connect::Stream;
 
 /// How the request body is delimited on the wire.
@@ -48,50 +49,64 @@ fn allowed_in_trailers(name: &HeaderName) -> bool {
     )
 }
 
-/// Decides the body's framing from the head and the body, adjusting the
-/// head's framing fields: an explicit `Transfer-Encoding` makes it chunked
-/// (and drops `Content-Length`), else an explicit `Content-Length` is kept,
-/// else a body of known size gets one, else the body is chunked, except
-/// after `GET`, `HEAD` and `CONNECT`, which are sent without one. A body
-/// that has already ended is sent as none.
-fn framing(parts: &mut request::Parts, body: &ProxyBody) -> Option<Framing> {
-    let headers = &mut parts.headers;
+/// How the request goes out: the body's framing, and the head's framing
+/// fields as they are written.
+struct Plan {
+    framing: Option<Framing>,
+    /// The head's `Transfer-Encoding` fields are left out.
+    drop_te: bool,
+    /// The head's `Content-Length` fields are left out.
+    drop_length: bool,
+    /// A framing field written after the head's own.
+    add: Option<Added>,
+}
+
+enum Added {
+    Length(u64),
+    Chunked,
+}
+
+/// Decides the body's framing from the head and the body, as hyper's
+/// client did: an explicit `Transfer-Encoding` makes it chunked (and drops
+/// `Content-Length`), else an explicit `Content-Length` is kept, else a
+/// body of known size gets one, else the body is chunked, except after
+/// `GET`, `HEAD` and `CONNECT`, which are sent without one. A body that has
+/// already ended is sent as none.
+fn plan(out: &Outgoing<'_>, body: &ProxyBody) -> Plan {
+    let headers = out.headers;
+    let mut plan = Plan {
+        framing: None,
+        drop_te: false,
+        drop_length: false,
+        add: None,
+    };
     if body.is_end_stream() {
-        headers.remove(header::TRANSFER_ENCODING);
-        return None;
+        plan.drop_te = true;
+        return plan;
     }
     let length = content_length(headers).ok().flatten();
     if headers.contains_key(header::TRANSFER_ENCODING) {
-        if length.is_some() {
-            headers.remove(header::CONTENT_LENGTH);
-        }
+        plan.drop_length = length.is_some();
         if !super::read::is_chunked(headers) {
-            headers.append(
-                header::TRANSFER_ENCODING,
-                HeaderValue::from_static("chunked"),
-            );
+            plan.add = Some(Added::Chunked);
         }
-        return Some(Framing::Chunked {
+        plan.framing = Some(Framing::Chunked {
+            trailers: declared_trailers(headers),
+        });
+    } else if let Some(n) = length {
+        plan.framing = Some(Framing::Length(n));
+    } else if let Some(n) = body.size_hint().exact() {
+        plan.add = Some(Added::Length(n));
+        plan.framing = Some(Framing::Length(n));
+    } else if matches!(*out.method, Method::GET | Method::HEAD | Method::CONNECT) {
+        plan.framing = Some(Framing::Length(0));
+    } else {
+        plan.add = Some(Added::Chunked);
+        plan.framing = Some(Framing::Chunked {
             trailers: declared_trailers(headers),
         });
     }
-    if let Some(n) = length {
-        return Some(Framing::Length(n));
-    }
-    if let Some(n) = body.size_hint().exact() {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        return Some(Framing::Length(n));
-    }
-    if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) {
-        return Some(Framing::Length(0));
-    }
-    headers.insert(
-        header::TRANSFER_ENCODING,
-        HeaderValue::from_static("chunked"),
-    );
-    Some(Framing::Chunked {
-        trailers: declared_trailers(headers),
-    })
+    plan
 }
 
 /// The field names a request's `Trailer` fields announce.
@@ -105,30 +120,51 @@ fn declared_trailers(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Encodes the request line and fields. The target is in origin form.
-fn encode_head(parts: &request::Parts, out: &mut BytesMut) {
-    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let method = parts.method.as_str();
-    let fields: usize = parts
+/// Encodes the request line and fields, framing fields as `plan` says.
+fn encode_head(out: &Outgoing<'_>, plan: &Plan, buf: &mut BytesMut) {
+    let target = out.target.as_str();
+    let method = out.method.as_str();
+    let fields: usize = out
         .headers
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
-    out.reserve(method.len() + target.len() + 13 + fields);
-    out.put_slice(method.as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(target.as_bytes());
-    out.put_slice(b" HTTP/1.1\r\n");
-    encode_fields(&parts.headers, out);
-    out.put_slice(b"\r\n");
+    buf.reserve(method.len() + target.len() + 13 + fields + 40);
+    buf.put_slice(method.as_bytes());
+    buf.put_u8(b' ');
+    buf.put_slice(target.as_bytes());
+    buf.put_slice(b" HTTP/1.1\r\n");
+    for (name, value) in out.headers {
+        let dropped = (plan.drop_te && name == header::TRANSFER_ENCODING)
+            || (plan.drop_length && name == header::CONTENT_LENGTH);
+        if !dropped {
+            put_field(name, value.as_bytes(), buf);
+        }
+    }
+    match plan.add {
+        Some(Added::Length(n)) => {
+            put_field(
+                &header::CONTENT_LENGTH,
+                itoa::Buffer::new().format(n).as_bytes(),
+                buf,
+            );
+        }
+        Some(Added::Chunked) => put_field(&header::TRANSFER_ENCODING, b"chunked", buf),
+        None => {}
+    }
+    buf.put_slice(b"\r\n");
 }
 
-fn encode_fields(headers: &HeaderMap, out: &mut BytesMut) {
+fn put_field(name: &HeaderName, value: &[u8], buf: &mut BytesMut) {
+    buf.put_slice(name.as_str().as_bytes());
+    buf.put_slice(b": ");
+    buf.put_slice(value);
+    buf.put_slice(b"\r\n");
+}
+
+fn encode_fields(headers: &HeaderMap, buf: &mut BytesMut) {
     for (name, value) in headers {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        put_field(name, value.as_bytes(), buf);
     }
 }
 
@@ -148,11 +184,12 @@ pub(super) struct Upload {
 }
 
 impl Upload {
-    /// Frames the request, encodes its head into `out`, and keeps the
+    /// Frames the request, encodes its head into `buf`, and keeps the
     /// body to stream.
-    pub(super) fn new(parts: &mut request::Parts, body: ProxyBody, out: &mut BytesMut) -> Upload {
-        let framing = framing(parts, &body);
-        encode_head(parts, out);
+    pub(super) fn new(out: &Outgoing<'_>, body: ProxyBody, buf: &mut BytesMut) -> Upload {
+        let plan = plan(out, &body);
+        encode_head(out, &plan, buf);
+        let framing = plan.framing;
         // A body with no room (`GET` with a body of unknown length) is
         // dropped unread, as hyper drops it.
         let body = match framing {
