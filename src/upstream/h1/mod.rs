@@ -149,6 +149,7 @@ pub(crate) async fn send(
         upgrade,
     } = head;
     let body = Body {
+        failed: None,
         conn: Some(conn),
         decode,
         upload: uploading.then_some(up),
@@ -194,6 +195,8 @@ pub(crate) struct Body {
     upgrade: bool,
     /// Chunk extension bytes seen in this body.
     ext_seen: usize,
+    /// A failure to report on the next poll.
+    failed: Option<Error>,
 }
 
 impl Body {
@@ -232,6 +235,9 @@ impl http_body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = self.get_mut();
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
         let Some(conn) = &mut this.conn else {
             return Poll::Ready(None);
         };
@@ -249,13 +255,26 @@ impl http_body::Body for Body {
                 Poll::Pending => {}
             }
         }
-        this.decode.poll_frame(
+        let polled = this.decode.poll_frame(
             &mut conn.io,
             &mut conn.rbuf,
             &mut conn.read_size,
             &mut this.ext_seen,
             cx,
-        )
+        );
+        match polled {
+            Poll::Ready(Some(Err(e))) => {
+                // A failure found in the same poll as the data before it
+                // (the member sent some and closed) is reported on the
+                // next poll: the reader first writes out what it has, as
+                // it did when the failure came from another task.
+                this.failed = Some(e);
+                this.conn = None;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            polled => polled,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
