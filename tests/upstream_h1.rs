@@ -54,7 +54,7 @@ struct Scripted {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     received: Arc<Mutex<Vec<Received>>>,
-    closed: Mutex<mpsc::UnboundedReceiver<()>>,
+    closed: tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -70,7 +70,7 @@ impl Scripted {
     }
 
     async fn wait_closed(&self) {
-        let mut closed = self.closed.lock().unwrap();
+        let mut closed = self.closed.lock().await;
         tokio::time::timeout(PATIENCE, closed.recv())
             .await
             .expect("the origin closed a connection in time");
@@ -101,7 +101,7 @@ async fn scripted(script: impl Fn(usize) -> Answer + Send + Sync + 'static) -> S
         addr,
         connections,
         received,
-        closed: Mutex::new(closed_rx),
+        closed: tokio::sync::Mutex::new(closed_rx),
         task,
     }
 }
