@@ -425,3 +425,59 @@ async fn a_request_body_of_unknown_length_is_streamed_chunked() {
     );
     assert_eq!(seen[1].body, b"twelve bytes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_the_member_sends_right_after_its_101_reach_the_client() {
+    // The member's first message of the new protocol comes in the same
+    // segment as the 101: it is read with the head, and must not be lost.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let member = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        read_request(&mut s, &mut buf)
+            .await
+            .expect("the upgrade request");
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nhello from the member\n")
+            .await
+            .unwrap();
+        // Then an echo of whatever comes.
+        let mut chunk = [0u8; 1024];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => s.write_all(&chunk[..n]).await.unwrap(),
+            }
+        }
+    });
+    let d = Daemon::start(&one_worker(&simple_config(&[origin], "")));
+    let mut client = TcpStream::connect(d.addr("http")).await.unwrap();
+    client
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let until = |seen: &[u8], what: &[u8]| find(seen, what).is_some();
+    tokio::time::timeout(PATIENCE, async {
+        while !until(&seen, b"hello from the member\n") {
+            fill(&mut client, &mut seen).await.expect("the greeting");
+        }
+    })
+    .await
+    .expect("the greeting in time");
+    assert!(
+        seen.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    client.write_all(b"ping\n").await.unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        while !until(&seen, b"ping\n") {
+            fill(&mut client, &mut seen).await.expect("the echo");
+        }
+    })
+    .await
+    .expect("the echo in time");
+    drop(client);
+    member.abort();
+}

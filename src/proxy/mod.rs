@@ -45,9 +45,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
-use crate::body::{
-    self, BoxError, End, MinRateBody, ProxyBody, Reclaimable, UploadBody, Watch, Watched,
-};
+use crate::body::{self, End, MinRateBody, ProxyBody, Reclaimable, UploadBody, Watch, Watched};
 use crate::cache::{self, Looked, Lookup};
 use crate::compress::Accepted;
 use crate::config::{Limits, Vars};
@@ -1113,7 +1111,8 @@ fn respond(resp: Response<ResponseBody>, in_flight: UpstreamBody) -> Response<Pr
     parts
         .headers
         .append(header::VIA, headers::via(parts.version));
-    let body = Watched::new(body, in_flight).map_err(BoxError::from);
+    // The upstream body's errors are already boxed: no `map_err` layer.
+    let body = Watched::new(body, in_flight);
     Response::from_parts(parts, body.boxed())
 }
 

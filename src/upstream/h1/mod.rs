@@ -113,15 +113,7 @@ pub(crate) async fn send(
     reused: bool,
 ) -> Result<Response<Body>, Failed> {
     let mut up = write::Upload::new(out, body, &mut conn.wbuf);
-    let asked_close = out
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        });
+    let asked_close = up.asked_close;
     let mut uploading = true;
     let head = poll_fn(|cx| {
         if uploading {

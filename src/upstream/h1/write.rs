@@ -120,25 +120,30 @@ fn declared_trailers(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Encodes the request line and fields, framing fields as `plan` says.
-fn encode_head(out: &Outgoing<'_>, plan: &Plan, buf: &mut BytesMut) {
+/// Encodes the request line and fields, framing fields as `plan` says;
+/// whether a `Connection` field says `close`.
+fn encode_head(out: &Outgoing<'_>, plan: &Plan, buf: &mut BytesMut) -> bool {
     let target = out.target.as_str();
     let method = out.method.as_str();
-    let fields: usize = out
-        .headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    buf.reserve(method.len() + target.len() + 13 + fields + 40);
+    // The buffer is the connection's, its room kept from one request to
+    // the next: this reserves once per connection, not per request.
+    buf.reserve(HEAD_ROOM);
     buf.put_slice(method.as_bytes());
     buf.put_u8(b' ');
     buf.put_slice(target.as_bytes());
     buf.put_slice(b" HTTP/1.1\r\n");
+    let mut close = false;
     for (name, value) in out.headers {
         let dropped = (plan.drop_te && name == header::TRANSFER_ENCODING)
             || (plan.drop_length && name == header::CONTENT_LENGTH);
         if !dropped {
             put_field(name, value.as_bytes(), buf);
+        }
+        if name == header::CONNECTION {
+            close |= value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
         }
     }
     match plan.add {
@@ -153,7 +158,12 @@ fn encode_head(out: &Outgoing<'_>, plan: &Plan, buf: &mut BytesMut) {
         None => {}
     }
     buf.put_slice(b"\r\n");
+    close
 }
+
+/// What a connection's write buffer is first given: most request heads
+/// fit (a larger one grows it).
+const HEAD_ROOM: usize = 2 << 10;
 
 fn put_field(name: &HeaderName, value: &[u8], buf: &mut BytesMut) {
     buf.put_slice(name.as_str().as_bytes());
@@ -181,6 +191,8 @@ pub(super) struct Upload {
     /// Whether any byte has been written (before that, a failed write
     /// means the member saw nothing of the request).
     pub(super) wrote_any: bool,
+    /// The request's `Connection` field says `close`.
+    pub(super) asked_close: bool,
 }
 
 impl Upload {
@@ -188,7 +200,7 @@ impl Upload {
     /// body to stream.
     pub(super) fn new(out: &Outgoing<'_>, body: ProxyBody, buf: &mut BytesMut) -> Upload {
         let plan = plan(out, &body);
-        encode_head(out, &plan, buf);
+        let asked_close = encode_head(out, &plan, buf);
         let framing = plan.framing;
         // A body with no room (`GET` with a body of unknown length) is
         // dropped unread, as hyper drops it.
@@ -202,6 +214,7 @@ impl Upload {
             data: Bytes::new(),
             post: b"",
             wrote_any: false,
+            asked_close,
         }
     }
 
