@@ -66,28 +66,33 @@ pub(super) enum Chunked {
 /// rule, RFC 9110 §8.6): `Ok(None)` without one, `Err` when they disagree
 /// or one is not a number.
 pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() {
-                return Err(());
-            }
-            let mut n: u64 = 0;
-            for &b in part {
-                if !b.is_ascii_digit() {
-                    return Err(());
-                }
-                n = n
-                    .checked_mul(10)
-                    .and_then(|n| n.checked_add(u64::from(b - b'0')))
-                    .ok_or(())?;
-            }
-            if length.is_some_and(|l| l != n) {
-                return Err(());
-            }
-            length = Some(n);
+    headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .try_fold(None, |length, value| add_length(length, value))
+}
+
+/// `length` (so far) with one more `Content-Length` field's value.
+fn add_length(mut length: Option<u64>, value: &HeaderValue) -> Result<Option<u64>, ()> {
+    for part in value.as_bytes().split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() {
+            return Err(());
         }
+        let mut n: u64 = 0;
+        for &b in part {
+            if !b.is_ascii_digit() {
+                return Err(());
+            }
+            n = n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(b - b'0')))
+                .ok_or(())?;
+        }
+        if length.is_some_and(|l| l != n) {
+            return Err(());
+        }
+        length = Some(n);
     }
     Ok(length)
 }
@@ -173,6 +178,11 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<H
         parts.version = version;
         let mut keep_alive = version == Version::HTTP_11;
         let mut said_close = false;
+        // The framing fields, noted on the way (no lookups after).
+        let mut framing = Framing {
+            chunked_or_coded: false,
+            length: Ok(None),
+        };
         let headers = &mut parts.headers;
         headers.reserve(count);
         for &(ns, ne, vs, ve) in &at {
@@ -188,6 +198,10 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<H
                 } else if !keep_alive {
                     keep_alive = lists(&value, "keep-alive");
                 }
+            } else if name == header::CONTENT_LENGTH {
+                framing.length = framing.length.and_then(|l| add_length(l, &value));
+            } else if name == header::TRANSFER_ENCODING {
+                framing.chunked_or_coded = true;
             }
             headers.append(name, value);
         }
@@ -196,8 +210,10 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<H
                 parts.extensions.insert(reason);
             }
         }
-        let (decode, upgrade) = decoder(&parts, method)?;
-        crate::framing::check_response_head(&parts.headers).map_err(Error::Framing)?;
+        let (decode, upgrade) = decoder(&parts, method, framing)?;
+        if framing.chunked_or_coded {
+            crate::framing::check_response_head(&parts.headers).map_err(Error::Framing)?;
+        }
         return Ok(Some(Head {
             parts,
             decode,
@@ -207,9 +223,23 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<H
     }
 }
 
+/// What a response head's framing fields say.
+#[derive(Clone, Copy)]
+struct Framing {
+    /// It has a `Transfer-Encoding` field.
+    chunked_or_coded: bool,
+    /// Its `Content-Length` fields, `Err` when they disagree or one is not
+    /// a number.
+    length: Result<Option<u64>, ()>,
+}
+
 /// How the body of a final response is delimited (RFC 9112 §6.3, in
 /// hyper's order), and whether the response upgrades the connection.
-fn decoder(parts: &response::Parts, method: &Method) -> Result<(Decode, bool), Error> {
+fn decoder(
+    parts: &response::Parts,
+    method: &Method,
+    framing: Framing,
+) -> Result<(Decode, bool), Error> {
     match parts.status.as_u16() {
         101 => return Ok((Decode::Done, true)),
         204 | 304 => return Ok((Decode::Done, false)),
@@ -221,19 +251,18 @@ fn decoder(parts: &response::Parts, method: &Method) -> Result<(Decode, bool), E
     if *method == Method::CONNECT && parts.status.is_success() {
         return Ok((Decode::Done, true));
     }
-    let headers = &parts.headers;
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if framing.chunked_or_coded {
         if parts.version == Version::HTTP_10 {
             return Err(Error::Head(
                 "HTTP/1.0 response with Transfer-Encoding".into(),
             ));
         }
-        if is_chunked(headers) {
+        if is_chunked(&parts.headers) {
             return Ok((Decode::Chunked(Chunked::Size), false));
         }
         return Ok((Decode::Eof, false));
     }
-    match content_length(headers) {
+    match framing.length {
         Ok(Some(0)) => Ok((Decode::Done, false)),
         Ok(Some(n)) => Ok((Decode::Length(n), false)),
         Ok(None) => Ok((Decode::Eof, false)),
