@@ -481,3 +481,44 @@ async fn bytes_the_member_sends_right_after_its_101_reach_the_client() {
     drop(client);
     member.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_answers_leave_the_connection_ready_and_close_is_obeyed() {
+    let origin = scripted(|n| match n {
+        // HEAD: the length is the GET's, no body follows.
+        1 => Answer::whole(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+        2 => Answer::whole(b"HTTP/1.1 204 No Content\r\n\r\n"),
+        3 => Answer::whole(b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"),
+        // The member asks to close: the next request needs a new connection.
+        4 => {
+            Answer::whole(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbye!")
+        }
+        n => ok(n),
+    })
+    .await;
+    let d = daemon(&origin);
+    let r = h1(
+        d.addr("http"),
+        request(Method::HEAD, "/head", "localhost", empty()),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("5"));
+    assert!(r.body.is_empty());
+    assert_eq!(get(d.addr("http"), "/empty").await.status, 204);
+    let r = h1(
+        d.addr("http"),
+        request_with_headers(
+            Method::GET,
+            "/cond",
+            "localhost",
+            &[("if-none-match", "\"x\"")],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 304);
+    assert_eq!(get(d.addr("http"), "/close").await.text(), "bye!");
+    assert_eq!(get(d.addr("http"), "/next").await.text(), "ok 5");
+    let conns: Vec<usize> = origin.received().iter().map(|r| r.conn).collect();
+    assert_eq!(conns, [1, 1, 1, 1, 2]);
+}
