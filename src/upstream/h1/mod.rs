@@ -85,7 +85,7 @@ impl Conn {
             io,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
-            read_size: read::first_read(),
+            read_size: read::FIRST_READ,
         }
     }
 
@@ -163,7 +163,7 @@ fn poll_head(
             return Poll::Ready(Ok(head));
         }
         let want = if conn.rbuf.is_empty() {
-            read::first_read()
+            read::FIRST_READ
         } else {
             conn.rbuf.len()
         };

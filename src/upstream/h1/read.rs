@@ -25,7 +25,7 @@ const MAX_CHUNK_EXTENSIONS: usize = 16 << 10;
 const MAX_TRAILERS: usize = 16 << 10;
 /// The first read's size; a body read that fills the buffer doubles the
 /// next, up to [`UPSTREAM_READ_BUF`].
-const FIRST_READ: usize = 8 << 10;
+pub(super) const FIRST_READ: usize = 8 << 10;
 
 /// A response head and what follows it.
 pub(super) struct Head {
@@ -376,11 +376,6 @@ fn fill(
         *read_size = (*read_size * 2).min(UPSTREAM_READ_BUF);
     }
     Poll::Ready(Ok(n))
-}
-
-/// The initial read size for a connection.
-pub(super) const fn first_read() -> usize {
-    FIRST_READ
 }
 
 /// One step of chunked decoding on what is buffered.
