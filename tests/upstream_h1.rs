@@ -522,3 +522,50 @@ async fn bodiless_answers_leave_the_connection_ready_and_close_is_obeyed() {
     let conns: Vec<usize> = origin.received().iter().map(|r| r.conn).collect();
     assert_eq!(conns, [1, 1, 1, 1, 2]);
 }
+
+/// A body of the given frames, of no declared length, that says it has
+/// ended as soon as its last frame is taken (as an HTTP/2 request body
+/// whose last DATA frame carries END_STREAM does).
+struct Frames(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|d| Ok(http_body::Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_upload_whose_last_frame_ends_it_is_framed_in_order() {
+    let origin = scripted(ok).await;
+    let d = daemon(&origin);
+    let mut send = h2c_conn(d.addr("http")).await;
+    let body = Frames(
+        ["one, ", "two, ", "three"]
+            .into_iter()
+            .map(Bytes::from)
+            .collect(),
+    );
+    let req = h2_request(Method::POST, "http://localhost/upload", body.boxed());
+    let r = h2_send(&mut send, req).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = origin.received();
+    assert!(
+        seen[0].head.contains("\r\ntransfer-encoding: chunked"),
+        "{}",
+        seen[0].head
+    );
+    assert_eq!(seen[0].body, b"one, two, three");
+    // The connection is still in step: the next request on it is answered.
+    assert_eq!(get(d.addr("http"), "/next").await.text(), "ok 2");
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
+}

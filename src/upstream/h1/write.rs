@@ -243,7 +243,24 @@ impl Upload {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Error>> {
         loop {
-            while !out.is_empty() || !self.data.is_empty() || !self.post.is_empty() {
+            // The next frame is taken before what is encoded is written, so
+            // that a frame that is ready goes out in the same write as what
+            // precedes it (the head, for a small body).
+            let mut waiting = false;
+            if self.data.is_empty() && self.post.is_empty() {
+                if let Some(body) = &mut self.body {
+                    match Pin::new(body).poll_frame(cx) {
+                        Poll::Pending => waiting = true,
+                        Poll::Ready(None) => self.end(out)?,
+                        Poll::Ready(Some(Err(e))) => {
+                            self.body = None;
+                            return Poll::Ready(Err(Error::Body(e)));
+                        }
+                        Poll::Ready(Some(Ok(frame))) => self.push_frame(frame, out)?,
+                    }
+                }
+            }
+            if !out.is_empty() || !self.data.is_empty() || !self.post.is_empty() {
                 let slices = [
                     IoSlice::new(out),
                     IoSlice::new(&self.data),
@@ -263,43 +280,45 @@ impl Upload {
                 self.data.advance(k);
                 n -= k;
                 self.post = &self.post[n.min(self.post.len())..];
+                if out.is_empty() {
+                    out.clear();
+                }
+                continue;
             }
-            out.clear();
-            let Some(body) = &mut self.body else {
+            if self.body.is_none() || waiting {
+                // Whatever a TLS layer holds goes out, the request whole or
+                // the body waiting for more.
                 ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(Error::Write)?;
-                return Poll::Ready(Ok(()));
-            };
-            let frame = match Pin::new(body).poll_frame(cx) {
-                Poll::Pending => {
-                    // Whatever a TLS layer holds goes out while the body waits.
-                    ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(Error::Write)?;
+                if waiting {
                     return Poll::Pending;
                 }
-                Poll::Ready(None) => {
-                    self.end(out)?;
-                    continue;
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    self.body = None;
-                    return Poll::Ready(Err(Error::Body(e)));
-                }
-                Poll::Ready(Some(Ok(frame))) => frame,
-            };
-            let frame = match frame.into_data() {
-                Ok(data) => {
-                    self.push_data(data, out);
-                    if self.body.as_ref().is_some_and(|b| b.is_end_stream()) {
-                        self.end(out)?;
-                    }
-                    continue;
-                }
-                Err(frame) => frame,
-            };
-            if let Ok(trailers) = frame.into_trailers() {
-                self.push_trailers(&trailers, out);
-                self.end(out)?;
+                return Poll::Ready(Ok(()));
             }
         }
+    }
+
+    /// Encodes one frame of the body (nothing is pending: the caller
+    /// wrote all before taking it).
+    fn push_frame(
+        &mut self,
+        frame: http_body::Frame<Bytes>,
+        out: &mut BytesMut,
+    ) -> Result<(), Error> {
+        match frame.into_data() {
+            Ok(data) => {
+                self.push_data(data, out);
+                if self.body.as_ref().is_some_and(|b| b.is_end_stream()) {
+                    self.end(out)?;
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    self.push_trailers(&trailers, out);
+                    self.end(out)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn push_data(&mut self, mut data: Bytes, out: &mut BytesMut) {
@@ -352,6 +371,11 @@ impl Upload {
     fn end(&mut self, out: &mut BytesMut) -> Result<(), Error> {
         self.body = None;
         match self.framing.take() {
+            // After a data frame still to write, the last chunk follows its
+            // CRLF (anything in `out` goes before the data).
+            Some(Framing::Chunked { .. }) if !self.data.is_empty() => {
+                self.post = b"\r\n0\r\n\r\n";
+            }
             Some(Framing::Chunked { .. }) => out.put_slice(b"0\r\n\r\n"),
             Some(Framing::Length(left)) if left > 0 => return Err(Error::BodyShort { left }),
             _ => {}
