@@ -569,3 +569,36 @@ async fn a_chunked_upload_whose_last_frame_ends_it_is_framed_in_order() {
     assert_eq!(get(d.addr("http"), "/next").await.text(), "ok 2");
     assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_upload_ends_reaches_the_client() {
+    // The member refuses the upload from its head alone, answering while
+    // the body is still coming (and reading the rest away).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let member = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        while find(&buf, b"\r\n\r\n").is_none() {
+            fill(&mut s, &mut buf).await.expect("the request head");
+        }
+        s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
+            .await
+            .unwrap();
+        while fill(&mut s, &mut buf).await.is_some() {
+            buf.clear();
+        }
+    });
+    let d = Daemon::start(&one_worker(&simple_config(&[origin], "")));
+    let (tx, rx) = mpsc::channel(4);
+    let req = request(Method::POST, "/upload", "localhost", ChanBody(rx).boxed());
+    tx.send(Bytes::from_static(b"the first part"))
+        .await
+        .unwrap();
+    // The rest of the body never comes while the answer is awaited.
+    let r = h1(d.addr("http"), req).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.text(), "too big!");
+    drop(tx);
+    member.abort();
+}

@@ -115,10 +115,22 @@ pub(crate) async fn send(
     let mut up = write::Upload::new(out, body, &mut conn.wbuf);
     let asked_close = up.asked_close;
     let mut uploading = true;
+    let mut write_failed = false;
     let head = poll_fn(|cx| {
         if uploading {
             match up.poll(&mut conn.io, &mut conn.wbuf, cx) {
                 Poll::Ready(Ok(())) => uploading = false,
+                // The member may have answered and closed before reading
+                // the whole request (a 413): an answer already here is
+                // taken, as hyper reads before it writes.
+                Poll::Ready(Err(e @ Error::Write(_))) if up.wrote_any => {
+                    uploading = false;
+                    write_failed = true;
+                    return match poll_head(&mut conn, out.method, cx) {
+                        Poll::Ready(Ok(head)) => Poll::Ready(Ok(head)),
+                        _ => Poll::Ready(Err(e)),
+                    };
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
             }
@@ -145,7 +157,7 @@ pub(crate) async fn send(
         conn: Some(conn),
         decode,
         upload: uploading.then_some(up),
-        keep_alive: keep_alive && !asked_close,
+        keep_alive: keep_alive && !asked_close && !write_failed,
         upgrade,
         ext_seen: 0,
     };
