@@ -69,7 +69,7 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
     headers
         .get_all(header::CONTENT_LENGTH)
         .iter()
-        .try_fold(None, |length, value| add_length(length, value))
+        .try_fold(None, add_length)
 }
 
 /// `length` (so far) with one more `Content-Length` field's value.
