@@ -444,7 +444,11 @@ impl Pool {
         // The exchange is made inside the select!, not bound to a name
         // first: a future bound and then moved keeps its space in this
         // one's state too, and this one is part of every attempt's.
+        // Biased, the exchange first: an answer that is in is taken, and
+        // the timer is not polled again once it has come (nor a random
+        // order drawn).
         tokio::select! {
+            biased;
             r = self.exchange(addr, out, body, proxied) => r,
             () = deadline => Err(UpstreamError::ResponseTimeout { addr, after }),
         }
