@@ -93,12 +93,23 @@ impl Conn {
     /// neither closed it nor sent anything unasked. Without a readiness
     /// event on the socket this is a look at a flag, no system call.
     pub(crate) fn is_open_and_quiet(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
         let mut byte = [0u8; 1];
-        let mut probe = ReadBuf::new(&mut byte);
-        Pin::new(&mut self.io)
-            .poll_read(&mut cx, &mut probe)
-            .is_pending()
+        match &self.io {
+            // `try_read` returns `WouldBlock` from the readiness flag alone
+            // (and registers no waker) until the socket has an event.
+            Stream::Plain(tcp) => {
+                matches!(tcp.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            // TLS reads what the member sent after the handshake (session
+            // tickets) without it being data: read through rustls.
+            Stream::Tls(_) => {
+                let mut cx = Context::from_waker(Waker::noop());
+                let mut probe = ReadBuf::new(&mut byte);
+                Pin::new(&mut self.io)
+                    .poll_read(&mut cx, &mut probe)
+                    .is_pending()
+            }
+        }
     }
 }
 
