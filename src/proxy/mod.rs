@@ -45,9 +45,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
-use crate::body::{
-    self, BoxError, End, MinRateBody, ProxyBody, Reclaimable, UploadBody, Watch, Watched,
-};
+use crate::body::{self, End, MinRateBody, ProxyBody, Reclaimable, UploadBody, Watch, Watched};
 use crate::cache::{self, Looked, Lookup};
 use crate::compress::Accepted;
 use crate::config::{Limits, Vars};
@@ -59,6 +57,8 @@ use crate::reply::Refusal;
 use crate::router::Route;
 use crate::snapshot::{Snapshot, State};
 use crate::upstream::balance::PickContext;
+use crate::upstream::client::{Outgoing, ResponseBody};
+use crate::upstream::h1::Upgraded;
 use crate::upstream::outlier::Outcome;
 use crate::upstream::pool::Acquired;
 use crate::upstream::retry;
@@ -817,6 +817,9 @@ async fn attempts(
     let incoming = incoming.filter(|_| has_body).map(Reclaimable::slot);
     let failures = incoming.is_some().then(UploadFailures::default);
     let mut upgrade = upgrade;
+    // Whether `Host` in `head` is the member's (for an HTTP/1.0 client
+    // without one), to be replaced by the next member's.
+    let mut member_host = false;
     let mut last_error = None;
     let mut last_status = None;
     let mut next = 0;
@@ -864,27 +867,25 @@ async fn attempts(
         if !path_and_query.as_str().starts_with('/') {
             return Err(Refusal::BadRequest("invalid request target"));
         }
-        let uri = Uri::from(path_and_query.clone());
-        let mut up = Request::new(body);
-        *up.method_mut() = method.clone();
-        *up.uri_mut() = uri;
-        *up.version_mut() = Version::HTTP_11;
-        *up.headers_mut() = if attempt + 1 < attempts {
-            head.clone()
-        } else {
-            std::mem::take(&mut head)
-        };
-        if !up.headers().contains_key(header::HOST) {
-            // An HTTP/1.0 client without Host: HTTP/1.1 upstreams need one.
+        if member_host || !head.contains_key(header::HOST) {
+            // An HTTP/1.0 client without Host: HTTP/1.1 upstreams need one,
+            // the member's own (each attempt's).
             if let Ok(v) = HeaderValue::from_str(&member.addr.to_string()) {
-                up.headers_mut().insert(header::HOST, v);
+                head.insert(header::HOST, v);
+                member_host = true;
             }
         }
+        // Borrowed, not copied: every attempt sends the same head.
+        let up = Outgoing {
+            method: &method,
+            target: &path_and_query,
+            headers: &head,
+        };
 
         // Pinned here, once: the attempt's record takes it by reference.
         // A future passed on by value keeps its space in both states
         // (this one's is boxed, that is copied, for every request).
-        let mut sending = std::pin::pin!(pool.send(member.addr, up, sent_rx, proxied));
+        let mut sending = std::pin::pin!(pool.send(member.addr, up, body, sent_rx, proxied));
         let attempt = outcome.attempt(snap, pool_index, &pool.name, member.addr, sending.as_mut());
         let result = match deadline {
             None => attempt.await,
@@ -899,7 +900,7 @@ async fn attempts(
             },
         };
         match result {
-            Ok(mut resp) => {
+            Ok(resp) => {
                 let status = resp.status();
                 pool.report(&member, Outcome::Response(status.as_u16()));
                 if idempotent && more && retry_on.status(status.as_u16()) && pool.take_retry() {
@@ -918,9 +919,9 @@ async fn attempts(
                 }
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(Upgrade { client, token }) = upgrade.take() {
-                        let upstream_side = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(client, upstream_side, in_flight));
-                        return Ok(switching_protocols(resp, token));
+                        let (parts, body) = resp.into_parts();
+                        tokio::spawn(tunnel(client, body.upgraded(), in_flight));
+                        return Ok(switching_protocols(parts, token));
                     }
                 }
                 let mut resp = respond(
@@ -1107,18 +1108,21 @@ fn sticky_cookie(
 
 /// Passes an upstream response to the client with hop-by-hop fields removed;
 /// the member stays in flight until the body ends.
-fn respond(resp: Response<Incoming>, in_flight: UpstreamBody) -> Response<ProxyBody> {
+fn respond(resp: Response<ResponseBody>, in_flight: UpstreamBody) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, None);
     parts
         .headers
         .append(header::VIA, headers::via(parts.version));
-    let body = Watched::new(body, in_flight).map_err(BoxError::from);
+    // The upstream body's errors are already boxed: no `map_err` layer.
+    let body = Watched::new(body, in_flight);
     Response::from_parts(parts, body.boxed())
 }
 
-fn switching_protocols(resp: Response<Incoming>, token: HeaderValue) -> Response<ProxyBody> {
-    let (mut parts, _) = resp.into_parts();
+fn switching_protocols(
+    mut parts: http::response::Parts,
+    token: HeaderValue,
+) -> Response<ProxyBody> {
     headers::strip_hop_by_hop(&mut parts.headers, Some(&token));
     parts
         .headers
@@ -1129,13 +1133,16 @@ fn switching_protocols(resp: Response<Incoming>, token: HeaderValue) -> Response
 /// Copies bytes both ways between an upgraded client and member connection.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    upstream: Option<Upgraded>,
     _in_flight: crate::upstream::member::InFlight,
 ) {
-    match tokio::try_join!(client, upstream) {
-        Ok((c, u)) => {
+    let Some(mut u) = upstream else {
+        tracing::debug!("upgrade failed: the member's connection cannot be switched");
+        return;
+    };
+    match client.await {
+        Ok(c) => {
             let mut c = TokioIo::new(c);
-            let mut u = TokioIo::new(u);
             if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
                 tracing::debug!(error = %e, "upgraded connection ended");
             }

@@ -3,12 +3,14 @@
 //! giving back a connection is a short uncontended lock, never a task or a
 //! channel of its own.
 //!
-//! HTTP/1.1 connections carry one exchange at a time. A connection goes
-//! back on its member's list as soon as the response head is in; it is
-//! ready for the next request once hyper has read that response's body to
-//! its end, and [`Client::send`] takes the most recently used ready one.
-//! At most `max_idle_per_server` ready connections stay per member and
-//! worker; those idle for `idle_timeout` are closed by a sweep.
+//! HTTP/1.1 connections carry one exchange at a time, driven by the
+//! request's own task ([`super::h1`]). A connection goes back on its
+//! member's list once its response body has been read to the end (see
+//! [`ResponseBody`]), and [`Client::send`] takes the most recently used
+//! one that the member has not closed meanwhile. At most
+//! `max_idle_per_server` idle connections stay per member and worker (the
+//! least recently used go first); those idle for `idle_timeout` are closed
+//! by a sweep.
 //!
 //! An HTTP/2 member gets one connection per worker that every request
 //! shares; the h2 crate keeps the streams within the member's
@@ -27,21 +29,25 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use http::{header, Request, Response, Uri};
-use http_body::Body as _;
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use super::connect::{CloseHandle, Connector, Sender};
+use bytes::Bytes;
+use http::{header, Request, Response, Uri};
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+
+use super::connect::{Connector, Sender};
+use super::h1;
 use super::pool::UpstreamError;
-use crate::body::ProxyBody;
+use crate::body::{BoxError, ProxyBody};
 use crate::config::UpstreamProtocol;
 
 /// One worker's connections to one member.
 #[derive(Default)]
 struct Conns {
-    /// HTTP/1.1 connections, most recently used last: busy ones (their
-    /// response body still streaming) and ready ones.
+    /// Idle HTTP/1.1 connections, most recently used last.
     h1: Vec<H1>,
     /// The shared HTTP/2 connection, once the member has spoken h2.
     h2: Option<http2::SendRequest<ProxyBody>>,
@@ -52,9 +58,8 @@ struct Conns {
 }
 
 struct H1 {
-    send: http1::SendRequest<ProxyBody>,
-    close: CloseHandle,
-    /// When a sweep first saw it ready (idle).
+    conn: h1::Conn,
+    /// When a sweep first saw it idle.
     idle_since: Option<Instant>,
 }
 
@@ -114,7 +119,7 @@ impl Hasher for AddrHasher {
 
 /// A connection taken for one request.
 enum Taken {
-    H1(H1),
+    H1(h1::Conn),
     H2(http2::SendRequest<ProxyBody>),
 }
 
@@ -145,49 +150,51 @@ impl Client {
             }
             conns.h2 = None;
         }
-        let mut i = conns.h1.len();
-        while i > 0 {
-            i -= 1;
-            let c = &conns.h1[i];
-            if c.send.is_closed() {
-                conns.h1.swap_remove(i);
-            } else if c.send.is_ready() {
-                // `remove`, not `swap_remove`: the rest keep their order,
-                // most recently used last.
-                return Some(Taken::H1(conns.h1.remove(i)));
+        // The most recently used first; one the member closed (or sent
+        // something on, unasked) while idle is dropped.
+        while let Some(mut c) = conns.h1.pop() {
+            if c.conn.is_open_and_quiet() {
+                return Some(Taken::H1(c.conn));
             }
         }
         None
     }
 
-    /// Keeps an HTTP/1.1 connection whose response head has arrived.
-    fn give_back(&self, addr: SocketAddr, mut conn: H1) {
-        if self.max_idle == 0 || conn.send.is_closed() {
+    /// Keeps an HTTP/1.1 connection whose exchange is done, as the most
+    /// recently used; beyond `max_idle`, the least recently used goes.
+    fn give_back(&self, addr: SocketAddr, conn: h1::Conn) {
+        if self.max_idle == 0 {
             return;
         }
-        conn.idle_since = None;
-        self.conns().entry(addr).or_default().h1.push(conn);
+        let mut map = self.conns();
+        let list = &mut map.entry(addr).or_default().h1;
+        if list.len() >= self.max_idle {
+            list.remove(0);
+        }
+        list.push(H1 {
+            conn,
+            idle_since: None,
+        });
     }
 
-    /// Sends `req` to the member at `addr` on a pooled connection, or a new
-    /// one, and waits for the response head. `req`'s target is in origin
-    /// form (an absolute one is cut down to it); its `Host` field names the
-    /// site.
+    /// Sends the request `out` with `body` to the member at `addr` on a
+    /// pooled connection, or a new one, and waits for the response head.
     pub(crate) async fn send(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
-        mut req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+        out: Outgoing<'_>,
+        mut body: ProxyBody,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         match self.take(addr) {
-            Some(Taken::H1(conn)) => match self.send_h1(addr, conn, req, true).await {
+            Some(Taken::H1(conn)) => match self.send_h1(addr, conn, out, body, true, true).await {
                 Ok(resp) => return Ok(resp),
                 // Closed before the request was written (the member closed
                 // the idle connection as it was taken): the request is
                 // untouched and goes on a new connection.
-                Err(Unsent::Back(r, _)) => req = *r,
+                Err(Unsent::Back(b, _)) => body = b,
                 Err(Unsent::Failed(e)) => return Err(e),
             },
-            Some(Taken::H2(send)) => return self.send_h2(addr, send, req, true).await,
+            Some(Taken::H2(send)) => return self.send_h2(addr, send, out, body).await,
             None => {}
         }
         // Requests that find no connection to an HTTP/2 member wait for the
@@ -198,7 +205,7 @@ impl Client {
                 let turn = gate.lock_owned().await;
                 if let Some(Taken::H2(send)) = self.take(addr) {
                     drop(turn);
-                    return self.send_h2(addr, send, req, true).await;
+                    return self.send_h2(addr, send, out, body).await;
                 }
                 Some(turn)
             }
@@ -212,16 +219,16 @@ impl Client {
         let connect = Box::pin(self.connector.connect(addr, &[]));
         let sender = connect.await?;
         match sender {
-            Sender::H1 { send, close } => {
+            Sender::H1(conn) => {
                 // A new connection is rare beside a pooled one: its state
                 // is boxed too.
-                let first = Box::pin(self.send_h1_new(addr, send, close, req, true));
+                let first = Box::pin(self.send_h1_new(addr, conn, out, body, true));
                 first.await
             }
             Sender::H2(send) => {
                 self.keep_h2(addr, &send);
                 drop(_turn);
-                self.send_h2(addr, send, req, true).await
+                self.send_h2(addr, send, out, body).await
             }
         }
     }
@@ -247,82 +254,111 @@ impl Client {
         }
     }
 
-    /// Sends on an HTTP/1.1 connection; with `pooled`, the connection goes
-    /// back on the worker's list once the response head is in.
+    /// Sends on an HTTP/1.1 connection (`reused`: one that carried a
+    /// request before); with `pooled`, the connection goes back on the
+    /// worker's list once the response body has been read to its end.
     async fn send_h1(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
-        mut conn: H1,
-        mut req: Request<ProxyBody>,
+        conn: h1::Conn,
+        out: Outgoing<'_>,
+        body: ProxyBody,
+        reused: bool,
         pooled: bool,
-    ) -> Result<Response<Incoming>, Unsent> {
-        // HTTP/1.1 to a server: the target in origin form (RFC 9112 §3.2.1),
-        // as the proxy makes it; an absolute one is cut down to it.
-        if req.uri().authority().is_some() || req.uri().scheme().is_some() {
-            let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-            *req.uri_mut() = Uri::try_from(target).map_err(|e| {
-                Unsent::Failed(UpstreamError::BeforeResponse {
+    ) -> Result<Response<ResponseBody>, Unsent> {
+        match h1::send(conn, &out, body, reused).await {
+            Ok(resp) => {
+                let (parts, mut body) = resp.into_parts();
+                let mut home = pooled.then(|| Home {
+                    client: self.clone(),
                     addr,
-                    reason: e.to_string(),
-                })
-            })?;
-        }
-        let sending = conn.send.try_send_request(req);
-        let close = conn.close.clone();
-        match sending.await {
-            Ok(mut resp) => {
-                if pooled {
-                    self.give_back(addr, conn);
-                }
-                resp.extensions_mut().insert(close);
-                Ok(resp)
-            }
-            Err(mut e) => {
-                let failed = failure(addr, e.error(), &self.connector);
-                match e.take_message() {
-                    Some(req) if e.error().is_canceled() => {
-                        Err(Unsent::Back(Box::new(req), failed))
+                });
+                if body.is_end_stream() {
+                    // No body (a 204, a HEAD): the connection is free now.
+                    if let (Some(home), Some(conn)) = (home.take(), body.take_reusable()) {
+                        home.client.give_back(home.addr, conn);
                     }
-                    _ => Err(Unsent::Failed(failed)),
+                }
+                Ok(Response::from_parts(
+                    parts,
+                    ResponseBody::H1(Box::new(H1Body { body, home })),
+                ))
+            }
+            Err(h1::Failed { error, unsent }) => {
+                let failed = self.h1_failure(addr, &error);
+                match unsent {
+                    Some(body) => Err(Unsent::Back(body, failed)),
+                    None => Err(Unsent::Failed(failed)),
                 }
             }
+        }
+    }
+
+    /// What a failed HTTP/1.1 exchange comes to: a TLS alert on the first
+    /// read is a connect failure (see [`failure`]), a response with
+    /// ambiguous framing a bad response, anything else a failure before
+    /// the response.
+    fn h1_failure(&self, addr: SocketAddr, error: &h1::Error) -> UpstreamError {
+        match error {
+            h1::Error::Framing(violation) => UpstreamError::BadResponse {
+                addr,
+                reason: violation.to_string(),
+            },
+            h1::Error::Read(e) | h1::Error::Write(e) => self
+                .connector
+                .refused_by_tls(addr, e)
+                .unwrap_or_else(|| UpstreamError::BeforeResponse {
+                    addr,
+                    reason: error.to_string(),
+                }),
+            _ => UpstreamError::BeforeResponse {
+                addr,
+                reason: error.to_string(),
+            },
         }
     }
 
     /// Sends on a new HTTP/1.1 connection: one that closes before taking
     /// the request is a failure, not a reason to try another.
     async fn send_h1_new(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
-        send: http1::SendRequest<ProxyBody>,
-        close: CloseHandle,
-        req: Request<ProxyBody>,
+        conn: h1::Conn,
+        out: Outgoing<'_>,
+        body: ProxyBody,
         pooled: bool,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let conn = H1 {
-            send,
-            close,
-            idle_since: None,
-        };
-        self.send_h1(addr, conn, req, pooled)
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        self.send_h1(addr, conn, out, body, false, pooled)
             .await
             .map_err(|u| match u {
                 Unsent::Failed(e) | Unsent::Back(_, e) => e,
             })
     }
 
+    /// Sends on an HTTP/2 connection, and refuses a response whose framing
+    /// is ambiguous (see [`checked`]).
+    async fn send_h2(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        send: http2::SendRequest<ProxyBody>,
+        out: Outgoing<'_>,
+        body: ProxyBody,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        self.send_h2_stream(addr, send, out, body).await
+    }
+
     /// Sends on an HTTP/2 connection. A bodiless request the member
     /// refused unprocessed is sent once more: on the same connection after
     /// `REFUSED_STREAM`, on a new one when the connection is going away.
-    async fn send_h2(
-        &self,
+    async fn send_h2_stream(
+        self: &Arc<Self>,
         addr: SocketAddr,
         mut send: http2::SendRequest<ProxyBody>,
-        req: Request<ProxyBody>,
-        may_resend: bool,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let req = h2_form(addr, req)?;
-        let again = (may_resend && req.body().is_end_stream()).then(|| {
+        out: Outgoing<'_>,
+        body: ProxyBody,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let req = h2_form(addr, out.to_request(body))?;
+        let again = req.body().is_end_stream().then(|| {
             let mut copy = Request::new(crate::body::empty());
             *copy.method_mut() = req.method().clone();
             *copy.uri_mut() = req.uri().clone();
@@ -330,7 +366,7 @@ impl Client {
             copy
         });
         let (req, going_away) = match send.try_send_request(req).await {
-            Ok(resp) => return Ok(resp),
+            Ok(resp) => return checked(addr, resp),
             Err(mut e) => {
                 let unsent = e.take_message();
                 let going_away = went_away(e.error());
@@ -347,10 +383,10 @@ impl Client {
             // One stream refused (REFUSED_STREAM: say, beyond the member's
             // stream limit before its SETTINGS had arrived) on a connection
             // that carries on: the request goes on it again.
-            return send
-                .try_send_request(req)
-                .await
-                .map_err(|e| failure(addr, e.error(), &self.connector));
+            return match send.try_send_request(req).await {
+                Ok(resp) => checked(addr, resp),
+                Err(e) => Err(failure(addr, e.error(), &self.connector)),
+            };
         }
         // The connection is going away: forget it, and use a new one.
         self.forget_h2(addr, &send);
@@ -360,23 +396,16 @@ impl Client {
             Sender::H2(send) => {
                 self.keep_h2(addr, &send);
                 let mut send = send;
-                send.try_send_request(req)
-                    .await
-                    .map_err(|e| failure(addr, e.error(), &self.connector))
-            }
-            Sender::H1 { send, close } => {
-                // The member now speaks HTTP/1.1: its site goes back in `Host`.
-                let mut req = req;
-                let host = req
-                    .uri()
-                    .authority()
-                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
-                if let Some(host) = host {
-                    req.headers_mut().entry(header::HOST).or_insert(host);
+                match send.try_send_request(req).await {
+                    Ok(resp) => checked(addr, resp),
+                    Err(e) => Err(failure(addr, e.error(), &self.connector)),
                 }
-                // Boxed: rare, and inline it would be part of every h2
-                // request's state.
-                let first = Box::pin(self.send_h1_new(addr, send, close, req, true));
+            }
+            Sender::H1(conn) => {
+                // The member now speaks HTTP/1.1: the head as the proxy
+                // made it. Boxed: rare, and inline it would be part of
+                // every h2 request's state.
+                let first = Box::pin(self.send_h1_new(addr, conn, out, req.into_body(), true));
                 first.await
             }
         }
@@ -386,17 +415,21 @@ impl Client {
     /// PROXY header), never pooled: the connection closes once the
     /// response (or an upgraded tunnel) is done with it.
     pub(crate) async fn send_once(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
         preamble: &[u8],
-        req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+        out: Outgoing<'_>,
+        body: ProxyBody,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         match self.connector.connect(addr, preamble).await? {
-            Sender::H1 { send, close } => self.send_h1_new(addr, send, close, req, false).await,
-            Sender::H2(mut send) => send
-                .send_request(h2_form(addr, req)?)
+            Sender::H1(conn) => self.send_h1_new(addr, conn, out, body, false).await,
+            Sender::H2(mut send) => match send
+                .send_request(h2_form(addr, out.to_request(body))?)
                 .await
-                .map_err(|e| failure(addr, &e, &self.connector)),
+            {
+                Ok(resp) => checked(addr, resp),
+                Err(e) => Err(failure(addr, &e, &self.connector)),
+            },
         }
     }
 
@@ -413,9 +446,9 @@ impl Client {
         }
     }
 
-    /// Closes connections idle for `idle_timeout` and forgets closed ones;
-    /// beyond `max_idle` ready connections per member, the least recently
-    /// used go.
+    /// Closes connections idle for `idle_timeout` and those the member
+    /// closed; beyond `max_idle` idle connections per member, the least
+    /// recently used go.
     fn sweep(&self, now: Instant) {
         for slot in self.workers.iter() {
             let mut map = slot.lock().unwrap_or_else(PoisonError::into_inner);
@@ -423,21 +456,14 @@ impl Client {
                 if conns.h2.as_ref().is_some_and(|h2| h2.is_closed()) {
                     conns.h2 = None;
                 }
-                let mut ready = conns.h1.iter().filter(|c| c.send.is_ready()).count();
+                let mut excess = conns.h1.len().saturating_sub(self.max_idle);
                 conns.h1.retain_mut(|c| {
-                    if c.send.is_closed() {
+                    if excess > 0 {
+                        excess -= 1;
                         return false;
-                    }
-                    if !c.send.is_ready() {
-                        c.idle_since = None;
-                        return true;
                     }
                     let since = *c.idle_since.get_or_insert(now);
-                    if ready > self.max_idle || now.duration_since(since) >= self.idle_timeout {
-                        ready -= 1;
-                        return false;
-                    }
-                    true
+                    now.duration_since(since) < self.idle_timeout && c.conn.is_open_and_quiet()
                 });
                 conns.h2.is_some() || !conns.h1.is_empty() || conns.speaks_h2
             });
@@ -457,12 +483,124 @@ pub(crate) async fn sweep(client: Weak<Client>, every: Duration) {
     }
 }
 
+/// A response body from a member, read on the request's own task over
+/// HTTP/1.1 (the connection goes back to the worker's list at its end), or
+/// hyper's over HTTP/2.
+pub(crate) enum ResponseBody {
+    /// Boxed: the connection and the exchange's state are a few hundred
+    /// bytes, and a response is moved a few times on its way out.
+    H1(Box<H1Body>),
+    H2(Incoming),
+}
+
+/// An HTTP/1.1 response body and, for a pooled connection, where the
+/// connection goes once the body has been read to its end.
+pub(crate) struct H1Body {
+    body: h1::Body,
+    home: Option<Home>,
+}
+
+/// The pool and member an HTTP/1.1 connection belongs to.
+struct Home {
+    client: Arc<Client>,
+    addr: SocketAddr,
+}
+
+impl ResponseBody {
+    /// After a `101`: the member's connection, switched to the new
+    /// protocol (`None` over HTTP/2, which has no `101`).
+    pub(crate) fn upgraded(self) -> Option<h1::Upgraded> {
+        match self {
+            ResponseBody::H1(b) => b.body.into_upgraded(),
+            ResponseBody::H2(_) => None,
+        }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::H1(b) => {
+                let polled = Pin::new(&mut b.body).poll_frame(cx);
+                if !matches!(polled, Poll::Pending) && b.body.is_end_stream() {
+                    if let Some(home) = b.home.take() {
+                        if let Some(conn) = b.body.take_reusable() {
+                            home.client.give_back(home.addr, conn);
+                        }
+                    }
+                }
+                polled.map_err(BoxError::from)
+            }
+            ResponseBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::H1(b) => b.body.is_end_stream(),
+            ResponseBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::H1(b) => b.body.size_hint(),
+            ResponseBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Refuses an HTTP/2 response head with ambiguous framing (an HTTP/1.1
+/// one is refused as it is read, see [`h1`]).
+fn checked(
+    addr: SocketAddr,
+    resp: Response<Incoming>,
+) -> Result<Response<ResponseBody>, UpstreamError> {
+    match crate::framing::check_response_head(resp.headers()) {
+        Ok(()) => Ok(resp.map(ResponseBody::H2)),
+        Err(violation) => Err(UpstreamError::BadResponse {
+            addr,
+            reason: violation.to_string(),
+        }),
+    }
+}
+
 /// Why a request failed on an HTTP/1.1 connection; `Back` when the
 /// connection closed before any of it was written, with the request.
 enum Unsent {
-    /// Boxed: rare, and a request head is a few hundred bytes.
-    Back(Box<Request<ProxyBody>>, UpstreamError),
+    /// The body, unread (the head is the caller's).
+    Back(ProxyBody, UpstreamError),
     Failed(UpstreamError),
+}
+
+/// A request head as the proxy forwards it, borrowed: every attempt, and a
+/// second try on a new connection, sends the same head without a copy of
+/// it, and over HTTP/1.1 it is encoded straight from the proxy's.
+#[derive(Clone, Copy)]
+pub(crate) struct Outgoing<'a> {
+    pub method: &'a http::Method,
+    /// The target in origin form (RFC 9112 §3.2.1); an HTTP/2 member's
+    /// authority is made from `Host` (see [`h2_form`]).
+    pub target: &'a http::uri::PathAndQuery,
+    /// `Host` naming the site, the forwarding fields, and the rest.
+    pub headers: &'a http::HeaderMap,
+}
+
+impl Outgoing<'_> {
+    /// The request, owned, for hyper's HTTP/2 client.
+    fn to_request(self, body: ProxyBody) -> Request<ProxyBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = Uri::from(self.target.clone());
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
 }
 
 /// An HTTP/2 request names its site in `:authority` (from the client's

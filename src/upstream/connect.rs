@@ -4,24 +4,20 @@
 //! ALPN or the pool says `protocol = "h2c"`, HTTP/1.1 otherwise.
 //! `connect_timeout` covers TCP and the TLS handshake.
 //!
-//! An HTTP/1.1 connection can be closed from outside with its
-//! [`CloseHandle`]: when sluice refuses a response head whose framing is
-//! ambiguous (see [`crate::framing::check_response_head`]), it closes the
-//! connection with it, so that neither that message nor anything the member
-//! sent after it is read as a response, even what hyper already buffered.
+//! An HTTP/1.1 connection is ours to drive ([`super::h1`]): no task, no
+//! handshake. An HTTP/2 one is hyper's, run by a task of its own.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body::Body;
-use hyper::client::conn::{http1, http2};
-use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -31,11 +27,9 @@ use crate::config::UpstreamProtocol;
 use super::pool::UpstreamError;
 use super::tls::UpstreamTls;
 
-/// The most an upstream HTTP/1.1 connection buffers of what it reads: a
-/// response head must fit (64 KiB, as much as a client request head may
-/// be), and a body is read no further ahead than this of a client that
-/// reads slowly (hyper's default, 400 KiB, costs that much per slow
-/// client).
+/// The most an upstream connection buffers of what it reads: a response
+/// head must fit (64 KiB, as much as a client request head may be), and a
+/// body is read no further ahead than this of a client that reads slowly.
 pub(crate) const UPSTREAM_READ_BUF: usize = 64 << 10;
 
 /// HTTP/2 flow-control windows towards members: how much one stream (and
@@ -46,12 +40,10 @@ pub(crate) const UPSTREAM_READ_BUF: usize = 64 << 10;
 const H2_STREAM_WINDOW: u32 = 256 << 10;
 const H2_CONNECTION_WINDOW: u32 = 1 << 20;
 
-/// A ready-to-use connection's sending half, by protocol.
+/// A ready-to-use connection, by protocol: an HTTP/1.1 one itself, or an
+/// HTTP/2 one's sending half.
 pub(crate) enum Sender<B> {
-    H1 {
-        send: http1::SendRequest<B>,
-        close: CloseHandle,
-    },
+    H1(super::h1::Conn),
     H2(http2::SendRequest<B>),
 }
 
@@ -81,8 +73,11 @@ impl Connector {
         let stream = self.stream(addr, preamble, deadline).await?;
         let h2 = match &stream {
             Stream::Plain(_) => self.protocol == UpstreamProtocol::H2c,
-            Stream::Tls(tls) => tls.io.inner().get_ref().1.alpn_protocol() == Some(b"h2"),
+            Stream::Tls(tls) => tls.io.get_ref().1.alpn_protocol() == Some(b"h2"),
         };
+        if !h2 {
+            return Ok(Sender::H1(super::h1::Conn::new(stream)));
+        }
         let failed = |e: hyper::Error| {
             self.refused_by_tls(addr, &e)
                 .unwrap_or_else(|| UpstreamError::Connect {
@@ -90,41 +85,20 @@ impl Connector {
                     reason: format!("HTTP handshake: {e}"),
                 })
         };
-        if h2 {
-            let (send, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .initial_stream_window_size(H2_STREAM_WINDOW)
-                .initial_connection_window_size(H2_CONNECTION_WINDOW)
-                .max_header_list_size(UPSTREAM_READ_BUF as u32)
-                .handshake(stream)
-                .await
-                .map_err(failed)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(member = %addr, error = %e, "upstream h2 connection ended with an error");
-                }
-            });
-            return Ok(Sender::H2(send));
-        }
-        let closed = Arc::new(AtomicBool::new(false));
-        let io = Closable {
-            inner: stream,
-            closed: closed.clone(),
-        };
-        let (send, conn) = http1::Builder::new()
-            .max_buf_size(UPSTREAM_READ_BUF)
-            .handshake(io)
+        let (send, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .max_header_list_size(UPSTREAM_READ_BUF as u32)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(failed)?;
         tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(member = %addr, error = %e, "upstream connection ended with an error");
+            if let Err(e) = conn.await {
+                tracing::debug!(member = %addr, error = %e, "upstream h2 connection ended with an error");
             }
         });
-        Ok(Sender::H1 {
-            send,
-            close: CloseHandle(closed),
-        })
+        Ok(Sender::H2(send))
     }
 
     /// A TLS alert from the member behind `e` (counted where it was
@@ -193,11 +167,11 @@ impl Connector {
                 })?;
         }
         let Some(tls) = &self.tls else {
-            return Ok(Stream::Plain(TokioIo::new(tcp)));
+            return Ok(Stream::Plain(tcp));
         };
         match tls.handshake(addr, tcp, deadline).await {
             Ok(stream) => Ok(Stream::Tls(Box::new(TlsIo {
-                io: TokioIo::new(stream),
+                io: stream,
                 tls: tls.clone(),
                 addr,
             }))),
@@ -212,22 +186,10 @@ impl Connector {
     }
 }
 
-/// Closes one upstream HTTP/1.1 connection; found in the extensions of
-/// every response that came on one.
-#[derive(Debug, Clone)]
-pub(crate) struct CloseHandle(Arc<AtomicBool>);
-
-impl CloseHandle {
-    /// The connection fails all further IO and is never reused.
-    pub(crate) fn close(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-}
-
 /// A connection to a member: plain TCP, or TLS over it.
 #[derive(Debug)]
 pub(crate) enum Stream {
-    Plain(TokioIo<TcpStream>),
+    Plain(TcpStream),
     /// Boxed: a TLS stream is over a kilobyte, plain TCP a few words.
     Tls(Box<TlsIo>),
 }
@@ -235,16 +197,16 @@ pub(crate) enum Stream {
 /// A TLS connection to a member, which counts the alert that ends it.
 #[derive(Debug)]
 pub(crate) struct TlsIo {
-    io: TokioIo<TlsStream<TcpStream>>,
+    io: TlsStream<TcpStream>,
     tls: Arc<UpstreamTls>,
     addr: SocketAddr,
 }
 
-impl Read for Stream {
+impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(io) => Pin::new(io).poll_read(cx, buf),
@@ -265,7 +227,7 @@ impl Read for Stream {
     }
 }
 
-impl Write for Stream {
+impl AsyncWrite for Stream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -307,69 +269,5 @@ impl Write for Stream {
             Stream::Plain(io) => Pin::new(io).poll_shutdown(cx),
             Stream::Tls(t) => Pin::new(&mut t.io).poll_shutdown(cx),
         }
-    }
-}
-
-/// A connection that fails all IO once its [`CloseHandle`] is used.
-#[derive(Debug)]
-pub(crate) struct Closable<T> {
-    inner: T,
-    closed: Arc<AtomicBool>,
-}
-
-impl<T> Closable<T> {
-    fn check(&self) -> io::Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "upstream connection closed after a refused response",
-            ))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl<T: Read + Unpin> Read for Closable<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.check()?;
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: Write + Unpin> Write for Closable<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.check()?;
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.check()?;
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.check()?;
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -131,7 +131,7 @@ async fn attempt(
         } else {
             "http"
         };
-        return grpc_check(health, host, scheme, stream).await;
+        return grpc_check(health, host, scheme, hyper_util::rt::TokioIo::new(stream)).await;
     }
     if health.kind == HealthKind::Tcp {
         let deadline = tokio::time::Instant::now() + health.timeout;
@@ -145,14 +145,14 @@ async fn attempt(
         .header(header::USER_AGENT, "sluice-health-check")
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("request: {e}"))?;
-    let resp = match connector
+    let status = match connector
         .connect(addr, preamble)
         .await
         .map_err(|e| e.to_string())?
     {
-        Sender::H1 { mut send, .. } => {
-            let mut req = req;
-            let headers = req.headers_mut();
+        Sender::H1(conn) => {
+            let (mut parts, _) = req.into_parts();
+            let headers = &mut parts.headers;
             headers.insert(
                 header::CONNECTION,
                 header::HeaderValue::from_static("close"),
@@ -160,18 +160,33 @@ async fn attempt(
             if let Ok(v) = header::HeaderValue::from_str(host) {
                 headers.insert(header::HOST, v);
             }
-            send.send_request(req).await
+            let target = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            let out = super::client::Outgoing {
+                method: &parts.method,
+                target: &target,
+                headers: &parts.headers,
+            };
+            super::h1::send(conn, &out, crate::body::empty(), false)
+                .await
+                .map(|resp| resp.status())
+                .map_err(|f| format!("request: {}", f.error))?
         }
         Sender::H2(mut send) => {
             // HTTP/2 names the site in `:authority`.
             let mut req = req;
             let uri = Uri::try_from(format!("http://{host}{}", health.path));
             *req.uri_mut() = uri.map_err(|e| format!("request: {e}"))?;
-            send.send_request(req).await
+            send.send_request(req)
+                .await
+                .map(|resp| resp.status())
+                .map_err(|e| format!("request: {e}"))?
         }
     };
-    let resp = resp.map_err(|e| format!("request: {e}"))?;
-    Ok(Some(resp.status().as_u16()))
+    Ok(Some(status.as_u16()))
 }
 
 /// The `grpc` check on a connected `stream`: `Health/Check` for the

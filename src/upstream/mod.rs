@@ -6,6 +6,7 @@ pub(crate) mod balance;
 pub(crate) mod client;
 pub(crate) mod connect;
 pub(crate) mod dns;
+pub(crate) mod h1;
 pub(crate) mod health;
 pub(crate) mod member;
 pub(crate) mod outlier;

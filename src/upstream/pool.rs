@@ -17,12 +17,11 @@ use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 use tokio::sync::Notify;
 
-use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use super::balance::{bounded_balancer, Balancer, PickContext};
-use super::client::Client;
-use super::connect::{CloseHandle, Connector};
+use super::client::{Client, Outgoing, ResponseBody};
+use super::connect::Connector;
 use super::member::{now_ms, InFlight, Member, MemberState};
 use super::outlier::{self, Outcome};
 use super::retry::RetryBudget;
@@ -32,7 +31,7 @@ use crate::config::{Policy, PoolConfig, ServerEntry};
 
 /// Why one attempt against a member failed.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// TCP connect was refused or failed: nothing reached the member.
     #[error("connect to {addr} failed: {reason}")]
     Connect { addr: SocketAddr, reason: String },
@@ -416,8 +415,8 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (its target in origin form, its `Host` naming the site)
-    /// to the member at `addr` and waits for the response head. The response timeout starts
+    /// Sends the request `out` with `body` to the member at `addr` and
+    /// waits for the response head. The response timeout starts
     /// once `sent` fires, i.e. when the whole request body has gone out (at
     /// once when there is no `sent`: a request without a body).
     ///
@@ -426,13 +425,14 @@ impl Pool {
     /// and the address it connected to): a header is per connection, and a
     /// connection must never carry one client's requests under another's
     /// name, so such a pool keeps no idle connections.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         addr: SocketAddr,
-        req: http::Request<ProxyBody>,
+        out: Outgoing<'_>,
+        body: ProxyBody,
         sent: Option<oneshot::Receiver<()>>,
         proxied: Option<(SocketAddr, SocketAddr)>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    ) -> Result<http::Response<ResponseBody>, UpstreamError> {
         let after = self.response_timeout;
         let deadline = async move {
             // If the body is dropped unsent the request fails on its own.
@@ -444,8 +444,12 @@ impl Pool {
         // The exchange is made inside the select!, not bound to a name
         // first: a future bound and then moved keeps its space in this
         // one's state too, and this one is part of every attempt's.
+        // Biased, the exchange first: an answer that is in is taken, and
+        // the timer is not polled again once it has come (nor a random
+        // order drawn).
         tokio::select! {
-            r = self.exchange(addr, req, proxied) => r.and_then(|resp| checked(addr, resp)),
+            biased;
+            r = self.exchange(addr, out, body, proxied) => r,
             () = deadline => Err(UpstreamError::ResponseTimeout { addr, after }),
         }
     }
@@ -456,11 +460,12 @@ impl Pool {
     async fn exchange(
         &self,
         addr: SocketAddr,
-        req: http::Request<ProxyBody>,
+        out: Outgoing<'_>,
+        body: ProxyBody,
         proxied: Option<(SocketAddr, SocketAddr)>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    ) -> Result<http::Response<ResponseBody>, UpstreamError> {
         let Some(version) = self.config.send_proxy_protocol.version() else {
-            return self.client.send(addr, req).await;
+            return self.client.send(addr, out, body).await;
         };
         let header = match proxied {
             Some((source, destination)) => {
@@ -471,7 +476,7 @@ impl Pool {
         // Boxed, in a statement of its own (a temporary lives to the end of
         // its statement, the await included): pools without PROXY headers
         // should not carry this path's state in every request's future.
-        let once = Box::pin(self.client.send_once(addr, &header, req));
+        let once = Box::pin(self.client.send_once(addr, &header, out, body));
         once.await
     }
 }
@@ -530,25 +535,5 @@ impl<'a> Pending<'a> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Refuses a response head with ambiguous framing, closing its connection
-/// so that neither this message nor anything after it is read as a response.
-fn checked(
-    addr: SocketAddr,
-    resp: http::Response<Incoming>,
-) -> Result<http::Response<Incoming>, UpstreamError> {
-    match crate::framing::check_response_head(resp.headers()) {
-        Ok(()) => Ok(resp),
-        Err(violation) => {
-            if let Some(handle) = resp.extensions().get::<CloseHandle>() {
-                handle.close();
-            }
-            Err(UpstreamError::BadResponse {
-                addr,
-                reason: violation.to_string(),
-            })
-        }
     }
 }
