@@ -120,6 +120,37 @@ async fn max_idle_per_server_zero_disables_pooling() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_max_idle_per_server_keeps_its_connections() {
+    // The origin answers four requests at a time, together: four upstream
+    // connections are in use at once, against one kept idle.
+    let together = Arc::new(tokio::sync::Barrier::new(4));
+    let origin = Origin::serve(move |_req, _addr| {
+        let together = together.clone();
+        async move {
+            together.wait().await;
+            http::Response::new(full("ok"))
+        }
+    })
+    .await;
+    let d = Daemon::start(&one_worker(&simple_config(
+        &[origin.addr],
+        "max_idle_per_server = 1",
+    )));
+    let addr = d.addr("http");
+    for _ in 0..3 {
+        let burst: Vec<_> = (0..4).map(|_| tokio::spawn(get(addr, "/"))).collect();
+        for answer in burst {
+            assert_eq!(answer.await.unwrap().status, 200);
+        }
+    }
+    assert_eq!(
+        origin.connections(),
+        4,
+        "each burst reuses the connections of the one before"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_holds_further_clients_until_one_leaves() {
     let origin = Origin::hello().await;
     let d = Daemon::start(&format!(
