@@ -1,6 +1,14 @@
-//! Small helpers for the IO wrappers that sit between a client socket and
-//! hyper ([`crate::client_limits::ClientIo`], [`crate::framing::FramingGuard`]):
-//! both watch what is read and pass writes through untouched.
+//! Small helpers for the IO wrappers around sockets: those between a
+//! client socket and hyper ([`crate::client_limits::ClientIo`],
+//! [`crate::framing::FramingGuard`]) watch what is read and pass writes
+//! through untouched; [`Prefixed`] puts bytes already read back in front of
+//! a stream.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// Implements `tokio::io::AsyncWrite` for `$ty<S>` by forwarding every call
 /// to its `inner` field, keeping vectored writes vectored. With
@@ -57,3 +65,48 @@ macro_rules! forward_async_write {
 }
 
 pub(crate) use forward_async_write;
+
+/// Serves a read from `prefix`, bytes already read from a stream that are
+/// to be read again first: `false` when there are none. Emptied, it frees
+/// its allocation, not just its view of it.
+pub(crate) fn read_prefix(prefix: &mut Bytes, buf: &mut ReadBuf<'_>) -> bool {
+    if prefix.is_empty() {
+        return false;
+    }
+    let n = prefix.len().min(buf.remaining());
+    buf.put_slice(&prefix[..n]);
+    prefix.advance(n);
+    if prefix.is_empty() {
+        *prefix = Bytes::new();
+    }
+    true
+}
+
+/// A stream with bytes already read from it in front: those are read
+/// first, then the stream; writes go straight to it.
+pub(crate) struct Prefixed<S> {
+    inner: S,
+    prefix: Bytes,
+}
+
+impl<S> Prefixed<S> {
+    pub(crate) fn new(inner: S, prefix: Bytes) -> Prefixed<S> {
+        Prefixed { inner, prefix }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if read_prefix(&mut this.prefix, buf) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+forward_async_write!(Prefixed);

@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -92,17 +92,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Parkable<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.prefix.is_empty() {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        if crate::io::read_prefix(&mut this.prefix, buf) {
+            return Poll::Ready(Ok(()));
         }
-        let n = this.prefix.len().min(buf.remaining());
-        buf.put_slice(&this.prefix[..n]);
-        this.prefix.advance(n);
-        if this.prefix.is_empty() {
-            // Free the allocation, not just the view of it.
-            this.prefix = Bytes::new();
-        }
-        Poll::Ready(Ok(()))
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
