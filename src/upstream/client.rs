@@ -170,9 +170,7 @@ impl Client {
         if self.max_idle == 0 {
             return;
         }
-        let mut map = self.conns();
-        let list = &mut map.entry(addr).or_default().h1;
-        list.push(H1 {
+        self.conns().entry(addr).or_default().h1.push(H1 {
             conn,
             idle_since: None,
         });
@@ -337,21 +335,10 @@ impl Client {
     }
 
     /// Sends on an HTTP/2 connection, and refuses a response whose framing
-    /// is ambiguous (see [`checked`]).
-    async fn send_h2(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        send: http2::SendRequest<ProxyBody>,
-        out: Outgoing<'_>,
-        body: ProxyBody,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
-        self.send_h2_stream(addr, send, out, body).await
-    }
-
-    /// Sends on an HTTP/2 connection. A bodiless request the member
+    /// is ambiguous (see [`checked`]). A bodiless request the member
     /// refused unprocessed is sent once more: on the same connection after
     /// `REFUSED_STREAM`, on a new one when the connection is going away.
-    async fn send_h2_stream(
+    async fn send_h2(
         self: &Arc<Self>,
         addr: SocketAddr,
         mut send: http2::SendRequest<ProxyBody>,
