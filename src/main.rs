@@ -29,6 +29,12 @@ fn tune_allocator() {
     // SAFETY: sets one of mimalloc's process-wide options, which it reads
     // with atomics; called first thing in `main`.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+}
+
+/// Starts the thread that gives back what is due every [`PURGE_EVERY`]:
+/// only for the server, not for `--check` or `--health-check`, which exit
+/// at once.
+fn start_purger() {
     let purger = std::thread::Builder::new()
         .name("sluice-purge".into())
         .spawn(|| loop {
@@ -100,6 +106,7 @@ fn main() -> ExitCode {
     for line in config.warnings_text().lines() {
         tracing::warn!("{line}");
     }
+    start_purger();
     match sluice::run(cli.config, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
