@@ -29,6 +29,7 @@
 
 mod access_log;
 mod admin;
+pub mod allocator;
 mod body;
 mod cache;
 mod client_addr;

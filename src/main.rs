@@ -8,44 +8,7 @@ use clap::Parser;
 
 /// mimalloc: measurably faster than glibc malloc on the proxy path.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc's `mi_option_purge_delay` (not named in its Rust bindings).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// How long memory freed in whole pages waits before it goes back to the
-/// system: reused sooner, it stays. 0 (at once) made a TLS + HTTP/2 load
-/// give pages back and fault them in again (2,906 `madvise` calls per
-/// 100,000 requests, -20% requests/s); 100 ms, 80 calls.
-const PURGE_DELAY_MS: std::ffi::c_long = 100;
-
-/// How often pages whose delay has passed are given back. mimalloc does it
-/// only when it is called again: a server that goes idle after a burst
-/// would otherwise keep the burst's buffers (about 0.3 KiB per idle
-/// connection at 10,000) until traffic came back.
-const PURGE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-
-fn tune_allocator() {
-    // SAFETY: sets one of mimalloc's process-wide options, which it reads
-    // with atomics; called first thing in `main`.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
-}
-
-/// Starts the thread that gives back what is due every [`PURGE_EVERY`]:
-/// only for the server, not for `--check` or `--health-check`, which exit
-/// at once.
-fn start_purger() {
-    let purger = std::thread::Builder::new()
-        .name("sluice-purge".into())
-        .spawn(|| loop {
-            std::thread::sleep(PURGE_EVERY);
-            // SAFETY: mimalloc's own collection, callable from any thread;
-            // not forced, it only gives back what is due.
-            unsafe { libmimalloc_sys::mi_collect(false) };
-        });
-    // Without it memory is given back later, as mimalloc does by default.
-    drop(purger);
-}
+static GLOBAL: sluice::allocator::Mimalloc = sluice::allocator::Mimalloc;
 
 /// A caching reverse proxy and load balancer.
 #[derive(Parser)]
@@ -65,7 +28,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
+    sluice::allocator::tune();
     let cli = Cli::parse();
     if let Some(url) = &cli.health_check {
         return match sluice::health_check(url) {
@@ -106,7 +69,7 @@ fn main() -> ExitCode {
     for line in config.warnings_text().lines() {
         tracing::warn!("{line}");
     }
-    start_purger();
+    sluice::allocator::start_purger();
     match sluice::run(cli.config, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
