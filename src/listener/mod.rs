@@ -476,8 +476,58 @@ fn service(
         // boxed request future is a pointer to move, not kilobytes to copy
         // on every request; an idle HTTP/1.1 connection also keeps only a
         // pointer-sized slot for the next one.
-        boxed(|| proxy::handle(state.clone(), conn.clone(), req, sendoff))
+        Answer::first_poll(boxed(|| {
+            proxy::handle(state.clone(), conn.clone(), req, sendoff)
+        }))
     })
+}
+
+/// A request's answer as hyper gets it from the service: already made, or
+/// the wait for it.
+///
+/// The service polls the request's future once before handing it over, so
+/// that a cache hit is answered, and its request dropped, inside `call`.
+/// hyper reads ahead on the connection right after `call`, before it polls
+/// the future: while the request's head (which borrows hyper's read
+/// buffer) was alive then, every request made hyper allocate a new 8 KiB
+/// buffer. The first poll uses a no-op waker; hyper polls a pending future
+/// again with its own at once, and every future on the request path
+/// registers its waker anew on each poll.
+enum Answer<F: Future> {
+    Ready(Option<F::Output>),
+    Wait(std::pin::Pin<Box<F>>),
+}
+
+impl<F: Future> Answer<F> {
+    fn first_poll(mut fut: std::pin::Pin<Box<F>>) -> Self {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(out) => Answer::Ready(Some(out)),
+            std::task::Poll::Pending => Answer::Wait(fut),
+        }
+    }
+}
+
+impl<F: Future> Future for Answer<F>
+where
+    F::Output: Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        match self.get_mut() {
+            Answer::Ready(out) => match out.take() {
+                Some(out) => std::task::Poll::Ready(out),
+                // hyper never polls a finished future; pending (never
+                // woken) rather than a panic if something did.
+                None => std::task::Poll::Pending,
+            },
+            Answer::Wait(fut) => fut.as_mut().poll(cx),
+        }
+    }
 }
 
 /// `make()`'s future, built in its box. `Box::pin(make())` builds it on the
