@@ -288,6 +288,7 @@ fn cache(c: &mut Criterion) {
             lifetime: Duration::from_secs(600),
             tags: Box::new([]),
             copies: Default::default(),
+            hit_head: Default::default(),
         })),
     );
     let mut group = c.benchmark_group("cache");

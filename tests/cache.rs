@@ -151,6 +151,63 @@ async fn stored_then_hit(d: &Daemon, o: &Scripted, path: &str) -> (Reply, Reply)
     (first, second)
 }
 
+/// Hits in quick succession share how their head is built (once per
+/// second of age), never what is their own: each carries its own request
+/// id (or the one its client sent) and one of each field, and a ranged,
+/// conditional or HEAD request in between gets its own answer.
+#[tokio::test]
+async fn hits_in_one_second_share_a_head_but_not_their_request_ids() {
+    let o = Scripted::start(Answer::ok(
+        "0123456789",
+        &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
+    ))
+    .await;
+    let d = start(&o).await;
+    let (_, first_hit) = stored_then_hit(&d, &o, "/a").await;
+    let names = |r: &Reply| r.headers.keys().cloned().collect::<Vec<_>>();
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let r = fetch(&d, "/a").await;
+        assert!(is_hit(&r), "{:?}", r.headers);
+        assert_eq!(r.text(), "0123456789");
+        for name in [
+            "age",
+            "cache-status",
+            "x-request-id",
+            "content-length",
+            "etag",
+        ] {
+            assert_eq!(
+                r.headers.get_all(name).iter().count(),
+                1,
+                "{name}: {:?}",
+                r.headers
+            );
+        }
+        assert_eq!(names(&r), names(&first_hit));
+        let id = r.header("x-request-id").unwrap();
+        assert_eq!(id.len(), 36, "a generated id: {id}");
+        ids.insert(id.to_string());
+    }
+    assert_eq!(ids.len(), 5, "every hit has its own id");
+    let mine = get_with(&d, "/a", &[("x-request-id", "mine-1")]).await;
+    assert_eq!(mine.header("x-request-id"), Some("mine-1"));
+    let ranged = get_with(&d, "/a", &[("range", "bytes=0-3")]).await;
+    assert_eq!(
+        (ranged.status.as_u16(), ranged.text().as_str()),
+        (206, "0123")
+    );
+    let matched = get_with(&d, "/a", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(matched.status.as_u16(), 304);
+    let head = send(&d, Method::HEAD, "/a", &[]).await;
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("content-length"), Some("10"));
+    let after = fetch(&d, "/a").await;
+    assert_eq!(after.text(), "0123456789");
+    assert_eq!(names(&after), names(&first_hit));
+    assert_eq!(o.hits(), 1);
+}
+
 // ------------------------------------------------------------- §3 storing --
 
 #[tokio::test]

@@ -121,6 +121,7 @@ impl Placement {
             cc,
             tags: self.tags,
             copies: Default::default(),
+            hit_head: Default::default(),
         };
         let (key, vary) = if names.is_empty() {
             (self.primary.clone(), None)

@@ -780,6 +780,7 @@ mod tests {
                 cc: Default::default(),
                 tags: Box::new([]),
                 copies: Default::default(),
+                hit_head: Default::default(),
             },
             length,
             key: "k".into(),

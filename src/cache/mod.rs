@@ -616,9 +616,20 @@ impl Cache {
             Some(accepted) => self.encoded_copy(set.compression, entry, key, view, accepted),
             None => Copy::Leave,
         };
+        let status = Status::Hit {
+            ttl: serve::ttl(entry, age),
+            detail,
+        };
         let (encoded, identity) = match copy {
             Copy::Encoded(coding, bytes) => (Some((coding, bytes)), false),
             Copy::Identity => (None, true),
+            Copy::Leave if serve::is_plain(view.method, view.head) => {
+                let status = set.cache.status_header.then_some(&status);
+                return Answer {
+                    resp: serve::plain(entry, age, status),
+                    result: Some(result),
+                };
+            }
             Copy::Leave => (None, false),
         };
         let mut resp = serve::from_entry(entry, view.method, view.head, age, encoded);
@@ -627,10 +638,6 @@ impl Cache {
             compress::vary_accept_encoding(resp.headers_mut());
             resp.extensions_mut().insert(compress::Negotiated);
         }
-        let status = Status::Hit {
-            ttl: serve::ttl(entry, age),
-            detail,
-        };
         status_header(set.cache, &mut resp, &status);
         Answer {
             resp,
@@ -1111,5 +1118,6 @@ fn refreshed(
             tags
         },
         copies: Default::default(),
+        hit_head: Default::default(),
     }
 }

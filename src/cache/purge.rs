@@ -240,6 +240,7 @@ mod tests {
             cc: Default::default(),
             tags: Box::new([]),
             copies: Default::default(),
+            hit_head: Default::default(),
         };
         store.insert(
             "http://h/fresh".into(),

@@ -8,7 +8,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusC
 
 use bytes::Bytes;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::filling::{self, Filling, Head};
 use super::store::Entry;
@@ -188,6 +188,102 @@ pub(crate) fn from_source(
         .unwrap_or_else(|| Response::new(body::empty()))
 }
 
+/// Whether a request for an entry is answered with the whole stored
+/// response, nothing but `Age` and `Cache-Status` depending on it: a GET
+/// with no range and no condition. One pass over the request's fields
+/// rather than a lookup for each.
+pub(crate) fn is_plain(method: &Method, req: &HeaderMap) -> bool {
+    method == Method::GET
+        && !req.keys().any(|name| {
+            name == header::RANGE
+                || name == header::IF_NONE_MATCH
+                || name == header::IF_MODIFIED_SINCE
+        })
+}
+
+/// The answer to a plain request ([`is_plain`]) for `entry`, whose age is
+/// `age`, with `status` as its `Cache-Status` (unless that is off): what
+/// [`from_entry`] would answer, with the head taken from the entry's
+/// [`HitHead`] when one was made in the same second.
+pub(crate) fn plain(entry: &Entry, age: Duration, status: Option<&Status>) -> Response<ProxyBody> {
+    let secs = age.as_secs();
+    let headers = match entry.hit_head.get(secs, status) {
+        Some(headers) => headers,
+        None => {
+            let mut headers = head_of(entry, age);
+            set_length(&mut headers, Some(entry.body.len() as u64));
+            if let Some(status) = status {
+                headers.insert(CACHE_STATUS.clone(), status.header_value());
+            }
+            entry.hit_head.set(secs, status, &headers);
+            headers
+        }
+    };
+    let mut resp = Response::new(body::full(entry.body.clone()));
+    *resp.status_mut() = entry.status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// The head of an entry's plain hits ([`plain`]) for one second of its
+/// age. The hits within that second clone it rather than build `Age`,
+/// `Content-Length` and `Cache-Status` again (with a cache hit on every
+/// request, about 1,000 instructions each). It also has the slot for the
+/// request id ([`crate::request_id::slot`]), so that stamping the id
+/// replaces a value instead of growing the head.
+///
+/// Shared by every worker: one that finds it locked builds its own head.
+#[derive(Debug, Default)]
+pub struct HitHead(Mutex<Option<Memo>>);
+
+#[derive(Debug)]
+struct Memo {
+    age: u64,
+    status: Option<Status>,
+    headers: HeaderMap,
+}
+
+/// A copy of an entry (refreshed, or read from another tier) makes its
+/// own.
+impl Clone for HitHead {
+    fn clone(&self) -> Self {
+        HitHead::default()
+    }
+}
+
+impl HitHead {
+    /// What the memo of an entry with `fields` stored fields may hold
+    /// besides the entry's own values (which it shares), counted in the
+    /// entry's weight from the start: the map of the fields and the ones a
+    /// hit adds, and the new values of `Age` and `Cache-Status`.
+    pub(crate) fn allowance(fields: usize) -> usize {
+        const FIELD: usize = std::mem::size_of::<(HeaderName, HeaderValue)>() + 16;
+        (fields + HIT_FIELDS) * FIELD + 128
+    }
+
+    fn get(&self, age: u64, status: Option<&Status>) -> Option<HeaderMap> {
+        let memo = self.0.try_lock().ok()?;
+        let memo = memo.as_ref()?;
+        (memo.age == age && memo.status.as_ref() == status).then(|| memo.headers.clone())
+    }
+
+    fn set(&self, age: u64, status: Option<&Status>, headers: &HeaderMap) {
+        let Ok(mut memo) = self.0.try_lock() else {
+            return;
+        };
+        let mut headers = headers.clone();
+        headers.insert(
+            crate::request_id::X_REQUEST_ID.clone(),
+            crate::request_id::slot(),
+        );
+        *memo = Some(Memo {
+            age,
+            status: status.cloned(),
+            headers,
+        });
+    }
+}
+
 /// The head an entry is served with: `Age` set, `Surrogate-Control` gone.
 /// The fields a hit adds to the stored head: Age, Content-Length,
 /// Cache-Status, X-Request-Id, Via.
@@ -201,6 +297,20 @@ fn head_of(entry: &Entry, age: Duration) -> HeaderMap {
     headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
     headers.remove(&super::surrogate::SURROGATE_CONTROL);
     headers
+}
+
+/// `Content-Length: len`, or none when the length is not known.
+fn set_length(headers: &mut HeaderMap, len: Option<u64>) {
+    match len {
+        // The stored head usually has it right already.
+        Some(len) if !says_length(headers, len) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        Some(_) => {}
+        None => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    }
 }
 
 /// Whether `headers` has exactly one Content-Length, reading `len` as
@@ -236,16 +346,7 @@ fn answer(
             return ranged(headers, len, resolved, body);
         }
     }
-    match len {
-        // The stored head usually has it right already.
-        Some(len) if !says_length(&headers, len) => {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        }
-        Some(_) => {}
-        None => {
-            headers.remove(header::CONTENT_LENGTH);
-        }
-    }
+    set_length(&mut headers, len);
     let body = if head_only {
         body::empty()
     } else {
@@ -446,5 +547,102 @@ mod tests {
             revalidated.header_value(),
             "sluice; fwd=stale; fwd-status=304"
         );
+    }
+
+    fn entry(
+        status: StatusCode,
+        fields: &[(&'static str, &'static str)],
+        body: &'static str,
+    ) -> Entry {
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        let now = std::time::SystemTime::now();
+        Entry {
+            status,
+            headers,
+            body: Bytes::from_static(body.as_bytes()),
+            request_time: now,
+            response_time: now,
+            initial_age: Duration::ZERO,
+            lifetime: Duration::from_secs(60),
+            cc: Default::default(),
+            tags: Box::new([]),
+            copies: Default::default(),
+            hit_head: Default::default(),
+        }
+    }
+
+    /// A plain hit's answer is the general one's, field for field, whether
+    /// its head was built or taken from the memo; the memo is used only
+    /// within the same second and `Cache-Status` setting, and carries the
+    /// request id's slot.
+    #[test]
+    fn a_plain_hit_answers_as_the_general_path_does() {
+        let entries = [
+            entry(
+                StatusCode::OK,
+                &[
+                    ("content-type", "text/plain"),
+                    ("content-length", "5"),
+                    ("etag", "\"v\""),
+                ],
+                "hello",
+            ),
+            // No length stored, a wrong one, two, and surrogate control.
+            entry(StatusCode::OK, &[("cache-control", "max-age=60")], "hello"),
+            entry(StatusCode::NOT_FOUND, &[("content-length", "9")], "gone"),
+            entry(
+                StatusCode::OK,
+                &[
+                    ("content-length", "5"),
+                    ("content-length", "5"),
+                    ("surrogate-control", "max-age=9"),
+                ],
+                "hello",
+            ),
+        ];
+        let without_id = |h: &HeaderMap| {
+            let mut h = h.clone();
+            h.remove(&crate::request_id::X_REQUEST_ID);
+            h
+        };
+        for e in &entries {
+            for (secs, status) in [(3, true), (3, true), (3, false), (4, true), (4, true)] {
+                let age = Duration::from_secs(secs);
+                let st = Status::Hit {
+                    ttl: ttl(e, age),
+                    detail: None,
+                };
+                let st = status.then_some(&st);
+                let memo_before = e.hit_head.get(secs, st).is_some();
+                let plain = plain(e, age, st);
+                let mut general = from_entry(e, &Method::GET, &HeaderMap::new(), age, None);
+                if let Some(st) = st {
+                    general
+                        .headers_mut()
+                        .insert(CACHE_STATUS.clone(), st.header_value());
+                }
+                assert_eq!(plain.status(), general.status());
+                assert_eq!(
+                    without_id(plain.headers()),
+                    *general.headers(),
+                    "{e:?} at {secs}"
+                );
+                // Built: no slot. From the memo: the slot, for the stamp.
+                let slot = plain.headers().get(&crate::request_id::X_REQUEST_ID);
+                assert_eq!(slot.is_some(), memo_before, "{e:?} at {secs} {status}");
+                assert!(slot.is_none_or(|v| v.is_empty()));
+            }
+        }
+        assert!(is_plain(&Method::GET, &HeaderMap::new()));
+        assert!(!is_plain(&Method::HEAD, &HeaderMap::new()));
+        for name in ["range", "if-none-match", "if-modified-since"] {
+            let mut h = HeaderMap::new();
+            h.insert("accept", HeaderValue::from_static("*/*"));
+            h.insert(name, HeaderValue::from_static("x"));
+            assert!(!is_plain(&Method::GET, &h), "{name}");
+        }
     }
 }

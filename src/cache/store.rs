@@ -38,6 +38,8 @@ pub struct Entry {
     /// hit that asks for it; they go with the entry (a refreshed or purged
     /// entry takes its copies along).
     pub copies: Copies,
+    /// The head its plain hits are served with, for the current second.
+    pub hit_head: super::serve::HitHead,
 }
 
 /// One lazily made compressed body per [`Coding`].
@@ -81,7 +83,11 @@ impl Entry {
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
         let tags: usize = self.tags.iter().map(|t| t.len() + 16).sum();
-        head + tags + self.body.len() + self.copies.bytes() + std::mem::size_of::<Entry>()
+        head + tags
+            + self.body.len()
+            + self.copies.bytes()
+            + super::serve::HitHead::allowance(self.headers.len())
+            + std::mem::size_of::<Entry>()
     }
 }
 
@@ -224,6 +230,7 @@ mod tests {
             cc: CacheControl::default(),
             tags: Box::new([]),
             copies: Copies::default(),
+            hit_head: Default::default(),
         }))
     }
 

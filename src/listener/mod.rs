@@ -492,7 +492,8 @@ fn service(
 /// buffer) was alive then, every request made hyper allocate a new 8 KiB
 /// buffer. The first poll uses a no-op waker; hyper polls a pending future
 /// again with its own at once, and every future on the request path
-/// registers its waker anew on each poll.
+/// registers its waker anew on each poll. What has to wait starts only
+/// on hyper's poll ([`proxy::first_poll_ends`]).
 enum Answer<F: Future> {
     Ready(Option<F::Output>),
     Wait(std::pin::Pin<Box<F>>),

@@ -157,7 +157,10 @@ pub(crate) async fn handle(
             span.in_scope(|| begin(&snap, &conn, client, req, &mut held, &mut out, &mut outcome));
         match step {
             Step::Answer(resp) => resp,
-            Step::Wait(wait) => wait.instrument(span).await,
+            Step::Wait(wait) => {
+                first_poll_ends().await;
+                wait.instrument(span).await
+            }
         }
     };
     let mut resp = out.apply(&conn, resp);
@@ -169,6 +172,23 @@ pub(crate) async fn handle(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     Ok(record.finish(snap, outcome, resp, sendoff.in_flight))
+}
+
+/// Pending once (waking its waker), then ready: a request's future awaits
+/// it before it starts what has to wait, so that the service's first poll
+/// (`listener::Answer`) ends there. Started under the first poll's
+/// no-op waker, a trip upstream would do its first steps twice (measured:
+/// about 430 instructions more per proxied miss).
+pub(crate) fn first_poll_ends() -> impl Future<Output = ()> {
+    let mut polled = false;
+    std::future::poll_fn(move |cx| {
+        if std::mem::replace(&mut polled, true) {
+            std::task::Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
 }
 
 /// What the client connection asks of each of its responses.

@@ -678,6 +678,7 @@ impl DiskSpill {
         let object = Object::Response(Entry {
             body: Bytes::new(),
             copies: Default::default(),
+            hit_head: Default::default(),
             ..entry.clone()
         });
         let (header, head) = record::encode_streamed_head(key, &object, 0);

@@ -331,6 +331,7 @@ pub(crate) fn decode_head(header: &Header, head: &[u8]) -> Result<Decoded, Recor
                     cc,
                     tags: tags.into(),
                     copies: Copies::default(),
+                    hit_head: Default::default(),
                 }),
                 body_len,
                 copies,
@@ -662,6 +663,7 @@ mod tests {
             },
             tags: vec![Box::from("a"), Box::from("b")].into(),
             copies,
+            hit_head: Default::default(),
         })
     }
 
