@@ -337,13 +337,13 @@ mod tests {
         let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let in_flight = act.begin_request(&req);
             seen.lock().unwrap().push(req.uri().path().to_string());
-            async move {
+            Box::pin(async move {
                 if read_bodies {
                     let _ = req.into_body().collect().await;
                 }
                 let resp = http::Response::new(crate::body::full("ok"));
                 Ok::<_, std::convert::Infallible>(in_flight.attach(resp))
-            }
+            })
         });
         let drain = Arc::new(Drain::new());
         let builders = Arc::new(super::super::http_builders(&Default::default()));

@@ -14,6 +14,7 @@
 
 mod batch;
 mod http1;
+mod streams;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1 as h1, http2 as h2};
 use hyper::service::{service_fn, HttpService};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
@@ -92,7 +93,7 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// hyper settings for one connection, per protocol.
 struct Builders {
     h1: h1::Builder,
-    h2: h2::Builder<TokioExecutor>,
+    h2: h2::Builder<streams::FirstPollInline>,
 }
 
 /// hyper settings for one connection. `header_read_timeout` and
@@ -104,7 +105,7 @@ fn http_builders(limits: &Limits) -> Builders {
         .max_buf_size(h1_max_buf(limits))
         .max_headers(limits.max_header_count)
         .keep_alive(true);
-    let mut h2 = h2::Builder::new(TokioExecutor::new());
+    let mut h2 = h2::Builder::new(streams::FirstPollInline);
     // The h2 crate's own defaults differ (unlimited pending resets in hyper,
     // 1024 local error resets, 200 streams); every abuse bound is set here.
     // A CONTINUATION flood is cut off by h2 once a header block spans more
@@ -443,16 +444,24 @@ impl Drop for Held {
 /// What serves a connection's requests ([`service`]): one name for the
 /// bounds hyper's HTTP/1.1 and HTTP/2 connections put on it.
 trait Handler:
-    HttpService<Incoming, ResBody = ProxyBody, Error = std::convert::Infallible, Future: Send>
-    + Unpin
+    HttpService<
+        Incoming,
+        ResBody = ProxyBody,
+        Error = std::convert::Infallible,
+        Future: Send + Unpin,
+    > + Unpin
     + Send
     + 'static
 {
 }
 
 impl<T> Handler for T where
-    T: HttpService<Incoming, ResBody = ProxyBody, Error = std::convert::Infallible, Future: Send>
-        + Unpin
+    T: HttpService<
+            Incoming,
+            ResBody = ProxyBody,
+            Error = std::convert::Infallible,
+            Future: Send + Unpin,
+        > + Unpin
         + Send
         + 'static
 {
@@ -630,7 +639,7 @@ where
 }
 
 /// hyper's HTTP/2 connection over a batched stream.
-type HyperH2<I, Svc> = h2::Connection<TokioIo<batch::Batched<I>>, Svc, TokioExecutor>;
+type HyperH2<I, Svc> = h2::Connection<TokioIo<batch::Batched<I>>, Svc, streams::FirstPollInline>;
 
 /// An HTTP/2 connection: hyper's, boxed at its exact size (kilobytes: the
 /// h2 crate's codec and stream store, and the stream it serves), with what
@@ -647,7 +656,7 @@ where
 
 fn h2_connection<I, Svc>(
     io: I,
-    builder: &h2::Builder<TokioExecutor>,
+    builder: &h2::Builder<streams::FirstPollInline>,
     service: Svc,
 ) -> H2Connection<I, Svc>
 where
