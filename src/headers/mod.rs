@@ -158,7 +158,7 @@ pub(crate) fn strip_fields(headers: &mut HeaderMap, fields: &[HeaderName]) {
 }
 
 /// Who a request came from, for the forwarding fields.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Hops {
     /// Whoever sent us the request: the connection's client (a PROXY
     /// header's source, else the TCP peer). Appended to `X-Forwarded-For`,
@@ -169,70 +169,147 @@ pub(crate) struct Hops {
     pub client: IpAddr,
 }
 
-/// Appends the previous hop to `X-Forwarded-For` (the chain as received is
-/// kept), sets `X-Forwarded-Proto` and `X-Forwarded-Host`, replaces any
-/// `Forwarded` with this hop's element naming the client
-/// ([`forwarded_element`]), and appends this hop to `Via`.
-pub(crate) fn add_forwarding(
-    headers: &mut HeaderMap,
-    hops: Hops,
-    https: bool,
-    authority: &str,
-    version: Version,
-) {
-    // Room for the fields added here and after (request id, Host), made
-    // at once rather than by growing the map field by field.
-    headers.reserve(7);
-    let client = ip_text(hops.client.to_canonical());
-    // Formatted once when they are one address (no trusted forwarder).
-    let previous = (hops.previous.to_canonical() != hops.client.to_canonical())
-        .then(|| ip_text(hops.previous.to_canonical()));
-    let client = client.as_str();
-    let mut xff = String::new();
-    for v in headers.get_all(&X_FORWARDED_FOR).iter() {
-        if let Ok(v) = v.to_str() {
-            let v = v.trim();
-            if !v.is_empty() {
-                xff.push_str(v);
-                xff.push_str(", ");
+/// The forwarding fields' values a connection's requests last got. Its
+/// requests nearly all come from one client and name one authority: the
+/// values are formatted (addresses as text, `Forwarded`) and checked once,
+/// and each request takes copies, a reference count each.
+#[derive(Debug, Default)]
+pub(crate) struct LastForwarding(Mutex<Option<Forwarding>>);
+
+impl LastForwarding {
+    /// Appends the previous hop to `X-Forwarded-For` (the chain as
+    /// received is kept), sets `X-Forwarded-Proto` and `X-Forwarded-Host`,
+    /// replaces any `Forwarded` with this hop's element naming the client
+    /// ([`forwarded_element`]), and appends this hop to `Via`; with the
+    /// values this connection last used when they are for the same hops,
+    /// scheme and authority.
+    pub(crate) fn add_to(
+        &self,
+        headers: &mut HeaderMap,
+        hops: Hops,
+        https: bool,
+        authority: &str,
+        version: Version,
+    ) {
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*last {
+            Some(known) if known.is_for(hops, https, authority) => {
+                known.add_to(headers, version);
+            }
+            _ => {
+                let fresh = Forwarding::new(hops, https, authority);
+                fresh.add_to(headers, version);
+                *last = Some(fresh);
             }
         }
     }
-    xff.push_str(previous.as_deref().unwrap_or(client));
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+}
+
+/// This hop's forwarding values for one client, scheme and authority.
+#[derive(Debug)]
+struct Forwarding {
+    hops: Hops,
+    https: bool,
+    authority: Box<str>,
+    /// The previous hop's address: what `X-Forwarded-For` gets appended
+    /// (always text that makes a field value).
+    previous: Option<HeaderValue>,
+    /// `X-Forwarded-Host`; none without an authority.
+    host: Option<HeaderValue>,
+    forwarded: Option<HeaderValue>,
+}
+
+impl Forwarding {
+    fn new(hops: Hops, https: bool, authority: &str) -> Forwarding {
+        let client = ip_text(hops.client.to_canonical());
+        // Formatted once when they are one address (no trusted forwarder).
+        let previous = (hops.previous.to_canonical() != hops.client.to_canonical())
+            .then(|| ip_text(hops.previous.to_canonical()));
+        // Without an authority (HTTP/1.0 with no Host) there is nothing to
+        // report; never pass on a value the client made up.
+        let host = (!authority.is_empty())
+            .then(|| HeaderValue::from_str(authority).ok())
+            .flatten();
+        Forwarding {
+            hops,
+            https,
+            authority: authority.into(),
+            previous: HeaderValue::from_str(previous.as_deref().unwrap_or(&client))
+                .ok()
+                .map(shared),
+            host: host.map(shared),
+            forwarded: forwarded_element(&client, https, authority).map(shared),
+        }
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if https { "https" } else { "http" }),
-    );
-    // Without an authority (HTTP/1.0 with no Host) there is nothing to
-    // report; never pass on a value the client made up.
-    // (`insert` replaces every value the client sent; `remove` is for when
-    // there is nothing to put in their place.)
-    let host = (!authority.is_empty())
-        .then(|| HeaderValue::from_str(authority).ok())
-        .flatten();
-    match host {
-        Some(v) => {
-            headers.insert(X_FORWARDED_HOST.clone(), v);
+
+    fn is_for(&self, hops: Hops, https: bool, authority: &str) -> bool {
+        self.hops == hops && self.https == https && *self.authority == *authority
+    }
+
+    /// Sets the fields in `headers` (see [`LastForwarding::add_to`]).
+    fn add_to(&self, headers: &mut HeaderMap, version: Version) {
+        // Room for the fields added here and after (request id, Host), made
+        // at once rather than by growing the map field by field.
+        headers.reserve(7);
+        if let Some(v) = self.previous.as_ref().and_then(|p| chain(headers, p)) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
         }
-        None => {
-            headers.remove(&X_FORWARDED_HOST);
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if self.https { "https" } else { "http" }),
+        );
+        // (`insert` replaces every value the client sent; `remove` is for when
+        // there is nothing to put in their place.)
+        match &self.host {
+            Some(v) => {
+                headers.insert(X_FORWARDED_HOST.clone(), v.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+        // The client's own `Forwarded` elements are claims nobody checked, as
+        // its `X-Forwarded-Host` and `-Proto` are: they are dropped, and the
+        // origin sees only what sluice saw.
+        match &self.forwarded {
+            Some(v) => {
+                headers.insert(header::FORWARDED, v.clone());
+            }
+            None => {
+                headers.remove(header::FORWARDED);
+            }
+        }
+        headers.append(header::VIA, via(version));
+    }
+}
+
+/// `X-Forwarded-For` as received (its values trimmed, empty ones left
+/// out) with `previous` appended.
+fn chain(headers: &HeaderMap, previous: &HeaderValue) -> Option<HeaderValue> {
+    let mut received = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if received.peek().is_none() {
+        return Some(previous.clone());
+    }
+    let mut xff = Vec::new();
+    for v in received {
+        if let Ok(v) = v.to_str() {
+            let v = v.trim();
+            if !v.is_empty() {
+                xff.extend_from_slice(v.as_bytes());
+                xff.extend_from_slice(b", ");
+            }
         }
     }
-    // The client's own `Forwarded` elements are claims nobody checked, as
-    // its `X-Forwarded-Host` and `-Proto` are: they are dropped, and the
-    // origin sees only what sluice saw.
-    match forwarded_element(client, https, authority) {
-        Some(v) => {
-            headers.insert(header::FORWARDED, v);
-        }
-        None => {
-            headers.remove(header::FORWARDED);
-        }
-    }
-    headers.append(header::VIA, via(version));
+    xff.extend_from_slice(previous.as_bytes());
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)).ok()
+}
+
+/// `value`, to be copied for many requests: its bytes are shared now (the
+/// first copy of a value made from a `Vec` moves them to a shared
+/// allocation), so that every request's copy is a reference count.
+fn shared(value: HeaderValue) -> HeaderValue {
+    drop(value.clone());
+    value
 }
 
 /// `ip` as text, an IPv4 address without `core::fmt` (whose padding and
@@ -705,16 +782,137 @@ mod tests {
         }
     }
 
-    /// `add_forwarding` for an HTTP/1.1 request from `client`, received
-    /// from `previous`.
+    /// The forwarding fields for an HTTP/1.1 request from `client`,
+    /// received from `previous`, on a new connection.
     fn forward(h: &mut HeaderMap, previous: IpAddr, client: IpAddr, https: bool, authority: &str) {
-        add_forwarding(
+        LastForwarding::default().add_to(
             h,
             Hops { previous, client },
             https,
             authority,
             Version::HTTP_11,
         );
+    }
+
+    /// The forwarding fields as they were added before a connection kept
+    /// their values (formatted for every request), kept as the oracle for
+    /// [`LastForwarding`].
+    fn reference_forwarding(
+        headers: &mut HeaderMap,
+        hops: Hops,
+        https: bool,
+        authority: &str,
+        version: Version,
+    ) {
+        let client = ip_text(hops.client.to_canonical());
+        let previous = (hops.previous.to_canonical() != hops.client.to_canonical())
+            .then(|| ip_text(hops.previous.to_canonical()));
+        let client = client.as_str();
+        let mut xff = String::new();
+        for v in headers.get_all(&X_FORWARDED_FOR).iter() {
+            if let Ok(v) = v.to_str() {
+                let v = v.trim();
+                if !v.is_empty() {
+                    xff.push_str(v);
+                    xff.push_str(", ");
+                }
+            }
+        }
+        xff.push_str(previous.as_deref().unwrap_or(client));
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if https { "https" } else { "http" }),
+        );
+        let host = (!authority.is_empty())
+            .then(|| HeaderValue::from_str(authority).ok())
+            .flatten();
+        match host {
+            Some(v) => {
+                headers.insert(X_FORWARDED_HOST.clone(), v);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+        match forwarded_element(client, https, authority) {
+            Some(v) => {
+                headers.insert(header::FORWARDED, v);
+            }
+            None => {
+                headers.remove(header::FORWARDED);
+            }
+        }
+        headers.append(header::VIA, via(version));
+    }
+
+    /// A connection's kept values give every request the fields the
+    /// per-request formatting gave, whatever the order of its requests'
+    /// clients, schemes and authorities: IPv4, IPv6 and IPv4-mapped
+    /// clients, trusted chains, a received `X-Forwarded-For` (odd values
+    /// included), `Forwarded` and `X-Forwarded-Host` to replace, no
+    /// authority.
+    #[test]
+    fn kept_forwarding_values_agree_with_formatting_them_each_time() {
+        let ips: [IpAddr; 4] = [
+            "192.0.2.7".parse().unwrap(),
+            "::ffff:10.0.0.9".parse().unwrap(),
+            "2001:db8::17".parse().unwrap(),
+            "10.0.0.9".parse().unwrap(),
+        ];
+        let received: [&[(&str, &str)]; 5] = [
+            &[],
+            &[("x-forwarded-for", "203.0.113.1")],
+            &[
+                ("x-forwarded-for", " 203.0.113.1 , 198.51.100.2"),
+                ("x-forwarded-for", ""),
+                ("x-forwarded-for", "2001:db8::1"),
+            ],
+            &[
+                ("forwarded", "for=6.6.6.6"),
+                ("x-forwarded-host", "evil"),
+                ("x-forwarded-proto", "https"),
+                ("via", "1.0 fred"),
+            ],
+            &[("x-forwarded-for", "unknown"), ("host", "a.example")],
+        ];
+        let authorities = ["example.com", "example.com:8080", "[::1]:8443", ""];
+        let versions = [Version::HTTP_11, Version::HTTP_10, Version::HTTP_2];
+        let last = LastForwarding::default();
+        let mut cases = 0;
+        for round in 0..2 {
+            for (i, &previous) in ips.iter().enumerate() {
+                for &client in &ips[i..] {
+                    for https in [false, true] {
+                        for authority in authorities {
+                            for fields in received {
+                                let version = versions[cases % versions.len()];
+                                let hops = Hops { previous, client };
+                                let mut expected = map(fields);
+                                reference_forwarding(
+                                    &mut expected,
+                                    hops,
+                                    https,
+                                    authority,
+                                    version,
+                                );
+                                let mut got = map(fields);
+                                last.add_to(&mut got, hops, https, authority, version);
+                                assert_eq!(
+                                    got.iter().collect::<Vec<_>>(),
+                                    expected.iter().collect::<Vec<_>>(),
+                                    "round {round}: {hops:?} https={https} {authority:?} {fields:?}"
+                                );
+                                cases += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(cases > 500);
     }
 
     fn forwarded_for(client: &str, https: bool, authority: &str, sent: &[&str]) -> Vec<String> {

@@ -395,6 +395,7 @@ fn start(accepted: Accepted, client: SocketAddr, local: Option<SocketAddr>, ctx:
         metrics: ctx.metrics.clone(),
         protocol: Default::default(),
         last_authority: Default::default(),
+        last_forwarding: Default::default(),
     });
     let service = service(
         ctx.state.clone(),

@@ -87,6 +87,8 @@ pub(crate) struct ConnInfo {
     pub protocol: observe::ConnProtocol,
     /// The authority this connection's requests last named.
     pub last_authority: headers::LastAuthority,
+    /// The forwarding fields' values its requests last got.
+    pub last_forwarding: headers::LastForwarding,
 }
 
 impl ConnInfo {
@@ -704,7 +706,7 @@ impl Forward {
             // reads trailers, and sluice passes them on.
             head.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        headers::add_forwarding(
+        conn.last_forwarding.add_to(
             &mut head,
             headers::Hops {
                 previous: conn.client.ip(),

@@ -187,10 +187,8 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<H
         headers.reserve(count);
         for &(ns, ne, vs, ve) in &at {
             let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
-            let name =
-                HeaderName::from_bytes(&head[ns..ne]).map_err(|e| Error::Head(e.to_string()))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-                .map_err(|e| Error::Head(e.to_string()))?;
+            let name = field_name(&head[ns..ne]).map_err(|e| Error::Head(e.to_string()))?;
+            let value = field_value(head.slice(vs..ve)).map_err(|e| Error::Head(e.to_string()))?;
             if name == header::CONNECTION {
                 if said_close || lists(&value, "close") {
                     said_close = true;
@@ -220,6 +218,74 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<H
             keep_alive: keep_alive && !upgrade,
             upgrade,
         }));
+    }
+}
+
+/// A field name from a parsed head, as [`HeaderName::from_bytes`] makes
+/// it. The names nearly every response carries are found by their length
+/// and one comparison of two words, without `from_bytes`'s copy to lower
+/// case and its lookup among all the standard names.
+fn field_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    let common = match name.len() {
+        4 => Some(&header::DATE),
+        6 => Some(&header::SERVER),
+        10 => Some(&header::CONNECTION),
+        12 => Some(&header::CONTENT_TYPE),
+        13 => Some(&header::CACHE_CONTROL),
+        14 => Some(&header::CONTENT_LENGTH),
+        _ => None,
+    };
+    match common {
+        Some(known) if same_name(name, known.as_str().as_bytes()) => Ok(known.clone()),
+        _ => HeaderName::from_bytes(name),
+    }
+}
+
+/// Whether `name` is `lower` (lower-case letters, digits and `-`, 4 to 16
+/// bytes, as long as `name`) in any case: each word of `name` with the
+/// case bit set where `lower` has a letter (the letters' `0x40` bit, moved
+/// to `0x20`) must be `lower`'s word, so nothing but the other case of a
+/// letter passes.
+fn same_name(name: &[u8], lower: &[u8]) -> bool {
+    fn words<const N: usize>(b: &[u8]) -> ([u8; N], [u8; N]) {
+        let mut head = [0; N];
+        let mut tail = [0; N];
+        head.copy_from_slice(&b[..N]);
+        tail.copy_from_slice(&b[b.len() - N..]);
+        (head, tail)
+    }
+    fn folds(name: u64, lower: u64) -> bool {
+        name | ((lower & 0x4040_4040_4040_4040) >> 1) == lower
+    }
+    let n = name.len();
+    if n != lower.len() {
+        return false;
+    }
+    if (8..=16).contains(&n) {
+        let ((nh, nt), (lh, lt)) = (words::<8>(name), words::<8>(lower));
+        folds(u64::from_le_bytes(nh), u64::from_le_bytes(lh))
+            && folds(u64::from_le_bytes(nt), u64::from_le_bytes(lt))
+    } else if (4..8).contains(&n) {
+        let ((nh, nt), (lh, lt)) = (words::<4>(name), words::<4>(lower));
+        let widen = |w: [u8; 4]| u64::from(u32::from_le_bytes(w));
+        folds(widen(nh), widen(lh)) && folds(widen(nt), widen(lt))
+    } else {
+        name.eq_ignore_ascii_case(lower)
+    }
+}
+
+/// A field value from a parsed head. `httparse` let through only the bytes
+/// a field value may hold (HTAB, visible ASCII, obs-text; line folding is
+/// refused, as `ParserConfig::default` does), the set `HeaderValue`
+/// accepts: an ASCII value is taken without checking each byte again, and
+/// any other goes through the check.
+fn field_value(value: Bytes) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    if value.is_ascii() {
+        // SAFETY: ASCII is valid UTF-8, and httparse checked that every
+        // byte is one a field value may hold.
+        Ok(unsafe { HeaderValue::from_maybe_shared_unchecked(value) })
+    } else {
+        HeaderValue::from_maybe_shared(value)
     }
 }
 
@@ -679,6 +745,154 @@ mod tests {
         settle(&mut decode, &mut buf, &mut seen);
         assert!(decode.is_done());
         assert!(buf.is_empty());
+    }
+
+    /// The common names' shortcut gives what `HeaderName::from_bytes`
+    /// gives, in any case, for near misses of each length, and for names
+    /// that are not common.
+    #[test]
+    fn field_names_agree_with_from_bytes() {
+        let names = [
+            "Date",
+            "date",
+            "DATE",
+            "dAtE",
+            "data",
+            "dat\u{e9}",
+            "etag",
+            "vary",
+            "Server",
+            "server",
+            "servers",
+            "serveR",
+            "Connection",
+            "connectioN",
+            "connexion",
+            "Content-Type",
+            "content-typf",
+            "content_type",
+            "Content-Typ",
+            "Cache-Control",
+            "cache-controL",
+            "last-modified",
+            "Content-Length",
+            "content-lengtH",
+            "content-range",
+            "Set-Cookie",
+            "X-Custom",
+            "x-request-id",
+            "transfer-encoding",
+            "Location",
+            // A byte one case bit away from a letter or from `-`.
+            "D@te",
+            "d`te",
+            "content\rtype",
+            "contentmtype",
+            "CONTENT-TYPE",
+            "cache\x0dcontrol",
+            "Cache-ControL",
+            "Content-Length1",
+            "server\x00",
+            "d\x01te",
+            "DATE\u{80}",
+            "a",
+            "1234",
+            "dat ",
+            "dat:",
+            "",
+        ];
+        for name in names {
+            let fast = field_name(name.as_bytes()).map_err(|_| ());
+            let general = HeaderName::from_bytes(name.as_bytes()).map_err(|_| ());
+            assert_eq!(fast, general, "{name:?}");
+        }
+    }
+
+    /// A value is taken unchecked only when it is ASCII; every byte that
+    /// `httparse` lets into a value is one `HeaderValue` accepts, and a
+    /// value with any byte at all comes out as the checked path makes it.
+    #[test]
+    fn field_values_agree_with_the_checked_path() {
+        // What RFC 9110 §5.5 (and httparse) allow in a field value.
+        let allowed = |b: u8| b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80;
+        for b in 0..=255u8 {
+            let raw = [b'a', b, b'z'];
+            if allowed(b) {
+                let fast = field_value(Bytes::copy_from_slice(&raw)).map_err(|_| ());
+                let checked = HeaderValue::from_bytes(&raw).map_err(|_| ());
+                assert_eq!(fast, checked, "byte {b:#x}");
+            }
+            let head = [
+                &b"HTTP/1.1 200 OK\r\nX-A: a"[..],
+                &[b],
+                &b"z\r\nContent-Length: 0\r\n\r\n"[..],
+            ]
+            .concat();
+            let parsed = head_of(&head);
+            let checked = HeaderValue::from_bytes(&raw).ok();
+            match parsed {
+                Ok(h) => {
+                    let got = h.parts.headers.get("x-a").cloned();
+                    assert_eq!(got, checked, "byte {b:#x}");
+                    assert!(checked.is_some(), "byte {b:#x} let through");
+                }
+                Err(_) => assert!(!allowed(b), "byte {b:#x} refused"),
+            }
+        }
+    }
+
+    fn head_of(bytes: &[u8]) -> Result<Head, ()> {
+        match head(bytes, Method::GET) {
+            Ok(Some(h)) => Ok(h),
+            _ => Err(()),
+        }
+    }
+
+    /// Odd heads: repeated fields keep their order, names in any case,
+    /// obs-text, and what the parser refuses (line folding, a space before
+    /// the colon, a control byte) still fails the exchange.
+    #[test]
+    fn response_heads_parse_as_before() {
+        let h = head_of(
+            b"HTTP/1.1 200 OK\r\nDATE: x\r\nset-cookie: a=1\r\nSet-Cookie: b=2\r\n\
+              cache-CONTROL:  no-store \t\r\nX-Obs: caf\xe9\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        let fields: Vec<(String, Vec<u8>)> = h
+            .parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let expected: Vec<(String, Vec<u8>)> = [
+            ("date", &b"x"[..]),
+            ("set-cookie", b"a=1"),
+            ("set-cookie", b"b=2"),
+            ("cache-control", b"no-store"),
+            ("x-obs", b"caf\xe9"),
+            ("content-length", b"0"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_vec()))
+        .collect();
+        let mut sorted = fields.clone();
+        sorted.sort();
+        let mut want = expected.clone();
+        want.sort();
+        assert_eq!(sorted, want);
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nX-A : a\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-A: a\x7fb\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX A: a\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            assert!(
+                matches!(head(bad, Method::GET), Err(Error::Head(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
