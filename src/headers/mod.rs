@@ -172,9 +172,11 @@ pub(crate) struct Hops {
 /// The forwarding fields' values a connection's requests last got. Its
 /// requests nearly all come from one client and name one authority: the
 /// values are formatted (addresses as text, `Forwarded`) and checked once,
-/// and each request takes copies, a reference count each.
+/// and each request takes copies, a reference count each. Boxed: every
+/// connection has one, most never forward (all hits, or idle), and inline
+/// it made an idle HTTP/1.1 connection 0.25 KiB larger.
 #[derive(Debug, Default)]
-pub(crate) struct LastForwarding(Mutex<Option<Forwarding>>);
+pub(crate) struct LastForwarding(Mutex<Option<Box<Forwarding>>>);
 
 impl LastForwarding {
     /// Appends the previous hop to `X-Forwarded-For` (the chain as
@@ -199,7 +201,7 @@ impl LastForwarding {
             _ => {
                 let fresh = Forwarding::new(hops, https, authority);
                 fresh.add_to(headers, version);
-                *last = Some(fresh);
+                *last = Some(Box::new(fresh));
             }
         }
     }
