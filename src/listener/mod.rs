@@ -847,6 +847,36 @@ mod tests {
             .await
     }
 
+    /// A request answered in the service's first poll is handed to hyper
+    /// made; one still waiting is polled by hyper with its own waker, and
+    /// what wakes it then reaches hyper's task.
+    #[tokio::test]
+    async fn an_answer_is_made_in_the_first_poll_or_waits_for_hyper() {
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = |polls: &Arc<std::sync::atomic::AtomicUsize>| {
+            let polls = polls.clone();
+            std::future::poll_fn(move |_| {
+                polls.fetch_add(1, Ordering::Relaxed);
+                Poll::Ready(7)
+            })
+        };
+        let mut ready = Answer::first_poll(Box::pin(counted(&polls)));
+        assert!(matches!(ready, Answer::Ready(Some(7))));
+        assert_eq!(polls.load(Ordering::Relaxed), 1, "answered inside call");
+        assert!(!pending(&mut ready).await);
+
+        let (tx, rx) = tokio::sync::oneshot::channel::<u8>();
+        let mut waiting = Answer::first_poll(Box::pin(async move { rx.await.unwrap_or(0) }));
+        assert!(matches!(waiting, Answer::Wait(_)));
+        assert!(pending(&mut waiting).await, "registers this task's waker");
+        let sender = tokio::spawn(async move { tx.send(9) });
+        let got = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("woken through the waker of hyper's poll");
+        assert_eq!(got, 9);
+        sender.await.unwrap().unwrap();
+    }
+
     #[tokio::test]
     async fn a_wait_polled_on_every_wake_still_hears_the_drain() {
         let drain = Arc::new(Drain::new());

@@ -1183,3 +1183,28 @@ fn head_bytes(req: &Request<Incoming>) -> usize {
         .iter()
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    /// Pending once, having woken its waker (a caller that polls only on
+    /// wake-ups is not left waiting), then ready.
+    #[test]
+    fn the_first_poll_ends_once() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let count = std::sync::Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut ends = std::pin::pin!(super::first_poll_ends());
+        assert!(ends.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(ends.as_mut().poll(&mut cx).is_ready());
+    }
+}
