@@ -763,25 +763,17 @@ mod tests {
     use crate::cache::store::Entry;
     use http::{HeaderMap, StatusCode};
     use http_body_util::BodyExt;
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
     use tokio::sync::mpsc;
 
     fn head(length: Option<u64>) -> Arc<Head> {
-        let now = SystemTime::now();
         Arc::new(Head {
-            entry: Entry {
-                status: StatusCode::OK,
-                headers: HeaderMap::new(),
-                body: Bytes::new(),
-                request_time: now,
-                response_time: now,
-                initial_age: Duration::ZERO,
-                lifetime: Duration::from_secs(60),
-                cc: Default::default(),
-                tags: Box::new([]),
-                copies: Default::default(),
-                hit_head: Default::default(),
-            },
+            entry: Entry::fresh(
+                StatusCode::OK,
+                HeaderMap::new(),
+                Bytes::new(),
+                Duration::from_secs(60),
+            ),
             length,
             key: "k".into(),
             primary: "k".into(),

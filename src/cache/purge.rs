@@ -230,17 +230,15 @@ mod tests {
         let store = MemoryStore::new(1 << 20, || {});
         let now = SystemTime::now();
         let entry = |lifetime: u64| Entry {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: bytes::Bytes::from_static(b"body"),
             request_time: now,
             response_time: now,
             initial_age: Duration::from_secs(30),
-            lifetime: Duration::from_secs(lifetime),
-            cc: Default::default(),
-            tags: Box::new([]),
-            copies: Default::default(),
-            hit_head: Default::default(),
+            ..Entry::fresh(
+                StatusCode::OK,
+                HeaderMap::new(),
+                bytes::Bytes::from_static(b"body"),
+                Duration::from_secs(lifetime),
+            )
         };
         store.insert(
             "http://h/fresh".into(),

@@ -558,20 +558,12 @@ mod tests {
         for (name, value) in fields {
             headers.append(*name, HeaderValue::from_static(value));
         }
-        let now = std::time::SystemTime::now();
-        Entry {
+        Entry::fresh(
             status,
             headers,
-            body: Bytes::from_static(body.as_bytes()),
-            request_time: now,
-            response_time: now,
-            initial_age: Duration::ZERO,
-            lifetime: Duration::from_secs(60),
-            cc: Default::default(),
-            tags: Box::new([]),
-            copies: Default::default(),
-            hit_head: Default::default(),
-        }
+            Bytes::from_static(body.as_bytes()),
+            Duration::from_secs(60),
+        )
     }
 
     /// A plain hit's answer is the general one's, field for field, whether

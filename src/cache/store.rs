@@ -71,6 +71,30 @@ impl Copies {
 }
 
 impl Entry {
+    /// A response just received with `lifetime` of freshness: for tests.
+    #[cfg(test)]
+    pub(crate) fn fresh(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        lifetime: Duration,
+    ) -> Entry {
+        let now = SystemTime::now();
+        Entry {
+            status,
+            headers,
+            body,
+            request_time: now,
+            response_time: now,
+            initial_age: Duration::ZERO,
+            lifetime,
+            cc: Default::default(),
+            tags: Box::new([]),
+            copies: Default::default(),
+            hit_head: Default::default(),
+        }
+    }
+
     /// The entry's current age (RFC 9111 §4.2.3).
     pub fn age(&self, now: SystemTime) -> Duration {
         super::policy::current_age(self.initial_age, self.response_time, now)
