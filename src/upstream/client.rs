@@ -371,23 +371,16 @@ impl Client {
             // One stream refused (REFUSED_STREAM: say, beyond the member's
             // stream limit before its SETTINGS had arrived) on a connection
             // that carries on: the request goes on it again.
-            return match send.try_send_request(req).await {
-                Ok(resp) => checked(addr, resp),
-                Err(e) => Err(failure(addr, e.error(), &self.connector)),
-            };
+            return self.send_h2_again(addr, &mut send, req).await;
         }
         // The connection is going away: forget it, and use a new one.
         self.forget_h2(addr, &send);
         let connect = Box::pin(self.connector.connect(addr, &[]));
         let sender = connect.await?;
         match sender {
-            Sender::H2(send) => {
+            Sender::H2(mut send) => {
                 self.keep_h2(addr, &send);
-                let mut send = send;
-                match send.try_send_request(req).await {
-                    Ok(resp) => checked(addr, resp),
-                    Err(e) => Err(failure(addr, e.error(), &self.connector)),
-                }
+                self.send_h2_again(addr, &mut send, req).await
             }
             Sender::H1(conn) => {
                 // The member now speaks HTTP/1.1: the head as the proxy
@@ -396,6 +389,20 @@ impl Client {
                 let first = Box::pin(self.send_h1_new(addr, conn, out, req.into_body(), true));
                 first.await
             }
+        }
+    }
+
+    /// The second and last try of a request [`send_h2`](Self::send_h2)
+    /// got back unprocessed.
+    async fn send_h2_again(
+        &self,
+        addr: SocketAddr,
+        send: &mut http2::SendRequest<ProxyBody>,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        match send.try_send_request(req).await {
+            Ok(resp) => checked(addr, resp),
+            Err(e) => Err(failure(addr, e.error(), &self.connector)),
         }
     }
 
