@@ -108,7 +108,7 @@ pub(crate) fn is_chunked(headers: &HeaderMap) -> bool {
 }
 
 /// Whether a `Connection` field lists `token`.
-fn lists(value: &HeaderValue, token: &str) -> bool {
+pub(super) fn lists(value: &HeaderValue, token: &str) -> bool {
     value
         .as_bytes()
         .split(|&b| b == b',')

@@ -140,10 +140,7 @@ fn encode_head(out: &Outgoing<'_>, plan: &Plan, buf: &mut BytesMut) -> bool {
             put_field(name, value.as_bytes(), buf);
         }
         if name == header::CONNECTION {
-            close |= value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close |= super::read::lists(value, "close");
         }
     }
     match plan.add {
