@@ -213,6 +213,19 @@ impl Activity {
         self.enter(req.version(), keeps_alive, !req.body().is_end_stream())
     }
 
+    /// A request answered while no hyper session runs (the listener's hit
+    /// lane: HTTP/1.1, no body, kept alive): in flight like any other, but
+    /// not part of a session, so that the connection stays parked.
+    pub(crate) fn begin_unparked(self: &Arc<Self>) -> InFlight {
+        let mut s = self.lock();
+        s.in_flight += 1;
+        s.requests += 1;
+        s.head_since = None;
+        InFlight {
+            activity: Some(self.clone()),
+        }
+    }
+
     fn enter(self: &Arc<Self>, version: Version, keeps_alive: bool, body: bool) -> InFlight {
         let mut s = self.lock();
         s.in_flight += 1;

@@ -213,8 +213,15 @@ impl Verdicts {
         self.0.rest.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes one counted accept, if there is one.
-    fn take_accept(&self) -> bool {
+    /// Whether the next verdict is a plain [`Verdict::Accept`] (taken with
+    /// [`Verdicts::take_accept`]).
+    pub(crate) fn accept_next(&self) -> bool {
+        self.0.accepts.load(Ordering::Acquire) > 0
+    }
+
+    /// Takes one counted accept, if there is one: the next verdict, when
+    /// it is a plain [`Verdict::Accept`] (they all come first).
+    pub(crate) fn take_accept(&self) -> bool {
         self.0
             .accepts
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))

@@ -396,6 +396,15 @@ pub(crate) struct Answer {
     pub result: Option<&'static str>,
 }
 
+/// A fresh hit answered by the listener's own HTTP/1.1 writer
+/// ([`Cache::plain_hit`]): its head, to which the request id is added, and
+/// its body. Its `Cache-Status` result is `hit`.
+pub(crate) struct PlainHit {
+    pub status: StatusCode,
+    pub wire: serve::Wire,
+    pub body: bytes::Bytes,
+}
+
 /// The request fields a stored entry is served against.
 #[derive(Clone, Copy)]
 struct View<'a> {
@@ -501,6 +510,44 @@ impl Cache {
                 Decided::Follow(follower) => Looked::Later(Box::pin(follower.wait(set))),
             },
         }
+    }
+
+    /// A plain request ([`serve::is_plain`]) with no directives of its own,
+    /// on a route that does not compress, for a fresh entry of the memory
+    /// tier: its answer as HTTP/1.1 bytes, for the listener's hit lane.
+    /// `None`, having changed nothing, for anything else (and when the
+    /// entry's head cannot go out as bytes, see [`serve::plain_wire`]):
+    /// the request then takes [`Cache::lookup`], which decides what it
+    /// would have decided anyway.
+    pub(crate) fn plain_hit(&self, set: Settings<'_>, req: &Request<'_>) -> Option<PlainHit> {
+        if req.has_body
+            || req.accepted.is_some()
+            || !serve::is_plain(req.method, req.head)
+            || req
+                .head
+                .keys()
+                .any(|name| name == header::CACHE_CONTROL || name == header::PRAGMA)
+        {
+            return None;
+        }
+        let now = SystemTime::now();
+        let object = self.find(&req.primary, req.head).entry?;
+        let entry = entry_of(&object)?;
+        if Directives::default().usable(entry, now) != Use::Fresh {
+            return None;
+        }
+        let age = entry.age(now);
+        let status = Status::Hit {
+            ttl: serve::ttl(entry, age),
+            detail: None,
+        };
+        let wire = serve::plain_wire(entry, age, set.cache.status_header.then_some(&status))?;
+        crate::metrics::get().cache_memory_lookups[0].inc();
+        Some(PlainHit {
+            status: entry.status,
+            wire,
+            body: entry.body.clone(),
+        })
     }
 
     /// The lookup's decision once the tiers have been read: `found` is what

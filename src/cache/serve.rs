@@ -210,11 +210,7 @@ pub(crate) fn plain(entry: &Entry, age: Duration, status: Option<&Status>) -> Re
     let headers = match entry.hit_head.get(secs, status) {
         Some(headers) => headers,
         None => {
-            let mut headers = head_of(entry, age);
-            set_length(&mut headers, Some(entry.body.len() as u64));
-            if let Some(status) = status {
-                headers.insert(CACHE_STATUS.clone(), status.header_value());
-            }
+            let headers = plain_head(entry, age, status);
             entry.hit_head.set(secs, status, &headers);
             headers
         }
@@ -223,6 +219,91 @@ pub(crate) fn plain(entry: &Entry, age: Duration, status: Option<&Status>) -> Re
     *resp.status_mut() = entry.status;
     *resp.headers_mut() = headers;
     resp
+}
+
+/// [`plain`]'s answer as HTTP/1.1 bytes, for sluice's own writer (the
+/// listener's hit lane): the head from the entry's [`HitHead`], encoded
+/// once per second of age, and the body. `None` when the memo is busy
+/// (another worker holds it) or the head is one hyper would change on its
+/// way out (see [`Wire`]): the request then takes the general path.
+pub(crate) fn plain_wire(entry: &Entry, age: Duration, status: Option<&Status>) -> Option<Wire> {
+    entry
+        .hit_head
+        .wire(age.as_secs(), status, entry.status, || {
+            plain_head(entry, age, status)
+        })
+}
+
+/// The head of a plain hit, built: the stored head with `Age`,
+/// `Content-Length` and `Cache-Status`.
+fn plain_head(entry: &Entry, age: Duration, status: Option<&Status>) -> HeaderMap {
+    let mut headers = head_of(entry, age);
+    set_length(&mut headers, Some(entry.body.len() as u64));
+    if let Some(status) = status {
+        headers.insert(CACHE_STATUS.clone(), status.header_value());
+    }
+    headers
+}
+
+/// A plain hit's head as hyper's HTTP/1.1 server writes it (the status
+/// line, then `name: value` per field in the map's order), split where
+/// the request id goes: `bytes[..id_at]` ends with `x-request-id: `, the
+/// rest is the line's end, the fields after it and the blank line.
+#[derive(Debug, Clone)]
+pub(crate) struct Wire {
+    pub bytes: Bytes,
+    pub id_at: usize,
+}
+
+impl Wire {
+    /// `None` for a head hyper would not write as it is: a status without
+    /// its standard reason phrase or one that carries no body, no `Date`
+    /// (hyper adds one), any field hyper reads itself (`Connection`,
+    /// `Transfer-Encoding`, `Trailer`), or no `Content-Length`.
+    fn encode(status: StatusCode, headers: &HeaderMap) -> Option<Wire> {
+        let reason = status.canonical_reason()?;
+        if status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || !headers.contains_key(header::DATE)
+            || !headers.contains_key(header::CONTENT_LENGTH)
+            || headers.contains_key(header::CONNECTION)
+            || headers.contains_key(header::TRANSFER_ENCODING)
+            || headers.contains_key(header::TRAILER)
+        {
+            return None;
+        }
+        let id = &crate::request_id::X_REQUEST_ID;
+        if headers.get_all(id).iter().count() != 1 {
+            return None;
+        }
+        let text: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        let mut out = Vec::with_capacity(text + 32);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let mut id_at = 0;
+        for (name, value) in headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            if name == id {
+                id_at = out.len();
+            } else {
+                out.extend_from_slice(value.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        Some(Wire {
+            bytes: Bytes::from(out),
+            id_at,
+        })
+    }
 }
 
 /// The head of an entry's plain hits ([`plain`]) for one second of its
@@ -241,6 +322,28 @@ struct Memo {
     age: u64,
     status: Option<Status>,
     headers: HeaderMap,
+    /// The head encoded for the hit lane, once a hit there asked for it
+    /// (`Some(None)`: it cannot be, see [`Wire::encode`]).
+    wire: Option<Option<Wire>>,
+}
+
+impl Memo {
+    fn new(age: u64, status: Option<&Status>, mut headers: HeaderMap) -> Memo {
+        headers.insert(
+            crate::request_id::X_REQUEST_ID.clone(),
+            crate::request_id::slot(),
+        );
+        Memo {
+            age,
+            status: status.cloned(),
+            headers,
+            wire: None,
+        }
+    }
+
+    fn is_for(&self, age: u64, status: Option<&Status>) -> bool {
+        self.age == age && self.status.as_ref() == status
+    }
 }
 
 /// A copy of an entry (refreshed, or read from another tier) makes its
@@ -256,31 +359,46 @@ impl HitHead {
     /// besides the entry's own values (which it shares), counted in the
     /// entry's weight from the start: the map of the fields and the ones a
     /// hit adds, and the new values of `Age` and `Cache-Status`.
-    pub(crate) fn allowance(fields: usize) -> usize {
+    ///
+    /// With the head's text (`text`, names and values), its [`Wire`]
+    /// encoding: that text, the separators, the status line and the
+    /// fields a hit adds.
+    pub(crate) fn allowance(fields: usize, text: usize) -> usize {
         const FIELD: usize = std::mem::size_of::<(HeaderName, HeaderValue)>() + 16;
-        (fields + HIT_FIELDS) * FIELD + 128
+        const WIRE_EXTRA: usize = 64 + HIT_FIELDS * 64;
+        (fields + HIT_FIELDS) * FIELD + 128 + text + fields * 4 + WIRE_EXTRA
     }
 
     fn get(&self, age: u64, status: Option<&Status>) -> Option<HeaderMap> {
         let memo = self.0.try_lock().ok()?;
         let memo = memo.as_ref()?;
-        (memo.age == age && memo.status.as_ref() == status).then(|| memo.headers.clone())
+        memo.is_for(age, status).then(|| memo.headers.clone())
     }
 
     fn set(&self, age: u64, status: Option<&Status>, headers: &HeaderMap) {
         let Ok(mut memo) = self.0.try_lock() else {
             return;
         };
-        let mut headers = headers.clone();
-        headers.insert(
-            crate::request_id::X_REQUEST_ID.clone(),
-            crate::request_id::slot(),
-        );
-        *memo = Some(Memo {
-            age,
-            status: status.cloned(),
-            headers,
-        });
+        *memo = Some(Memo::new(age, status, headers.clone()));
+    }
+
+    /// The memo's head for `age` as [`Wire`] bytes, making the memo with
+    /// `build` first when it is for another second.
+    fn wire(
+        &self,
+        age: u64,
+        status: Option<&Status>,
+        code: StatusCode,
+        build: impl FnOnce() -> HeaderMap,
+    ) -> Option<Wire> {
+        let mut memo = self.0.try_lock().ok()?;
+        let memo = match &mut *memo {
+            Some(m) if m.is_for(age, status) => m,
+            other => other.insert(Memo::new(age, status, build())),
+        };
+        memo.wire
+            .get_or_insert_with(|| Wire::encode(code, &memo.headers))
+            .clone()
     }
 }
 
@@ -635,6 +753,56 @@ mod tests {
             h.insert("accept", HeaderValue::from_static("*/*"));
             h.insert(name, HeaderValue::from_static("x"));
             assert!(!is_plain(&Method::GET, &h), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_wire_head_is_hyper_s_encoding_split_at_the_request_id() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::DATE,
+            HeaderValue::from_static("Sun, 06 Dec 2026 10:00:00 GMT"),
+        );
+        h.append("x-multi", HeaderValue::from_static("1"));
+        h.append("x-multi", HeaderValue::from_static("2"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert(&crate::request_id::X_REQUEST_ID, crate::request_id::slot());
+        h.insert(header::AGE, HeaderValue::from_static("3"));
+        let wire = Wire::encode(StatusCode::NOT_FOUND, &h).expect("encodable");
+        let (before, after) = wire.bytes.split_at(wire.id_at);
+        assert_eq!(
+            before,
+            b"HTTP/1.1 404 Not Found\r\ndate: Sun, 06 Dec 2026 10:00:00 GMT\r\n\
+              x-multi: 1\r\nx-multi: 2\r\ncontent-length: 5\r\nx-request-id: "
+        );
+        assert_eq!(after, b"\r\nage: 3\r\n\r\n");
+        // Heads hyper would change on the way out are left to hyper.
+        for (status, drop, add) in [
+            (StatusCode::NO_CONTENT, None, None),
+            (StatusCode::NOT_MODIFIED, None, None),
+            (StatusCode::from_u16(299).unwrap(), None, None),
+            (StatusCode::OK, Some(header::DATE), None),
+            (StatusCode::OK, Some(header::CONTENT_LENGTH), None),
+            (
+                StatusCode::OK,
+                Some(crate::request_id::X_REQUEST_ID.clone()),
+                None,
+            ),
+            (StatusCode::OK, None, Some(header::CONNECTION)),
+            (StatusCode::OK, None, Some(header::TRANSFER_ENCODING)),
+            (StatusCode::OK, None, Some(header::TRAILER)),
+        ] {
+            let mut h = h.clone();
+            if let Some(name) = &drop {
+                h.remove(name);
+            }
+            if let Some(name) = &add {
+                h.insert(name, HeaderValue::from_static("x"));
+            }
+            assert!(
+                Wire::encode(status, &h).is_none(),
+                "{status} {drop:?} {add:?}"
+            );
         }
     }
 }

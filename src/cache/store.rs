@@ -101,16 +101,17 @@ impl Entry {
     }
 
     fn weight(&self) -> usize {
-        let head: usize = self
+        let text: usize = self
             .headers
             .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .map(|(k, v)| k.as_str().len() + v.len())
             .sum();
+        let head = text + 32 * self.headers.len();
         let tags: usize = self.tags.iter().map(|t| t.len() + 16).sum();
         head + tags
             + self.body.len()
             + self.copies.bytes()
-            + super::serve::HitHead::allowance(self.headers.len())
+            + super::serve::HitHead::allowance(self.headers.len(), text)
             + std::mem::size_of::<Entry>()
     }
 }

@@ -28,6 +28,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use super::hit_lane::{HitLane, Lane};
 use super::{h2_boxed, Builders, Draining, Handler, DRAIN_IDLE_GRACE, H2_PREFACE};
 use crate::client_limits::Activity;
 use crate::framing::FramingGuard;
@@ -59,8 +60,10 @@ impl<S: AsyncRead + Unpin> Parkable<S> {
     /// (including `keepalive_timeout`).
     pub(super) async fn read_ahead(&mut self) -> io::Result<bool> {
         poll_fn(|cx| {
-            let mut buf = [0u8; PARKED_READ];
-            let mut read = ReadBuf::new(&mut buf);
+            // Not zeroed: 4 KiB of memset per read would cost more than
+            // everything else a hit in the lane does.
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); PARKED_READ];
+            let mut read = ReadBuf::uninit(&mut buf);
             ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
             if read.filled().is_empty() {
                 return Poll::Ready(Ok(false));
@@ -146,7 +149,7 @@ where
 /// Not an `async fn`: one keeps a copy of every argument beside the copy its
 /// body works on, for the connection's lifetime; a block captures them
 /// once.
-#[allow(clippy::manual_async_fn)]
+#[allow(clippy::manual_async_fn, clippy::too_many_arguments)]
 pub(super) fn serve<S, Svc, K>(
     mut io: Parkable<FramingGuard<S>>,
     mut service: Svc,
@@ -154,6 +157,7 @@ pub(super) fn serve<S, Svc, K>(
     draining: Draining,
     held: K,
     mut h2_preface: bool,
+    lane: Option<HitLane>,
 ) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -196,6 +200,13 @@ where
                     continue;
                 }
                 h2_preface = false;
+            }
+            if let Some(lane) = &lane {
+                match lane.serve(&mut io.prefix, &mut io.inner).await {
+                    Lane::Answered => continue,
+                    Lane::Declined => {}
+                    Lane::Broken => return,
+                }
             }
             match Box::pin(session(io, service, &builders.h1, &draining)).await {
                 Some((parked, svc)) => (io, service) = (parked, svc),
@@ -347,7 +358,7 @@ mod tests {
         });
         let drain = Arc::new(Drain::new());
         let builders = Arc::new(super::super::http_builders(&Default::default()));
-        let task = tokio::spawn(serve(io, service, builders, drain.watch(), (), false));
+        let task = tokio::spawn(serve(io, service, builders, drain.watch(), (), false, None));
         Served {
             client,
             activity,

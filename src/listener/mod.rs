@@ -13,6 +13,7 @@
 //! the client.
 
 mod batch;
+mod hit_lane;
 mod http1;
 mod streams;
 
@@ -420,11 +421,25 @@ fn start(accepted: Accepted, client: SocketAddr, local: Option<SocketAddr>, ctx:
     } else {
         // Plain TCP: HTTP/1.1 or h2c prior knowledge; the guard steps
         // aside after the HTTP/2 preface.
+        let lane = hit_lane::HitLane::new(
+            ctx.state.clone(),
+            conn.clone(),
+            activity.clone(),
+            draining.flag(),
+        );
         let io = http1::Parkable::new(
             FramingGuard::new(stream, conn.framing.clone(), guard),
             activity,
         );
-        tokio::spawn(http1::serve(io, service, builders, draining, held, true));
+        tokio::spawn(http1::serve(
+            io,
+            service,
+            builders,
+            draining,
+            held,
+            true,
+            Some(lane),
+        ));
     }
 }
 
@@ -630,11 +645,14 @@ where
             serve_h2(h2_connection(tls, &builders.h2, service), &draining).await;
         } else {
             // HTTP/1.1 (or no ALPN): the framing guard reads the plaintext.
+            let lane =
+                hit_lane::HitLane::new(state, conn.clone(), activity.clone(), draining.flag());
             let io = http1::Parkable::new(
                 FramingGuard::new(tls, conn.framing.clone(), guard),
                 activity,
             );
-            Box::pin(http1::serve(io, service, builders, draining, held, false)).await;
+            let serve = http1::serve(io, service, builders, draining, held, false, Some(lane));
+            Box::pin(serve).await;
         }
     }
 }

@@ -26,6 +26,7 @@
 //! Nothing below calls back into this module. Every refusal and failure is
 //! a [`Refusal`], mapped to its status in [`crate::reply`].
 
+pub(crate) mod hit_lane;
 pub(crate) mod observe;
 mod rules;
 
@@ -484,7 +485,7 @@ fn set_target(uri: &mut Uri, target: String) -> Result<(), ()> {
 
 /// The request's own limits, before routing: target length, head size and
 /// field count, and the CONNECT method.
-fn admit(req: &Request<Incoming>, limits: &Limits) -> Result<(), Refusal> {
+fn admit<B>(req: &Request<B>, limits: &Limits) -> Result<(), Refusal> {
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if target_len > limits.max_uri_bytes {
         return Err(Refusal::UriTooLong);
@@ -1176,7 +1177,7 @@ async fn tunnel(
 /// The size of the request head as sent: request line plus `name: value\r\n`
 /// per field. hyper enforces `max_header_bytes` itself only down to its
 /// minimum buffer size (8 KiB), so smaller configured limits are checked here.
-fn head_bytes(req: &Request<Incoming>) -> usize {
+fn head_bytes<B>(req: &Request<B>) -> usize {
     let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
     let line = req.method().as_str().len() + target + " HTTP/1.1\r\n".len() + 1;
     req.headers()

@@ -1,0 +1,214 @@
+//! The wire side of the hit lane ([`crate::proxy::hit_lane`]). Between
+//! hyper sessions (a new connection, or a parked one, see [`super::http1`])
+//! the next request head is looked at here first: a plain GET whose answer
+//! is a fresh cache hit is answered with the entry's encoded head and its
+//! body, and the connection stays out of hyper. Anything else (a head not
+//! complete in what was read, a body, a connection option, an upgrade, an
+//! expectation, or whatever the request side leaves to the general path)
+//! starts a hyper session on the same bytes, exactly as without the lane.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Uri, Version};
+use http_body_util::{BodyExt, Empty};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::client_limits::Activity;
+use crate::proxy::{self, ConnInfo};
+use crate::snapshot::State;
+
+/// Request fields on the stack; a head with more goes to hyper.
+const MAX_FIELDS: usize = 32;
+
+/// Below this, a body goes out in one write with its head on a stream
+/// that cannot write vectors (TLS): one record, one system call.
+const COPY_BODY_UNDER: usize = 16 << 10;
+
+/// What one connection's lane needs: what its hyper service has too.
+pub(super) struct HitLane {
+    state: State,
+    conn: Arc<ConnInfo>,
+    activity: Arc<Activity>,
+    draining: Arc<AtomicBool>,
+}
+
+/// What became of the head in front of the connection.
+pub(super) enum Lane {
+    /// Answered; the head is gone from the bytes read.
+    Answered,
+    /// Left to hyper, bytes untouched.
+    Declined,
+    /// The answer could not be written: the connection is gone.
+    Broken,
+}
+
+impl HitLane {
+    pub(super) fn new(
+        state: State,
+        conn: Arc<ConnInfo>,
+        activity: Arc<Activity>,
+        draining: Arc<AtomicBool>,
+    ) -> HitLane {
+        HitLane {
+            state,
+            conn,
+            activity,
+            draining,
+        }
+    }
+
+    /// Answers the head at the front of `read` on `io` if it is a plain
+    /// hit, taking it from `read`.
+    pub(super) async fn serve<W: AsyncWrite + Unpin>(&self, read: &mut Bytes, io: &mut W) -> Lane {
+        // While the server drains, every answer says `Connection: close`:
+        // hyper's to write.
+        if self.draining.load(Ordering::Relaxed) {
+            return Lane::Declined;
+        }
+        let Some((req, len)) = parse(read) else {
+            return Lane::Declined;
+        };
+        let Some(answered) = proxy::hit_lane::answer(&self.state, &self.conn, &self.activity, &req)
+        else {
+            return Lane::Declined;
+        };
+        drop(req);
+        read.advance(len);
+        if read.is_empty() {
+            // Frees the read, not just the view of it.
+            *read = Bytes::new();
+        }
+        match write(io, answered).await {
+            Ok(()) => Lane::Answered,
+            Err(e) => {
+                tracing::debug!(error = %e, "client connection ended with an error");
+                Lane::Broken
+            }
+        }
+    }
+}
+
+/// Fields that make a request more than a plain GET, for hyper to read: a
+/// body, connection options, an upgrade, an expectation.
+fn leaves_to_hyper(name: &HeaderName) -> bool {
+    name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == header::EXPECT
+        || name == header::TE
+}
+
+/// The complete HTTP/1.1 GET head at the front of `read` and its length,
+/// its values sharing `read`'s bytes; `None` for anything else. httparse
+/// at its strictest (the framing guard has judged the same bytes).
+fn parse(read: &Bytes) -> Option<(Request<Empty<Bytes>>, usize)> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut head = httparse::Request::new(&mut fields);
+    let httparse::Status::Complete(len) = head.parse(read).ok()? else {
+        return None;
+    };
+    if head.method != Some("GET") || head.version != Some(1) {
+        return None;
+    }
+    let uri = Uri::from_maybe_shared(read.slice_ref(head.path?.as_bytes())).ok()?;
+    let mut headers = HeaderMap::with_capacity(head.headers.len());
+    for field in head.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+        if leaves_to_hyper(&name) {
+            return None;
+        }
+        let value = HeaderValue::from_maybe_shared(read.slice_ref(field.value)).ok()?;
+        headers.append(name, value);
+    }
+    let mut req = Request::new(Empty::new());
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Some((req, len))
+}
+
+/// Writes the answer: the head with the request id, then the body (the
+/// first part in the same write), flushed.
+async fn write<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    answered: proxy::hit_lane::Answered,
+) -> io::Result<()> {
+    let proxy::hit_lane::Answered {
+        wire,
+        request_id,
+        mut body,
+    } = answered;
+    let (before, after) = wire.bytes.split_at(wire.id_at);
+    let mut head = Vec::with_capacity(wire.bytes.len() + request_id.len());
+    head.extend_from_slice(before);
+    head.extend_from_slice(request_id.as_bytes());
+    head.extend_from_slice(after);
+    let mut head = Some(head);
+    // The body records the request once it has ended: polled to its end.
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(io::Error::other)?.into_data() else {
+            continue;
+        };
+        match head.take() {
+            Some(mut head) if !io.is_write_vectored() && data.len() < COPY_BODY_UNDER => {
+                head.extend_from_slice(&data);
+                io.write_all(&head).await?;
+            }
+            Some(head) => io.write_all_buf(&mut head.as_slice().chain(data)).await?,
+            None => io.write_all(&data).await?,
+        }
+    }
+    if let Some(head) = head {
+        io.write_all(&head).await?;
+    }
+    io.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(head: &str) -> Option<(Request<Empty<Bytes>>, usize)> {
+        parse(&Bytes::copy_from_slice(head.as_bytes()))
+    }
+
+    #[test]
+    fn only_a_complete_plain_get_is_read_here() {
+        let get = "GET /a?b=c HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nAccept: text/html\r\n\r\n";
+        let (req, len) = parsed(get).expect("a plain GET");
+        assert_eq!(len, get.len());
+        assert_eq!(req.uri(), "/a?b=c");
+        assert_eq!(req.headers()["host"], "x");
+        assert_eq!(req.headers().get_all("accept").iter().count(), 2);
+        // What follows the head is left where it is.
+        let (_, len) = parsed(&format!("{get}GET /next HTTP/1.1\r\n")).unwrap();
+        assert_eq!(len, get.len());
+        for other in [
+            "GET /a HTTP/1.1\r\nHost: x\r\n",
+            "HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            "POST /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            "get /a HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /a HTTP/1.0\r\nHost: x\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost : x\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: x\x7f\r\n\r\n",
+            "GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert!(parsed(other).is_none(), "{other:?}");
+        }
+        let many: String = (0..=MAX_FIELDS).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert!(parsed(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")).is_none());
+    }
+}

@@ -1,0 +1,319 @@
+//! The hit lane of the real daemon: a plain HTTP/1.1 cache hit written by
+//! sluice itself (no hyper) must be byte for byte what hyper writes for the
+//! same hit, in order with what hyper answers on the same connection, over
+//! TCP and TLS, and logged and counted the same way.
+//!
+//! A request with `Connection: keep-alive` (meaningless in HTTP/1.1, so
+//! answered the same) is left to hyper: it gives the reference answer.
+
+mod common;
+use common::raw::{find, parse_head, read_raw_response, NoLength};
+use common::*;
+
+use std::net::SocketAddr;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const HOST: &str = "lane.test";
+
+/// An origin answering `/big*` with 64 KiB, `/nostore*` uncacheable, and
+/// anything else with a small cacheable body naming its path.
+async fn origin() -> Origin {
+    Origin::serve(|req: Request<Incoming>, _| async move {
+        let path = req.uri().path().to_string();
+        let (body, cc) = if path.starts_with("/big") {
+            ("b".repeat(64 << 10), "max-age=600")
+        } else if path.starts_with("/nostore") {
+            (format!("fresh {path}"), "no-store")
+        } else {
+            (format!("cached {path}"), "max-age=600")
+        };
+        Response::builder()
+            .header("cache-control", cc)
+            .header("etag", "\"v1\"")
+            .header("x-origin", "one")
+            .header("x-origin", "two")
+            .body(full(body))
+            .unwrap()
+    })
+    .await
+}
+
+fn config(origin: SocketAddr, log: &std::path::Path) -> String {
+    admin_route_config(
+        origin,
+        "cache = true",
+        &format!(
+            "[access_log]\nformat = \"json\"\npath = \"{}\"",
+            log.display()
+        ),
+    )
+}
+
+fn get(path: &str, extra: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: lane-test\r\n{extra}\r\n")
+        .into_bytes()
+}
+
+/// One response read off `stream`: its head (as text) and body.
+async fn response(stream: &mut TcpStream) -> (String, Vec<u8>) {
+    let (buf, complete) = read_raw_response(stream, NoLength::Empty).await;
+    let (end, len) = complete.expect("a whole response");
+    let head = String::from_utf8(buf[..end].to_vec()).expect("an ASCII head");
+    (head, buf[end + 4..end + 4 + len].to_vec())
+}
+
+/// One request on a new connection.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> (String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    response(&mut stream).await
+}
+
+/// `head`'s value of `name`, trimmed.
+fn field<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+/// `head` with its request id blanked.
+fn without_id(head: &str) -> String {
+    let id = field(head, "x-request-id").expect("a request id");
+    head.replace(id, "ID")
+}
+
+#[tokio::test]
+async fn a_lane_hit_is_byte_for_byte_what_hyper_writes() {
+    let o = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&config(o.addr, &dir.path().join("access.log")));
+    let addr = d.addr("http");
+    for path in ["/a", "/big"] {
+        let (first, _) = exchange(addr, &get(path, "")).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        // Both within one second of age (the head is built per second):
+        // tried again only if a second turned in between.
+        let mut same_second = false;
+        for _ in 0..5 {
+            let (lane, lane_body) = exchange(addr, &get(path, "")).await;
+            let (hyper, hyper_body) =
+                exchange(addr, &get(path, "Connection: keep-alive\r\n")).await;
+            assert!(
+                field(&lane, "cache-status").unwrap().contains("hit"),
+                "{lane}"
+            );
+            assert_eq!(lane_body, hyper_body, "{path}");
+            if field(&lane, "age") != field(&hyper, "age") {
+                continue;
+            }
+            assert_eq!(without_id(&lane), without_id(&hyper), "{path}");
+            assert_eq!(
+                field(&lane, "x-request-id").map(str::len),
+                Some(36),
+                "{lane}"
+            );
+            assert_ne!(field(&lane, "x-request-id"), field(&hyper, "x-request-id"));
+            same_second = true;
+            break;
+        }
+        assert!(same_second, "{path}: five pairs, each across a second");
+    }
+    assert_eq!(o.hits(), 2, "every other request was a hit");
+}
+
+#[tokio::test]
+async fn pipelined_requests_go_in_order_through_the_lane_and_hyper() {
+    let o = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&config(o.addr, &dir.path().join("access.log")));
+    let addr = d.addr("http");
+    exchange(addr, &get("/p", "")).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // A hit, a pass (hyper), a range of the hit (hyper), a hit, a miss, a
+    // hit with the client's own id, in one write.
+    let mut batch = get("/p", "");
+    batch.extend(get("/nostore", ""));
+    batch.extend(get("/p", "Range: bytes=0-5\r\n"));
+    batch.extend(get("/p", ""));
+    batch.extend(get("/q", ""));
+    batch.extend(get("/p", "X-Request-Id: mine-7\r\n"));
+    stream.write_all(&batch).await.unwrap();
+    let expected: [(u16, &str); 6] = [
+        (200, "cached /p"),
+        (200, "fresh /nostore"),
+        (206, "cached"),
+        (200, "cached /p"),
+        (200, "cached /q"),
+        (200, "cached /p"),
+    ];
+    let mut ids = std::collections::HashSet::new();
+    for (i, (status, body)) in expected.iter().enumerate() {
+        let (head, got) = response(&mut stream).await;
+        let (code, _) = parse_head(&head).expect("a status line");
+        assert_eq!(
+            (code, String::from_utf8_lossy(&got).as_ref()),
+            (*status, *body),
+            "#{i}: {head}"
+        );
+        ids.insert(field(&head, "x-request-id").unwrap().to_string());
+        if i == 5 {
+            assert_eq!(field(&head, "x-request-id"), Some("mine-7"));
+        }
+    }
+    assert_eq!(ids.len(), 6, "each answer its own id");
+    // The connection goes on, through the lane again.
+    stream.write_all(&get("/q", "")).await.unwrap();
+    let (head, body) = response(&mut stream).await;
+    assert!(
+        field(&head, "cache-status").unwrap().contains("hit"),
+        "{head}"
+    );
+    assert_eq!(body, b"cached /q");
+    assert_eq!(o.hits(), 3, "/p, /nostore and /q went upstream once each");
+}
+
+#[tokio::test]
+async fn lane_hits_are_logged_and_counted_as_hits() {
+    let o = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let d = Daemon::start(&config(o.addr, &log));
+    let addr = d.addr("http");
+    exchange(addr, &get("/m", "")).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        stream.write_all(&get("/m?x=1", "")).await.unwrap();
+        if ids.is_empty() {
+            // The first of them is a miss of its own key.
+            response(&mut stream).await;
+            stream.write_all(&get("/m?x=1", "")).await.unwrap();
+        }
+        let (head, body) = response(&mut stream).await;
+        assert_eq!(body, b"cached /m");
+        ids.push(field(&head, "x-request-id").unwrap().to_string());
+    }
+    let lines = file_lines(&log, 5);
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+    for id in &ids {
+        let line = lines
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|e| e["request_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} in {lines:#?}"));
+        assert_eq!(line["cache"], "hit", "{line}");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["bytes"], 9);
+        assert_eq!(line["path"], "/m?x=1");
+        assert_eq!(line["host"], HOST);
+        assert_eq!(line["proto"], "HTTP/1.1");
+        assert_eq!(line["client"], "127.0.0.1");
+    }
+    let (_, samples) = exposition::scrape(d.addr("admin")).await;
+    let lookups = |result| {
+        exposition::value(
+            &samples,
+            "sluice_cache_lookups_total",
+            &[("route", "main"), ("result", result)],
+        )
+    };
+    assert_eq!((lookups("hit"), lookups("miss")), (3.0, 2.0));
+    let requests = exposition::value(
+        &samples,
+        "sluice_requests_total",
+        &[
+            ("listener", "http"),
+            ("route", "main"),
+            ("method", "GET"),
+            ("status_class", "2xx"),
+        ],
+    );
+    assert_eq!(requests, 5.0);
+}
+
+/// Reads one response with a `Content-Length` body off any stream.
+async fn read_response<S: AsyncRead + Unpin>(stream: &mut S) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 << 10];
+    loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+            let len: usize = field(&head, "content-length").unwrap().parse().unwrap();
+            if buf.len() >= end + 4 + len {
+                return (head, buf[end + 4..end + 4 + len].to_vec());
+            }
+        }
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert_ne!(n, 0, "closed mid-response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn send_on<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    path: &str,
+) -> (String, Vec<u8>) {
+    stream.write_all(&get(path, "")).await.unwrap();
+    read_response(stream).await
+}
+
+#[tokio::test]
+async fn lane_hits_over_tls_http11() {
+    let o = origin().await;
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.issue(dir.path(), "lane", &[HOST]);
+    let config = format!(
+        r#"
+[[listener]]
+name = "https"
+listen = "127.0.0.1:0"
+[listener.tls]
+certs = [ {{ cert = "{}", key = "{}" }} ]
+
+[[route]]
+name = "main"
+pool = "app"
+cache = true
+
+[pool.app]
+servers = [ {{ addr = "{}" }} ]
+"#,
+        cert.display(),
+        key.display(),
+        o.addr
+    );
+    let d = Daemon::start_in(dir, &config);
+    let conn = tls_connect(
+        d.addr("https"),
+        HOST,
+        pki.client_config(&[b"http/1.1"], &[&rustls::version::TLS13]),
+    )
+    .await
+    .unwrap();
+    let mut stream = conn.stream;
+    for path in ["/t", "/big-tls"] {
+        let (first, body) = send_on(&mut stream, path).await;
+        assert!(
+            field(&first, "cache-status").unwrap().contains("fwd=miss"),
+            "{first}"
+        );
+        for _ in 0..3 {
+            let (head, again) = send_on(&mut stream, path).await;
+            assert!(
+                field(&head, "cache-status").unwrap().contains("hit"),
+                "{head}"
+            );
+            assert_eq!(again, body, "{path}");
+        }
+    }
+    assert_eq!(o.hits(), 2);
+}
