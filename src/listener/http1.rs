@@ -165,11 +165,19 @@ where
     K: Send + 'static,
 {
     async move {
+        // Registered with the drain once for the connection's lifetime:
+        // the loop waits here between every two requests the hit lane
+        // answers.
+        let mut drain_waiter = std::pin::pin!(draining.waiter());
+        let mut registered = None;
         loop {
             if io.prefix.is_empty() || h2_preface {
+                let drained = std::future::poll_fn(|cx| {
+                    draining.poll_drained(drain_waiter.as_mut(), &mut registered, cx)
+                });
                 tokio::select! {
                     biased;
-                    _ = draining.signalled() => {
+                    _ = drained => {
                         // Parked and the server drains: the client may have
                         // sent its next request already. Serve it if it comes
                         // soon (its response closes the connection).
@@ -195,7 +203,7 @@ where
                 let n = io.prefix.len().min(H2_PREFACE.len());
                 if io.prefix[..n] == H2_PREFACE[..n] {
                     if n == H2_PREFACE.len() {
-                        return h2_boxed(io, builders, service, draining, held).await;
+                        return h2_boxed(io, builders, service, draining.clone(), held).await;
                     }
                     continue;
                 }
