@@ -215,7 +215,9 @@ impl Activity {
 
     /// A request answered while no hyper session runs (the listener's hit
     /// lane: HTTP/1.1, no body, kept alive): in flight like any other, but
-    /// not part of a session, so that the connection stays parked.
+    /// not part of a session, so that the connection stays parked. Its
+    /// end wakes no one: the lane's task reads next, and arms the idle
+    /// deadline then.
     pub(crate) fn begin_unparked(self: &Arc<Self>) -> InFlight {
         let mut s = self.lock();
         s.in_flight += 1;
@@ -223,6 +225,7 @@ impl Activity {
         s.head_since = None;
         InFlight {
             activity: Some(self.clone()),
+            wake_reader: false,
         }
     }
 
@@ -237,6 +240,7 @@ impl Activity {
         s.session.body |= body;
         InFlight {
             activity: Some(self.clone()),
+            wake_reader: true,
         }
     }
 
@@ -294,7 +298,7 @@ impl Activity {
         self.lock().session.body
     }
 
-    fn end(&self) {
+    fn end(&self, wake_reader: bool) {
         let waker = {
             let mut s = self.lock();
             s.in_flight = s.in_flight.saturating_sub(1);
@@ -303,6 +307,9 @@ impl Activity {
             }
             s.idle_since = Instant::now();
             s.head_since = None;
+            if !wake_reader {
+                return;
+            }
             s.reader.take()
         };
         // The reader may be parked with no deadline; let it arm one.
@@ -370,6 +377,10 @@ impl State {
 #[derive(Debug)]
 pub(crate) struct InFlight {
     activity: Option<Arc<Activity>>,
+    /// Whether its end wakes the connection's reader to arm the idle
+    /// deadline: not when the reader is the task that ends it and reads
+    /// next anyway (the hit lane).
+    wake_reader: bool,
 }
 
 impl InFlight {
@@ -410,7 +421,7 @@ impl InFlight {
 
     fn release(&mut self) {
         if let Some(a) = self.activity.take() {
-            a.end();
+            a.end(self.wake_reader);
         }
     }
 }

@@ -317,3 +317,53 @@ servers = [ {{ addr = "{}" }} ]
     }
     assert_eq!(o.hits(), 2);
 }
+
+/// After a lane hit the connection's timers run as after any response:
+/// `keepalive_timeout` ends it idle, `header_read_timeout` a head begun
+/// and never finished.
+#[tokio::test]
+async fn the_connection_timers_run_after_lane_hits() {
+    let o = origin().await;
+    let timers = |keepalive: &str, head: &str| {
+        admin_route_config(
+            o.addr,
+            "cache = true",
+            &format!(
+                "[limits]\nkeepalive_timeout = \"{keepalive}\"\nheader_read_timeout = \"{head}\""
+            ),
+        )
+    };
+    let until_closed = |mut stream: TcpStream| async move {
+        let mut rest = Vec::new();
+        tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest))
+            .await
+            .expect("closed by the daemon")
+            .ok();
+        rest
+    };
+    for (keepalive, head, partial) in [("200ms", "1h", false), ("1h", "200ms", true)] {
+        let d = Daemon::start(&timers(keepalive, head));
+        let addr = d.addr("http");
+        exchange(addr, &get("/k", "")).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        for _ in 0..2 {
+            stream.write_all(&get("/k", "")).await.unwrap();
+            let (head, _) = response(&mut stream).await;
+            assert!(
+                field(&head, "cache-status").unwrap().contains("hit"),
+                "{head}"
+            );
+        }
+        if partial {
+            stream
+                .write_all(b"GET /k HTTP/1.1\r\nHost: la")
+                .await
+                .unwrap();
+        }
+        let rest = until_closed(stream).await;
+        assert!(
+            !String::from_utf8_lossy(&rest).contains(" 200 "),
+            "{keepalive} {head}"
+        );
+    }
+}
