@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes};
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Uri, Version};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::client_limits::Activity;
@@ -132,8 +132,9 @@ fn parse(read: &Bytes) -> Option<(Request<Empty<Bytes>>, usize)> {
     Some((req, len))
 }
 
-/// Writes the answer: the head with the request id, then the body (the
-/// first part in the same write), flushed.
+/// Writes the answer: the head with the request id and the body, in one
+/// write where the stream takes vectors (or the body is small), flushed;
+/// then the request is recorded.
 async fn write<W: AsyncWrite + Unpin>(
     io: &mut W,
     answered: proxy::hit_lane::Answered,
@@ -141,32 +142,26 @@ async fn write<W: AsyncWrite + Unpin>(
     let proxy::hit_lane::Answered {
         wire,
         request_id,
-        mut body,
+        body,
+        record,
     } = answered;
     let (before, after) = wire.bytes.split_at(wire.id_at);
-    let mut head = Vec::with_capacity(wire.bytes.len() + request_id.len());
+    let small = !io.is_write_vectored() && body.len() < COPY_BODY_UNDER;
+    let mut head = Vec::with_capacity(
+        wire.bytes.len() + request_id.len() + if small { body.len() } else { 0 },
+    );
     head.extend_from_slice(before);
     head.extend_from_slice(request_id.as_bytes());
     head.extend_from_slice(after);
-    let mut head = Some(head);
-    // The body records the request once it has ended: polled to its end.
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(io::Error::other)?.into_data() else {
-            continue;
-        };
-        match head.take() {
-            Some(mut head) if !io.is_write_vectored() && data.len() < COPY_BODY_UNDER => {
-                head.extend_from_slice(&data);
-                io.write_all(&head).await?;
-            }
-            Some(head) => io.write_all_buf(&mut head.as_slice().chain(data)).await?,
-            None => io.write_all(&data).await?,
-        }
-    }
-    if let Some(head) = head {
+    if small {
+        head.extend_from_slice(&body);
         io.write_all(&head).await?;
+    } else {
+        io.write_all_buf(&mut head.as_slice().chain(body)).await?;
     }
-    io.flush().await
+    io.flush().await?;
+    drop(record);
+    Ok(())
 }
 
 #[cfg(test)]

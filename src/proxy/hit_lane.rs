@@ -21,21 +21,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request};
 use http_body_util::Empty;
 
 use super::{admit, observe, settings, ConnInfo};
-use crate::body::{self, ProxyBody};
 use crate::cache;
 use crate::client_limits::Activity;
 use crate::snapshot::State;
 
-/// A hit answered by the lane: the head's bytes around the request id, and
-/// the body, which records the request when it ends.
+/// A hit answered by the lane: the head's bytes around the request id, the
+/// body, and the request's record, to be dropped once they are written.
 pub(crate) struct Answered {
     pub wire: cache::serve::Wire,
     pub request_id: HeaderValue,
-    pub body: ProxyBody,
+    pub body: Bytes,
+    pub record: observe::Written,
 }
 
 /// `req`'s answer when the general path would answer it with a plain fresh
@@ -110,12 +110,12 @@ pub(crate) fn answer(
         cache: Some("hit"),
         ..Default::default()
     };
-    let mut resp = Response::new(body::full(hit.body));
-    *resp.status_mut() = hit.status;
-    let resp = record.finish(snap, outcome, resp, in_flight);
+    let bytes = hit.body.len() as u64;
+    let record = record.written(snap, outcome, hit.status, bytes, in_flight);
     Some(Answered {
         wire: hit.wire,
         request_id,
-        body: resp.into_body(),
+        body: hit.body,
+        record,
     })
 }

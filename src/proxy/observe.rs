@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 
@@ -180,17 +180,51 @@ impl Start {
         in_flight: InFlight,
     ) -> Response<ProxyBody> {
         let in_flight = in_flight.sent(&resp);
+        let fill = resp.extensions().get::<crate::cache::FillReport>().cloned();
+        let done = self.done(snap, outcome, resp.status(), fill, in_flight);
+        if resp.body().is_end_stream() {
+            done.record();
+            return resp;
+        }
+        resp.map(|inner| Watched::new(inner, done).boxed())
+    }
+
+    /// The record of a response the listener writes itself (the hit lane):
+    /// its `bytes` counted as sent once its head is ready, as a body
+    /// wrapper counts what it passes on, and recorded when dropped, once
+    /// the response is out (or could not be).
+    pub(crate) fn written(
+        self,
+        snap: Arc<Snapshot>,
+        outcome: Outcome,
+        status: StatusCode,
+        bytes: u64,
+        in_flight: InFlight,
+    ) -> Written {
+        let mut done = self.done(snap, outcome, status, None, Some(in_flight));
+        done.bytes = bytes;
+        Written(Some(done))
+    }
+
+    fn done(
+        self,
+        snap: Arc<Snapshot>,
+        outcome: Outcome,
+        status: StatusCode,
+        fill: Option<crate::cache::FillReport>,
+        in_flight: Option<InFlight>,
+    ) -> Done {
         let mut done = Done {
             _in_flight: in_flight,
             snap,
             listener: self.listener,
             route: outcome.route,
             method: metrics::method_index(&self.method),
-            status: resp.status().as_u16(),
+            status: status.as_u16(),
             started: self.started,
             bytes: 0,
             entry: self.entry,
-            fill: resp.extensions().get::<crate::cache::FillReport>().cloned(),
+            fill,
         };
         if let (Some(route), Some(result)) = (outcome.route, outcome.cache) {
             done.snap.metrics.cache_lookup(route, result);
@@ -204,11 +238,19 @@ impl Start {
             e.cache = outcome.cache;
             e.upstream_path = outcome.upstream_path;
         }
-        if resp.body().is_end_stream() {
+        done
+    }
+}
+
+/// A response the listener writes itself, recorded when dropped
+/// ([`Start::written`]).
+pub(crate) struct Written(Option<Done>);
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
             done.record();
-            return resp;
         }
-        resp.map(|inner| Watched::new(inner, done).boxed())
     }
 }
 
