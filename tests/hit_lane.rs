@@ -53,6 +53,13 @@ fn config(origin: SocketAddr, log: &std::path::Path) -> String {
     )
 }
 
+/// The daemon of [`config`], and its access log (in a temp dir).
+fn started(o: &Origin) -> (Daemon, (tempfile::TempDir, std::path::PathBuf)) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    (Daemon::start(&config(o.addr, &log)), (dir, log))
+}
+
 fn get(path: &str, extra: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: lane-test\r\n{extra}\r\n")
         .into_bytes()
@@ -90,8 +97,7 @@ fn without_id(head: &str) -> String {
 #[tokio::test]
 async fn a_lane_hit_is_byte_for_byte_what_hyper_writes() {
     let o = origin().await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&config(o.addr, &dir.path().join("access.log")));
+    let (d, _log) = started(&o);
     let addr = d.addr("http");
     for path in ["/a", "/big"] {
         let (first, _) = exchange(addr, &get(path, "")).await;
@@ -129,8 +135,7 @@ async fn a_lane_hit_is_byte_for_byte_what_hyper_writes() {
 #[tokio::test]
 async fn pipelined_requests_go_in_order_through_the_lane_and_hyper() {
     let o = origin().await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&config(o.addr, &dir.path().join("access.log")));
+    let (d, _log) = started(&o);
     let addr = d.addr("http");
     exchange(addr, &get("/p", "")).await;
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -180,9 +185,7 @@ async fn pipelined_requests_go_in_order_through_the_lane_and_hyper() {
 #[tokio::test]
 async fn lane_hits_are_logged_and_counted_as_hits() {
     let o = origin().await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let d = Daemon::start(&config(o.addr, &log));
+    let (d, (_dir, log)) = started(&o);
     let addr = d.addr("http");
     exchange(addr, &get("/m", "")).await;
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -271,29 +274,13 @@ async fn lane_hits_over_tls_http11() {
     let pki = TestPki::new();
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = pki.issue(dir.path(), "lane", &[HOST]);
-    let config = format!(
-        r#"
-[[listener]]
-name = "https"
-listen = "127.0.0.1:0"
-[listener.tls]
-certs = [ {{ cert = "{}", key = "{}" }} ]
-
-[[route]]
-name = "main"
-pool = "app"
-cache = true
-
-[pool.app]
-servers = [ {{ addr = "{}" }} ]
-"#,
-        cert.display(),
-        key.display(),
-        o.addr
-    );
+    // The route of `tls_admin_config`, caching.
+    let config = tls_admin_config(&cert, &key, o.addr)
+        .replace("pool = \"app\"\n", "pool = \"app\"\ncache = true\n");
+    assert!(config.contains("cache = true"));
     let d = Daemon::start_in(dir, &config);
     let conn = tls_connect(
-        d.addr("https"),
+        d.addr("tls"),
         HOST,
         pki.client_config(&[b"http/1.1"], &[&rustls::version::TLS13]),
     )
