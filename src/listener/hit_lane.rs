@@ -18,6 +18,7 @@ use http_body_util::Empty;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::client_limits::Activity;
+use crate::proxy::hit_lane::Answered;
 use crate::proxy::{self, ConnInfo};
 use crate::snapshot::State;
 
@@ -36,16 +37,6 @@ pub(super) struct HitLane {
     draining: Arc<AtomicBool>,
 }
 
-/// What became of the head in front of the connection.
-pub(super) enum Lane {
-    /// Answered; the head is gone from the bytes read.
-    Answered,
-    /// Left to hyper, bytes untouched.
-    Declined,
-    /// The answer could not be written: the connection is gone.
-    Broken,
-}
-
 impl HitLane {
     pub(super) fn new(
         state: State,
@@ -61,34 +52,24 @@ impl HitLane {
         }
     }
 
-    /// Answers the head at the front of `read` on `io` if it is a plain
-    /// hit, taking it from `read`.
-    pub(super) async fn serve<W: AsyncWrite + Unpin>(&self, read: &mut Bytes, io: &mut W) -> Lane {
+    /// The answer to the head at the front of `read` if it is a plain hit,
+    /// the head then taken from `read`; `None`, `read` untouched, for
+    /// hyper to serve.
+    pub(super) fn answer(&self, read: &mut Bytes) -> Option<Answered> {
         // While the server drains, every answer says `Connection: close`:
         // hyper's to write.
         if self.draining.load(Ordering::Relaxed) {
-            return Lane::Declined;
+            return None;
         }
-        let Some((req, len)) = parse(read) else {
-            return Lane::Declined;
-        };
-        let Some(answered) = proxy::hit_lane::answer(&self.state, &self.conn, &self.activity, &req)
-        else {
-            return Lane::Declined;
-        };
+        let (req, len) = parse(read)?;
+        let answered = proxy::hit_lane::answer(&self.state, &self.conn, &self.activity, &req)?;
         drop(req);
         read.advance(len);
         if read.is_empty() {
             // Frees the read, not just the view of it.
             *read = Bytes::new();
         }
-        match write(io, answered).await {
-            Ok(()) => Lane::Answered,
-            Err(e) => {
-                tracing::debug!(error = %e, "client connection ended with an error");
-                Lane::Broken
-            }
-        }
+        Some(answered)
     }
 }
 
@@ -135,11 +116,8 @@ fn parse(read: &Bytes) -> Option<(Request<Empty<Bytes>>, usize)> {
 /// Writes the answer: the head with the request id and the body, in one
 /// write where the stream takes vectors (or the body is small), flushed;
 /// then the request is recorded.
-async fn write<W: AsyncWrite + Unpin>(
-    io: &mut W,
-    answered: proxy::hit_lane::Answered,
-) -> io::Result<()> {
-    let proxy::hit_lane::Answered {
+pub(super) async fn write<W: AsyncWrite + Unpin>(io: &mut W, answered: Answered) -> io::Result<()> {
+    let Answered {
         wire,
         request_id,
         body,

@@ -28,7 +28,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::hit_lane::{HitLane, Lane};
+use super::hit_lane::{self, HitLane};
 use super::{h2_boxed, Builders, Draining, Handler, DRAIN_IDLE_GRACE, H2_PREFACE};
 use crate::client_limits::Activity;
 use crate::framing::FramingGuard;
@@ -209,12 +209,14 @@ where
                 }
                 h2_preface = false;
             }
-            if let Some(lane) = &lane {
-                match lane.serve(&mut io.prefix, &mut io.inner).await {
-                    Lane::Answered => continue,
-                    Lane::Declined => {}
-                    Lane::Broken => return,
+            if let Some(answered) = lane.as_ref().and_then(|l| l.answer(&mut io.prefix)) {
+                // Boxed: its state would otherwise be part of every
+                // connection's task, idle ones too.
+                if let Err(e) = Box::pin(hit_lane::write(&mut io.inner, answered)).await {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                    return;
                 }
+                continue;
             }
             match Box::pin(session(io, service, &builders.h1, &draining)).await {
                 Some((parked, svc)) => (io, service) = (parked, svc),
