@@ -7,7 +7,7 @@
 //! answered the same) is left to hyper: it gives the reference answer.
 
 mod common;
-use common::raw::{find, parse_head, read_raw_response, NoLength};
+use common::raw::{find, parse_head};
 use common::*;
 
 use std::net::SocketAddr;
@@ -65,19 +65,72 @@ fn get(path: &str, extra: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// One response read off `stream`: its head (as text) and body.
-async fn response(stream: &mut TcpStream) -> (String, Vec<u8>) {
-    let (buf, complete) = read_raw_response(stream, NoLength::Empty).await;
-    let (end, len) = complete.expect("a whole response");
-    let head = String::from_utf8(buf[..end].to_vec()).expect("an ASCII head");
-    (head, buf[end + 4..end + 4 + len].to_vec())
+/// A client connection that reads responses one at a time, keeping what
+/// arrived of the next ones (pipelined answers come together).
+struct Client<S> {
+    stream: S,
+    read: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    fn new(stream: S) -> Client<S> {
+        Client {
+            stream,
+            read: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, request: &[u8]) {
+        self.stream.write_all(request).await.unwrap();
+    }
+
+    /// The next response: its head (as text) and its body.
+    async fn response(&mut self) -> (String, Vec<u8>) {
+        let mut chunk = vec![0u8; 16 << 10];
+        loop {
+            if let Some(end) = find(&self.read, b"\r\n\r\n") {
+                let head = String::from_utf8(self.read[..end].to_vec()).expect("an ASCII head");
+                let len = field(&head, "content-length").map_or(0, |v| v.parse().unwrap());
+                if self.read.len() >= end + 4 + len {
+                    let body = self.read[end + 4..end + 4 + len].to_vec();
+                    self.read.drain(..end + 4 + len);
+                    return (head, body);
+                }
+            }
+            let n = tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk))
+                .await
+                .expect("a response in time")
+                .unwrap();
+            assert_ne!(n, 0, "closed mid-response");
+            self.read.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> (String, Vec<u8>) {
+        self.send(&get(path, "")).await;
+        self.response().await
+    }
 }
 
 /// One request on a new connection.
 async fn exchange(addr: SocketAddr, request: &[u8]) -> (String, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    response(&mut stream).await
+    let mut client = Client::new(TcpStream::connect(addr).await.unwrap());
+    client.send(request).await;
+    client.response().await
+}
+
+/// Requests `path` until it is a hit: its first answer is stored once its
+/// body is whole, a moment after the client has it.
+async fn primed(addr: SocketAddr, path: &str) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (head, _) = exchange(addr, &get(path, "")).await;
+        if field(&head, "cache-status").is_some_and(|s| s.contains("hit")) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{path} never stored");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// `head`'s value of `name`, trimmed.
@@ -100,8 +153,7 @@ async fn a_lane_hit_is_byte_for_byte_what_hyper_writes() {
     let (d, _log) = started(&o);
     let addr = d.addr("http");
     for path in ["/a", "/big"] {
-        let (first, _) = exchange(addr, &get(path, "")).await;
-        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        primed(addr, path).await;
         // Both within one second of age (the head is built per second):
         // tried again only if a second turned in between.
         let mut same_second = false;
@@ -137,8 +189,8 @@ async fn pipelined_requests_go_in_order_through_the_lane_and_hyper() {
     let o = origin().await;
     let (d, _log) = started(&o);
     let addr = d.addr("http");
-    exchange(addr, &get("/p", "")).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    primed(addr, "/p").await;
+    let mut client = Client::new(TcpStream::connect(addr).await.unwrap());
     // A hit, a pass (hyper), a range of the hit (hyper), a hit, a miss, a
     // hit with the client's own id, in one write.
     let mut batch = get("/p", "");
@@ -147,7 +199,7 @@ async fn pipelined_requests_go_in_order_through_the_lane_and_hyper() {
     batch.extend(get("/p", ""));
     batch.extend(get("/q", ""));
     batch.extend(get("/p", "X-Request-Id: mine-7\r\n"));
-    stream.write_all(&batch).await.unwrap();
+    client.send(&batch).await;
     let expected: [(u16, &str); 6] = [
         (200, "cached /p"),
         (200, "fresh /nostore"),
@@ -158,7 +210,7 @@ async fn pipelined_requests_go_in_order_through_the_lane_and_hyper() {
     ];
     let mut ids = std::collections::HashSet::new();
     for (i, (status, body)) in expected.iter().enumerate() {
-        let (head, got) = response(&mut stream).await;
+        let (head, got) = client.response().await;
         let (code, _) = parse_head(&head).expect("a status line");
         assert_eq!(
             (code, String::from_utf8_lossy(&got).as_ref()),
@@ -172,13 +224,12 @@ async fn pipelined_requests_go_in_order_through_the_lane_and_hyper() {
     }
     assert_eq!(ids.len(), 6, "each answer its own id");
     // The connection goes on, through the lane again.
-    stream.write_all(&get("/q", "")).await.unwrap();
-    let (head, body) = response(&mut stream).await;
+    let (head, body) = client.get("/p").await;
     assert!(
         field(&head, "cache-status").unwrap().contains("hit"),
         "{head}"
     );
-    assert_eq!(body, b"cached /q");
+    assert_eq!(body, b"cached /p");
     assert_eq!(o.hits(), 3, "/p, /nostore and /q went upstream once each");
 }
 
@@ -187,22 +238,48 @@ async fn lane_hits_are_logged_and_counted_as_hits() {
     let o = origin().await;
     let (d, (_dir, log)) = started(&o);
     let addr = d.addr("http");
-    exchange(addr, &get("/m", "")).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    primed(addr, "/m?x=1").await;
+    let counts = |samples: &[exposition::Sample]| {
+        let lookups = |result| {
+            exposition::value(
+                samples,
+                "sluice_cache_lookups_total",
+                &[("route", "main"), ("result", result)],
+            )
+        };
+        let requests = exposition::value(
+            samples,
+            "sluice_requests_total",
+            &[
+                ("listener", "http"),
+                ("route", "main"),
+                ("method", "GET"),
+                ("status_class", "2xx"),
+            ],
+        );
+        (lookups("hit"), lookups("miss"), requests)
+    };
+    // Each request is counted (and logged) once its response has ended,
+    // a moment after the client has it: every one of them looked up once.
+    let (_, before) = exposition::scrape_until(d.addr("admin"), |s| {
+        let (hits, misses, requests) = counts(s);
+        hits >= 1.0 && hits + misses == requests
+    })
+    .await;
+    let (hits, misses, requests) = counts(&before);
+    let logged = file_lines(&log, requests as usize).len();
+    let mut client = Client::new(TcpStream::connect(addr).await.unwrap());
     let mut ids = Vec::new();
     for _ in 0..3 {
-        stream.write_all(&get("/m?x=1", "")).await.unwrap();
-        if ids.is_empty() {
-            // The first of them is a miss of its own key.
-            response(&mut stream).await;
-            stream.write_all(&get("/m?x=1", "")).await.unwrap();
-        }
-        let (head, body) = response(&mut stream).await;
+        let (head, body) = client.get("/m?x=1").await;
         assert_eq!(body, b"cached /m");
         ids.push(field(&head, "x-request-id").unwrap().to_string());
     }
-    let lines = file_lines(&log, 5);
-    assert_eq!(lines.len(), 5, "{lines:#?}");
+    let (_, after) =
+        exposition::scrape_until(d.addr("admin"), |s| counts(s).2 >= requests + 3.0).await;
+    assert_eq!(counts(&after), (hits + 3.0, misses, requests + 3.0));
+    let lines = file_lines(&log, logged + 3);
+    assert_eq!(lines.len(), logged + 3, "{lines:#?}");
     for id in &ids {
         let line = lines
             .iter()
@@ -217,55 +294,6 @@ async fn lane_hits_are_logged_and_counted_as_hits() {
         assert_eq!(line["proto"], "HTTP/1.1");
         assert_eq!(line["client"], "127.0.0.1");
     }
-    let (_, samples) = exposition::scrape(d.addr("admin")).await;
-    let lookups = |result| {
-        exposition::value(
-            &samples,
-            "sluice_cache_lookups_total",
-            &[("route", "main"), ("result", result)],
-        )
-    };
-    assert_eq!((lookups("hit"), lookups("miss")), (3.0, 2.0));
-    let requests = exposition::value(
-        &samples,
-        "sluice_requests_total",
-        &[
-            ("listener", "http"),
-            ("route", "main"),
-            ("method", "GET"),
-            ("status_class", "2xx"),
-        ],
-    );
-    assert_eq!(requests, 5.0);
-}
-
-/// Reads one response with a `Content-Length` body off any stream.
-async fn read_response<S: AsyncRead + Unpin>(stream: &mut S) -> (String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 16 << 10];
-    loop {
-        if let Some(end) = find(&buf, b"\r\n\r\n") {
-            let head = String::from_utf8(buf[..end].to_vec()).unwrap();
-            let len: usize = field(&head, "content-length").unwrap().parse().unwrap();
-            if buf.len() >= end + 4 + len {
-                return (head, buf[end + 4..end + 4 + len].to_vec());
-            }
-        }
-        let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
-            .await
-            .expect("a response in time")
-            .unwrap();
-        assert_ne!(n, 0, "closed mid-response");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-async fn send_on<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    path: &str,
-) -> (String, Vec<u8>) {
-    stream.write_all(&get(path, "")).await.unwrap();
-    read_response(stream).await
 }
 
 #[tokio::test]
@@ -279,22 +307,34 @@ async fn lane_hits_over_tls_http11() {
         .replace("pool = \"app\"\n", "pool = \"app\"\ncache = true\n");
     assert!(config.contains("cache = true"));
     let d = Daemon::start_in(dir, &config);
-    let conn = tls_connect(
-        d.addr("tls"),
-        HOST,
-        pki.client_config(&[b"http/1.1"], &[&rustls::version::TLS13]),
-    )
-    .await
-    .unwrap();
-    let mut stream = conn.stream;
+    let connect = || async {
+        let config = pki.client_config(&[b"http/1.1"], &[&rustls::version::TLS13]);
+        tls_connect(d.addr("tls"), HOST, config)
+            .await
+            .unwrap()
+            .stream
+    };
+    let connect = || async { Client::new(connect().await) };
     for path in ["/t", "/big-tls"] {
-        let (first, body) = send_on(&mut stream, path).await;
+        // Stored once its body is whole, a moment after the client has it.
+        let mut client = connect().await;
+        let (first, body) = client.get(path).await;
         assert!(
             field(&first, "cache-status").unwrap().contains("fwd=miss"),
             "{first}"
         );
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !field(&client.get(path).await.0, "cache-status")
+            .unwrap()
+            .contains("hit")
+        {
+            assert!(std::time::Instant::now() < deadline, "{path} never stored");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // A new connection: its hits never meet hyper.
+        let mut client = connect().await;
         for _ in 0..3 {
-            let (head, again) = send_on(&mut stream, path).await;
+            let (head, again) = client.get(path).await;
             assert!(
                 field(&head, "cache-status").unwrap().contains("hit"),
                 "{head}"
@@ -331,23 +371,19 @@ async fn the_connection_timers_run_after_lane_hits() {
     for (keepalive, head, partial) in [("200ms", "1h", false), ("1h", "200ms", true)] {
         let d = Daemon::start(&timers(keepalive, head));
         let addr = d.addr("http");
-        exchange(addr, &get("/k", "")).await;
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        primed(addr, "/k").await;
+        let mut client = Client::new(TcpStream::connect(addr).await.unwrap());
         for _ in 0..2 {
-            stream.write_all(&get("/k", "")).await.unwrap();
-            let (head, _) = response(&mut stream).await;
+            let (head, _) = client.get("/k").await;
             assert!(
                 field(&head, "cache-status").unwrap().contains("hit"),
                 "{head}"
             );
         }
         if partial {
-            stream
-                .write_all(b"GET /k HTTP/1.1\r\nHost: la")
-                .await
-                .unwrap();
+            client.send(b"GET /k HTTP/1.1\r\nHost: la").await;
         }
-        let rest = until_closed(stream).await;
+        let rest = until_closed(client.stream).await;
         assert!(
             !String::from_utf8_lossy(&rest).contains(" 200 "),
             "{keepalive} {head}"
