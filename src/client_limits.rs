@@ -387,7 +387,7 @@ impl InFlight {
             }
             return None;
         }
-        if resp.headers().contains_key(http::header::CONNECTION) {
+        if crate::headers::contains(resp.headers(), &http::header::CONNECTION) {
             if let Some(a) = &self.activity {
                 a.closing();
             }

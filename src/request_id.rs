@@ -20,7 +20,7 @@ pub(crate) fn is_well_formed(id: &[u8]) -> bool {
 /// exactly one, well formed; a new one otherwise. The caller puts it on the
 /// upstream request (replacing the client's) and on the response.
 pub(crate) fn of(headers: &HeaderMap) -> HeaderValue {
-    let mut values = headers.get_all(&X_REQUEST_ID).iter();
+    let mut values = crate::headers::values(headers, &X_REQUEST_ID);
     match (values.next(), values.next()) {
         (Some(v), None) if is_well_formed(v.as_bytes()) => v.clone(),
         _ => generate(),
