@@ -60,6 +60,21 @@ pub(crate) fn contains(headers: &HeaderMap, name: &HeaderName) -> bool {
     headers.keys().any(|key| key == name)
 }
 
+/// Sets field `name` to `value` alone, as `headers.insert(name, value)`:
+/// in a small map with no repeated field where `name` is present, by
+/// overwriting its value in place, without hashing the name.
+pub(crate) fn replace(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    if headers.len() <= SCAN_UP_TO && headers.keys_len() == headers.len() {
+        if let Some(at) = headers.keys().position(|key| key == name) {
+            if let Some(slot) = headers.values_mut().nth(at) {
+                *slot = value;
+                return;
+            }
+        }
+    }
+    headers.insert(name.clone(), value);
+}
+
 /// The iterator [`values`] returns.
 pub(crate) enum Values<'h> {
     /// At most one value, found without hashing.
@@ -670,8 +685,8 @@ mod tests {
 
     /// Every map of up to 11 field lines over a few names (standard and
     /// custom, repeated or not, appended in any order): [`values`],
-    /// [`first`] and [`contains`] answer as `get_all`, `get` and
-    /// `contains_key`, on both sides of [`SCAN_UP_TO`].
+    /// [`first`], [`contains`] and [`replace`] do as `get_all`, `get`,
+    /// `contains_key` and `insert`, on both sides of [`SCAN_UP_TO`].
     #[test]
     fn lookups_by_walking_agree_with_hashing() {
         let names = ["host", "connection", "x-request-id", "x-other"];
@@ -694,6 +709,13 @@ mod tests {
                     assert_eq!(values(&h, &name).collect::<Vec<_>>(), want, "{h:?} {name}");
                     assert_eq!(first(&h, &name), h.get(&name));
                     assert_eq!(contains(&h, &name), h.contains_key(&name));
+                    let (mut replaced, mut inserted) = (h.clone(), h.clone());
+                    replace(&mut replaced, &name, HeaderValue::from_static("new"));
+                    inserted.insert(&name, HeaderValue::from_static("new"));
+                    let fields = |m: &HeaderMap| -> Vec<(HeaderName, HeaderValue)> {
+                        m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+                    };
+                    assert_eq!(fields(&replaced), fields(&inserted), "{h:?} {name}");
                 }
             }
         }
