@@ -121,6 +121,9 @@ pub(crate) struct Activity {
     keepalive_timeout: Duration,
     /// HTTP/1.1: idle this long, the connection is parked; `None` never.
     park_after: Option<Duration>,
+    /// The shorter of `keepalive_timeout` and `park_after`: no idle
+    /// deadline comes sooner after the end of a response.
+    least_idle: Duration,
     /// `State::park_due`, readable without the lock: the server loop asks
     /// after every poll of hyper, and the answer is almost always no.
     park_hint: AtomicBool,
@@ -179,6 +182,7 @@ impl Activity {
             header_read_timeout,
             keepalive_timeout,
             park_after,
+            least_idle: park_after.map_or(keepalive_timeout, |p| p.min(keepalive_timeout)),
             park_hint: AtomicBool::new(false),
             state: Mutex::new(State {
                 in_flight: 0,
@@ -299,13 +303,19 @@ impl Activity {
             // unless its timer wakes it by the new deadline anyway. Waking
             // the connection's task from within its own poll (where an
             // HTTP/1.1 response usually ends) costs it a second poll.
-            let woken_by = s.reader_timer;
-            match (woken_by, self.next_deadline(&s)) {
-                (Some(by), Some((deadline, _))) if by <= deadline => None,
-                _ => {
-                    s.reader_timer = None;
-                    s.reader.take()
-                }
+            // Idle now, the deadline is at least `idle_since` plus the
+            // shorter of the idle delays: that bound is checked first.
+            let in_time = |by: Instant| {
+                by <= s.idle_since + self.least_idle
+                    || self
+                        .next_deadline(&s)
+                        .is_some_and(|(deadline, _)| by <= deadline)
+            };
+            if !s.upgraded && s.reader_timer.is_some_and(in_time) {
+                None
+            } else {
+                s.reader_timer = None;
+                s.reader.take()
             }
         };
         if let Some(w) = waker {
@@ -707,6 +717,15 @@ mod tests {
         assert!(pending_read(&mut io, &waker));
         drop(activity.begin(Version::HTTP_11));
         assert_eq!(counting.wakes(), 1);
+
+        // So is a park delay before the timer.
+        let activity = Activity::new(HOUR, 2 * HOUR, Some(SHORT));
+        let (_client, server) = tokio::io::duplex(64);
+        let mut io = ClientIo::new(server, activity.clone());
+        assert!(pending_read(&mut io, &waker));
+        drop(activity.begin(Version::HTTP_11));
+        assert_eq!(counting.wakes(), 2);
+        assert_eq!(activity.deadline(&waker).unwrap().1, Expiry::Park);
     }
 
     #[tokio::test]
