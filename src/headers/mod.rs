@@ -33,21 +33,28 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 const SCAN_UP_TO: usize = 8;
 
 /// The values of field `name` in order, as `headers.get_all(name)` gives
-/// them. In a small map the name is first looked for among the fields'
-/// names; when it is there and no field is repeated, the field at that
-/// place is the one value.
+/// them. In a small map with no repeated field the name is looked for
+/// among the fields' names, and the field at its place is the one value.
+/// Always inlined, with the hashed lookup out of line: at each call site
+/// the name is a constant (a standard name compares as one byte), and the
+/// walk costs a few instructions per field, less than a call that has to
+/// make room for both ways.
+#[inline(always)]
 pub(crate) fn values<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Values<'h> {
-    if headers.len() > SCAN_UP_TO {
-        return Values::Hashed(headers.get_all(name).iter());
+    if headers.len() <= SCAN_UP_TO && headers.keys_len() == headers.len() {
+        let at = headers.keys().position(|key| key == name);
+        return Values::One(at.and_then(|at| headers.values().nth(at)));
     }
-    match headers.keys().position(|key| key == name) {
-        None => Values::One(None),
-        Some(at) if headers.keys_len() == headers.len() => Values::One(headers.values().nth(at)),
-        Some(_) => Values::Hashed(headers.get_all(name).iter()),
-    }
+    hashed(headers, name)
+}
+
+#[inline(never)]
+fn hashed<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Values<'h> {
+    Values::Hashed(headers.get_all(name).iter())
 }
 
 /// [`values`]' first, as `headers.get(name)`.
+#[inline]
 pub(crate) fn first<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderValue> {
     values(headers, name).next()
 }
