@@ -790,12 +790,14 @@ impl Tracker {
             i = match self.state {
                 State::Off | State::Failed(_) | State::Cut(_) => return Ok(()),
                 State::Head => match self.common_head(&data[i..]) {
-                    Some(end) => {
-                        let accept = Outcome::Accept {
-                            body: BodyKind::None,
-                            upgrade: false,
-                        };
-                        self.judged(accept, data.len(), i + end)
+                    // What `judged` does with an accepted head without a
+                    // body or a protocol switch: queue the verdict and
+                    // read the next head (`upgrade` is never set while a
+                    // head is read).
+                    Some(end) if self.verdicts.push(Verdict::Accept) => i + end,
+                    Some(_) => {
+                        self.off();
+                        data.len()
                     }
                     None => {
                         let max = self.limits.max_target_bytes;
