@@ -121,6 +121,9 @@ pub(crate) struct Activity {
     keepalive_timeout: Duration,
     /// HTTP/1.1: idle this long, the connection is parked; `None` never.
     park_after: Option<Duration>,
+    /// The shorter of `keepalive_timeout` and `park_after`: no idle
+    /// deadline comes sooner after the end of a response.
+    least_idle: Duration,
     /// `State::park_due`, readable without the lock: the server loop asks
     /// after every poll of hyper, and the answer is almost always no.
     park_hint: AtomicBool,
@@ -163,6 +166,10 @@ struct State {
     upgraded: bool,
     /// The task reading the socket, woken when the deadline moves earlier.
     reader: Option<Waker>,
+    /// The reader's own timer will wake `reader` by this time: the end of
+    /// a request need not wake it when its new deadline is no earlier
+    /// (the timer going off early only makes the reader re-arm it).
+    reader_timer: Option<Instant>,
 }
 
 impl Activity {
@@ -175,6 +182,7 @@ impl Activity {
             header_read_timeout,
             keepalive_timeout,
             park_after,
+            least_idle: park_after.map_or(keepalive_timeout, |p| p.min(keepalive_timeout)),
             park_hint: AtomicBool::new(false),
             state: Mutex::new(State {
                 in_flight: 0,
@@ -188,6 +196,7 @@ impl Activity {
                 h2: false,
                 upgraded: false,
                 reader: None,
+                reader_timer: None,
             }),
         })
     }
@@ -310,9 +319,25 @@ impl Activity {
             if !wake_reader {
                 return;
             }
-            s.reader.take()
+            // The reader may be parked with no deadline; let it arm one,
+            // unless its timer wakes it by the new deadline anyway. Waking
+            // the connection's task from within its own poll (where an
+            // HTTP/1.1 response usually ends) costs it a second poll.
+            // Idle now, the deadline is at least `idle_since` plus the
+            // shorter of the idle delays: that bound is checked first.
+            let in_time = |by: Instant| {
+                by <= s.idle_since + self.least_idle
+                    || self
+                        .next_deadline(&s)
+                        .is_some_and(|(deadline, _)| by <= deadline)
+            };
+            if !s.upgraded && s.reader_timer.is_some_and(in_time) {
+                None
+            } else {
+                s.reader_timer = None;
+                s.reader.take()
+            }
         };
-        // The reader may be parked with no deadline; let it arm one.
         if let Some(w) = waker {
             w.wake();
         }
@@ -336,11 +361,15 @@ impl Activity {
     }
 
     /// The current deadline, remembering `waker` as the reader to wake.
+    #[cfg(test)]
     fn deadline(&self, waker: &Waker) -> Option<(Instant, Expiry)> {
         let mut s = self.lock();
-        if !s.reader.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            s.reader = Some(waker.clone());
-        }
+        s.note_reader(waker);
+        self.next_deadline(&s)
+    }
+
+    /// The deadline in state `s`: see the module's documentation.
+    fn next_deadline(&self, s: &State) -> Option<(Instant, Expiry)> {
         if s.upgraded || s.in_flight > 0 {
             None
         } else if s.requests == 0 {
@@ -360,6 +389,15 @@ impl Activity {
 }
 
 impl State {
+    /// Remembers `waker` as the reader to wake. A new one forgets the
+    /// reader's timer, which holds the former waker until polled again.
+    fn note_reader(&mut self, waker: &Waker) {
+        if !self.reader.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.reader = Some(waker.clone());
+            self.reader_timer = None;
+        }
+    }
+
     /// An HTTP/1.1 connection between requests whose hyper session is
     /// known to keep it alive.
     fn parkable(&self) -> bool {
@@ -411,7 +449,7 @@ impl InFlight {
             }
             return None;
         }
-        if resp.headers().contains_key(http::header::CONNECTION) {
+        if crate::headers::contains(resp.headers(), &http::header::CONNECTION) {
             if let Some(a) = &self.activity {
                 a.closing();
             }
@@ -444,7 +482,7 @@ impl Watch for InFlight {
 pub(crate) struct ClientIo<S> {
     inner: S,
     activity: Arc<Activity>,
-    timer: Option<(Instant, Pin<Box<Sleep>>)>,
+    timer: Timer,
 }
 
 impl<S> ClientIo<S> {
@@ -460,33 +498,35 @@ impl<S> ClientIo<S> {
     pub(crate) fn activity(&self) -> &Arc<Activity> {
         &self.activity
     }
+}
 
-    /// Whether `deadline` has passed; otherwise arms the timer to wake `cx`
-    /// by then.
-    ///
-    /// A timer armed for an earlier moment is left as it is: the deadline
-    /// moves later with every request (the idle clock restarts), and
-    /// moving a timer costs more than the early wake-up, which finds the
-    /// deadline not yet due and moves the timer then, once.
-    fn expired(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
-        if Instant::now() >= deadline {
-            return true;
-        }
-        let (at, sleep) = self
-            .timer
-            .get_or_insert_with(|| (deadline, Box::pin(tokio::time::sleep_until(deadline))));
-        if *at > deadline {
-            sleep.as_mut().reset(deadline);
-            *at = deadline;
-        }
-        if sleep.as_mut().poll(cx).is_ready() {
-            // An early timer went off: on to the deadline itself.
-            sleep.as_mut().reset(deadline);
-            *at = deadline;
-            return sleep.as_mut().poll(cx).is_ready();
-        }
-        false
+/// A [`ClientIo`]'s timer: when it is set to go off, and the sleep.
+type Timer = Option<(Instant, Pin<Box<Sleep>>)>;
+
+/// Whether `deadline` has passed; otherwise arms `timer` to wake `cx` by
+/// then.
+///
+/// A timer armed for an earlier moment is left as it is: the deadline
+/// moves later with every request (the idle clock restarts), and moving a
+/// timer costs more than the early wake-up, which finds the deadline not
+/// yet due and moves the timer then, once.
+fn expired(timer: &mut Timer, deadline: Instant, cx: &mut Context<'_>) -> bool {
+    if Instant::now() >= deadline {
+        return true;
     }
+    let (at, sleep) =
+        timer.get_or_insert_with(|| (deadline, Box::pin(tokio::time::sleep_until(deadline))));
+    if *at > deadline {
+        sleep.as_mut().reset(deadline);
+        *at = deadline;
+    }
+    if sleep.as_mut().poll(cx).is_ready() {
+        // An early timer went off: on to the deadline itself.
+        sleep.as_mut().reset(deadline);
+        *at = deadline;
+        return sleep.as_mut().poll(cx).is_ready();
+    }
+    false
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
@@ -506,12 +546,29 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => loop {
-                let Some((deadline, why)) = this.activity.deadline(cx.waker()) else {
+                let mut s = this.activity.lock();
+                s.note_reader(cx.waker());
+                let Some((deadline, why)) = this.activity.next_deadline(&s) else {
+                    // No deadline while a request is in flight; the timer
+                    // may have gone off meanwhile, taking the waker.
+                    if this.timer.as_ref().is_none_or(|(_, t)| t.is_elapsed()) {
+                        s.reader_timer = None;
+                    }
                     return Poll::Pending;
                 };
-                if !this.expired(deadline, cx) {
+                if !expired(&mut this.timer, deadline, cx) {
+                    // Out of budget, tokio's timer may have returned
+                    // without taking the waker; with budget left after a
+                    // pending poll (which gives its unit back), it took it.
+                    let registered = tokio::task::coop::has_budget_remaining();
+                    s.reader_timer = this
+                        .timer
+                        .as_ref()
+                        .map(|(at, _)| *at)
+                        .filter(|_| registered);
                     return Poll::Pending;
                 }
+                drop(s);
                 return match why {
                     Expiry::Park => {
                         // The server loop sees this once hyper's poll
@@ -631,6 +688,86 @@ mod tests {
                 .expect("idle end, not a head timeout"),
             0
         );
+    }
+
+    /// A waker that counts its wake-ups and signals each.
+    #[derive(Default)]
+    struct Counting {
+        wakes: std::sync::atomic::AtomicUsize,
+        woken: tokio::sync::Notify,
+    }
+
+    impl std::task::Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.wakes.fetch_add(1, Ordering::SeqCst);
+            self.woken.notify_one();
+        }
+    }
+
+    impl Counting {
+        fn wakes(&self) -> usize {
+            self.wakes.load(Ordering::SeqCst)
+        }
+    }
+
+    /// Polls one read of `io` with `waker`; true when it is pending.
+    fn pending_read(io: &mut ClientIo<tokio::io::DuplexStream>, waker: &Waker) -> bool {
+        let mut bytes = [0u8; 8];
+        let mut buf = ReadBuf::new(&mut bytes);
+        let mut cx = Context::from_waker(waker);
+        Pin::new(io).poll_read(&mut cx, &mut buf).is_pending()
+    }
+
+    #[tokio::test]
+    async fn a_reader_whose_timer_goes_off_in_time_is_not_woken_when_a_request_ends() {
+        let (_client, server) = tokio::io::duplex(64);
+        let counting = Arc::new(Counting::default());
+        let waker = Waker::from(counting.clone());
+        // The first head's deadline (an hour) comes before the idle one
+        // (two hours): the timer armed for it wakes the reader in time.
+        let activity = Activity::new(HOUR, 2 * HOUR, None);
+        let mut io = ClientIo::new(server, activity.clone());
+        assert!(pending_read(&mut io, &waker));
+        let guard = activity.begin(Version::HTTP_11);
+        assert!(pending_read(&mut io, &waker));
+        drop(guard);
+        assert_eq!(counting.wakes(), 0);
+        assert_eq!(activity.deadline(&waker).unwrap().1, Expiry::Idle);
+
+        // An idle deadline before the timer: the reader is woken to move it.
+        let activity = Activity::new(HOUR, SHORT, None);
+        let (_client, server) = tokio::io::duplex(64);
+        let mut io = ClientIo::new(server, activity.clone());
+        assert!(pending_read(&mut io, &waker));
+        drop(activity.begin(Version::HTTP_11));
+        assert_eq!(counting.wakes(), 1);
+
+        // So is a park delay before the timer.
+        let activity = Activity::new(HOUR, 2 * HOUR, Some(SHORT));
+        let (_client, server) = tokio::io::duplex(64);
+        let mut io = ClientIo::new(server, activity.clone());
+        assert!(pending_read(&mut io, &waker));
+        drop(activity.begin(Version::HTTP_11));
+        assert_eq!(counting.wakes(), 2);
+        assert_eq!(activity.deadline(&waker).unwrap().1, Expiry::Park);
+    }
+
+    #[tokio::test]
+    async fn a_reader_whose_timer_went_off_during_a_request_is_woken_when_it_ends() {
+        let (_client, server) = tokio::io::duplex(64);
+        let counting = Arc::new(Counting::default());
+        let waker = Waker::from(counting.clone());
+        let activity = Activity::new(Duration::from_millis(1), HOUR, None);
+        let mut io = ClientIo::new(server, activity.clone());
+        assert!(pending_read(&mut io, &waker));
+        let guard = activity.begin(Version::HTTP_11);
+        // The head's timer goes off while the request is in flight...
+        counting.woken.notified().await;
+        assert_eq!(counting.wakes(), 1);
+        // ... and the reader, polled then, has no deadline to arm.
+        assert!(pending_read(&mut io, &waker));
+        drop(guard);
+        assert_eq!(counting.wakes(), 2, "woken to arm the idle deadline");
     }
 
     #[tokio::test]

@@ -58,7 +58,7 @@ impl Code {
 /// is `application/grpc`, or `application/grpc+proto` and the like.
 pub(crate) fn is_call(headers: &HeaderMap) -> bool {
     const GRPC: &[u8] = b"application/grpc";
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+    crate::headers::first(headers, &header::CONTENT_TYPE).is_some_and(|v| {
         let v = v.as_bytes();
         v.len() >= GRPC.len()
             && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)

@@ -26,6 +26,80 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// Field lines up to which [`values`] and [`contains`] look a name up by
+/// walking the map rather than hashing the name: a request or response
+/// head has a handful of fields, and comparing each name (a one-byte tag
+/// for a standard name) costs less than `HeaderMap`'s hash and probe.
+const SCAN_UP_TO: usize = 8;
+
+/// The values of field `name` in order, as `headers.get_all(name)` gives
+/// them. In a small map with no repeated field the name is looked for
+/// among the fields' names, and the field at its place is the one value.
+/// Always inlined, with the hashed lookup out of line: at each call site
+/// the name is a constant (a standard name compares as one byte), and the
+/// walk costs a few instructions per field, less than a call that has to
+/// make room for both ways.
+#[inline(always)]
+pub(crate) fn values<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Values<'h> {
+    if headers.len() <= SCAN_UP_TO && headers.keys_len() == headers.len() {
+        let at = headers.keys().position(|key| key == name);
+        return Values::One(at.and_then(|at| headers.values().nth(at)));
+    }
+    hashed(headers, name)
+}
+
+#[inline(never)]
+fn hashed<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Values<'h> {
+    Values::Hashed(headers.get_all(name).iter())
+}
+
+/// [`values`]' first, as `headers.get(name)`.
+#[inline]
+pub(crate) fn first<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderValue> {
+    values(headers, name).next()
+}
+
+/// Whether `headers` has field `name`, as `headers.contains_key(name)`.
+pub(crate) fn contains(headers: &HeaderMap, name: &HeaderName) -> bool {
+    if headers.len() > SCAN_UP_TO {
+        return headers.contains_key(name);
+    }
+    headers.keys().any(|key| key == name)
+}
+
+/// Sets field `name` to `value` alone, as `headers.insert(name, value)`:
+/// in a small map with no repeated field where `name` is present, by
+/// overwriting its value in place, without hashing the name.
+pub(crate) fn replace(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    if headers.len() <= SCAN_UP_TO && headers.keys_len() == headers.len() {
+        if let Some(at) = headers.keys().position(|key| key == name) {
+            if let Some(slot) = headers.values_mut().nth(at) {
+                *slot = value;
+                return;
+            }
+        }
+    }
+    headers.insert(name.clone(), value);
+}
+
+/// The iterator [`values`] returns.
+pub(crate) enum Values<'h> {
+    /// At most one value, found without hashing.
+    One(Option<&'h HeaderValue>),
+    Hashed(header::ValueIter<'h, HeaderValue>),
+}
+
+impl<'h> Iterator for Values<'h> {
+    type Item = &'h HeaderValue;
+
+    fn next(&mut self) -> Option<&'h HeaderValue> {
+        match self {
+            Values::One(value) => value.take(),
+            Values::Hashed(values) => values.next(),
+        }
+    }
+}
+
 /// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1).
 fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
     [
@@ -50,7 +124,7 @@ pub(crate) fn upgrade_request(version: Version, headers: &HeaderMap) -> Option<H
     if !wants {
         return None;
     }
-    headers.get(header::UPGRADE).cloned()
+    first(headers, &header::UPGRADE).cloned()
 }
 
 /// The value of cookie `name` in the request's `Cookie` fields.
@@ -93,7 +167,7 @@ pub(crate) fn join_cookies(headers: &mut HeaderMap) {
 /// upgrade) or that cannot be read. Errs on the side of "no".
 pub(crate) fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
     version == Version::HTTP_11
-        && headers.get_all(header::CONNECTION).iter().all(|v| {
+        && values(headers, &header::CONNECTION).all(|v| {
             v.to_str().is_ok_and(|v| {
                 v.split(',')
                     .map(str::trim)
@@ -103,9 +177,7 @@ pub(crate) fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
+    values(headers, &header::CONNECTION)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
@@ -471,7 +543,7 @@ fn authority_by(
     headers: &HeaderMap,
     mut normalise: impl FnMut(&[u8]) -> Result<Authority, AuthorityError>,
 ) -> Result<Authority, AuthorityError> {
-    let mut hosts = headers.get_all(header::HOST).iter();
+    let mut hosts = values(headers, &header::HOST);
     let host_field = hosts.next();
     if hosts.next().is_some() {
         return Err(AuthorityError::DuplicateHost);
@@ -617,6 +689,44 @@ pub(crate) fn test_map(pairs: &[(&str, &str)]) -> HeaderMap {
 mod tests {
     use super::test_map as map;
     use super::*;
+
+    /// Every map of up to 11 field lines over a few names (standard and
+    /// custom, repeated or not, appended in any order): [`values`],
+    /// [`first`], [`contains`] and [`replace`] do as `get_all`, `get`,
+    /// `contains_key` and `insert`, on both sides of [`SCAN_UP_TO`].
+    #[test]
+    fn lookups_by_walking_agree_with_hashing() {
+        let names = ["host", "connection", "x-request-id", "x-other"];
+        let mut seed = 0x9e37_79b9_u32;
+        for len in 0..12 {
+            for _ in 0..200 {
+                let pairs: Vec<(&str, String)> = (0..len)
+                    .map(|i| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 17;
+                        seed ^= seed << 5;
+                        (names[seed as usize % names.len()], format!("v{i}"))
+                    })
+                    .collect();
+                let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let h = map(&refs);
+                for name in names.iter().chain(&["absent"]) {
+                    let name = HeaderName::from_static(name);
+                    let want: Vec<_> = h.get_all(&name).iter().collect();
+                    assert_eq!(values(&h, &name).collect::<Vec<_>>(), want, "{h:?} {name}");
+                    assert_eq!(first(&h, &name), h.get(&name));
+                    assert_eq!(contains(&h, &name), h.contains_key(&name));
+                    let (mut replaced, mut inserted) = (h.clone(), h.clone());
+                    replace(&mut replaced, &name, HeaderValue::from_static("new"));
+                    inserted.insert(&name, HeaderValue::from_static("new"));
+                    let fields = |m: &HeaderMap| -> Vec<(HeaderName, HeaderValue)> {
+                        m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+                    };
+                    assert_eq!(fields(&replaced), fields(&inserted), "{h:?} {name}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn rfc9110_7_6_1_connection_and_named_fields_are_removed() {
