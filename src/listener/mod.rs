@@ -29,7 +29,6 @@ use hyper::service::{service_fn, HttpService};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::futures::Notified;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::body::ProxyBody;
@@ -803,8 +802,7 @@ impl Drop for Drain {
 /// no answer was processed.
 pub(crate) const DRAIN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Held by one connection for its lifetime (a clone too).
-#[derive(Clone)]
+/// Held by one connection for its lifetime.
 struct Draining {
     _live: watch::Receiver<()>,
     now: Arc<AtomicBool>,
@@ -818,48 +816,40 @@ impl Draining {
         self.now.clone()
     }
 
-    /// Resolves once the server drains (at once if it already does), for a
-    /// wait polled beside hyper on every wake of a serving connection's
-    /// task: once the wait is
+    /// Resolves once the server drains (at once if it already does). For a
+    /// wait polled seldom, a parked connection's: the smallest future, a
+    /// `Notify` waiter.
+    async fn signalled(&self) {
+        let mut notified = std::pin::pin!(self.notify.notified());
+        notified.as_mut().enable();
+        if !self.now.load(Ordering::SeqCst) {
+            notified.await;
+        }
+    }
+
+    /// [`signalled`](Self::signalled), for a wait polled beside hyper on
+    /// every wake of a serving connection's task: once the wait is
     /// registered with this task's waker, a poll reads only the flag
     /// instead of taking the waiter lock (the registered waker is the one
     /// the drain wakes).
     async fn signalled_busy(&self) {
         let mut notified = std::pin::pin!(self.notify.notified());
         notified.as_mut().enable();
-        let mut registered = None;
-        std::future::poll_fn(|cx| self.poll_drained(notified.as_mut(), &mut registered, cx)).await
-    }
-
-    /// A waiter for [`Draining::poll_drained`], kept by a loop that waits
-    /// between requests (the parked HTTP/1.1 loop, which the hit lane
-    /// runs through on every request): registered once, not on every wait.
-    fn waiter(&self) -> Notified<'_> {
-        self.notify.notified()
-    }
-
-    /// Ready once the server drains, for as long as it does (unlike an
-    /// `async fn`, it can be polled again after that). `registered` is the
-    /// waker `notified` holds: a poll from the same task reads only the
-    /// flag.
-    fn poll_drained(
-        &self,
-        mut notified: std::pin::Pin<&mut Notified<'_>>,
-        registered: &mut Option<std::task::Waker>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if self.now.load(Ordering::SeqCst) {
-            return std::task::Poll::Ready(());
-        }
-        if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            return std::task::Poll::Pending;
-        }
-        notified.as_mut().enable();
-        let polled = notified.poll(cx);
-        if polled.is_pending() {
-            *registered = Some(cx.waker().clone());
-        }
-        polled
+        let mut registered: Option<std::task::Waker> = None;
+        std::future::poll_fn(|cx| {
+            if self.now.load(Ordering::SeqCst) {
+                return std::task::Poll::Ready(());
+            }
+            if registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                return std::task::Poll::Pending;
+            }
+            let polled = notified.as_mut().poll(cx);
+            if polled.is_pending() {
+                registered = Some(cx.waker().clone());
+            }
+            polled
+        })
+        .await
     }
 }
 
@@ -921,18 +911,8 @@ mod tests {
             .await
             .expect("the drain was heard");
         // Heard at once by a wait that starts after the drain, too.
+        assert!(!pending(&mut Box::pin(draining.signalled())).await);
         assert!(!pending(&mut Box::pin(draining.signalled_busy())).await);
-        {
-            // A kept waiter is ready for as long as the drain lasts.
-            let mut waiter = std::pin::pin!(draining.waiter());
-            let mut registered = None;
-            for _ in 0..2 {
-                let polled = std::future::poll_fn(|cx| {
-                    Poll::Ready(draining.poll_drained(waiter.as_mut(), &mut registered, cx))
-                });
-                assert!(polled.await.is_ready());
-            }
-        }
         drop(draining);
         stop.await
             .expect("the drain ended once the connection let go");
@@ -942,7 +922,7 @@ mod tests {
     async fn a_wait_ends_when_the_drain_goes_away() {
         let drain = Drain::new();
         let draining = drain.watch();
-        let mut signalled = Box::pin(draining.signalled_busy());
+        let mut signalled = Box::pin(draining.signalled());
         assert!(pending(&mut signalled).await);
         assert!(pending(&mut signalled).await);
         drop(drain);
