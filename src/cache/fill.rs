@@ -7,6 +7,7 @@
 //! `max_object_size`: a body cut short or failing is never stored.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -23,19 +24,45 @@ use crate::headers::cache_control::CacheControl;
 #[derive(Debug, Default)]
 pub(crate) struct Fills {
     running: Mutex<HashMap<String, Arc<Filling>>>,
+    /// Fills ended so far, counted when their registration goes (after
+    /// the entry, if any, is stored): a lookup that missed in the store,
+    /// then finds no fill to join, reads the store again if one ended in
+    /// between (it may have stored the answer).
+    ended: AtomicU64,
 }
 
 /// Whether this request leads the fill for its key or joins another.
 pub(crate) enum Join {
     Leader(FillGuard),
     Follower(Arc<Filling>),
+    /// A fill ended since the caller read the store, and may have stored
+    /// the answer: read it again before going upstream.
+    Ended,
 }
 
 impl Fills {
-    pub(crate) fn join(self: &Arc<Self>, key: &str, budget: &Arc<Budget>) -> Join {
+    /// Fills ended so far ([`Fills::ended`]): read before the store.
+    pub(crate) fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// Joins the fill running for `key`, or leads a new one. With `seen`
+    /// (what [`Fills::ended`] said before the store was read): no new fill
+    /// once a fill has ended since ([`Join::Ended`]); checked under the
+    /// same lock a fill's registration leaves by, so none can end unseen
+    /// in between.
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        key: &str,
+        budget: &Arc<Budget>,
+        seen: Option<u64>,
+    ) -> Join {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(filling) = running.get(key) {
             return Join::Follower(filling.clone());
+        }
+        if seen.is_some_and(|seen| self.ended() != seen) {
+            return Join::Ended;
         }
         let filling = Filling::new(budget.clone());
         running.insert(key.to_string(), filling.clone());
@@ -58,6 +85,9 @@ pub(crate) struct FillGuard {
 
 impl Drop for FillGuard {
     fn drop(&mut self) {
+        // Before the registration goes: a request that then finds no fill
+        // to join sees the count moved.
+        self.fills.ended.fetch_add(1, Ordering::Release);
         let mut running = self.fills.running.lock().unwrap_or_else(|p| p.into_inner());
         if running
             .get(&self.key)
@@ -231,3 +261,33 @@ pub(crate) const CLIENT_CONDITIONALS: [HeaderName; 6] = [
     header::IF_RANGE,
     header::RANGE,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request that read the store before a fill for its key ended does
+    /// not lead a second fill: it is told to read the store again. One that
+    /// read it after, or that finds a fill running, is not.
+    #[test]
+    fn no_new_fill_after_one_ended_unseen() {
+        let fills = Arc::new(Fills::default());
+        let budget = Arc::new(Budget::new(1 << 20));
+        let seen = fills.ended();
+        let Join::Leader(first) = fills.join("k", &budget, Some(seen)) else {
+            panic!("the first request leads");
+        };
+        assert!(matches!(
+            fills.join("k", &budget, Some(seen)),
+            Join::Follower(_)
+        ));
+        drop(first);
+        assert!(matches!(fills.join("k", &budget, Some(seen)), Join::Ended));
+        // Read afresh, or with no reading to compare, it leads.
+        assert!(matches!(
+            fills.join("k", &budget, Some(fills.ended())),
+            Join::Leader(_)
+        ));
+        assert!(matches!(fills.join("k", &budget, None), Join::Leader(_)));
+    }
+}

@@ -235,17 +235,20 @@ impl Cache {
     /// Finds the stored response for a request whose primary key is
     /// `primary`.
     fn find(&self, primary: &str, req: &HeaderMap) -> Found {
+        let fills_ended = Some(self.fills.ended());
         match self.store.get(primary) {
             None => Found {
                 entry: None,
                 variant: None,
                 fwd: "miss",
+                fills_ended,
             },
             Some(object) => match &*object {
                 Object::Response(_) => Found {
                     entry: Some(object.clone()),
                     variant: None,
                     fwd: "miss",
+                    fills_ended,
                 },
                 Object::Vary { names, id } => {
                     let key = key::variant(primary, *id, names, req);
@@ -257,6 +260,7 @@ impl Cache {
                         entry,
                         variant: Some(key),
                         fwd: "vary-miss",
+                        fills_ended,
                     }
                 }
             },
@@ -273,6 +277,8 @@ struct Found {
     variant: Option<String>,
     /// `Cache-Status` `fwd` for a miss.
     fwd: &'static str,
+    /// [`Fills::ended`] before the store was read; `None` once read again.
+    fills_ended: Option<u64>,
 }
 
 impl Found {
@@ -603,7 +609,21 @@ impl Cache {
                 result: Some("miss"),
             }));
         }
-        let join = self.fills.join(found.key(&req.primary), &self.budget);
+        let led = match self
+            .fills
+            .join(found.key(&req.primary), &self.budget, found.fills_ended)
+        {
+            Join::Leader(guard) => Ok(guard),
+            Join::Follower(filling) => Err(filling),
+            Join::Ended => {
+                // A fill ended between the store's read and now, and may
+                // have stored the answer: read the store again (once)
+                // rather than go upstream a second time.
+                let mut again = self.find(&req.primary, req.head);
+                again.fills_ended = None;
+                return self.decide(set, req, asked, again, from_l2, now);
+            }
+        };
         let mut fill = Fill {
             key: found.variant.unwrap_or_else(|| req.primary.clone()),
             method: req.method.clone(),
@@ -616,19 +636,19 @@ impl Cache {
             guard: None,
             request_time: SystemTime::now(),
         };
-        match join {
-            Join::Leader(guard) => {
+        match led {
+            Ok(guard) => {
                 fill.guard = Some(guard);
                 Decided::Now(Lookup::Miss(fill))
             }
-            Join::Follower(filling) => Decided::Follow(Follower { filling, fill }),
+            Err(filling) => Decided::Follow(Follower { filling, fill }),
         }
     }
 
     /// The background revalidation of a stale entry served now, unless
     /// another refresh of the same key already runs (it wins).
     fn refresh(&self, req: &Request<'_>, key: &str, object: Arc<Object>) -> Option<Fill> {
-        let Join::Leader(guard) = self.fills.join(key, &self.budget) else {
+        let Join::Leader(guard) = self.fills.join(key, &self.budget, None) else {
             return None;
         };
         Some(Fill {
