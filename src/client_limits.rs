@@ -224,9 +224,7 @@ impl Activity {
 
     /// A request answered while no hyper session runs (the listener's hit
     /// lane: HTTP/1.1, no body, kept alive): in flight like any other, but
-    /// not part of a session, so that the connection stays parked. Its
-    /// end wakes no one: the lane's task reads next, and arms the idle
-    /// deadline then.
+    /// not part of a session, so that the connection stays parked.
     pub(crate) fn begin_unparked(self: &Arc<Self>) -> InFlight {
         let mut s = self.lock();
         s.in_flight += 1;
@@ -234,7 +232,6 @@ impl Activity {
         s.head_since = None;
         InFlight {
             activity: Some(self.clone()),
-            wake_reader: false,
         }
     }
 
@@ -249,7 +246,6 @@ impl Activity {
         s.session.body |= body;
         InFlight {
             activity: Some(self.clone()),
-            wake_reader: true,
         }
     }
 
@@ -307,7 +303,7 @@ impl Activity {
         self.lock().session.body
     }
 
-    fn end(&self, wake_reader: bool) {
+    fn end(&self) {
         let waker = {
             let mut s = self.lock();
             s.in_flight = s.in_flight.saturating_sub(1);
@@ -316,9 +312,6 @@ impl Activity {
             }
             s.idle_since = Instant::now();
             s.head_since = None;
-            if !wake_reader {
-                return;
-            }
             // The reader may be parked with no deadline; let it arm one,
             // unless its timer wakes it by the new deadline anyway. Waking
             // the connection's task from within its own poll (where an
@@ -415,10 +408,6 @@ impl State {
 #[derive(Debug)]
 pub(crate) struct InFlight {
     activity: Option<Arc<Activity>>,
-    /// Whether its end wakes the connection's reader to arm the idle
-    /// deadline: not when the reader is the task that ends it and reads
-    /// next anyway (the hit lane).
-    wake_reader: bool,
 }
 
 impl InFlight {
@@ -459,7 +448,7 @@ impl InFlight {
 
     fn release(&mut self) {
         if let Some(a) = self.activity.take() {
-            a.end(self.wake_reader);
+            a.end();
         }
     }
 }
