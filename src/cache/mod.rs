@@ -518,28 +518,22 @@ impl Cache {
         }
     }
 
-    /// A plain request ([`serve::is_plain`]) with no directives of its own,
-    /// on a route that does not compress, for a fresh entry of the memory
-    /// tier: its answer as HTTP/1.1 bytes, for the listener's hit lane.
+    /// A plain request ([`serve::is_plain`]) on a route that does not
+    /// compress, for an entry of the memory tier that is fresh for it (its
+    /// own directives read as [`Cache::lookup`] reads them): its answer as
+    /// HTTP/1.1 bytes, for the listener's hit lane.
     /// `None`, having changed nothing, for anything else (and when the
     /// entry's head cannot go out as bytes, see [`serve::plain_wire`]):
     /// the request then takes [`Cache::lookup`], which decides what it
     /// would have decided anyway.
     pub(crate) fn plain_hit(&self, set: Settings<'_>, req: &Request<'_>) -> Option<PlainHit> {
-        if req.has_body
-            || req.accepted.is_some()
-            || !serve::is_plain(req.method, req.head)
-            || req
-                .head
-                .keys()
-                .any(|name| name == header::CACHE_CONTROL || name == header::PRAGMA)
-        {
+        if req.has_body || req.accepted.is_some() || !serve::is_plain(req.method, req.head) {
             return None;
         }
         let now = SystemTime::now();
         let object = self.find(&req.primary, req.head).entry?;
         let entry = entry_of(&object)?;
-        if Directives::default().usable(entry, now) != Use::Fresh {
+        if Directives::of(req.head).usable(entry, now) != Use::Fresh {
             return None;
         }
         let age = entry.age(now);

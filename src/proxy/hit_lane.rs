@@ -10,11 +10,12 @@
 //! Only what the general path ([`super::handle`]) would answer with exactly
 //! that hit is taken: [`answer`] first checks, without changing anything,
 //! that nothing about the request or its route asks for more (rules, a rate
-//! limit, compression, gRPC, a path to normalise, a directive, a condition
-//! or range, anything a first look cannot settle); anything else returns
-//! `None` and goes to hyper as if the lane did not exist. What a hit
-//! records (the framing verdict taken, the id, the access log line, the
-//! metrics, the connection's activity) is recorded the same way.
+//! limit, compression, gRPC, a path to normalise, a directive the entry is
+//! not fresh for, a condition or range, anything a first look cannot
+//! settle); anything else returns `None` and goes to hyper as if the lane
+//! did not exist. What a hit records (the framing verdict taken, the id,
+//! the access log line, the metrics, the connection's activity) is
+//! recorded the same way.
 
 use std::borrow::Cow;
 use std::sync::Arc;
