@@ -428,20 +428,8 @@ log "sanity checks passed"
 
 # ---------------------------------------------------------------- measure ---
 # cpu_ticks SERVER: utime + stime (clock ticks) of the server's process and of
-# its children (nginx workers and cache processes, the Varnish child).
-cpu_ticks() {
-    local root=${PID_OF[$1]}
-    awk -v root="$root" '
-        FNR == 1 {
-            line = $0
-            sub(/^[0-9]+ \(.*\) /, "", line)   # the command name may hold spaces
-            split(line, f, " ")
-            pid = FILENAME; sub(/^\/proc\//, "", pid); sub(/\/stat$/, "", pid)
-            # f[2] is the parent pid; f[12], f[13] utime, stime
-            if (pid == root || f[2] == root) t += f[12] + f[13]
-        }
-        END { print t + 0 }' /proc/[0-9]*/stat 2>/dev/null
-}
+# its descendants (nginx workers and cache processes, the Varnish child).
+cpu_ticks() { tree_cpu_ticks "${PID_OF[$1]}"; }
 
 # run_wrk SCENARIO TARGET DURATION OUTFILE -> "cpu_ticks" on stdout
 run_wrk() {

@@ -402,6 +402,26 @@ parse_wrk() {
 }
 
 # ----------------------------------------------------------------- report ---
+# tree_pids ROOT: ROOT and all its descendants (nginx's and Varnish's
+# workers are children of the process started).
+tree_pids() {
+    ps -e -o pid=,ppid= | awk -v root="$1" '
+        { parent[$1] = $2 }
+        END {
+            keep[root] = 1
+            do { more = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; more = 1 } } while (more)
+            for (p in keep) print p
+        }'
+}
+
+# tree_cpu_ticks ROOT: the CPU time (user + system, every thread, in clock
+# ticks) of ROOT and all its descendants so far.
+tree_cpu_ticks() {
+    # shellcheck disable=SC2046 # a word list of PIDs
+    for p in $(tree_pids "$1"); do cat "/proc/$p/stat" 2>/dev/null || true; done \
+        | awk '{ sub(/^.*\) /, ""); s += $12 + $13 } END { print s + 0 }'
+}
+
 # median SCENARIO TARGET COLUMN: the median of COLUMN over the rounds.
 median() {
     awk -F'\t' -v s="$1" -v t="$2" -v c="$3" 'NR > 1 && $1 == s && $2 == t { print $c }' "$TMP/results.tsv" \

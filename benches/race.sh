@@ -550,7 +550,8 @@ measure() {
 }
 
 START=$(date +%s)
-echo -e "scenario\ttarget\tround\trps\tp99_ms\terrors\tnon2xx\trequests" >"$TMP/results.tsv"
+echo -e "scenario\ttarget\tround\trps\tp99_ms\terrors\tnon2xx\trequests\tcpu_us" >"$TMP/results.tsv"
+CLK_TCK=$(getconf CLK_TCK)
 LOAD_SCENARIOS=()
 for scen in $SCENARIOS; do
     case $scen in
@@ -569,16 +570,21 @@ for scen in "${LOAD_SCENARIOS[@]}"; do
     for round in $(seq "$REPEATS"); do
         for t in $(targets_of "$scen"); do
             out="$TMP/run.$scen.$t.$round.txt"
+            cpu_before=$(tree_cpu_ticks "${PID_OF[$t]}")
             measure "$scen" "$t" "$DURATION" "$out"
+            cpu_after=$(tree_cpu_ticks "${PID_OF[$t]}")
             if [ "$scen" = tls-h2 ]; then
                 read -r rps p99 err non2xx reqs < <(parse_h2load "$out") || { cat "$out" >&2; die "cannot parse h2load output"; }
             else
                 read -r rps p99 err non2xx reqs < <(parse_wrk "$out") || { cat "$out" >&2; die "cannot parse wrk output"; }
             fi
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scen" "$t" "$round" "$rps" "$p99" "$err" "$non2xx" "$reqs" \
+            # The peer's own CPU time per request answered, in microseconds.
+            cpu_us=$(awk -v a="$cpu_before" -v b="$cpu_after" -v n="$reqs" -v hz="$CLK_TCK" \
+                'BEGIN { if (n > 0) printf "%.2f", (b - a) / hz * 1e6 / n; else print 0 }')
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scen" "$t" "$round" "$rps" "$p99" "$err" "$non2xx" "$reqs" "$cpu_us" \
                 >>"$TMP/results.tsv"
-            log "$(printf 'round %d/%d %-9s %-9s %9.0f req/s  p99 %7.2f ms  errors %d  non-2xx %d' \
-                "$round" "$REPEATS" "$scen" "$t" "$rps" "$p99" "$err" "$non2xx")"
+            log "$(printf 'round %d/%d %-9s %-9s %9.0f req/s  p99 %7.2f ms  errors %d  non-2xx %d  cpu %6.2f us/req' \
+                "$round" "$REPEATS" "$scen" "$t" "$rps" "$p99" "$err" "$non2xx" "$cpu_us")"
         done
     done
 done
@@ -723,16 +729,8 @@ EOF
 
 # tree_rss_kib ROOT: the VmRSS sum of ROOT and all its descendants, in KiB.
 tree_rss_kib() {
-    local pids
-    pids=$(ps -e -o pid=,ppid= | awk -v root="$1" '
-        { parent[$1] = $2 }
-        END {
-            keep[root] = 1
-            do { more = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; more = 1 } } while (more)
-            for (p in keep) print p
-        }')
-    # shellcheck disable=SC2086 # a word list of PIDs
-    for p in $pids; do cat "/proc/$p/status" 2>/dev/null || true; done | awk '/^VmRSS:/ { s += $2 } END { print s + 0 }'
+    # shellcheck disable=SC2046 # a word list of PIDs
+    for p in $(tree_pids "$1"); do cat "/proc/$p/status" 2>/dev/null || true; done | awk '/^VmRSS:/ { s += $2 } END { print s + 0 }'
 }
 
 # idle_run SCENARIO TARGET: restart TARGET, then hold IDLE_CONNS connections.
@@ -784,7 +782,8 @@ done
 ELAPSED=$(($(date +%s) - START))
 
 # ----------------------------------------------------------------- report ---
-# results.tsv columns, for median and column_sum (lib.sh): 4=rps 5=p99.
+# results.tsv columns, for median and column_sum (lib.sh): 4=rps 5=p99
+# 9=cpu_us.
 in_scen() { [[ " $(targets_of "$1") " == *" $2 "* ]]; }
 # cell SCENARIO TARGET COLUMN FORMAT: the median, or "–" for a target not in it.
 cell() {
@@ -849,6 +848,27 @@ if [ "${#LOAD_SCENARIOS[@]}" -gt 0 ]; then
             awk -v t="$t" '/^TLS Protocol:/ { p = $3 } /^Cipher:/ { c = $2 } /^Application protocol:/ { a = $3 }
                 END { printf "%s %s %s %s; ", t, p, c, a }' "$TMP/run.tls-h2.$t.1.txt"; done)"
     fi
+    echo
+    echo "### CPU time per request (µs, medians)"
+    echo
+    echo "The peer's own processes (user + system time, every thread and child) over each run, divided by the"
+    echo "requests answered: what a request costs the proxy, also where a run is bound by something else (\`miss\`"
+    echo "by the origin's CPU when pinned). \"origin direct\" is the origin's own cost, for scale."
+    echo
+    head="| scenario |"
+    sep="|---|"
+    for p in "${PEERS[@]}"; do head+=" $(label "$p") |"; sep+="---:|"; done
+    echo "$head sluice ÷ HAProxy | sluice ÷ nginx | sluice ÷ Varnish |"
+    echo "$sep---:|---:|---:|"
+    for scen in "${LOAD_SCENARIOS[@]}"; do
+        [[ $scen == p99-* ]] && continue
+        row="| \`$scen\` |"
+        for p in "${PEERS[@]}"; do row+=" $(cell "$scen" "$p" 9 '%.2f') |"; done
+        for o in haproxy nginx varnish; do row+=" $(rcell "$scen" sluice "$o" 9) |"; done
+        echo "$row"
+    done
+    echo
+    echo "Below 1 in a \"sluice ÷\" column: a request costs sluice less CPU."
     bad=""
     for scen in "${LOAD_SCENARIOS[@]}"; do
         # shellcheck disable=SC2046 # targets_of gives a word list
