@@ -61,6 +61,12 @@ fn try_reload(path: &Path, state: &ArcSwap<Snapshot>) -> Result<(), String> {
         tracing::error!("reload refused, keeping the running config: {why}");
         return Err(why.to_string());
     }
+    for key in kept_until_restart(&current.config, &config) {
+        tracing::warn!(
+            "{key} changed: the running value stays until an upgrade in place \
+             (SIGUSR2) or a restart"
+        );
+    }
     if config.cache.fanout != current.config.cache.fanout {
         tracing::warn!(
             "[cache.purge] changed: the purge subscription is set up at start, \
@@ -84,6 +90,29 @@ fn try_reload(path: &Path, state: &ArcSwap<Snapshot>) -> Result<(), String> {
             Err(e.to_string())
         }
     }
+}
+
+/// The settings that changed between the running (`old`) and the new
+/// config but are set up once at start, so a reload cannot apply them:
+/// each is named in a warning rather than taken in silence.
+fn kept_until_restart(old: &Config, new: &Config) -> Vec<String> {
+    let mut kept = Vec::new();
+    if old.server.workers != new.server.workers {
+        kept.push("[server] workers".to_string());
+    }
+    if old.server.drain_timeout != new.server.drain_timeout {
+        kept.push("[server] drain_timeout".to_string());
+    }
+    // Each listener's connection count is a semaphore made at start.
+    for l in &new.listeners {
+        if old.limits_for(&l.name).max_connections != new.limits_for(&l.name).max_connections {
+            kept.push(format!("max_connections of listener \"{}\"", l.name));
+        }
+    }
+    if old.log.level != new.log.level || old.log.format != new.log.format {
+        kept.push("[log]".to_string());
+    }
+    kept
 }
 
 /// Which listener differs between the running (`old`) and the new config.
@@ -115,7 +144,32 @@ fn listener_change(
 
 #[cfg(test)]
 mod tests {
-    use super::listener_change;
+    use super::{kept_until_restart, listener_change};
+    use crate::config::tests::{parse, MINIMAL};
+
+    #[test]
+    fn a_reload_names_each_setting_it_cannot_apply() {
+        let old = parse(MINIMAL).unwrap();
+        assert!(kept_until_restart(&old, &parse(MINIMAL).unwrap()).is_empty());
+        let changed = parse(&format!(
+            "[server]\nworkers = 3\ndrain_timeout = \"5s\"\n\
+             [limits]\nmax_connections = 10\n\
+             [log]\nlevel = \"debug\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(
+            kept_until_restart(&old, &changed),
+            [
+                "[server] workers",
+                "[server] drain_timeout",
+                "max_connections of listener \"http\"",
+                "[log]",
+            ]
+        );
+        // What a reload applies is not named.
+        let applied = parse(&format!("[limits]\nkeepalive_timeout = \"5s\"\n{MINIMAL}")).unwrap();
+        assert!(kept_until_restart(&old, &applied).is_empty());
+    }
 
     #[test]
     fn a_refused_reload_names_the_listener_that_differs() {

@@ -281,7 +281,7 @@ fn is_cookie_name(name: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Reads no certificate file and asks no DNS server: every pair loads,
@@ -316,11 +316,11 @@ mod tests {
         }
     }
 
-    pub(super) fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    pub(crate) fn parse(text: &str) -> Result<Config, ConfigErrors> {
         Config::parse(Path::new("test.toml"), text, &Offline)
     }
 
-    pub(super) const MINIMAL: &str = r#"
+    pub(crate) const MINIMAL: &str = r#"
 [[listener]]
 name = "http"
 listen = "127.0.0.1:8080"
