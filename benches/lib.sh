@@ -262,7 +262,7 @@ is_hit() {
     case $1 in
         floor) return 0 ;;
         sluice*) grep -qi '^cache-status: *sluice; *hit' "$2" ;;
-        nginx*) grep -qi '^x-cache-status: *hit' "$2" ;;
+        nginx* | pingap*) grep -qi '^x-cache-status: *hit' "$2" ;;
         haproxy*) grep -qi '^x-cache-hit: *1' "$2" ;;
         # Two transaction ids: this request's and the one that fetched the object.
         varnish*) grep -Eqi '^x-varnish: *[0-9]+ +[0-9]+' "$2" ;;
@@ -456,6 +456,7 @@ version_of() {
         haproxy) haproxy -v 2>&1 | sed -n '1{s/^HAProxy version //; s/ - https.*//; p}' || true ;;
         varnishd) varnishd -V 2>&1 | sed -n '1{s/^varnishd (//; s/ revision.*//; p}' || true ;;
         wrk) wrk -v 2>&1 | sed -n '1{s/^wrk //; s/ Copyright.*//; p}' || true ;;
+        pingap) "$PINGAP_BIN" --version 2>&1 | sed -n '1{s/^pingap //; p}' || true ;;
     esac
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The race: sluice against the floor (hyper alone, benches/floor.rs), HAProxy,
-# nginx and Varnish, ONE worker each, in front of the same two-member origin
+# nginx, Varnish and pingap (built on Pingora) when it is installed, ONE worker each, in front of the same two-member origin
 # pool, in the same run, with interleaved rounds, medians and ratios.
 #
 #   bash benches/race.sh                                  # defaults below
@@ -71,6 +71,10 @@
 #   SLUICE_BIN_B [unset]   a second sluice build, run as the extra peer "sluice-b" in the same rounds
 #   ONLY [unset]           peers to run, e.g. "sluice" or "sluice sluice-b" (default: every peer)
 #   FLOOR_BIN [<target dir>/release/examples/floor]
+#   PINGAP_BIN [pingap on PATH]   pingap, a proxy built on Cloudflare's Pingora
+#                          (`cargo install pingap@0.13.1 --locked`; see docs/benchmarks-race.md);
+#                          a peer of hit, miss, hit-100k, tls-h2, p99, idle and idle-h2
+#                          when there is one (plain +86, TLS +96)
 #   SKIP_INSTALL [0]       1: never call apt-get
 #   SKIP_BUILD [0]         1: build nothing (the binaries must exist)
 #   KEEP_TMP [0]           1: keep the temp dir (configs, logs, raw wrk/h2load output)
@@ -98,17 +102,18 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 SLUICE_BIN_B=${SLUICE_BIN_B:-}
 ONLY=${ONLY:-}
+PINGAP_BIN=${PINGAP_BIN:-$(command -v pingap || true)}
 
 ORIGIN_A=$((PORT_BASE + 1))
 ORIGIN_B=$((PORT_BASE + 2))
 declare -A PORT=(
     [origin]=$ORIGIN_A [floor]=$((PORT_BASE + 80))
     [sluice]=$((PORT_BASE + 81)) [sluice-b]=$((PORT_BASE + 82)) [haproxy]=$((PORT_BASE + 83))
-    [nginx]=$((PORT_BASE + 84)) [varnish]=$((PORT_BASE + 85))
+    [nginx]=$((PORT_BASE + 84)) [varnish]=$((PORT_BASE + 85)) [pingap]=$((PORT_BASE + 86))
 )
 declare -A TLS_PORT=(
     [sluice]=$((PORT_BASE + 91)) [sluice-b]=$((PORT_BASE + 92)) [haproxy]=$((PORT_BASE + 93))
-    [nginx]=$((PORT_BASE + 94))
+    [nginx]=$((PORT_BASE + 94)) [pingap]=$((PORT_BASE + 96))
 )
 
 # Binary paths given relative to where the script was started (lib.sh
@@ -117,6 +122,7 @@ abs_path() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 [ -z "${SLUICE_BIN:-}" ] || SLUICE_BIN=$(abs_path "$SLUICE_BIN")
 [ -z "$SLUICE_BIN_B" ] || SLUICE_BIN_B=$(abs_path "$SLUICE_BIN_B")
 [ -z "${FLOOR_BIN:-}" ] || FLOOR_BIN=$(abs_path "$FLOOR_BIN")
+[ -z "$PINGAP_BIN" ] || PINGAP_BIN=$(abs_path "$PINGAP_BIN")
 
 # log, die, install_missing, split_cpus, the cleanup on exit, poll_http,
 # start_bg, run_nginx, run_haproxy, run_varnishd, the nginx and HAProxy config
@@ -165,8 +171,12 @@ fi
 SLUICE_BIN=${SLUICE_BIN:-$TARGET_DIR/release/sluice}
 FLOOR_BIN=${FLOOR_BIN:-$TARGET_DIR/release/examples/floor}
 [ -x "$SLUICE_BIN" ] || die "no $SLUICE_BIN"
-# wanted PEER: whether ONLY (when set) names PEER.
-wanted() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
+# wanted PEER: whether ONLY (when set) names PEER; pingap only when installed.
+wanted() {
+    [ "$1" != pingap ] || [ -n "$PINGAP_BIN" ] || return 1
+    [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]
+}
+[ -z "$PINGAP_BIN" ] || [ -x "$PINGAP_BIN" ] || die "no $PINGAP_BIN (PINGAP_BIN)"
 wanted floor && { [ -x "$FLOOR_BIN" ] || die "no $FLOOR_BIN"; }
 [ -z "$SLUICE_BIN_B" ] || [ -x "$SLUICE_BIN_B" ] || die "no $SLUICE_BIN_B (SLUICE_BIN_B)"
 SLUICES=(sluice)
@@ -427,11 +437,69 @@ start_varnish() {
     wait_ready varnish "${PORT[varnish]}" "${PID_OF[varnish]}" "$TMP/varnish.log"
 }
 
+# --- pingap (Pingora): its memory cache plugin on every path but /miss/,
+# one thread per server (plain and TLS, each serving its own scenarios),
+# no work stealing, upstream keep-alive, the usual forwarding fields and Via.
+if [ -n "$PINGAP_BIN" ]; then
+    mkdir -p "$TMP/pingap"
+    cat >"$TMP/pingap/pingap.toml" <<EOF
+[basic]
+threads = 1
+work_stealing = false
+log_level = "error"
+pid_file = "$TMP/pingap/pingap.pid"
+upgrade_sock = "$TMP/pingap/upgrade.sock"
+cache_max_size = "256MB"
+upstream_keepalive_pool_size = 64
+
+[upstreams.origin]
+addrs = ["127.0.0.1:$ORIGIN_A", "127.0.0.1:$ORIGIN_B"]
+algo = "round_robin"
+idle_timeout = "90s"
+
+[plugins.benchCache]
+category = "cache"
+
+[locations.miss]
+upstream = "origin"
+path = "/miss/"
+enable_reverse_proxy_headers = true
+proxy_add_headers = ["Via:1.1 pingap"]
+
+[locations.all]
+upstream = "origin"
+path = "/"
+enable_reverse_proxy_headers = true
+proxy_add_headers = ["Via:1.1 pingap"]
+plugins = ["benchCache"]
+
+[certificates.bench]
+tls_cert = "$TMP/tls/cert.pem"
+tls_key = "$TMP/tls/key.pem"
+is_default = true
+
+[servers.plain]
+addr = "127.0.0.1:${PORT[pingap]}"
+locations = ["miss", "all"]
+
+[servers.tls]
+addr = "127.0.0.1:${TLS_PORT[pingap]}"
+locations = ["miss", "all"]
+global_certificates = true
+enabled_h2 = true
+EOF
+fi
+start_pingap() {
+    start_bg pingap "$TMP/pingap.log" "${PIN_SERVER[@]}" "$PINGAP_BIN" -c "$TMP/pingap/pingap.toml"
+    wait_ready pingap "${PORT[pingap]}" "${PID_OF[pingap]}" "$TMP/pingap.log"
+}
+
 # start_peer NAME / stop_peer NAME
 start_peer() {
     case $1 in
         floor) start_floor ;; sluice | sluice-b) start_sluice "$1" ;; haproxy) start_haproxy ;;
         nginx) start_nginx ;; varnish) start_varnish ;; origin) start_origin_nginx ;;
+        pingap) start_pingap ;;
     esac
 }
 stop_peer() {
@@ -441,7 +509,7 @@ stop_peer() {
 }
 
 start_origin_nginx
-for p in floor "${SLUICES[@]}" haproxy nginx varnish; do wanted "$p" && start_peer "$p"; done
+for p in floor "${SLUICES[@]}" haproxy nginx varnish pingap; do wanted "$p" && start_peer "$p"; done
 
 # ---------------------------------------------------------------- targets ---
 targets_of() {
@@ -451,10 +519,11 @@ targets_of() {
 }
 all_targets_of() {
     case $1 in
-        hit | p99* | idle) echo "floor ${SLUICES[*]} haproxy nginx varnish" ;;
-        miss) echo "origin ${SLUICES[*]} haproxy nginx varnish" ;;
-        hit-100k | hit-gzip) echo "${SLUICES[*]} haproxy nginx varnish" ;;
-        tls-h2 | idle-h2) echo "${SLUICES[*]} haproxy nginx" ;;
+        hit | p99* | idle) echo "floor ${SLUICES[*]} haproxy nginx varnish pingap" ;;
+        miss) echo "origin ${SLUICES[*]} haproxy nginx varnish pingap" ;;
+        hit-100k) echo "${SLUICES[*]} haproxy nginx varnish pingap" ;;
+        hit-gzip) echo "${SLUICES[*]} haproxy nginx varnish" ;;
+        tls-h2 | idle-h2) echo "${SLUICES[*]} haproxy nginx pingap" ;;
     esac
 }
 path_of() {
@@ -466,6 +535,7 @@ label() {
     case $1 in
         floor) echo "floor (hyper alone)" ;; origin) echo "origin direct" ;; sluice) echo sluice ;;
         sluice-b) echo sluice-b ;; haproxy) echo HAProxy ;; nginx) echo nginx ;; varnish) echo Varnish ;;
+        pingap) echo "pingap (Pingora)" ;;
     esac
 }
 
@@ -797,14 +867,14 @@ rcell() {
         printf '%s' "$(ratio "$(median "$1" "$2" "$4")" "$(median "$1" "$3" "$4")")"
     else printf '–'; fi
 }
-PEERS=(floor origin "${SLUICES[@]}" haproxy nginx varnish)
+PEERS=(floor origin "${SLUICES[@]}" haproxy nginx varnish pingap)
 
 echo
-echo "## The race: sluice vs the floor, HAProxy, nginx and Varnish, one worker each"
+echo "## The race: sluice vs the floor, HAProxy, nginx, Varnish and pingap, one worker each"
 echo
 machine_lines
 echo "- sluice binary: \`$SLUICE_BIN\`${SLUICE_BIN_B:+; sluice-b: \`$SLUICE_BIN_B\`}"
-echo "- HAProxy: $(version_of haproxy); nginx: $(version_of nginx); Varnish: $(version_of varnishd); wrk: $(version_of wrk);" \
+echo "- HAProxy: $(version_of haproxy); nginx: $(version_of nginx); Varnish: $(version_of varnishd); pingap: ${PINGAP_BIN:+$(version_of pingap)}${PINGAP_BIN:-not installed}; wrk: $(version_of wrk);" \
     "h2load: $(h2load --version 2>/dev/null | awk '{ print $2; exit }')"
 if [ "$PIN" = 1 ]; then
     echo "- pinned: every peer on CPU(s) $SERVER_CPUS; wrk, h2load, the idle client and the origin on CPU(s) $CLIENT_CPUS"
@@ -822,8 +892,8 @@ if [ "${#LOAD_SCENARIOS[@]}" -gt 0 ]; then
     head="| scenario |"
     sep="|---|"
     for p in "${PEERS[@]}"; do head+=" $(label "$p") |"; sep+="---:|"; done
-    head+=" sluice ÷ floor | sluice ÷ HAProxy | sluice ÷ nginx | sluice ÷ Varnish |"
-    sep+="---:|---:|---:|---:|"
+    head+=" sluice ÷ floor | sluice ÷ HAProxy | sluice ÷ nginx | sluice ÷ Varnish | sluice ÷ pingap |"
+    sep+="---:|---:|---:|---:|---:|"
     [ -z "$SLUICE_BIN_B" ] || { head+=" sluice-b ÷ sluice |"; sep+="---:|"; }
     echo "$head"
     echo "$sep"
@@ -831,7 +901,7 @@ if [ "${#LOAD_SCENARIOS[@]}" -gt 0 ]; then
         [[ $scen == p99-* ]] && continue
         row="| \`$scen\` |"
         for p in "${PEERS[@]}"; do row+=" $(cell "$scen" "$p" 4 '%.0f') |"; done
-        for o in floor haproxy nginx varnish; do row+=" $(rcell "$scen" sluice "$o" 4) |"; done
+        for o in floor haproxy nginx varnish pingap; do row+=" $(rcell "$scen" sluice "$o" 4) |"; done
         [ -z "$SLUICE_BIN_B" ] || row+=" $(rcell "$scen" sluice-b sluice 4) |"
         echo "$row"
     done
@@ -858,13 +928,13 @@ if [ "${#LOAD_SCENARIOS[@]}" -gt 0 ]; then
     head="| scenario |"
     sep="|---|"
     for p in "${PEERS[@]}"; do head+=" $(label "$p") |"; sep+="---:|"; done
-    echo "$head sluice ÷ HAProxy | sluice ÷ nginx | sluice ÷ Varnish |"
-    echo "$sep---:|---:|---:|"
+    echo "$head sluice ÷ HAProxy | sluice ÷ nginx | sluice ÷ Varnish | sluice ÷ pingap |"
+    echo "$sep---:|---:|---:|---:|"
     for scen in "${LOAD_SCENARIOS[@]}"; do
         [[ $scen == p99-* ]] && continue
         row="| \`$scen\` |"
         for p in "${PEERS[@]}"; do row+=" $(cell "$scen" "$p" 9 '%.2f') |"; done
-        for o in haproxy nginx varnish; do row+=" $(rcell "$scen" sluice "$o" 9) |"; done
+        for o in haproxy nginx varnish pingap; do row+=" $(rcell "$scen" sluice "$o" 9) |"; done
         echo "$row"
     done
     echo
@@ -884,15 +954,15 @@ if has_scen p99; then
     echo
     head="| connections |"
     sep="|---:|"
-    for p in floor "${SLUICES[@]}" haproxy nginx varnish; do head+=" $(label "$p") |"; sep+="---:|"; done
-    echo "$head sluice ÷ floor | sluice ÷ HAProxy | sluice ÷ nginx | sluice ÷ Varnish |"
-    echo "$sep---:|---:|---:|---:|"
+    for p in floor "${SLUICES[@]}" haproxy nginx varnish pingap; do head+=" $(label "$p") |"; sep+="---:|"; done
+    echo "$head sluice ÷ floor | sluice ÷ HAProxy | sluice ÷ nginx | sluice ÷ Varnish | sluice ÷ pingap |"
+    echo "$sep---:|---:|---:|---:|---:|"
     for c in $P99_CONNS; do
         row="| $c |"
-        for p in floor "${SLUICES[@]}" haproxy nginx varnish; do
+        for p in floor "${SLUICES[@]}" haproxy nginx varnish pingap; do
             row+=" $(cell "p99-$c" "$p" 5 '%.2f') ($(cell "p99-$c" "$p" 4 '%.0f')) |"
         done
-        for o in floor haproxy nginx varnish; do row+=" $(rcell "p99-$c" sluice "$o" 5) |"; done
+        for o in floor haproxy nginx varnish pingap; do row+=" $(rcell "p99-$c" sluice "$o" 5) |"; done
         echo "$row"
     done
     echo
