@@ -456,7 +456,7 @@ version_of() {
         haproxy) haproxy -v 2>&1 | sed -n '1{s/^HAProxy version //; s/ - https.*//; p}' || true ;;
         varnishd) varnishd -V 2>&1 | sed -n '1{s/^varnishd (//; s/ revision.*//; p}' || true ;;
         wrk) wrk -v 2>&1 | sed -n '1{s/^wrk //; s/ Copyright.*//; p}' || true ;;
-        pingap) "$PINGAP_BIN" --version 2>&1 | sed -n '1{s/^pingap //; p}' || true ;;
+        pingap) "$PINGAP_BIN" --version 2>&1 | sed -n '1{s/^pingap //; s/ (.*//; p}' || true ;;
     esac
 }
 

@@ -874,14 +874,14 @@ echo "## The race: sluice vs the floor, HAProxy, nginx, Varnish and pingap, one 
 echo
 machine_lines
 echo "- sluice binary: \`$SLUICE_BIN\`${SLUICE_BIN_B:+; sluice-b: \`$SLUICE_BIN_B\`}"
-echo "- HAProxy: $(version_of haproxy); nginx: $(version_of nginx); Varnish: $(version_of varnishd); pingap: ${PINGAP_BIN:+$(version_of pingap)}${PINGAP_BIN:-not installed}; wrk: $(version_of wrk);" \
+echo "- HAProxy: $(version_of haproxy); nginx: $(version_of nginx); Varnish: $(version_of varnishd); pingap: $(if [ -n "$PINGAP_BIN" ]; then version_of pingap; else echo "not installed"; fi); wrk: $(version_of wrk);" \
     "h2load: $(h2load --version 2>/dev/null | awk '{ print $2; exit }')"
 if [ "$PIN" = 1 ]; then
     echo "- pinned: every peer on CPU(s) $SERVER_CPUS; wrk, h2load, the idle client and the origin on CPU(s) $CLIENT_CPUS"
 else
     echo "- not pinned (PIN=0): peers, clients and origin share every CPU"
 fi
-echo "- one worker each (sluice \`workers = 1\`, nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`, Varnish \`thread_pools=1\`"
+echo "- one worker each (sluice \`workers = 1\`, nginx \`worker_processes 1\`, HAProxy \`nbthread 1\`, pingap \`threads = 1\`, Varnish \`thread_pools=1\`"
 echo "  with $VARNISH_THREADS threads); \`wrk -t$WRK_THREADS -c$WRK_CONNS -d$DURATION\`; tls-h2: \`h2load -t1 -c$H2_CONNS -m$H2_STREAMS -D $DURATION\`;"
 echo "  REPEATS=$REPEATS interleaved rounds, warm-up $WARMUP; measuring took ${ELAPSED}s; origin: nginx ($ORIGIN_WORKERS worker) on two ports"
 
