@@ -869,6 +869,26 @@ rcell() {
 }
 PEERS=(floor origin "${SLUICES[@]}" haproxy nginx varnish pingap)
 
+# scenario_table COLUMN FORMAT OTHERS: a row per load scenario (the p99 runs
+# have their own table): every peer's median of COLUMN in FORMAT, sluice's
+# ratio to each peer of OTHERS (a word list), and sluice-b's to sluice.
+scenario_table() {
+    local col=$1 fmt=$2 others=$3 head="| scenario |" sep="|---|" p o scen row
+    for p in "${PEERS[@]}"; do head+=" $(label "$p") |"; sep+="---:|"; done
+    for o in $others; do head+=" sluice ÷ $(label "$o" | sed 's/ (.*//') |"; sep+="---:|"; done
+    [ -z "$SLUICE_BIN_B" ] || { head+=" sluice-b ÷ sluice |"; sep+="---:|"; }
+    echo "$head"
+    echo "$sep"
+    for scen in "${LOAD_SCENARIOS[@]}"; do
+        [[ $scen == p99-* ]] && continue
+        row="| \`$scen\` |"
+        for p in "${PEERS[@]}"; do row+=" $(cell "$scen" "$p" "$col" "$fmt") |"; done
+        for o in $others; do row+=" $(rcell "$scen" sluice "$o" "$col") |"; done
+        [ -z "$SLUICE_BIN_B" ] || row+=" $(rcell "$scen" sluice-b sluice "$col") |"
+        echo "$row"
+    done
+}
+
 echo
 echo "## The race: sluice vs the floor, HAProxy, nginx, Varnish and pingap, one worker each"
 echo
@@ -889,22 +909,7 @@ if [ "${#LOAD_SCENARIOS[@]}" -gt 0 ]; then
     echo
     echo "### Requests per second (medians)"
     echo
-    head="| scenario |"
-    sep="|---|"
-    for p in "${PEERS[@]}"; do head+=" $(label "$p") |"; sep+="---:|"; done
-    head+=" sluice ÷ floor | sluice ÷ HAProxy | sluice ÷ nginx | sluice ÷ Varnish | sluice ÷ pingap |"
-    sep+="---:|---:|---:|---:|---:|"
-    [ -z "$SLUICE_BIN_B" ] || { head+=" sluice-b ÷ sluice |"; sep+="---:|"; }
-    echo "$head"
-    echo "$sep"
-    for scen in "${LOAD_SCENARIOS[@]}"; do
-        [[ $scen == p99-* ]] && continue
-        row="| \`$scen\` |"
-        for p in "${PEERS[@]}"; do row+=" $(cell "$scen" "$p" 4 '%.0f') |"; done
-        for o in floor haproxy nginx varnish pingap; do row+=" $(rcell "$scen" sluice "$o" 4) |"; done
-        [ -z "$SLUICE_BIN_B" ] || row+=" $(rcell "$scen" sluice-b sluice 4) |"
-        echo "$row"
-    done
+    scenario_table 4 %.0f "floor haproxy nginx varnish pingap"
     echo
     echo "Above 1 in a \"sluice ÷\" column: sluice serves more. The floor serves only the 1 KiB body over plain HTTP/1.1;"
     echo "\"origin direct\" (\`miss\` only) is wrk against one origin port, for scale. Bodies on the wire: $(awk -F'\t' '$2 == "sluice" { printf "%s%s %s B", sep, $1, $3; sep = ", " }' "$TMP/bodies.tsv")."
@@ -925,18 +930,7 @@ if [ "${#LOAD_SCENARIOS[@]}" -gt 0 ]; then
     echo "requests answered: what a request costs the proxy, also where a run is bound by something else (\`miss\`"
     echo "by the origin's CPU when pinned). \"origin direct\" is the origin's own cost, for scale."
     echo
-    head="| scenario |"
-    sep="|---|"
-    for p in "${PEERS[@]}"; do head+=" $(label "$p") |"; sep+="---:|"; done
-    echo "$head sluice ÷ HAProxy | sluice ÷ nginx | sluice ÷ Varnish | sluice ÷ pingap |"
-    echo "$sep---:|---:|---:|---:|"
-    for scen in "${LOAD_SCENARIOS[@]}"; do
-        [[ $scen == p99-* ]] && continue
-        row="| \`$scen\` |"
-        for p in "${PEERS[@]}"; do row+=" $(cell "$scen" "$p" 9 '%.2f') |"; done
-        for o in haproxy nginx varnish pingap; do row+=" $(rcell "$scen" sluice "$o" 9) |"; done
-        echo "$row"
-    done
+    scenario_table 9 %.2f "haproxy nginx varnish pingap"
     echo
     echo "Below 1 in a \"sluice ÷\" column: a request costs sluice less CPU."
     bad=""
