@@ -67,12 +67,6 @@ fn try_reload(path: &Path, state: &ArcSwap<Snapshot>) -> Result<(), String> {
              (SIGUSR2) or a restart"
         );
     }
-    if config.cache.fanout != current.config.cache.fanout {
-        tracing::warn!(
-            "[cache.purge] changed: the purge subscription is set up at start, \
-             the change takes effect at the next restart"
-        );
-    }
     if config.access_log != current.config.access_log {
         if let Err(e) = crate::access_log::configure(config.access_log.as_ref()) {
             tracing::error!(error = %e, "reload refused, keeping the running config");
@@ -111,6 +105,10 @@ fn kept_until_restart(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.log.level != new.log.level || old.log.format != new.log.format {
         kept.push("[log]".to_string());
+    }
+    // The purge subscription is set up at start.
+    if old.cache.fanout != new.cache.fanout {
+        kept.push("[cache.purge]".to_string());
     }
     kept
 }
@@ -166,6 +164,11 @@ mod tests {
                 "[log]",
             ]
         );
+        let purge = parse(&format!(
+            "[cache.purge]\nfanout = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(kept_until_restart(&old, &purge), ["[cache.purge]"]);
         // What a reload applies is not named.
         let applied = parse(&format!("[limits]\nkeepalive_timeout = \"5s\"\n{MINIMAL}")).unwrap();
         assert!(kept_until_restart(&old, &applied).is_empty());
