@@ -26,6 +26,7 @@
 #              sluice, HAProxy, nginx (Varnish has no TLS)
 #   p99        the 1 KiB hit at 16, 64 and 256 connections (P99_CONNS), wrk
 #              --latency: p99 latency (and req/s) of every peer, floor included
+#   p99-miss   the same for the proxied miss (miss's peers)
 #   idle       IDLE_CONNS idle HTTP/1.1 keep-alive connections to each peer,
 #              one request each: (VmRSS of the peer's processes while they
 #              are open - VmRSS before) / IDLE_CONNS, in KiB per connection.
@@ -59,7 +60,7 @@
 #   H2_CONNS [16], H2_STREAMS [10]   h2load -c, -m (tls-h2)
 #   IDLE_CONNS [10000]     connections held open per peer (idle, idle-h2)
 #   IDLE_SETTLE [2]        seconds between the last connection's answer and the RSS reading
-#   SCENARIOS [hit miss hit-100k hit-gzip tls-h2 p99 idle idle-h2]
+#   SCENARIOS [hit miss hit-100k hit-gzip tls-h2 p99 p99-miss idle idle-h2]
 #   PIN [auto]             1: peers on the first half of the CPUs, clients and origin on
 #                          the rest (taskset); 0: no pinning; auto: 1 with taskset and 2+ CPUs
 #   VARNISH_THREADS [300]  Varnish thread_pool_min (max is 5x); >= the largest P99_CONNS
@@ -73,7 +74,7 @@
 #   FLOOR_BIN [<target dir>/release/examples/floor]
 #   PINGAP_BIN [pingap on PATH]   pingap, a proxy built on Cloudflare's Pingora
 #                          (`cargo install pingap@0.13.1 --locked`; see docs/benchmarks-race.md);
-#                          a peer of hit, miss, hit-100k, tls-h2, p99, idle and idle-h2
+#                          a peer of hit, miss, hit-100k, tls-h2, p99, p99-miss, idle and idle-h2
 #                          when there is one (plain +86, TLS +96)
 #   SKIP_INSTALL [0]       1: never call apt-get
 #   SKIP_BUILD [0]         1: build nothing (the binaries must exist)
@@ -92,7 +93,7 @@ H2_CONNS=${H2_CONNS:-16}
 H2_STREAMS=${H2_STREAMS:-10}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_SETTLE=${IDLE_SETTLE:-2}
-SCENARIOS=${SCENARIOS:-hit miss hit-100k hit-gzip tls-h2 p99 idle idle-h2}
+SCENARIOS=${SCENARIOS:-hit miss hit-100k hit-gzip tls-h2 p99 p99-miss idle idle-h2}
 PIN=${PIN:-auto}
 VARNISH_THREADS=${VARNISH_THREADS:-300}
 ORIGIN_WORKERS=${ORIGIN_WORKERS:-1}
@@ -133,8 +134,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 for scen in $SCENARIOS; do
     case $scen in
-        hit | miss | hit-100k | hit-gzip | tls-h2 | p99 | idle | idle-h2) ;;
-        *) die "unknown scenario $scen (hit | miss | hit-100k | hit-gzip | tls-h2 | p99 | idle | idle-h2)" ;;
+        hit | miss | hit-100k | hit-gzip | tls-h2 | p99 | p99-miss | idle | idle-h2) ;;
+        *) die "unknown scenario $scen (hit | miss | hit-100k | hit-gzip | tls-h2 | p99 | p99-miss | idle | idle-h2)" ;;
     esac
 done
 has_scen() { [[ " $SCENARIOS " == *" $1 "* ]]; }
@@ -519,6 +520,7 @@ targets_of() {
 }
 all_targets_of() {
     case $1 in
+        p99-miss*) echo "${SLUICES[*]} haproxy nginx varnish pingap" ;;
         hit | p99* | idle) echo "floor ${SLUICES[*]} haproxy nginx varnish pingap" ;;
         miss) echo "origin ${SLUICES[*]} haproxy nginx varnish pingap" ;;
         hit-100k) echo "${SLUICES[*]} haproxy nginx varnish pingap" ;;
@@ -528,7 +530,7 @@ all_targets_of() {
 }
 path_of() {
     case $1 in
-        miss) echo /miss/1k ;; hit-100k) echo /100k ;; hit-gzip) echo "$GZ_PAGE" ;; *) echo /1k ;;
+        miss | p99-miss*) echo /miss/1k ;; hit-100k) echo /100k ;; hit-gzip) echo "$GZ_PAGE" ;; *) echo /1k ;;
     esac
 }
 label() {
@@ -576,11 +578,15 @@ check() {
     printf '%s\t%s\t%s\n' "$scen" "$t" "$size" >>"$TMP/bodies.tsv"
 }
 for scen in $SCENARIOS; do
-    [ "$scen" = p99 ] || [ "$scen" = idle ] || for t in $(targets_of "$scen"); do check "$scen" "$t"; done
+    case $scen in p99 | p99-miss | idle) ;; *) for t in $(targets_of "$scen"); do check "$scen" "$t"; done ;; esac
 done
-# p99 and idle use the hit's path; check it once when hit is not in the run.
+# p99 and idle use the hit's path, p99-miss the miss's; each is checked once
+# when its scenario is not in the run.
 if ! has_scen hit && { has_scen p99 || has_scen idle; }; then
     for t in $(targets_of hit); do check hit "$t"; done
+fi
+if ! has_scen miss && has_scen p99-miss; then
+    for t in $(targets_of p99-miss); do check miss "$t"; done
 fi
 log "sanity checks passed"
 
@@ -614,6 +620,7 @@ measure() {
     case $scen in
         tls-h2) h2load_run "$4" "$t" "$3" "https://127.0.0.1:${TLS_PORT[$t]}$path" ;;
         hit-gzip) wrk_run "$4" "$t" "$3" "http://127.0.0.1:${PORT[$t]}$path" -H "Accept-Encoding: gzip" ;;
+        p99-miss-*) WRK_CONNS=${scen#p99-miss-} wrk_run "$4" "$t" "$3" "http://127.0.0.1:${PORT[$t]}$path" ;;
         p99-*) WRK_CONNS=${scen#p99-} wrk_run "$4" "$t" "$3" "http://127.0.0.1:${PORT[$t]}$path" ;;
         *) wrk_run "$4" "$t" "$3" "http://127.0.0.1:${PORT[$t]}$path" ;;
     esac
@@ -626,6 +633,7 @@ LOAD_SCENARIOS=()
 for scen in $SCENARIOS; do
     case $scen in
         p99) for c in $P99_CONNS; do LOAD_SCENARIOS+=("p99-$c"); done ;;
+        p99-miss) for c in $P99_CONNS; do LOAD_SCENARIOS+=("p99-miss-$c"); done ;;
         idle | idle-h2) ;;
         *) LOAD_SCENARIOS+=("$scen") ;;
     esac
@@ -942,26 +950,35 @@ if [ "${#LOAD_SCENARIOS[@]}" -gt 0 ]; then
     [ -z "$bad" ] || { echo; echo "**WARNING** errors during the runs:$bad"; }
 fi
 
-if has_scen p99; then
+# p99_table PREFIX TITLE PEERS: the p99 (and req/s) of each peer of PEERS (a
+# word list; sluice-b follows sluice) at each of P99_CONNS, the scenarios
+# PREFIX$c, and sluice's ratio to each other peer.
+p99_table() {
+    local scen_prefix=$1 peers=() others=() head="| connections |" sep="|---:|" p c row
+    for p in $3; do
+        peers+=("$p")
+        if [ "$p" = sluice ]; then [ -z "$SLUICE_BIN_B" ] || peers+=(sluice-b); else others+=("$p"); fi
+    done
     echo
-    echo "### p99 latency of the 1 KiB hit (ms, medians; req/s in brackets)"
+    echo "### p99 latency of $2 (ms, medians; req/s in brackets)"
     echo
-    head="| connections |"
-    sep="|---:|"
-    for p in floor "${SLUICES[@]}" haproxy nginx varnish pingap; do head+=" $(label "$p") |"; sep+="---:|"; done
-    echo "$head sluice ÷ floor | sluice ÷ HAProxy | sluice ÷ nginx | sluice ÷ Varnish | sluice ÷ pingap |"
-    echo "$sep---:|---:|---:|---:|---:|"
+    for p in "${peers[@]}"; do head+=" $(label "$p") |"; sep+="---:|"; done
+    for p in "${others[@]}"; do head+=" sluice ÷ $(label "$p" | sed 's/ (.*//') |"; sep+="---:|"; done
+    echo "$head"
+    echo "$sep"
     for c in $P99_CONNS; do
         row="| $c |"
-        for p in floor "${SLUICES[@]}" haproxy nginx varnish pingap; do
-            row+=" $(cell "p99-$c" "$p" 5 '%.2f') ($(cell "p99-$c" "$p" 4 '%.0f')) |"
+        for p in "${peers[@]}"; do
+            row+=" $(cell "$scen_prefix$c" "$p" 5 '%.2f') ($(cell "$scen_prefix$c" "$p" 4 '%.0f')) |"
         done
-        for o in floor haproxy nginx varnish pingap; do row+=" $(rcell "p99-$c" sluice "$o" 5) |"; done
+        for p in "${others[@]}"; do row+=" $(rcell "$scen_prefix$c" sluice "$p" 5) |"; done
         echo "$row"
     done
     echo
     echo "Below 1 in a \"sluice ÷\" column: sluice's tail is shorter."
-fi
+}
+! has_scen p99 || p99_table p99- "the 1 KiB hit" "floor sluice haproxy nginx varnish pingap"
+! has_scen p99-miss || p99_table p99-miss- "the proxied miss" "sluice haproxy nginx varnish pingap"
 
 if has_scen idle || has_scen idle-h2; then
     echo
