@@ -515,10 +515,10 @@ fn service(
 /// hyper reads ahead on the connection right after `call`, before it polls
 /// the future: while the request's head (which borrows hyper's read
 /// buffer) was alive then, every request made hyper allocate a new 8 KiB
-/// buffer. The first poll uses a no-op waker; hyper polls a pending future
-/// again with its own at once, and every future on the request path
-/// registers its waker anew on each poll. What has to wait starts only
-/// on hyper's poll ([`proxy::first_poll_ends`]).
+/// buffer. The first poll's waker wakes nothing ([`proxy::poll_first`]);
+/// hyper polls a pending future again with its own at once, and every
+/// future on the request path registers its waker anew on each poll. What
+/// has to wait starts only on hyper's poll ([`proxy::first_poll_ends`]).
 enum Answer<F: Future> {
     Ready(Option<F::Output>),
     Wait(std::pin::Pin<Box<F>>),
@@ -526,8 +526,7 @@ enum Answer<F: Future> {
 
 impl<F: Future> Answer<F> {
     fn first_poll(mut fut: std::pin::Pin<Box<F>>) -> Self {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match fut.as_mut().poll(&mut cx) {
+        match proxy::poll_first(fut.as_mut()) {
             std::task::Poll::Ready(out) => Answer::Ready(Some(out)),
             std::task::Poll::Pending => Answer::Wait(fut),
         }

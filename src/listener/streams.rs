@@ -17,7 +17,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 
 /// See the module docs.
 #[derive(Clone, Copy, Debug, Default)]
@@ -30,10 +30,11 @@ where
     fn execute(&self, mut fut: F) {
         // A waker that does nothing: a stream still waiting after this
         // poll is polled again at once by its task, which then registers
-        // the task's own waker wherever the stream waits.
-        let mut cx = Context::from_waker(Waker::noop());
-        let polled =
-            std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut fut).poll(&mut cx)));
+        // the task's own waker wherever the stream waits. A request's
+        // trip upstream starts only then ([`crate::proxy::first_poll_ends`]).
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            crate::proxy::poll_first(Pin::new(&mut fut))
+        }));
         match polled {
             Ok(Poll::Ready(())) => {}
             Ok(Poll::Pending) => {
