@@ -618,8 +618,46 @@ where
             TLS_HANDSHAKE_TIMEOUT,
             acceptor.accept(stream),
         ));
-        let tls = match handshake.await {
-            Ok(Ok(tls)) => tls,
+        // The session is bound inside the match only: a binding of the
+        // block's (it is borrowed) would keep its kilobyte reserved in this
+        // task for the whole connection, though moved out at once.
+        let next = match handshake.await {
+            Ok(Ok(tls)) => {
+                conn.metrics.tls_handshake(true);
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let version = if h2 {
+                    http::Version::HTTP_2
+                } else {
+                    http::Version::HTTP_11
+                };
+                conn.protocol.learn(version, &conn.metrics);
+                if h2 {
+                    AfterTls::H2(h2_connection(tls, &builders.h2, service), draining, held)
+                } else {
+                    // HTTP/1.1 (or no ALPN): the framing guard reads the
+                    // plaintext.
+                    let activity = tls.get_ref().0.activity().clone();
+                    let lane = hit_lane::HitLane::new(
+                        state,
+                        conn.clone(),
+                        activity.clone(),
+                        draining.flag(),
+                    );
+                    let io = http1::Parkable::new(
+                        FramingGuard::new(tls, conn.framing.clone(), guard),
+                        activity,
+                    );
+                    AfterTls::H1(Box::pin(http1::serve(
+                        io,
+                        service,
+                        builders,
+                        draining,
+                        held,
+                        false,
+                        Some(lane),
+                    )))
+                }
+            }
             Ok(Err(e)) => {
                 conn.metrics.tls_handshake(false);
                 tracing::debug!(listener = %conn.listener, client = %conn.client, error = %e, "TLS handshake failed");
@@ -631,29 +669,22 @@ where
                 return;
             }
         };
-        conn.metrics.tls_handshake(true);
-        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        let version = if h2 {
-            http::Version::HTTP_2
-        } else {
-            http::Version::HTTP_11
-        };
-        conn.protocol.learn(version, &conn.metrics);
-        let activity = tls.get_ref().0.activity().clone();
-        if h2 {
-            serve_h2(h2_connection(tls, &builders.h2, service), &draining).await;
-        } else {
-            // HTTP/1.1 (or no ALPN): the framing guard reads the plaintext.
-            let lane =
-                hit_lane::HitLane::new(state, conn.clone(), activity.clone(), draining.flag());
-            let io = http1::Parkable::new(
-                FramingGuard::new(tls, conn.framing.clone(), guard),
-                activity,
-            );
-            let serve = http1::serve(io, service, builders, draining, held, false, Some(lane));
-            Box::pin(serve).await;
+        match next {
+            AfterTls::H2(h2, draining, held) => {
+                serve_h2(h2, &draining).await;
+                drop(held);
+            }
+            AfterTls::H1(serve) => serve.await,
         }
     }
+}
+
+/// What a TLS connection serves once its handshake is done: HTTP/2 (with
+/// what it holds until it ends), or HTTP/1.1 behind one pointer (its loop
+/// holds the stream, the drain and the rest itself).
+enum AfterTls<H2, H1> {
+    H2(H2, Draining, Held),
+    H1(std::pin::Pin<Box<H1>>),
 }
 
 /// hyper's HTTP/2 connection over a batched stream.
