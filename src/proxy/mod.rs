@@ -116,65 +116,71 @@ impl ConnInfo {
 /// upstream, a second-tier read) is one boxed future, so that this
 /// request's future stays small (it is moved whole into hyper, and every
 /// nested `async fn` would make it as large as its largest path).
-pub(crate) async fn handle(
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn handle(
     state: State,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
     sendoff: Sendoff,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let started = Instant::now();
-    conn.protocol.learn(req.version(), &conn.metrics);
-    let snap = state.load_full();
-    let request_id = crate::request_id::of(req.headers());
-    let client = conn.client_for(req.headers());
-    let record = observe::Start::new(
-        &req,
-        started,
-        client,
-        conn.peer.ip(),
-        conn.metrics.index,
-        snap.config.access_log.as_ref().map(|c| c.format),
-    );
-    // A debug span: at the usual `info` it is disabled and costs nothing
-    // (a span's fields are formatted when it is made, whether or not an
-    // event inside it is ever logged). Warnings on the request path are
-    // made inside an equal span of their own ([`request_span`]).
-    let span = tracing::debug_span!(
-        "request",
-        id = %request_id.to_str().unwrap_or_default(),
-        route = tracing::field::Empty,
-        pool = tracing::field::Empty,
-        member = tracing::field::Empty,
-    );
-    let mut outcome = observe::Outcome {
-        request_id: Some(request_id.clone()),
-        ..Default::default()
-    };
-    let mut held = None;
-    let mut out = Outbound {
-        grpc: crate::grpc::is_call(req.headers()),
-        ..Default::default()
-    };
-    let resp = {
-        let step =
-            span.in_scope(|| begin(&snap, &conn, client, req, &mut held, &mut out, &mut outcome));
-        match step {
-            Step::Answer(resp) => resp,
-            Step::Wait(wait) => {
-                first_poll_ends().await;
-                wait.instrument(span).await
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
+    // A block, not an `async fn`: that would keep its arguments twice, as
+    // they were passed and as the body's own (the request, borrowed before
+    // it is moved on, for the whole request).
+    async move {
+        let started = Instant::now();
+        conn.protocol.learn(req.version(), &conn.metrics);
+        let snap = state.load_full();
+        let request_id = crate::request_id::of(req.headers());
+        let client = conn.client_for(req.headers());
+        let record = observe::Start::new(
+            &req,
+            started,
+            client,
+            conn.peer.ip(),
+            conn.metrics.index,
+            snap.config.access_log.as_ref().map(|c| c.format),
+        );
+        // A debug span: at the usual `info` it is disabled and costs nothing
+        // (a span's fields are formatted when it is made, whether or not an
+        // event inside it is ever logged). Warnings on the request path are
+        // made inside an equal span of their own ([`request_span`]).
+        let span = tracing::debug_span!(
+            "request",
+            id = %request_id.to_str().unwrap_or_default(),
+            route = tracing::field::Empty,
+            pool = tracing::field::Empty,
+            member = tracing::field::Empty,
+        );
+        let mut outcome = observe::Outcome {
+            request_id: Some(request_id.clone()),
+            ..Default::default()
+        };
+        let mut held = None;
+        let mut out = Outbound {
+            grpc: crate::grpc::is_call(req.headers()),
+            ..Default::default()
+        };
+        let resp = {
+            let step = span
+                .in_scope(|| begin(&snap, &conn, client, req, &mut held, &mut out, &mut outcome));
+            match step {
+                Step::Answer(resp) => resp,
+                Step::Wait(wait) => {
+                    first_poll_ends().await;
+                    wait.instrument(span).await
+                }
             }
+        };
+        let mut resp = out.apply(&conn, resp);
+        crate::request_id::stamp(resp.headers_mut(), request_id);
+        if sendoff.draining.is_some_and(|d| d.load(Ordering::Relaxed)) {
+            // The server drains: this connection takes no further request
+            // (hyper closes it after this response).
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-    };
-    let mut resp = out.apply(&conn, resp);
-    crate::request_id::stamp(resp.headers_mut(), request_id);
-    if sendoff.draining.is_some_and(|d| d.load(Ordering::Relaxed)) {
-        // The server drains: this connection takes no further request
-        // (hyper closes it after this response).
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Ok(record.finish(snap, outcome, resp, sendoff.in_flight))
     }
-    Ok(record.finish(snap, outcome, resp, sendoff.in_flight))
 }
 
 /// Pending once (waking its waker), and after that for as long as it is
