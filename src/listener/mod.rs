@@ -421,24 +421,16 @@ fn start(accepted: Accepted, client: SocketAddr, local: Option<SocketAddr>, ctx:
     } else {
         // Plain TCP: HTTP/1.1 or h2c prior knowledge; the guard steps
         // aside after the HTTP/2 preface.
-        let lane = hit_lane::HitLane::new(
-            ctx.state.clone(),
-            conn.clone(),
-            activity.clone(),
-            draining.flag(),
-        );
-        let io = http1::Parkable::new(
-            FramingGuard::new(stream, conn.framing.clone(), guard),
+        tokio::spawn(serve_http1(
+            stream,
             activity,
-        );
-        tokio::spawn(http1::serve(
-            io,
+            ctx.state.clone(),
             service,
             builders,
             draining,
             held,
+            guard,
             true,
-            Some(lane),
         ));
     }
 }
@@ -634,27 +626,10 @@ where
                 if h2 {
                     AfterTls::H2(h2_connection(tls, &builders.h2, service), draining, held)
                 } else {
-                    // HTTP/1.1 (or no ALPN): the framing guard reads the
-                    // plaintext.
+                    // HTTP/1.1 (or no ALPN).
                     let activity = tls.get_ref().0.activity().clone();
-                    let lane = hit_lane::HitLane::new(
-                        state,
-                        conn.clone(),
-                        activity.clone(),
-                        draining.flag(),
-                    );
-                    let io = http1::Parkable::new(
-                        FramingGuard::new(tls, conn.framing.clone(), guard),
-                        activity,
-                    );
-                    AfterTls::H1(Box::pin(http1::serve(
-                        io,
-                        service,
-                        builders,
-                        draining,
-                        held,
-                        false,
-                        Some(lane),
+                    AfterTls::H1(Box::pin(serve_http1(
+                        tls, activity, state, service, builders, draining, held, guard, false,
                     )))
                 }
             }
@@ -677,6 +652,43 @@ where
             AfterTls::H1(serve) => serve.await,
         }
     }
+}
+
+/// The HTTP/1.1 loop over `stream` (plain TCP, or TLS once its handshake
+/// is done): the framing guard reads what the client sends, idle spells
+/// park the connection, and the hit lane sees each request head first.
+/// `h2_preface`: plain TCP, where HTTP/2 may start by prior knowledge.
+#[allow(clippy::too_many_arguments)]
+fn serve_http1<S, Svc>(
+    stream: S,
+    activity: Arc<Activity>,
+    state: State,
+    service: Svc,
+    builders: Arc<Builders>,
+    draining: Draining,
+    held: Held,
+    guard: GuardLimits,
+    h2_preface: bool,
+) -> impl std::future::Future<Output = ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Svc: Handler,
+{
+    let conn = &held.conn;
+    let lane = hit_lane::HitLane::new(state, conn.clone(), activity.clone(), draining.flag());
+    let io = http1::Parkable::new(
+        FramingGuard::new(stream, conn.framing.clone(), guard),
+        activity,
+    );
+    http1::serve(
+        io,
+        service,
+        builders,
+        draining,
+        held,
+        h2_preface,
+        Some(lane),
+    )
 }
 
 /// What a TLS connection serves once its handshake is done: HTTP/2 (with
