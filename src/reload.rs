@@ -103,7 +103,7 @@ fn kept_until_restart(old: &Config, new: &Config) -> Vec<String> {
             kept.push(format!("max_connections of listener \"{}\"", l.name));
         }
     }
-    if old.log.level != new.log.level || old.log.format != new.log.format {
+    if old.log != new.log {
         kept.push("[log]".to_string());
     }
     // The purge subscription is set up at start.

@@ -210,13 +210,11 @@ pub(crate) fn first_poll_ends() -> impl Future<Output = ()> {
 /// either has the answer after this poll or hands `fut` on to something
 /// that polls it again with its own waker at once.
 pub(crate) fn poll_first<F: Future + ?Sized>(mut fut: Pin<&mut F>) -> std::task::Poll<F::Output> {
-    let mut polled = None;
-    // The thread's waker is gone only while the thread ends.
-    let _ = FIRST_POLL.try_with(|w| {
-        polled = Some(fut.as_mut().poll(&mut std::task::Context::from_waker(w)));
-    });
-    polled
-        .unwrap_or_else(|| fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())))
+    match FIRST_POLL.try_with(|w| fut.as_mut().poll(&mut std::task::Context::from_waker(w))) {
+        Ok(polled) => polled,
+        // The thread's waker is gone only while the thread ends.
+        Err(_) => fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())),
+    }
 }
 
 thread_local! {
