@@ -137,8 +137,7 @@ async fn sigterm_lets_the_in_flight_request_finish_refuses_new_connections_and_e
 
     let status = d.wait_exit();
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", d.log());
-    let log = d.log();
-    assert!(log.contains("drained; exiting"), "{log}");
+    let log = d.log_count("drained; exiting", 1).await;
     assert!(!log.contains("drain timeout reached"), "{log}");
 }
 
@@ -234,7 +233,7 @@ async fn sigint_exits_0() {
     d.log_count("stopping", 1).await;
     let status = d.wait_exit();
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", d.log());
-    assert!(d.log().contains("drained; exiting"), "{}", d.log());
+    d.log_count("drained; exiting", 1).await;
 }
 
 /// Terminates a process this test did not start itself (the sluice a

@@ -270,7 +270,7 @@ async fn untrusted_missing_and_malformed_proxy_headers_close_the_connection() {
     assert_eq!(rejected("closed"), 1.0);
     assert_eq!(rejected("timeout"), 1.0);
     assert_eq!(origin.hits(), 0);
-    let log = d.log();
+    let log = d.log_count("peer=127.0.0.2", 1).await;
     assert!(
         log.contains("reason=\"untrusted\"") || log.contains("reason=untrusted"),
         "{log}"

@@ -111,7 +111,7 @@ async fn retry_budget_caps_upstream_traffic_in_a_full_outage() {
         retries <= requests / 5 + 2,
         "{attempts} attempts for {requests} requests"
     );
-    let log = d.log();
+    let log = d.log_count("retry=true", retries).await;
     assert_eq!(log.matches("retry=true").count(), retries, "{log}");
 }
 
