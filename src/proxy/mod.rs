@@ -818,13 +818,18 @@ async fn forward(
     }
 }
 
-async fn attempts(
-    leg: Leg<'_>,
+/// The request's attempts on its pool's members, retries included. A
+/// plain fn returning an async block, with the request taken apart and
+/// what needs no waiting done first: what the block captures it keeps
+/// once, where an async fn keeps its arguments twice (as passed, and as
+/// the body's locals), and this future is part of every proxied request's.
+fn attempts<'a>(
+    leg: Leg<'a>,
     req: Forward,
     incoming: Option<Incoming>,
-    upgrade: Option<Upgrade>,
-    outcome: &mut observe::Outcome,
-) -> Result<Response<ProxyBody>, Refusal> {
+    mut upgrade: Option<Upgrade>,
+    outcome: &'a mut observe::Outcome,
+) -> impl std::future::Future<Output = Result<Response<ProxyBody>, Refusal>> + 'a {
     let Leg {
         snap,
         route,
@@ -832,8 +837,6 @@ async fn attempts(
         max_body_bytes,
         ..
     } = leg;
-    let pool_index = route.pool.ok_or(Refusal::NoRoute)?;
-    let pool = snap.pools.get(pool_index).ok_or(Refusal::NoRoute)?;
     let Forward {
         method,
         mut head,
@@ -856,198 +859,215 @@ async fn attempts(
     let min_body_rate = if grpc { 0 } else { limits.min_body_rate };
     let has_body = incoming.as_ref().is_some_and(|b| !b.is_end_stream());
     let idempotent = headers::is_idempotent(&method) && !has_body;
-    let pick = pick_context(&pool.config, client_ip, &head, path_and_query.as_str());
-    let plan = match pool.plan(&pick) {
-        Ok(plan) => plan,
-        Err(unavailable) => {
-            tracing::debug!(pool = %pool.name, "no usable upstream member");
-            return Err(Refusal::NoMember {
-                retry_after: unavailable.retry_after,
-            });
-        }
-    };
-    let retry_on = pool.config.retry_on;
-    let attempts = if upgrade.is_none() {
-        1 + pool.config.retries as usize
-    } else {
-        1
-    };
     // Only a request with a body pays for keeping it aside, and for the
     // flags its wrappers raise.
     let incoming = incoming.filter(|_| has_body).map(Reclaimable::slot);
     let failures = incoming.is_some().then(UploadFailures::default);
-    let mut upgrade = upgrade;
-    // Whether `Host` in `head` is the member's (for an HTTP/1.0 client
-    // without one), to be replaced by the next member's.
-    let mut member_host = false;
-    let mut last_error = None;
-    let mut last_status = None;
-    let mut next = 0;
-    for attempt in 0..attempts {
-        if attempt > 0 {
-            let pause = retry::backoff(
-                pool.config.retry_backoff,
-                attempt as u32,
-                &mut fastrand::Rng::new(),
-            );
-            tokio::time::sleep(pause).await;
-        }
-        // The first attempt may wait for a member below its
-        // max_connections; retries only take a free one.
-        let (member, in_flight) = match pool.acquire(&plan, &mut next, attempt == 0).await {
-            Acquired::Member(member, in_flight) => (member, in_flight),
-            Acquired::Overloaded => {
-                tracing::warn!(pool = %pool.name, "upstream pool at capacity");
-                return Err(Refusal::AtCapacity);
+    async move {
+        let pool_index = route.pool.ok_or(Refusal::NoRoute)?;
+        let pool = snap.pools.get(pool_index).ok_or(Refusal::NoRoute)?;
+        let pick = pick_context(&pool.config, client_ip, &head, path_and_query.as_str());
+        let plan = match pool.plan(&pick) {
+            Ok(plan) => plan,
+            Err(unavailable) => {
+                tracing::debug!(pool = %pool.name, "no usable upstream member");
+                return Err(Refusal::NoMember {
+                    retry_after: unavailable.retry_after,
+                });
             }
-            Acquired::Exhausted => break,
         };
-        let more = attempt + 1 < attempts && next < plan.len();
-        // `sent` fires when the body has gone out; without one, the
-        // request is sent once its head is, and no channel is needed.
-        let (body, sent_rx) = match (&incoming, &failures) {
-            (Some(slot), Some(failures)) => {
-                let (sent_tx, sent_rx) = oneshot::channel();
-                let b = MinRateBody::new(
-                    Reclaimable::new(slot),
-                    min_body_rate,
-                    limits.body_rate_grace,
-                    failures.too_slow.clone(),
+        let retry_on = pool.config.retry_on;
+        let attempts = if upgrade.is_none() {
+            1 + pool.config.retries as usize
+        } else {
+            1
+        };
+        // Whether `Host` in `head` is the member's (for an HTTP/1.0 client
+        // without one), to be replaced by the next member's.
+        let mut member_host = false;
+        let mut last_error = None;
+        let mut last_status = None;
+        let mut next = 0;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                let pause = retry::backoff(
+                    pool.config.retry_backoff,
+                    attempt as u32,
+                    &mut fastrand::Rng::new(),
                 );
-                let body = UploadBody::new(b, max_body_bytes, failures.too_large.clone(), sent_tx)
-                    .client_failed(failures.client_failed.clone())
-                    .boxed();
-                (body, Some(sent_rx))
+                tokio::time::sleep(pause).await;
             }
-            _ => (body::empty(), None),
-        };
-        // The target in origin form, as an HTTP/1.1 member reads it (RFC
-        // 9112 §3.2.1); an HTTP/2 member's authority is made from `Host`
-        // where it is sent. `*` (OPTIONS) has no origin form to send.
-        if !path_and_query.as_str().starts_with('/') {
-            return Err(Refusal::BadRequest("invalid request target"));
-        }
-        if member_host || !head.contains_key(header::HOST) {
-            // An HTTP/1.0 client without Host: HTTP/1.1 upstreams need one,
-            // the member's own (each attempt's).
-            if let Ok(v) = HeaderValue::from_str(&member.addr.to_string()) {
-                head.insert(header::HOST, v);
-                member_host = true;
-            }
-        }
-        // Borrowed, not copied: every attempt sends the same head.
-        let up = Outgoing {
-            method: &method,
-            target: &path_and_query,
-            headers: &head,
-        };
-
-        // Pinned here, once: the attempt's record takes it by reference.
-        // A future passed on by value keeps its space in both states
-        // (this one's is boxed, that is copied, for every request).
-        let mut sending = std::pin::pin!(pool.send(member.addr, up, body, sent_rx, proxied));
-        let attempt = outcome.attempt(snap, pool_index, &pool.name, member.addr, sending.as_mut());
-        let result = match deadline {
-            None => attempt.await,
-            Some(at) => match tokio::time::timeout_at(at, attempt).await {
-                Ok(result) => result,
-                Err(_) => {
-                    // The client's deadline, not the member's failure: not
-                    // reported for ejection, and nothing is left to retry.
-                    tracing::debug!(pool = %pool.name, member = %member.addr, "gRPC deadline passed");
-                    return Err(Refusal::UpstreamTimedOut);
+            // The first attempt may wait for a member below its
+            // max_connections; retries only take a free one.
+            let (member, in_flight) = match pool.acquire(&plan, &mut next, attempt == 0).await {
+                Acquired::Member(member, in_flight) => (member, in_flight),
+                Acquired::Overloaded => {
+                    tracing::warn!(pool = %pool.name, "upstream pool at capacity");
+                    return Err(Refusal::AtCapacity);
                 }
-            },
-        };
-        match result {
-            Ok(resp) => {
-                let status = resp.status();
-                pool.report(&member, Outcome::Response(status.as_u16()));
-                if idempotent && more && retry_on.status(status.as_u16()) && pool.take_retry() {
+                Acquired::Exhausted => break,
+            };
+            let more = attempt + 1 < attempts && next < plan.len();
+            // `sent` fires when the body has gone out; without one, the
+            // request is sent once its head is, and no channel is needed.
+            let (body, sent_rx) = match (&incoming, &failures) {
+                (Some(slot), Some(failures)) => {
+                    let (sent_tx, sent_rx) = oneshot::channel();
+                    let b = MinRateBody::new(
+                        Reclaimable::new(slot),
+                        min_body_rate,
+                        limits.body_rate_grace,
+                        failures.too_slow.clone(),
+                    );
+                    let body =
+                        UploadBody::new(b, max_body_bytes, failures.too_large.clone(), sent_tx)
+                            .client_failed(failures.client_failed.clone())
+                            .boxed();
+                    (body, Some(sent_rx))
+                }
+                _ => (body::empty(), None),
+            };
+            // The target in origin form, as an HTTP/1.1 member reads it (RFC
+            // 9112 §3.2.1); an HTTP/2 member's authority is made from `Host`
+            // where it is sent. `*` (OPTIONS) has no origin form to send.
+            if !path_and_query.as_str().starts_with('/') {
+                return Err(Refusal::BadRequest("invalid request target"));
+            }
+            if member_host || !head.contains_key(header::HOST) {
+                // An HTTP/1.0 client without Host: HTTP/1.1 upstreams need one,
+                // the member's own (each attempt's).
+                if let Ok(v) = HeaderValue::from_str(&member.addr.to_string()) {
+                    head.insert(header::HOST, v);
+                    member_host = true;
+                }
+            }
+            // Borrowed, not copied: every attempt sends the same head.
+            let up = Outgoing {
+                method: &method,
+                target: &path_and_query,
+                headers: &head,
+            };
+
+            // Pinned here, once: the attempt's record takes it by reference.
+            // A future passed on by value keeps its space in both states
+            // (this one's is boxed, that is copied, for every request).
+            let mut sending = std::pin::pin!(pool.send(member.addr, up, body, sent_rx, proxied));
+            // The attempt's record is made in each arm's await: bound to a
+            // name first, it would keep its space twice.
+            let result = match deadline {
+                None => {
+                    outcome
+                        .attempt(snap, pool_index, &pool.name, member.addr, sending.as_mut())
+                        .await
+                }
+                Some(at) => match tokio::time::timeout_at(
+                    at,
+                    outcome.attempt(snap, pool_index, &pool.name, member.addr, sending.as_mut()),
+                )
+                .await
+                {
+                    Ok(result) => result,
+                    Err(_) => {
+                        // The client's deadline, not the member's failure: not
+                        // reported for ejection, and nothing is left to retry.
+                        tracing::debug!(pool = %pool.name, member = %member.addr, "gRPC deadline passed");
+                        return Err(Refusal::UpstreamTimedOut);
+                    }
+                },
+            };
+            match result {
+                Ok(resp) => {
+                    let status = resp.status();
+                    pool.report(&member, Outcome::Response(status.as_u16()));
+                    if idempotent && more && retry_on.status(status.as_u16()) && pool.take_retry() {
+                        let _span = request_span(&request_id, route, &pool.name, member.addr);
+                        tracing::warn!(
+                            route = %route.name,
+                            pool = %pool.name,
+                            member = %member.addr,
+                            error = %format_args!("answered {status}"),
+                            retry = true,
+                            "upstream attempt failed"
+                        );
+                        last_error = None;
+                        last_status = Some(status);
+                        continue;
+                    }
+                    if status == StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some(Upgrade { client, token }) = upgrade.take() {
+                            let (parts, body) = resp.into_parts();
+                            tokio::spawn(tunnel(client, body.upgraded(), in_flight));
+                            return Ok(switching_protocols(parts, token));
+                        }
+                    }
+                    let mut resp = respond(
+                        resp,
+                        UpstreamBody {
+                            in_flight,
+                            request_id,
+                        },
+                    );
+                    if pool.policy == crate::config::Policy::StickyCookie {
+                        if let Some(v) = sticky_cookie(&pool.config.sticky, pick.sticky, &member) {
+                            resp.headers_mut().append(header::SET_COOKIE, v);
+                        }
+                    }
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    drop(in_flight);
+                    if let Some(failures) = &failures {
+                        if failures.too_large.load(Ordering::Relaxed) {
+                            return Err(Refusal::BodyTooLarge);
+                        }
+                        if failures.too_slow.load(Ordering::Relaxed) {
+                            return Err(Refusal::BodyTooSlow {
+                                close: received < Version::HTTP_2,
+                            });
+                        }
+                        if failures.client_failed.load(Ordering::Relaxed) {
+                            // The client's body broke (bad chunked framing, or
+                            // it ended early): the client's fault, not the
+                            // member's.
+                            return Err(Refusal::BadRequest(
+                                "malformed or incomplete request body",
+                            ));
+                        }
+                    }
+                    let untouched = incoming.as_ref().is_none_or(Reclaimable::untouched);
+                    let (kind, may_retry) =
+                        retry::after_error(&e, &retry_on, idempotent, untouched);
+                    pool.report(&member, kind);
+                    let retry = more && may_retry && pool.take_retry();
                     let _span = request_span(&request_id, route, &pool.name, member.addr);
                     tracing::warn!(
                         route = %route.name,
                         pool = %pool.name,
                         member = %member.addr,
-                        error = %format_args!("answered {status}"),
-                        retry = true,
+                        error = %e,
+                        retry,
                         "upstream attempt failed"
                     );
-                    last_error = None;
-                    last_status = Some(status);
-                    continue;
-                }
-                if status == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(Upgrade { client, token }) = upgrade.take() {
-                        let (parts, body) = resp.into_parts();
-                        tokio::spawn(tunnel(client, body.upgraded(), in_flight));
-                        return Ok(switching_protocols(parts, token));
+                    last_error = Some(e);
+                    last_status = None;
+                    if !retry {
+                        break;
                     }
-                }
-                let mut resp = respond(
-                    resp,
-                    UpstreamBody {
-                        in_flight,
-                        request_id,
-                    },
-                );
-                if pool.policy == crate::config::Policy::StickyCookie {
-                    if let Some(v) = sticky_cookie(&pool.config.sticky, pick.sticky, &member) {
-                        resp.headers_mut().append(header::SET_COOKIE, v);
-                    }
-                }
-                return Ok(resp);
-            }
-            Err(e) => {
-                drop(in_flight);
-                if let Some(failures) = &failures {
-                    if failures.too_large.load(Ordering::Relaxed) {
-                        return Err(Refusal::BodyTooLarge);
-                    }
-                    if failures.too_slow.load(Ordering::Relaxed) {
-                        return Err(Refusal::BodyTooSlow {
-                            close: received < Version::HTTP_2,
-                        });
-                    }
-                    if failures.client_failed.load(Ordering::Relaxed) {
-                        // The client's body broke (bad chunked framing, or
-                        // it ended early): the client's fault, not the
-                        // member's.
-                        return Err(Refusal::BadRequest("malformed or incomplete request body"));
-                    }
-                }
-                let untouched = incoming.as_ref().is_none_or(Reclaimable::untouched);
-                let (kind, may_retry) = retry::after_error(&e, &retry_on, idempotent, untouched);
-                pool.report(&member, kind);
-                let retry = more && may_retry && pool.take_retry();
-                let _span = request_span(&request_id, route, &pool.name, member.addr);
-                tracing::warn!(
-                    route = %route.name,
-                    pool = %pool.name,
-                    member = %member.addr,
-                    error = %e,
-                    retry,
-                    "upstream attempt failed"
-                );
-                last_error = Some(e);
-                last_status = None;
-                if !retry {
-                    break;
                 }
             }
         }
+        Err(match (last_error, last_status) {
+            (None, Some(status)) => Refusal::UpstreamStatus(status),
+            (Some(e), _) if e.is_timeout() => Refusal::UpstreamTimedOut,
+            (Some(crate::upstream::pool::UpstreamError::BadResponse { .. }), _)
+            | (Some(_), Some(_)) => Refusal::UpstreamFailed,
+            (Some(_), None) => Refusal::Unreachable,
+            (None, None) => {
+                tracing::warn!(pool = %pool.name, "no usable upstream member");
+                Refusal::NoServers
+            }
+        })
     }
-    Err(match (last_error, last_status) {
-        (None, Some(status)) => Refusal::UpstreamStatus(status),
-        (Some(e), _) if e.is_timeout() => Refusal::UpstreamTimedOut,
-        (Some(crate::upstream::pool::UpstreamError::BadResponse { .. }), _)
-        | (Some(_), Some(_)) => Refusal::UpstreamFailed,
-        (Some(_), None) => Refusal::Unreachable,
-        (None, None) => {
-            tracing::warn!(pool = %pool.name, "no usable upstream member");
-            Refusal::NoServers
-        }
-    })
 }
 
 /// What an upload's wrappers report when an attempt fails: its body went

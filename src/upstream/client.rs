@@ -184,6 +184,11 @@ impl Client {
         out: Outgoing<'_>,
         mut body: ProxyBody,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
+        // Only the pooled HTTP/1.1 exchange is inline: this future is part
+        // of every proxied request's, kept for the whole exchange and
+        // copied on each move. HTTP/2's retry state and a new connection's
+        // handshake are boxed, each in a statement of its own (a temporary
+        // lives to the end of its statement, awaits included).
         match self.take(addr) {
             Some(Taken::H1(conn)) => match self.send_h1(addr, conn, out, body, true, true).await {
                 Ok(resp) => return Ok(resp),
@@ -193,11 +198,25 @@ impl Client {
                 Err(Unsent::Back(b, _)) => body = b,
                 Err(Unsent::Failed(e)) => return Err(e),
             },
-            Some(Taken::H2(send)) => return self.send_h2(addr, send, out, body).await,
+            Some(Taken::H2(send)) => {
+                let shared = Box::pin(self.send_h2(addr, send, out, body));
+                return shared.await;
+            }
             None => {}
         }
-        // Requests that find no connection to an HTTP/2 member wait for the
-        // first of them to make one, and then share it.
+        let fresh = Box::pin(self.send_new(addr, out, body));
+        fresh.await
+    }
+
+    /// Sends on a new connection. Requests that find no connection to an
+    /// HTTP/2 member wait for the first of them to make one, and then
+    /// share it.
+    async fn send_new(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        out: Outgoing<'_>,
+        body: ProxyBody,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         let gate = self.h2_gate(addr);
         let _turn = match gate {
             Some(gate) => {
@@ -210,20 +229,12 @@ impl Client {
             }
             None => None,
         };
-        // Boxed: a connect (TLS handshake included) is a large future, and
-        // inline it would be part of every request's, copied on each move.
-        // Each in a statement of its own: a temporary lives to the end of
-        // its statement, and one in a `match` scrutinee through every arm,
-        // awaits included, so the unboxed future would keep its space here.
+        // A connect (TLS handshake included) is a large future: boxed, so
+        // that the common case below does not carry its space.
         let connect = Box::pin(self.connector.connect(addr, &[]));
         let sender = connect.await?;
         match sender {
-            Sender::H1(conn) => {
-                // A new connection is rare beside a pooled one: its state
-                // is boxed too.
-                let first = Box::pin(self.send_h1_new(addr, conn, out, body, true));
-                first.await
-            }
+            Sender::H1(conn) => self.send_h1_new(addr, conn, out, body, true).await,
             Sender::H2(send) => {
                 self.keep_h2(addr, &send);
                 drop(_turn);

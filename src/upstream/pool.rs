@@ -456,28 +456,38 @@ impl Pool {
 
     /// One request and its response head, on the worker's pooled
     /// connections or, with `send_proxy_protocol`, on a connection of its
-    /// own.
-    async fn exchange(
-        &self,
+    /// own. The PROXY header is made before the future: what the async
+    /// block captures is kept once, where an async fn's arguments are kept
+    /// twice (as passed, and as the body's locals).
+    fn exchange<'a>(
+        &'a self,
         addr: SocketAddr,
-        out: Outgoing<'_>,
+        out: Outgoing<'a>,
         body: ProxyBody,
         proxied: Option<(SocketAddr, SocketAddr)>,
-    ) -> Result<http::Response<ResponseBody>, UpstreamError> {
-        let Some(version) = self.config.send_proxy_protocol.version() else {
-            return self.client.send(addr, out, body).await;
-        };
-        let header = match proxied {
-            Some((source, destination)) => {
-                crate::proxy_protocol::encode(version, source, destination)
-            }
-            None => crate::proxy_protocol::local(version).to_vec(),
-        };
-        // Boxed, in a statement of its own (a temporary lives to the end of
-        // its statement, the await included): pools without PROXY headers
-        // should not carry this path's state in every request's future.
-        let once = Box::pin(self.client.send_once(addr, &header, out, body));
-        once.await
+    ) -> impl std::future::Future<Output = Result<http::Response<ResponseBody>, UpstreamError>> + 'a
+    {
+        let preamble = self
+            .config
+            .send_proxy_protocol
+            .version()
+            .map(|version| match proxied {
+                Some((source, destination)) => {
+                    crate::proxy_protocol::encode(version, source, destination)
+                }
+                None => crate::proxy_protocol::local(version).to_vec(),
+            });
+        async move {
+            let Some(header) = preamble else {
+                return self.client.send(addr, out, body).await;
+            };
+            // Boxed, in a statement of its own (a temporary lives to the
+            // end of its statement, the await included): pools without
+            // PROXY headers should not carry this path's state in every
+            // request's future.
+            let once = Box::pin(self.client.send_once(addr, &header, out, body));
+            once.await
+        }
     }
 }
 
