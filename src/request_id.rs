@@ -6,10 +6,9 @@
 use std::cell::RefCell;
 
 use bytes::Bytes;
-use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 
-pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) use crate::headers::X_REQUEST_ID;
 
 /// Whether `id` is a request id sluice passes on unchanged.
 pub(crate) fn is_well_formed(id: &[u8]) -> bool {

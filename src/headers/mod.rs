@@ -23,6 +23,8 @@ use http::{Uri, Version};
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// A request's id (see [`crate::request_id`]).
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -251,32 +253,131 @@ pub(crate) struct Hops {
 pub(crate) struct LastForwarding(Mutex<Option<Box<Forwarding>>>);
 
 impl LastForwarding {
-    /// Appends the previous hop to `X-Forwarded-For` (the chain as
-    /// received is kept), sets `X-Forwarded-Proto` and `X-Forwarded-Host`,
-    /// replaces any `Forwarded` with this hop's element naming the client
-    /// ([`forwarded_element`]), and appends this hop to `Via`; with the
-    /// values this connection last used when they are for the same hops,
-    /// scheme and authority.
-    pub(crate) fn add_to(
+    /// The fields for a client head `headers` (see [`Added`]): the previous
+    /// hop appended to `X-Forwarded-For` (the chain as received is kept),
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host`, this hop's `Forwarded`
+    /// element naming the client ([`forwarded_element`]) in place of any
+    /// other, and this hop appended to `Via`; with the values this
+    /// connection last used when they are for the same hops, scheme and
+    /// authority.
+    pub(crate) fn fields(
         &self,
-        headers: &mut HeaderMap,
+        headers: &HeaderMap,
         hops: Hops,
         https: bool,
         authority: &str,
         version: Version,
-    ) {
+    ) -> Added {
         let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         match &*last {
-            Some(known) if known.is_for(hops, https, authority) => {
-                known.add_to(headers, version);
-            }
+            Some(known) if known.is_for(hops, https, authority) => known.fields(headers, version),
             _ => {
                 let fresh = Forwarding::new(hops, https, authority);
-                fresh.add_to(headers, version);
+                let added = fresh.fields(headers, version);
                 *last = Some(Box::new(fresh));
+                added
             }
         }
     }
+}
+
+/// The fields this hop sets on a request on its way upstream: the
+/// forwarding fields, `Via`, and the request id. Kept beside the client's
+/// head rather than put into its map: an HTTP/1.1 member's head is written
+/// from both, the client's fields of these names left out
+/// ([`replaces`](Self::replaces)). That spares every forwarded request
+/// five or six insertions into the map and the growth they need, a
+/// fifteenth of a proxied request's instructions. HTTP/2 members and
+/// routes with header rules get them in the map ([`apply`](Self::apply)).
+#[derive(Debug, Clone)]
+pub(crate) struct Added {
+    /// `X-Forwarded-For`: the chain received, the previous hop appended.
+    forwarded_for: Option<HeaderValue>,
+    https: bool,
+    /// `X-Forwarded-Host`; none drops the client's.
+    forwarded_host: Option<HeaderValue>,
+    /// `Forwarded`; none drops the client's.
+    forwarded: Option<HeaderValue>,
+    /// The client's version, which `Via` names; appended to its `Via`.
+    version: Version,
+    /// `X-Request-Id`, in place of the client's, when the request has one.
+    request_id: Option<HeaderValue>,
+}
+
+impl Added {
+    /// These fields with the request id `id`.
+    pub(crate) fn with_request_id(self, id: Option<HeaderValue>) -> Added {
+        Added {
+            request_id: id,
+            ..self
+        }
+    }
+
+    /// Whether a client's field named `name` gives way to these.
+    pub(crate) fn replaces(&self, name: &HeaderName) -> bool {
+        (self.forwarded_for.is_some() && name == X_FORWARDED_FOR)
+            || name == X_FORWARDED_PROTO
+            || name == X_FORWARDED_HOST
+            || name == header::FORWARDED
+            || (self.request_id.is_some() && name == X_REQUEST_ID)
+    }
+
+    /// Calls `put` with each field, after the client's own.
+    pub(crate) fn each(&self, mut put: impl FnMut(&HeaderName, &HeaderValue)) {
+        if let Some(v) = &self.forwarded_for {
+            put(&X_FORWARDED_FOR, v);
+        }
+        put(&X_FORWARDED_PROTO, &proto(self.https));
+        if let Some(v) = &self.forwarded_host {
+            put(&X_FORWARDED_HOST, v);
+        }
+        if let Some(v) = &self.forwarded {
+            put(&header::FORWARDED, v);
+        }
+        put(&header::VIA, &via(self.version));
+        if let Some(v) = &self.request_id {
+            put(&X_REQUEST_ID, v);
+        }
+    }
+
+    /// Puts the fields into the client's head `headers`: what a member
+    /// gets from [`each`](Self::each) after the fields not
+    /// [`replaced`](Self::replaces).
+    pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        // Room for the fields added here and after (Host), made at once
+        // rather than by growing the map field by field.
+        headers.reserve(7);
+        if let Some(v) = self.forwarded_for {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        headers.insert(X_FORWARDED_PROTO.clone(), proto(self.https));
+        // (`insert` replaces every value the client sent; `remove` is for
+        // when there is nothing to put in their place.)
+        match self.forwarded_host {
+            Some(v) => {
+                headers.insert(X_FORWARDED_HOST.clone(), v);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+        match self.forwarded {
+            Some(v) => {
+                headers.insert(header::FORWARDED, v);
+            }
+            None => {
+                headers.remove(header::FORWARDED);
+            }
+        }
+        headers.append(header::VIA, via(self.version));
+        if let Some(id) = self.request_id {
+            headers.insert(X_REQUEST_ID.clone(), id);
+        }
+    }
+}
+
+fn proto(https: bool) -> HeaderValue {
+    HeaderValue::from_static(if https { "https" } else { "http" })
 }
 
 /// This hop's forwarding values for one client, scheme and authority.
@@ -320,40 +421,19 @@ impl Forwarding {
         self.hops == hops && self.https == https && *self.authority == *authority
     }
 
-    /// Sets the fields in `headers` (see [`LastForwarding::add_to`]).
-    fn add_to(&self, headers: &mut HeaderMap, version: Version) {
-        // Room for the fields added here and after (request id, Host), made
-        // at once rather than by growing the map field by field.
-        headers.reserve(7);
-        if let Some(v) = self.previous.as_ref().and_then(|p| chain(headers, p)) {
-            headers.insert(X_FORWARDED_FOR.clone(), v);
+    /// The fields for a client head `headers` (see
+    /// [`LastForwarding::fields`]). The client's own `Forwarded` elements
+    /// are claims nobody checked, as its `X-Forwarded-Host` and `-Proto`
+    /// are: they are dropped, and the origin sees only what sluice saw.
+    fn fields(&self, headers: &HeaderMap, version: Version) -> Added {
+        Added {
+            forwarded_for: self.previous.as_ref().and_then(|p| chain(headers, p)),
+            https: self.https,
+            forwarded_host: self.host.clone(),
+            forwarded: self.forwarded.clone(),
+            version,
+            request_id: None,
         }
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(if self.https { "https" } else { "http" }),
-        );
-        // (`insert` replaces every value the client sent; `remove` is for when
-        // there is nothing to put in their place.)
-        match &self.host {
-            Some(v) => {
-                headers.insert(X_FORWARDED_HOST.clone(), v.clone());
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
-        }
-        // The client's own `Forwarded` elements are claims nobody checked, as
-        // its `X-Forwarded-Host` and `-Proto` are: they are dropped, and the
-        // origin sees only what sluice saw.
-        match &self.forwarded {
-            Some(v) => {
-                headers.insert(header::FORWARDED, v.clone());
-            }
-            None => {
-                headers.remove(header::FORWARDED);
-            }
-        }
-        headers.append(header::VIA, via(version));
     }
 }
 
@@ -894,6 +974,21 @@ mod tests {
         }
     }
 
+    impl LastForwarding {
+        /// The fields put into the head, as HTTP/2 members get them.
+        fn add_to(
+            &self,
+            headers: &mut HeaderMap,
+            hops: Hops,
+            https: bool,
+            authority: &str,
+            version: Version,
+        ) {
+            self.fields(headers, hops, https, authority, version)
+                .apply(headers);
+        }
+    }
+
     /// The forwarding fields for an HTTP/1.1 request from `client`,
     /// received from `previous`, on a new connection.
     fn forward(h: &mut HeaderMap, previous: IpAddr, client: IpAddr, https: bool, authority: &str) {
@@ -974,7 +1069,7 @@ mod tests {
             "2001:db8::17".parse().unwrap(),
             "10.0.0.9".parse().unwrap(),
         ];
-        let received: [&[(&str, &str)]; 5] = [
+        let received: [&[(&str, &str)]; 6] = [
             &[],
             &[("x-forwarded-for", "203.0.113.1")],
             &[
@@ -989,6 +1084,11 @@ mod tests {
                 ("via", "1.0 fred"),
             ],
             &[("x-forwarded-for", "unknown"), ("host", "a.example")],
+            &[
+                ("x-request-id", "from-the-client"),
+                ("via", "1.0 a"),
+                ("via", "1.1 b"),
+            ],
         ];
         let authorities = ["example.com", "example.com:8080", "[::1]:8443", ""];
         let versions = [Version::HTTP_11, Version::HTTP_10, Version::HTTP_2];
@@ -1017,6 +1117,31 @@ mod tests {
                                     expected.iter().collect::<Vec<_>>(),
                                     "round {round}: {hops:?} https={https} {authority:?} {fields:?}"
                                 );
+                                // An HTTP/1.1 member is sent the client's
+                                // fields not replaced, then the added ones:
+                                // the same fields as the map gets, each
+                                // name's values in the same order.
+                                let head = map(fields);
+                                let added = last
+                                    .fields(&head, hops, https, authority, version)
+                                    .with_request_id(Some(HeaderValue::from_static("id-1")));
+                                let mut written: Vec<(String, String)> = head
+                                    .iter()
+                                    .filter(|(name, _)| !added.replaces(name))
+                                    .map(|(n, v)| (n.to_string(), format!("{v:?}")))
+                                    .collect();
+                                added.each(|n, v| written.push((n.to_string(), format!("{v:?}"))));
+                                let mut applied = map(fields);
+                                added.apply(&mut applied);
+                                let mut applied: Vec<(String, String)> = applied
+                                    .iter()
+                                    .map(|(n, v)| (n.to_string(), format!("{v:?}")))
+                                    .collect();
+                                // Stable: each name's values keep their order.
+                                written.sort_by(|a, b| a.0.cmp(&b.0));
+                                applied.sort_by(|a, b| a.0.cmp(&b.0));
+                                assert_eq!(written, applied, "{hops:?} {authority:?} {fields:?}");
+                                assert!(written.iter().any(|(n, _)| n == "x-request-id"));
                                 cases += 1;
                             }
                         }

@@ -700,6 +700,8 @@ struct Client<'a> {
 pub(crate) struct Forward {
     pub method: Method,
     pub head: http::HeaderMap,
+    /// The fields this hop sets, when they are not in `head` yet.
+    pub added: Option<headers::Added>,
     pub path_and_query: http::uri::PathAndQuery,
     /// The client's HTTP version.
     pub received: Version,
@@ -744,30 +746,37 @@ impl Forward {
             // reads trailers, and sluice passes them on.
             head.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        conn.last_forwarding.add_to(
-            &mut head,
-            headers::Hops {
-                previous: conn.client.ip(),
-                client: ip,
-            },
-            conn.https,
-            authority,
-            received,
-        );
-        if let Some(id) = &outcome.request_id {
-            head.insert(crate::request_id::X_REQUEST_ID.clone(), id.clone());
-        }
+        let added = conn
+            .last_forwarding
+            .fields(
+                &head,
+                headers::Hops {
+                    previous: conn.client.ip(),
+                    client: ip,
+                },
+                conn.https,
+                authority,
+                received,
+            )
+            .with_request_id(outcome.request_id.clone());
         if !authority.is_empty() && !head.contains_key(header::HOST) {
             if let Ok(v) = HeaderValue::from_str(authority) {
                 head.insert(header::HOST, v);
             }
         }
-        if let Some(ruled) = leg.ruled {
-            rules::forwarded(ruled, &mut head);
-        }
+        // A route's rules see (and may change) the head as it goes out.
+        let added = match leg.ruled {
+            Some(ruled) => {
+                added.apply(&mut head);
+                rules::forwarded(ruled, &mut head);
+                None
+            }
+            None => Some(added),
+        };
         Forward {
             method: parts.method,
             head,
+            added,
             path_and_query: parts
                 .uri
                 .path_and_query()
@@ -840,6 +849,7 @@ fn attempts<'a>(
     let Forward {
         method,
         mut head,
+        added,
         path_and_query,
         received,
         client_ip,
@@ -946,6 +956,7 @@ fn attempts<'a>(
                 method: &method,
                 target: &path_and_query,
                 headers: &head,
+                added: added.as_ref(),
             };
 
             // Pinned here, once: the attempt's record takes it by reference.

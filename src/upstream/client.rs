@@ -594,8 +594,12 @@ pub(crate) struct Outgoing<'a> {
     /// The target in origin form (RFC 9112 §3.2.1); an HTTP/2 member's
     /// authority is made from `Host` (see [`h2_form`]).
     pub target: &'a http::uri::PathAndQuery,
-    /// `Host` naming the site, the forwarding fields, and the rest.
+    /// `Host` naming the site, the client's fields, and the rest.
     pub headers: &'a http::HeaderMap,
+    /// The fields this hop sets (forwarding, `Via`, request id), sent in
+    /// place of the fields of the same names in `headers`; none when
+    /// `headers` has them already.
+    pub added: Option<&'a crate::headers::Added>,
 }
 
 impl Outgoing<'_> {
@@ -605,6 +609,9 @@ impl Outgoing<'_> {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = Uri::from(self.target.clone());
         *req.headers_mut() = self.headers.clone();
+        if let Some(added) = self.added {
+            added.clone().apply(req.headers_mut());
+        }
         req
     }
 }

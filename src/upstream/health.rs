@@ -169,6 +169,7 @@ async fn attempt(
                 method: &parts.method,
                 target: &target,
                 headers: &parts.headers,
+                added: None,
             };
             super::h1::send(conn, &out, crate::body::empty(), false)
                 .await

@@ -135,13 +135,17 @@ fn encode_head(out: &Outgoing<'_>, plan: &Plan, buf: &mut BytesMut) -> bool {
     let mut close = false;
     for (name, value) in out.headers {
         let dropped = (plan.drop_te && name == header::TRANSFER_ENCODING)
-            || (plan.drop_length && name == header::CONTENT_LENGTH);
+            || (plan.drop_length && name == header::CONTENT_LENGTH)
+            || out.added.is_some_and(|added| added.replaces(name));
         if !dropped {
             put_field(name, value.as_bytes(), buf);
         }
         if name == header::CONNECTION {
             close |= super::read::lists(value, "close");
         }
+    }
+    if let Some(added) = out.added {
+        added.each(|name, value| put_field(name, value.as_bytes(), buf));
     }
     match plan.add {
         Some(Added::Length(n)) => {
