@@ -358,27 +358,26 @@ impl Pool {
     /// at most `max_pending` for a slot to free up, up to `connect_timeout`.
     pub(crate) async fn acquire(&self, plan: &Plan, next: &mut usize, may_wait: bool) -> Acquired {
         let start = *next;
-        let mut pending: Option<Pending<'_>> = None;
+        // Nearly always a member has room: no waiter is registered for it
+        // (a lock and a list entry) nor a deadline read from the clock.
+        if let Some(taken) = take_slot(plan, next, start) {
+            return taken;
+        }
+        if !may_wait || start >= plan.len() {
+            return Acquired::Exhausted;
+        }
+        let Some(_pending) = Pending::enter(&self.pending, self.config.max_pending) else {
+            return Acquired::Overloaded;
+        };
         let deadline = tokio::time::Instant::now() + self.config.connect_timeout;
         loop {
             let notified = self.slot_freed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            for (pos, m) in plan.iter().enumerate().skip(start) {
-                if let Some(guard) = m.try_begin() {
-                    *next = pos + 1;
-                    return Acquired::Member(m.clone(), guard);
-                }
-            }
-            *next = plan.len();
-            if !may_wait || start >= plan.len() {
-                return Acquired::Exhausted;
-            }
-            if pending.is_none() {
-                pending = Pending::enter(&self.pending, self.config.max_pending);
-                if pending.is_none() {
-                    return Acquired::Overloaded;
-                }
+            // Looked at again once registered: a slot freed before that
+            // would not have woken this request.
+            if let Some(taken) = take_slot(plan, next, start) {
+                return taken;
             }
             tokio::select! {
                 () = &mut notified => {}
@@ -546,4 +545,17 @@ impl Drop for Pending<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// A connection slot on the first member of `plan[start..]` below its
+/// `max_connections`, with `*next` moved past it (past the end when none).
+fn take_slot(plan: &Plan, next: &mut usize, start: usize) -> Option<Acquired> {
+    for (pos, m) in plan.iter().enumerate().skip(start) {
+        if let Some(guard) = m.try_begin() {
+            *next = pos + 1;
+            return Some(Acquired::Member(m.clone(), guard));
+        }
+    }
+    *next = plan.len();
+    None
 }
