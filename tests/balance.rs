@@ -437,6 +437,38 @@ async fn hash_uri_keeps_each_uri_on_one_member_and_moves_only_a_removed_members_
     assert_eq!(moved, per_member[&removed]);
 }
 
+/// `hash_key = "header:X-Request-Id"` hashes the id the member is sent:
+/// the one sluice makes for a request without one (so such requests
+/// spread), and the client's own when it sent a well-formed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_by_a_header_hashes_the_value_the_member_is_sent() {
+    let mut owned = Vec::new();
+    for _ in 0..3 {
+        owned.push(Origin::hello().await);
+    }
+    let origins: Vec<&Origin> = owned.iter().collect();
+    let d = Daemon::start(&pool_config("hash", &unweighted(&origins), "").replace(
+        "policy = \"hash\"",
+        "policy = \"hash\"\nhash_key = \"header:X-Request-Id\"",
+    ));
+    let addr = d.addr("http");
+    let mut conn = Conn::open(addr).await;
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        seen.insert(which(&origins, &conn.get("/").await));
+    }
+    assert!(seen.len() > 1, "30 generated ids all hashed to {seen:?}");
+
+    let mut homes = BTreeSet::new();
+    for _ in 0..6 {
+        let mut req = request(Method::GET, "/", "localhost", empty());
+        req.headers_mut()
+            .insert("x-request-id", http::HeaderValue::from_static("client-7"));
+        homes.insert(which(&origins, &h1(addr, req).await));
+    }
+    assert_eq!(homes.len(), 1, "one client id on {homes:?}");
+}
+
 /// The `srv` cookie a response sets, as `name=value`.
 fn set_cookie(r: &Reply) -> Option<String> {
     let v = r.header("set-cookie")?;

@@ -340,6 +340,24 @@ impl Added {
         }
     }
 
+    /// The first value of `name` a member is sent with the client's head
+    /// `head`: what `get` on `head` with these applied would give.
+    pub(crate) fn first(&self, head: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+        if !self.replaces(name) {
+            return match head.get(name) {
+                Some(v) => Some(v.clone()),
+                None => (name == header::VIA).then(|| via(self.version)),
+            };
+        }
+        let mut first = None;
+        self.each(|n, v| {
+            if first.is_none() && n == name {
+                first = Some(v.clone());
+            }
+        });
+        first
+    }
+
     /// Puts the fields into the client's head `headers`: what a member
     /// gets from [`each`](Self::each) after the fields not
     /// [`replaced`](Self::replaces).
@@ -1132,7 +1150,23 @@ mod tests {
                                     .collect();
                                 added.each(|n, v| written.push((n.to_string(), format!("{v:?}"))));
                                 let mut applied = map(fields);
-                                added.apply(&mut applied);
+                                added.clone().apply(&mut applied);
+                                for name in [
+                                    "x-forwarded-for",
+                                    "x-forwarded-proto",
+                                    "x-forwarded-host",
+                                    "forwarded",
+                                    "via",
+                                    "x-request-id",
+                                    "host",
+                                ] {
+                                    let name = HeaderName::from_static(name);
+                                    assert_eq!(
+                                        added.first(&head, &name).as_ref(),
+                                        applied.get(&name),
+                                        "{name} {fields:?}"
+                                    );
+                                }
                                 let mut applied: Vec<(String, String)> = applied
                                     .iter()
                                     .map(|(n, v)| (n.to_string(), format!("{v:?}")))

@@ -876,7 +876,13 @@ fn attempts<'a>(
     async move {
         let pool_index = route.pool.ok_or(Refusal::NoRoute)?;
         let pool = snap.pools.get(pool_index).ok_or(Refusal::NoRoute)?;
-        let pick = pick_context(&pool.config, client_ip, &head, path_and_query.as_str());
+        let pick = pick_context(
+            &pool.config,
+            client_ip,
+            &head,
+            added.as_ref(),
+            path_and_query.as_str(),
+        );
         let plan = match pool.plan(&pick) {
             Ok(plan) => plan,
             Err(unavailable) => {
@@ -1148,6 +1154,7 @@ fn pick_context(
     pool: &crate::config::PoolConfig,
     client_ip: std::net::IpAddr,
     head: &http::HeaderMap,
+    added: Option<&headers::Added>,
     path_and_query: &str,
 ) -> PickContext {
     use crate::config::{HashKey, Policy};
@@ -1157,7 +1164,15 @@ fn pick_context(
         Policy::Hash => {
             ctx.key = match &pool.hash_key {
                 HashKey::Uri => key_hash(path_and_query.as_bytes()),
-                HashKey::Header(name) => key_hash(head.get(name).map_or(&[][..], |v| v.as_bytes())),
+                // The value the member is sent (a forwarding field or the
+                // request id as this hop sets it).
+                HashKey::Header(name) => {
+                    let value = match added {
+                        Some(added) => added.first(head, name),
+                        None => head.get(name).cloned(),
+                    };
+                    key_hash(value.as_ref().map_or(&[][..], |v| v.as_bytes()))
+                }
                 HashKey::Cookie(name) => {
                     key_hash(headers::cookie_value(head, name).unwrap_or("").as_bytes())
                 }
