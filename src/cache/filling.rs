@@ -723,7 +723,20 @@ impl Body for Reader {
     }
 
     fn is_end_stream(&self) -> bool {
-        !self.to_end && self.to.is_some_and(|to| self.pos >= to)
+        match self.to {
+            Some(to) if self.pos >= to => {
+                // Reading to the end, the last bytes of a known length
+                // came once the fill was over: the body ends with them
+                // (an HTTP/2 client gets END_STREAM on the last DATA
+                // frame, not on an empty one after it) unless the fill
+                // failed, which the next poll reports.
+                !self.to_end || {
+                    let s = self.filling.lock();
+                    s.ended == Some(true) && self.pos >= s.received
+                }
+            }
+            _ => false,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -857,6 +870,26 @@ mod tests {
         drop(tx);
         let rest = read_all(late).await.unwrap();
         assert_eq!(rest, b"def");
+        driver.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_known_length_ends_with_its_last_bytes() {
+        let f = Filling::new(Arc::new(Budget::new(1 << 20)));
+        assert!(f.open(head(Some(6)), counter()));
+        let mut r = f.reader(0, Some(6), true).unwrap();
+        let (tx, body) = origin();
+        let driver = tokio::spawn(drive(f.clone(), body, 1 << 20, None, (), |_| {}, None));
+        tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+        let first = r.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"abc");
+        assert!(!r.is_end_stream());
+        tx.send(Ok(Bytes::from_static(b"def"))).await.unwrap();
+        drop(tx);
+        let last = r.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&last[..], b"def");
+        assert!(r.is_end_stream(), "the body ends with its last bytes");
+        assert!(r.frame().await.is_none());
         driver.await.unwrap();
     }
 
