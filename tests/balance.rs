@@ -42,6 +42,15 @@ servers = [ {} ]
     )
 }
 
+/// `n` origins answering hello.
+async fn hellos(n: usize) -> Vec<Origin> {
+    let mut owned = Vec::with_capacity(n);
+    for _ in 0..n {
+        owned.push(Origin::hello().await);
+    }
+    owned
+}
+
 fn unweighted(origins: &[&Origin]) -> Vec<(SocketAddr, u32)> {
     origins.iter().map(|o| (o.addr, 1)).collect()
 }
@@ -262,10 +271,7 @@ async fn least_conn_avoids_the_busy_member_and_alternates_when_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_hash_sticks_per_client_ip_and_moves_only_the_removed_members_clients() {
-    let mut owned = Vec::new();
-    for _ in 0..4 {
-        owned.push(Origin::hello().await);
-    }
+    let owned = hellos(4).await;
     let origins: Vec<&Origin> = owned.iter().collect();
     let d = Daemon::start(&pool_config("ip_hash", &unweighted(&origins), ""));
     let addr = d.addr("http");
@@ -383,10 +389,7 @@ async fn http2_requests_on_one_connection_are_balanced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_uri_keeps_each_uri_on_one_member_and_moves_only_a_removed_members_uris() {
-    let mut owned = Vec::new();
-    for _ in 0..3 {
-        owned.push(Origin::hello().await);
-    }
+    let owned = hellos(3).await;
     let origins: Vec<&Origin> = owned.iter().collect();
     let config = |origins: &[&Origin]| {
         pool_config("hash", &unweighted(origins), "").replace(
@@ -442,10 +445,7 @@ async fn hash_uri_keeps_each_uri_on_one_member_and_moves_only_a_removed_members_
 /// spread), and the client's own when it sent a well-formed one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_by_a_header_hashes_the_value_the_member_is_sent() {
-    let mut owned = Vec::new();
-    for _ in 0..3 {
-        owned.push(Origin::hello().await);
-    }
+    let owned = hellos(3).await;
     let origins: Vec<&Origin> = owned.iter().collect();
     let d = Daemon::start(&pool_config("hash", &unweighted(&origins), "").replace(
         "policy = \"hash\"",
@@ -479,10 +479,7 @@ fn set_cookie(r: &Reply) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_cookie_keeps_a_client_on_its_member_and_moves_it_when_the_member_goes() {
-    let mut owned = Vec::new();
-    for _ in 0..3 {
-        owned.push(Origin::hello().await);
-    }
+    let mut owned = hellos(3).await;
     let origins: Vec<&Origin> = owned.iter().collect();
     let config = pool_config("sticky_cookie", &unweighted(&origins), "").replace(
         "policy = \"sticky_cookie\"",
