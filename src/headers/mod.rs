@@ -286,8 +286,8 @@ impl LastForwarding {
 /// head rather than put into its map: an HTTP/1.1 member's head is written
 /// from both, the client's fields of these names left out
 /// ([`replaces`](Self::replaces)). That spares every forwarded request
-/// five or six insertions into the map and the growth they need, a
-/// fifteenth of a proxied request's instructions. HTTP/2 members and
+/// five or six insertions into the map and the growth they need, about
+/// 5% of a proxied request's instructions. HTTP/2 members and
 /// routes with header rules get them in the map ([`apply`](Self::apply)).
 #[derive(Debug, Clone)]
 pub(crate) struct Added {
