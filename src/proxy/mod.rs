@@ -1300,7 +1300,7 @@ mod tests {
         let mut ends = std::pin::pin!(super::first_poll_ends());
         assert!(super::poll_first(ends.as_mut()).is_pending());
         assert!(super::poll_first(ends.as_mut()).is_pending());
-        let waker = Waker::from(std::sync::Arc::new(Never));
+        let waker = Waker::from(std::sync::Arc::new(super::WakesNothing));
         assert!(ends
             .as_mut()
             .poll(&mut Context::from_waker(&waker))
@@ -1310,10 +1310,5 @@ mod tests {
         assert!(super::poll_first(again.as_mut()).is_pending());
         let mut noop = Context::from_waker(Waker::noop());
         assert!(again.as_mut().poll(&mut noop).is_ready());
-    }
-
-    struct Never;
-    impl std::task::Wake for Never {
-        fn wake(self: std::sync::Arc<Self>) {}
     }
 }
