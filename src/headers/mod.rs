@@ -195,15 +195,30 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderV
     // their tag), finds that out without a hash lookup per name. Every
     // forwarded request and response comes through here.
     let fixed = fixed_hop_by_hop();
-    if headers.keys().any(|k| fixed.contains(&k)) {
+    let present = headers
+        .keys()
+        .fold(0u8, |present, k| match fixed.iter().position(|f| *f == k) {
+            Some(i) => present | 1 << i,
+            None => present,
+        });
+    if present != 0 {
+        // Only tokens beyond the fixed set and `close` name more fields:
+        // the `Connection: keep-alive` that nginx and most origins send on
+        // every response allocates nothing here.
         let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close")
+                    && !fixed.iter().any(|f| t.eq_ignore_ascii_case(f.as_str()))
+            })
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
-        for name in fixed {
-            headers.remove(name);
+        for (i, name) in fixed.into_iter().enumerate() {
+            if present & 1 << i != 0 {
+                headers.remove(name);
+            }
         }
     }
     if let Some(token) = upgrade {
@@ -837,6 +852,19 @@ mod tests {
             ("proxy-authorization", "Basic x"),
             ("proxy-connection", "keep-alive"),
             ("upgrade", "h2c"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, None);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn rfc9110_7_6_1_tokens_naming_the_fixed_set_or_close_still_strip_the_rest() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive, CLOSE, te, X-Named"),
+            ("keep-alive", "timeout=5"),
+            ("x-named", "1"),
             ("x-kept", "yes"),
         ]);
         strip_hop_by_hop(&mut h, None);
