@@ -919,47 +919,6 @@ async fn raw_get(addr: SocketAddr, target: &str) -> (u16, String) {
     (status, text[end + 4..].to_string())
 }
 
-/// A client that shuts its sending side once its request is sent (a
-/// half-close, as `nc -N` and some load balancers do) still gets the
-/// answer: its end of data is not taken for an abandoned request. The
-/// origin answers only after the client's FIN has reached sluice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_half_closes_still_gets_its_answer() {
-    let (arrived_tx, mut arrived) = mpsc::channel::<()>(1);
-    let release = Arc::new(tokio::sync::Notify::new());
-    let released = release.clone();
-    let origin = Origin::serve(move |_req: Request<Incoming>, _| {
-        let (arrived_tx, released) = (arrived_tx.clone(), released.clone());
-        async move {
-            let _ = arrived_tx.send(()).await;
-            released.notified().await;
-            Response::new(full("after the FIN"))
-        }
-    })
-    .await;
-    let d = Daemon::start(&simple_config(&[origin.addr], ""));
-    let mut stream = tokio::net::TcpStream::connect(d.addr("http"))
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /half HTTP/1.1\r\nHost: a.test\r\n\r\n")
-        .await
-        .unwrap();
-    tokio::time::timeout(PATIENCE, arrived.recv())
-        .await
-        .expect("the request reaches the origin")
-        .expect("origin alive");
-    stream.shutdown().await.unwrap();
-    // A permit, should the origin's handler not be waiting yet.
-    release.notify_one();
-    let (buf, complete) = read_raw_response(&mut stream, NoLength::Empty).await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (end, _) = complete.unwrap_or_else(|| panic!("no whole response: {text:?}"));
-    let (status, _) = parse_head(&text[..end]).unwrap_or_else(|| panic!("{text:?}"));
-    assert_eq!(status, 200, "{text}");
-    assert_eq!(&text[end + 4..], "after the FIN");
-}
-
 /// Every spelling of a path lands on the route its normalised form names,
 /// and the origin is sent that normalised form (query untouched), so that
 /// a `path_prefix` is a boundary proxy and origin agree on. Case stays

@@ -105,13 +105,6 @@ fn http_builders(limits: &Limits) -> Builders {
         .header_read_timeout(None)
         .max_buf_size(h1_max_buf(limits))
         .max_headers(limits.max_header_count)
-        // A client that shuts its sending side after its request still gets
-        // the answer; one that went away is found out when it is written
-        // to. Without it hyper also read the socket while each request was
-        // in flight, to watch for the end: the request still borrowed its
-        // read buffer, so each such read allocated a fresh 8 KiB one (536
-        // instructions of a 29k proxied miss).
-        .half_close(true)
         .keep_alive(true);
     let mut h2 = h2::Builder::new(streams::FirstPollInline);
     // The h2 crate's own defaults differ (unlimited pending resets in hyper,
