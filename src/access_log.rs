@@ -79,7 +79,7 @@ pub struct Entry {
     /// The path and query sent upstream, when a route's `rewrite` or
     /// `strip_prefix` changed them (`path` is the one received).
     pub upstream_path: Option<Box<str>>,
-    /// What went wrong after the status was sent (`upstream_body`).
+    /// What went wrong on the way or after the status was sent: `upstream_body`, `client_abort`, `upstream_timeout`.
     pub error: Option<&'static str>,
     pub request_id: HeaderValue,
     pub referer: Option<HeaderValue>,

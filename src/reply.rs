@@ -107,6 +107,9 @@ impl Refusal {
         if self.origin_unreachable() {
             resp.extensions_mut().insert(OriginUnreachable);
         }
+        if matches!(self, Refusal::UpstreamTimedOut) {
+            resp.extensions_mut().insert(UpstreamTimedOut);
+        }
         let headers = resp.headers_mut();
         match self {
             Refusal::BadRequest(_) | Refusal::BadAuthority(_) => {
@@ -140,6 +143,12 @@ impl Refusal {
         )
     }
 }
+
+/// Marks the 504 sluice answers itself when a member took too long
+/// (`response_timeout`, a gRPC deadline): the access log's `error` says
+/// `upstream_timeout`, which a member's own 504 does not.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UpstreamTimedOut;
 
 /// Marks a generated reply that stands for an unreachable origin, for which
 /// the cache may serve a stale entry (`stale_if_unreachable`).

@@ -111,6 +111,9 @@ async fn json_lines_match_requests_one_to_one() {
             "{e}"
         );
         assert!(e["cache"].is_null());
+        // A whole answer (a HEAD's included, whose body is never read) has
+        // nothing to report.
+        assert!(e["error"].is_null(), "{e}");
         let rid = e["request_id"].as_str().unwrap();
         assert_eq!(Some(rid), reply.header("x-request-id"), "{e}");
         match id {
@@ -418,6 +421,137 @@ async fn a_body_cut_short_by_the_upstream_leaves_a_trace() {
     );
     let logged = d.log_count("upstream body failed before its end", 1).await;
     assert!(logged.contains("cut-1"), "{logged}");
+}
+
+/// A client that goes away while its answer's body is still coming is
+/// logged with `error: client_abort`, and the member's connection, whose
+/// body had stalled, is closed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_body_is_logged_as_client_abort() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An origin that sends its head and a first chunk, then waits.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+                    )
+                    .await;
+                // Sluice closing this connection is the sign it dropped the body.
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = closed_tx.send(()).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let d = Daemon::start(&config(origin, "json", &log));
+    let mut client = tokio::net::TcpStream::connect(d.addr("http"))
+        .await
+        .unwrap();
+    client
+        .write_all(b"GET /stalled HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: gone-1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("first") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(PATIENCE, client.read(&mut chunk))
+            .await
+            .expect("the first chunk in time")
+            .unwrap();
+        assert!(n > 0, "closed before the first chunk: {seen:?}");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    drop(client);
+    tokio::time::timeout(PATIENCE, closed.recv())
+        .await
+        .expect("the member's connection closed")
+        .expect("origin alive");
+
+    let line = file_lines(&log, 1).remove(0);
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["error"], "client_abort", "{line}");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["request_id"], "gone-1");
+}
+
+/// The 504 sluice answers when a member does not answer within
+/// `response_timeout` is logged with `error: upstream_timeout`; a 504 the
+/// member sent itself is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_timeout_is_logged_as_upstream_timeout() {
+    let silent = silent().await;
+    let own_504 = answering(504).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let config = format!(
+        r#"
+[[listener]]
+name = "http"
+listen = "127.0.0.1:0"
+
+[[route]]
+name = "slow"
+hosts = ["slow.test"]
+pool = "slow"
+
+[[route]]
+name = "own"
+hosts = ["own.test"]
+pool = "own"
+
+[pool.slow]
+servers = [ {{ addr = "{}" }} ]
+response_timeout = "200ms"
+
+[pool.own]
+servers = [ {{ addr = "{}" }} ]
+
+[access_log]
+format = "json"
+path = "{}"
+"#,
+        silent.addr,
+        own_504.addr,
+        log.display()
+    );
+    let d = Daemon::start(&config);
+    let http = d.addr("http");
+    let timed_out = h1(http, request(Method::GET, "/t", "slow.test", empty())).await;
+    assert_eq!(timed_out.status, 504);
+    let passed_on = h1(http, request(Method::GET, "/o", "own.test", empty())).await;
+    assert_eq!(passed_on.status, 504);
+
+    let lines = file_lines(&log, 2);
+    let entries: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let by_host = |host: &str| {
+        entries
+            .iter()
+            .find(|e| e["host"] == host)
+            .unwrap_or_else(|| panic!("{host}: {lines:#?}"))
+    };
+    assert_eq!(
+        by_host("slow.test")["error"],
+        "upstream_timeout",
+        "{lines:#?}"
+    );
+    assert!(by_host("own.test")["error"].is_null(), "{lines:#?}");
 }
 
 /// `[log] format = "json"` and `[access_log] path = "stdout"`: the daemon

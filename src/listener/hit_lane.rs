@@ -121,7 +121,7 @@ pub(super) async fn write<W: AsyncWrite + Unpin>(io: &mut W, answered: Answered)
         wire,
         request_id,
         body,
-        record,
+        mut record,
     } = answered;
     let (before, after) = wire.bytes.split_at(wire.id_at);
     let small = !io.is_write_vectored() && body.len() < COPY_BODY_UNDER;
@@ -131,15 +131,21 @@ pub(super) async fn write<W: AsyncWrite + Unpin>(io: &mut W, answered: Answered)
     head.extend_from_slice(before);
     head.extend_from_slice(request_id.as_bytes());
     head.extend_from_slice(after);
-    if small {
+    let written = if small {
         head.extend_from_slice(&body);
-        io.write_all(&head).await?;
+        io.write_all(&head).await
     } else {
-        io.write_all_buf(&mut head.as_slice().chain(body)).await?;
+        io.write_all_buf(&mut head.as_slice().chain(body)).await
+    };
+    let written = match written {
+        Ok(()) => io.flush().await,
+        Err(e) => Err(e),
+    };
+    if written.is_err() {
+        record.client_abort();
     }
-    io.flush().await?;
     drop(record);
-    Ok(())
+    written
 }
 
 #[cfg(test)]

@@ -181,7 +181,14 @@ impl Start {
     ) -> Response<ProxyBody> {
         let in_flight = in_flight.sent(&resp);
         let fill = resp.extensions().get::<crate::cache::FillReport>().cloned();
-        let done = self.done(snap, outcome, resp.status(), fill, in_flight);
+        let mut done = self.done(snap, outcome, resp.status(), fill, in_flight);
+        if resp
+            .extensions()
+            .get::<crate::reply::UpstreamTimedOut>()
+            .is_some()
+        {
+            done.error(UPSTREAM_TIMEOUT);
+        }
         if resp.body().is_end_stream() {
             done.record();
             return resp;
@@ -221,6 +228,10 @@ impl Start {
             route: outcome.route,
             method: metrics::method_index(&self.method),
             status: status.as_u16(),
+            bodiless: self.method == Method::HEAD
+                || status.is_informational()
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED,
             started: self.started,
             bytes: 0,
             entry: self.entry,
@@ -246,6 +257,15 @@ impl Start {
 /// ([`Start::written`]).
 pub(crate) struct Written(Option<Done>);
 
+impl Written {
+    /// The answer could not be written whole: the client went away.
+    pub(crate) fn client_abort(&mut self) {
+        if let Some(done) = &mut self.0 {
+            done.error(CLIENT_ABORT);
+        }
+    }
+}
+
 impl Drop for Written {
     fn drop(&mut self) {
         if let Some(done) = self.0.take() {
@@ -262,6 +282,8 @@ struct Done {
     route: Option<usize>,
     method: usize,
     status: u16,
+    /// No body goes out (HEAD, 1xx, 204, 304): hyper drops it unread.
+    bodiless: bool,
     started: Instant,
     bytes: u64,
     entry: Option<Box<Entry>>,
@@ -269,7 +291,18 @@ struct Done {
     fill: Option<crate::cache::FillReport>,
 }
 
+/// The access log's `error` words (the contract's names).
+const UPSTREAM_BODY: &str = "upstream_body";
+const CLIENT_ABORT: &str = "client_abort";
+const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
+
 impl Done {
+    fn error(&mut self, word: &'static str) {
+        if let Some(e) = &mut self.entry {
+            e.error = Some(word);
+        }
+    }
+
     /// The log line before the request metrics: a scrape that counts this
     /// request then also counts its line if it was dropped.
     fn record(self) {
@@ -296,12 +329,14 @@ impl Watch for Done {
     }
 
     fn end(mut self, end: End) {
-        if end == End::Failed {
+        match end {
             // The head went out; the body broke on the way (the upstream's
             // ended early or failed).
-            if let Some(e) = &mut self.entry {
-                e.error = Some("upstream_body");
-            }
+            End::Failed => self.error(UPSTREAM_BODY),
+            // Dropped before its end by a connection that ended (or an
+            // HTTP/2 stream the client reset): the client went away.
+            End::Dropped if !self.bodiless => self.error(CLIENT_ABORT),
+            End::Dropped | End::Complete => {}
         }
         self.record();
     }
