@@ -497,40 +497,25 @@ async fn a_response_timeout_is_logged_as_upstream_timeout() {
     let own_504 = answering(504).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let config = format!(
-        r#"
-[[listener]]
-name = "http"
-listen = "127.0.0.1:0"
-
-[[route]]
-name = "slow"
-hosts = ["slow.test"]
-pool = "slow"
-
+    // The file's config (route `main`, app.test) with a short
+    // response_timeout, and a second route to the member's own 504.
+    let config = config(silent.addr, "json", &log)
+        .replace("[pool.app]\n", "[pool.app]\nresponse_timeout = \"200ms\"\n")
+        + &format!(
+            r#"
 [[route]]
 name = "own"
 hosts = ["own.test"]
 pool = "own"
 
-[pool.slow]
-servers = [ {{ addr = "{}" }} ]
-response_timeout = "200ms"
-
 [pool.own]
 servers = [ {{ addr = "{}" }} ]
-
-[access_log]
-format = "json"
-path = "{}"
 "#,
-        silent.addr,
-        own_504.addr,
-        log.display()
-    );
+            own_504.addr
+        );
     let d = Daemon::start(&config);
     let http = d.addr("http");
-    let timed_out = h1(http, request(Method::GET, "/t", "slow.test", empty())).await;
+    let timed_out = h1(http, request(Method::GET, "/t", "app.test", empty())).await;
     assert_eq!(timed_out.status, 504);
     let passed_on = h1(http, request(Method::GET, "/o", "own.test", empty())).await;
     assert_eq!(passed_on.status, 504);
@@ -547,7 +532,7 @@ path = "{}"
             .unwrap_or_else(|| panic!("{host}: {lines:#?}"))
     };
     assert_eq!(
-        by_host("slow.test")["error"],
+        by_host("app.test")["error"],
         "upstream_timeout",
         "{lines:#?}"
     );
