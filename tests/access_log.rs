@@ -423,16 +423,14 @@ async fn a_body_cut_short_by_the_upstream_leaves_a_trace() {
     assert!(logged.contains("cut-1"), "{logged}");
 }
 
-/// A client that goes away while its answer's body is still coming is
-/// logged with `error: client_abort`, and the member's connection, whose
-/// body had stalled, is closed with it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_gone_mid_body_is_logged_as_client_abort() {
+/// An origin that answers each request with a head and a first chunk,
+/// then waits; the receiver hears when sluice closes a connection to it,
+/// the sign that the answer's body was dropped.
+async fn stalling_origin() -> (SocketAddr, tokio::sync::mpsc::Receiver<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // An origin that sends its head and a first chunk, then waits.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = listener.local_addr().unwrap();
-    let (closed_tx, mut closed) = tokio::sync::mpsc::channel::<()>(1);
+    let (closed_tx, closed) = tokio::sync::mpsc::channel::<()>(4);
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             let closed_tx = closed_tx.clone();
@@ -444,7 +442,6 @@ async fn a_client_gone_mid_body_is_logged_as_client_abort() {
                         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
                     )
                     .await;
-                // Sluice closing this connection is the sign it dropped the body.
                 while let Ok(n) = s.read(&mut buf).await {
                     if n == 0 {
                         break;
@@ -454,6 +451,29 @@ async fn a_client_gone_mid_body_is_logged_as_client_abort() {
             });
         }
     });
+    (origin, closed)
+}
+
+/// The one line of `log`, once the member's connection has closed.
+async fn line_after_close(
+    log: &std::path::Path,
+    closed: &mut tokio::sync::mpsc::Receiver<()>,
+) -> serde_json::Value {
+    tokio::time::timeout(PATIENCE, closed.recv())
+        .await
+        .expect("the member's connection closed")
+        .expect("origin alive");
+    let line = file_lines(log, 1).remove(0);
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// A client that goes away while its answer's body is still coming is
+/// logged with `error: client_abort`, and the member's connection, whose
+/// body had stalled, is closed with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_body_is_logged_as_client_abort() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (origin, mut closed) = stalling_origin().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
     let d = Daemon::start(&config(origin, "json", &log));
@@ -475,17 +495,43 @@ async fn a_client_gone_mid_body_is_logged_as_client_abort() {
         seen.extend_from_slice(&chunk[..n]);
     }
     drop(client);
-    tokio::time::timeout(PATIENCE, closed.recv())
-        .await
-        .expect("the member's connection closed")
-        .expect("origin alive");
-
-    let line = file_lines(&log, 1).remove(0);
-    let v: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-    assert_eq!(v["error"], "client_abort", "{line}");
+    let v = line_after_close(&log, &mut closed).await;
+    assert_eq!(v["error"], "client_abort", "{v}");
     assert_eq!(v["status"], 200);
     assert_eq!(v["request_id"], "gone-1");
+}
+
+/// The same over HTTP/2, where the client resets its stream and keeps the
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_reset_mid_body_is_logged_as_client_abort() {
+    use http_body_util::BodyExt;
+    let (origin, mut closed) = stalling_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let d = Daemon::start(&config(origin, "json", &log));
+    let mut h2 = h2c_conn(d.addr("http")).await;
+    let resp = tokio::time::timeout(
+        PATIENCE,
+        h2.send_request(h2_request(Method::GET, "http://app.test/stalled", empty())),
+    )
+    .await
+    .expect("a head in time")
+    .expect("a head");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(PATIENCE, body.frame())
+        .await
+        .expect("the first chunk in time")
+        .expect("a frame")
+        .expect("data");
+    assert_eq!(first.data_ref().map(|d| &d[..]), Some(&b"first"[..]));
+    // Dropping an unfinished body resets the stream (CANCEL).
+    drop(body);
+    let v = line_after_close(&log, &mut closed).await;
+    assert_eq!(v["error"], "client_abort", "{v}");
+    assert_eq!(v["proto"], "HTTP/2");
+    assert!(!h2.is_closed(), "the connection stays open");
 }
 
 /// The 504 sluice answers when a member does not answer within
