@@ -470,10 +470,18 @@ fn routed<'a>(
         (_, upgrade) => {
             let token = upgrade.as_ref().map(|u| &u.token);
             let fwd = Forward::new(parts, leg, client, token, outcome);
-            Step::Wait(Box::pin(async move {
-                let resp = forward(leg, fwd, Some(incoming), upgrade, outcome).await;
-                compressed(snap, compression, resp)
-            }))
+            // The trip made here and boxed once, as it is: an `async`
+            // block awaiting it would keep it twice (as captured, and
+            // where it is polled), and one calling `forward` would keep
+            // its arguments beside a second box.
+            let trip = attempts(leg, fwd, Some(incoming), upgrade, outcome);
+            Step::Wait(Box::pin(futures_util::FutureExt::map(
+                trip,
+                move |result| {
+                    let resp = result.unwrap_or_else(|refusal| refusal.reply());
+                    compressed(snap, compression, resp)
+                },
+            )))
         }
     })
 }
