@@ -262,9 +262,7 @@ impl Wire {
     /// `Transfer-Encoding`, `Trailer`), or no `Content-Length`.
     fn encode(status: StatusCode, headers: &HeaderMap) -> Option<Wire> {
         let reason = status.canonical_reason()?;
-        if status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
+        if crate::headers::status_has_no_content(status)
             || !headers.contains_key(header::DATE)
             || !headers.contains_key(header::CONTENT_LENGTH)
             || headers.contains_key(header::CONNECTION)

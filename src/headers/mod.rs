@@ -767,6 +767,14 @@ fn finish(host: &[u8], port: Option<u16>, https: bool) -> Result<Authority, Auth
     })
 }
 
+/// Whether a response with `status` carries no content whatever its
+/// fields say: 1xx, 204 and 304 (RFC 9110 §6.4.1).
+pub(crate) fn status_has_no_content(status: http::StatusCode) -> bool {
+    status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+}
+
 /// A message's `Content-Length` as a number (`None` when absent or not one).
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers

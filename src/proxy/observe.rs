@@ -228,10 +228,7 @@ impl Start {
             route: outcome.route,
             method: metrics::method_index(&self.method),
             status: status.as_u16(),
-            bodiless: self.method == Method::HEAD
-                || status.is_informational()
-                || status == StatusCode::NO_CONTENT
-                || status == StatusCode::NOT_MODIFIED,
+            bodiless: self.method == Method::HEAD || crate::headers::status_has_no_content(status),
             started: self.started,
             bytes: 0,
             entry: self.entry,
