@@ -985,10 +985,11 @@ fn attempts<'a>(
                         .attempt(snap, pool_index, &pool.name, member.addr, sending.as_mut())
                         .await
                 }
-                Some(at) => match tokio::time::timeout_at(
+                // Boxed: only gRPC calls with a deadline take this path.
+                Some(at) => match Box::pin(tokio::time::timeout_at(
                     at,
                     outcome.attempt(snap, pool_index, &pool.name, member.addr, sending.as_mut()),
-                )
+                ))
                 .await
                 {
                     Ok(result) => result,

@@ -29,10 +29,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{header, Request, Response, Uri};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -117,6 +119,9 @@ impl Hasher for AddrHasher {
     }
 }
 
+/// What an exchange with a member comes to: its response head, or why not.
+pub(crate) type Exchanged = Result<Response<ResponseBody>, UpstreamError>;
+
 /// A connection taken for one request.
 enum Taken {
     H1(h1::Conn),
@@ -178,34 +183,66 @@ impl Client {
 
     /// Sends the request `out` with `body` to the member at `addr` on a
     /// pooled connection, or a new one, and waits for the response head.
-    pub(crate) async fn send(
-        self: &Arc<Self>,
+    ///
+    /// This future is part of every proxied request's, which is copied
+    /// whole into its box: an async block, whose captures are kept once (an
+    /// async fn keeps its arguments twice, as passed and as the body's
+    /// locals), with only the pooled HTTP/1.1 exchange awaited inline.
+    /// HTTP/2's retry state and a new connection's handshake are boxed,
+    /// each in a statement of its own (a temporary lives to the end of its
+    /// statement, awaits included).
+    #[allow(clippy::manual_async_fn)] // the captures, kept once (above)
+    pub(crate) fn send<'a>(
+        self: &'a Arc<Self>,
         addr: SocketAddr,
-        out: Outgoing<'_>,
-        mut body: ProxyBody,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
-        // Only the pooled HTTP/1.1 exchange is inline: this future is part
-        // of every proxied request's, kept for the whole exchange and
-        // copied on each move. HTTP/2's retry state and a new connection's
-        // handshake are boxed, each in a statement of its own (a temporary
-        // lives to the end of its statement, awaits included).
-        match self.take(addr) {
-            Some(Taken::H1(conn)) => match self.send_h1(addr, conn, out, body, true, true).await {
-                Ok(resp) => return Ok(resp),
-                // Closed before the request was written (the member closed
-                // the idle connection as it was taken): the request is
-                // untouched and goes on a new connection.
-                Err(Unsent::Back(b, _)) => body = b,
-                Err(Unsent::Failed(e)) => return Err(e),
-            },
-            Some(Taken::H2(send)) => {
-                let shared = Box::pin(self.send_h2(addr, send, out, body));
-                return shared.await;
-            }
-            None => {}
+        out: Outgoing<'a>,
+        body: ProxyBody,
+    ) -> impl Future<Output = Exchanged> + 'a {
+        async move {
+            // One await for every other case: a value kept across two
+            // awaits is kept beside the HTTP/1.1 exchange too.
+            let conn = match self.take(addr) {
+                Some(Taken::H1(conn)) => conn,
+                taken => {
+                    let h2 = match taken {
+                        Some(Taken::H2(send)) => Some(send),
+                        _ => None,
+                    };
+                    return self.elsewhere(addr, h2, out, body).await;
+                }
+            };
+            let body = match h1::send(conn, &out, body, true).await {
+                Ok(resp) => return Ok(self.h1_response(addr, resp, true)),
+                // Closed before the request was written (the member
+                // closed the idle connection as it was taken): the request
+                // is untouched and goes on a new connection.
+                Err(h1::Failed {
+                    unsent: Some(body), ..
+                }) => body,
+                Err(h1::Failed { error, .. }) => return Err(self.h1_failure(addr, &error)),
+            };
+            let fresh = Box::pin(self.send_new(addr, out, body));
+            fresh.await
         }
-        let fresh = Box::pin(self.send_new(addr, out, body));
-        fresh.await
+    }
+
+    /// Sends on the member's shared HTTP/2 connection `h2`, or on a new
+    /// connection; boxed, the pooled HTTP/1.1 exchange being the common
+    /// case.
+    fn elsewhere<'a>(
+        self: &'a Arc<Self>,
+        addr: SocketAddr,
+        h2: Option<http2::SendRequest<ProxyBody>>,
+        out: Outgoing<'a>,
+        body: ProxyBody,
+    ) -> Either<
+        Pin<Box<impl Future<Output = Exchanged> + 'a>>,
+        Pin<Box<impl Future<Output = Exchanged> + 'a>>,
+    > {
+        match h2 {
+            Some(send) => Either::Left(Box::pin(self.send_h2(addr, send, out, body))),
+            None => Either::Right(Box::pin(self.send_new(addr, out, body))),
+        }
     }
 
     /// Sends on a new connection. Requests that find no connection to an
@@ -264,44 +301,26 @@ impl Client {
         }
     }
 
-    /// Sends on an HTTP/1.1 connection (`reused`: one that carried a
-    /// request before); with `pooled`, the connection goes back on the
-    /// worker's list once the response body has been read to its end.
-    async fn send_h1(
+    /// An HTTP/1.1 exchange's response; with `pooled`, its connection goes
+    /// back on the worker's list once the body has been read to its end.
+    fn h1_response(
         self: &Arc<Self>,
         addr: SocketAddr,
-        conn: h1::Conn,
-        out: Outgoing<'_>,
-        body: ProxyBody,
-        reused: bool,
+        resp: Response<h1::Body>,
         pooled: bool,
-    ) -> Result<Response<ResponseBody>, Unsent> {
-        match h1::send(conn, &out, body, reused).await {
-            Ok(resp) => {
-                let (parts, mut body) = resp.into_parts();
-                let mut home = pooled.then(|| Home {
-                    client: self.clone(),
-                    addr,
-                });
-                if body.is_end_stream() {
-                    // No body (a 204, a HEAD): the connection is free now.
-                    if let (Some(home), Some(conn)) = (home.take(), body.take_reusable()) {
-                        home.client.give_back(home.addr, conn);
-                    }
-                }
-                Ok(Response::from_parts(
-                    parts,
-                    ResponseBody::H1(Box::new(H1Body { body, home })),
-                ))
-            }
-            Err(h1::Failed { error, unsent }) => {
-                let failed = self.h1_failure(addr, &error);
-                match unsent {
-                    Some(body) => Err(Unsent::Back(body, failed)),
-                    None => Err(Unsent::Failed(failed)),
-                }
+    ) -> Response<ResponseBody> {
+        let (parts, mut body) = resp.into_parts();
+        let mut home = pooled.then(|| Home {
+            client: self.clone(),
+            addr,
+        });
+        if body.is_end_stream() {
+            // No body (a 204, a HEAD): the connection is free now.
+            if let (Some(home), Some(conn)) = (home.take(), body.take_reusable()) {
+                home.client.give_back(home.addr, conn);
             }
         }
+        Response::from_parts(parts, ResponseBody::H1(Box::new(H1Body { body, home })))
     }
 
     /// What a failed HTTP/1.1 exchange comes to: a TLS alert on the first
@@ -328,8 +347,9 @@ impl Client {
         }
     }
 
-    /// Sends on a new HTTP/1.1 connection: one that closes before taking
-    /// the request is a failure, not a reason to try another.
+    /// Sends on a new HTTP/1.1 connection (with `pooled`, kept once the
+    /// response is done): one that closes before taking the request is a
+    /// failure, not a reason to try another.
     async fn send_h1_new(
         self: &Arc<Self>,
         addr: SocketAddr,
@@ -338,11 +358,10 @@ impl Client {
         body: ProxyBody,
         pooled: bool,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        self.send_h1(addr, conn, out, body, false, pooled)
-            .await
-            .map_err(|u| match u {
-                Unsent::Failed(e) | Unsent::Back(_, e) => e,
-            })
+        match h1::send(conn, &out, body, false).await {
+            Ok(resp) => Ok(self.h1_response(addr, resp, pooled)),
+            Err(h1::Failed { error, .. }) => Err(self.h1_failure(addr, &error)),
+        }
     }
 
     /// Sends on an HTTP/2 connection, and refuses a response whose framing
@@ -575,14 +594,6 @@ fn checked(
             reason: violation.to_string(),
         }),
     }
-}
-
-/// Why a request failed on an HTTP/1.1 connection; `Back` when the
-/// connection closed before any of it was written, with the request.
-enum Unsent {
-    /// The body, unread (the head is the caller's).
-    Back(ProxyBody, UpstreamError),
-    Failed(UpstreamError),
 }
 
 /// A request head as the proxy forwards it, borrowed: every attempt, and a

@@ -8,19 +8,23 @@
 //! classifies the failure so the proxy can decide between retrying, 502 and
 //! 504, and [`Pool::report`] feeds the outcome to passive ejection.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::future::Either;
 use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use tokio::sync::oneshot;
 
 use super::balance::{bounded_balancer, Balancer, PickContext};
-use super::client::{Client, Outgoing, ResponseBody};
+use super::client::{Client, Exchanged, Outgoing};
 use super::connect::Connector;
 use super::member::{now_ms, InFlight, Member, MemberState};
 use super::outlier::{self, Outcome};
@@ -356,16 +360,30 @@ impl Pool {
     /// its `max_connections`, moving `*next` past it. On the first attempt
     /// (`may_wait`), when every member is full, the request waits as one of
     /// at most `max_pending` for a slot to free up, up to `connect_timeout`.
-    pub(crate) async fn acquire(&self, plan: &Plan, next: &mut usize, may_wait: bool) -> Acquired {
+    ///
+    /// Nearly always a member has room: that is answered at once, with no
+    /// waiter registered (a lock and a list entry) nor a deadline read from
+    /// the clock, and the waiting is boxed, out of every attempt's future.
+    pub(crate) fn acquire<'a>(
+        &'a self,
+        plan: &'a Plan,
+        next: &'a mut usize,
+        may_wait: bool,
+    ) -> Either<std::future::Ready<Acquired>, Pin<Box<impl Future<Output = Acquired> + 'a>>> {
         let start = *next;
-        // Nearly always a member has room: no waiter is registered for it
-        // (a lock and a list entry) nor a deadline read from the clock.
         if let Some(taken) = take_slot(plan, next, start) {
-            return taken;
+            return Either::Left(std::future::ready(taken));
         }
         if !may_wait || start >= plan.len() {
-            return Acquired::Exhausted;
+            return Either::Left(std::future::ready(Acquired::Exhausted));
         }
+        Either::Right(Box::pin(self.wait_for_slot(plan, next, start)))
+    }
+
+    /// [`acquire`](Self::acquire) when every member of `plan[start..]` is
+    /// full: waits as one of at most `max_pending` for a slot to free up,
+    /// up to `connect_timeout`.
+    async fn wait_for_slot(&self, plan: &Plan, next: &mut usize, start: usize) -> Acquired {
         let Some(_pending) = Pending::enter(&self.pending, self.config.max_pending) else {
             return Acquired::Overloaded;
         };
@@ -424,48 +442,44 @@ impl Pool {
     /// and the address it connected to): a header is per connection, and a
     /// connection must never carry one client's requests under another's
     /// name, so such a pool keeps no idle connections.
-    pub(crate) async fn send(
-        &self,
+    pub(crate) fn send<'a>(
+        &'a self,
         addr: SocketAddr,
-        out: Outgoing<'_>,
+        out: Outgoing<'a>,
         body: ProxyBody,
         sent: Option<oneshot::Receiver<()>>,
         proxied: Option<(SocketAddr, SocketAddr)>,
-    ) -> Result<http::Response<ResponseBody>, UpstreamError> {
+    ) -> Timed<impl Future<Output = Exchanged> + 'a, impl Future<Output = ()>> {
         let after = self.response_timeout;
-        let deadline = async move {
-            // If the body is dropped unsent the request fails on its own.
-            if let Some(sent) = sent {
-                let _ = sent.await;
-            }
-            tokio::time::sleep(after).await;
-        };
-        // The exchange is made inside the select!, not bound to a name
-        // first: a future bound and then moved keeps its space in this
-        // one's state too, and this one is part of every attempt's.
-        // Biased, the exchange first: an answer that is in is taken, and
-        // the timer is not polled again once it has come (nor a random
-        // order drawn).
-        tokio::select! {
-            biased;
-            r = self.exchange(addr, out, body, proxied) => r,
-            () = deadline => Err(UpstreamError::ResponseTimeout { addr, after }),
+        // Made here, not in an async fn or block: this future is part of
+        // every attempt's, copied whole when the request's is boxed, and
+        // an async body would keep its arguments beside the two futures
+        // they are moved into.
+        Timed {
+            exchange: self.exchange(addr, out, body, proxied),
+            deadline: async move {
+                // If the body is dropped unsent the request fails on its own.
+                if let Some(sent) = sent {
+                    let _ = sent.await;
+                }
+                tokio::time::sleep(after).await;
+            },
+            addr,
+            after,
         }
     }
 
     /// One request and its response head, on the worker's pooled
     /// connections or, with `send_proxy_protocol`, on a connection of its
-    /// own. The PROXY header is made before the future: what the async
-    /// block captures is kept once, where an async fn's arguments are kept
-    /// twice (as passed, and as the body's locals).
+    /// own. The PROXY header is made before the future, which is the
+    /// client's own when there is none.
     fn exchange<'a>(
         &'a self,
         addr: SocketAddr,
         out: Outgoing<'a>,
         body: ProxyBody,
         proxied: Option<(SocketAddr, SocketAddr)>,
-    ) -> impl std::future::Future<Output = Result<http::Response<ResponseBody>, UpstreamError>> + 'a
-    {
+    ) -> impl Future<Output = Exchanged> + 'a {
         let preamble = self
             .config
             .send_proxy_protocol
@@ -476,16 +490,49 @@ impl Pool {
                 }
                 None => crate::proxy_protocol::local(version).to_vec(),
             });
-        async move {
-            let Some(header) = preamble else {
-                return self.client.send(addr, out, body).await;
-            };
-            // Boxed, in a statement of its own (a temporary lives to the
-            // end of its statement, the await included): pools without
-            // PROXY headers should not carry this path's state in every
-            // request's future.
-            let once = Box::pin(self.client.send_once(addr, &header, out, body));
-            once.await
+        match preamble {
+            None => Either::Left(self.client.send(addr, out, body)),
+            // Boxed: pools without PROXY headers should not carry this
+            // path's state in every request's future.
+            Some(header) => Either::Right(Box::pin(async move {
+                self.client.send_once(addr, &header, out, body).await
+            })),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An exchange raced against its response timeout ([`Pool::send`]).
+    pub(crate) struct Timed<E, D> {
+        #[pin]
+        exchange: E,
+        #[pin]
+        deadline: D,
+        addr: SocketAddr,
+        after: Duration,
+    }
+}
+
+impl<E, D> Future for Timed<E, D>
+where
+    E: Future<Output = Exchanged>,
+    D: Future<Output = ()>,
+{
+    type Output = Exchanged;
+
+    /// The exchange first: an answer that is in is taken, and the timer
+    /// is not polled again once it has come.
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Exchanged> {
+        let this = self.project();
+        if let Poll::Ready(answer) = this.exchange.poll(cx) {
+            return Poll::Ready(answer);
+        }
+        match this.deadline.poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(UpstreamError::ResponseTimeout {
+                addr: *this.addr,
+                after: *this.after,
+            })),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
