@@ -22,7 +22,10 @@
 # h2-tls (sluice only), CG_OUT [none]: where to keep the callgrind profile
 # (for callgrind_annotate --inclusive=yes), BREAKDOWN [0]: 1 also prints
 # the instructions per request by crate, and libc's memcpy by the crate
-# calling it (benches/callgrind_crates.py).
+# calling it (benches/callgrind_crates.py). UNIQUE=1 (HTTP/1.1 only): every
+# request names a path of its own (PATH?u=N), so that on a caching route
+# each is a miss that fills; one connection (h2load gives each connection
+# the same list of paths).
 set -euo pipefail
 dir=${1:?usage: instructions.sh RACE_TMP_DIR [PATH]}
 path=${2:-/1k}
@@ -70,13 +73,25 @@ for _ in $(seq 150); do
     sleep 0.2
 done
 [ "$PROTO" = h1 ] || url="https://127.0.0.1:$((PORT_BASE + 91))$path"
-h2load "${load[@]}" -n 500 "$url" >/dev/null
-callgrind_control -z "$vg" >/dev/null 2>&1
-h2load "${load[@]}" -n "$N" "$url" | grep -E '^requests'
+if [ "${UNIQUE:-0}" = 1 ]; then
+    [ "$PROTO" = h1 ] || { echo "UNIQUE=1 is for PROTO=h1" >&2; exit 2; }
+    load=(--h1 -c 1)
+    seq 500 | sed "s|^|$url?w=|" > "$out/warm"
+    seq "$N" | sed "s|^|$url?u=|" > "$out/urls"
+    h2load "${load[@]}" -n 500 -i "$out/warm" >/dev/null
+    callgrind_control -z "$vg" >/dev/null 2>&1
+    h2load "${load[@]}" -n "$N" -i "$out/urls" | grep -E '^requests'
+else
+    h2load "${load[@]}" -n 500 "$url" >/dev/null
+    callgrind_control -z "$vg" >/dev/null 2>&1
+    h2load "${load[@]}" -n "$N" "$url" | grep -E '^requests'
+fi
 callgrind_control -d "$vg" >/dev/null 2>&1
 profile=$(ls "$out"/cg.*.1 | head -1)
 [ -z "${CG_OUT:-}" ] || cp "$profile" "$CG_OUT"
 total=$(callgrind_annotate "$profile" 2>/dev/null |
     awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
-echo "$TARGET $PROTO $path: $((total / N)) instructions per request"
+label=""
+[ "${UNIQUE:-0}" != 1 ] || label=" (unique paths)"
+echo "$TARGET $PROTO $path$label: $((total / N)) instructions per request"
 [ "${BREAKDOWN:-0}" = 0 ] || python3 benches/callgrind_crates.py "$profile" "$N"

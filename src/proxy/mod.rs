@@ -595,36 +595,47 @@ fn through_cache<'a>(
 /// What the cache decided, carried out: a miss forwarded and filled, a
 /// pass forwarded, a stale answer's revalidation started off the request
 /// path.
-async fn looked_up(
-    leg: Leg<'_>,
+///
+/// A plain fn: what needs no waiting is done here, and the future keeps
+/// only what its wait needs (an async fn would keep its arguments twice,
+/// as passed and as its locals, the lookup's 440 bytes among them).
+fn looked_up<'a>(
+    leg: Leg<'a>,
     client: Client<'_>,
     parts: http::request::Parts,
     incoming: Incoming,
     lookup: Lookup,
-    outcome: &mut observe::Outcome,
-) -> cache::Answer {
+    outcome: &'a mut observe::Outcome,
+) -> impl Future<Output = cache::Answer> + 'a {
+    use futures_util::future::Either;
     let cache = &leg.snap.cache;
     let set = settings(leg.snap, leg.route);
     match lookup {
-        Lookup::Hit(answer) => answer,
+        Lookup::Hit(answer) => Either::Left(std::future::ready(answer)),
         Lookup::Stale { answer, refresh } => {
             if let Some(fill) = refresh {
                 let fwd = Forward::new(parts, leg, client, None, outcome);
                 refresh_in_background(leg.snap, leg.route, fill, fwd);
             }
-            answer
+            Either::Left(std::future::ready(answer))
         }
         Lookup::Miss(mut fill) => {
             let mut fwd = Forward::new(parts, leg, client, None, outcome);
             fill.prepare(&mut fwd.method, &mut fwd.head);
-            let resp = forward(leg, fwd, None, None, outcome).await;
-            // Boxed: the fill's future is large, and rarely waits.
-            Box::pin(fill.finish(cache, set, resp)).await
+            let trip = forward(leg, fwd, None, None, outcome);
+            Either::Right(Either::Left(async move {
+                let resp = trip.await;
+                // Boxed: the fill's future is large, and rarely waits.
+                Box::pin(fill.finish(cache, set, resp)).await
+            }))
         }
         Lookup::Pass(pass) => {
             let fwd = Forward::new(parts, leg, client, None, outcome);
-            let resp = forward(leg, fwd, Some(incoming), None, outcome).await;
-            pass.finish(cache, set, resp)
+            let trip = forward(leg, fwd, Some(incoming), None, outcome);
+            Either::Right(Either::Right(async move {
+                let resp = trip.await;
+                pass.finish(cache, set, resp)
+            }))
         }
     }
 }
@@ -816,22 +827,25 @@ pub(crate) struct Upgrade {
 /// request whose member refused the connection before anything was sent
 /// ([`retry::after_error`]), and maps every failure to a [`Refusal`]. The
 /// response's hop-by-hop fields are already removed.
-async fn forward(
-    leg: Leg<'_>,
+#[allow(clippy::manual_async_fn)] // the boxed trip alone is kept (below)
+fn forward<'a>(
+    leg: Leg<'a>,
     req: Forward,
     incoming: Option<Incoming>,
     upgrade: Option<Upgrade>,
-    outcome: &mut observe::Outcome,
-) -> Response<ProxyBody> {
+    outcome: &'a mut observe::Outcome,
+) -> impl Future<Output = Response<ProxyBody>> + 'a {
     // Boxed: the retry loop's state is large, and a request's future is
     // moved (copied) a few times on its way into hyper; a cache hit should
-    // not pay for the state of a trip it does not make. In a statement of
-    // its own, so that the unboxed future is not a temporary that lives on
-    // through the await (as it would in the `match` scrutinee).
+    // not pay for the state of a trip it does not make. Made here, not in
+    // an async fn, whose arguments would stay in its state (hundreds of
+    // bytes) beside the box they were moved into.
     let trip = Box::pin(attempts(leg, req, incoming, upgrade, outcome));
-    match trip.await {
-        Ok(resp) => resp,
-        Err(refusal) => refusal.reply(),
+    async move {
+        match trip.await {
+            Ok(resp) => resp,
+            Err(refusal) => refusal.reply(),
+        }
     }
 }
 
