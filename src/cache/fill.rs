@@ -9,14 +9,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, StatusCode};
 
 use super::filling::{Budget, Filling, Head};
 use super::key;
-use super::policy;
 use super::store::{Entry, Object, Store};
 use crate::headers::cache_control::CacheControl;
 
@@ -112,8 +111,9 @@ pub(crate) struct Placement {
     pub tags: Box<[Box<str>]>,
     pub request_time: SystemTime,
     pub response_time: SystemTime,
-    /// The head as the upstream sent it, for Age and Date.
-    pub age_source: HeaderMap,
+    /// RFC 9111 §4.2.3's corrected initial age, from the head as the
+    /// upstream sent it (its Age and Date).
+    pub initial_age: Duration,
     /// The route compresses: the upstream was asked for identity, so a
     /// `Vary: Accept-Encoding` does not split the entry.
     pub ignore_accept_encoding: bool,
@@ -134,8 +134,6 @@ impl Placement {
             targeted,
             self.response_time,
         );
-        let initial_age =
-            policy::corrected_initial_age(&self.age_source, self.request_time, self.response_time);
         let mut names = key::vary_names(&self.headers).unwrap_or_default();
         if self.ignore_accept_encoding {
             names.retain(|n| *n != header::ACCEPT_ENCODING);
@@ -146,7 +144,7 @@ impl Placement {
             body: Bytes::new(),
             request_time: self.request_time,
             response_time: self.response_time,
-            initial_age,
+            initial_age: self.initial_age,
             lifetime,
             cc,
             tags: self.tags,

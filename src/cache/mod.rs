@@ -1032,7 +1032,7 @@ impl Fill {
             &asked.cc,
             status,
             &parts.headers,
-            directives.1.then_some(&directives.0),
+            (&directives.0, directives.1),
             &rules,
             object_limit,
         );
@@ -1072,7 +1072,7 @@ impl Fill {
             tags,
             request_time,
             response_time,
-            age_source: parts.headers.clone(),
+            initial_age: policy::corrected_initial_age(&parts.headers, request_time, response_time),
             directives,
         };
         parts.headers.remove(&surrogate::SURROGATE_CONTROL);

@@ -104,6 +104,21 @@ pub fn storable(
     resp: &HeaderMap,
     rules: &StoreRules,
 ) -> Result<(), NotStorable> {
+    let (req_cc, resp_cc) = (CacheControl::parse(req), CacheControl::parse(resp));
+    storable_parsed(method, req, &req_cc, status, resp, &resp_cc, rules)
+}
+
+/// [`storable`] with both heads' Cache-Control already parsed (`req_cc`
+/// from `req`, `resp_cc` from `resp`), as a fill has them.
+pub(crate) fn storable_parsed(
+    method: &Method,
+    req: &HeaderMap,
+    req_cc: &CacheControl,
+    status: StatusCode,
+    resp: &HeaderMap,
+    resp_cc: &CacheControl,
+    rules: &StoreRules,
+) -> Result<(), NotStorable> {
     if *method != Method::GET {
         return Err(NotStorable::Method);
     }
@@ -114,8 +129,6 @@ pub fn storable(
         304 | 0..=199 => return Err(NotStorable::Status),
         _ => {}
     }
-    let req_cc = CacheControl::parse(req);
-    let resp_cc = CacheControl::parse(resp);
     // §5.2.2.3: must-understand limits storage to caches that know the status
     // and, for them, overrides no-store.
     if resp_cc.must_understand && !understood(status) {
@@ -128,7 +141,7 @@ pub fn storable(
     if resp_cc.private {
         return Err(NotStorable::Private);
     }
-    shareable(req, &resp_cc, resp, rules)?;
+    shareable(req, resp_cc, resp, rules)?;
     // RFC 9110 §12.5.5: `Vary: *` never matches a later request.
     if list_members(resp, header::VARY).any(|member| member == b"*") {
         return Err(NotStorable::VaryStar);

@@ -16,8 +16,9 @@ use crate::headers::cache_control::CacheControl;
 use crate::headers::content_length;
 
 /// May the response to a fill be stored? `req` is the client's request
-/// head, `req_cc` its Cache-Control, `resp` the upstream's head, `targeted`
-/// the directives of the targeted field that applies, if any.
+/// head, `req_cc` its Cache-Control, `resp` the upstream's head, and the
+/// directives that apply to it ([`directives`]: a targeted field's when
+/// `targeted`, else its Cache-Control, parsed once for the fill).
 /// Surrogate-Control `no-store` refuses; its `max-age` makes Cache-Control
 /// irrelevant to storing (only what §3 needs to match a response again
 /// remains); a targeted field's `no-store` or `private` refuses, and
@@ -29,14 +30,14 @@ pub(crate) fn storable(
     req_cc: &CacheControl,
     status: StatusCode,
     resp: &HeaderMap,
-    targeted: Option<&CacheControl>,
+    (resp_cc, targeted): (&CacheControl, bool),
     rules: &StoreRules,
     max_object_size: u64,
 ) -> Result<(), NotStorable> {
     if req_cc.no_store {
         return Err(NotStorable::NoStore);
     }
-    match (SurrogateControl::parse(resp), targeted) {
+    match (SurrogateControl::parse(resp), targeted.then_some(resp_cc)) {
         (Some(sc), _) if sc.no_store => return Err(NotStorable::NoStore),
         (
             Some(SurrogateControl {
@@ -50,7 +51,7 @@ pub(crate) fn storable(
             policy::shareable(req, t, resp, rules)?;
             surrogate_storable(status, resp)?
         }
-        _ => policy::storable(&Method::GET, req, status, resp, rules)?,
+        _ => policy::storable_parsed(&Method::GET, req, req_cc, status, resp, resp_cc, rules)?,
     }
     if content_length(resp).is_some_and(|n| n > max_object_size) {
         return Err(NotStorable::TooLarge);
@@ -121,7 +122,7 @@ mod tests {
             &CacheControl::parse(&req),
             StatusCode::from_u16(status).expect("test status"),
             &resp,
-            targeted.then_some(&cc),
+            (&cc, targeted),
             &StoreRules::default(),
             MAX,
         )
