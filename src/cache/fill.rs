@@ -103,8 +103,6 @@ impl Drop for FillGuard {
 /// the entry (its body empty until the fill completes) and its key.
 pub(crate) struct Placement {
     pub primary: String,
-    /// The request's head, for the variant key.
-    pub request: HeaderMap,
     pub status: StatusCode,
     /// The response head as stored (hop-by-hop, cookies and tags removed).
     pub headers: HeaderMap,
@@ -123,9 +121,9 @@ pub(crate) struct Placement {
 }
 
 impl Placement {
-    /// The head followers share, with the variant key decided now (a new
-    /// `Vary` gets a new variant id).
-    pub(crate) fn head(self, store: &dyn Store, length: Option<u64>) -> Head {
+    /// The head followers share, with the variant key decided now from
+    /// the `request` head (a new `Vary` gets a new variant id).
+    pub(crate) fn head(self, store: &dyn Store, request: &HeaderMap, length: Option<u64>) -> Head {
         let (cc, targeted) = self.directives;
         let lifetime = super::verdict::lifetime(
             self.status,
@@ -158,7 +156,7 @@ impl Placement {
                 Some(Object::Vary { names: old, id }) if **old == *names => *id,
                 _ => fastrand::u64(..),
             };
-            let key = key::variant(&self.primary, id, &names, &self.request);
+            let key = key::variant(&self.primary, id, &names, request);
             (key, Some((names.into_boxed_slice(), id)))
         };
         Head {

@@ -1066,7 +1066,6 @@ impl Fill {
         let placement = Placement {
             ignore_accept_encoding: accepted.is_some(),
             primary,
-            request: head.clone(),
             status,
             headers: fill::stored_head(&parts.headers),
             tags,
@@ -1081,7 +1080,7 @@ impl Fill {
             None => Filling::new(cache.budget.clone()),
         };
         let report = FillReport(filling.clone());
-        let shared = Arc::new(placement.head(cache.store.as_ref(), length));
+        let shared = Arc::new(placement.head(cache.store.as_ref(), view.head, length));
         let over_budget = crate::metrics::get()
             .cache_fill_budget_exceeded
             .with_label_values(&[set.route]);
