@@ -58,10 +58,8 @@ pub(crate) fn compressible_kind(
     headers: &HeaderMap,
     len: Option<u64>,
 ) -> bool {
-    if matches!(
-        status,
-        StatusCode::NO_CONTENT | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED
-    ) || status.is_informational()
+    if crate::headers::status_has_no_content(status)
+        || status == StatusCode::PARTIAL_CONTENT
         || headers.contains_key(header::CONTENT_RANGE)
     {
         return false;
